@@ -1,0 +1,314 @@
+//! MNIST and Fashion-MNIST as the paper uses them.
+
+use super::idx::{read_idx, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
+use crate::{Error, Real, Result};
+use std::path::{Path, PathBuf};
+
+/// Which data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetKind {
+    Mnist,
+    FashionMnist,
+}
+
+/// Training or test split. The test split is the paper's validation set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    fn file_prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "train" => Ok(Split::Train),
+            "test" => Ok(Split::Test),
+            _ => Err(Error::invalid(format!(
+                "unknown split '{s}' (expected train or test)"
+            ))),
+        }
+    }
+}
+
+impl DatasetKind {
+    /// The name used on the command line, in records and in checkpoint metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// Parses `mnist` or `fashion-mnist` (also `fashion`, `fashion_mnist`, `fashionmnist`).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "mnist" => Ok(DatasetKind::Mnist),
+            "fashion-mnist" | "fashion" | "fashion_mnist" | "fashionmnist" => {
+                Ok(DatasetKind::FashionMnist)
+            }
+            _ => Err(Error::invalid(format!(
+                "unknown dataset '{s}' (expected mnist or fashion-mnist)"
+            ))),
+        }
+    }
+
+    /// The paper's normalisation `x = (b/255 − mean)/std`: MNIST (0.1307, 0.3081), Fashion-MNIST
+    /// (0.5, 0.5), as torchvision's `ToTensor` followed by `Normalize`.
+    pub fn normalisation(self) -> (f64, f64) {
+        match self {
+            DatasetKind::Mnist => (0.1307, 0.3081),
+            DatasetKind::FashionMnist => (0.5, 0.5),
+        }
+    }
+
+    /// A description of the normalisation for records and metadata.
+    pub fn normalisation_text(self) -> String {
+        let (m, s) = self.normalisation();
+        format!("x = (pixel/255 - {m})/{s}")
+    }
+
+    /// The folder under `data/` that `make data` fills.
+    pub fn default_folder(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// torchvision's folder name (`<root>/<name>/raw`).
+    fn torchvision_folder(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "MNIST",
+            DatasetKind::FashionMnist => "FashionMNIST",
+        }
+    }
+
+    /// The folders searched for the IDX files, in order: `dir`, `dir/<mnist|fashion-mnist>`,
+    /// `dir/raw`, `dir/<MNIST|FashionMNIST>/raw` (torchvision's layout, as it is on disk).
+    pub fn candidate_folders(self, dir: &Path) -> Vec<PathBuf> {
+        vec![
+            dir.to_path_buf(),
+            dir.join(self.default_folder()),
+            dir.join("raw"),
+            dir.join(self.torchvision_folder()).join("raw"),
+        ]
+    }
+}
+
+/// A data set split held in memory as raw bytes; batches are normalised as they are gathered.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub kind: DatasetKind,
+    pub split: Split,
+    /// The folder the files were read from.
+    pub folder: PathBuf,
+    /// `len × rows × cols` pixels, row-major.
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+    pub classes: usize,
+}
+
+fn find_file(folder: &Path, stem: &str) -> Option<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .into_iter()
+        .map(|n| folder.join(n))
+        .find(|p| p.is_file())
+}
+
+impl Dataset {
+    /// Loads a split of `kind` from `data_dir` (see [`DatasetKind::candidate_folders`]).
+    ///
+    /// # Errors
+    /// [`Error::Data`] if no folder holds the files (the message says how to fetch them), or if a file
+    /// is malformed, has labels outside 0..10, or image and label counts differ.
+    pub fn load(kind: DatasetKind, data_dir: &Path, split: Split) -> Result<Self> {
+        let images_stem = format!("{}-images-idx3-ubyte", split.file_prefix());
+        let labels_stem = format!("{}-labels-idx1-ubyte", split.file_prefix());
+        let folders = kind.candidate_folders(data_dir);
+        let found = folders.iter().find_map(|f| {
+            Some((
+                f.clone(),
+                find_file(f, &images_stem)?,
+                find_file(f, &labels_stem)?,
+            ))
+        });
+        let Some((folder, images_path, labels_path)) = found else {
+            return Err(Error::data(
+                data_dir,
+                format!(
+                    "{} {} files not found ({images_stem}[.gz] and {labels_stem}[.gz] in {}); run `make data` to fetch them, or pass --data-dir",
+                    kind.name(),
+                    split.name(),
+                    folders
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        let images = read_idx(&images_path, IDX_MAGIC_IMAGES)?;
+        let labels = read_idx(&labels_path, IDX_MAGIC_LABELS)?;
+        if images.dims.len() != 3 {
+            return Err(Error::data(&images_path, "images must have 3 dimensions"));
+        }
+        let (n, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
+        if labels.dims[0] != n {
+            return Err(Error::data(
+                &labels_path,
+                format!(
+                    "{} labels but {} has {n} images",
+                    labels.dims[0],
+                    images_path.display()
+                ),
+            ));
+        }
+        let classes = 10;
+        if let Some((i, &l)) = labels
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l as usize >= classes)
+        {
+            return Err(Error::data(
+                &labels_path,
+                format!("label {l} at index {i} is out of range 0..{classes}"),
+            ));
+        }
+        Ok(Dataset {
+            kind,
+            split,
+            folder,
+            images: images.data,
+            labels: labels.data,
+            rows,
+            cols,
+            classes,
+        })
+    }
+
+    /// Builds a data set from bytes already in memory (tests, synthetic data).
+    pub fn from_parts(
+        kind: DatasetKind,
+        split: Split,
+        images: Vec<u8>,
+        labels: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Self {
+        assert_eq!(images.len(), labels.len() * rows * cols);
+        Dataset {
+            kind,
+            split,
+            folder: PathBuf::new(),
+            images,
+            labels,
+            rows,
+            cols,
+            classes: 10,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image.
+    pub fn features(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Keeps the first `n` samples in file order.
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len());
+        self.labels.truncate(n);
+        self.images.truncate(n * self.features());
+    }
+
+    /// The 256 normalised values `(b/255 − mean)/std`, each operation rounded in `T` (for `f32` this is
+    /// bit-identical to torchvision's `ToTensor` + `Normalize`; for `f64` it is the float64 formula).
+    pub fn normalisation_table<T: Real>(&self) -> [T; 256] {
+        let (mean, std) = self.kind.normalisation();
+        let (mean, std, d255) = (T::of_f64(mean), T::of_f64(std), T::of_f64(255.0));
+        std::array::from_fn(|b| (T::of_usize(b) / d255 - mean) / std)
+    }
+
+    /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`.
+    pub fn gather<T: Real>(&self, table: &[T; 256], indices: &[usize], x: &mut [T], y: &mut [usize]) {
+        let f = self.features();
+        debug_assert_eq!(x.len(), indices.len() * f);
+        for (k, &i) in indices.iter().enumerate() {
+            let src = &self.images[i * f..(i + 1) * f];
+            for (dst, &b) in x[k * f..(k + 1) * f].iter_mut().zip(src) {
+                *dst = table[b as usize];
+            }
+            y[k] = self.labels[i] as usize;
+        }
+    }
+
+    /// Gathers the contiguous range `start..start+count` (file order).
+    pub fn gather_range<T: Real>(
+        &self,
+        table: &[T; 256],
+        start: usize,
+        count: usize,
+        x: &mut [T],
+        y: &mut [usize],
+    ) {
+        let f = self.features();
+        for (dst, &b) in x[..count * f]
+            .iter_mut()
+            .zip(&self.images[start * f..(start + count) * f])
+        {
+            *dst = table[b as usize];
+        }
+        for (dst, &l) in y[..count].iter_mut().zip(&self.labels[start..start + count]) {
+            *dst = l as usize;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_matches_float32_torchvision() {
+        let d = Dataset::from_parts(DatasetKind::Mnist, Split::Train, vec![0; 4], vec![0], 2, 2);
+        let t: [f32; 256] = d.normalisation_table();
+        // ((float32)255/255 - 0.1307f)/0.3081f, each op in float32.
+        let expect = (255f32 / 255f32 - 0.1307f32) / 0.3081f32;
+        assert_eq!(t[255].to_bits(), expect.to_bits());
+        let t64: [f64; 256] = d.normalisation_table();
+        assert_eq!(t64[17], (17.0 / 255.0 - 0.1307) / 0.3081);
+        let f = Dataset::from_parts(
+            DatasetKind::FashionMnist,
+            Split::Train,
+            vec![0; 4],
+            vec![0],
+            2,
+            2,
+        );
+        let tf: [f64; 256] = f.normalisation_table();
+        assert_eq!(tf[0], -1.0);
+        assert_eq!(tf[255], 1.0);
+    }
+}

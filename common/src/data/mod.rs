@@ -1,0 +1,29 @@
+//! Data: IDX files, the MNIST and Fashion-MNIST data sets, normalisation and minibatches.
+
+mod dataset;
+pub(crate) mod idx;
+
+pub use dataset::{Dataset, DatasetKind, Split};
+pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
+
+use crate::model::Network;
+use crate::{Error, Result};
+
+/// Checks that a data set's samples fit a network's input (pixels per image).
+pub fn check_input(data: &Dataset, net: &Network) -> Result<()> {
+    if data.features() != net.input_features() {
+        return Err(Error::data(
+            &data.folder,
+            format!(
+                "{} images have {}×{} = {} pixels but the model {} expects {} inputs",
+                data.kind.name(),
+                data.rows,
+                data.cols,
+                data.features(),
+                net.arch.name(),
+                net.input_features()
+            ),
+        ));
+    }
+    Ok(())
+}

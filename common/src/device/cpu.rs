@@ -1,0 +1,224 @@
+//! The CPU implementation of the backend operations: BLAS matrix products (through ndarray, which
+//! calls `cblas_sgemm` / `cblas_dgemm` for contiguous operands), `im2col`/`col2im`, and the thread
+//! setting of the BLAS library.
+
+use crate::Real;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// C ← α·op(A)·op(B) + β·C for row-major buffers, where op(A) is m×k (A stored k×m when `trans_a`),
+/// op(B) is k×n (B stored n×k when `trans_b`) and C is m×n. One BLAS gemm call.
+///
+/// **Panics** if a buffer is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Real>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    let a = if trans_a {
+        ArrayView2::from_shape((k, m), &a[..m * k])
+            .expect("gemm: A shape")
+            .reversed_axes()
+    } else {
+        ArrayView2::from_shape((m, k), &a[..m * k]).expect("gemm: A shape")
+    };
+    let b = if trans_b {
+        ArrayView2::from_shape((n, k), &b[..n * k])
+            .expect("gemm: B shape")
+            .reversed_axes()
+    } else {
+        ArrayView2::from_shape((k, n), &b[..n * k]).expect("gemm: B shape")
+    };
+    let mut c = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).expect("gemm: C shape");
+    general_mat_mul(alpha, &a, &b, beta, &mut c);
+}
+
+/// `im2col` for a stride-1, zero-padded 2-D cross-correlation over a batch.
+///
+/// Input `x` is `[batch, channels, height, width]`; the output `cols` is
+/// `[channels·k·k, batch·ho·wo]` with row `(c, ki, kj)` and column `(n, oy, ox)`, holding
+/// `x[n, c, oy+ki−pad, ox+kj−pad]` (0 outside the image), where `ho = height + 2·pad − k + 1`.
+/// The convolution is then one gemm: `Y[o, (n,p)] = Σ_r W[o, r]·cols[r, (n,p)]`.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col<T: Real>(
+    x: &[T],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    k: usize,
+    pad: usize,
+    cols: &mut [T],
+) {
+    let ho = height + 2 * pad + 1 - k;
+    let wo = width + 2 * pad + 1 - k;
+    let plane = ho * wo;
+    let ncols = batch * plane;
+    for c in 0..channels {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = (c * k + ki) * k + kj;
+                let dst_row = &mut cols[row * ncols..(row + 1) * ncols];
+                for n in 0..batch {
+                    let src = &x[(n * channels + c) * height * width..][..height * width];
+                    let dst = &mut dst_row[n * plane..(n + 1) * plane];
+                    for oy in 0..ho {
+                        let iy = oy + ki;
+                        let d = &mut dst[oy * wo..(oy + 1) * wo];
+                        if iy < pad || iy >= height + pad {
+                            d.iter_mut().for_each(|v| *v = T::zero());
+                            continue;
+                        }
+                        let srow = &src[(iy - pad) * width..(iy - pad + 1) * width];
+                        // Valid ox: 0 <= ox + kj - pad < width.
+                        let lo = pad.saturating_sub(kj).min(wo);
+                        let hi = (width + pad).saturating_sub(kj).min(wo).max(lo);
+                        d[..lo].iter_mut().for_each(|v| *v = T::zero());
+                        d[lo..hi].copy_from_slice(&srow[lo + kj - pad..hi + kj - pad]);
+                        d[hi..].iter_mut().for_each(|v| *v = T::zero());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[n, c, iy, ix] += Σ dcols[(c,ki,kj), (n,oy,ox)]` over the positions
+/// that read that pixel. `dx` must be zeroed by the caller when it is not accumulated into.
+#[allow(clippy::too_many_arguments)]
+pub fn col2im<T: Real>(
+    dcols: &[T],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    k: usize,
+    pad: usize,
+    dx: &mut [T],
+) {
+    let ho = height + 2 * pad + 1 - k;
+    let wo = width + 2 * pad + 1 - k;
+    let plane = ho * wo;
+    let ncols = batch * plane;
+    for c in 0..channels {
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = (c * k + ki) * k + kj;
+                let src_row = &dcols[row * ncols..(row + 1) * ncols];
+                for n in 0..batch {
+                    let dst = &mut dx[(n * channels + c) * height * width..][..height * width];
+                    let src = &src_row[n * plane..(n + 1) * plane];
+                    for oy in 0..ho {
+                        let iy = oy + ki;
+                        if iy < pad || iy >= height + pad {
+                            continue;
+                        }
+                        let lo = pad.saturating_sub(kj).min(wo);
+                        let hi = (width + pad).saturating_sub(kj).min(wo).max(lo);
+                        let drow = &mut dst[(iy - pad) * width..(iy - pad + 1) * width];
+                        for (d, s) in drow[lo + kj - pad..hi + kj - pad]
+                            .iter_mut()
+                            .zip(&src[oy * wo + lo..oy * wo + hi])
+                        {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extern "C" {
+    fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
+    fn openblas_get_num_threads() -> std::os::raw::c_int;
+}
+
+/// Sets the number of threads OpenBLAS uses for each call. Single-threaded BLAS makes every result
+/// independent of the machine's core count (OpenBLAS partitions the output, not the inner sum, so in
+/// practice results do not change with the thread count either, but only 1 thread is guaranteed).
+pub fn set_blas_threads(n: usize) {
+    // SAFETY: plain C calls into the linked OpenBLAS; the argument is a positive int.
+    unsafe { openblas_set_num_threads(n.max(1) as std::os::raw::c_int) }
+}
+
+/// The number of threads OpenBLAS uses.
+pub fn blas_threads() -> usize {
+    // SAFETY: plain C call into the linked OpenBLAS.
+    unsafe { openblas_get_num_threads() as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A naive triple loop as the independent reference.
+    fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for l in 0..k {
+                    let av = if ta { a[l * m + i] } else { a[i * k + l] };
+                    let bv = if tb { b[j * k + l] } else { b[l * n + j] };
+                    c[i * n + j] += av * bv;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn gemm_matches_naive_in_all_transposes() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64).sin()).collect();
+        let b: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.7).cos()).collect();
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let mut c = vec![1.0; m * n];
+                gemm(ta, tb, m, n, k, 2.0, &a, &b, 0.5, &mut c);
+                let r = naive(ta, tb, m, n, k, &a, &b);
+                for (x, y) in c.iter().zip(&r) {
+                    assert!((x - (2.0 * y + 0.5)).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> = <x, col2im(c)> for random x, c.
+        let (b, ch, h, w, k, pad) = (2, 3, 6, 5, 3, 1);
+        let ho = h + 2 * pad + 1 - k;
+        let wo = w + 2 * pad + 1 - k;
+        let x: Vec<f64> = (0..b * ch * h * w).map(|i| (i as f64 * 1.3).sin()).collect();
+        let c: Vec<f64> = (0..ch * k * k * b * ho * wo)
+            .map(|i| (i as f64 * 0.37).cos())
+            .collect();
+        let mut cols = vec![0.0; c.len()];
+        im2col(&x, b, ch, h, w, k, pad, &mut cols);
+        let mut dx = vec![0.0; x.len()];
+        col2im(&c, b, ch, h, w, k, pad, &mut dx);
+        let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-10 * lhs.abs().max(1.0));
+        // Spot-check one entry against the definition.
+        let (cc, ki, kj, n, oy, ox) = (1, 2, 0, 1, 3, 0);
+        let row = (cc * k + ki) * k + kj;
+        let col = n * ho * wo + oy * wo + ox;
+        let (iy, ix) = (oy + ki, ox + kj);
+        let expect = if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
+            0.0
+        } else {
+            x[((n * ch + cc) * h + iy - pad) * w + ix - pad]
+        };
+        assert_eq!(cols[row * b * ho * wo + col], expect);
+    }
+}

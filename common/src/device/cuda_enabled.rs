@@ -1,0 +1,28 @@
+//! The CUDA backend (cudarc with dynamic loading: no CUDA toolkit is needed to build).
+//!
+//! This build checks for the driver before touching it, because cudarc's context constructor panics
+//! when the driver library is missing. The device implementations of the backend operations are not
+//! written yet: the tools run on the CPU and say so when CUDA is requested.
+
+use crate::{Error, Result};
+
+/// Checks that the CUDA driver library is present and that device `ordinal` exists.
+pub fn probe(ordinal: usize) -> Result<()> {
+    if !cudarc::driver::sys::is_culib_present() {
+        return Err(Error::Device(
+            "CUDA requested but the CUDA driver library (libcuda) was not found on this machine"
+                .to_string(),
+        ));
+    }
+    let count = cudarc::driver::CudaContext::device_count()
+        .map_err(|e| Error::Device(format!("CUDA driver error: {e:?}")))?;
+    if ordinal as i32 >= count {
+        return Err(Error::Device(format!(
+            "cuda:{ordinal} requested but {count} CUDA device(s) are visible"
+        )));
+    }
+    Err(Error::Device(
+        "the CUDA backend operations are not implemented yet in this build; use --device cpu"
+            .to_string(),
+    ))
+}

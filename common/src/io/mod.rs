@@ -1,0 +1,11 @@
+//! Files and streams: checkpoints, optimiser sidecars, JSON-lines records, atomic writes.
+
+mod atomic;
+mod checkpoint;
+mod records;
+
+pub use atomic::{atomic_write, check_writable_dir};
+pub use checkpoint::{
+    load_optimizer_state, natural_order, optimizer_sidecar_path, save_optimizer_state, Checkpoint,
+};
+pub use records::{read_records, Record, RecordWriter};

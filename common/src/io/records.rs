@@ -1,0 +1,75 @@
+//! JSON-lines records.
+//!
+//! A record is one JSON object on one line of stdout. Keys keep their insertion order (serde_json's
+//! `preserve_order`), every line is flushed as soon as it is written, and tools downstream keep every
+//! field they do not understand and append their own (`{...record, "llc": {...}}`), so pipelines like
+//! `train | llc | hessian-trace` stream while training runs. The fields are documented in the README.
+
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::io::{BufRead, Write};
+
+/// One record: an ordered JSON object.
+pub type Record = Map<String, Value>;
+
+/// Writes records as JSON lines, flushing after each.
+pub struct RecordWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> RecordWriter<W> {
+    pub fn new(out: W) -> Self {
+        RecordWriter { out }
+    }
+
+    /// Writes one record and flushes. A broken pipe is returned as an `io::Error` of kind
+    /// `BrokenPipe` so that binaries can exit quietly (`train | head -1`).
+    pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+/// Reads JSON-lines records from `input`; blank lines are skipped. Each item is the record or an
+/// error naming the line.
+pub fn read_records<R: BufRead>(input: R) -> impl Iterator<Item = Result<Record>> {
+    input
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| match line {
+            Err(e) => Some(Err(Error::io("<stdin>", e))),
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(match serde_json::from_str::<Value>(&l) {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => Err(Error::invalid(format!(
+                    "<stdin>: line {}: a record must be a JSON object",
+                    i + 1
+                ))),
+                Err(e) => Err(Error::invalid(format!(
+                    "<stdin>: line {}: not JSON: {e}",
+                    i + 1
+                ))),
+            }),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_kept_and_lines_round_trip() {
+        let mut r = Record::new();
+        r.insert("zeta".into(), Value::from(1));
+        r.insert("alpha".into(), Value::from("x"));
+        let mut buf = Vec::new();
+        RecordWriter::new(&mut buf).write(&r).unwrap();
+        assert_eq!(String::from_utf8(buf.clone()).unwrap(), "{\"zeta\":1,\"alpha\":\"x\"}\n");
+        let back: Vec<_> = read_records(&b"\n{\"a\":1}\n[1]\n"[..]).collect();
+        assert_eq!(back.len(), 2);
+        assert!(back[0].is_ok());
+        assert!(back[1].as_ref().unwrap_err().to_string().contains("line 3"));
+        let _ = buf;
+    }
+}

@@ -1,0 +1,43 @@
+//! The flat parameter vector and its named tensors.
+
+/// One tensor of the flat parameter vector: its PyTorch name, shape (PyTorch layout: `[out, in]` for
+/// Linear, `[out, in, kh, kw]` for Conv2d) and position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub numel: usize,
+}
+
+impl TensorSpec {
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.numel
+    }
+}
+
+/// The tensors of a model in `state_dict` order; the flat vector concatenates them, each row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    pub tensors: Vec<TensorSpec>,
+}
+
+impl ParamLayout {
+    /// Total number of parameters P.
+    pub fn total(&self) -> usize {
+        self.tensors.last().map_or(0, |t| t.offset + t.numel)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorSpec> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The named tensor's block of a flat vector.
+    pub fn view<'a, T>(&self, flat: &'a [T], name: &str) -> Option<&'a [T]> {
+        self.get(name).map(|t| &flat[t.range()])
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tensors.iter().map(|t| t.name.clone()).collect()
+    }
+}

@@ -1,0 +1,17 @@
+//! Models: architectures, the flat parameter vector and its named views, layers and initialisation.
+//!
+//! A model is a [`Network`]: an [`Architecture`] turned into a sequence of [`Layer`]s whose parameters
+//! live in one flat, contiguous vector laid out as PyTorch's `state_dict` ([`ParamLayout`]). Optimisers,
+//! samplers and curvature code work on that flat vector.
+
+mod arch;
+mod init;
+mod layers;
+mod layout;
+mod network;
+
+pub use arch::{Activation, Architecture};
+pub use init::initialise;
+pub use layers::{softmax_cross_entropy, Layer};
+pub use layout::{ParamLayout, TensorSpec};
+pub use network::{Evaluation, Network, Workspace};

@@ -1,0 +1,48 @@
+//! Optimisers over the flat f32 parameter vector.
+//!
+//! An [`Optimizer`] turns a minibatch gradient into an update. It sees the batch too ([`Batch`]),
+//! because natural-gradient methods need more than the mean gradient. Its state can be saved to and
+//! restored from an optimiser sidecar so that training resumes exactly.
+
+mod sgd;
+
+pub use sgd::{Sgd, SgdConfig};
+
+use crate::model::Network;
+use crate::Result;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// The minibatch a gradient was computed on.
+pub struct Batch<'a> {
+    pub net: &'a Network,
+    /// `batch × input_features`, normalised.
+    pub x: &'a [f32],
+    pub labels: &'a [usize],
+}
+
+/// A first- or second-order optimiser.
+pub trait Optimizer: Send {
+    /// `sgd`, `ngd`, `ngd-exact`.
+    fn name(&self) -> &'static str;
+    /// Every hyperparameter that shapes the update, for records and checkpoint metadata.
+    fn hyperparameters(&self) -> Map<String, Value>;
+    /// θ ← update(θ, g). `grad` may be modified (it is scratch after the call).
+    fn step(&mut self, params: &mut [f32], grad: &mut [f32], batch: &Batch) -> Result<()>;
+    /// The state needed to resume exactly, as named flat tensors.
+    fn state(&self) -> BTreeMap<String, Vec<f32>>;
+    /// Restores [`Optimizer::state`].
+    fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()>;
+    /// What the optimiser did since the last call (for the epoch record), then resets it.
+    fn take_epoch_stats(&mut self) -> Map<String, Value> {
+        Map::new()
+    }
+}
+
+/// The optimiser's description for records: `{"name": ..., <hyperparameters>}`.
+pub fn describe(opt: &dyn Optimizer) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), Value::from(opt.name()));
+    m.extend(opt.hyperparameters());
+    Value::Object(m)
+}
