@@ -27,3 +27,18 @@ pub fn check_input(data: &Dataset, net: &Network) -> Result<()> {
     }
     Ok(())
 }
+
+/// The data set a checkpoint was trained on: `--dataset` when given, else the checkpoint's metadata,
+/// else MNIST.
+pub fn dataset_for_checkpoint(
+    checkpoint: &crate::io::Checkpoint,
+    explicit: Option<&str>,
+) -> Result<DatasetKind> {
+    match explicit {
+        Some(d) => DatasetKind::parse(d),
+        None => match checkpoint.dataset() {
+            Some(d) => DatasetKind::parse(d),
+            None => Ok(DatasetKind::Mnist),
+        },
+    }
+}

@@ -9,3 +9,5 @@ pub use checkpoint::{
     load_optimizer_state, natural_order, optimizer_sidecar_path, save_optimizer_state, Checkpoint,
 };
 pub use records::{read_records, Record, RecordWriter};
+mod stream;
+pub use stream::{process_stream, require_file, StreamSummary};
