@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    eprintln!("hessian-trace: not yet available (it is being built; see the project's open issues)");
+    eprintln!(
+        "hessian-trace: not yet available (it is being built; see the project's open issues)"
+    );
     ExitCode::from(2)
 }

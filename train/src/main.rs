@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const ABOUT: &str = "Train a small network with SGD and write a checkpoint and a JSON record per epoch.";
+const ABOUT: &str =
+    "Train a small network with SGD and write a checkpoint and a JSON record per epoch.";
 
 const LONG_ABOUT: &str = "\
 Train an MLP or the paper's LeNet on MNIST or Fashion-MNIST with SGD (PyTorch's torch.optim.SGD:
@@ -182,7 +183,9 @@ fn run(args: Args) -> Result<()> {
     let arch = match (&init, explicit_model) {
         (Some(ck), _) => ck.network.arch.clone(),
         (None, Some(a)) => a,
-        (None, None) => Architecture::mlp(args.hidden.clone(), Activation::parse(&args.activation)?),
+        (None, None) => {
+            Architecture::mlp(args.hidden.clone(), Activation::parse(&args.activation)?)
+        }
     };
     let meta_str = |k: &str| {
         init.as_ref()
@@ -245,9 +248,15 @@ fn run(args: Args) -> Result<()> {
         (Some(ck), true) => {
             let path = args.init.as_ref().expect("init");
             let sidecar = optimizer_sidecar_path(path);
-            let (state, _) = load_optimizer_state(&sidecar)
-                .with_context(|| format!("--resume needs the optimiser sidecar of {}", path.display()))?;
-            if let Some(name) = ck.meta.get("optimizer").and_then(|o| o.get("name")).and_then(Value::as_str) {
+            let (state, _) = load_optimizer_state(&sidecar).with_context(|| {
+                format!("--resume needs the optimiser sidecar of {}", path.display())
+            })?;
+            if let Some(name) = ck
+                .meta
+                .get("optimizer")
+                .and_then(|o| o.get("name"))
+                .and_then(Value::as_str)
+            {
                 if name != optimizer.name() {
                     bail!(
                         "{}: the run was trained with {name}; --resume must use the same optimiser",
@@ -257,12 +266,24 @@ fn run(args: Args) -> Result<()> {
             }
             optimizer.load_state(&state)?;
             let epoch = meta_u64("epoch").unwrap_or(0) as usize;
-            let complete = ck.meta.get("epoch_complete").and_then(Value::as_bool).unwrap_or(true);
+            let complete = ck
+                .meta
+                .get("epoch_complete")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
             Start {
                 params: ck.params.clone(),
-                epoch: if complete { epoch } else { epoch.saturating_sub(1) },
+                epoch: if complete {
+                    epoch
+                } else {
+                    epoch.saturating_sub(1)
+                },
                 step: meta_u64("step").unwrap_or(0) as usize,
-                step_in_epoch: if complete { 0 } else { meta_u64("step_in_epoch").unwrap_or(0) as usize },
+                step_in_epoch: if complete {
+                    0
+                } else {
+                    meta_u64("step_in_epoch").unwrap_or(0) as usize
+                },
                 init: ck
                     .meta
                     .get("init")
@@ -308,13 +329,19 @@ fn run(args: Args) -> Result<()> {
             .context("cannot install the Ctrl-C handler")?;
     }
     if !args.quiet {
+        let hyper: Vec<String> = optimizer
+            .hyperparameters()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         eprintln!(
-            "train: {} ({} parameters) on {} ({} samples), {} , batch {}, seed {}, epochs {}..={}",
+            "train: {} ({} parameters) on {} ({} samples), {} {}, batch {}, seed {}, epochs {}..={}",
             net.arch.name(),
             net.num_params(),
             dataset.name(),
             train_data.len(),
-            serde_json::to_string(&common::optim::describe(optimizer.as_ref()))?,
+            optimizer.name(),
+            hyper.join(" "),
             args.batch_size,
             seed,
             start.epoch + 1,

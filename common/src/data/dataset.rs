@@ -252,7 +252,13 @@ impl Dataset {
     }
 
     /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`.
-    pub fn gather<T: Real>(&self, table: &[T; 256], indices: &[usize], x: &mut [T], y: &mut [usize]) {
+    pub fn gather<T: Real>(
+        &self,
+        table: &[T; 256],
+        indices: &[usize],
+        x: &mut [T],
+        y: &mut [usize],
+    ) {
         let f = self.features();
         debug_assert_eq!(x.len(), indices.len() * f);
         for (k, &i) in indices.iter().enumerate() {
@@ -260,6 +266,28 @@ impl Dataset {
             for (dst, &b) in x[k * f..(k + 1) * f].iter_mut().zip(src) {
                 *dst = table[b as usize];
             }
+            y[k] = self.labels[i] as usize;
+        }
+    }
+
+    /// All images normalised once (`len × features`), for fast gathers in hot loops
+    /// ([`Dataset::gather_normalized`]); 188 MB in f32 for the MNIST training set.
+    pub fn normalized<T: Real>(&self) -> Vec<T> {
+        let table = self.normalisation_table::<T>();
+        self.images.iter().map(|&b| table[b as usize]).collect()
+    }
+
+    /// Gathers samples `indices` from pre-normalised images (row copies, no arithmetic).
+    pub fn gather_normalized<T: Real>(
+        &self,
+        normalized: &[T],
+        indices: &[usize],
+        x: &mut [T],
+        y: &mut [usize],
+    ) {
+        let f = self.features();
+        for (k, &i) in indices.iter().enumerate() {
+            x[k * f..(k + 1) * f].copy_from_slice(&normalized[i * f..(i + 1) * f]);
             y[k] = self.labels[i] as usize;
         }
     }
@@ -280,7 +308,10 @@ impl Dataset {
         {
             *dst = table[b as usize];
         }
-        for (dst, &l) in y[..count].iter_mut().zip(&self.labels[start..start + count]) {
+        for (dst, &l) in y[..count]
+            .iter_mut()
+            .zip(&self.labels[start..start + count])
+        {
             *dst = l as usize;
         }
     }

@@ -156,6 +156,27 @@ pub fn blas_threads() -> usize {
     unsafe { openblas_get_num_threads() as usize }
 }
 
+/// Measures the single-call sgemm rate in GFLOP/s for C[m×n] = A[m×k]·B[k×n] (2·m·n·k flops per
+/// call), as the median of `reps` timed calls after a warm-up. Benchmarks divide their FLOPs by this
+/// rate to print the compute floor next to their measured time.
+pub fn measure_sgemm_gflops(m: usize, n: usize, k: usize, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32) * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 89) as f32) * 0.01).collect();
+    let mut c = vec![0f32; m * n];
+    for _ in 0..3 {
+        gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+    }
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = std::time::Instant::now();
+            gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(|x, y| x.partial_cmp(y).expect("finite time"));
+    2.0 * (m * n * k) as f64 / times[times.len() / 2] / 1e9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +219,9 @@ mod tests {
         let (b, ch, h, w, k, pad) = (2, 3, 6, 5, 3, 1);
         let ho = h + 2 * pad + 1 - k;
         let wo = w + 2 * pad + 1 - k;
-        let x: Vec<f64> = (0..b * ch * h * w).map(|i| (i as f64 * 1.3).sin()).collect();
+        let x: Vec<f64> = (0..b * ch * h * w)
+            .map(|i| (i as f64 * 1.3).sin())
+            .collect();
         let c: Vec<f64> = (0..ch * k * k * b * ho * wo)
             .map(|i| (i as f64 * 0.37).cos())
             .collect();
@@ -221,25 +244,4 @@ mod tests {
         };
         assert_eq!(cols[row * b * ho * wo + col], expect);
     }
-}
-
-/// Measures the single-call sgemm rate in GFLOP/s for C[m×n] = A[m×k]·B[k×n] (2·m·n·k flops per
-/// call), as the median of `reps` timed calls after a warm-up. Benchmarks divide their FLOPs by this
-/// rate to print the compute floor next to their measured time.
-pub fn measure_sgemm_gflops(m: usize, n: usize, k: usize, reps: usize) -> f64 {
-    let a: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32) * 0.01).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| ((i % 89) as f32) * 0.01).collect();
-    let mut c = vec![0f32; m * n];
-    for _ in 0..3 {
-        gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
-    }
-    let mut times: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let t = std::time::Instant::now();
-            gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(|x, y| x.partial_cmp(y).expect("finite time"));
-    2.0 * (m * n * k) as f64 / times[times.len() / 2] / 1e9
 }

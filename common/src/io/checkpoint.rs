@@ -9,6 +9,7 @@
 
 use super::atomic::atomic_write;
 use crate::model::{Activation, Architecture, Network};
+use crate::optim::OptimizerState;
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -78,7 +79,10 @@ impl Checkpoint {
         }
         md.insert("format".into(), "pt".into());
         md.insert("arch".into(), self.network.arch.to_json().to_string());
-        md.insert("param_order".into(), Value::from(layout.names()).to_string());
+        md.insert(
+            "param_order".into(),
+            Value::from(layout.names()).to_string(),
+        );
         md.insert("num_params".into(), layout.total().to_string());
         md.insert("dtype".into(), "float32".into());
         md.insert("torch_module".into(), self.network.arch.torch_definition());
@@ -102,7 +106,11 @@ impl Checkpoint {
     }
 
     /// [`Checkpoint::load`] from bytes in memory; `path` is only used in messages.
-    pub fn from_bytes(path: &Path, bytes: &[u8], model: Option<&Architecture>) -> Result<Checkpoint> {
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        model: Option<&Architecture>,
+    ) -> Result<Checkpoint> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -116,9 +124,9 @@ impl Checkpoint {
         for k in keys {
             let s = &raw_meta[&k];
             let v = match serde_json::from_str::<Value>(s) {
-                Ok(v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_))) => {
-                    v
-                }
+                Ok(
+                    v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_)),
+                ) => v,
                 _ => Value::String(s.clone()),
             };
             meta.insert(k, v);
@@ -160,9 +168,8 @@ impl Checkpoint {
         let arch = match model {
             Some(a) => a.clone(),
             None => match meta.get("arch") {
-                Some(Value::Object(_)) => Architecture::from_json(&meta["arch"]).map_err(|e| {
-                    meta_err(path, format!("metadata names an unknown model: {e}"))
-                })?,
+                Some(Value::Object(_)) => Architecture::from_json(&meta["arch"])
+                    .map_err(|e| meta_err(path, format!("metadata names an unknown model: {e}")))?,
                 Some(Value::String(name)) => {
                     let act = meta
                         .get("activation")
@@ -229,10 +236,16 @@ impl Checkpoint {
 /// spaces to a multiple of 8 bytes (as the reference implementation does). The `safetensors` crate's
 /// own serialiser writes the metadata in hash-map order, which would make identical runs produce
 /// different bytes.
-fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])], meta: &BTreeMap<String, String>) -> Vec<u8> {
+fn encode_safetensors(
+    tensors: &[(String, Vec<usize>, &[f32])],
+    meta: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let mut header = Map::new();
     if !meta.is_empty() {
-        let m: Map<String, Value> = meta.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
+        let m: Map<String, Value> = meta
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect();
         header.insert("__metadata__".into(), Value::Object(m));
     }
     let mut offset = 0usize;
@@ -245,7 +258,7 @@ fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])], meta: &BTreeMap<
         offset = end;
     }
     let mut h = Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
@@ -326,19 +339,20 @@ pub fn natural_order(a: &str, b: &str) -> Ordering {
 /// Infers the architecture from the ordered tensor shapes: a chain of 2-D weights (with 1-D biases) is
 /// a ReLU MLP; 4-D conv weights followed by three Linear layers are the paper's LeNet.
 fn infer_architecture(shapes: &[Vec<usize>]) -> std::result::Result<Architecture, String> {
-    if shapes.len() % 2 != 0 {
+    if !shapes.len().is_multiple_of(2) {
         return Err(format!(
             "cannot infer the model: {} tensors do not form weight/bias pairs (pass --model)",
             shapes.len()
         ));
     }
-    let pairs: Vec<(&Vec<usize>, &Vec<usize>)> =
-        shapes.chunks(2).map(|c| (&c[0], &c[1])).collect();
+    let pairs: Vec<(&Vec<usize>, &Vec<usize>)> = shapes.chunks(2).map(|c| (&c[0], &c[1])).collect();
     if pairs.iter().all(|(w, b)| w.len() == 2 && b.len() == 1) {
         let mut hidden = Vec::new();
         for (i, (w, b)) in pairs.iter().enumerate() {
             if b[0] != w[0] {
-                return Err(format!("cannot infer the model: bias {i} does not match its weight"));
+                return Err(format!(
+                    "cannot infer the model: bias {i} does not match its weight"
+                ));
             }
             if i > 0 && pairs[i - 1].0[0] != w[1] {
                 return Err(format!(
@@ -402,9 +416,7 @@ pub fn save_optimizer_state(
 }
 
 /// Reads an optimiser sidecar: its tensors and metadata.
-pub fn load_optimizer_state(
-    path: &Path,
-) -> Result<(BTreeMap<String, Vec<f32>>, Map<String, Value>)> {
+pub fn load_optimizer_state(path: &Path) -> Result<(OptimizerState, Map<String, Value>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
@@ -437,9 +449,26 @@ mod tests {
 
     #[test]
     fn natural_order_sorts_layers_numerically() {
-        let mut v = vec!["10.bias", "3.weight", "1.bias", "10.weight", "1.weight", "3.bias"];
+        let mut v = vec![
+            "10.bias",
+            "3.weight",
+            "1.bias",
+            "10.weight",
+            "1.weight",
+            "3.bias",
+        ];
         v.sort_by(|a, b| natural_order(a, b));
-        assert_eq!(v, ["1.weight", "1.bias", "3.weight", "3.bias", "10.weight", "10.bias"]);
+        assert_eq!(
+            v,
+            [
+                "1.weight",
+                "1.bias",
+                "3.weight",
+                "3.bias",
+                "10.weight",
+                "10.bias"
+            ]
+        );
         let mut w = vec!["fc2.weight", "fc1.bias", "fc1.weight", "fc2.bias"];
         w.sort_by(|a, b| natural_order(a, b));
         assert_eq!(w, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
@@ -471,7 +500,12 @@ mod tests {
         let mlp = infer_architecture(&[vec![64, 784], vec![64], vec![10, 64], vec![10]]).unwrap();
         assert_eq!(mlp, Architecture::mlp(vec![64], Activation::Relu));
         let lenet = Architecture::LeNet { extra_layers: 2 };
-        let shapes: Vec<Vec<usize>> = lenet.layout().tensors.iter().map(|t| t.shape.clone()).collect();
+        let shapes: Vec<Vec<usize>> = lenet
+            .layout()
+            .tensors
+            .iter()
+            .map(|t| t.shape.clone())
+            .collect();
         assert_eq!(infer_architecture(&shapes).unwrap(), lenet);
     }
 }

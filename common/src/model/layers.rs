@@ -93,7 +93,10 @@ impl Layer {
                 height,
                 width,
                 ..
-            } => (height + 2 * padding + 1 - kernel, width + 2 * padding + 1 - kernel),
+            } => (
+                height + 2 * padding + 1 - kernel,
+                width + 2 * padding + 1 - kernel,
+            ),
             _ => (0, 0),
         }
     }
@@ -133,6 +136,7 @@ impl Layer {
     }
 
     /// Forward pass for `batch` samples: `y ← layer(x)`. `argmax` receives the max-pool winners.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Real>(
         &self,
         layout: &ParamLayout,

@@ -192,7 +192,12 @@ impl Network {
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
-    pub fn evaluate<T: Real>(&self, params: &[T], data: &Dataset, batch: usize) -> Result<Evaluation> {
+    pub fn evaluate<T: Real>(
+        &self,
+        params: &[T],
+        data: &Dataset,
+        batch: usize,
+    ) -> Result<Evaluation> {
         crate::data::check_input(data, self)?;
         let table = data.normalisation_table::<T>();
         let mut ws = self.workspace::<T>(batch);

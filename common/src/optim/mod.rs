@@ -13,6 +13,9 @@ use crate::Result;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// An optimiser's resumable state: named flat f32 tensors (stored in the sidecar).
+pub type OptimizerState = BTreeMap<String, Vec<f32>>;
+
 /// The minibatch a gradient was computed on.
 pub struct Batch<'a> {
     pub net: &'a Network,

@@ -106,21 +106,27 @@ impl Sgd {
         }
         if mu != 0.0 {
             match &mut self.buffer {
-                None => self.buffer = Some(d.to_vec()),
-                Some(buf) => {
-                    for (b, &g) in buf.iter_mut().zip(d.iter()) {
-                        *b = *b * mu + one_minus_tau * g;
+                // First step: buf ← d, then the update with that buffer.
+                None => {
+                    self.buffer = Some(d.to_vec());
+                    let buf = self.buffer.as_ref().expect("momentum buffer");
+                    for ((p, &g), &b) in params.iter_mut().zip(d.iter()).zip(buf) {
+                        *p -= lr * if c.nesterov { g + mu * b } else { b };
                     }
                 }
-            }
-            let buf = self.buffer.as_ref().expect("momentum buffer");
-            if c.nesterov {
-                for ((p, g), &b) in params.iter_mut().zip(d.iter()).zip(buf) {
-                    *p -= lr * (*g + mu * b);
-                }
-            } else {
-                for (p, &b) in params.iter_mut().zip(buf) {
-                    *p -= lr * b;
+                // One fused pass: buf ← μ·buf + (1−τ)·d, then θ ← θ − lr·(d + μ·buf) or θ − lr·buf.
+                Some(buf) => {
+                    if c.nesterov {
+                        for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
+                            *b = *b * mu + one_minus_tau * g;
+                            *p -= lr * (g + mu * *b);
+                        }
+                    } else {
+                        for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
+                            *b = *b * mu + one_minus_tau * g;
+                            *p -= lr * *b;
+                        }
+                    }
                 }
             }
         } else {

@@ -1,0 +1,65 @@
+# ngd-slt: train small networks with SGD or NGD and measure how degenerate their solutions are.
+#
+#   make demo    set up everything, train the demo run, print a summary      (newcomers start here)
+#   make test    set up everything and run the whole test suite               (CI runs this)
+#   make data    fetch and verify MNIST and Fashion-MNIST into data/
+#   make build   build the tools in release mode
+#   make bench   benchmarks of the hot paths, next to the compute floor (and PyTorch when installed)
+#   make lint    cargo fmt --check and clippy -D warnings
+#   make check-cuda  type-check the CUDA build (no GPU needed)
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/release
+DATA ?= data
+RUNS ?= runs
+
+.PHONY: help deps data build demo test bench lint check-cuda clean
+
+help:
+	@sed -n '3,10p' Makefile | sed 's/^# //'
+
+# libopenblas-dev provides BLAS and LAPACK; installed through apt-get when run as root.
+deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so ' && [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] && ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "make: installing libopenblas-dev" >&2; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev >/dev/null; \
+	  else \
+	    echo "make: libopenblas-dev is missing; run: sudo apt-get install -y libopenblas-dev" >&2; exit 1; \
+	  fi; \
+	fi
+
+data:
+	@scripts/fetch-data.sh $(DATA)
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# The demo: the MLP 784-128-10 on MNIST, SGD, 3 epochs; checkpoints and run log in runs/demo/.
+demo: deps data build
+	@rm -rf $(RUNS)/demo/sgd
+	@mkdir -p $(RUNS)/demo
+	$(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer sgd \
+	  --epochs 3 --seed 1 --out $(RUNS)/demo/sgd > $(RUNS)/demo/sgd.jsonl
+	@scripts/demo-summary.sh $(RUNS)/demo
+
+test: deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) test --release --workspace
+
+bench: deps data
+	$(CARGO) bench -p common
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+check-cuda: deps
+	$(CARGO) check --workspace --features train/cuda,hessian-trace/cuda,llc/cuda,wbic/cuda,switch/cuda
+
+clean:
+	$(CARGO) clean

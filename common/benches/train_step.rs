@@ -1,0 +1,148 @@
+//! `make bench`: the training step of the MNIST MLP 1×128 at batch 128 (the paper's setting).
+//!
+//! Prints the epoch time (469 steps of forward + backward + Nesterov SGD, data gathering included,
+//! test evaluation and checkpoint writing excluded) on 1 and 2 BLAS threads, next to the compute floor
+//! = FLOPs of the epoch's forward and backward passes / the sgemm rate measured in the same run, and,
+//! when `torch` is importable, PyTorch doing the same epoch on 1 thread in the same run.
+
+extern crate openblas_src;
+
+use common::data::{Dataset, DatasetKind, Split};
+use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
+use common::model::{initialise, Activation, Architecture, Network};
+use common::optim::{Batch, Optimizer, Sgd, SgdConfig};
+use common::rng::{stream, Purpose};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data"))
+}
+
+/// One epoch of training; returns seconds.
+fn epoch(net: &Network, data: &Dataset, batch: usize, seed: u64) -> f64 {
+    let mut params: Vec<f32> = initialise(net, seed);
+    let mut opt = Sgd::new(SgdConfig::default()).expect("sgd");
+    let table = data.normalized::<f32>();
+    let f = data.features();
+    let mut ws = net.workspace::<f32>(batch);
+    let mut x = vec![0f32; batch * f];
+    let mut y = vec![0usize; batch];
+    let mut grad = vec![0f32; net.num_params()];
+    let t = Instant::now();
+    let order = stream(seed, Purpose::Shuffle, 1).permutation(data.len());
+    for idx in order.chunks(batch) {
+        let b = idx.len();
+        data.gather_normalized(&table, idx, &mut x[..b * f], &mut y[..b]);
+        net.loss_and_gradient(&params, &x[..b * f], &y[..b], &mut grad, &mut ws);
+        let bt = Batch {
+            net,
+            x: &x[..b * f],
+            labels: &y[..b],
+        };
+        opt.step(&mut params, &mut grad, &bt).expect("step");
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+/// FLOPs of forward + backward of an MLP epoch (the first layer's input gradient is not computed).
+fn mlp_epoch_flops(sizes: &[usize], n: usize) -> f64 {
+    let mut per_sample = 0.0;
+    for (l, w) in sizes.windows(2).enumerate() {
+        let mk = (w[0] * w[1]) as f64;
+        per_sample += 2.0 * mk; // forward
+        per_sample += 2.0 * mk; // weight gradient
+        if l > 0 {
+            per_sample += 2.0 * mk; // input gradient
+        }
+    }
+    per_sample * n as f64
+}
+
+fn main() {
+    let dir = data_dir();
+    let data = match Dataset::load(DatasetKind::Mnist, &dir, Split::Train) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bench train_step: {e}");
+            std::process::exit(1);
+        }
+    };
+    let net = Network::new(Architecture::mlp(vec![128], Activation::Relu));
+    let batch = 128;
+    let reps = 5;
+    let flops = mlp_epoch_flops(&[784, 128, 10], data.len());
+
+    println!(
+        "== training step: MNIST MLP 784-128-10, batch {batch}, one epoch = {} steps",
+        data.len().div_ceil(batch)
+    );
+    let mut results = Vec::new();
+    for threads in [1, 2] {
+        set_blas_threads(threads);
+        let rate_step = measure_sgemm_gflops(batch, 128, 784, 51);
+        let rate_big = measure_sgemm_gflops(1024, 1024, 1024, 5);
+        epoch(&net, &data, batch, 1); // warm-up
+        let secs = median(
+            (0..reps)
+                .map(|r| epoch(&net, &data, batch, r as u64 + 1))
+                .collect(),
+        );
+        let floor = flops / (rate_step * 1e9);
+        let floor_peak = flops / (rate_big * 1e9);
+        println!(
+            "threads {threads}: epoch {secs:.3} s ({:.0} samples/s, median of {reps}); floor {floor:.3} s at the step's sgemm rate {rate_step:.1} GFLOP/s (ratio {:.2}); floor {floor_peak:.3} s at the 1024³ sgemm rate {rate_big:.1} GFLOP/s (ratio {:.2}); {:.1} GFLOP per epoch",
+            data.len() as f64 / secs,
+            secs / floor,
+            secs / floor_peak,
+            flops / 1e9
+        );
+        results.push((threads, secs, floor));
+    }
+
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/anchors/torch_train_epoch.py");
+    let has_torch = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_torch {
+        println!("pytorch: not importable, anchor skipped");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .arg(reps.to_string())
+        .output()
+        .expect("run the PyTorch anchor");
+    if !out.status.success() {
+        println!(
+            "pytorch: anchor failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let torch_secs: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("anchor output");
+    let (_, ours, floor) = results[0];
+    println!(
+        "pytorch (1 thread, same epoch): {torch_secs:.3} s = {:.2}x the floor; ours/pytorch = {:.2} (ours is {:.2}x faster)",
+        torch_secs / floor,
+        ours / torch_secs,
+        torch_secs / ours
+    );
+}
