@@ -17,7 +17,7 @@ BIN := $(CARGO_TARGET_DIR)/release
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: help deps data build demo test bench lint check-cuda clean
+.PHONY: help deps data build demo test bench lint check-cuda clean crosscheck-torch
 
 help:
 	@sed -n '3,10p' Makefile | sed 's/^# //'
@@ -63,3 +63,11 @@ check-cuda: deps
 
 clean:
 	$(CARGO) clean
+
+# Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
+crosscheck-torch: build
+	@if ! python3 -c 'import torch, safetensors' 2>/dev/null; then echo "crosscheck-torch: torch or safetensors not importable; skipped"; exit 0; fi; \
+	tmp=$$(mktemp -d); \
+	$(BIN)/train --data-dir tests/fixtures/mnist-small --hidden 64,32 --activation tanh --epochs 1 --quiet --out $$tmp/mlp > $$tmp/mlp.jsonl; \
+	$(BIN)/train --data-dir tests/fixtures/mnist-small --model lenet --epochs 1 --quiet --out $$tmp/lenet > $$tmp/lenet.jsonl; \
+	python3 scripts/anchors/check_torch_load.py $$tmp/mlp.jsonl $$tmp/lenet.jsonl; rm -rf $$tmp

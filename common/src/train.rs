@@ -257,6 +257,7 @@ pub fn train(
                 meta.insert("batch_size".into(), Value::from(cfg.batch_size));
                 meta.insert("shuffle".into(), Value::from(cfg.shuffle));
                 meta.insert("train_samples".into(), Value::from(n));
+                meta.insert("blas_threads".into(), Value::from(cfg.threads));
                 for (k2, v) in &cfg.extra {
                     meta.insert(k2.clone(), v.clone());
                 }

@@ -81,9 +81,19 @@ pub fn im2col<T: Real>(
                         // Valid ox: 0 <= ox + kj - pad < width.
                         let lo = pad.saturating_sub(kj).min(wo);
                         let hi = (width + pad).saturating_sub(kj).min(wo).max(lo);
-                        d[..lo].iter_mut().for_each(|v| *v = T::zero());
-                        d[lo..hi].copy_from_slice(&srow[lo + kj - pad..hi + kj - pad]);
-                        d[hi..].iter_mut().for_each(|v| *v = T::zero());
+                        // Inline loops (not memcpy calls): rows are short (ho ≤ 28).
+                        for v in &mut d[..lo] {
+                            *v = T::zero();
+                        }
+                        for (v, &s) in d[lo..hi]
+                            .iter_mut()
+                            .zip(&srow[lo + kj - pad..hi + kj - pad])
+                        {
+                            *v = s;
+                        }
+                        for v in &mut d[hi..] {
+                            *v = T::zero();
+                        }
                     }
                 }
             }

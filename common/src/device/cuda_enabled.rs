@@ -8,7 +8,9 @@ use crate::{Error, Result};
 
 /// Checks that the CUDA driver library is present and that device `ordinal` exists.
 pub fn probe(ordinal: usize) -> Result<()> {
-    if !cudarc::driver::sys::is_culib_present() {
+    // SAFETY: is_culib_present only tries to open the driver library and reports whether it loaded.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
         return Err(Error::Device(
             "CUDA requested but the CUDA driver library (libcuda) was not found on this machine"
                 .to_string(),

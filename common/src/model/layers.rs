@@ -110,11 +110,9 @@ impl Layer {
                 kernel,
                 ..
             } => {
+                let _ = (out_channels, batch);
                 let (ho, wo) = self.conv_output_size();
-                (
-                    in_channels * kernel * kernel * batch * ho * wo,
-                    out_channels * batch * ho * wo,
-                )
+                (in_channels * kernel * kernel * ho * wo, 0)
             }
             _ => (0, 0),
         }
@@ -182,41 +180,41 @@ impl Layer {
                 tensor,
                 activation,
             } => {
+                // One sample at a time: its im2col matrix (C·k·k × ho·wo) stays in the L2 cache, and
+                // the product W·cols is already that sample's NCHW output block.
                 let (ho, wo) = self.conv_output_size();
                 let plane = ho * wo;
                 let r = in_channels * kernel * kernel;
-                let ncols = batch * plane;
+                let in_len = in_channels * height * width;
                 let w = &params[layout.tensors[tensor].range()];
                 let b = &params[layout.tensors[tensor + 1].range()];
-                im2col(
-                    x,
-                    batch,
-                    in_channels,
-                    height,
-                    width,
-                    kernel,
-                    padding,
-                    &mut scratch.cols[..r * ncols],
-                );
-                let conv = &mut scratch.conv[..out_channels * ncols];
-                gemm(
-                    false,
-                    false,
-                    out_channels,
-                    ncols,
-                    r,
-                    T::one(),
-                    w,
-                    &scratch.cols,
-                    T::zero(),
-                    conv,
-                );
+                let cols = &mut scratch.cols[..r * plane];
                 for n in 0..batch {
-                    for o in 0..out_channels {
-                        let src = &conv[o * ncols + n * plane..][..plane];
-                        let dst = &mut y[(n * out_channels + o) * plane..][..plane];
-                        dst.copy_from_slice(src);
-                        add_scalar_activate(dst, b[o], activation);
+                    im2col(
+                        &x[n * in_len..(n + 1) * in_len],
+                        1,
+                        in_channels,
+                        height,
+                        width,
+                        kernel,
+                        padding,
+                        cols,
+                    );
+                    let out = &mut y[n * out_channels * plane..(n + 1) * out_channels * plane];
+                    gemm(
+                        false,
+                        false,
+                        out_channels,
+                        plane,
+                        r,
+                        T::one(),
+                        w,
+                        cols,
+                        T::zero(),
+                        out,
+                    );
+                    for (o, row) in out.chunks_exact_mut(plane).enumerate() {
+                        add_scalar_activate(row, b[o], activation);
                     }
                 }
             }
@@ -316,50 +314,54 @@ impl Layer {
                 tensor,
                 ..
             } => {
+                // Per sample n: ∂W += dy_n · cols_nᵀ, ∂b += row sums of dy_n, and
+                // dx_n = col2im(Wᵀ · dy_n), with dy_n the sample's [O, ho·wo] block.
                 let (ho, wo) = self.conv_output_size();
                 let plane = ho * wo;
                 let r = in_channels * kernel * kernel;
-                let ncols = batch * plane;
+                let in_len = in_channels * height * width;
                 let wr = layout.tensors[tensor].range();
                 let br = layout.tensors[tensor + 1].range();
-                let dconv = &mut scratch.conv[..out_channels * ncols];
+                let cols = &mut scratch.cols[..r * plane];
+                grad[br.clone()].iter_mut().for_each(|v| *v = T::zero());
+                let mut dx = dx;
                 for n in 0..batch {
-                    for o in 0..out_channels {
-                        dconv[o * ncols + n * plane..][..plane]
-                            .copy_from_slice(&dy[(n * out_channels + o) * plane..][..plane]);
+                    let dyn_ = &dy[n * out_channels * plane..(n + 1) * out_channels * plane];
+                    for (gb, row) in grad[br.clone()].iter_mut().zip(dyn_.chunks_exact(plane)) {
+                        *gb += row.iter().copied().sum::<T>();
                     }
-                }
-                column_sums_transposed(dconv, out_channels, ncols, &mut grad[br]);
-                let cols = &mut scratch.cols[..r * ncols];
-                im2col(x, batch, in_channels, height, width, kernel, padding, cols);
-                gemm(
-                    false,
-                    true,
-                    out_channels,
-                    r,
-                    ncols,
-                    T::one(),
-                    dconv,
-                    cols,
-                    T::zero(),
-                    &mut grad[wr.clone()],
-                );
-                if let Some(dx) = dx {
+                    let xn = &x[n * in_len..(n + 1) * in_len];
+                    im2col(xn, 1, in_channels, height, width, kernel, padding, cols);
+                    let beta = if n == 0 { T::zero() } else { T::one() };
                     gemm(
-                        true,
                         false,
-                        r,
-                        ncols,
+                        true,
                         out_channels,
+                        r,
+                        plane,
                         T::one(),
-                        &params[wr],
-                        dconv,
-                        T::zero(),
+                        dyn_,
                         cols,
+                        beta,
+                        &mut grad[wr.clone()],
                     );
-                    let dx = &mut dx[..batch * in_channels * height * width];
-                    dx.iter_mut().for_each(|v| *v = T::zero());
-                    col2im(cols, batch, in_channels, height, width, kernel, padding, dx);
+                    if let Some(dx) = dx.as_deref_mut() {
+                        gemm(
+                            true,
+                            false,
+                            r,
+                            plane,
+                            out_channels,
+                            T::one(),
+                            &params[wr.clone()],
+                            dyn_,
+                            T::zero(),
+                            cols,
+                        );
+                        let dxn = &mut dx[n * in_len..(n + 1) * in_len];
+                        dxn.iter_mut().for_each(|v| *v = T::zero());
+                        col2im(cols, 1, in_channels, height, width, kernel, padding, dxn);
+                    }
                 }
             }
             Layer::MaxPool2 { .. } => {
@@ -472,14 +474,25 @@ pub fn softmax_cross_entropy<T: Real>(
         if arg == y {
             correct += 1;
         }
-        let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
-        let lse = m + sum.ln();
-        total += (lse - z[y]).as_f64();
-        if let Some(d) = dlogits.as_deref_mut() {
-            let d = &mut d[n * classes..(n + 1) * classes];
-            for (c, (dv, &v)) in d.iter_mut().zip(z).enumerate() {
-                let p = (v - lse).exp();
-                *dv = (if c == y { p - T::one() } else { p }) * scale;
+        match dlogits.as_deref_mut() {
+            Some(d) => {
+                // One exp per logit: d ← exp(z − m), then scale to (softmax − onehot)·scale.
+                let d = &mut d[n * classes..(n + 1) * classes];
+                let mut sum = T::zero();
+                for (dv, &v) in d.iter_mut().zip(z) {
+                    *dv = (v - m).exp();
+                    sum += *dv;
+                }
+                total += (m + sum.ln() - z[y]).as_f64();
+                let inv = scale / sum;
+                for dv in d.iter_mut() {
+                    *dv *= inv;
+                }
+                d[y] -= scale;
+            }
+            None => {
+                let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
+                total += (m + sum.ln() - z[y]).as_f64();
             }
         }
     }
