@@ -441,13 +441,6 @@ fn column_sums<T: Real>(m: &[T], cols: usize, out: &mut [T]) {
     }
 }
 
-/// out[i] = Σ_j m[i, j] for a row-major `rows × cols` matrix.
-fn column_sums_transposed<T: Real>(m: &[T], rows: usize, cols: usize, out: &mut [T]) {
-    for i in 0..rows {
-        out[i] = m[i * cols..(i + 1) * cols].iter().copied().sum();
-    }
-}
-
 /// Mean softmax cross-entropy over a batch, as `nn.CrossEntropyLoss()`:
 /// L = (1/B) Σ_n [logsumexp(z_n) − z_n[y_n]], computed stably with the row maximum.
 ///
