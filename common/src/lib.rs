@@ -22,6 +22,8 @@ pub mod model;
 pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod stats;
+pub mod summary;
 pub mod train;
 
 pub use error::{Error, Result};
