@@ -148,10 +148,10 @@ fn run(args: Args) -> Result<()> {
             let table = summarise_table(&records, &spec);
             let paper: Option<Value> = paper
                 .map(|p| -> Result<Value> {
-                    Ok(serde_json::from_slice(
+                    serde_json::from_slice(
                         &std::fs::read(&p).with_context(|| p.display().to_string())?,
                     )
-                    .with_context(|| p.display().to_string())?)
+                    .with_context(|| p.display().to_string())
                 })
                 .transpose()?;
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
