@@ -4,8 +4,12 @@
 //! because natural-gradient methods need more than the mean gradient. Its state can be saved to and
 //! restored from an optimiser sidecar so that training resumes exactly.
 
+mod ngd;
+mod ngd_axis;
 mod sgd;
 
+pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
+pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::model::Network;
