@@ -6,10 +6,15 @@
 
 mod ngd;
 mod ngd_axis;
+mod ngd_exact;
 mod sgd;
 
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
 pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
+pub use ngd_exact::{
+    dense_direction, sample_labels, woodbury_direction, Damping, ExactSolve, FisherKind, NgdExact,
+    NgdExactConfig, WoodburyScratch,
+};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::model::Network;
