@@ -517,6 +517,49 @@ mod tests {
         }
     }
 
+    /// Saving the state after a few steps and loading it into a fresh optimiser continues bit for
+    /// bit (the sidecar is how `train --resume` is exact).
+    #[test]
+    fn state_round_trip_continues_exactly() {
+        use crate::model::{Activation, Architecture, Network};
+        let net = Network::new(Architecture::Mlp {
+            input: 9,
+            hidden: vec![7],
+            classes: 4,
+            activation: Activation::Relu,
+        });
+        for dtype in [NgdDtype::F32, NgdDtype::F64] {
+            let cfg = NgdConfig {
+                dtype,
+                ..Default::default()
+            };
+            let mut a = Ngd::new(cfg, &net.layout).unwrap();
+            let p = net.num_params();
+            let grad = |k: usize| -> Vec<f32> {
+                (0..p)
+                    .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin())
+                    .collect()
+            };
+            let batch = Batch {
+                net: &net,
+                x: &[],
+                labels: &[],
+            };
+            let mut pa = vec![0.1f32; p];
+            for k in 0..13 {
+                a.step(&mut pa, &mut grad(k), &batch).unwrap();
+            }
+            let mut b = Ngd::new(cfg, &net.layout).unwrap();
+            b.load_state(&a.state()).unwrap();
+            let mut pb = pa.clone();
+            for k in 13..30 {
+                a.step(&mut pa, &mut grad(k), &batch).unwrap();
+                b.step(&mut pb, &mut grad(k), &batch).unwrap();
+            }
+            assert_eq!(pa, pb, "{dtype:?}");
+        }
+    }
+
     #[test]
     fn rejects_bad_settings() {
         let bad = [

@@ -12,7 +12,7 @@
 
 use crate::device::cpu::gemm;
 use crate::Real;
-use ndarray::Array2;
+use ndarray::ArrayViewMut2;
 use ndarray_linalg::{EighInplace, Lapack, Scalar, UPLO};
 
 /// The element types the preconditioner can keep its state in (`f32` as the paper ran, or `f64`).
@@ -65,7 +65,9 @@ pub struct AxisPreconditioner<T: NgdReal> {
     j: Vec<T>,
     l: Vec<T>,
     k: Vec<T>,
-    z: Array2<T>,
+    /// Z, row-major r×r (a fresh C-layout view is handed to the eigensolver on every update so that
+    /// it always reads the same triangle, whatever happened before: resumes stay bit-exact).
+    z: Vec<T>,
     a: Vec<T>,
     inv_sqrt_e: Vec<T>,
     s: Vec<T>,
@@ -104,7 +106,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             j: vec![T::zero(); r * dim],
             l: vec![T::zero(); r * r],
             k: vec![T::zero(); r * r],
-            z: Array2::zeros((r, r)),
+            z: vec![T::zero(); r * r],
             a: vec![T::zero(); r * r],
             inv_sqrt_e: vec![T::zero(); r],
             s: vec![T::zero(); r],
@@ -295,11 +297,14 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 if i == jj {
                     v += c_d * (dpi * dpi);
                 }
-                self.z[[i, jj]] = v;
+                self.z[i * r + jj] = v;
             }
         }
-        // Z = U C Uᵀ; eigenvalues ascending from LAPACK, used in descending order below.
-        let c_asc = match self.z.eigh_inplace(UPLO::Upper) {
+        // Z = U C Uᵀ; eigenvalues ascending from LAPACK, used in descending order below. torch's
+        // eigh(UPLO='U') reads the upper triangle of the row-major Z; ndarray-linalg transposes a
+        // C-layout matrix before calling LAPACK, so that triangle is its `Lower`.
+        let mut zv = ArrayViewMut2::from_shape((r, r), &mut self.z[..]).expect("Z shape");
+        let c_asc = match zv.eigh_inplace(UPLO::Lower) {
             Ok((c, _)) => c,
             Err(_) => {
                 // Leave the factor as it was; X̂ is still the output.
@@ -352,7 +357,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             let left = T::of_f64(eta_n) * num_traits::Float::sqrt(e_new) / self.s[i];
             let col = r - 1 - i;
             for jj in 0..r {
-                self.a[i * r + jj] = self.z[[jj, col]] * left * self.inv_sqrt_e[jj];
+                self.a[i * r + jj] = zv[[jj, col]] * left * self.inv_sqrt_e[jj];
             }
         }
         // W ← A B.

@@ -190,7 +190,8 @@ pub fn woodbury_direction<T: Real>(
     let lambda = damping.lambda(trace_fisher, p);
     if !(lambda.is_finite() && lambda > 0.0) || sc.gram[..b * b].iter().any(|v| !v.is_finite()) {
         return Err(Error::invalid(format!(
-            "non-finite Gram matrix or damping (λ = {lambda:e}, tr F = {trace_fisher:e})"
+            "unusable Gram matrix: damping λ = {lambda:e} with tr F = {trace_fisher:e} \
+             (non-finite values, or a zero Fisher under relative damping)"
         )));
     }
     let mut m = Array2::<f64>::from_shape_fn((b, b), |(i, j)| sc.gram[i * b + j].as_f64());
