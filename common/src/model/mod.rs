@@ -9,9 +9,11 @@ mod init;
 mod layers;
 mod layout;
 mod network;
+mod per_sample;
 
 pub use arch::{Activation, Architecture};
 pub use init::initialise;
 pub use layers::{softmax_cross_entropy, Layer};
 pub use layout::{ParamLayout, TensorSpec};
 pub use network::{Evaluation, Network, Workspace};
+pub use per_sample::PerSampleScratch;

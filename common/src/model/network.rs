@@ -18,11 +18,11 @@ pub struct Network {
 /// convolution scratch. Reused across steps so that a training step allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace<T> {
-    batch: usize,
-    acts: Vec<Vec<T>>,
-    deltas: Vec<Vec<T>>,
-    argmax: Vec<Vec<u32>>,
-    scratch: Scratch<T>,
+    pub(crate) batch: usize,
+    pub(crate) acts: Vec<Vec<T>>,
+    pub(crate) deltas: Vec<Vec<T>>,
+    pub(crate) argmax: Vec<Vec<u32>>,
+    pub(crate) scratch: Scratch<T>,
 }
 
 /// Mean loss and accuracy over a data set.

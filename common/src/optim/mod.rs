@@ -4,8 +4,19 @@
 //! because natural-gradient methods need more than the mean gradient. Its state can be saved to and
 //! restored from an optimiser sidecar so that training resumes exactly.
 
+mod build;
+mod ngd;
+mod ngd_axis;
+mod ngd_exact;
 mod sgd;
 
+pub use build::{build, OptimizerSettings, OPTIMIZERS};
+pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
+pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
+pub use ngd_exact::{
+    dense_direction, sample_labels, woodbury_direction, Damping, ExactSolve, FisherKind, NgdExact,
+    NgdExactConfig, WoodburyScratch,
+};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::model::Network;

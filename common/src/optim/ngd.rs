@@ -1,0 +1,601 @@
+//! `--optimizer ngd`: the paper's online natural gradient (ngd.py's `NGD`), per tensor and per axis,
+//! followed by `torch.optim.SGD` momentum / Nesterov on the preconditioned gradient.
+//!
+//! For each parameter tensor and each axis a of size D > 1, in axis order, the tensor (as it comes out
+//! of the previous axis) is viewed as X ∈ R^{N×D} with the axis as columns and is replaced by the
+//! output of that axis's [`AxisPreconditioner`] (norm-preserving). Weight decay, when set, is added to
+//! the gradient before preconditioning, as ngd.py does. The preconditioner's state lives in f32 (as the
+//! paper ran) or f64 (`--ngd-dtype`).
+
+use super::ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
+use super::{Batch, Optimizer, Sgd, SgdConfig};
+use crate::model::ParamLayout;
+use crate::{Error, Real, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The element type of the preconditioner's internal state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NgdDtype {
+    F32,
+    F64,
+}
+
+impl NgdDtype {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(NgdDtype::F32),
+            "f64" | "float64" => Ok(NgdDtype::F64),
+            o => Err(Error::invalid(format!(
+                "unknown NGD dtype {o:?} (expected f32 or f64)"
+            ))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            NgdDtype::F32 => "f32",
+            NgdDtype::F64 => "f64",
+        }
+    }
+}
+
+/// Hyperparameters of the online NGD (defaults: the paper's, α = 0.01 of its 30-seed runs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NgdConfig {
+    pub alpha: f64,
+    pub eta: f64,
+    pub epsilon: f64,
+    pub delta: f64,
+    /// Factor rank r; `None` = min(⌊(D+1)/2⌋, 80). An explicit rank is capped at D − 1 per axis.
+    pub rank: Option<usize>,
+    pub update_period: u64,
+    pub dtype: NgdDtype,
+    /// The momentum stage (its weight decay is applied before preconditioning).
+    pub sgd: SgdConfig,
+}
+
+impl Default for NgdConfig {
+    fn default() -> Self {
+        NgdConfig {
+            alpha: 0.01,
+            eta: 0.9,
+            epsilon: 1e-10,
+            delta: 5e-4,
+            rank: None,
+            update_period: 4,
+            dtype: NgdDtype::F32,
+            sgd: SgdConfig::default(),
+        }
+    }
+}
+
+impl NgdConfig {
+    /// Refuses settings the algorithm is not defined for, with the flag's name.
+    pub fn validate(&self) -> Result<()> {
+        self.sgd.validate()?;
+        if !(self.eta > 0.0 && self.eta <= 1.0) {
+            return Err(Error::invalid(format!(
+                "invalid --ngd-eta {} (the Fisher EMA rate must be in (0, 1])",
+                self.eta
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(Error::invalid(format!(
+                "invalid --ngd-alpha {} (must be finite and >= 0)",
+                self.alpha
+            )));
+        }
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(Error::invalid(format!(
+                "invalid --ngd-epsilon {} (must be > 0)",
+                self.epsilon
+            )));
+        }
+        if !(self.delta.is_finite() && self.delta >= 0.0) {
+            return Err(Error::invalid(format!(
+                "invalid --ngd-delta {} (must be >= 0)",
+                self.delta
+            )));
+        }
+        if self.update_period == 0 {
+            return Err(Error::invalid(
+                "invalid --ngd-update-period 0 (must be >= 1)",
+            ));
+        }
+        if self.rank == Some(0) {
+            return Err(Error::invalid("invalid --ngd-rank 0 (must be >= 1)"));
+        }
+        Ok(())
+    }
+
+    /// The rank used for an axis of size `dim` (≥ 2).
+    pub fn rank_for(&self, dim: usize) -> usize {
+        match self.rank {
+            None => default_rank(dim),
+            Some(k) => k.min(dim - 1),
+        }
+    }
+
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = self.sgd.to_json();
+        let v = json!({
+            "alpha": self.alpha,
+            "eta": self.eta,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "rank": match self.rank { None => Value::from("auto"), Some(k) => Value::from(k) },
+            "update_period": self.update_period,
+            "ngd_dtype": self.dtype.name(),
+        });
+        if let Value::Object(o) = v {
+            m.extend(o);
+        }
+        m
+    }
+
+    fn axis_settings(&self) -> AxisSettings {
+        AxisSettings {
+            alpha: self.alpha,
+            eta: self.eta,
+            epsilon: self.epsilon,
+            delta: self.delta,
+            update_period: self.update_period,
+        }
+    }
+}
+
+/// Running statistics of one tensor over an epoch.
+#[derive(Clone, Debug, Default)]
+struct TensorStats {
+    cosine_sum: f64,
+    cosine_count: u64,
+    floor_sum: f64,
+    floor_count: u64,
+}
+
+/// The preconditioners of one tensor: one per axis of size > 1, in axis order.
+#[derive(Clone, Debug)]
+pub struct TensorPreconditioner<T: NgdReal> {
+    pub shape: Vec<usize>,
+    /// (axis, preconditioner) for the axes with size > 1.
+    pub axes: Vec<(usize, AxisPreconditioner<T>)>,
+    cur: Vec<T>,
+    view: Vec<T>,
+}
+
+impl<T: NgdReal> TensorPreconditioner<T> {
+    pub fn new(shape: &[usize], cfg: &NgdConfig) -> Self {
+        let numel: usize = shape.iter().product();
+        let axes = shape
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d > 1)
+            .map(|(a, &d)| {
+                (
+                    a,
+                    AxisPreconditioner::new(numel / d, d, cfg.rank_for(d), cfg.axis_settings()),
+                )
+            })
+            .collect();
+        TensorPreconditioner {
+            shape: shape.to_vec(),
+            axes,
+            cur: vec![T::zero(); numel],
+            view: vec![T::zero(); numel],
+        }
+    }
+
+    /// Preconditions `g` (the tensor, row-major in its shape) in place through every axis; `on_axis`
+    /// sees each axis's outcome.
+    pub fn precondition(&mut self, g: &mut [T], mut on_axis: impl FnMut(usize, AxisOutcome)) {
+        for (axis, pre) in self.axes.iter_mut() {
+            let a = *axis;
+            let dim = self.shape[a];
+            let post: usize = self.shape[a + 1..].iter().product();
+            let prefix: usize = self.shape[..a].iter().product();
+            // X[(p, q), d] = g[p, d, q]: the axis as columns, the rest as rows.
+            let x = if post == 1 {
+                &mut g[..]
+            } else {
+                for p in 0..prefix {
+                    for d in 0..dim {
+                        let src = &g[(p * dim + d) * post..][..post];
+                        for (q, &v) in src.iter().enumerate() {
+                            self.view[(p * post + q) * dim + d] = v;
+                        }
+                    }
+                }
+                &mut self.view[..]
+            };
+            let outcome = pre.precondition(x);
+            if post != 1 {
+                for p in 0..prefix {
+                    for d in 0..dim {
+                        let dst = &mut g[(p * dim + d) * post..][..post];
+                        for (q, v) in dst.iter_mut().enumerate() {
+                            *v = self.view[(p * post + q) * dim + d];
+                        }
+                    }
+                }
+            }
+            on_axis(a, outcome);
+        }
+    }
+}
+
+/// All tensors of a model, in one element type.
+#[derive(Clone, Debug)]
+struct Preconditioners<T: NgdReal> {
+    tensors: Vec<TensorPreconditioner<T>>,
+}
+
+impl<T: NgdReal> Preconditioners<T> {
+    fn new(layout: &ParamLayout, cfg: &NgdConfig) -> Self {
+        Preconditioners {
+            tensors: layout
+                .tensors
+                .iter()
+                .map(|t| TensorPreconditioner::new(&t.shape, cfg))
+                .collect(),
+        }
+    }
+
+    fn precondition(&mut self, layout: &ParamLayout, grad: &mut [f32], stats: &mut EpochStats) {
+        for (ti, (spec, tp)) in layout
+            .tensors
+            .iter()
+            .zip(self.tensors.iter_mut())
+            .enumerate()
+        {
+            let g = &mut grad[spec.range()];
+            let mut cur = std::mem::take(&mut tp.cur);
+            for (c, &v) in cur.iter_mut().zip(g.iter()) {
+                *c = T::of_f64(v as f64);
+            }
+            let (mut fallbacks, mut ratio_sum, mut ratio_count) = (0u64, 0.0f64, 0u64);
+            let (mut floor_sum, mut floor_count) = (0.0f64, 0u64);
+            tp.precondition(&mut cur, |_, o| {
+                if o.nan_fallback {
+                    fallbacks += 1;
+                } else {
+                    ratio_sum += o.norm_ratio;
+                    ratio_count += 1;
+                }
+                if let Some(f) = o.floor_fraction {
+                    floor_sum += f;
+                    floor_count += 1;
+                }
+            });
+            stats.nan_fallbacks += fallbacks;
+            stats.ratio_sum += ratio_sum;
+            stats.ratio_count += ratio_count;
+            let ts = &mut stats.tensors[ti];
+            ts.floor_sum += floor_sum;
+            ts.floor_count += floor_count;
+            let (mut dot, mut nd, mut ng) = (0.0, 0.0, 0.0);
+            for (c, v) in cur.iter().zip(g.iter_mut()) {
+                let (a, b) = (c.as_f64(), *v as f64);
+                dot += a * b;
+                nd += a * a;
+                ng += b * b;
+                *v = c.as_f64() as f32;
+            }
+            if nd > 0.0 && ng > 0.0 {
+                ts.cosine_sum += dot / (nd * ng).sqrt();
+                ts.cosine_count += 1;
+            }
+            tp.cur = cur;
+        }
+    }
+
+    fn state(&self, layout: &ParamLayout, out: &mut BTreeMap<String, Vec<f32>>) {
+        for (spec, tp) in layout.tensors.iter().zip(&self.tensors) {
+            for (a, p) in &tp.axes {
+                let key = |what: &str| format!("ngd.{}.axis{a}.{what}", spec.name);
+                out.insert(key("t"), encode_f64(&[p.t as f64]));
+                out.insert(key("rho"), encode_f64(&[p.rho]));
+                out.insert(key("d"), encode_f64(&to_f64(&p.d)));
+                out.insert(key("W"), encode_f64(&to_f64(&p.w)));
+            }
+        }
+    }
+
+    fn load_state(&mut self, layout: &ParamLayout, st: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+        for (spec, tp) in layout.tensors.iter().zip(self.tensors.iter_mut()) {
+            for (a, p) in tp.axes.iter_mut() {
+                let key = |what: &str| format!("ngd.{}.axis{a}.{what}", spec.name);
+                let get = |what: &str, len: usize| -> Result<Vec<f64>> {
+                    let k = key(what);
+                    let v = st.get(&k).ok_or_else(|| {
+                        Error::invalid(format!("optimiser state lacks {k} (not an NGD sidecar?)"))
+                    })?;
+                    let v = decode_f64(v);
+                    if v.len() != len {
+                        return Err(Error::invalid(format!(
+                            "optimiser state {k} has {} values, expected {len} (different --ngd-rank?)",
+                            v.len()
+                        )));
+                    }
+                    Ok(v)
+                };
+                p.t = get("t", 1)?[0] as u64;
+                p.rho = get("rho", 1)?[0];
+                for (dst, v) in p.d.iter_mut().zip(get("d", p.rank)?) {
+                    *dst = T::of_f64(v);
+                }
+                for (dst, v) in p.w.iter_mut().zip(get("W", p.rank * p.dim)?) {
+                    *dst = T::of_f64(v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.as_f64()).collect()
+}
+
+/// f64 values stored exactly in an f32 sidecar tensor: each value as two 32-bit words (low, high)
+/// reinterpreted as f32 bit patterns.
+fn encode_f64(v: &[f64]) -> Vec<f32> {
+    v.iter()
+        .flat_map(|x| {
+            let b = x.to_bits();
+            [f32::from_bits(b as u32), f32::from_bits((b >> 32) as u32)]
+        })
+        .collect()
+}
+
+fn decode_f64(v: &[f32]) -> Vec<f64> {
+    v.chunks_exact(2)
+        .map(|p| f64::from_bits(p[0].to_bits() as u64 | ((p[1].to_bits() as u64) << 32)))
+        .collect()
+}
+
+#[derive(Clone, Debug, Default)]
+struct EpochStats {
+    nan_fallbacks: u64,
+    ratio_sum: f64,
+    ratio_count: u64,
+    tensors: Vec<TensorStats>,
+}
+
+#[derive(Clone, Debug)]
+enum AnyPreconditioners {
+    F32(Preconditioners<f32>),
+    F64(Preconditioners<f64>),
+}
+
+/// The paper's NGD optimiser: online natural-gradient preconditioning, then SGD with momentum.
+#[derive(Clone, Debug)]
+pub struct Ngd {
+    pub config: NgdConfig,
+    layout: ParamLayout,
+    pre: AnyPreconditioners,
+    sgd: Sgd,
+    stats: EpochStats,
+    total_nan_fallbacks: u64,
+}
+
+impl Ngd {
+    /// An NGD optimiser for the tensors of `layout`.
+    pub fn new(config: NgdConfig, layout: &ParamLayout) -> Result<Self> {
+        config.validate()?;
+        let pre = match config.dtype {
+            NgdDtype::F32 => AnyPreconditioners::F32(Preconditioners::new(layout, &config)),
+            NgdDtype::F64 => AnyPreconditioners::F64(Preconditioners::new(layout, &config)),
+        };
+        let sgd = Sgd::new(SgdConfig {
+            weight_decay: 0.0,
+            ..config.sgd
+        })?;
+        Ok(Ngd {
+            config,
+            layout: layout.clone(),
+            pre,
+            sgd,
+            stats: EpochStats {
+                tensors: vec![TensorStats::default(); layout.tensors.len()],
+                ..Default::default()
+            },
+            total_nan_fallbacks: 0,
+        })
+    }
+
+    /// Replaces `grad` (+ weight decay·θ) by its preconditioned direction, without the momentum stage.
+    pub fn precondition(&mut self, params: &[f32], grad: &mut [f32]) {
+        let wd = self.config.sgd.weight_decay as f32;
+        if wd != 0.0 {
+            for (g, &p) in grad.iter_mut().zip(params) {
+                *g += wd * p;
+            }
+        }
+        let before = self.stats.nan_fallbacks;
+        match &mut self.pre {
+            AnyPreconditioners::F32(p) => p.precondition(&self.layout, grad, &mut self.stats),
+            AnyPreconditioners::F64(p) => p.precondition(&self.layout, grad, &mut self.stats),
+        }
+        self.total_nan_fallbacks += self.stats.nan_fallbacks - before;
+    }
+
+    /// NaN fallbacks since construction.
+    pub fn total_nan_fallbacks(&self) -> u64 {
+        self.total_nan_fallbacks
+    }
+}
+
+impl Optimizer for Ngd {
+    fn name(&self) -> &'static str {
+        "ngd"
+    }
+    fn hyperparameters(&self) -> Map<String, Value> {
+        self.config.to_json()
+    }
+    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+        self.precondition(params, grad);
+        self.sgd.apply(params, grad);
+        Ok(())
+    }
+    fn state(&self) -> BTreeMap<String, Vec<f32>> {
+        let mut m = self.sgd.state();
+        match &self.pre {
+            AnyPreconditioners::F32(p) => p.state(&self.layout, &mut m),
+            AnyPreconditioners::F64(p) => p.state(&self.layout, &mut m),
+        }
+        m
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+        self.sgd.load_state(state)?;
+        match &mut self.pre {
+            AnyPreconditioners::F32(p) => p.load_state(&self.layout, state),
+            AnyPreconditioners::F64(p) => p.load_state(&self.layout, state),
+        }
+    }
+    /// `ngd_nan_fallbacks` (axis calls whose output was NaN and that returned the raw gradient),
+    /// `ngd_norm_ratio` (mean ‖X̂‖/‖X‖ before rescaling over all axis calls), and per tensor the mean
+    /// cosine between the preconditioned direction and the gradient and the mean fraction of the
+    /// factor's rank on the floor (over refreshes and axes).
+    fn take_epoch_stats(&mut self) -> Map<String, Value> {
+        let s = std::mem::take(&mut self.stats);
+        let mut m = Map::new();
+        m.insert("ngd_nan_fallbacks".into(), Value::from(s.nan_fallbacks));
+        m.insert(
+            "ngd_norm_ratio".into(),
+            json_f64(s.ratio_sum / s.ratio_count as f64),
+        );
+        let mut per = Map::new();
+        for (spec, t) in self.layout.tensors.iter().zip(&s.tensors) {
+            per.insert(
+                spec.name.clone(),
+                json!({
+                    "cosine": json_f64(t.cosine_sum / t.cosine_count as f64),
+                    "rank_on_floor": json_f64(t.floor_sum / t.floor_count as f64),
+                }),
+            );
+        }
+        m.insert("ngd_tensors".into(), Value::Object(per));
+        self.stats.tensors = vec![TensorStats::default(); self.layout.tensors.len()];
+        m
+    }
+}
+
+/// A finite number, or null (JSON has no NaN).
+pub(crate) fn json_f64(v: f64) -> Value {
+    if v.is_finite() {
+        Value::from(v)
+    } else {
+        Value::Null
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_state_survives_f32_sidecar_encoding() {
+        let v = [0.1, -3.5e-300, f64::MAX, 1.0 / 3.0];
+        assert_eq!(decode_f64(&encode_f64(&v)), v);
+    }
+
+    #[test]
+    fn orthonormal_start_pattern() {
+        // W₀ = √E₀·O with O's rows orthonormal: W₀W₀ᵀ = E₀·I.
+        for (dim, rank) in [(7, 4), (6, 3), (784, 80), (10, 5), (5, 3)] {
+            let mut p =
+                AxisPreconditioner::<f64>::new(3, dim, rank, NgdConfig::default().axis_settings());
+            p.init_default();
+            let e0 = 1.0 / (2.0 + (dim + rank) as f64 * 0.01 / dim as f64);
+            for i in 0..rank {
+                for j in 0..rank {
+                    let dot: f64 = (0..dim).map(|c| p.w[i * dim + c] * p.w[j * dim + c]).sum();
+                    let want = if i == j { e0 } else { 0.0 };
+                    assert!((dot - want).abs() < 1e-14, "{dim} {rank} {i} {j} {dot}");
+                }
+            }
+        }
+    }
+
+    /// Saving the state after a few steps and loading it into a fresh optimiser continues bit for
+    /// bit (the sidecar is how `train --resume` is exact).
+    #[test]
+    fn state_round_trip_continues_exactly() {
+        use crate::model::{Activation, Architecture, Network};
+        let net = Network::new(Architecture::Mlp {
+            input: 9,
+            hidden: vec![7],
+            classes: 4,
+            activation: Activation::Relu,
+        });
+        for dtype in [NgdDtype::F32, NgdDtype::F64] {
+            let cfg = NgdConfig {
+                dtype,
+                ..Default::default()
+            };
+            let mut a = Ngd::new(cfg, &net.layout).unwrap();
+            let p = net.num_params();
+            let grad = |k: usize| -> Vec<f32> {
+                (0..p)
+                    .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin())
+                    .collect()
+            };
+            let batch = Batch {
+                net: &net,
+                x: &[],
+                labels: &[],
+            };
+            let mut pa = vec![0.1f32; p];
+            for k in 0..13 {
+                a.step(&mut pa, &mut grad(k), &batch).unwrap();
+            }
+            let mut b = Ngd::new(cfg, &net.layout).unwrap();
+            b.load_state(&a.state()).unwrap();
+            let mut pb = pa.clone();
+            for k in 13..30 {
+                a.step(&mut pa, &mut grad(k), &batch).unwrap();
+                b.step(&mut pb, &mut grad(k), &batch).unwrap();
+            }
+            assert_eq!(pa, pb, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let bad = [
+            NgdConfig {
+                eta: 0.0,
+                ..Default::default()
+            },
+            NgdConfig {
+                eta: 1.5,
+                ..Default::default()
+            },
+            NgdConfig {
+                alpha: -0.1,
+                ..Default::default()
+            },
+            NgdConfig {
+                rank: Some(0),
+                ..Default::default()
+            },
+            NgdConfig {
+                update_period: 0,
+                ..Default::default()
+            },
+            NgdConfig {
+                epsilon: 0.0,
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        assert!(NgdConfig {
+            eta: 1.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+    }
+}

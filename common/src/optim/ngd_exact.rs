@@ -1,0 +1,471 @@
+//! `--optimizer ngd-exact`: the exact damped natural gradient of each minibatch,
+//! d = (F + λI)⁻¹ g, followed by `torch.optim.SGD` momentum / Nesterov on d.
+//!
+//! F = (1/B) Σₙ gₙgₙᵀ = GᵀG/B over the per-sample gradients gₙ of the batch: with the true labels
+//! (empirical Fisher) or with one label per sample drawn from the model's own predictive distribution
+//! (sampled, i.e. Monte-Carlo true Fisher). The P×P system is never formed: by Woodbury,
+//!
+//!   (λI + GᵀG/B)⁻¹ g = (g − Gᵀ (λB·I + G Gᵀ)⁻¹ G g) / λ,
+//!
+//! a B×B Cholesky solve (ndarray-linalg / LAPACK `potrf`) on the Gram matrix G Gᵀ, which
+//! [`Network::per_sample_gram`] forms for Linear layers as (AAᵀ + 1) ⊙ (ΔΔᵀ) without per-sample
+//! gradients. Damping is absolute (λ) or relative, λ = α·tr(F)/P (the paper's smoothing read as
+//! F + κI with κ = α·mean diagonal of F). Everything after the training step's f32 gradient runs in
+//! f64: λ is small next to F's large eigenvalues, so g − Gᵀc cancels and needs the precision.
+
+use super::ngd::json_f64;
+use super::{Batch, Optimizer, Sgd, SgdConfig};
+use crate::model::{Network, PerSampleScratch, Workspace};
+use crate::rng::{stream, Purpose};
+use crate::{Error, Real, Result};
+use ndarray::{Array1, Array2};
+use ndarray_linalg::{CholeskyInplace, SolveC, UPLO};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// Which Fisher matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FisherKind {
+    /// Per-sample gradients with the true labels.
+    Empirical,
+    /// Per-sample gradients with labels drawn from the model's softmax (one draw per sample).
+    Sampled,
+}
+
+impl FisherKind {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "empirical" => Ok(FisherKind::Empirical),
+            "sampled" | "true" => Ok(FisherKind::Sampled),
+            o => Err(Error::invalid(format!(
+                "unknown --fisher {o:?} (expected empirical or sampled)"
+            ))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            FisherKind::Empirical => "empirical",
+            FisherKind::Sampled => "sampled",
+        }
+    }
+}
+
+/// The damping λ of F + λI.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Damping {
+    /// λ itself.
+    Absolute(f64),
+    /// λ = α·tr(F)/P.
+    Relative(f64),
+}
+
+impl Damping {
+    /// λ for a Fisher with trace `trace_f` over `p` parameters.
+    pub fn lambda(self, trace_f: f64, p: usize) -> f64 {
+        match self {
+            Damping::Absolute(l) => l,
+            Damping::Relative(a) => a * trace_f / p as f64,
+        }
+    }
+}
+
+/// Settings of the exact NGD optimiser.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NgdExactConfig {
+    pub fisher: FisherKind,
+    pub damping: Damping,
+    /// Rescale d to ‖g‖ (as the online variant does); off by default.
+    pub preserve_norm: bool,
+    /// Seed of the sampled labels (stream `Labels`, index = step).
+    pub seed: u64,
+    pub sgd: SgdConfig,
+}
+
+impl Default for NgdExactConfig {
+    fn default() -> Self {
+        NgdExactConfig {
+            fisher: FisherKind::Empirical,
+            damping: Damping::Relative(0.01),
+            preserve_norm: false,
+            seed: 1,
+            sgd: SgdConfig::default(),
+        }
+    }
+}
+
+impl NgdExactConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.sgd.validate()?;
+        match self.damping {
+            Damping::Absolute(l) if !(l.is_finite() && l > 0.0) => Err(Error::invalid(format!(
+                "invalid --damping {l} (λ must be finite and > 0)"
+            ))),
+            Damping::Relative(a) if !(a.is_finite() && a > 0.0) => Err(Error::invalid(format!(
+                "invalid --damping-relative {a} (α must be finite and > 0)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = self.sgd.to_json();
+        let (kind, value) = match self.damping {
+            Damping::Absolute(l) => ("absolute", l),
+            Damping::Relative(a) => ("relative", a),
+        };
+        let v = json!({
+            "fisher": self.fisher.name(),
+            "damping": kind,
+            "damping_value": value,
+            "preserve_norm": self.preserve_norm,
+            "fisher_seed": self.seed,
+        });
+        if let Value::Object(o) = v {
+            m.extend(o);
+        }
+        m
+    }
+}
+
+/// What one solve found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExactSolve {
+    pub lambda: f64,
+    /// tr(F) = tr(G Gᵀ)/B.
+    pub trace_fisher: f64,
+    /// cond(G Gᵀ + λB·I) estimated from the Cholesky factor: (max Lᵢᵢ / min Lᵢᵢ)², a lower bound.
+    pub gram_condition: f64,
+}
+
+/// Buffers of the Woodbury solve for one batch size.
+#[derive(Clone, Debug)]
+pub struct WoodburyScratch<T> {
+    pub ws: Workspace<T>,
+    pub per_sample: PerSampleScratch<T>,
+    gram: Vec<T>,
+    dots: Vec<T>,
+    coeffs: Vec<T>,
+    grad: Vec<T>,
+}
+
+impl<T: Real> WoodburyScratch<T> {
+    pub fn new(net: &Network, batch: usize) -> Self {
+        WoodburyScratch {
+            ws: net.workspace(batch),
+            per_sample: net.per_sample_scratch(batch),
+            gram: vec![T::zero(); batch * batch],
+            dots: vec![T::zero(); batch],
+            coeffs: vec![T::zero(); batch],
+            grad: vec![T::zero(); net.num_params()],
+        }
+    }
+}
+
+/// The exact damped natural gradient d = (GᵀG/B + λI)⁻¹ g by Woodbury on the B×B Gram matrix
+/// (see the module doc), where G holds the per-sample gradients of `x` with `fisher_labels`.
+/// `g` is the direction to precondition (None: the mean gradient of the same labels, i.e. Gᵀ1/B).
+/// Writes d into `out` (length P).
+///
+/// # Errors
+/// A Gram matrix that is not finite or not positive definite after damping.
+#[allow(clippy::too_many_arguments)]
+pub fn woodbury_direction<T: Real>(
+    net: &Network,
+    params: &[T],
+    x: &[T],
+    fisher_labels: &[usize],
+    g: Option<&[T]>,
+    damping: Damping,
+    sc: &mut WoodburyScratch<T>,
+    out: &mut [T],
+) -> Result<ExactSolve> {
+    let b = fisher_labels.len();
+    let p = net.num_params();
+    net.loss_and_gradient(params, x, fisher_labels, &mut sc.grad, &mut sc.ws);
+    let g: &[T] = g.unwrap_or(&sc.grad);
+    net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
+    net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
+    let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
+    let trace_fisher = trace_k / b as f64;
+    let lambda = damping.lambda(trace_fisher, p);
+    if !(lambda.is_finite() && lambda > 0.0) || sc.gram[..b * b].iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "unusable Gram matrix: damping λ = {lambda:e} with tr F = {trace_fisher:e} \
+             (non-finite values, or a zero Fisher under relative damping)"
+        )));
+    }
+    let mut m = Array2::<f64>::from_shape_fn((b, b), |(i, j)| sc.gram[i * b + j].as_f64());
+    for i in 0..b {
+        m[[i, i]] += lambda * b as f64;
+    }
+    m.cholesky_inplace(UPLO::Lower).map_err(|e| {
+        Error::invalid(format!(
+            "Gram matrix G Gᵀ + λB·I is not positive definite (λ = {lambda:e}): {e}"
+        ))
+    })?;
+    let diag = m.diag();
+    let (lo, hi) = diag.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
+    let gram_condition = (hi / lo).powi(2);
+    let factor = ndarray_linalg::cholesky::CholeskyFactorized {
+        factor: m,
+        uplo: UPLO::Lower,
+    };
+    net.per_sample_dots(x, b, &sc.ws, &mut sc.per_sample, g, &mut sc.dots);
+    let mut u = Array1::from_iter(sc.dots[..b].iter().map(|v| v.as_f64()));
+    factor
+        .solvec_inplace(&mut u)
+        .map_err(|e| Error::invalid(format!("Cholesky solve failed: {e}")))?;
+    for (c, &v) in sc.coeffs.iter_mut().zip(u.iter()) {
+        *c = T::of_f64(v);
+    }
+    net.per_sample_combine(x, b, &sc.ws, &mut sc.per_sample, &sc.coeffs, out);
+    let inv = T::of_f64(1.0 / lambda);
+    for (o, &gv) in out[..p].iter_mut().zip(g) {
+        *o = (gv - *o) * inv;
+    }
+    Ok(ExactSolve {
+        lambda,
+        trace_fisher,
+        gram_condition,
+    })
+}
+
+/// The oracle: the same direction by a dense P×P Cholesky solve of (GᵀG/B + λI) d = g, with G from
+/// one backward pass per sample. O(P³): for tiny models in tests only.
+pub fn dense_direction(
+    net: &Network,
+    params: &[f64],
+    x: &[f64],
+    fisher_labels: &[usize],
+    g: Option<&[f64]>,
+    damping: Damping,
+) -> Result<Vec<f64>> {
+    let b = fisher_labels.len();
+    let p = net.num_params();
+    let f = net.input_features();
+    let mut ws = net.workspace::<f64>(1);
+    let mut gmat = Array2::<f64>::zeros((b, p));
+    let mut row = vec![0.0; p];
+    for n in 0..b {
+        net.loss_and_gradient(
+            params,
+            &x[n * f..(n + 1) * f],
+            &fisher_labels[n..n + 1],
+            &mut row,
+            &mut ws,
+        );
+        gmat.row_mut(n).assign(&Array1::from(row.clone()));
+    }
+    let trace_f = gmat.iter().map(|v| v * v).sum::<f64>() / b as f64;
+    let lambda = damping.lambda(trace_f, p);
+    let mut fisher = gmat.t().dot(&gmat) / b as f64;
+    for i in 0..p {
+        fisher[[i, i]] += lambda;
+    }
+    let rhs: Array1<f64> = match g {
+        Some(g) => Array1::from(g.to_vec()),
+        None => gmat.sum_axis(ndarray::Axis(0)) / b as f64,
+    };
+    fisher
+        .cholesky_inplace(UPLO::Lower)
+        .map_err(|e| Error::invalid(format!("dense Fisher not positive definite: {e}")))?;
+    let factor = ndarray_linalg::cholesky::CholeskyFactorized {
+        factor: fisher,
+        uplo: UPLO::Lower,
+    };
+    let mut d = rhs;
+    factor
+        .solvec_inplace(&mut d)
+        .map_err(|e| Error::invalid(format!("dense solve failed: {e}")))?;
+    Ok(d.to_vec())
+}
+
+/// Labels drawn from softmax(logits) row by row, one uniform draw each.
+pub fn sample_labels(
+    logits: &[f64],
+    classes: usize,
+    rng: &mut crate::rng::Stream,
+    out: &mut [usize],
+) {
+    for (z, y) in logits.chunks_exact(classes).zip(out.iter_mut()) {
+        let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = z.iter().map(|&v| (v - m).exp()).sum();
+        let mut u = rng.uniform() * total;
+        *y = classes - 1;
+        for (c, &v) in z.iter().enumerate() {
+            u -= (v - m).exp();
+            if u < 0.0 {
+                *y = c;
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct ExactStats {
+    steps: u64,
+    lambda_sum: f64,
+    cond_sum: f64,
+    cond_max: f64,
+    trace_sum: f64,
+}
+
+/// The exact damped-Fisher NGD optimiser.
+#[derive(Clone, Debug)]
+pub struct NgdExact {
+    pub config: NgdExactConfig,
+    sgd: Sgd,
+    scratch: Option<(usize, WoodburyScratch<f64>)>,
+    params64: Vec<f64>,
+    x64: Vec<f64>,
+    g64: Vec<f64>,
+    d64: Vec<f64>,
+    labels: Vec<usize>,
+    step: u64,
+    stats: ExactStats,
+}
+
+impl NgdExact {
+    pub fn new(config: NgdExactConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(NgdExact {
+            sgd: Sgd::new(config.sgd)?,
+            config,
+            scratch: None,
+            params64: Vec::new(),
+            x64: Vec::new(),
+            g64: Vec::new(),
+            d64: Vec::new(),
+            labels: Vec::new(),
+            step: 0,
+            stats: ExactStats::default(),
+        })
+    }
+
+    /// Replaces `grad` by (F + λI)⁻¹ grad (rescaled to ‖grad‖ when `preserve_norm`).
+    pub fn precondition(
+        &mut self,
+        params: &[f32],
+        grad: &mut [f32],
+        batch: &Batch,
+    ) -> Result<ExactSolve> {
+        let net = batch.net;
+        let b = batch.labels.len();
+        let p = net.num_params();
+        if self.scratch.as_ref().is_none_or(|(cap, _)| *cap < b) {
+            self.scratch = Some((b, WoodburyScratch::new(net, b)));
+        }
+        let sc = &mut self.scratch.as_mut().expect("scratch").1;
+        self.params64.clear();
+        self.params64.extend(params.iter().map(|&v| v as f64));
+        self.x64.clear();
+        self.x64.extend(batch.x.iter().map(|&v| v as f64));
+        self.g64.clear();
+        self.g64.extend(grad.iter().map(|&v| v as f64));
+        self.d64.resize(p, 0.0);
+        self.labels.clear();
+        match self.config.fisher {
+            FisherKind::Empirical => self.labels.extend_from_slice(batch.labels),
+            FisherKind::Sampled => {
+                self.labels.resize(b, 0);
+                let classes = net.classes();
+                let logits = net
+                    .forward(&self.params64, &self.x64, b, &mut sc.ws)
+                    .to_vec();
+                let mut rng = stream(self.config.seed, Purpose::Labels, self.step);
+                sample_labels(&logits, classes, &mut rng, &mut self.labels);
+            }
+        }
+        // Empirical: precondition the f64 mean gradient of the same pass (consistent with G);
+        // sampled: the training gradient.
+        let g = match self.config.fisher {
+            FisherKind::Empirical => None,
+            FisherKind::Sampled => Some(&self.g64[..]),
+        };
+        let solve = woodbury_direction(
+            net,
+            &self.params64,
+            &self.x64,
+            &self.labels,
+            g,
+            self.config.damping,
+            sc,
+            &mut self.d64,
+        )
+        .map_err(|e| Error::invalid(format!("ngd-exact at step {}: {e}", self.step + 1)))?;
+        let scale = if self.config.preserve_norm {
+            let gn: f64 = grad.iter().map(|&v| (v as f64).powi(2)).sum();
+            let dn: f64 = self.d64.iter().map(|v| v * v).sum();
+            (gn / (dn + 1e-30)).sqrt()
+        } else {
+            1.0
+        };
+        for (o, &v) in grad.iter_mut().zip(&self.d64) {
+            *o = (v * scale) as f32;
+        }
+        self.step += 1;
+        let s = &mut self.stats;
+        s.steps += 1;
+        s.lambda_sum += solve.lambda;
+        s.cond_sum += solve.gram_condition;
+        s.cond_max = s.cond_max.max(solve.gram_condition);
+        s.trace_sum += solve.trace_fisher;
+        Ok(solve)
+    }
+}
+
+impl Optimizer for NgdExact {
+    fn name(&self) -> &'static str {
+        "ngd-exact"
+    }
+    fn hyperparameters(&self) -> Map<String, Value> {
+        self.config.to_json()
+    }
+    fn step(&mut self, params: &mut [f32], grad: &mut [f32], batch: &Batch) -> Result<()> {
+        self.precondition(params, grad, batch)?;
+        self.sgd.apply(params, grad);
+        Ok(())
+    }
+    fn state(&self) -> BTreeMap<String, Vec<f32>> {
+        let mut m = self.sgd.state();
+        let bits = (self.step as f64).to_bits();
+        m.insert(
+            "ngd_exact.step".into(),
+            vec![
+                f32::from_bits(bits as u32),
+                f32::from_bits((bits >> 32) as u32),
+            ],
+        );
+        m
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+        self.sgd.load_state(state)?;
+        let v = state
+            .get("ngd_exact.step")
+            .filter(|v| v.len() == 2)
+            .ok_or_else(|| {
+                Error::invalid("optimiser state lacks ngd_exact.step (not an ngd-exact sidecar?)")
+            })?;
+        let bits = v[0].to_bits() as u64 | ((v[1].to_bits() as u64) << 32);
+        self.step = f64::from_bits(bits) as u64;
+        Ok(())
+    }
+    /// `ngd_exact_lambda` (mean λ), `ngd_exact_trace_fisher` (mean tr F), and the Gram condition
+    /// number cond(G Gᵀ + λB·I) estimated from the Cholesky diagonal (mean and max over the epoch).
+    fn take_epoch_stats(&mut self) -> Map<String, Value> {
+        let s = std::mem::take(&mut self.stats);
+        let n = s.steps as f64;
+        let mut m = Map::new();
+        m.insert("ngd_exact_lambda".into(), json_f64(s.lambda_sum / n));
+        m.insert("ngd_exact_trace_fisher".into(), json_f64(s.trace_sum / n));
+        m.insert(
+            "ngd_exact_gram_condition_mean".into(),
+            json_f64(s.cond_sum / n),
+        );
+        m.insert("ngd_exact_gram_condition_max".into(), json_f64(s.cond_max));
+        m
+    }
+}
