@@ -1,8 +1,346 @@
-//! `switch`: not yet available in this release.
+//! `switch`: continue training one checkpoint along several branches (optimisers, learning rates),
+//! each with a fresh optimiser and the same data order, as the paper's switching experiment.
 
+extern crate openblas_src;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use common::data::{dataset_for_checkpoint, Dataset, Split};
+use common::io::{Checkpoint, Record, RecordWriter};
+use common::optim::{build, OptimizerSettings, OPTIMIZERS};
+use common::train::{train, Start, TrainConfig};
+use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+const LONG_ABOUT: &str = "\
+Continue training from one checkpoint along several branches, each with a fresh optimiser (as the
+paper did when it switched from SGD to NGD), the same data order (the source run's seed, so epoch k
+visits the samples in the same order on every branch) and its own folder and run name. It writes the
+same checkpoints and records as `train`, plus `branch` and `switched_at` (the source checkpoint's
+epoch, step and path), so `switch ... | llc | hessian-trace` works unchanged. Epochs keep counting
+from the source checkpoint: `--epochs 20` from an epoch-10 checkpoint trains epochs 11 to 20.
+
+A branch is an optimiser (sgd, ngd, ngd-exact) and optional settings with `train`'s flag names:
+`sgd`, `ngd:ngd-alpha=0.1`, `sgd:lr=0.1`, `ngd-exact:damping=0.001,fisher=sampled`,
+`sgd:lr=1,batch-size=256`. `name=...` sets the branch's name (default: the spec with `:`/`,` as `-`).
+Unset settings take the paper's defaults (lr 0.01, momentum 0.9, Nesterov, NGD α 0.01).
+
+Examples:
+
+  The paper's switch: SGD for 10 epochs, then SGD, NGD and SGD with 10× and 100× the learning rate:
+    $ train --dataset fashion-mnist --hidden 256,256 --epochs 10 --out runs/switch/sgd
+    $ switch --from runs/switch/sgd/epoch-0010.safetensors --epochs 20 --out runs/switch \\
+        --branch sgd --branch ngd:ngd-alpha=0.1 --branch sgd:lr=0.1 --branch sgd:lr=1 > switch.jsonl
+
+  Two branches at a time on two cores, with the LLC streamed as they go:
+    $ switch --from ck.safetensors --epochs 5 --jobs 2 --out runs/b --branch sgd --branch ngd | llc
+
+Exit status: 0 when every branch finished, 1 otherwise (each failure named on stderr), 130 when
+interrupted.";
+
+#[derive(Parser, Debug)]
+#[command(name = "switch", version, about = "Continue a checkpoint along several optimiser branches", long_about = LONG_ABOUT)]
+struct Args {
+    /// The checkpoint to branch from.
+    #[arg(long)]
+    from: PathBuf,
+    /// Train each branch until this epoch (the source checkpoint's epochs count).
+    #[arg(long)]
+    epochs: usize,
+    /// A branch: OPTIMIZER[:key=value,...] (repeat for each branch).
+    #[arg(long = "branch", required = true)]
+    branches: Vec<String>,
+    /// Output folder; each branch writes to <out>/<branch name>/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Run name prefix [default: the --out folder's name]; each run is <prefix>-<branch>.
+    #[arg(long)]
+    run: Option<String>,
+    /// Model, for checkpoints whose metadata does not say (see `train --help`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Data set [default: the checkpoint's].
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Seed of the data order (and sampled Fisher) [default: the checkpoint's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Minibatch size for branches that do not set batch-size [default: the checkpoint's, else 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Visit the training set in file order.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Use only the first N training samples [default: the checkpoint's].
+    #[arg(long)]
+    train_samples: Option<usize>,
+    /// Also checkpoint every N steps.
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Branches trained at the same time (each on one BLAS thread).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// A parsed branch: its name, optimiser settings and batch size.
+struct Branch {
+    name: String,
+    settings: OptimizerSettings,
+    batch_size: Option<usize>,
+}
+
+fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
+    let (opt, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    if !OPTIMIZERS.contains(&opt) {
+        bail!(
+            "--branch {spec}: unknown optimiser '{opt}' (expected {})",
+            OPTIMIZERS.join(", ")
+        );
+    }
+    let mut settings = OptimizerSettings {
+        name: opt.to_string(),
+        ..OptimizerSettings::default()
+    };
+    settings.exact.seed = seed;
+    let mut name = None;
+    let mut batch_size = None;
+    for kv in rest.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "name" => name = Some(v.to_string()),
+            "batch-size" => {
+                batch_size = Some(
+                    v.parse()
+                        .with_context(|| format!("--branch {spec}: batch-size={v}"))?,
+                )
+            }
+            _ => settings
+                .set(k, v)
+                .with_context(|| format!("--branch {spec}"))?,
+        }
+    }
+    // Default name: the optimiser and each setting, e.g. `ngd-alpha0.1`, `sgd-lr0.1`.
+    let name = name.unwrap_or_else(|| {
+        let mut n = opt.to_string();
+        for kv in rest.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            n.push('-');
+            n.push_str(k.strip_prefix("ngd-").unwrap_or(k));
+            n.push_str(v);
+        }
+        n
+    });
+    Ok(Branch {
+        name,
+        settings,
+        batch_size,
+    })
+}
 
 fn main() -> ExitCode {
-    eprintln!("switch: not yet available (it is being built; see the project's open issues)");
-    ExitCode::from(2)
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let interrupted = matches!(
+                e.downcast_ref::<common::Error>(),
+                Some(common::Error::Interrupted { .. })
+            );
+            eprintln!("switch: {e:#}");
+            ExitCode::from(if interrupted { 130 } else { 1 })
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let model = args
+        .model
+        .as_deref()
+        .map(|m| common::model::Architecture::parse(m, &[128], common::model::Activation::Relu, 2))
+        .transpose()?;
+    let ck = Checkpoint::load(&args.from, model.as_ref())?;
+    ck.check_finite(&args.from)?;
+    let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
+    let dataset = dataset_for_checkpoint(&ck, args.dataset.as_deref())?;
+    let seed = args.seed.or(meta_u64("seed")).unwrap_or(1);
+    let from_epoch = meta_u64("epoch").unwrap_or(0) as usize;
+    let from_step = meta_u64("step").unwrap_or(0) as usize;
+    if args.epochs <= from_epoch {
+        bail!(
+            "{}: the checkpoint is at epoch {from_epoch}; --epochs {} must be larger (it is the epoch to reach)",
+            args.from.display(),
+            args.epochs
+        );
+    }
+    let branches: Vec<Branch> = args
+        .branches
+        .iter()
+        .map(|s| parse_branch(s, seed))
+        .collect::<Result<_>>()?;
+    let mut names: Vec<&str> = branches.iter().map(|b| b.name.as_str()).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        bail!("two branches share a name; give them name=... settings");
+    }
+    let net = ck.network.clone();
+    // Every optimiser is built (and so validated) before any training starts.
+    for b in &branches {
+        build(&b.settings, &net).with_context(|| format!("--branch {}", b.name))?;
+    }
+    let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
+    let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
+    if let Some(n) = args
+        .train_samples
+        .or(meta_u64("train_samples").map(|n| n as usize))
+    {
+        train_data.truncate(n);
+    }
+    let shuffle = !args.no_shuffle
+        && ck
+            .meta
+            .get("shuffle")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+    let base_batch = args
+        .batch_size
+        .or(meta_u64("batch_size").map(|b| b as usize))
+        .unwrap_or(128);
+    let prefix = args.run.clone().unwrap_or_else(|| {
+        args.out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "switch".into())
+    });
+    for b in &branches {
+        common::io::check_writable_dir(&args.out.join(&b.name))?;
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let out = Mutex::new(RecordWriter::new(std::io::stdout()));
+    let next = Mutex::new(0usize);
+    let failures = Mutex::new(Vec::<String>::new());
+    let pipe_closed = AtomicBool::new(false);
+    let switched_at = json!({
+        "epoch": from_epoch,
+        "step": from_step,
+        "checkpoint": args.from.display().to_string(),
+    });
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.clamp(1, branches.len()) {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().expect("lock");
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(b) = branches.get(i) else { break };
+                let result = (|| -> Result<()> {
+                    let mut optimizer = build(&b.settings, &net)?;
+                    let mut extra = serde_json::Map::new();
+                    extra.insert("branch".into(), Value::from(b.name.clone()));
+                    extra.insert("switched_at".into(), switched_at.clone());
+                    let cfg = TrainConfig {
+                        run: format!("{prefix}-{}", b.name),
+                        out_dir: args.out.join(&b.name),
+                        data_dir: args.data_dir.clone(),
+                        seed,
+                        epochs: args.epochs,
+                        batch_size: b.batch_size.unwrap_or(base_batch),
+                        shuffle,
+                        train_samples: None,
+                        save_every: args.save_every,
+                        threads: 1,
+                        extra,
+                        progress: false,
+                    };
+                    let start = Start {
+                        params: ck.params.clone(),
+                        epoch: from_epoch,
+                        step: from_step,
+                        step_in_epoch: 0,
+                        init: args.from.display().to_string(),
+                    };
+                    let quiet = args.quiet;
+                    let mut emit = |r: &Record| -> common::Result<()> {
+                        if !quiet {
+                            eprintln!(
+                                "switch: {} epoch {} train loss {:.4} test loss {:.4} test acc {:.2}%",
+                                b.name,
+                                r["epoch"],
+                                r["train_loss"].as_f64().unwrap_or(f64::NAN),
+                                r["test_loss"].as_f64().unwrap_or(f64::NAN),
+                                100.0 * r["test_acc"].as_f64().unwrap_or(f64::NAN)
+                            );
+                        }
+                        out.lock()
+                            .expect("lock")
+                            .write(r)
+                            .map_err(|e| common::Error::io("<stdout>", e))
+                    };
+                    train(
+                        &cfg,
+                        &net,
+                        &train_data,
+                        &test_data,
+                        start,
+                        optimizer.as_mut(),
+                        &interrupted,
+                        &mut emit,
+                    )?;
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    let broken_pipe = e.chain().any(|c| {
+                        c.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    });
+                    if broken_pipe {
+                        // The reader went away (`switch | head`): stop every branch quietly.
+                        pipe_closed.store(true, Ordering::SeqCst);
+                        interrupted.store(true, Ordering::SeqCst);
+                        continue;
+                    }
+                    if pipe_closed.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if !matches!(
+                        e.downcast_ref::<common::Error>(),
+                        Some(common::Error::Interrupted { .. })
+                    ) {
+                        eprintln!("switch: branch {}: {e:#}", b.name);
+                    }
+                    failures.lock().expect("lock").push(b.name.clone());
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("lock");
+    if pipe_closed.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("switch: interrupted; every checkpoint written so far is complete");
+        std::process::exit(130);
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} branches failed: {}",
+            failures.len(),
+            branches.len(),
+            failures.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ mod build;
 mod ngd;
 mod ngd_axis;
 mod ngd_exact;
+mod settings_keys;
 mod sgd;
 
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
@@ -17,6 +18,7 @@ pub use ngd_exact::{
     dense_direction, sample_labels, woodbury_direction, Damping, ExactSolve, FisherKind, NgdExact,
     NgdExactConfig, WoodburyScratch,
 };
+pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::model::Network;

@@ -1,0 +1,108 @@
+//! Setting optimiser hyperparameters by their `train` flag names, for `switch --branch ngd:lr=0.1`.
+
+use super::{Damping, FisherKind, NgdDtype, OptimizerSettings};
+use crate::{Error, Result};
+
+/// The keys [`OptimizerSettings::set`] knows: `train`'s flag names without the dashes.
+pub const SETTING_KEYS: [&str; 16] = [
+    "lr",
+    "momentum",
+    "dampening",
+    "nesterov",
+    "weight-decay",
+    "ngd-alpha",
+    "ngd-eta",
+    "ngd-epsilon",
+    "ngd-delta",
+    "ngd-rank",
+    "ngd-update-period",
+    "ngd-dtype",
+    "fisher",
+    "damping",
+    "damping-relative",
+    "preserve-norm",
+];
+
+fn number(key: &str, value: &str) -> Result<f64> {
+    value
+        .parse::<f64>()
+        .map_err(|_| Error::invalid(format!("{key}={value}: not a number")))
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::invalid(format!(
+            "{key}={value}: expected true or false"
+        ))),
+    }
+}
+
+impl OptimizerSettings {
+    /// Sets one hyperparameter by its `train` flag name (`lr`, `ngd-alpha`, `damping`, …).
+    ///
+    /// # Errors
+    /// An unknown key (the message lists the known ones) or a value that does not parse.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "lr" => self.sgd.lr = number(key, value)?,
+            "momentum" => self.sgd.momentum = number(key, value)?,
+            "dampening" => self.sgd.dampening = number(key, value)?,
+            "nesterov" => self.sgd.nesterov = boolean(key, value)?,
+            "weight-decay" => self.sgd.weight_decay = number(key, value)?,
+            "ngd-alpha" => self.ngd.alpha = number(key, value)?,
+            "ngd-eta" => self.ngd.eta = number(key, value)?,
+            "ngd-epsilon" => self.ngd.epsilon = number(key, value)?,
+            "ngd-delta" => self.ngd.delta = number(key, value)?,
+            "ngd-rank" => {
+                self.ngd.rank = Some(
+                    value
+                        .parse()
+                        .map_err(|_| Error::invalid(format!("{key}={value}: not a rank")))?,
+                )
+            }
+            "ngd-update-period" => {
+                self.ngd.update_period = value
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("{key}={value}: not a step count")))?
+            }
+            "ngd-dtype" => self.ngd.dtype = NgdDtype::parse(value)?,
+            "fisher" => self.exact.fisher = FisherKind::parse(value)?,
+            "damping" => self.exact.damping = Damping::Absolute(number(key, value)?),
+            "damping-relative" => self.exact.damping = Damping::Relative(number(key, value)?),
+            "preserve-norm" => self.exact.preserve_norm = boolean(key, value)?,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown setting '{key}' (known: {})",
+                    SETTING_KEYS.join(", ")
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_by_flag_name() {
+        let mut s = OptimizerSettings::default();
+        s.set("lr", "0.1").unwrap();
+        s.set("ngd-alpha", "0.5").unwrap();
+        s.set("nesterov", "false").unwrap();
+        s.set("damping", "0.001").unwrap();
+        assert_eq!(s.sgd.lr, 0.1);
+        assert_eq!(s.ngd.alpha, 0.5);
+        assert!(!s.sgd.nesterov);
+        assert_eq!(s.exact.damping, Damping::Absolute(0.001));
+        assert!(s.set("lr", "x").unwrap_err().to_string().contains("lr=x"));
+        assert!(s
+            .set("bogus", "1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown setting"));
+    }
+}
