@@ -22,14 +22,18 @@ RUNS ?= runs
 help:
 	@sed -n '3,10p' Makefile | sed 's/^# //'
 
-# libopenblas-dev provides BLAS and LAPACK; installed through apt-get when run as root.
+# libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
+# with apt-get when run as root, otherwise the command to run is printed.
 deps:
-	@if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so ' && [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] && ! dpkg -s libopenblas-dev >/dev/null 2>&1; then \
+	@missing=""; \
+	dpkg -s libopenblas-dev >/dev/null 2>&1 || missing="$$missing libopenblas-dev"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "make: installing libopenblas-dev" >&2; \
-	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev >/dev/null; \
+	    echo "make: installing$$missing" >&2; \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "make: libopenblas-dev is missing; run: sudo apt-get install -y libopenblas-dev" >&2; exit 1; \
+	    echo "make: missing$$missing; run: sudo apt-get install -y$$missing" >&2; exit 1; \
 	  fi; \
 	fi
 

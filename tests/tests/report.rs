@@ -1,0 +1,71 @@
+//! End-to-end test of `report`: a table with Welch's t-test and figures from records.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn table_and_curves_from_records() {
+    let dir = scratch("report");
+    let mut lines = String::new();
+    // Two labels, three seeds, two epochs; "b" is higher by 5 on every seed.
+    for seed in 1..=3 {
+        for epoch in [1, 2] {
+            for (opt, shift) in [("a", 0.0), ("b", 5.0)] {
+                let v = 10.0 + seed as f64 + epoch as f64 + shift;
+                lines += &format!(
+                    "{{\"model\":{{\"name\":\"m\"}},\"optimizer\":{{\"name\":\"{opt}\"}},\"seed\":{seed},\"epoch\":{epoch},\"test_loss\":0.5,\"llc\":{{\"mean\":{v}}}}}\n"
+                );
+            }
+        }
+    }
+    let input = dir.join("runs.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let mut c = tool("report");
+    c.args([
+        "table",
+        "--metric",
+        "/llc/mean",
+        "--epochs",
+        "1,2",
+        "--baseline",
+        "a",
+        "--out",
+    ])
+    .arg(dir.join("t"))
+    .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(dir.join("t.md")).unwrap();
+    // Per seed: mean over epochs 1 and 2 = 11.5 + seed (+5 for b): means 13.5 and 18.5, sd 1.
+    assert!(md.contains("| m | a | 3 | 13.50 ± 1.00 |"), "{md}");
+    assert!(md.contains("| m | b | 3 | 18.50 ± 1.00 |"), "{md}");
+    assert!(md.contains("| 3/3 |"), "{md}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("t.json")).unwrap()).unwrap();
+    let comp = &j["groups"]["m"]["comparisons"][0];
+    // Welch: t = 5 / sqrt(1/3 + 1/3) = 6.1237, df = 4; scipy.stats.ttest_ind gives p = 0.0036022326.
+    assert!((comp["welch_t"].as_f64().unwrap() - 6.123_724).abs() < 1e-5);
+    assert!(
+        (comp["p_two_sided"].as_f64().unwrap() - 0.003_602_232_6).abs() < 1e-9,
+        "{comp}"
+    );
+    for ext in ["svg", "png"] {
+        assert!(
+            std::fs::metadata(dir.join(format!("t.{ext}")))
+                .unwrap()
+                .len()
+                > 1000
+        );
+    }
+    let mut c = tool("report");
+    c.args(["curves", "--metric", "/llc/mean", "--out"])
+        .arg(dir.join("c"))
+        .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("c.json")).unwrap()).unwrap();
+    assert_eq!(j["curves"].as_array().unwrap().len(), 2);
+    assert!(std::fs::metadata(dir.join("c.png")).unwrap().len() > 1000);
+}
