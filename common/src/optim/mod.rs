@@ -9,6 +9,7 @@ mod ngd;
 mod ngd_axis;
 mod ngd_exact;
 mod sgd;
+mod sym_eigen;
 
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
@@ -18,6 +19,7 @@ pub use ngd_exact::{
     NgdExactConfig, WoodburyScratch,
 };
 pub use sgd::{Sgd, SgdConfig};
+pub use sym_eigen::{Syevd, SymEigen};
 
 use crate::model::Network;
 use crate::Result;
