@@ -43,12 +43,15 @@ data:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-# The demo: the MLP 784-128-10 on MNIST, SGD, 3 epochs; checkpoints and run log in runs/demo/.
+# The demo: the MLP 784-128-10 on MNIST, SGD and the paper's NGD from the same initialisation (seed 1),
+# 3 epochs each; checkpoints and run logs in runs/demo/.
 demo: deps data build
-	@rm -rf $(RUNS)/demo/sgd
+	@rm -rf $(RUNS)/demo/sgd $(RUNS)/demo/ngd
 	@mkdir -p $(RUNS)/demo
 	$(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer sgd \
 	  --epochs 3 --seed 1 --out $(RUNS)/demo/sgd > $(RUNS)/demo/sgd.jsonl
+	$(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer ngd \
+	  --epochs 3 --seed 1 --out $(RUNS)/demo/ngd > $(RUNS)/demo/ngd.jsonl
 	@scripts/demo-summary.sh $(RUNS)/demo
 
 test: deps

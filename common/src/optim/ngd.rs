@@ -171,9 +171,20 @@ impl<T: NgdReal> TensorPreconditioner<T> {
             .enumerate()
             .filter(|(_, &d)| d > 1)
             .map(|(a, &d)| {
+                let prefix: usize = shape[..a].iter().product();
+                let post: usize = shape[a + 1..].iter().product();
+                // The first axis of a tensor is X transposed in place (no copy) unless it is also
+                // the last; middle axes are gathered into a scratch view.
+                let transposed = prefix == 1 && post > 1;
                 (
                     a,
-                    AxisPreconditioner::new(numel / d, d, cfg.rank_for(d), cfg.axis_settings()),
+                    AxisPreconditioner::new(
+                        numel / d,
+                        d,
+                        cfg.rank_for(d),
+                        transposed,
+                        cfg.axis_settings(),
+                    ),
                 )
             })
             .collect();
@@ -193,8 +204,10 @@ impl<T: NgdReal> TensorPreconditioner<T> {
             let dim = self.shape[a];
             let post: usize = self.shape[a + 1..].iter().product();
             let prefix: usize = self.shape[..a].iter().product();
-            // X[(p, q), d] = g[p, d, q]: the axis as columns, the rest as rows.
-            let x = if post == 1 {
+            // X[(p, q), d] = g[p, d, q]: the axis as columns, the rest as rows. The last axis is
+            // g itself, the first (prefix 1) is gᵀ, which the preconditioner reads transposed.
+            let gathered = post != 1 && prefix != 1;
+            let x = if !gathered {
                 &mut g[..]
             } else {
                 for p in 0..prefix {
@@ -208,7 +221,7 @@ impl<T: NgdReal> TensorPreconditioner<T> {
                 &mut self.view[..]
             };
             let outcome = pre.precondition(x);
-            if post != 1 {
+            if gathered {
                 for p in 0..prefix {
                     for d in 0..dim {
                         let dst = &mut g[(p * dim + d) * post..][..post];
@@ -503,8 +516,13 @@ mod tests {
     fn orthonormal_start_pattern() {
         // W₀ = √E₀·O with O's rows orthonormal: W₀W₀ᵀ = E₀·I.
         for (dim, rank) in [(7, 4), (6, 3), (784, 80), (10, 5), (5, 3)] {
-            let mut p =
-                AxisPreconditioner::<f64>::new(3, dim, rank, NgdConfig::default().axis_settings());
+            let mut p = AxisPreconditioner::<f64>::new(
+                3,
+                dim,
+                rank,
+                false,
+                NgdConfig::default().axis_settings(),
+            );
             p.init_default();
             let e0 = 1.0 / (2.0 + (dim + rank) as f64 * 0.01 / dim as f64);
             for i in 0..rank {
@@ -557,6 +575,36 @@ mod tests {
                 b.step(&mut pb, &mut grad(k), &batch).unwrap();
             }
             assert_eq!(pa, pb, "{dtype:?}");
+        }
+    }
+
+    /// The transposed storage (a tensor's first axis, read in place) gives the same result as the
+    /// row-major N×D view.
+    #[test]
+    fn transposed_storage_matches_row_major() {
+        let (n, dim, rank) = (11, 7, 3);
+        let set = NgdConfig::default().axis_settings();
+        let mut plain = AxisPreconditioner::<f64>::new(n, dim, rank, false, set);
+        let mut trans = AxisPreconditioner::<f64>::new(n, dim, rank, true, set);
+        let mut rng = crate::rng::stream(5, crate::rng::Purpose::Probe, 0);
+        for t in 0..15 {
+            // Full-rank gradients (rank 7 > r): well-conditioned, so only rounding differs.
+            let x: Vec<f64> = (0..n * dim).map(|_| rng.normal()).collect();
+            let mut xt = vec![0.0; n * dim];
+            for i in 0..n {
+                for d in 0..dim {
+                    xt[d * n + i] = x[i * dim + d];
+                }
+            }
+            let mut x1 = x.clone();
+            plain.precondition(&mut x1);
+            trans.precondition(&mut xt);
+            for i in 0..n {
+                for d in 0..dim {
+                    let (a, b) = (x1[i * dim + d], xt[d * n + i]);
+                    assert!((a - b).abs() < 1e-12, "step {t} ({i},{d}) {a} {b}");
+                }
+            }
         }
     }
 

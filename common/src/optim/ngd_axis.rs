@@ -10,13 +10,13 @@
 //! statistics by the closed-form update of the paper (a power-method step through an r×r symmetric
 //! eigendecomposition).
 
+use super::sym_eigen::{Syevd, SymEigen};
 use crate::device::cpu::gemm;
 use crate::Real;
-use ndarray::ArrayViewMut2;
-use ndarray_linalg::{EighInplace, Lapack, Scalar, UPLO};
+use num_traits::Float;
 
 /// The element types the preconditioner can keep its state in (`f32` as the paper ran, or `f64`).
-pub trait NgdReal: Real + Lapack + Scalar<Real = Self> {}
+pub trait NgdReal: Real + Syevd {}
 impl NgdReal for f32 {}
 impl NgdReal for f64 {}
 
@@ -52,6 +52,8 @@ pub struct AxisPreconditioner<T: NgdReal> {
     pub dim: usize,
     pub rank: usize,
     pub rows: usize,
+    /// X is stored transposed (D×N row-major), as a weight's first axis is: no copy is needed.
+    pub transposed: bool,
     pub settings: AxisSettings,
     /// Number of real calls so far (0 = not initialised).
     pub t: u64,
@@ -68,6 +70,7 @@ pub struct AxisPreconditioner<T: NgdReal> {
     /// Z, row-major r×r (a fresh C-layout view is handed to the eigensolver on every update so that
     /// it always reads the same triangle, whatever happened before: resumes stay bit-exact).
     z: Vec<T>,
+    eigen: SymEigen<T>,
     a: Vec<T>,
     inv_sqrt_e: Vec<T>,
     s: Vec<T>,
@@ -79,14 +82,32 @@ pub fn default_rank(dim: usize) -> usize {
     dim.div_ceil(2).min(80)
 }
 
+/// Σ vᵢ² accumulated in f64, eight lanes at a time (so that it vectorises).
 fn sum_sq<T: Real>(v: &[T]) -> f64 {
-    v.iter().map(|&x| x.as_f64() * x.as_f64()).sum()
+    let mut acc = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let x = x.as_f64();
+            *a += x * x;
+        }
+    }
+    let tail: f64 = rest.iter().map(|&x| x.as_f64() * x.as_f64()).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 impl<T: NgdReal> AxisPreconditioner<T> {
     /// A preconditioner for an N×D view (`rows` = N, `dim` = D ≥ 2) with factor rank `rank`
-    /// (1 ≤ r < D). State is set on the first call.
-    pub fn new(rows: usize, dim: usize, rank: usize, settings: AxisSettings) -> Self {
+    /// (1 ≤ r < D), X stored N×D row-major, or D×N when `transposed`. State is set on the first
+    /// call.
+    pub fn new(
+        rows: usize,
+        dim: usize,
+        rank: usize,
+        transposed: bool,
+        settings: AxisSettings,
+    ) -> Self {
         assert!(
             dim >= 2 && rank >= 1 && rank < dim,
             "rank {rank} for dim {dim}"
@@ -96,6 +117,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             dim,
             rank,
             rows,
+            transposed,
             settings,
             t: 0,
             rho: settings.epsilon,
@@ -107,6 +129,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             l: vec![T::zero(); r * r],
             k: vec![T::zero(); r * r],
             z: vec![T::zero(); r * r],
+            eigen: SymEigen::new(r),
             a: vec![T::zero(); r * r],
             inv_sqrt_e: vec![T::zero(); r],
             s: vec![T::zero(); r],
@@ -185,48 +208,42 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         self.t += 1;
         let (n, dim, r) = (self.rows, self.dim, self.rank);
         let one = T::one();
-        // H = X Wᵀ (N×r); X̂ = X − H W.
-        gemm(
-            false,
-            true,
-            n,
-            r,
-            dim,
-            one,
-            x,
-            &self.w,
-            T::zero(),
-            &mut self.h,
-        );
+        // H = X Wᵀ (N×r); X̂ = X − H W (stored like X: when transposed, X̂ᵀ = Xᵀ − Wᵀ Hᵀ).
+        let tr = self.transposed;
+        gemm(tr, true, n, r, dim, one, x, &self.w, T::zero(), &mut self.h);
         self.xhat.copy_from_slice(x);
-        gemm(
-            false,
-            false,
-            n,
-            dim,
-            r,
-            -one,
-            &self.h,
-            &self.w,
-            one,
-            &mut self.xhat,
-        );
+        if tr {
+            gemm(
+                true,
+                true,
+                dim,
+                n,
+                r,
+                -one,
+                &self.w,
+                &self.h,
+                one,
+                &mut self.xhat,
+            );
+        } else {
+            gemm(
+                false,
+                false,
+                n,
+                dim,
+                r,
+                -one,
+                &self.h,
+                &self.w,
+                one,
+                &mut self.xhat,
+            );
+        }
         if !updating {
             return None;
         }
         // J = Hᵀ X (r×D); L = Hᵀ H (= J Wᵀ, cheaper when N > D); K = J Jᵀ.
-        gemm(
-            true,
-            false,
-            r,
-            dim,
-            n,
-            one,
-            &self.h,
-            x,
-            T::zero(),
-            &mut self.j,
-        );
+        gemm(true, tr, r, dim, n, one, &self.h, x, T::zero(), &mut self.j);
         if n > dim {
             gemm(
                 false,
@@ -274,7 +291,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         for (ie, &d) in self.inv_sqrt_e.iter_mut().zip(&self.d) {
             // eᵢ = 1/(β/dᵢ + 1); keep e^{-½}.
             let e = one / (T::of_f64(beta) / d + one);
-            *ie = one / num_traits::Float::sqrt(e);
+            *ie = one / Float::sqrt(e);
         }
         let trace_k: f64 = (0..r).map(|i| self.k[i * r + i].as_f64()).sum();
         let zs = trace_k.max(1.0);
@@ -300,17 +317,13 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 self.z[i * r + jj] = v;
             }
         }
-        // Z = U C Uᵀ; eigenvalues ascending from LAPACK, used in descending order below. torch's
-        // eigh(UPLO='U') reads the upper triangle of the row-major Z; ndarray-linalg transposes a
-        // C-layout matrix before calling LAPACK, so that triangle is its `Lower`.
-        let mut zv = ArrayViewMut2::from_shape((r, r), &mut self.z[..]).expect("Z shape");
-        let c_asc = match zv.eigh_inplace(UPLO::Lower) {
-            Ok((c, _)) => c,
-            Err(_) => {
-                // Leave the factor as it was; X̂ is still the output.
-                return None;
-            }
-        };
+        // Z = U C Uᵀ (reading Z's upper triangle, as torch.linalg.eigh(UPLO='U')); eigenvalues
+        // ascending, used in descending order below; row j of `z` is the eigenvector of value j.
+        if self.eigen.decompose(&mut self.z).is_err() {
+            // Leave the factor as it was; X̂ is still the output.
+            return None;
+        }
+        let c_asc = &self.eigen.values;
         // ngd.py wraps this floor in a float32 tensor (torch.Tensor([c_floor])), also in float64
         // runs; the reference values depend on that rounding, so it is reproduced.
         let c_floor = (((rho * (1.0 - eta)).powi(2) / zs) as f32) as f64;
@@ -319,7 +332,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         let mut s_max = f64::NEG_INFINITY;
         for i in 0..r {
             let c = c_asc[r - 1 - i].as_f64().max(c_floor);
-            let si = num_traits::Float::sqrt(T::of_f64(c)) * T::of_f64(sqrt_z);
+            let si = Float::sqrt(T::of_f64(c)) * T::of_f64(sqrt_z);
             self.s[i] = si;
             s_sum += si.as_f64();
             s_max = s_max.max(si.as_f64());
@@ -354,10 +367,10 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         // A = diag((η/N)·√e′ᵢ / sᵢ) Uᵀ diag(e^{-½}); U's columns in descending eigenvalue order.
         for i in 0..r {
             let e_new = one / (T::of_f64(beta_new) / self.d_new[i] + one);
-            let left = T::of_f64(eta_n) * num_traits::Float::sqrt(e_new) / self.s[i];
+            let left = T::of_f64(eta_n) * Float::sqrt(e_new) / self.s[i];
             let col = r - 1 - i;
             for jj in 0..r {
-                self.a[i * r + jj] = zv[[jj, col]] * left * self.inv_sqrt_e[jj];
+                self.a[i * r + jj] = self.z[col * r + jj] * left * self.inv_sqrt_e[jj];
             }
         }
         // W ← A B.

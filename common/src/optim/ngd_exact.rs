@@ -10,8 +10,10 @@
 //! a B×B Cholesky solve (ndarray-linalg / LAPACK `potrf`) on the Gram matrix G Gᵀ, which
 //! [`Network::per_sample_gram`] forms for Linear layers as (AAᵀ + 1) ⊙ (ΔΔᵀ) without per-sample
 //! gradients. Damping is absolute (λ) or relative, λ = α·tr(F)/P (the paper's smoothing read as
-//! F + κI with κ = α·mean diagonal of F). Everything after the training step's f32 gradient runs in
-//! f64: λ is small next to F's large eigenvalues, so g − Gᵀc cancels and needs the precision.
+//! F + κI with κ = α·mean diagonal of F). With the empirical Fisher the direction is
+//! d = Gᵀ(λB·I + G Gᵀ)⁻¹1 (g = Gᵀ1/B is in G's span), computed from the f32 model's per-sample
+//! gradients with the Gram solve in f64; with the sampled Fisher g is not in that span, g − Gᵀc
+//! cancels when λ is small, and that path runs in f64.
 
 use super::ngd::json_f64;
 use super::{Batch, Optimizer, Sgd, SgdConfig};
@@ -163,7 +165,8 @@ impl<T: Real> WoodburyScratch<T> {
 
 /// The exact damped natural gradient d = (GᵀG/B + λI)⁻¹ g by Woodbury on the B×B Gram matrix
 /// (see the module doc), where G holds the per-sample gradients of `x` with `fisher_labels`.
-/// `g` is the direction to precondition (None: the mean gradient of the same labels, i.e. Gᵀ1/B).
+/// `g` is the direction to precondition; None means the mean gradient of the same labels, g = Gᵀ1/B,
+/// for which d = Gᵀ(G Gᵀ + λB·I)⁻¹1 exactly (no cancellation, one product with Gᵀ).
 /// Writes d into `out` (length P).
 ///
 /// # Errors
@@ -182,7 +185,6 @@ pub fn woodbury_direction<T: Real>(
     let b = fisher_labels.len();
     let p = net.num_params();
     net.loss_and_gradient(params, x, fisher_labels, &mut sc.grad, &mut sc.ws);
-    let g: &[T] = g.unwrap_or(&sc.grad);
     net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
@@ -212,18 +214,34 @@ pub fn woodbury_direction<T: Real>(
         factor: m,
         uplo: UPLO::Lower,
     };
-    net.per_sample_dots(x, b, &sc.ws, &mut sc.per_sample, g, &mut sc.dots);
-    let mut u = Array1::from_iter(sc.dots[..b].iter().map(|v| v.as_f64()));
-    factor
-        .solvec_inplace(&mut u)
-        .map_err(|e| Error::invalid(format!("Cholesky solve failed: {e}")))?;
-    for (c, &v) in sc.coeffs.iter_mut().zip(u.iter()) {
-        *c = T::of_f64(v);
-    }
-    net.per_sample_combine(x, b, &sc.ws, &mut sc.per_sample, &sc.coeffs, out);
-    let inv = T::of_f64(1.0 / lambda);
-    for (o, &gv) in out[..p].iter_mut().zip(g) {
-        *o = (gv - *o) * inv;
+    match g {
+        // g = Gᵀ1/B lies in the span of G: d = Gᵀ(G Gᵀ + λB·I)⁻¹ 1, one product and no cancellation.
+        None => {
+            let mut u = Array1::from_elem(b, 1.0);
+            factor
+                .solvec_inplace(&mut u)
+                .map_err(|e| Error::invalid(format!("Cholesky solve failed: {e}")))?;
+            for (c, &v) in sc.coeffs.iter_mut().zip(u.iter()) {
+                *c = T::of_f64(v);
+            }
+            net.per_sample_combine(x, b, &sc.ws, &mut sc.per_sample, &sc.coeffs, out);
+        }
+        // Any other g: d = (g − Gᵀ(G Gᵀ + λB·I)⁻¹ G g)/λ.
+        Some(g) => {
+            net.per_sample_dots(x, b, &sc.ws, &mut sc.per_sample, g, &mut sc.dots);
+            let mut u = Array1::from_iter(sc.dots[..b].iter().map(|v| v.as_f64()));
+            factor
+                .solvec_inplace(&mut u)
+                .map_err(|e| Error::invalid(format!("Cholesky solve failed: {e}")))?;
+            for (c, &v) in sc.coeffs.iter_mut().zip(u.iter()) {
+                *c = T::of_f64(v);
+            }
+            net.per_sample_combine(x, b, &sc.ws, &mut sc.per_sample, &sc.coeffs, out);
+            let inv = T::of_f64(1.0 / lambda);
+            for (o, &gv) in out[..p].iter_mut().zip(g) {
+                *o = (gv - *o) * inv;
+            }
+        }
     }
     Ok(ExactSolve {
         lambda,
@@ -319,10 +337,12 @@ pub struct NgdExact {
     pub config: NgdExactConfig,
     sgd: Sgd,
     scratch: Option<(usize, WoodburyScratch<f64>)>,
+    scratch32: Option<(usize, WoodburyScratch<f32>)>,
     params64: Vec<f64>,
     x64: Vec<f64>,
     g64: Vec<f64>,
     d64: Vec<f64>,
+    d32: Vec<f32>,
     labels: Vec<usize>,
     step: u64,
     stats: ExactStats,
@@ -335,10 +355,12 @@ impl NgdExact {
             sgd: Sgd::new(config.sgd)?,
             config,
             scratch: None,
+            scratch32: None,
             params64: Vec::new(),
             x64: Vec::new(),
             g64: Vec::new(),
             d64: Vec::new(),
+            d32: Vec::new(),
             labels: Vec::new(),
             step: 0,
             stats: ExactStats::default(),
@@ -346,6 +368,11 @@ impl NgdExact {
     }
 
     /// Replaces `grad` by (F + λI)⁻¹ grad (rescaled to ‖grad‖ when `preserve_norm`).
+    ///
+    /// Empirical Fisher: the batch's own per-sample gradients in f32 (the model's precision; the
+    /// Gram and its Cholesky solve in f64), d = Gᵀ(G Gᵀ + λB·I)⁻¹1, which needs no cancellation.
+    /// Sampled Fisher: the training gradient g is not in the span of the sampled per-sample
+    /// gradients, so d = (g − Gᵀc)/λ cancels; that path runs entirely in f64.
     pub fn precondition(
         &mut self,
         params: &[f32],
@@ -355,47 +382,65 @@ impl NgdExact {
         let net = batch.net;
         let b = batch.labels.len();
         let p = net.num_params();
-        if self.scratch.as_ref().is_none_or(|(cap, _)| *cap < b) {
-            self.scratch = Some((b, WoodburyScratch::new(net, b)));
-        }
-        let sc = &mut self.scratch.as_mut().expect("scratch").1;
-        self.params64.clear();
-        self.params64.extend(params.iter().map(|&v| v as f64));
-        self.x64.clear();
-        self.x64.extend(batch.x.iter().map(|&v| v as f64));
-        self.g64.clear();
-        self.g64.extend(grad.iter().map(|&v| v as f64));
+        let step = self.step + 1;
+        let context = |e: Error| Error::invalid(format!("ngd-exact at step {step}: {e}"));
         self.d64.resize(p, 0.0);
-        self.labels.clear();
-        match self.config.fisher {
-            FisherKind::Empirical => self.labels.extend_from_slice(batch.labels),
+        let solve = match self.config.fisher {
+            FisherKind::Empirical => {
+                if self.scratch32.as_ref().is_none_or(|(cap, _)| *cap < b) {
+                    self.scratch32 = Some((b, WoodburyScratch::new(net, b)));
+                }
+                let sc = &mut self.scratch32.as_mut().expect("scratch").1;
+                let mut d32 = std::mem::take(&mut self.d32);
+                d32.resize(p, 0.0);
+                let solve = woodbury_direction(
+                    net,
+                    params,
+                    batch.x,
+                    batch.labels,
+                    None,
+                    self.config.damping,
+                    sc,
+                    &mut d32,
+                )
+                .map_err(context)?;
+                for (o, &v) in self.d64.iter_mut().zip(&d32) {
+                    *o = v as f64;
+                }
+                self.d32 = d32;
+                solve
+            }
             FisherKind::Sampled => {
+                if self.scratch.as_ref().is_none_or(|(cap, _)| *cap < b) {
+                    self.scratch = Some((b, WoodburyScratch::new(net, b)));
+                }
+                let sc = &mut self.scratch.as_mut().expect("scratch").1;
+                self.params64.clear();
+                self.params64.extend(params.iter().map(|&v| v as f64));
+                self.x64.clear();
+                self.x64.extend(batch.x.iter().map(|&v| v as f64));
+                self.g64.clear();
+                self.g64.extend(grad.iter().map(|&v| v as f64));
+                self.labels.clear();
                 self.labels.resize(b, 0);
-                let classes = net.classes();
                 let logits = net
                     .forward(&self.params64, &self.x64, b, &mut sc.ws)
                     .to_vec();
                 let mut rng = stream(self.config.seed, Purpose::Labels, self.step);
-                sample_labels(&logits, classes, &mut rng, &mut self.labels);
+                sample_labels(&logits, net.classes(), &mut rng, &mut self.labels);
+                woodbury_direction(
+                    net,
+                    &self.params64,
+                    &self.x64,
+                    &self.labels,
+                    Some(&self.g64),
+                    self.config.damping,
+                    sc,
+                    &mut self.d64,
+                )
+                .map_err(context)?
             }
-        }
-        // Empirical: precondition the f64 mean gradient of the same pass (consistent with G);
-        // sampled: the training gradient.
-        let g = match self.config.fisher {
-            FisherKind::Empirical => None,
-            FisherKind::Sampled => Some(&self.g64[..]),
         };
-        let solve = woodbury_direction(
-            net,
-            &self.params64,
-            &self.x64,
-            &self.labels,
-            g,
-            self.config.damping,
-            sc,
-            &mut self.d64,
-        )
-        .map_err(|e| Error::invalid(format!("ngd-exact at step {}: {e}", self.step + 1)))?;
         let scale = if self.config.preserve_norm {
             let gn: f64 = grad.iter().map(|&v| (v as f64).powi(2)).sum();
             let dn: f64 = self.d64.iter().map(|v| v * v).sum();
