@@ -18,11 +18,11 @@ pub struct Network {
 /// convolution scratch. Reused across steps so that a training step allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace<T> {
-    batch: usize,
-    acts: Vec<Vec<T>>,
-    deltas: Vec<Vec<T>>,
-    argmax: Vec<Vec<u32>>,
-    scratch: Scratch<T>,
+    pub(crate) batch: usize,
+    pub(crate) acts: Vec<Vec<T>>,
+    pub(crate) deltas: Vec<Vec<T>>,
+    pub(crate) argmax: Vec<Vec<u32>>,
+    pub(crate) scratch: Scratch<T>,
 }
 
 /// Mean loss and accuracy over a data set.
@@ -64,7 +64,7 @@ impl Network {
         ws
     }
 
-    fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
+    pub(crate) fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
         if ws.batch >= batch && ws.acts.len() == self.layers.len() {
             return;
         }
@@ -192,7 +192,12 @@ impl Network {
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
-    pub fn evaluate<T: Real>(&self, params: &[T], data: &Dataset, batch: usize) -> Result<Evaluation> {
+    pub fn evaluate<T: Real>(
+        &self,
+        params: &[T],
+        data: &Dataset,
+        batch: usize,
+    ) -> Result<Evaluation> {
         crate::data::check_input(data, self)?;
         let table = data.normalisation_table::<T>();
         let mut ws = self.workspace::<T>(batch);
