@@ -9,11 +9,13 @@
 //! - [`device`]: the backend operations (BLAS on the CPU; CUDA behind the `cuda` feature).
 //! - [`optim`]: optimisers (SGD with PyTorch semantics).
 //! - [`io`]: checkpoints, optimiser sidecars, records, atomic writes.
+//! - [`curvature`]: exact Hessian–vector products, traces, eigenvalues and spectral densities.
 //! - [`train`]: the training loop shared by `train` and `switch`.
 //! - [`rng`]: seeded random streams.
 //!
 //! Numbers are generic over [`Real`] (`f32` for training, `f64` for verification).
 
+pub mod curvature;
 pub mod data;
 pub mod device;
 pub mod error;

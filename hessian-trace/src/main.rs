@@ -1,10 +1,525 @@
-//! `hessian-trace`: not yet available in this release.
+//! `hessian-trace`: the trace (exact or estimated), top eigenvalues and spectral density of the loss
+//! Hessian of checkpoints, appended to their records.
 
+extern crate openblas_src;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use common::curvature::{
+    exact_trace_unavailable, hutchinson, hutchpp, pyhessian_trace, slq_density, top_eigenvalues,
+    Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
+};
+use common::data::{dataset_for_checkpoint, Dataset, Split};
+use common::io::{atomic_write, process_stream, require_file, Checkpoint, Record};
+use common::model::{Activation, Architecture};
+use common::{Error, Real};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+const ABOUT: &str = "The Hessian trace (exact or estimated with error bars), top eigenvalues and spectral density of checkpoints.";
+
+const LONG_ABOUT: &str = "\
+Measure the curvature of the mean cross-entropy loss at a checkpoint: the trace of its Hessian, with
+no estimator variance where that is possible, or a stochastic estimate with an honest standard error;
+optionally the largest eigenvalues, the eigenvalue density and the trace of each parameter tensor.
+Hessian-vector products are exact (Pearlmutter's R-operator through the forward and backward pass,
+every cross-layer term included), not finite differences.
+
+By default the Hessian is taken over the paper's data: the first 10 training batches of 128 in file
+order (1,280 samples), model in evaluation mode, data set from the checkpoint's metadata.
+
+The trace: for networks whose activations are piecewise linear (ReLU, identity, max-pool), tr(H)
+equals the trace of the Gauss-Newton matrix and is computed exactly from per-sample gradient norms
+(--exact, the default there). Otherwise, or with --probes/--rtol, Hutchinson's estimator with seeded
+Rademacher (or Gaussian) probes: a fixed number, or adaptive until the standard error is below
+--rtol x |trace|. --hutchpp uses Hutch++ (lower variance for the same products when the spectrum
+decays); --pyhessian reproduces PyHessian's estimator as the paper ran it (maxIter 50, tol 1e-5,
+5 repeats, all probes averaged) for like-for-like comparisons.
+
+Input: checkpoints named as arguments, or JSON-lines records on stdin (as `train` writes them):
+records with a `checkpoint` field get a `hessian` object appended, others pass through unchanged, one
+line out per line in. Every setting that shapes a number is recorded in the output. A record that
+fails is reported on stderr with its checkpoint, written out with {\"hessian\": {\"error\": ...}},
+and the exit status is 1 at the end.
+
+Examples:
+
+  The exact trace of a checkpoint (ReLU MLP) on the paper's 1,280 samples:
+    $ hessian-trace runs/sgd-1x128/epoch-0020.safetensors
+
+  Append curvature to every record of a training run as it streams:
+    $ train --epochs 20 --out runs/sgd | hessian-trace --top-k 3 > sgd.jsonl
+
+  Hutchinson until the standard error is 1% of the trace, Gaussian probes, seed 7:
+    $ hessian-trace --rtol 0.01 --probe gaussian --seed 7 ckpt.safetensors
+
+  PyHessian's numbers, for comparison with the paper:
+    $ hessian-trace --pyhessian ckpt.safetensors
+
+  Per-tensor traces, top 5 eigenvalues and the spectral density of a PyTorch checkpoint:
+    $ hessian-trace --model lenet --per-tensor --top-k 5 --density lenet-density.json lenet.safetensors
+
+  The whole test set, in float64:
+    $ hessian-trace --split test --full --f64 ckpt.safetensors
+
+Data comes from --data-dir (default: the record's data_dir, else data/). Exit status: 0 when every
+record succeeded, 1 otherwise (one line on stderr per failure, naming the checkpoint).";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "hessian-trace", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Args {
+    /// Checkpoints (safetensors). Without any, JSON-lines records are read from stdin.
+    checkpoints: Vec<PathBuf>,
+    /// Model of checkpoints whose metadata does not say (e.g. mlp_1x128, mlp_2x256_tanh, lenet).
+    #[arg(long)]
+    model: Option<String>,
+    /// Data set: mnist or fashion-mnist [default: the checkpoint's].
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Folder holding the data [default: the record's data_dir, else data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Which split the Hessian is taken over.
+    #[arg(long, default_value = "train", value_parser = ["train", "test"])]
+    split: String,
+    /// The first N samples of the split, in file order [default: 1280 = the paper's 10 batches of 128].
+    #[arg(long, conflicts_with = "full")]
+    samples: Option<usize>,
+    /// All samples of the split.
+    #[arg(long)]
+    full: bool,
+    /// Samples per pass (memory only: the result does not depend on it beyond rounding).
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// The exact trace (piecewise-linear networks only; the default there).
+    #[arg(long, conflicts_with_all = ["probes", "rtol", "hutchpp", "pyhessian"])]
+    exact: bool,
+    /// Hutchinson with this many probes (with --rtol: the minimum; with --hutchpp: the products).
+    #[arg(long)]
+    probes: Option<usize>,
+    /// Adaptive Hutchinson: add probes until the standard error is at most RTOL x |trace|.
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// The most probes an adaptive run may use.
+    #[arg(long, default_value_t = 100_000)]
+    max_probes: usize,
+    /// Probe distribution: rademacher or gaussian.
+    #[arg(long, default_value = "rademacher")]
+    probe: String,
+    /// Seed of the probes (and Lanczos start vectors).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Hutch++ instead of Hutchinson (--probes products, default 99).
+    #[arg(long, conflicts_with = "pyhessian")]
+    hutchpp: bool,
+    /// PyHessian's estimator as the paper ran it: Rademacher, maxIter 50, tol 1e-5, 5 repeats.
+    #[arg(long)]
+    pyhessian: bool,
+    /// Also the K largest eigenvalues (Lanczos, full reorthogonalisation) with residuals.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Relative residual bound at which Lanczos stops for --top-k.
+    #[arg(long, default_value_t = 1e-5)]
+    eig_tol: f64,
+    /// Most Lanczos steps for --top-k.
+    #[arg(long, default_value_t = 300)]
+    max_lanczos_steps: usize,
+    /// Write the eigenvalue density (stochastic Lanczos quadrature) as JSON to FILE; `{name}` in FILE
+    /// is replaced by the checkpoint's file stem.
+    #[arg(long)]
+    density: Option<PathBuf>,
+    /// Lanczos steps per density run.
+    #[arg(long, default_value_t = 100)]
+    density_steps: usize,
+    /// Density runs (independent start vectors).
+    #[arg(long, default_value_t = 1)]
+    density_runs: usize,
+    /// Gaussian smoothing of the density as a fraction of the eigenvalue range.
+    #[arg(long, default_value_t = 0.01)]
+    density_sigma: f64,
+    /// Also the trace of each parameter tensor's diagonal block.
+    #[arg(long)]
+    per_tensor: bool,
+    /// Estimate the Gauss-Newton matrix's trace/eigenvalues instead of the Hessian's.
+    #[arg(long)]
+    gauss_newton: bool,
+    /// Compute in float64 (default float32, as PyTorch).
+    #[arg(long)]
+    f64: bool,
+    /// BLAS threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print nothing on stderr but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
 
 fn main() -> ExitCode {
-    eprintln!(
-        "hessian-trace: not yet available (it is being built; see the project's open issues)"
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("hessian-trace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<()> {
+    if args.probes == Some(0) {
+        bail!("--probes must be at least 1 (got 0)");
+    }
+    if let Some(r) = args.rtol {
+        if r.is_nan() || r <= 0.0 {
+            bail!("--rtol must be positive (got {r})");
+        }
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if args.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    if args.density.is_some() && (args.density_steps == 0 || args.density_runs == 0) {
+        bail!("--density needs --density-steps ≥ 1 and --density-runs ≥ 1");
+    }
+    if args.hutchpp && args.probes.is_some_and(|p| p < 3) {
+        bail!("--hutchpp needs --probes ≥ 3 (a third each for the sketch, its products and the residual)");
+    }
+    if args.per_tensor && (args.hutchpp || args.pyhessian) {
+        bail!("--per-tensor works with the exact trace and Hutchinson, not with --hutchpp or --pyhessian");
+    }
+    ProbeKind::parse(&args.probe)?;
+    Ok(())
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    validate(&args)?;
+    common::device::cpu::set_blas_threads(args.threads);
+    let model = args
+        .model
+        .as_deref()
+        .map(|m| Architecture::parse(m, &[128], Activation::Relu, 2))
+        .transpose()?;
+    let mut data_cache: HashMap<(&'static str, PathBuf, bool), Dataset> = HashMap::new();
+    let mut density_written: HashSet<PathBuf> = HashSet::new();
+    let stdin = std::io::stdin();
+    if args.checkpoints.is_empty() && stdin.is_terminal() && !args.quiet {
+        eprintln!("hessian-trace: reading records from stdin (pass checkpoints as arguments, or see --help)");
+    }
+    let summary = process_stream(
+        "hessian-trace",
+        "hessian",
+        &args.checkpoints,
+        stdin.lock(),
+        std::io::stdout().lock(),
+        |record, path| {
+            analyse_record(
+                &args,
+                model.as_ref(),
+                record,
+                path,
+                &mut data_cache,
+                &mut density_written,
+            )
+        },
+    )?;
+    if !args.quiet {
+        eprintln!(
+            "hessian-trace: {} processed, {} passed through, {} failed",
+            summary.processed, summary.passed_through, summary.failed
+        );
+    }
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn analyse_record(
+    args: &Args,
+    model: Option<&Architecture>,
+    record: &Record,
+    path: &Path,
+    data_cache: &mut HashMap<(&'static str, PathBuf, bool), Dataset>,
+    density_written: &mut HashSet<PathBuf>,
+) -> common::Result<Value> {
+    let start = Instant::now();
+    require_file(path)?;
+    let ck = Checkpoint::load(path, model)?;
+    ck.check_finite(path)?;
+    let kind = dataset_for_checkpoint(&ck, args.dataset.as_deref())?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| {
+            record
+                .get("data_dir")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let test = args.split == "test";
+    let key = (kind.name(), data_dir.clone(), test);
+    if !data_cache.contains_key(&key) {
+        let d = Dataset::load(
+            kind,
+            &data_dir,
+            if test { Split::Test } else { Split::Train },
+        )?;
+        data_cache.insert(key.clone(), d);
+    }
+    let data = &data_cache[&key];
+    let samples = if args.full {
+        data.len()
+    } else {
+        args.samples.unwrap_or(1280).min(data.len())
+    };
+    if samples == 0 {
+        return Err(Error::invalid(format!(
+            "the sample set is empty (--samples {} of {} {} samples)",
+            args.samples.unwrap_or(0),
+            data.len(),
+            args.split
+        )));
+    }
+    let mut out = if args.f64 {
+        analyse::<f64>(args, &ck, data, samples, path, density_written)?
+    } else {
+        analyse::<f32>(args, &ck, data, samples, path, density_written)?
+    };
+    out.insert("model".into(), Value::from(ck.network.arch.name()));
+    out.insert("parameters".into(), Value::from(ck.network.num_params()));
+    out.insert(
+        "data".into(),
+        json!({
+            "dataset": kind.name(),
+            "data_dir": data_dir.display().to_string(),
+            "split": args.split,
+            "samples": samples,
+            "order": "file",
+            "batch_size": args.batch_size,
+        }),
     );
-    ExitCode::from(2)
+    out.insert(
+        "precision".into(),
+        Value::from(if args.f64 { "f64" } else { "f32" }),
+    );
+    out.insert("threads".into(), Value::from(args.threads));
+    out.insert("seconds".into(), Value::from(start.elapsed().as_secs_f64()));
+    if !args.quiet {
+        eprintln!(
+            "hessian-trace: {}: trace {} ({}, {:.2} s)",
+            path.display(),
+            out.get("trace").map(|v| v.to_string()).unwrap_or_default(),
+            out.get("method").and_then(Value::as_str).unwrap_or(""),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+fn estimate_json(est: &TraceEstimate) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("trace".into(), Value::from(est.trace));
+    m.insert("trace_se".into(), finite(est.se));
+    m.insert("probes".into(), Value::from(est.probes));
+    m.insert("matvecs".into(), Value::from(est.matvecs));
+    m
+}
+
+fn finite(x: f64) -> Value {
+    if x.is_finite() {
+        Value::from(x)
+    } else {
+        Value::Null
+    }
+}
+
+fn analyse<T: Real>(
+    args: &Args,
+    ck: &Checkpoint,
+    data: &Dataset,
+    samples: usize,
+    path: &Path,
+    density_written: &mut HashSet<PathBuf>,
+) -> common::Result<Map<String, Value>> {
+    let params: Vec<T> = ck.params.iter().map(|&p| T::of_f64(p as f64)).collect();
+    let mut op = HessianOperator::<T>::from_dataset(
+        &ck.network,
+        &params,
+        data,
+        samples,
+        args.batch_size,
+        common::curvature::DEFAULT_CACHE_BYTES,
+    )?;
+    let curvature = if args.gauss_newton {
+        Curvature::GaussNewton
+    } else {
+        Curvature::Hessian
+    };
+    op.set_curvature(curvature);
+    let kind = ProbeKind::parse(&args.probe)?;
+    let tensors: Vec<(String, std::ops::Range<usize>)> = ck
+        .network
+        .layout
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.range()))
+        .collect();
+    let mut out = Map::new();
+    out.insert(
+        "matrix".into(),
+        Value::from(match curvature {
+            Curvature::Hessian => "hessian",
+            Curvature::GaussNewton => "gauss-newton",
+        }),
+    );
+    let stochastic = args.probes.is_some() || args.rtol.is_some() || args.hutchpp || args.pyhessian;
+    let unavailable = exact_trace_unavailable(&ck.network);
+    let exact = args.exact || (!stochastic && unavailable.is_none());
+    if exact {
+        if let Some(why) = unavailable {
+            return Err(Error::invalid(format!("--exact: {why}")));
+        }
+        let ex = op.exact_trace()?;
+        out.insert("method".into(), Value::from("exact"));
+        out.insert("trace".into(), Value::from(ex.trace));
+        out.insert("trace_se".into(), Value::from(0.0));
+        out.insert(
+            "note".into(),
+            Value::from("tr(H) = tr(Gauss-Newton) for piecewise-linear networks, from per-sample gradient norms; no estimator variance"),
+        );
+        if args.per_tensor {
+            let pt: Map<String, Value> = ex
+                .per_tensor
+                .iter()
+                .map(|(n, v)| (n.clone(), Value::from(*v)))
+                .collect();
+            out.insert("per_tensor".into(), Value::Object(pt));
+        }
+    } else if args.pyhessian {
+        let est = pyhessian_trace(&mut op, args.seed, 50, 1e-5, 5)?;
+        out.insert("method".into(), Value::from("pyhessian"));
+        out.extend(estimate_json(&est));
+        out.insert("probe".into(), Value::from("rademacher"));
+        out.insert("seed".into(), Value::from(args.seed));
+        out.insert(
+            "pyhessian".into(),
+            json!({"max_iter": 50, "tol": 1e-5, "repeats": 5, "probes_per_repeat": est.repeats, "averaged": "all probes of all repeats"}),
+        );
+    } else if args.hutchpp {
+        let matvecs = args.probes.unwrap_or(99);
+        let est = hutchpp(&mut op, matvecs, kind, args.seed)?;
+        out.insert("method".into(), Value::from("hutch++"));
+        out.extend(estimate_json(&est));
+        out.insert("probe".into(), Value::from(kind.name()));
+        out.insert("seed".into(), Value::from(args.seed));
+    } else {
+        // Hutchinson: fixed --probes, or adaptive (--rtol, or the default for networks without an
+        // exact trace: 1% relative standard error).
+        let rtol = match (args.probes, args.rtol) {
+            (_, Some(r)) => Some(r),
+            (Some(_), None) => None,
+            (None, None) => Some(0.01),
+        };
+        let cfg = HutchinsonConfig {
+            kind,
+            seed: args.seed,
+            probes: args.probes.unwrap_or(if rtol.is_some() { 10 } else { 100 }),
+            rtol,
+            max_probes: args.max_probes,
+            block: 8,
+        };
+        let est = hutchinson(&mut op, &cfg, if args.per_tensor { &tensors } else { &[] })?;
+        out.insert("method".into(), Value::from("hutchinson"));
+        out.extend(estimate_json(&est));
+        out.insert("probe".into(), Value::from(kind.name()));
+        out.insert("seed".into(), Value::from(args.seed));
+        if let Some(r) = rtol {
+            out.insert("rtol".into(), Value::from(r));
+            out.insert("min_probes".into(), Value::from(cfg.probes));
+            out.insert("max_probes".into(), Value::from(cfg.max_probes));
+            out.insert("converged".into(), Value::from(est.converged));
+        }
+        if args.per_tensor {
+            let pt: Map<String, Value> = est
+                .per_tensor
+                .iter()
+                .map(|(n, m, s)| (n.clone(), json!({"trace": m, "trace_se": finite(*s)})))
+                .collect();
+            out.insert("per_tensor".into(), Value::Object(pt));
+        }
+    }
+    out.insert("loss".into(), Value::from(op.loss()));
+    if let Some(k) = args.top_k {
+        let top = top_eigenvalues(&mut op, k, args.max_lanczos_steps, args.eig_tol, args.seed)?;
+        out.insert(
+            "top_eigenvalues".into(),
+            Value::Array(
+                top.pairs
+                    .iter()
+                    .map(|p| json!({"value": p.value, "residual": p.residual}))
+                    .collect(),
+            ),
+        );
+        out.insert(
+            "lanczos".into(),
+            json!({"steps": top.steps, "matvecs": top.matvecs, "tol": args.eig_tol, "converged": top.converged, "seed": args.seed}),
+        );
+    }
+    if let Some(pattern) = &args.density {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = PathBuf::from(pattern.to_string_lossy().replace("{name}", &stem));
+        if density_written.contains(&file) {
+            return Err(Error::invalid(format!(
+                "--density {} was already written for an earlier record; put {{name}} in the file name to write one per checkpoint",
+                file.display()
+            )));
+        }
+        let d = slq_density(
+            &mut op,
+            args.density_runs,
+            args.density_steps,
+            args.seed,
+            args.density_sigma,
+            1000,
+        )?;
+        let doc = json!({
+            "checkpoint": path.display().to_string(),
+            "method": "stochastic Lanczos quadrature",
+            "matrix": out["matrix"],
+            "runs": d.runs.iter().map(|r| json!({"nodes": r.nodes, "weights": r.weights})).collect::<Vec<_>>(),
+            "steps": d.steps,
+            "seed": args.seed,
+            "probe": "rademacher",
+            "sigma": d.sigma,
+            "grid": d.grid,
+            "density": d.density,
+        });
+        let mut bytes = serde_json::to_vec(&doc).map_err(|e| Error::invalid(e.to_string()))?;
+        bytes.push(b'\n');
+        atomic_write(&file, &bytes)?;
+        density_written.insert(file.clone());
+        out.insert(
+            "density".into(),
+            json!({"file": file.display().to_string(), "runs": args.density_runs, "steps": args.density_steps, "sigma": d.sigma, "seed": args.seed}),
+        );
+    }
+    out.insert("hvp_products".into(), Value::from(op.matvecs()));
+    Ok(out)
 }

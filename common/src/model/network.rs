@@ -64,7 +64,7 @@ impl Network {
         ws
     }
 
-    fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
+    pub(crate) fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
         if ws.batch >= batch && ws.acts.len() == self.layers.len() {
             return;
         }

@@ -1,0 +1,512 @@
+//! The Hessian (and Gauss–Newton matrix) of the mean cross-entropy over a fixed sample set, as a
+//! matrix-free linear operator: v ↦ H·v by the R-operator of [`super::rop`].
+
+use super::rop::{softmax_ce_r, RScratch};
+use crate::data::Dataset;
+use crate::model::{Layer, Network, Workspace};
+use crate::{Error, Real, Result};
+
+/// A symmetric linear operator on ℝᴾ in f64, as the trace and eigenvalue estimators see it.
+pub trait LinearOperator {
+    /// P, the dimension.
+    fn dim(&self) -> usize;
+    /// out ← A·v.
+    fn apply(&mut self, v: &[f64], out: &mut [f64]);
+    /// A·vⱼ for several vectors; implementations may share work between them (one pass through the
+    /// data for all of them).
+    fn apply_many(&mut self, vs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        vs.iter()
+            .map(|v| {
+                let mut out = vec![0.0; v.len()];
+                self.apply(v, &mut out);
+                out
+            })
+            .collect()
+    }
+}
+
+/// A dense symmetric matrix (row-major P×P) as a [`LinearOperator`]; used to verify the estimators.
+#[derive(Clone, Debug)]
+pub struct DenseOperator {
+    pub dim: usize,
+    pub matrix: Vec<f64>,
+}
+
+impl LinearOperator for DenseOperator {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn apply(&mut self, v: &[f64], out: &mut [f64]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = self.matrix[i * self.dim..(i + 1) * self.dim]
+                .iter()
+                .zip(v)
+                .map(|(a, b)| a * b)
+                .sum();
+        }
+    }
+}
+
+/// Which curvature matrix the operator applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curvature {
+    /// The Hessian H = ∂²L/∂θ² (exact, all cross-layer terms).
+    Hessian,
+    /// The Gauss–Newton matrix G = (1/n)·Σᵢ Jᵢᵀ·Aᵢ·Jᵢ (positive semi-definite; for cross-entropy it is
+    /// the Fisher information of the model's predictive distribution).
+    GaussNewton,
+}
+
+/// The forward outputs, backward ∂L/∂s and pool winners of one chunk of samples.
+#[derive(Clone, Debug)]
+struct ChunkState<T> {
+    acts: Vec<Vec<T>>,
+    deltas: Vec<Vec<T>>,
+    argmax: Vec<Vec<u32>>,
+}
+
+#[derive(Clone, Debug)]
+struct Chunk<T> {
+    x: Vec<T>,
+    labels: Vec<usize>,
+    state: Option<ChunkState<T>>,
+}
+
+/// A chunk's per-layer outputs, backward ∂L/∂s and pool winners.
+type PassRefs<'a, T> = (&'a [Vec<T>], &'a [Vec<T>], &'a [Vec<u32>]);
+
+/// Per-layer buffers of the R-passes.
+#[derive(Clone, Debug)]
+pub(crate) struct RBuffers<T> {
+    pub rs: Vec<Vec<T>>,
+    pub ry: Vec<Vec<T>>,
+    pub rdelta: Vec<Vec<T>>,
+    pub sc: RScratch<T>,
+}
+
+/// Memory the operator may spend on caching every chunk's forward and backward pass (so that each
+/// product costs only its R-passes); above it, each product recomputes them.
+pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
+/// The mean cross-entropy L(θ) = (1/n)·Σᵢ CE(f(xᵢ; θ), yᵢ) over n fixed samples, at fixed θ, with its
+/// Hessian–vector and Gauss–Newton–vector products.
+///
+/// The samples are processed in chunks of `batch_size` (the result does not depend on it beyond
+/// rounding): chunk c of bᶜ samples contributes (bᶜ/n)·H_c·v. Products run in `T` (f32 as PyTorch, or
+/// f64); the [`LinearOperator`] interface converts to and from f64.
+#[derive(Clone, Debug)]
+pub struct HessianOperator<T: Real> {
+    net: Network,
+    params: Vec<T>,
+    chunks: Vec<Chunk<T>>,
+    samples: usize,
+    ws: Workspace<T>,
+    pub(crate) bufs: RBuffers<T>,
+    loss: f64,
+    grad: Vec<T>,
+    mode: Curvature,
+    matvecs: usize,
+    cached: bool,
+}
+
+impl<T: Real> HessianOperator<T> {
+    /// Builds the operator on samples `x` (`n × input_features`, normalised, row-major) with labels,
+    /// running one forward and backward pass (the loss and gradient are kept).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for no samples, a zero batch size, mismatched lengths, non-finite parameters
+    /// or a non-finite loss.
+    pub fn new(
+        net: &Network,
+        params: &[T],
+        x: &[T],
+        labels: &[usize],
+        batch_size: usize,
+        cache_bytes: usize,
+    ) -> Result<Self> {
+        let n = labels.len();
+        let f = net.input_features();
+        if n == 0 {
+            return Err(Error::invalid(
+                "the sample set is empty (no samples to take the Hessian over)",
+            ));
+        }
+        if batch_size == 0 {
+            return Err(Error::invalid("batch size must be at least 1"));
+        }
+        if x.len() != n * f || params.len() != net.num_params() {
+            return Err(Error::invalid(format!(
+                "inputs do not fit the model: {} values for {n} samples of {f} features, {} parameters for {}",
+                x.len(),
+                params.len(),
+                net.num_params()
+            )));
+        }
+        if let Some(t) = net
+            .layout
+            .tensors
+            .iter()
+            .find(|t| params[t.range()].iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::invalid(format!(
+                "parameter tensor {} holds NaN or Inf",
+                t.name
+            )));
+        }
+        if let Some(l) = labels.iter().find(|&&l| l >= net.classes()) {
+            return Err(Error::invalid(format!(
+                "label {l} out of range 0..{}",
+                net.classes()
+            )));
+        }
+        let batch = batch_size.min(n);
+        let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
+        let cached = n * per_sample * (2 * std::mem::size_of::<T>() + 4) <= cache_bytes;
+        let chunks = (0..n)
+            .step_by(batch)
+            .map(|s| {
+                let e = (s + batch).min(n);
+                Chunk {
+                    x: x[s * f..e * f].to_vec(),
+                    labels: labels[s..e].to_vec(),
+                    state: None,
+                }
+            })
+            .collect();
+        let layers = &net.layers;
+        let bufs = RBuffers {
+            rs: layers
+                .iter()
+                .map(|l| vec![T::zero(); batch * l.out_features()])
+                .collect(),
+            ry: layers
+                .iter()
+                .map(|l| vec![T::zero(); batch * l.out_features()])
+                .collect(),
+            rdelta: layers
+                .iter()
+                .map(|l| vec![T::zero(); batch * l.out_features()])
+                .collect(),
+            sc: RScratch::new(layers, batch),
+        };
+        let mut op = HessianOperator {
+            net: net.clone(),
+            params: params.to_vec(),
+            chunks,
+            samples: n,
+            ws: net.workspace(batch),
+            bufs,
+            loss: 0.0,
+            grad: vec![T::zero(); net.num_params()],
+            mode: Curvature::Hessian,
+            matvecs: 0,
+            cached,
+        };
+        let mut g = vec![T::zero(); net.num_params()];
+        let mut loss = 0.0;
+        for c in 0..op.chunks.len() {
+            let chunk = &mut op.chunks[c];
+            let b = chunk.labels.len();
+            loss +=
+                op.net
+                    .loss_and_gradient(&op.params, &chunk.x, &chunk.labels, &mut g, &mut op.ws)
+                    * b as f64;
+            let w = T::of_f64(b as f64 / n as f64);
+            for (a, &gi) in op.grad.iter_mut().zip(&g) {
+                *a += w * gi;
+            }
+            if cached {
+                chunk.state = Some(ChunkState {
+                    acts: op
+                        .ws
+                        .acts
+                        .iter()
+                        .zip(&op.net.layers)
+                        .map(|(a, l)| a[..b * l.out_features()].to_vec())
+                        .collect(),
+                    deltas: op
+                        .ws
+                        .deltas
+                        .iter()
+                        .zip(&op.net.layers)
+                        .map(|(a, l)| a[..b * l.out_features()].to_vec())
+                        .collect(),
+                    argmax: op
+                        .ws
+                        .argmax
+                        .iter()
+                        .zip(&op.net.layers)
+                        .map(|(a, l)| match l {
+                            Layer::MaxPool2 { .. } => a[..b * l.out_features()].to_vec(),
+                            _ => Vec::new(),
+                        })
+                        .collect(),
+                });
+            }
+        }
+        op.loss = loss / n as f64;
+        if !op.loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss is not finite ({})",
+                op.loss
+            )));
+        }
+        Ok(op)
+    }
+
+    /// [`HessianOperator::new`] on the first `samples` samples of `data` in file order (normalised
+    /// as the data set prescribes, in `T`).
+    ///
+    /// # Errors
+    /// As [`HessianOperator::new`], and [`Error::Data`] when the images do not fit the model.
+    pub fn from_dataset(
+        net: &Network,
+        params: &[T],
+        data: &Dataset,
+        samples: usize,
+        batch_size: usize,
+        cache_bytes: usize,
+    ) -> Result<Self> {
+        crate::data::check_input(data, net)?;
+        let n = samples.min(data.len());
+        let table = data.normalisation_table::<T>();
+        let mut x = vec![T::zero(); n * data.features()];
+        let mut y = vec![0usize; n];
+        data.gather_range(&table, 0, n, &mut x, &mut y);
+        Self::new(net, params, &x, &y, batch_size, cache_bytes)
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+    pub fn params(&self) -> &[T] {
+        &self.params
+    }
+    /// n, the number of samples.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+    /// The mean loss at θ.
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+    /// ∂L/∂θ at θ.
+    pub fn gradient(&self) -> &[T] {
+        &self.grad
+    }
+    /// Products computed so far (each vector of a batch counts once).
+    pub fn matvecs(&self) -> usize {
+        self.matvecs
+    }
+    /// Whether the forward/backward passes are cached (else each product recomputes them).
+    pub fn is_cached(&self) -> bool {
+        self.cached
+    }
+    /// Chooses the matrix applied through [`LinearOperator`].
+    pub fn set_curvature(&mut self, mode: Curvature) {
+        self.mode = mode;
+    }
+    pub fn curvature(&self) -> Curvature {
+        self.mode
+    }
+
+    /// H·v, exact: `out` ← H·v.
+    pub fn hvp(&mut self, v: &[T], out: &mut [T]) {
+        self.products(&[v], &mut [out], Curvature::Hessian);
+    }
+
+    /// G·v, the Gauss–Newton product: `out` ← G·v.
+    pub fn gnvp(&mut self, v: &[T], out: &mut [T]) {
+        self.products(&[v], &mut [out], Curvature::GaussNewton);
+    }
+
+    /// outⱼ ← M·vⱼ for k vectors (M = H or G) in one pass through the data: each chunk's forward
+    /// and backward pass is made (or loaded) once for all k.
+    pub fn products(&mut self, vs: &[&[T]], outs: &mut [&mut [T]], mode: Curvature) {
+        let p = self.net.num_params();
+        assert_eq!(vs.len(), outs.len());
+        for o in outs.iter_mut() {
+            assert_eq!(o.len(), p);
+            o.iter_mut().for_each(|x| *x = T::zero());
+        }
+        let n = self.samples;
+        let mut gscratch = if self.cached {
+            Vec::new()
+        } else {
+            vec![T::zero(); p]
+        };
+        for c in 0..self.chunks.len() {
+            let chunk = &self.chunks[c];
+            let b = chunk.labels.len();
+            if chunk.state.is_none() {
+                self.net.loss_and_gradient(
+                    &self.params,
+                    &chunk.x,
+                    &chunk.labels,
+                    &mut gscratch,
+                    &mut self.ws,
+                );
+            }
+            let state: PassRefs<'_, T> = match &chunk.state {
+                Some(s) => (&s.acts, &s.deltas, &s.argmax),
+                None => (&self.ws.acts, &self.ws.deltas, &self.ws.argmax),
+            };
+            let (acts, deltas, argmax) = state;
+            let alpha = T::of_f64(b as f64 / n as f64);
+            for (v, out) in vs.iter().zip(outs.iter_mut()) {
+                r_pass(
+                    &self.net,
+                    &self.params,
+                    v,
+                    &chunk.x,
+                    acts,
+                    deltas,
+                    argmax,
+                    b,
+                    alpha,
+                    out,
+                    mode == Curvature::GaussNewton,
+                    &mut self.bufs,
+                );
+            }
+        }
+        self.matvecs += vs.len();
+    }
+
+    /// Calls `f(x, labels, acts, argmax, bufs)` for each chunk with its forward pass in place (used by
+    /// the exact trace).
+    pub(crate) fn for_each_chunk(
+        &mut self,
+        mut f: impl FnMut(&Network, &[T], &[T], &[Vec<T>], &[Vec<u32>], &mut RBuffers<T>),
+    ) {
+        for c in 0..self.chunks.len() {
+            let chunk = &self.chunks[c];
+            if chunk.state.is_none() {
+                self.net
+                    .forward(&self.params, &chunk.x, chunk.labels.len(), &mut self.ws);
+            }
+            let (acts, argmax): (&[Vec<T>], &[Vec<u32>]) = match &chunk.state {
+                Some(s) => (&s.acts, &s.argmax),
+                None => (&self.ws.acts, &self.ws.argmax),
+            };
+            f(
+                &self.net,
+                &self.params,
+                &chunk.x,
+                acts,
+                argmax,
+                &mut self.bufs,
+            );
+        }
+    }
+}
+
+/// One R-forward, loss R-operator and R-backward over a chunk of b samples: out += alpha·M_chunk·v.
+#[allow(clippy::too_many_arguments)]
+fn r_pass<T: Real>(
+    net: &Network,
+    params: &[T],
+    v: &[T],
+    x: &[T],
+    acts: &[Vec<T>],
+    deltas: &[Vec<T>],
+    argmax: &[Vec<u32>],
+    b: usize,
+    alpha: T,
+    out: &mut [T],
+    gauss_newton: bool,
+    bufs: &mut RBuffers<T>,
+) {
+    let layers = &net.layers;
+    let last = layers.len() - 1;
+    let classes = net.classes();
+    for (i, layer) in layers.iter().enumerate() {
+        let (ry_before, ry_rest) = bufs.ry.split_at_mut(i);
+        let input: &[T] = if i == 0 { x } else { &acts[i - 1] };
+        let rx = if i == 0 {
+            None
+        } else {
+            Some(&ry_before[i - 1][..])
+        };
+        layer.r_forward(
+            &net.layout,
+            params,
+            v,
+            input,
+            rx,
+            &acts[i],
+            b,
+            &argmax[i],
+            &mut bufs.rs[i],
+            &mut ry_rest[0],
+            &mut bufs.sc,
+        );
+    }
+    let scale = T::one() / T::of_usize(b);
+    softmax_ce_r(
+        &acts[last][..b * classes],
+        &bufs.ry[last][..b * classes],
+        classes,
+        scale,
+        &mut bufs.rdelta[last][..b * classes],
+    );
+    for i in (0..layers.len()).rev() {
+        let (rd_before, rd_rest) = bufs.rdelta.split_at_mut(i);
+        let input: &[T] = if i == 0 { x } else { &acts[i - 1] };
+        let rx = if i == 0 {
+            None
+        } else {
+            Some(&bufs.ry[i - 1][..])
+        };
+        let rdx = if i == 0 {
+            None
+        } else {
+            Some(&mut rd_before[i - 1][..])
+        };
+        layers[i].r_backward(
+            &net.layout,
+            params,
+            v,
+            input,
+            rx,
+            &acts[i],
+            &deltas[i],
+            &bufs.rs[i],
+            &mut rd_rest[0],
+            b,
+            &argmax[i],
+            alpha,
+            out,
+            rdx,
+            gauss_newton,
+            &mut bufs.sc,
+        );
+    }
+}
+
+impl<T: Real> LinearOperator for HessianOperator<T> {
+    fn dim(&self) -> usize {
+        self.net.num_params()
+    }
+    fn apply(&mut self, v: &[f64], out: &mut [f64]) {
+        let r = self.apply_many(&[v.to_vec()]);
+        out.copy_from_slice(&r[0]);
+    }
+    fn apply_many(&mut self, vs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let p = self.net.num_params();
+        let vt: Vec<Vec<T>> = vs
+            .iter()
+            .map(|v| v.iter().map(|&x| T::of_f64(x)).collect())
+            .collect();
+        let mut outs: Vec<Vec<T>> = vs.iter().map(|_| vec![T::zero(); p]).collect();
+        {
+            let vrefs: Vec<&[T]> = vt.iter().map(|v| &v[..]).collect();
+            let mut orefs: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+            let mode = self.mode;
+            self.products(&vrefs, &mut orefs, mode);
+        }
+        outs.into_iter()
+            .map(|o| o.into_iter().map(|x| x.as_f64()).collect())
+            .collect()
+    }
+}
