@@ -35,7 +35,7 @@ impl<T: Real> RScratch<T> {
     pub fn new(layers: &[Layer], batch: usize) -> Self {
         let (cols, conv) = layers
             .iter()
-            .map(|l| l.scratch_len(batch))
+            .map(|l| l.batched_scratch_len(batch))
             .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
         RScratch {
             cols: vec![T::zero(); cols],

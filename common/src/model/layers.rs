@@ -118,6 +118,26 @@ impl Layer {
         }
     }
 
+    /// Scratch sizes (cols, conv) for a whole batch in one im2col matrix `[C·k·k, batch·ho·wo]` and
+    /// one product `[O, batch·ho·wo]`, the layout of the curvature code's batched convolutions.
+    pub fn batched_scratch_len(&self, batch: usize) -> (usize, usize) {
+        match self {
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => {
+                let (ho, wo) = self.conv_output_size();
+                (
+                    in_channels * kernel * kernel * batch * ho * wo,
+                    out_channels * batch * ho * wo,
+                )
+            }
+            _ => (0, 0),
+        }
+    }
+
     /// The weight tensor index, if the layer has parameters.
     pub fn tensor(&self) -> Option<usize> {
         match self {
