@@ -11,6 +11,7 @@
 //! - [`io`]: checkpoints, optimiser sidecars, records, atomic writes.
 //! - [`train`]: the training loop shared by `train` and `switch`.
 //! - [`rng`]: seeded random streams.
+//! - [`sample`]: SGLD, the local learning coefficient, WBIC and their diagnostics.
 //!
 //! Numbers are generic over [`Real`] (`f32` for training, `f64` for verification).
 
@@ -22,6 +23,7 @@ pub mod model;
 pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod sample;
 pub mod train;
 
 pub use error::{Error, Result};
