@@ -12,6 +12,7 @@
 //! - [`curvature`]: exact Hessian–vector products, traces, eigenvalues and spectral densities.
 //! - [`train`]: the training loop shared by `train` and `switch`.
 //! - [`rng`]: seeded random streams.
+//! - [`sample`]: SGLD, the local learning coefficient, WBIC and their diagnostics.
 //!
 //! Numbers are generic over [`Real`] (`f32` for training, `f64` for verification).
 
@@ -24,6 +25,7 @@ pub mod model;
 pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod sample;
 pub mod stats;
 pub mod summary;
 pub mod train;

@@ -1,0 +1,224 @@
+//! SGLD / LLC benchmark on the MNIST MLP 1×128 with the paper's settings (2 chains × 1,000 draws,
+//! minibatch 128, ε 1e-4, γ 100, nβ = 128/ln 128): seconds per LLC estimate and SGLD steps per second
+//! on 1 and 2 threads, next to the compute floor (FLOPs of forward + backward / the sgemm rate
+//! measured here at the same shapes), with the time split between gradient, noise and update; and
+//! devinterp on the same checkpoint in the same run when it is importable
+//! (`scripts/anchors/devinterp_llc.py`, torch limited to 1 thread). Set SGLD_BENCH_NO_ANCHOR=1 to skip
+//! the anchor.
+//!
+//! Run with `cargo bench -p common --bench sgld` (or `make bench`).
+
+extern crate openblas_src;
+
+use common::data::{Dataset, DatasetKind, Split};
+use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
+use common::io::Checkpoint;
+use common::rng::{stream, Purpose};
+use common::sample::noise::NoiseSource;
+use common::sample::sgld::{update, StepCoefficients};
+use common::sample::{
+    estimate_llc, InitLoss, LlcConfig, NBeta, NetworkPotential, Potential, SgldConfig,
+};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ck_path = root.join("tests/fixtures/reference/mlp_1x128.safetensors");
+    let ck = Checkpoint::load(&ck_path, None).expect("reference checkpoint");
+    let (data, data_dir) = match Dataset::load(DatasetKind::Mnist, &root.join("data"), Split::Train)
+    {
+        Ok(d) => (d, root.join("data/mnist")),
+        Err(_) => {
+            eprintln!(
+                "sgld bench: data/mnist missing (run `make data`); using the 1,280-image fixture"
+            );
+            let dir = root.join("tests/fixtures/mnist-small");
+            (
+                Dataset::load(DatasetKind::Mnist, &dir, Split::Train).expect("fixture"),
+                dir,
+            )
+        }
+    };
+    let batch = 128;
+    let pot = NetworkPotential::new(&ck.network, &data, batch).expect("potential");
+    let p = pot.dim();
+    set_blas_threads(1);
+
+    // Compute floor: forward X[128×784]·W1ᵀ (m=128, n=128, k=784) and the weight gradient
+    // δ1ᵀ·X (m=128, n=784, k=128) dominate; the 128→10 layer adds 3 small products.
+    let r_fwd = measure_sgemm_gflops(batch, 128, 784, 200);
+    let r_bwd = measure_sgemm_gflops(128, 784, batch, 200);
+    let r_small = measure_sgemm_gflops(batch, 10, 128, 200);
+    let big = 2.0 * (batch * 784 * 128) as f64;
+    let small = 2.0 * (batch * 128 * 10) as f64;
+    let flops = 2.0 * big + 3.0 * small;
+    let floor = big / (r_fwd * 1e9) + big / (r_bwd * 1e9) + 3.0 * small / (r_small * 1e9);
+    println!(
+        "sgld bench: MLP 784-128-10 ({p} parameters), n = {}, batch {batch}; {:.1} MFLOP per step",
+        data.len(),
+        flops / 1e6
+    );
+    println!(
+        "  sgemm: {r_fwd:.1} GFLOP/s (128x128x784), {r_bwd:.1} (128x784x128), {r_small:.1} (128x10x128); compute floor {:.3} ms per step",
+        floor * 1e3
+    );
+
+    // Components on one thread: the gradient (gather + forward + backward) and the noise.
+    let mut state = pot.chain_state();
+    let mut rng = stream(1, Purpose::Chain, 0);
+    let mut grad = vec![0f32; p];
+    let mut noise = vec![0f32; p];
+    let grad_t = median(
+        (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                pot.loss_and_gradient(&mut state, &mut rng, &ck.params, &mut grad);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let mut source = NoiseSource::from_stream(&mut rng);
+    let noise_t = median(
+        (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                source.fill(&mut noise);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    // The fused update pass (drift, step, clamp-free, MALA sums, shift of the previous step).
+    let mut w = ck.params.clone();
+    let mut prev = ck.params.clone();
+    let mut prev_half = vec![0f32; p];
+    let coef = StepCoefficients {
+        half_eps: 5e-5,
+        sqrt_eps: 1e-2,
+        nbeta: 26.38,
+        gamma: 100.0,
+        decay: 0.0,
+    };
+    let rest_t = median(
+        (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                let sums = update(
+                    &mut w,
+                    &mut prev,
+                    &mut prev_half,
+                    &ck.params,
+                    &grad,
+                    &noise,
+                    &coef,
+                    None,
+                );
+                std::hint::black_box(sums.proposal_diff);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    println!(
+        "  per step: gradient {:.3} ms ({:.2}x floor), noise {:.3} ms, update + MALA sums {:.3} ms",
+        grad_t * 1e3,
+        grad_t / floor,
+        noise_t * 1e3,
+        rest_t * 1e3
+    );
+
+    let cfg = |threads| LlcConfig {
+        sgld: SgldConfig {
+            step_size: 1e-4,
+            nbeta: 0.0,
+            localization: 100.0,
+            weight_decay: 0.0,
+            bounding_box: None,
+            draws: 1000,
+            burn_in: 0,
+            thin: 1,
+            chains: 2,
+            threads,
+            seed: 1,
+        },
+        nbeta: NBeta::Batch,
+        init_loss: InitLoss::Minibatches { count: 2 },
+    };
+    let mut one_thread = f64::NAN;
+    for threads in [1, 2] {
+        let runs: Vec<f64> = (0..3)
+            .map(|_| {
+                let est = estimate_llc(&pot, &ck.params, &cfg(threads)).expect("estimate");
+                est.seconds
+            })
+            .collect();
+        let secs = median(runs);
+        let steps = 2000.0;
+        if threads == 1 {
+            one_thread = secs;
+        }
+        println!(
+            "  LLC estimate (2 chains x 1000 draws) on {threads} thread(s): {secs:.3} s (median of 3), {:.0} SGLD steps/s, {:.3} ms per step = {:.2}x the 1-thread floor{}",
+            steps / secs,
+            secs / steps * 1e3,
+            secs / steps / floor,
+            if threads == 2 {
+                format!(", speed-up {:.2}x over 1 thread", one_thread / secs)
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    if std::env::var_os("SGLD_BENCH_NO_ANCHOR").is_some() {
+        return;
+    }
+    let script = root.join("scripts/anchors/devinterp_llc.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--checkpoint", ck_path.to_str().unwrap()])
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args([
+            "--draws",
+            "1000",
+            "--chains",
+            "2",
+            "--threads",
+            "1",
+            "--seeds",
+            "1",
+        ])
+        .env("TQDM_DISABLE", "1")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let line = text.lines().last().unwrap_or("");
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let secs = v["seconds"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "  devinterp (same checkpoint, data and settings, torch 1 thread): {secs:.3} s, {:.3} ms per step = {:.2}x the floor; ours on 1 thread is {:.2}x faster, on 2 threads see above",
+                secs / 2000.0 * 1e3,
+                secs / 2000.0 / floor,
+                secs / one_thread
+            );
+            println!(
+                "  devinterp λ̂ = {:.3} ± {:.3} (seed 1)",
+                v["llc_mean"].as_f64().unwrap_or(f64::NAN),
+                v["llc_std"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        Ok(o) => println!(
+            "  devinterp anchor skipped: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("failed")
+        ),
+        Err(e) => println!("  devinterp anchor skipped: python3 not runnable ({e})"),
+    }
+}

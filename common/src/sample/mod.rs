@@ -1,0 +1,32 @@
+//! Sampling: SGLD over a generic potential, the local learning coefficient (LLC), WBIC, and the
+//! diagnostics that say whether to trust them.
+//!
+//! - [`potential`]: the [`Potential`] trait; the network's minibatch cross-entropy.
+//! - [`analytic`]: potentials with a known learning coefficient, for verification.
+//! - [`sgld`]: devinterp's SGLD step, parallel chains with seeded streams, MALA acceptance.
+//! - [`nbeta`]: the inverse temperature rules.
+//! - [`llc`], [`wbic`]: the estimators; [`calibrate`]: the ε × nβ (or γ) grid.
+//! - [`diagnostics`], [`estimate`]: R-hat, ESS, stationarity, the verdict.
+//! - [`noise`]: fast N(0, 1) noise (ziggurat); [`special`]: Φ and Φ⁻¹.
+
+pub mod analytic;
+pub mod calibrate;
+pub mod diagnostics;
+pub mod estimate;
+pub mod inputs;
+pub mod llc;
+pub mod nbeta;
+pub mod noise;
+pub mod potential;
+pub mod sgld;
+pub mod special;
+pub mod wbic;
+
+pub use analytic::AnalyticPotential;
+pub use calibrate::{calibrate, log_spaced, CalibrationAxis};
+pub use inputs::DataCache;
+pub use llc::{estimate_llc, InitLoss, LlcConfig, LlcEstimate};
+pub use nbeta::NBeta;
+pub use potential::{NetworkPotential, Potential};
+pub use sgld::{run_chain, run_chains, ChainTrace, SgldConfig};
+pub use wbic::{estimate_wbic, WbicEstimate, WbicMode};

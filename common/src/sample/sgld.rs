@@ -1,0 +1,371 @@
+//! Stochastic gradient Langevin dynamics as devinterp implements it (Lau et al. 2023,
+//! "Quantifying degeneracy in singular models via the learning coefficient"; devinterp's
+//! `optim/sgld.py` and `SGMCMC.sgld`), run as independent chains in parallel threads.
+//!
+//! One step from w_t, on a fresh minibatch of m samples:
+//!
+//!   d_t     = nβ·∇L_m(w_t) + γ·(w_t − w*) + δ·w_t            (drift; δ = weight decay)
+//!   w_{t+1} = w_t − (ε/2)·d_t + √ε·ξ_t,   ξ_t ~ N(0, I)
+//!   w_{t+1} ← clamp(w_{t+1}, w* − b, w* + b)                 (only with a bounding box b)
+//!
+//! which samples (for small ε) p(w) ∝ exp(−nβ·L(w) − (γ/2)‖w − w*‖² − (δ/2)‖w‖²). The draw recorded at
+//! step t is the minibatch loss L_m(w_t) at the pre-step weights, computed in the same forward pass
+//! as the gradient (devinterp's callback receives that loss). After `burn_in` steps every `thin`-th
+//! step is a draw.
+//!
+//! Each chain c uses its own stream `rng::stream(seed, Purpose::Chain, c)` for both its minibatch
+//! order and its noise, so its result does not depend on how many threads run the chains. BLAS is
+//! set to one thread: the chains are the parallelism.
+//!
+//! The chain also computes devinterp's MALA acceptance probability of each transition
+//! w_{t−1} → w_t (devinterp `slt/mala.py`), with the Gaussian proposal q(w'|w) = N(w − (ε/2)d(w), εI)
+//! and the energy U(w) = nβ·L_m(w) + (γ/2)‖w − w*‖² (devinterp omits weight decay from U; so do we):
+//!
+//!   a_t = min(1, exp(log q(w_{t−1}|w_t) − log q(w_t|w_{t−1}) + U(w_{t−1}) − U(w_t))).
+//!
+//! A step whose loss or drift is not finite ends the chain: it is reported as diverged at that draw.
+
+use super::noise::NoiseSource;
+use super::potential::Potential;
+use crate::rng::{stream, Purpose};
+use crate::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// The sampler's settings. `nbeta` is already resolved (see [`super::NBeta`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SgldConfig {
+    /// ε, the step size.
+    pub step_size: f64,
+    /// nβ, the inverse temperature times n.
+    pub nbeta: f64,
+    /// γ, the localisation strength (0: none).
+    pub localization: f64,
+    /// δ, the weight decay (0: none).
+    pub weight_decay: f64,
+    /// b, the half-width of the box around w* that the chain is clamped to.
+    pub bounding_box: Option<f64>,
+    pub draws: usize,
+    pub burn_in: usize,
+    /// Steps between draws (1: every step is a draw).
+    pub thin: usize,
+    pub chains: usize,
+    /// Worker threads for the chains (at most `chains` are used).
+    pub threads: usize,
+    pub seed: u64,
+}
+
+impl SgldConfig {
+    /// Checks every setting; errors name the flag.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: f64, name: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{name} must be a positive number (got {v})"
+                )))
+            }
+        };
+        let nonneg = |v: f64, name: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{name} must be zero or positive (got {v})"
+                )))
+            }
+        };
+        pos(self.step_size, "--epsilon (step size)")?;
+        pos(self.nbeta, "--nbeta")?;
+        nonneg(self.localization, "--gamma (localisation)")?;
+        nonneg(self.weight_decay, "--weight-decay")?;
+        if let Some(b) = self.bounding_box {
+            pos(b, "--bounding-box")?;
+        }
+        for (v, name) in [
+            (self.draws, "--draws"),
+            (self.thin, "--thin"),
+            (self.chains, "--chains"),
+            (self.threads, "--threads"),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Total SGLD steps per chain: burn-in + draws × thin.
+    pub fn steps(&self) -> usize {
+        self.burn_in + self.draws * self.thin
+    }
+}
+
+/// What one chain produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainTrace {
+    pub chain: usize,
+    /// L_m(w_t) at each draw (pre-step weights). Shorter than `draws` if the chain diverged.
+    pub losses: Vec<f64>,
+    /// MALA acceptance probability of each transition between consecutive steps after burn-in.
+    pub acceptance: Vec<f64>,
+    /// The draw at which the loss or the weights became non-finite.
+    pub diverged_at: Option<usize>,
+    /// ‖w_T − w*‖ at the end of the chain.
+    pub final_distance: f64,
+    pub seconds: f64,
+}
+
+impl ChainTrace {
+    pub fn mean_acceptance(&self) -> f64 {
+        if self.acceptance.is_empty() {
+            f64::NAN
+        } else {
+            self.acceptance.iter().sum::<f64>() / self.acceptance.len() as f64
+        }
+    }
+}
+
+/// Runs one chain from w* (see the module documentation).
+pub fn run_chain<P: Potential>(
+    potential: &P,
+    w_star: &[f32],
+    cfg: &SgldConfig,
+    chain: usize,
+) -> ChainTrace {
+    let start = std::time::Instant::now();
+    let dim = potential.dim();
+    assert_eq!(w_star.len(), dim, "w* has the potential's dimension");
+    let mut rng = stream(cfg.seed, Purpose::Chain, chain as u64);
+    // The noise generator takes its state from the chain's stream first; the minibatch order then
+    // continues the same stream.
+    let mut noise_source = NoiseSource::from_stream(&mut rng);
+    let mut state = potential.chain_state();
+    let mut w = w_star.to_vec();
+    let mut prev = w_star.to_vec();
+    let mut prev_half_step = vec![0f32; dim];
+    let mut grad = vec![0f32; dim];
+    let mut noise = vec![0f32; dim];
+    let coef = StepCoefficients {
+        half_eps: 0.5 * cfg.step_size as f32,
+        sqrt_eps: cfg.step_size.sqrt() as f32,
+        nbeta: cfg.nbeta as f32,
+        gamma: cfg.localization as f32,
+        decay: cfg.weight_decay as f32,
+    };
+
+    let mut losses = Vec::with_capacity(cfg.draws);
+    let mut acceptance = Vec::with_capacity(cfg.draws * cfg.thin);
+    let mut diverged_at = None;
+    let mut prev_loss = f64::NAN;
+
+    for step in 0..cfg.steps() {
+        let loss = potential.loss_and_gradient(&mut state, &mut rng, &w, &mut grad);
+        let sampling = step >= cfg.burn_in;
+        let draw = if sampling && (step - cfg.burn_in).is_multiple_of(cfg.thin) {
+            Some((step - cfg.burn_in) / cfg.thin)
+        } else {
+            None
+        };
+        if !loss.is_finite() {
+            diverged_at = Some(draw.unwrap_or(losses.len()));
+            break;
+        }
+        if draw.is_some() {
+            losses.push(loss);
+        }
+        noise_source.fill(&mut noise);
+        let sums = update(
+            &mut w,
+            &mut prev,
+            &mut prev_half_step,
+            w_star,
+            &grad,
+            &noise,
+            &coef,
+            cfg.bounding_box.map(|b| b as f32),
+        );
+        if step > cfg.burn_in {
+            // Transition w_{t−1} → w_t (see `update` for the two sums).
+            let log_ratio = sums.proposal_diff / (2.0 * cfg.step_size)
+                + cfg.nbeta * (prev_loss - loss)
+                + 0.5 * cfg.localization * sums.localisation_diff;
+            acceptance.push(log_ratio.exp().min(1.0));
+        }
+        prev_loss = loss;
+        if !sums.finite {
+            diverged_at = Some(draw.map_or(losses.len(), |d| d + 1));
+            break;
+        }
+    }
+    if diverged_at.is_some_and(|d| d >= cfg.draws) {
+        // Diverged on the very last update: every draw was recorded and is finite.
+        diverged_at = None;
+    }
+    let final_distance = w
+        .iter()
+        .zip(w_star)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    ChainTrace {
+        chain,
+        losses,
+        acceptance,
+        diverged_at,
+        final_distance,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The scalars of one SGLD step (see [`update`]).
+pub struct StepCoefficients {
+    /// ε/2.
+    pub half_eps: f32,
+    /// √ε.
+    pub sqrt_eps: f32,
+    pub nbeta: f32,
+    /// γ.
+    pub gamma: f32,
+    /// δ, the weight decay.
+    pub decay: f32,
+}
+
+/// What one update pass returns besides the new weights.
+pub struct UpdateSums {
+    /// F_{t−1} − R_t = ‖w_t − w_{t−1} + h_{t−1}‖² − ‖w_{t−1} − w_t + h_t‖² with h = (ε/2)·d, computed
+    /// as Σ (2Δ + h_{t−1} − h_t)(h_{t−1} + h_t), Δ = w_t − w_{t−1}: every term is small, so f32 sums in
+    /// blocks lose nothing that matters (the two norms themselves are ≈ ε·P and would cancel).
+    pub proposal_diff: f64,
+    /// ‖w_{t−1} − w*‖² − ‖w_t − w*‖² = Σ −Δ·((w_{t−1} − w*) + (w_t − w*)), for the same reason.
+    pub localisation_diff: f64,
+    pub finite: bool,
+}
+
+/// One fused pass over the parameters at step t: h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
+/// w ← clamp(w − h + √ε·ξ), the MALA sums of the transition w_{t−1} → w_t, and the shift of
+/// `prev` ← w_t, `prev_half_step` ← h_t.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+pub fn update(
+    w: &mut [f32],
+    prev: &mut [f32],
+    prev_half_step: &mut [f32],
+    w_star: &[f32],
+    grad: &[f32],
+    noise: &[f32],
+    c: &StepCoefficients,
+    bound: Option<f32>,
+) -> UpdateSums {
+    match bound {
+        None => update_blocks::<false>(w, prev, prev_half_step, w_star, grad, noise, c, 0.0),
+        Some(b) => update_blocks::<true>(w, prev, prev_half_step, w_star, grad, noise, c, b),
+    }
+}
+
+/// [`update`] in blocks of 512, each summed in 8 independent f32 lanes (so the compiler vectorises
+/// the pass) and added to f64 accumulators.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_blocks<const CLAMP: bool>(
+    w: &mut [f32],
+    prev: &mut [f32],
+    prev_half_step: &mut [f32],
+    w_star: &[f32],
+    grad: &[f32],
+    noise: &[f32],
+    c: &StepCoefficients,
+    bound: f32,
+) -> UpdateSums {
+    const BLOCK: usize = 512;
+    const LANES: usize = 8;
+    let (mut proposal, mut localisation) = (0f64, 0f64);
+    let mut finite = true;
+    let n = w.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut p_sum = [0f32; LANES];
+        let mut l_sum = [0f32; LANES];
+        let mut check = [0f32; LANES];
+        let mut element = |k: usize, i: usize| {
+            let wt = w[i];
+            let wp = prev[i];
+            let hp = prev_half_step[i];
+            let ws = w_star[i];
+            let delta = wt - ws;
+            let h = c.half_eps * (c.nbeta * grad[i] + c.gamma * delta + c.decay * wt);
+            let mut next = wt - h + c.sqrt_eps * noise[i];
+            if CLAMP {
+                next = next.clamp(ws - bound, ws + bound);
+            }
+            let step = wt - wp;
+            p_sum[k] += (2.0 * step + hp - h) * (hp + h);
+            l_sum[k] += -step * ((wp - ws) + delta);
+            check[k] += next;
+            prev[i] = wt;
+            prev_half_step[i] = h;
+            w[i] = next;
+        };
+        let mut i = start;
+        while i + LANES <= end {
+            for k in 0..LANES {
+                element(k, i + k);
+            }
+            i += LANES;
+        }
+        while i < end {
+            element(0, i);
+            i += 1;
+        }
+        proposal += p_sum.iter().map(|&x| x as f64).sum::<f64>();
+        localisation += l_sum.iter().map(|&x| x as f64).sum::<f64>();
+        finite &= check.iter().all(|x| x.is_finite());
+        start = end;
+    }
+    UpdateSums {
+        proposal_diff: proposal,
+        localisation_diff: localisation,
+        finite,
+    }
+}
+
+/// Runs `cfg.chains` chains on `min(cfg.threads, cfg.chains)` threads (work-stealing by chain index),
+/// with single-threaded BLAS. Results are in chain order and independent of the thread count.
+pub fn run_chains<P: Potential>(
+    potential: &P,
+    w_star: &[f32],
+    cfg: &SgldConfig,
+) -> Result<Vec<ChainTrace>> {
+    cfg.validate()?;
+    if w_star.len() != potential.dim() {
+        return Err(Error::invalid(format!(
+            "w* has {} entries but the potential has {} parameters",
+            w_star.len(),
+            potential.dim()
+        )));
+    }
+    crate::device::cpu::set_blas_threads(1);
+    let threads = cfg.threads.min(cfg.chains).max(1);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<ChainTrace>>> = Mutex::new(vec![None; cfg.chains]);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= cfg.chains {
+                    break;
+                }
+                let trace = run_chain(potential, w_star, cfg, c);
+                results.lock().expect("no poisoned lock")[c] = Some(trace);
+            });
+        }
+    });
+    Ok(results
+        .into_inner()
+        .expect("no poisoned lock")
+        .into_iter()
+        .map(|t| t.expect("every chain ran"))
+        .collect())
+}
