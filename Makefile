@@ -72,6 +72,8 @@ clean:
 	$(CARGO) clean
 
 # Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
+include mk/paper.mk
+
 crosscheck-torch: build
 	@if ! python3 -c 'import torch, safetensors' 2>/dev/null; then echo "crosscheck-torch: torch or safetensors not importable; skipped"; exit 0; fi; \
 	tmp=$$(mktemp -d); \

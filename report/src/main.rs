@@ -180,7 +180,37 @@ fn run(args: Args) -> Result<()> {
             files,
         } => {
             let records = load(&files)?;
-            let curves = summarise_curves(&records, &metric, &x, &label);
+            let mut curves = summarise_curves(&records, &metric, &x, &label);
+            if log_x {
+                for c in curves.iter_mut() {
+                    let dropped: Vec<f64> = c
+                        .points
+                        .iter()
+                        .filter(|p| p.0 <= 0.0)
+                        .map(|p| p.1)
+                        .collect();
+                    if !dropped.is_empty() {
+                        eprintln!(
+                            "report: {}: {} point(s) at x <= 0 left off the log axis (values {:?}; they are in the JSON)",
+                            c.label,
+                            dropped.len(),
+                            dropped
+                        );
+                    }
+                }
+            }
+            let plotted: Vec<common::summary::Curve> = curves
+                .iter()
+                .map(|c| common::summary::Curve {
+                    label: c.label.clone(),
+                    points: c
+                        .points
+                        .iter()
+                        .filter(|p| !log_x || p.0 > 0.0)
+                        .copied()
+                        .collect(),
+                })
+                .collect();
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
             }
@@ -196,7 +226,7 @@ fn run(args: Args) -> Result<()> {
                 serde_json::to_string_pretty(&j)?.as_bytes(),
             )?;
             plot::line_chart(
-                &curves,
+                &plotted,
                 title.as_deref().unwrap_or(&metric),
                 &x,
                 &metric,
