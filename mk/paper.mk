@@ -90,12 +90,12 @@ SMOOTH_RUNS := $(PAPER_RUNS)/smoothing/sgd.jsonl \
 
 $(PAPER_RUNS)/smoothing/%.jsonl:
 	@mkdir -p $(@D)
-	@case $* in \
+	@stem=$*; case $$stem in \
 	  sgd) opt="--optimizer sgd";; \
-	  alpha-*) opt="--optimizer ngd --ngd-alpha $${*#alpha-}";; \
-	  epsilon-*) opt="--optimizer ngd --ngd-alpha 0 --ngd-epsilon $${*#epsilon-}";; \
-	  damping-*) opt="--optimizer ngd-exact --damping-relative $${*#damping-}";; \
-	esac; dir=$(@D)/$*; \
+	  alpha-*) opt="--optimizer ngd --ngd-alpha $${stem#alpha-}";; \
+	  epsilon-*) opt="--optimizer ngd --ngd-alpha 0 --ngd-epsilon $${stem#epsilon-}";; \
+	  damping-*) opt="--optimizer ngd-exact --damping-relative $${stem#damping-}";; \
+	esac; dir=$(@D)/$$stem; \
 	$(BIN)/train --model $(SMOOTH_ARCH) $$opt --dataset mnist --data-dir $(DATA) --epochs $(SMOOTH_EPOCHS) --seed 1 \
 	  $(samples_flag) --out $$dir --run smoothing-$* --quiet \
 	| grep -E '$(call epochs_re,$(SMOOTH_EPOCHS))' \
@@ -124,8 +124,8 @@ TRACE_RUNS := $(foreach o,sgd ngd,$(PAPER_RUNS)/trace/mnist-mlp_2x256-$(o).jsonl
 
 $(PAPER_RUNS)/trace/%.jsonl:
 	@mkdir -p $(@D)
-	@case $* in mnist-*) ds=mnist; rest=$${*#mnist-}; ep=$(TRACE_MNIST_EPOCHS);; \
-	  fashion-mnist-*) ds=fashion-mnist; rest=$${*#fashion-mnist-}; ep=$(TRACE_FASHION_EPOCHS);; esac; \
+	@stem=$*; case $$stem in mnist-*) ds=mnist; rest=$${stem#mnist-}; ep=$(TRACE_MNIST_EPOCHS);; \
+	  fashion-mnist-*) ds=fashion-mnist; rest=$${stem#fashion-mnist-}; ep=$(TRACE_FASHION_EPOCHS);; esac; \
 	arch=$${rest%-*}; opt=$${rest##*-}; \
 	ngd=$$([ "$$opt" = ngd ] && echo "--ngd-alpha $(TRACE_ALPHA)" || true); \
 	$(BIN)/train --model $$arch --optimizer $$opt $$ngd --dataset $$ds --data-dir $(DATA) --epochs $$ep --seed 1 \
