@@ -184,7 +184,7 @@ pub fn woodbury_direction<T: Real>(
 ) -> Result<ExactSolve> {
     let b = fisher_labels.len();
     let p = net.num_params();
-    net.loss_and_gradient(params, x, fisher_labels, &mut sc.grad, &mut sc.ws);
+    net.per_sample_pass(params, x, fisher_labels, &mut sc.ws, &mut sc.grad);
     net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
