@@ -514,3 +514,47 @@ impl Optimizer for NgdExact {
         m
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels drawn for the sampled Fisher follow softmax(logits): frequencies of 200,000 draws
+    /// within 5 standard errors of the probabilities.
+    #[test]
+    fn sampled_labels_follow_the_softmax() {
+        let logits = [0.5, -1.0, 2.0, 0.0];
+        let z: f64 = logits.iter().map(|v: &f64| v.exp()).sum();
+        let p: Vec<f64> = logits.iter().map(|v| v.exp() / z).collect();
+        let n = 200_000;
+        let rows: Vec<f64> = (0..n).flat_map(|_| logits).collect();
+        let mut labels = vec![0usize; n];
+        let mut rng = stream(3, Purpose::Labels, 0);
+        sample_labels(&rows, 4, &mut rng, &mut labels);
+        for (c, &pc) in p.iter().enumerate() {
+            let f = labels.iter().filter(|&&y| y == c).count() as f64 / n as f64;
+            let se = (pc * (1.0 - pc) / n as f64).sqrt();
+            assert!((f - pc).abs() < 5.0 * se, "class {c}: {f} vs {pc}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_damping() {
+        for d in [
+            Damping::Absolute(-1.0),
+            Damping::Absolute(0.0),
+            Damping::Relative(0.0),
+            Damping::Relative(f64::NAN),
+        ] {
+            assert!(
+                NgdExactConfig {
+                    damping: d,
+                    ..Default::default()
+                }
+                .validate()
+                .is_err(),
+                "{d:?}"
+            );
+        }
+    }
+}
