@@ -99,11 +99,14 @@ fn main() {
     let fb_flops = 128.0 * (2.0 * 784.0 * 128.0 * 2.0 + 2.0 * 128.0 * 10.0 * 3.0);
     let shapes: Vec<Vec<usize>> = net.layout.tensors.iter().map(|t| t.shape.clone()).collect();
     let ngd_flops = ngd_step_flops(&shapes);
-    // ngd-exact (empirical, f32): its own forward + backward of the batch, the Gram matrix
+    // ngd-exact (empirical, f32): its own forward pass and the input-gradient products of its
+    // backward pass (no weight gradients: 2B·in·out per layer but the first), the Gram matrix
     // ((AAᵀ + 1)⊙(ΔΔᵀ) per Linear layer: 2B²·(in + out)) and d = Gᵀα (one product per layer).
     let linear_macs = 784.0 * 128.0 + 128.0 * 10.0;
-    let exact_flops =
-        fb_flops + 2.0 * 128.0 * linear_macs + 2.0 * 128.0 * 128.0 * (784.0 + 128.0 + 128.0 + 10.0);
+    let exact_flops = 2.0 * 128.0 * linear_macs
+        + 2.0 * 128.0 * 128.0 * 10.0
+        + 2.0 * 128.0 * linear_macs
+        + 2.0 * 128.0 * 128.0 * (784.0 + 128.0 + 128.0 + 10.0);
     println!(
         "== optimisers: MNIST MLP 784-128-10, batch 128, one epoch = {steps} steps, 1 BLAS thread"
     );

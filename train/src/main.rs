@@ -23,16 +23,16 @@ const ABOUT: &str =
 
 const LONG_ABOUT: &str = "\
 Train an MLP or the paper's LeNet on MNIST or Fashion-MNIST with SGD (PyTorch's torch.optim.SGD:
-momentum, dampening, Nesterov, weight decay) or natural gradient descent: --optimizer ngd is the
+momentum, dampening, Nesterov, weight decay) or natural gradient descent. --optimizer ngd is the
 paper's online natural gradient (Kaldi's OnlineNaturalGradient as in the paper's ngd.py: a low-rank
-Fisher factor per tensor axis, then SGD momentum), --optimizer ngd-exact the exact damped natural
-gradient (F + λI)⁻¹g of each minibatch's empirical or sampled Fisher, solved through the B×B Gram
-matrix. NGD records add what the preconditioner did (NaN fallbacks, norm ratio, per-tensor cosine to
-the gradient and rank on the floor; for ngd-exact λ and the Gram condition number). After every epoch (and every --save-every steps) it
-evaluates on the test set, writes a checkpoint (safetensors, PyTorch names, loadable with
-load_state_dict) and its optimiser sidecar into --out, and prints one JSON record to stdout, so that
-the next tool in a pipeline (llc, hessian-trace) can start on it while training goes on. Progress and
-a summary go to stderr.
+Fisher factor per tensor axis, then SGD momentum); --optimizer ngd-exact is the exact damped
+natural gradient (F + λI)⁻¹g of each minibatch's empirical or sampled Fisher, solved through the
+B×B Gram matrix. After every epoch (and every --save-every steps) it evaluates on the test set,
+writes a checkpoint (safetensors, PyTorch names, loadable with load_state_dict) and its optimiser
+sidecar into --out, and prints one JSON record to stdout, so that the next tool in a pipeline (llc,
+hessian-trace) can start on it while training goes on. NGD records add what the preconditioner
+did (NaN fallbacks, norm ratio, per-tensor cosine to the gradient and rank on the floor; for
+ngd-exact λ and the Gram condition number). Progress and a summary go to stderr.
 
 The defaults are the paper's: lr 0.01, momentum 0.9 with Nesterov, batch 128, no weight decay.
 The same --seed gives the same initialisation and data order for every optimiser, and the same
@@ -49,9 +49,10 @@ Examples:
   The paper's NGD from the same initialisation as the SGD run above (α = 0.01, η = 0.9):
     $ train --optimizer ngd --epochs 20 --seed 1 --out runs/ngd-1x128
 
-  Online NGD with its state in f64 and rank 10, or the exact natural gradient with λ = 1e-3:
+  Online NGD with its state in f64 and rank 10, or the exact natural gradient of the sampled
+  Fisher (default damping λ = 0.01·tr(F)/P), rescaled to the gradient's norm:
     $ train --optimizer ngd --ngd-dtype f64 --ngd-rank 10 --epochs 20 --out runs/ngd-f64-r10
-    $ train --optimizer ngd-exact --damping 1e-3 --fisher sampled --epochs 20 --out runs/exact
+    $ train --optimizer ngd-exact --fisher sampled --preserve-norm --epochs 20 --out runs/exact
 
   The LeNet, a quick run on the first 5,000 samples in file order:
     $ train --model lenet --train-samples 5000 --no-shuffle --epochs 1 --out runs/lenet-quick

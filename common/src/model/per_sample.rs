@@ -12,7 +12,8 @@
 //! "Efficient per-example gradient computations"). Convolutions materialise theirs, one im2col and
 //! one gemm per sample, into a B × P_conv matrix.
 
-use super::layers::Layer;
+use super::arch::Activation;
+use super::layers::{softmax_cross_entropy, Layer};
 use super::network::{Network, Workspace};
 use crate::device::cpu::{gemm, im2col};
 use crate::Real;
@@ -36,6 +37,86 @@ pub struct PerSampleScratch<T> {
 }
 
 impl Network {
+    /// Forward and backward of the mean cross-entropy on a batch, leaving in `ws` what the
+    /// per-sample products read (layer outputs and ∂L/∂(pre-activation) of every layer) without the
+    /// parameter gradient: for networks of Linear layers only the input-gradient products are done
+    /// (dx = δ·W), saving one gemm per layer; other networks run [`Network::loss_and_gradient`] with
+    /// `grad_scratch` (length P) as the gradient buffer. Returns the mean loss.
+    pub fn per_sample_pass<T: Real>(
+        &self,
+        params: &[T],
+        x: &[T],
+        labels: &[usize],
+        ws: &mut Workspace<T>,
+        grad_scratch: &mut [T],
+    ) -> f64 {
+        let all_linear = self
+            .layers
+            .iter()
+            .all(|l| matches!(l, Layer::Linear { .. }));
+        if !all_linear {
+            return self.loss_and_gradient(params, x, labels, grad_scratch, ws);
+        }
+        let batch = labels.len();
+        self.forward(params, x, batch, ws);
+        let last = self.layers.len() - 1;
+        let classes = self.classes();
+        let scale = T::one() / T::of_usize(batch);
+        let (loss_sum, _) = softmax_cross_entropy(
+            &ws.acts[last][..batch * classes],
+            labels,
+            classes,
+            scale,
+            Some(&mut ws.deltas[last][..batch * classes]),
+        );
+        for i in (0..self.layers.len()).rev() {
+            let Layer::Linear {
+                inputs,
+                outputs,
+                tensor,
+                activation,
+            } = self.layers[i]
+            else {
+                unreachable!()
+            };
+            let n = batch * outputs;
+            let (dbefore, drest) = ws.deltas.split_at_mut(i);
+            let dy = &mut drest[0][..n];
+            let y = &ws.acts[i][..n];
+            match activation {
+                Activation::Relu => {
+                    for (d, &v) in dy.iter_mut().zip(y) {
+                        if v <= T::zero() {
+                            *d = T::zero();
+                        }
+                    }
+                }
+                Activation::Tanh => {
+                    for (d, &v) in dy.iter_mut().zip(y) {
+                        *d *= T::one() - v * v;
+                    }
+                }
+                Activation::Identity => {}
+            }
+            if i > 0 {
+                let w = &params[self.layout.tensors[tensor].range()];
+                gemm(
+                    false,
+                    false,
+                    batch,
+                    inputs,
+                    outputs,
+                    T::one(),
+                    dy,
+                    w,
+                    T::zero(),
+                    &mut dbefore[i - 1][..batch * inputs],
+                );
+            }
+        }
+        loss_sum / batch as f64
+    }
+
     /// Scratch for the per-sample products of up to `batch` samples.
     pub fn per_sample_scratch<T: Real>(&self, batch: usize) -> PerSampleScratch<T> {
         let mut blocks = Vec::new();
