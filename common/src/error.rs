@@ -22,7 +22,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// Training produced a non-finite loss or parameter.
-    #[error("training diverged: non-finite {what} at epoch {epoch}, step {step}")]
+    #[error("training diverged at epoch {epoch}, step {step}: non-finite {what}")]
     Diverged {
         what: String,
         epoch: usize,

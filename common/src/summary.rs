@@ -265,11 +265,14 @@ impl Table {
                             .join(",")
                     })
                     .unwrap_or_default();
+                let value = if c.sd.is_finite() {
+                    format!("{:.2} ± {:.2}", c.mean, c.sd)
+                } else {
+                    format!("{:.2}", c.mean)
+                };
                 out += &format!(
-                    "| {g} | {l} | {} | {:.2} ± {:.2} | {paper_v} | {} | {} | {} | {} | {miss} |\n",
+                    "| {g} | {l} | {} | {value} | {paper_v} | {} | {} | {} | {} | {miss} |\n",
                     c.seeds.len(),
-                    c.mean,
-                    c.sd,
                     c.test_loss.map(|x| format!("{x:.4}")).unwrap_or_default(),
                     comp.and_then(|c| c.t)
                         .map(|t| format!("{t:.2}"))
