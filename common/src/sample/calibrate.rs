@@ -53,7 +53,14 @@ pub fn calibrate<P: Potential>(
             .map(|&nb| {
                 let mut c = base.clone();
                 c.nbeta = nb;
-                (format!("nbeta={nb:?}"), c)
+                (
+                    match nb {
+                        NBeta::Value(v) => format!("nbeta={v}"),
+                        NBeta::Batch => "nbeta=batch".to_string(),
+                        NBeta::Dataset => "nbeta=dataset".to_string(),
+                    },
+                    c,
+                )
             })
             .collect(),
         CalibrationAxis::Gamma(list) => list
