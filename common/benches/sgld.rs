@@ -109,7 +109,8 @@ fn main() {
             })
             .collect(),
     );
-    // The fused update pass (drift, step, clamp-free, MALA sums, shift of the previous step).
+    // The fused update pass (noise drawn block by block, drift, step, MALA sums, shift of the
+    // previous step).
     let mut w = ck.params.clone();
     let mut prev = ck.params.clone();
     let mut prev_half = vec![0f32; p];
@@ -130,7 +131,7 @@ fn main() {
                     &mut prev_half,
                     &ck.params,
                     &grad,
-                    &noise,
+                    &mut source,
                     &coef,
                     None,
                 );
@@ -140,7 +141,7 @@ fn main() {
             .collect(),
     );
     println!(
-        "  per step: gradient {:.3} ms ({:.2}x floor), noise {:.3} ms, update + MALA sums {:.3} ms",
+        "  per step: gradient {:.3} ms ({:.2}x floor), noise {:.3} ms, update pass with its noise and MALA sums {:.3} ms",
         grad_t * 1e3,
         grad_t / floor,
         noise_t * 1e3,

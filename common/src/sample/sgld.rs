@@ -146,7 +146,6 @@ pub fn run_chain<P: Potential>(
     let mut prev = w_star.to_vec();
     let mut prev_half_step = vec![0f32; dim];
     let mut grad = vec![0f32; dim];
-    let mut noise = vec![0f32; dim];
     let coef = StepCoefficients {
         half_eps: 0.5 * cfg.step_size as f32,
         sqrt_eps: cfg.step_size.sqrt() as f32,
@@ -175,14 +174,13 @@ pub fn run_chain<P: Potential>(
         if draw.is_some() {
             losses.push(loss);
         }
-        noise_source.fill(&mut noise);
         let sums = update(
             &mut w,
             &mut prev,
             &mut prev_half_step,
             w_star,
             &grad,
-            &noise,
+            &mut noise_source,
             &coef,
             cfg.bounding_box.map(|b| b as f32),
         );
@@ -243,7 +241,8 @@ pub struct UpdateSums {
     pub finite: bool,
 }
 
-/// One fused pass over the parameters at step t: h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
+/// One fused pass over the parameters at step t, drawing the noise ξ block by block from `noise`:
+/// h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
 /// w ← clamp(w − h + √ε·ξ), the MALA sums of the transition w_{t−1} → w_t, and the shift of
 /// `prev` ← w_t, `prev_half_step` ← h_t.
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +253,7 @@ pub fn update(
     prev_half_step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
-    noise: &[f32],
+    noise: &mut NoiseSource,
     c: &StepCoefficients,
     bound: Option<f32>,
 ) -> UpdateSums {
@@ -274,7 +273,7 @@ fn update_blocks<const CLAMP: bool>(
     prev_half_step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
-    noise: &[f32],
+    noise_source: &mut NoiseSource,
     c: &StepCoefficients,
     bound: f32,
 ) -> UpdateSums {
@@ -286,6 +285,11 @@ fn update_blocks<const CLAMP: bool>(
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
+        // This block's noise, drawn in order (blocks have even length, so the sequence equals one
+        // `fill` of the whole vector) and kept in L1.
+        let mut noise_block = [0f32; BLOCK];
+        noise_source.fill(&mut noise_block[..end - start]);
+        let noise = &noise_block[..end - start];
         let mut p_sum = [0f32; LANES];
         let mut l_sum = [0f32; LANES];
         let mut check = [0f32; LANES];
@@ -332,7 +336,9 @@ fn update_blocks<const CLAMP: bool>(
                     .expect("8 lanes"),
                 w_star[r.clone()].try_into().expect("8 lanes"),
                 grad[r.clone()].try_into().expect("8 lanes"),
-                noise[r].try_into().expect("8 lanes"),
+                noise[r.start - start..r.end - start]
+                    .try_into()
+                    .expect("8 lanes"),
                 &mut p_sum,
                 &mut l_sum,
                 &mut check,
@@ -349,7 +355,7 @@ fn update_blocks<const CLAMP: bool>(
                 &prev_half_step[whole..end],
                 &w_star[whole..end],
                 &grad[whole..end],
-                &noise[whole..end],
+                &noise[whole - start..end - start],
             ]
             .iter()
             .enumerate()
