@@ -17,10 +17,26 @@ use common::rng::{stream, Purpose};
 use common::sample::noise::NoiseSource;
 use common::sample::sgld::{update, StepCoefficients};
 use common::sample::{
-    estimate_llc, InitLoss, LlcConfig, NBeta, NetworkPotential, Potential, SgldConfig,
+    estimate_llc, run_chains, AnalyticPotential, InitLoss, LlcConfig, NBeta, NetworkPotential,
+    Potential, SgldConfig,
 };
 use std::path::PathBuf;
 use std::time::Instant;
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, clock ticks of 1/100 s),
+/// NaN elsewhere. CPU time / wall time says how many cores the chains kept busy.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -83,6 +99,21 @@ fn main() {
             })
             .collect(),
     );
+    // The minibatch gather alone (128 images, bytes → normalised f32 by table lookup).
+    let table = data.normalisation_table::<f32>();
+    let order = rng.permutation(data.len());
+    let mut x = vec![0f32; batch * data.features()];
+    let mut y = vec![0usize; batch];
+    let gather_t = median(
+        (0..300)
+            .map(|k| {
+                let start = (k * batch) % (data.len() - batch);
+                let t = Instant::now();
+                data.gather(&table, &order[start..start + batch], &mut x, &mut y);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
     let mut source = NoiseSource::from_stream(&mut rng);
     let noise_t = median(
         (0..300)
@@ -93,7 +124,8 @@ fn main() {
             })
             .collect(),
     );
-    // The fused update pass (drift, step, clamp-free, MALA sums, shift of the previous step).
+    // The fused update pass (noise drawn block by block, drift, step, MALA sums, shift of the
+    // previous step).
     let mut w = ck.params.clone();
     let mut prev = ck.params.clone();
     let mut prev_half = vec![0f32; p];
@@ -114,7 +146,7 @@ fn main() {
                     &mut prev_half,
                     &ck.params,
                     &grad,
-                    &noise,
+                    &mut source,
                     &coef,
                     None,
                 );
@@ -124,9 +156,10 @@ fn main() {
             .collect(),
     );
     println!(
-        "  per step: gradient {:.3} ms ({:.2}x floor), noise {:.3} ms, update + MALA sums {:.3} ms",
+        "  per step: gradient {:.3} ms ({:.2}x floor; of which the minibatch gather {:.3} ms), noise {:.3} ms, update pass with its noise and MALA sums {:.3} ms",
         grad_t * 1e3,
         grad_t / floor,
+        gather_t * 1e3,
         noise_t * 1e3,
         rest_t * 1e3
     );
@@ -150,27 +183,58 @@ fn main() {
     };
     let mut one_thread = f64::NAN;
     for threads in [1, 2] {
+        let cpu0 = cpu_seconds();
         let runs: Vec<f64> = (0..3)
             .map(|_| {
                 let est = estimate_llc(&pot, &ck.params, &cfg(threads)).expect("estimate");
                 est.seconds
             })
             .collect();
+        let cores_busy = (cpu_seconds() - cpu0) / runs.iter().sum::<f64>();
         let secs = median(runs);
         let steps = 2000.0;
         if threads == 1 {
             one_thread = secs;
         }
         println!(
-            "  LLC estimate (2 chains x 1000 draws) on {threads} thread(s): {secs:.3} s (median of 3), {:.0} SGLD steps/s, {:.3} ms per step = {:.2}x the 1-thread floor{}",
+            "  LLC estimate (2 chains x 1000 draws) on {threads} thread(s): {secs:.3} s (median of 3), {:.0} SGLD steps/s, {:.3} ms per step = {:.2}x the 1-thread floor, {cores_busy:.2} cores busy (CPU time / wall time), {:.3} CPU ms per step = {:.2}x the floor{}",
             steps / secs,
             secs / steps * 1e3,
             secs / steps / floor,
+            secs * cores_busy / steps * 1e3,
+            secs * cores_busy / steps / floor,
             if threads == 2 {
                 format!(", speed-up {:.2}x over 1 thread", one_thread / secs)
             } else {
                 String::new()
             }
+        );
+    }
+
+    // The same chains without BLAS (a quadratic potential of the same dimension): if these scale
+    // with threads and the network's do not, the BLAS library serialises concurrent calls.
+    let quad = AnalyticPotential::Quadratic { dim: p };
+    for threads in [1, 2] {
+        let cfg = SgldConfig {
+            step_size: 1e-4,
+            nbeta: 26.38,
+            localization: 100.0,
+            weight_decay: 0.0,
+            bounding_box: None,
+            draws: 300,
+            burn_in: 0,
+            thin: 1,
+            chains: 2,
+            threads,
+            seed: 1,
+        };
+        let cpu0 = cpu_seconds();
+        let t = Instant::now();
+        run_chains(&quad, &ck.params, &cfg).expect("chains");
+        let wall = t.elapsed().as_secs_f64();
+        println!(
+            "  no-BLAS check (quadratic potential, P = {p}, 2 chains x 300 steps) on {threads} thread(s): {wall:.3} s, {:.2} cores busy",
+            (cpu_seconds() - cpu0) / wall
         );
     }
 

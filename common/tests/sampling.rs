@@ -141,7 +141,7 @@ fn singular_potentials_match_quadrature_and_approach_lambda() {
     }
 }
 
-/// One step replayed by hand: w₁ = w₀ − (ε/2)(nβ·∇L(w₀) + γ(w₀ − w*)) + √ε ξ with ξ the chain's first
+/// One step replayed by hand: w₁ = w₀ − (ε/2)(nβ·∇L(w₀) + γ(w₀ − w*) + δ·w₀) + √ε ξ with ξ the chain's first
 /// d normals, and the recorded draws are L at the pre-step weights w₀, w₁. The MALA acceptance of the
 /// transition w₀ → w₁ is recomputed from devinterp's formula.
 #[test]
@@ -150,8 +150,10 @@ fn step_and_acceptance_replayed_by_hand() {
     let w0 = [0.3f32, -0.2, 0.1];
     let w_star = [0.0f32; 3];
     let (eps, nbeta, gamma) = (1e-3, 50.0, 10.0);
+    let decay = 0.5;
     let mut cfg = sgld(eps, nbeta, gamma, 3, 1);
     cfg.threads = 1;
+    cfg.weight_decay = decay;
     // Start the chain at w0 by making it w* for the replay (γ pulls to w0 then).
     let traces = run_chains(&pot, &w0, &cfg).unwrap();
     let _ = w_star;
@@ -160,7 +162,7 @@ fn step_and_acceptance_replayed_by_hand() {
     let drift = |w: &[f64]| -> Vec<f64> {
         w.iter()
             .zip(&w0)
-            .map(|(x, &c)| nbeta * 2.0 * x + gamma * (x - c as f64))
+            .map(|(x, &c)| nbeta * 2.0 * x + gamma * (x - c as f64) + decay * x)
             .collect()
     };
     let step = |w: &[f64], xi: &[f32]| -> Vec<f64> {
@@ -273,4 +275,25 @@ fn diverging_chains_are_excluded_and_reported() {
     assert!(v["warnings"][0].as_str().unwrap().contains("diverged"));
     assert_eq!(v["excluded_chains"].as_array().unwrap().len(), 2);
     let _ = pot.dim();
+}
+
+/// devinterp's bounding box: every coordinate stays within b of w*, however large the noise.
+#[test]
+fn bounding_box_confines_the_chain() {
+    let d = 10;
+    let pot = AnalyticPotential::Quadratic { dim: d };
+    let w_star = vec![1.0f32; d];
+    let mut cfg = sgld(1e-2, 1.0, 0.0, 200, 2);
+    cfg.bounding_box = Some(0.01);
+    let traces = run_chains(&pot, &w_star, &cfg).unwrap();
+    for t in &traces {
+        // ‖w − w*‖ ≤ b·√d, and L = Σ wᵢ² stays within d(1 ± b)².
+        assert!(t.final_distance <= 0.01 * (d as f64).sqrt() * (1.0 + 1e-6));
+        assert!(t.final_distance > 0.0);
+        for &l in &t.losses {
+            assert!(
+                l >= d as f64 * 0.99f64.powi(2) - 1e-4 && l <= d as f64 * 1.01f64.powi(2) + 1e-4
+            );
+        }
+    }
 }

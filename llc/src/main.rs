@@ -120,7 +120,7 @@ struct Args {
     /// Number of minibatches for `--init-loss minibatches` [default: --chains].
     #[arg(long)]
     init_loss_batches: Option<usize>,
-    /// Write the per-draw losses as JSON lines {checkpoint, chain, draw, loss} to this file.
+    /// Write the per-draw losses as JSON lines {checkpoint, chain, draw, loss, acceptance} to this file.
     #[arg(long)]
     trace_out: Option<PathBuf>,
     /// Sweep ε × nβ (or γ) and report each cell instead of one estimate.
@@ -295,7 +295,7 @@ fn run(args: Args) -> Result<ExitCode> {
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();
                 fields.insert("checkpoint".into(), Value::from(path.display().to_string()));
-                trace_text.push_str(&trace_lines(&est.traces, &fields));
+                trace_text.push_str(&trace_lines(&est.traces, &fields, est.sgld.thin));
                 atomic_write(out, trace_text.as_bytes())?;
             }
             if let Value::Object(m) = est.to_json() {

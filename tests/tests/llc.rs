@@ -214,6 +214,12 @@ fn trace_out_and_calibration() {
     assert_eq!(lines[13]["chain"], 1);
     assert_eq!(lines[13]["draw"], 1);
     assert_eq!(lines[13]["checkpoint"], CKPT);
+    assert!(
+        lines[12]["acceptance"].is_null(),
+        "no transition into draw 0"
+    );
+    let a = lines[13]["acceptance"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&a));
     // The trace is the data behind the estimate: nβ·(mean loss of chain 0 − L_init) = λ̂₀.
     let rec = &records(&out)[0]["llc"];
     let mean0: f64 = lines[..12]

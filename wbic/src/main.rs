@@ -101,7 +101,7 @@ struct Args {
     /// Seed of the chains.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Write the per-draw losses as JSON lines {checkpoint, chain, draw, loss} to this file.
+    /// Write the per-draw losses as JSON lines {checkpoint, chain, draw, loss, acceptance} to this file.
     #[arg(long)]
     trace_out: Option<PathBuf>,
     /// Print nothing on stderr but errors.
@@ -228,7 +228,7 @@ fn run(args: Args) -> Result<ExitCode> {
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();
                 fields.insert("checkpoint".into(), Value::from(path.display().to_string()));
-                trace_text.push_str(&trace_lines(&est.traces, &fields));
+                trace_text.push_str(&trace_lines(&est.traces, &fields, est.sgld.thin));
                 atomic_write(out, trace_text.as_bytes())?;
             }
             let mut context = Map::new();

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 /// The second axis of the grid.
 #[derive(Clone, Debug, PartialEq)]
+/// The rows of the grid: nβ values or localisation strengths γ.
 pub enum CalibrationAxis {
     NBeta(Vec<NBeta>),
     Gamma(Vec<f64>),
@@ -26,9 +27,15 @@ pub fn log_spaced(lo: f64, hi: f64, count: usize) -> Result<Vec<f64>> {
     if count == 1 {
         return Ok(vec![lo]);
     }
-    let (a, b) = (lo.ln(), hi.ln());
+    // lo·(hi/lo)^(i/(count−1)) in decades, so that 1e-6:1e-3:4 gives 1e-6, 1e-5, 1e-4, 1e-3 exactly
+    // (10^k is correctly rounded), with the end points as given.
+    let (a, b) = (lo.log10(), hi.log10());
     Ok((0..count)
-        .map(|i| (a + (b - a) * i as f64 / (count - 1) as f64).exp())
+        .map(|i| match i {
+            0 => lo,
+            i if i == count - 1 => hi,
+            i => 10f64.powf(a + (b - a) * i as f64 / (count - 1) as f64),
+        })
         .collect())
 }
 
@@ -53,7 +60,14 @@ pub fn calibrate<P: Potential>(
             .map(|&nb| {
                 let mut c = base.clone();
                 c.nbeta = nb;
-                (format!("nbeta={nb:?}"), c)
+                (
+                    match nb {
+                        NBeta::Value(v) => format!("nbeta={v}"),
+                        NBeta::Batch => "nbeta=batch".to_string(),
+                        NBeta::Dataset => "nbeta=dataset".to_string(),
+                    },
+                    c,
+                )
             })
             .collect(),
         CalibrationAxis::Gamma(list) => list
@@ -121,4 +135,21 @@ pub fn calibrate<P: Potential>(
         "rows": row_summaries,
         "cells": cells,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_spacing_hits_decades() {
+        assert_eq!(
+            log_spaced(1e-6, 1e-3, 4).unwrap(),
+            vec![1e-6, 1e-5, 1e-4, 1e-3]
+        );
+        let v = log_spaced(1e-5, 1e-3, 3).unwrap();
+        assert_eq!(v, vec![1e-5, 1e-4, 1e-3]);
+        assert!(log_spaced(0.0, 1.0, 3).is_err());
+        assert!(log_spaced(1.0, 0.1, 3).is_err());
+    }
 }

@@ -187,9 +187,10 @@ impl LlcEstimate {
     }
 }
 
-/// The per-draw loss trace as JSON lines `{"chain", "draw", "loss"}` (plus `fields` on every line),
-/// for `--trace-out`.
-pub fn trace_lines(traces: &[ChainTrace], fields: &Map<String, Value>) -> String {
+/// The per-draw loss trace as JSON lines `{"chain", "draw", "loss", "acceptance"}` (plus `fields` on
+/// every line), for `--trace-out`. `acceptance` is the MALA acceptance probability of the step into
+/// the draw when every step is a draw (thinning 1; null for draw 0), else absent.
+pub fn trace_lines(traces: &[ChainTrace], fields: &Map<String, Value>, thin: usize) -> String {
     let mut out = String::new();
     for t in traces {
         for (d, &loss) in t.losses.iter().enumerate() {
@@ -197,6 +198,10 @@ pub fn trace_lines(traces: &[ChainTrace], fields: &Map<String, Value>) -> String
             line.insert("chain".into(), Value::from(t.chain));
             line.insert("draw".into(), Value::from(d));
             line.insert("loss".into(), finite_or_null(loss));
+            if thin == 1 {
+                let a = d.checked_sub(1).and_then(|k| t.acceptance.get(k)).copied();
+                line.insert("acceptance".into(), a.map_or(Value::Null, finite_or_null));
+            }
             out.push_str(&Value::Object(line).to_string());
             out.push('\n');
         }

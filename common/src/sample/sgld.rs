@@ -146,7 +146,6 @@ pub fn run_chain<P: Potential>(
     let mut prev = w_star.to_vec();
     let mut prev_half_step = vec![0f32; dim];
     let mut grad = vec![0f32; dim];
-    let mut noise = vec![0f32; dim];
     let coef = StepCoefficients {
         half_eps: 0.5 * cfg.step_size as f32,
         sqrt_eps: cfg.step_size.sqrt() as f32,
@@ -175,14 +174,13 @@ pub fn run_chain<P: Potential>(
         if draw.is_some() {
             losses.push(loss);
         }
-        noise_source.fill(&mut noise);
         let sums = update(
             &mut w,
             &mut prev,
             &mut prev_half_step,
             w_star,
             &grad,
-            &noise,
+            &mut noise_source,
             &coef,
             cfg.bounding_box.map(|b| b as f32),
         );
@@ -243,7 +241,8 @@ pub struct UpdateSums {
     pub finite: bool,
 }
 
-/// One fused pass over the parameters at step t: h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
+/// One fused pass over the parameters at step t, drawing the noise ξ block by block from `noise`:
+/// h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
 /// w ← clamp(w − h + √ε·ξ), the MALA sums of the transition w_{t−1} → w_t, and the shift of
 /// `prev` ← w_t, `prev_half_step` ← h_t.
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +253,7 @@ pub fn update(
     prev_half_step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
-    noise: &[f32],
+    noise: &mut NoiseSource,
     c: &StepCoefficients,
     bound: Option<f32>,
 ) -> UpdateSums {
@@ -274,7 +273,7 @@ fn update_blocks<const CLAMP: bool>(
     prev_half_step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
-    noise: &[f32],
+    noise_source: &mut NoiseSource,
     c: &StepCoefficients,
     bound: f32,
 ) -> UpdateSums {
@@ -286,38 +285,96 @@ fn update_blocks<const CLAMP: bool>(
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
+        // This block's noise, drawn in order (blocks have even length, so the sequence equals one
+        // `fill` of the whole vector) and kept in L1.
+        let mut noise_block = [0f32; BLOCK];
+        noise_source.fill(&mut noise_block[..end - start]);
+        let noise = &noise_block[..end - start];
         let mut p_sum = [0f32; LANES];
         let mut l_sum = [0f32; LANES];
         let mut check = [0f32; LANES];
-        let mut element = |k: usize, i: usize| {
-            let wt = w[i];
-            let wp = prev[i];
-            let hp = prev_half_step[i];
-            let ws = w_star[i];
-            let delta = wt - ws;
-            let h = c.half_eps * (c.nbeta * grad[i] + c.gamma * delta + c.decay * wt);
-            let mut next = wt - h + c.sqrt_eps * noise[i];
-            if CLAMP {
-                next = next.clamp(ws - bound, ws + bound);
-            }
-            let step = wt - wp;
-            p_sum[k] += (2.0 * step + hp - h) * (hp + h);
-            l_sum[k] += -step * ((wp - ws) + delta);
-            check[k] += next;
-            prev[i] = wt;
-            prev_half_step[i] = h;
-            w[i] = next;
-        };
-        let mut i = start;
-        while i + LANES <= end {
+        // Lane k of every accumulator sums elements ≡ k (mod 8): fixed-size arrays without bounds
+        // checks, which the compiler turns into SIMD.
+        let step_lanes = |wc: &mut [f32; LANES],
+                          pc: &mut [f32; LANES],
+                          hc: &mut [f32; LANES],
+                          sc: &[f32; LANES],
+                          gc: &[f32; LANES],
+                          nc: &[f32; LANES],
+                          p_sum: &mut [f32; LANES],
+                          l_sum: &mut [f32; LANES],
+                          check: &mut [f32; LANES]| {
             for k in 0..LANES {
-                element(k, i + k);
+                let wt = wc[k];
+                let wp = pc[k];
+                let hp = hc[k];
+                let ws = sc[k];
+                let delta = wt - ws;
+                let h = c.half_eps * (c.nbeta * gc[k] + c.gamma * delta + c.decay * wt);
+                let mut next = wt - h + c.sqrt_eps * nc[k];
+                if CLAMP {
+                    next = next.clamp(ws - bound, ws + bound);
+                }
+                let step = wt - wp;
+                p_sum[k] += (2.0 * step + hp - h) * (hp + h);
+                l_sum[k] += -step * ((wp - ws) + delta);
+                check[k] += next;
+                pc[k] = wt;
+                hc[k] = h;
+                wc[k] = next;
             }
+        };
+        let whole = start + (end - start) / LANES * LANES;
+        let mut i = start;
+        while i < whole {
+            let r = i..i + LANES;
+            step_lanes(
+                (&mut w[r.clone()]).try_into().expect("8 lanes"),
+                (&mut prev[r.clone()]).try_into().expect("8 lanes"),
+                (&mut prev_half_step[r.clone()])
+                    .try_into()
+                    .expect("8 lanes"),
+                w_star[r.clone()].try_into().expect("8 lanes"),
+                grad[r.clone()].try_into().expect("8 lanes"),
+                noise[r.start - start..r.end - start]
+                    .try_into()
+                    .expect("8 lanes"),
+                &mut p_sum,
+                &mut l_sum,
+                &mut check,
+            );
             i += LANES;
         }
-        while i < end {
-            element(0, i);
-            i += 1;
+        // The tail (fewer than 8 elements): padded copies through the same code.
+        if whole < end {
+            let m = end - whole;
+            let mut buf = [[0f32; LANES]; 6];
+            for (j, v) in [
+                &w[whole..end],
+                &prev[whole..end],
+                &prev_half_step[whole..end],
+                &w_star[whole..end],
+                &grad[whole..end],
+                &noise[whole - start..end - start],
+            ]
+            .iter()
+            .enumerate()
+            {
+                buf[j][..m].copy_from_slice(v);
+            }
+            let [mut bw, mut bp, mut bh, bs, bg, bn] = buf;
+            let (mut tp, mut tl, mut tc) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            step_lanes(
+                &mut bw, &mut bp, &mut bh, &bs, &bg, &bn, &mut tp, &mut tl, &mut tc,
+            );
+            for k in 0..m {
+                p_sum[k] += tp[k];
+                l_sum[k] += tl[k];
+                check[k] += tc[k];
+            }
+            w[whole..end].copy_from_slice(&bw[..m]);
+            prev[whole..end].copy_from_slice(&bp[..m]);
+            prev_half_step[whole..end].copy_from_slice(&bh[..m]);
         }
         proposal += p_sum.iter().map(|&x| x as f64).sum::<f64>();
         localisation += l_sum.iter().map(|&x| x as f64).sum::<f64>();

@@ -84,6 +84,20 @@ pub fn estimate_wbic<P: Potential>(
 }
 
 impl WbicEstimate {
+    /// Warnings specific to WBIC: a negative implied λ means the chains found a lower training loss
+    /// than the checkpoint's (w* is not a minimum, e.g. an early checkpoint), so n·L_n(w*) is not the
+    /// n·L_n(w₀) of WBIC ≈ n·L_n(w₀) + λ·ln n.
+    pub fn extra_warnings(&self) -> Vec<String> {
+        if self.implied_lambda < 0.0 {
+            vec![format!(
+                "negative implied learning coefficient ({:.2}): the chains reached lower loss than the checkpoint, which is not a minimum",
+                self.implied_lambda
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The `wbic` object of a record.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -136,7 +150,7 @@ impl WbicEstimate {
         m.insert("samples".into(), Value::from(self.samples));
         m.extend(settings_json(&self.sgld));
         m.insert("diagnostics".into(), self.diagnostics.to_json(&self.traces));
-        m.extend(self.diagnostics.verdict(&[]));
+        m.extend(self.diagnostics.verdict(&self.extra_warnings()));
         m.insert("seconds".into(), Value::from(self.seconds));
         Value::Object(m)
     }
