@@ -7,6 +7,8 @@
 #   make bench   benchmarks of the hot paths, next to the compute floor (and PyTorch when installed)
 #   make lint    cargo fmt --check and clippy -D warnings
 #   make check-cuda  type-check the CUDA build (no GPU needed)
+#   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
+#   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,10 +19,10 @@ BIN := $(CARGO_TARGET_DIR)/release
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: help deps data build demo test bench lint check-cuda clean crosscheck-torch
+.PHONY: help deps data build demo test bench lint check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# //'
+	@sed -n '3,12p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
@@ -70,6 +72,11 @@ check-cuda: deps
 
 clean:
 	$(CARGO) clean
+
+# Optional cross-checks against the Python anchors, each skipped with a message when its module is
+# missing: our λ̂ against devinterp's (several seeds, paper settings), and our checkpoints in PyTorch.
+crosscheck: build data crosscheck-torch
+	python3 scripts/crosscheck-llc.py --data-dir $(DATA)
 
 # Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
 include mk/paper.mk
