@@ -1,5 +1,5 @@
 //! The rounding amplification of the paper's online NGD on real MNIST gradients (the finding written
-//! up in docs/ngd.md; `cargo run --release -p common --example ngd_rounding` prints the full table).
+//! up in the README's NGD section; `cargo run --release -p common --example ngd_rounding` prints the full table).
 //!
 //! At the reference MLP checkpoint, the gradients of the first ten minibatches of 128 are fed to the
 //! per-tensor preconditioners with f64 and f32 state. With the default rank (r = min((D+1)/2, 80),
@@ -86,6 +86,6 @@ fn rank_within_the_gradients_rank_makes_f32_and_f64_agree() {
 fn default_rank_f32_and_f64_directions_are_unrelated_at_the_first_step() {
     let rows = f32_vs_f64(None, 1);
     // Measured: cos = -0.04 (1.weight), 0.83 (1.bias), -0.01 (3.weight), 0.88 (3.bias). Both weights
-    // far from 1 is the finding docs/ngd.md reports; if this ever fails, update the write-up.
+    // far from 1 is the finding the README's NGD section reports; if this ever fails, update the write-up.
     assert!(rows[0][0] < 0.5 && rows[0][2] < 0.5, "{:?}", rows[0]);
 }
