@@ -45,6 +45,17 @@ impl<T: Real> RScratch<T> {
     }
 }
 
+/// Per-layer im2col buffers kept from the R-forward to the R-backward (empty for non-convolutions).
+pub(crate) fn saved_cols<T: Real>(layers: &[Layer], batch: usize) -> Vec<[Vec<T>; 2]> {
+    layers
+        .iter()
+        .map(|l| {
+            let (cols, _) = l.scratch_len(batch);
+            [vec![T::zero(); cols], vec![T::zero(); cols]]
+        })
+        .collect()
+}
+
 /// φ′ expressed through the output y: ReLU 1[y > 0] (PyTorch's `threshold_backward`), tanh 1 − y²,
 /// identity 1.
 #[inline]
@@ -80,7 +91,8 @@ fn nchw_to_channel_major<T: Real>(
 }
 
 impl Layer {
-    /// R-forward of one layer for `batch` samples. `v` is the full flat direction; `rx` is R{x} (None
+    /// R-forward of one layer for `batch` samples. A convolution leaves the im2col matrices of x
+    /// and R{x} in `saved` for [`Layer::r_backward`]. `v` is the full flat direction; `rx` is R{x} (None
     /// when the input does not depend on θ, i.e. for the first layer); `y` and `argmax` are the
     /// forward pass's output and pool winners. Writes R{s} into `rs` and R{y} into `ry` (for
     /// max-pool only `ry`).
@@ -97,6 +109,7 @@ impl Layer {
         argmax: &[u32],
         rs: &mut [T],
         ry: &mut [T],
+        saved: &mut [Vec<T>; 2],
         sc: &mut RScratch<T>,
     ) {
         let out = batch * self.out_features();
@@ -157,7 +170,9 @@ impl Layer {
                 let ncols = batch * plane;
                 let wr = layout.tensors[tensor].range();
                 let vb = &v[layout.tensors[tensor + 1].range()];
-                let cols = &mut sc.cols[..r * ncols];
+                // The im2col matrices of x and R{x} are kept in `saved` for the R-backward.
+                let [cols_x, cols_rx] = saved;
+                let cols = &mut cols_x[..r * ncols];
                 let conv = &mut sc.conv_a[..out_channels * ncols];
                 im2col(x, batch, in_channels, height, width, kernel, padding, cols);
                 gemm(
@@ -173,6 +188,7 @@ impl Layer {
                     conv,
                 );
                 if let Some(rx) = rx {
+                    let cols = &mut cols_rx[..r * ncols];
                     im2col(rx, batch, in_channels, height, width, kernel, padding, cols);
                     gemm(
                         false,
@@ -217,7 +233,7 @@ impl Layer {
 
     /// R-backward of one layer. On entry `rdelta` holds R{δ} (δ = ∂L/∂y); it is turned in place into
     /// R{ds}. `ds` is the ordinary backward's ∂L/∂s of this layer (for max-pool: ∂L/∂y), `rs` the
-    /// R-forward's R{s}. The layer's block of H·v (or G·v) times `alpha` is added into `hv` (full
+    /// R-forward's R{s}; `saved` what the R-forward left there. The layer's block of H·v (or G·v) times `alpha` is added into `hv` (full
     /// length P); R{δ} of the layer's input is written into `rdx` when given. With `gauss_newton`
     /// the terms in ds are dropped.
     #[allow(clippy::too_many_arguments)]
@@ -238,6 +254,7 @@ impl Layer {
         hv: &mut [T],
         rdx: Option<&mut [T]>,
         gauss_newton: bool,
+        saved: &[Vec<T>; 2],
         sc: &mut RScratch<T>,
     ) {
         let out = batch * self.out_features();
@@ -351,8 +368,7 @@ impl Layer {
                     let s: T = rdconv[o * ncols..(o + 1) * ncols].iter().copied().sum();
                     *h += alpha * s;
                 }
-                let cols = &mut sc.cols[..r * ncols];
-                im2col(x, batch, in_channels, height, width, kernel, padding, cols);
+                // im2col of x and R{x}, saved by the R-forward.
                 gemm(
                     false,
                     true,
@@ -361,15 +377,14 @@ impl Layer {
                     ncols,
                     alpha,
                     rdconv,
-                    cols,
+                    &saved[0][..r * ncols],
                     T::one(),
                     &mut hv[wr.clone()],
                 );
                 let dconv = &mut sc.conv_b[..out_channels * ncols];
                 if second_order {
                     nchw_to_channel_major(&ds[..out], batch, out_channels, plane, dconv);
-                    if let Some(rx) = rx {
-                        im2col(rx, batch, in_channels, height, width, kernel, padding, cols);
+                    if rx.is_some() {
                         gemm(
                             false,
                             true,
@@ -378,13 +393,14 @@ impl Layer {
                             ncols,
                             alpha,
                             dconv,
-                            cols,
+                            &saved[1][..r * ncols],
                             T::one(),
                             &mut hv[wr.clone()],
                         );
                     }
                 }
                 if let Some(rdx) = rdx {
+                    let cols = &mut sc.cols[..r * ncols];
                     gemm(
                         true,
                         false,
