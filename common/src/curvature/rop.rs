@@ -21,13 +21,13 @@ use crate::device::cpu::{col2im, gemm, im2col};
 use crate::model::{Activation, Layer, ParamLayout};
 use crate::Real;
 
-/// Scratch buffers of the R-passes, shared by all layers: an im2col matrix and two convolution
-/// outputs in `[out_channels, batch·ho·wo]` layout.
+/// Scratch buffers of the R-passes, shared by all layers: an im2col matrix, room for two stacked
+/// convolution outputs in `[out_channels, batch·ho·wo]` layout, and a stacked weight pair.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RScratch<T> {
     pub cols: Vec<T>,
     pub conv_a: Vec<T>,
-    pub conv_b: Vec<T>,
+    pub stack: Vec<T>,
 }
 
 impl<T: Real> RScratch<T> {
@@ -39,8 +39,8 @@ impl<T: Real> RScratch<T> {
             .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
         RScratch {
             cols: vec![T::zero(); cols],
-            conv_a: vec![T::zero(); conv],
-            conv_b: vec![T::zero(); conv],
+            conv_a: vec![T::zero(); 2 * conv],
+            stack: Vec::new(),
         }
     }
 }
@@ -362,7 +362,10 @@ impl Layer {
                 let ncols = batch * plane;
                 let wr = layout.tensors[tensor].range();
                 let br = layout.tensors[tensor + 1].range();
-                let rdconv = &mut sc.conv_a[..out_channels * ncols];
+                // conv_a holds [R{dconv}; dconv] (2·O × ncols) so that R{dcols} = Wᵀ·R{dconv} + Vᵀ·dconv
+                // is one product with the stacked [W; V] (inner dimension 2·O).
+                let (rdconv, dconv) =
+                    sc.conv_a[..2 * out_channels * ncols].split_at_mut(out_channels * ncols);
                 nchw_to_channel_major(rds, batch, out_channels, plane, rdconv);
                 for (o, h) in hv[br].iter_mut().enumerate() {
                     let s: T = rdconv[o * ncols..(o + 1) * ncols].iter().copied().sum();
@@ -381,7 +384,6 @@ impl Layer {
                     T::one(),
                     &mut hv[wr.clone()],
                 );
-                let dconv = &mut sc.conv_b[..out_channels * ncols];
                 if second_order {
                     nchw_to_channel_major(&ds[..out], batch, out_channels, plane, dconv);
                     if rx.is_some() {
@@ -401,19 +403,24 @@ impl Layer {
                 }
                 if let Some(rdx) = rdx {
                     let cols = &mut sc.cols[..r * ncols];
-                    gemm(
-                        true,
-                        false,
-                        r,
-                        ncols,
-                        out_channels,
-                        T::one(),
-                        &params[wr.clone()],
-                        rdconv,
-                        T::zero(),
-                        cols,
-                    );
                     if second_order {
+                        let wlen = out_channels * r;
+                        sc.stack.resize(2 * wlen, T::zero());
+                        sc.stack[..wlen].copy_from_slice(&params[wr.clone()]);
+                        sc.stack[wlen..].copy_from_slice(&v[wr]);
+                        gemm(
+                            true,
+                            false,
+                            r,
+                            ncols,
+                            2 * out_channels,
+                            T::one(),
+                            &sc.stack,
+                            &sc.conv_a[..2 * out_channels * ncols],
+                            T::zero(),
+                            cols,
+                        );
+                    } else {
                         gemm(
                             true,
                             false,
@@ -421,9 +428,9 @@ impl Layer {
                             ncols,
                             out_channels,
                             T::one(),
-                            &v[wr],
-                            dconv,
-                            T::one(),
+                            &params[wr],
+                            &sc.conv_a[..out_channels * ncols],
+                            T::zero(),
                             cols,
                         );
                     }
