@@ -122,9 +122,7 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| stream(1, Purpose::Init, 0).next_u64())
-            .collect();
+        let a: Vec<u64> = (0..4).map(|_| stream(1, Purpose::Init, 0).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         assert_ne!(
             stream(1, Purpose::Init, 0).next_u64(),

@@ -200,13 +200,7 @@ pub fn train(
             step += 1;
             loss_sum += loss * b as f64;
             seen += b;
-            progress.show(
-                epoch,
-                cfg.epochs,
-                k + 1,
-                steps_per_epoch,
-                loss_sum / seen as f64,
-            );
+            progress.show(epoch, cfg.epochs, k + 1, steps_per_epoch, loss_sum / seen as f64);
             let end_of_epoch = k + 1 == steps_per_epoch;
             let periodic = cfg.save_every.is_some_and(|s| s > 0 && step % s == 0);
             if end_of_epoch || periodic {
@@ -233,24 +227,15 @@ pub fn train(
                     .sqrt();
                 let mut meta = Map::new();
                 meta.insert("run".into(), Value::from(cfg.run.clone()));
-                meta.insert(
-                    "producer".into(),
-                    Value::from(concat!("ngd-slt ", env!("CARGO_PKG_VERSION"))),
-                );
+                meta.insert("producer".into(), Value::from(concat!("ngd-slt ", env!("CARGO_PKG_VERSION"))));
                 meta.insert("dataset".into(), Value::from(train_data.kind.name()));
-                meta.insert(
-                    "normalisation".into(),
-                    Value::from(train_data.kind.normalisation_text()),
-                );
+                meta.insert("normalisation".into(), Value::from(train_data.kind.normalisation_text()));
                 meta.insert("optimizer".into(), optimizer_json.clone());
                 meta.insert("seed".into(), Value::from(cfg.seed));
                 meta.insert("init".into(), Value::from(start.init.clone()));
                 meta.insert("epoch".into(), Value::from(epoch));
                 meta.insert("step".into(), Value::from(step));
-                meta.insert(
-                    "step_in_epoch".into(),
-                    Value::from(if end_of_epoch { 0 } else { k + 1 }),
-                );
+                meta.insert("step_in_epoch".into(), Value::from(if end_of_epoch { 0 } else { k + 1 }));
                 meta.insert("epoch_complete".into(), Value::from(end_of_epoch));
                 meta.insert("batch_size".into(), Value::from(cfg.batch_size));
                 meta.insert("shuffle".into(), Value::from(cfg.shuffle));
@@ -284,10 +269,7 @@ pub fn train(
                 r.insert("batch_size".into(), Value::from(cfg.batch_size));
                 r.insert("shuffle".into(), Value::from(cfg.shuffle));
                 r.insert("train_samples".into(), Value::from(n));
-                r.insert(
-                    "train_loss".into(),
-                    Value::from(loss_sum / seen.max(1) as f64),
-                );
+                r.insert("train_loss".into(), Value::from(loss_sum / seen.max(1) as f64));
                 r.insert("test_loss".into(), Value::from(test.loss));
                 r.insert("test_acc".into(), Value::from(test.accuracy));
                 r.insert("update_norm".into(), Value::from(update_norm));
@@ -296,16 +278,10 @@ pub fn train(
                 }
                 r.insert("checkpoint".into(), Value::from(path.display().to_string()));
                 r.insert("dataset".into(), Value::from(train_data.kind.name()));
-                r.insert(
-                    "data_dir".into(),
-                    Value::from(cfg.data_dir.display().to_string()),
-                );
+                r.insert("data_dir".into(), Value::from(cfg.data_dir.display().to_string()));
                 r.insert("init".into(), Value::from(start.init.clone()));
                 r.insert("blas_threads".into(), Value::from(cfg.threads));
-                r.insert(
-                    "seconds".into(),
-                    Value::from((t0.elapsed().as_secs_f64() * 1e3).round() / 1e3),
-                );
+                r.insert("seconds".into(), Value::from((t0.elapsed().as_secs_f64() * 1e3).round() / 1e3));
                 progress.clear();
                 serde_json::to_writer(&mut log, &r).expect("record to JSON");
                 log.push(b'\n');

@@ -34,11 +34,7 @@ fn check_gradient(arch: Architecture, batch: usize, per_tensor: usize) {
     let mut worst = 0.0f64;
     for t in &net.layout.tensors {
         let picks: Vec<usize> = (0..per_tensor.min(t.numel))
-            .map(|k| {
-                t.offset
-                    + (k * t.numel) / per_tensor.min(t.numel)
-                    + (k * 7919) % (t.numel / per_tensor.min(t.numel)).max(1)
-            })
+            .map(|k| t.offset + (k * t.numel) / per_tensor.min(t.numel) + (k * 7919) % (t.numel / per_tensor.min(t.numel)).max(1))
             .collect();
         for i in picks {
             let orig = params[i];
@@ -76,11 +72,7 @@ fn mlp_tanh_gradient() {
 
 #[test]
 fn deep_linear_gradient() {
-    check_gradient(
-        Architecture::mlp(vec![10, 10, 10], Activation::Identity),
-        8,
-        12,
-    );
+    check_gradient(Architecture::mlp(vec![10, 10, 10], Activation::Identity), 8, 12);
 }
 
 #[test]

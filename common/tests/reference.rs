@@ -33,9 +33,7 @@ fn evaluate<T: Real>(ck: &Checkpoint) -> Eval<T> {
     let mut ws = net.workspace::<T>(n);
     let mut grad = vec![T::zero(); net.num_params()];
     let loss = net.loss_and_gradient(&params, &x, &y, &mut grad, &mut ws);
-    let logits4 = net
-        .forward(&params, &x[..4 * data.features()], 4, &mut ws)
-        .to_vec();
+    let logits4 = net.forward(&params, &x[..4 * data.features()], 4, &mut ws).to_vec();
     Eval {
         loss,
         logits4,
@@ -58,10 +56,7 @@ fn check(name: &str, ref_name: &str, rtol: f64, use_f64: bool) {
         )
     };
     let want_loss = r["loss"].as_f64().unwrap();
-    assert!(
-        rel(loss, want_loss) < rtol,
-        "{name}: loss {loss} vs {want_loss}"
-    );
+    assert!(rel(loss, want_loss) < rtol, "{name}: loss {loss} vs {want_loss}");
     let want_logits: Vec<f64> = r["logits_first4"]
         .as_array()
         .unwrap()
@@ -79,39 +74,18 @@ fn check(name: &str, ref_name: &str, rtol: f64, use_f64: bool) {
 
     let g = &r["grad"];
     let norm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
-    assert!(
-        rel(norm, g["norm"].as_f64().unwrap()) < rtol,
-        "{name}: grad norm {norm}"
-    );
-    let dot_sin: f64 = grad
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i as f64).sin() * v)
-        .sum();
-    let dot_cos: f64 = grad
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i as f64).cos() * v)
-        .sum();
+    assert!(rel(norm, g["norm"].as_f64().unwrap()) < rtol, "{name}: grad norm {norm}");
+    let dot_sin: f64 = grad.iter().enumerate().map(|(i, v)| (i as f64).sin() * v).sum();
+    let dot_cos: f64 = grad.iter().enumerate().map(|(i, v)| (i as f64).cos() * v).sum();
     // dot_sin / dot_cos are sums with cancellation: compare relative to the gradient's scale.
     let scale = g["abs_sum"].as_f64().unwrap();
-    assert!(
-        (dot_sin - g["dot_sin"].as_f64().unwrap()).abs() / scale < rtol,
-        "{name}: dot_sin"
-    );
-    assert!(
-        (dot_cos - g["dot_cos"].as_f64().unwrap()).abs() / scale < rtol,
-        "{name}: dot_cos"
-    );
+    assert!((dot_sin - g["dot_sin"].as_f64().unwrap()).abs() / scale < rtol, "{name}: dot_sin");
+    assert!((dot_cos - g["dot_cos"].as_f64().unwrap()).abs() / scale < rtol, "{name}: dot_cos");
     for t in &ck.network.layout.tensors {
         let block = &grad[t.range()];
         let tn = block.iter().map(|v| v * v).sum::<f64>().sqrt();
         let want = g["per_tensor_norm"][&t.name].as_f64().unwrap();
-        assert!(
-            rel(tn, want) < rtol * 10.0,
-            "{name}: {} norm {tn} vs {want}",
-            t.name
-        );
+        assert!(rel(tn, want) < rtol * 10.0, "{name}: {} norm {tn} vs {want}", t.name);
         let probes = &g["probes"][&t.name];
         let idx: Vec<usize> = probes["local_indices"]
             .as_array()

@@ -252,13 +252,7 @@ impl Dataset {
     }
 
     /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`.
-    pub fn gather<T: Real>(
-        &self,
-        table: &[T; 256],
-        indices: &[usize],
-        x: &mut [T],
-        y: &mut [usize],
-    ) {
+    pub fn gather<T: Real>(&self, table: &[T; 256], indices: &[usize], x: &mut [T], y: &mut [usize]) {
         let f = self.features();
         debug_assert_eq!(x.len(), indices.len() * f);
         for (k, &i) in indices.iter().enumerate() {
@@ -286,10 +280,7 @@ impl Dataset {
         {
             *dst = table[b as usize];
         }
-        for (dst, &l) in y[..count]
-            .iter_mut()
-            .zip(&self.labels[start..start + count])
-        {
+        for (dst, &l) in y[..count].iter_mut().zip(&self.labels[start..start + count]) {
             *dst = l as usize;
         }
     }

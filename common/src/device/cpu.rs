@@ -198,9 +198,7 @@ mod tests {
         let (b, ch, h, w, k, pad) = (2, 3, 6, 5, 3, 1);
         let ho = h + 2 * pad + 1 - k;
         let wo = w + 2 * pad + 1 - k;
-        let x: Vec<f64> = (0..b * ch * h * w)
-            .map(|i| (i as f64 * 1.3).sin())
-            .collect();
+        let x: Vec<f64> = (0..b * ch * h * w).map(|i| (i as f64 * 1.3).sin()).collect();
         let c: Vec<f64> = (0..ch * k * k * b * ho * wo)
             .map(|i| (i as f64 * 0.37).cos())
             .collect();

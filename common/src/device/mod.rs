@@ -40,9 +40,7 @@ impl Device {
     pub fn select(spec: &str) -> Result<Device> {
         match spec {
             "cpu" => Ok(Device::Cpu),
-            "auto" => Ok(cuda::probe(0)
-                .map(|_| Device::Cuda(0))
-                .unwrap_or(Device::Cpu)),
+            "auto" => Ok(cuda::probe(0).map(|_| Device::Cuda(0)).unwrap_or(Device::Cpu)),
             "cuda" => cuda::probe(0).map(|_| Device::Cuda(0)),
             s => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
                 Some(i) => cuda::probe(i).map(|_| Device::Cuda(i)),

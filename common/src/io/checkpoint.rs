@@ -78,10 +78,7 @@ impl Checkpoint {
         }
         md.insert("format".into(), "pt".into());
         md.insert("arch".into(), self.network.arch.to_json().to_string());
-        md.insert(
-            "param_order".into(),
-            Value::from(layout.names()).to_string(),
-        );
+        md.insert("param_order".into(), Value::from(layout.names()).to_string());
         md.insert("num_params".into(), layout.total().to_string());
         md.insert("dtype".into(), "float32".into());
         md.insert("torch_module".into(), self.network.arch.torch_definition());
@@ -105,11 +102,7 @@ impl Checkpoint {
     }
 
     /// [`Checkpoint::load`] from bytes in memory; `path` is only used in messages.
-    pub fn from_bytes(
-        path: &Path,
-        bytes: &[u8],
-        model: Option<&Architecture>,
-    ) -> Result<Checkpoint> {
+    pub fn from_bytes(path: &Path, bytes: &[u8], model: Option<&Architecture>) -> Result<Checkpoint> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -123,9 +116,9 @@ impl Checkpoint {
         for k in keys {
             let s = &raw_meta[&k];
             let v = match serde_json::from_str::<Value>(s) {
-                Ok(
-                    v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_)),
-                ) => v,
+                Ok(v @ (Value::Object(_) | Value::Array(_) | Value::Number(_) | Value::Bool(_))) => {
+                    v
+                }
                 _ => Value::String(s.clone()),
             };
             meta.insert(k, v);
@@ -167,8 +160,9 @@ impl Checkpoint {
         let arch = match model {
             Some(a) => a.clone(),
             None => match meta.get("arch") {
-                Some(Value::Object(_)) => Architecture::from_json(&meta["arch"])
-                    .map_err(|e| meta_err(path, format!("metadata names an unknown model: {e}")))?,
+                Some(Value::Object(_)) => Architecture::from_json(&meta["arch"]).map_err(|e| {
+                    meta_err(path, format!("metadata names an unknown model: {e}"))
+                })?,
                 Some(Value::String(name)) => {
                     let act = meta
                         .get("activation")
@@ -235,16 +229,10 @@ impl Checkpoint {
 /// spaces to a multiple of 8 bytes (as the reference implementation does). The `safetensors` crate's
 /// own serialiser writes the metadata in hash-map order, which would make identical runs produce
 /// different bytes.
-fn encode_safetensors(
-    tensors: &[(String, Vec<usize>, &[f32])],
-    meta: &BTreeMap<String, String>,
-) -> Vec<u8> {
+fn encode_safetensors(tensors: &[(String, Vec<usize>, &[f32])], meta: &BTreeMap<String, String>) -> Vec<u8> {
     let mut header = Map::new();
     if !meta.is_empty() {
-        let m: Map<String, Value> = meta
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-            .collect();
+        let m: Map<String, Value> = meta.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
         header.insert("__metadata__".into(), Value::Object(m));
     }
     let mut offset = 0usize;
@@ -344,14 +332,13 @@ fn infer_architecture(shapes: &[Vec<usize>]) -> std::result::Result<Architecture
             shapes.len()
         ));
     }
-    let pairs: Vec<(&Vec<usize>, &Vec<usize>)> = shapes.chunks(2).map(|c| (&c[0], &c[1])).collect();
+    let pairs: Vec<(&Vec<usize>, &Vec<usize>)> =
+        shapes.chunks(2).map(|c| (&c[0], &c[1])).collect();
     if pairs.iter().all(|(w, b)| w.len() == 2 && b.len() == 1) {
         let mut hidden = Vec::new();
         for (i, (w, b)) in pairs.iter().enumerate() {
             if b[0] != w[0] {
-                return Err(format!(
-                    "cannot infer the model: bias {i} does not match its weight"
-                ));
+                return Err(format!("cannot infer the model: bias {i} does not match its weight"));
             }
             if i > 0 && pairs[i - 1].0[0] != w[1] {
                 return Err(format!(
@@ -450,26 +437,9 @@ mod tests {
 
     #[test]
     fn natural_order_sorts_layers_numerically() {
-        let mut v = vec![
-            "10.bias",
-            "3.weight",
-            "1.bias",
-            "10.weight",
-            "1.weight",
-            "3.bias",
-        ];
+        let mut v = vec!["10.bias", "3.weight", "1.bias", "10.weight", "1.weight", "3.bias"];
         v.sort_by(|a, b| natural_order(a, b));
-        assert_eq!(
-            v,
-            [
-                "1.weight",
-                "1.bias",
-                "3.weight",
-                "3.bias",
-                "10.weight",
-                "10.bias"
-            ]
-        );
+        assert_eq!(v, ["1.weight", "1.bias", "3.weight", "3.bias", "10.weight", "10.bias"]);
         let mut w = vec!["fc2.weight", "fc1.bias", "fc1.weight", "fc2.bias"];
         w.sort_by(|a, b| natural_order(a, b));
         assert_eq!(w, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
@@ -501,12 +471,7 @@ mod tests {
         let mlp = infer_architecture(&[vec![64, 784], vec![64], vec![10, 64], vec![10]]).unwrap();
         assert_eq!(mlp, Architecture::mlp(vec![64], Activation::Relu));
         let lenet = Architecture::LeNet { extra_layers: 2 };
-        let shapes: Vec<Vec<usize>> = lenet
-            .layout()
-            .tensors
-            .iter()
-            .map(|t| t.shape.clone())
-            .collect();
+        let shapes: Vec<Vec<usize>> = lenet.layout().tensors.iter().map(|t| t.shape.clone()).collect();
         assert_eq!(infer_architecture(&shapes).unwrap(), lenet);
     }
 }

@@ -65,10 +65,7 @@ mod tests {
         r.insert("alpha".into(), Value::from("x"));
         let mut buf = Vec::new();
         RecordWriter::new(&mut buf).write(&r).unwrap();
-        assert_eq!(
-            String::from_utf8(buf.clone()).unwrap(),
-            "{\"zeta\":1,\"alpha\":\"x\"}\n"
-        );
+        assert_eq!(String::from_utf8(buf.clone()).unwrap(), "{\"zeta\":1,\"alpha\":\"x\"}\n");
         let back: Vec<_> = read_records(&b"\n{\"a\":1}\n[1]\n"[..]).collect();
         assert_eq!(back.len(), 2);
         assert!(back[0].is_ok());

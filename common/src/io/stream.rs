@@ -56,11 +56,7 @@ pub fn process_stream<R: BufRead, W: Write>(
                 continue;
             }
         };
-        let Some(ck) = record
-            .get("checkpoint")
-            .and_then(Value::as_str)
-            .map(PathBuf::from)
-        else {
+        let Some(ck) = record.get("checkpoint").and_then(Value::as_str).map(PathBuf::from) else {
             writer.write(&record)?;
             summary.passed_through += 1;
             continue;
@@ -102,8 +98,7 @@ mod tests {
 
     #[test]
     fn passes_through_and_reports_failures() {
-        let input =
-            b"{\"type\":\"x\"}\n{\"checkpoint\":\"a\",\"run\":\"r\"}\n{\"checkpoint\":\"b\"}\n";
+        let input = b"{\"type\":\"x\"}\n{\"checkpoint\":\"a\",\"run\":\"r\"}\n{\"checkpoint\":\"b\"}\n";
         let mut out = Vec::new();
         let s = process_stream("t", "res", &[], &input[..], &mut out, |_, p| {
             if p == Path::new("a") {
@@ -125,9 +120,6 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "{\"type\":\"x\"}");
         assert_eq!(lines[1], "{\"checkpoint\":\"a\",\"run\":\"r\",\"res\":1}");
-        assert_eq!(
-            lines[2],
-            "{\"checkpoint\":\"b\",\"res\":{\"error\":\"boom\"}}"
-        );
+        assert_eq!(lines[2], "{\"checkpoint\":\"b\",\"res\":{\"error\":\"boom\"}}");
     }
 }

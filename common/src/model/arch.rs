@@ -160,9 +160,7 @@ impl Architecture {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let activation = Activation::parse(
-                    v.get("activation")
-                        .and_then(Value::as_str)
-                        .unwrap_or("relu"),
+                    v.get("activation").and_then(Value::as_str).unwrap_or("relu"),
                 )?;
                 let input = v.get("input").and_then(Value::as_u64).unwrap_or(784) as usize;
                 let classes = v.get("classes").and_then(Value::as_u64).unwrap_or(10) as usize;
@@ -184,12 +182,7 @@ impl Architecture {
 
     /// Parses a model given on the command line or in foreign metadata: `mlp` (with `hidden` and
     /// `activation`), `lenet`, or a name like `mlp_1x128`, `mlp_2x256_tanh`, `mlp_128-64`, `lenet_k3`.
-    pub fn parse(
-        model: &str,
-        hidden: &[usize],
-        activation: Activation,
-        extra: usize,
-    ) -> Result<Self> {
+    pub fn parse(model: &str, hidden: &[usize], activation: Activation, extra: usize) -> Result<Self> {
         let m = model.to_ascii_lowercase();
         if m == "mlp" {
             return Ok(Architecture::mlp(hidden.to_vec(), activation));
@@ -302,11 +295,7 @@ impl Architecture {
                     height: 8,
                     width: 8,
                 });
-                let fcs = [
-                    (256, 120, relu),
-                    (120, 84, relu),
-                    (84, 10, Activation::Identity),
-                ];
+                let fcs = [(256, 120, relu), (120, 84, relu), (84, 10, Activation::Identity)];
                 for (i, (inputs, outputs, activation)) in fcs.into_iter().enumerate() {
                     layers.push(Layer::Linear {
                         inputs,
@@ -417,18 +406,10 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_paper() {
-        assert_eq!(
-            Architecture::LeNet { extra_layers: 2 }.layout().total(),
-            46_238
-        );
+        assert_eq!(Architecture::LeNet { extra_layers: 2 }.layout().total(), 46_238);
         let mlp = Architecture::mlp(vec![128], Activation::Relu);
         assert_eq!(mlp.layout().total(), 101_770);
-        let names: Vec<_> = mlp
-            .layout()
-            .tensors
-            .iter()
-            .map(|t| t.name.clone())
-            .collect();
+        let names: Vec<_> = mlp.layout().tensors.iter().map(|t| t.name.clone()).collect();
         assert_eq!(names, ["1.weight", "1.bias", "3.weight", "3.bias"]);
     }
 
@@ -442,10 +423,7 @@ mod tests {
             Architecture::LeNet { extra_layers: 2 },
             Architecture::LeNet { extra_layers: 0 },
         ] {
-            assert_eq!(
-                Architecture::parse(&a.name(), &[], Activation::Relu, 2).unwrap(),
-                a
-            );
+            assert_eq!(Architecture::parse(&a.name(), &[], Activation::Relu, 2).unwrap(), a);
             assert_eq!(Architecture::from_json(&a.to_json()).unwrap(), a);
         }
     }

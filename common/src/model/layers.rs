@@ -93,10 +93,7 @@ impl Layer {
                 height,
                 width,
                 ..
-            } => (
-                height + 2 * padding + 1 - kernel,
-                width + 2 * padding + 1 - kernel,
-            ),
+            } => (height + 2 * padding + 1 - kernel, width + 2 * padding + 1 - kernel),
             _ => (0, 0),
         }
     }

@@ -64,7 +64,7 @@ impl Network {
         ws
     }
 
-    pub(crate) fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
+    fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
         if ws.batch >= batch && ws.acts.len() == self.layers.len() {
             return;
         }
@@ -192,12 +192,7 @@ impl Network {
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
-    pub fn evaluate<T: Real>(
-        &self,
-        params: &[T],
-        data: &Dataset,
-        batch: usize,
-    ) -> Result<Evaluation> {
+    pub fn evaluate<T: Real>(&self, params: &[T], data: &Dataset, batch: usize) -> Result<Evaluation> {
         crate::data::check_input(data, self)?;
         let table = data.normalisation_table::<T>();
         let mut ws = self.workspace::<T>(batch);
