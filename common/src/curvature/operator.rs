@@ -1,7 +1,7 @@
 //! The Hessian (and Gauss–Newton matrix) of the mean cross-entropy over a fixed sample set, as a
 //! matrix-free linear operator: v ↦ H·v by the R-operator of [`super::rop`].
 
-use super::rop::{softmax_ce_r, RScratch};
+use super::rop::{saved_cols, softmax_ce_r, RScratch};
 use crate::data::Dataset;
 use crate::model::{Layer, Network, Workspace};
 use crate::{Error, Real, Result};
@@ -81,6 +81,7 @@ pub(crate) struct RBuffers<T> {
     pub rs: Vec<Vec<T>>,
     pub ry: Vec<Vec<T>>,
     pub rdelta: Vec<Vec<T>>,
+    pub saved: Vec<[Vec<T>; 2]>,
     pub sc: RScratch<T>,
 }
 
@@ -187,6 +188,7 @@ impl<T: Real> HessianOperator<T> {
                 .iter()
                 .map(|l| vec![T::zero(); batch * l.out_features()])
                 .collect(),
+            saved: saved_cols(layers, batch),
             sc: RScratch::new(layers, batch),
         };
         let mut op = HessianOperator {
@@ -439,6 +441,7 @@ fn r_pass<T: Real>(
             &argmax[i],
             &mut bufs.rs[i],
             &mut ry_rest[0],
+            &mut bufs.saved[i],
             &mut bufs.sc,
         );
     }
@@ -479,6 +482,7 @@ fn r_pass<T: Real>(
             out,
             rdx,
             gauss_newton,
+            &bufs.saved[i],
             &mut bufs.sc,
         );
     }

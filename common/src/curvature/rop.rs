@@ -21,13 +21,13 @@ use crate::device::cpu::{col2im, gemm, im2col};
 use crate::model::{Activation, Layer, ParamLayout};
 use crate::Real;
 
-/// Scratch buffers of the R-passes, shared by all layers: an im2col matrix and two convolution
-/// outputs in `[out_channels, batch·ho·wo]` layout.
+/// Scratch buffers of the R-passes, shared by all layers: an im2col matrix, room for two stacked
+/// convolution outputs in `[out_channels, batch·ho·wo]` layout, and a stacked weight pair.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RScratch<T> {
     pub cols: Vec<T>,
     pub conv_a: Vec<T>,
-    pub conv_b: Vec<T>,
+    pub stack: Vec<T>,
 }
 
 impl<T: Real> RScratch<T> {
@@ -39,10 +39,21 @@ impl<T: Real> RScratch<T> {
             .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
         RScratch {
             cols: vec![T::zero(); cols],
-            conv_a: vec![T::zero(); conv],
-            conv_b: vec![T::zero(); conv],
+            conv_a: vec![T::zero(); 2 * conv],
+            stack: Vec::new(),
         }
     }
+}
+
+/// Per-layer im2col buffers kept from the R-forward to the R-backward (empty for non-convolutions).
+pub(crate) fn saved_cols<T: Real>(layers: &[Layer], batch: usize) -> Vec<[Vec<T>; 2]> {
+    layers
+        .iter()
+        .map(|l| {
+            let (cols, _) = l.scratch_len(batch);
+            [vec![T::zero(); cols], vec![T::zero(); cols]]
+        })
+        .collect()
 }
 
 /// φ′ expressed through the output y: ReLU 1[y > 0] (PyTorch's `threshold_backward`), tanh 1 − y²,
@@ -80,7 +91,8 @@ fn nchw_to_channel_major<T: Real>(
 }
 
 impl Layer {
-    /// R-forward of one layer for `batch` samples. `v` is the full flat direction; `rx` is R{x} (None
+    /// R-forward of one layer for `batch` samples. A convolution leaves the im2col matrices of x
+    /// and R{x} in `saved` for [`Layer::r_backward`]. `v` is the full flat direction; `rx` is R{x} (None
     /// when the input does not depend on θ, i.e. for the first layer); `y` and `argmax` are the
     /// forward pass's output and pool winners. Writes R{s} into `rs` and R{y} into `ry` (for
     /// max-pool only `ry`).
@@ -97,6 +109,7 @@ impl Layer {
         argmax: &[u32],
         rs: &mut [T],
         ry: &mut [T],
+        saved: &mut [Vec<T>; 2],
         sc: &mut RScratch<T>,
     ) {
         let out = batch * self.out_features();
@@ -157,7 +170,9 @@ impl Layer {
                 let ncols = batch * plane;
                 let wr = layout.tensors[tensor].range();
                 let vb = &v[layout.tensors[tensor + 1].range()];
-                let cols = &mut sc.cols[..r * ncols];
+                // The im2col matrices of x and R{x} are kept in `saved` for the R-backward.
+                let [cols_x, cols_rx] = saved;
+                let cols = &mut cols_x[..r * ncols];
                 let conv = &mut sc.conv_a[..out_channels * ncols];
                 im2col(x, batch, in_channels, height, width, kernel, padding, cols);
                 gemm(
@@ -173,6 +188,7 @@ impl Layer {
                     conv,
                 );
                 if let Some(rx) = rx {
+                    let cols = &mut cols_rx[..r * ncols];
                     im2col(rx, batch, in_channels, height, width, kernel, padding, cols);
                     gemm(
                         false,
@@ -217,7 +233,7 @@ impl Layer {
 
     /// R-backward of one layer. On entry `rdelta` holds R{δ} (δ = ∂L/∂y); it is turned in place into
     /// R{ds}. `ds` is the ordinary backward's ∂L/∂s of this layer (for max-pool: ∂L/∂y), `rs` the
-    /// R-forward's R{s}. The layer's block of H·v (or G·v) times `alpha` is added into `hv` (full
+    /// R-forward's R{s}; `saved` what the R-forward left there. The layer's block of H·v (or G·v) times `alpha` is added into `hv` (full
     /// length P); R{δ} of the layer's input is written into `rdx` when given. With `gauss_newton`
     /// the terms in ds are dropped.
     #[allow(clippy::too_many_arguments)]
@@ -238,6 +254,7 @@ impl Layer {
         hv: &mut [T],
         rdx: Option<&mut [T]>,
         gauss_newton: bool,
+        saved: &[Vec<T>; 2],
         sc: &mut RScratch<T>,
     ) {
         let out = batch * self.out_features();
@@ -345,14 +362,16 @@ impl Layer {
                 let ncols = batch * plane;
                 let wr = layout.tensors[tensor].range();
                 let br = layout.tensors[tensor + 1].range();
-                let rdconv = &mut sc.conv_a[..out_channels * ncols];
+                // conv_a holds [R{dconv}; dconv] (2·O × ncols) so that R{dcols} = Wᵀ·R{dconv} + Vᵀ·dconv
+                // is one product with the stacked [W; V] (inner dimension 2·O).
+                let (rdconv, dconv) =
+                    sc.conv_a[..2 * out_channels * ncols].split_at_mut(out_channels * ncols);
                 nchw_to_channel_major(rds, batch, out_channels, plane, rdconv);
                 for (o, h) in hv[br].iter_mut().enumerate() {
                     let s: T = rdconv[o * ncols..(o + 1) * ncols].iter().copied().sum();
                     *h += alpha * s;
                 }
-                let cols = &mut sc.cols[..r * ncols];
-                im2col(x, batch, in_channels, height, width, kernel, padding, cols);
+                // im2col of x and R{x}, saved by the R-forward.
                 gemm(
                     false,
                     true,
@@ -361,15 +380,13 @@ impl Layer {
                     ncols,
                     alpha,
                     rdconv,
-                    cols,
+                    &saved[0][..r * ncols],
                     T::one(),
                     &mut hv[wr.clone()],
                 );
-                let dconv = &mut sc.conv_b[..out_channels * ncols];
                 if second_order {
                     nchw_to_channel_major(&ds[..out], batch, out_channels, plane, dconv);
-                    if let Some(rx) = rx {
-                        im2col(rx, batch, in_channels, height, width, kernel, padding, cols);
+                    if rx.is_some() {
                         gemm(
                             false,
                             true,
@@ -378,26 +395,32 @@ impl Layer {
                             ncols,
                             alpha,
                             dconv,
-                            cols,
+                            &saved[1][..r * ncols],
                             T::one(),
                             &mut hv[wr.clone()],
                         );
                     }
                 }
                 if let Some(rdx) = rdx {
-                    gemm(
-                        true,
-                        false,
-                        r,
-                        ncols,
-                        out_channels,
-                        T::one(),
-                        &params[wr.clone()],
-                        rdconv,
-                        T::zero(),
-                        cols,
-                    );
+                    let cols = &mut sc.cols[..r * ncols];
                     if second_order {
+                        let wlen = out_channels * r;
+                        sc.stack.resize(2 * wlen, T::zero());
+                        sc.stack[..wlen].copy_from_slice(&params[wr.clone()]);
+                        sc.stack[wlen..].copy_from_slice(&v[wr]);
+                        gemm(
+                            true,
+                            false,
+                            r,
+                            ncols,
+                            2 * out_channels,
+                            T::one(),
+                            &sc.stack,
+                            &sc.conv_a[..2 * out_channels * ncols],
+                            T::zero(),
+                            cols,
+                        );
+                    } else {
                         gemm(
                             true,
                             false,
@@ -405,9 +428,9 @@ impl Layer {
                             ncols,
                             out_channels,
                             T::one(),
-                            &v[wr],
-                            dconv,
-                            T::one(),
+                            &params[wr],
+                            &sc.conv_a[..out_channels * ncols],
+                            T::zero(),
                             cols,
                         );
                     }

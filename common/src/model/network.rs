@@ -64,7 +64,7 @@ impl Network {
         ws
     }
 
-    pub(crate) fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
+    fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
         if ws.batch >= batch && ws.acts.len() == self.layers.len() {
             return;
         }
