@@ -312,12 +312,15 @@ impl<T: Real> HessianOperator<T> {
         self.mode
     }
 
-    /// H·v, exact: `out` ← H·v.
+    /// `out` ← H·v with H = ∂²L/∂θ², exact (Pearlmutter 1994: forward-mode differentiation of the
+    /// forward and backward pass, see [`super::rop`]); v and out have length P. Cost: the R-passes
+    /// only (about one gradient) when the forward/backward passes are cached.
     pub fn hvp(&mut self, v: &[T], out: &mut [T]) {
         self.products(&[v], &mut [out], Curvature::Hessian);
     }
 
-    /// G·v, the Gauss–Newton product: `out` ← G·v.
+    /// `out` ← G·v with G = (1/n)·Σᵢ Jᵢᵀ·Aᵢ·Jᵢ, Aᵢ = diag(pᵢ) − pᵢ·pᵢᵀ (Schraudolph 2002): the R-forward
+    /// gives J·v, the loss R-operator A·J·v, and an ordinary backward pass Jᵀ·(A·J·v).
     pub fn gnvp(&mut self, v: &[T], out: &mut [T]) {
         self.products(&[v], &mut [out], Curvature::GaussNewton);
     }
