@@ -50,7 +50,7 @@ pub(crate) fn saved_cols<T: Real>(layers: &[Layer], batch: usize) -> Vec<[Vec<T>
     layers
         .iter()
         .map(|l| {
-            let (cols, _) = l.scratch_len(batch);
+            let (cols, _) = l.batched_scratch_len(batch);
             [vec![T::zero(); cols], vec![T::zero(); cols]]
         })
         .collect()
