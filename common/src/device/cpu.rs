@@ -170,16 +170,29 @@ pub fn blas_threads() -> usize {
 /// call), as the median of `reps` timed calls after a warm-up. Benchmarks divide their FLOPs by this
 /// rate to print the compute floor next to their measured time.
 pub fn measure_sgemm_gflops(m: usize, n: usize, k: usize, reps: usize) -> f64 {
+    measure_gemm_gflops(false, false, m, n, k, reps)
+}
+
+/// [`measure_sgemm_gflops`] for C = op(A)·op(B) with the operands stored transposed as in
+/// [`gemm`], so a benchmark can measure the rate of the exact products its hot path makes.
+pub fn measure_gemm_gflops(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32) * 0.01).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i % 89) as f32) * 0.01).collect();
     let mut c = vec![0f32; m * n];
     for _ in 0..3 {
-        gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+        gemm(trans_a, trans_b, m, n, k, 1.0, &a, &b, 0.0, &mut c);
     }
     let mut times: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = std::time::Instant::now();
-            gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+            gemm(trans_a, trans_b, m, n, k, 1.0, &a, &b, 0.0, &mut c);
             t.elapsed().as_secs_f64()
         })
         .collect();

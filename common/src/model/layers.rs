@@ -436,10 +436,10 @@ fn add_scalar_activate<T: Real>(row: &mut [T], b: T, activation: Activation) {
 fn activation_backward<T: Real>(activation: Activation, y: &[T], dy: &mut [T]) {
     match activation {
         Activation::Relu => {
+            // A select, not a branch: half the units are off in no predictable pattern, and a
+            // branch per element mispredicts about half the time.
             for (d, &v) in dy.iter_mut().zip(y) {
-                if v <= T::zero() {
-                    *d = T::zero();
-                }
+                *d = if v > T::zero() { *d } else { T::zero() };
             }
         }
         Activation::Tanh => {
