@@ -6,28 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod support;
 
-/// `target/release/<tool>` next to this test executable (target/release/deps/…), built on demand.
-fn tool(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", name])
-            .current_dir(workspace())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building {name} failed");
-    }
-    path
+fn workspace() -> PathBuf {
+    support::repo()
 }
 
 fn fixture(name: &str) -> String {
@@ -46,7 +28,7 @@ fn data_dir() -> String {
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(tool("hessian-trace"))
+    let mut child = Command::new(support::tool_path("hessian-trace"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -4,25 +4,52 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 
-/// The folder holding the release binaries: the test executable lives in `<target>/release/deps`.
+/// The folder holding the built tools: the test executable lives in `<target>/<profile>/deps`.
+/// When a tool is missing (plain `cargo test` builds test targets, not every package's binary),
+/// the workspace's binaries are built once, in the same profile.
 pub fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    assert!(
-        dir.join("train").is_file(),
-        "{}: the tools are not built; run `cargo build --release --workspace --bins` first (make test does)",
-        dir.display()
-    );
+    if !dir.join("train").is_file() || !dir.join("report").is_file() {
+        BUILT.get_or_init(|| {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(repo())
+                .args(["build", "--workspace", "--bins"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().expect("run cargo build").success(),
+                "cargo build --bins failed"
+            );
+        });
+    }
     dir
 }
 
+/// The path of a built tool.
+pub fn tool_path(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is not built", path.display());
+    path
+}
+
+/// Runs `name args…` in the repository root with `stdin` and returns its output.
+pub fn run_tool(name: &str, args: &[&str], stdin: &str) -> Output {
+    let mut c = tool(name);
+    c.args(args);
+    run_with_input(c, stdin.as_bytes())
+}
+
 pub fn tool(name: &str) -> Command {
-    let mut c = Command::new(bin_dir().join(name));
+    let mut c = Command::new(tool_path(name));
     c.current_dir(repo());
     c
 }
