@@ -127,8 +127,7 @@ fn main() {
     // The fused update pass (noise drawn block by block, drift, step, MALA sums, shift of the
     // previous step).
     let mut w = ck.params.clone();
-    let mut prev = ck.params.clone();
-    let mut prev_half = vec![0f32; p];
+    let mut step = vec![0f32; p];
     let coef = StepCoefficients {
         half_eps: 5e-5,
         sqrt_eps: 1e-2,
@@ -142,15 +141,14 @@ fn main() {
                 let t = Instant::now();
                 let sums = update(
                     &mut w,
-                    &mut prev,
-                    &mut prev_half,
+                    &mut step,
                     &ck.params,
                     &grad,
                     &mut source,
                     &coef,
                     None,
                 );
-                std::hint::black_box(sums.proposal_diff);
+                std::hint::black_box(sums.step_dot_drift);
                 t.elapsed().as_secs_f64()
             })
             .collect(),

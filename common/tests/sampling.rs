@@ -208,6 +208,15 @@ fn step_and_acceptance_replayed_by_hand() {
         "{} vs {expect}",
         t.acceptance[0]
     );
+    // The second transition b → c uses the sums carried over from the first step.
+    let expect = (logq(&b, &c) - logq(&c, &b) + energy(&b) - energy(&c))
+        .exp()
+        .min(1.0);
+    assert!(
+        (t.acceptance[1] - expect).abs() < 1e-3,
+        "{} vs {expect}",
+        t.acceptance[1]
+    );
 }
 
 /// The draw's loss is the minibatch loss at the pre-step weights: the first draw is L_m(w*) on the

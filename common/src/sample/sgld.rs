@@ -143,8 +143,8 @@ pub fn run_chain<P: Potential>(
     let mut noise_source = NoiseSource::from_stream(&mut rng);
     let mut state = potential.chain_state();
     let mut w = w_star.to_vec();
-    let mut prev = w_star.to_vec();
-    let mut prev_half_step = vec![0f32; dim];
+    // Δ_t = w_t − w_{t−1} (zero before the first step).
+    let mut step_taken = vec![0f32; dim];
     let mut grad = vec![0f32; dim];
     let coef = StepCoefficients {
         half_eps: 0.5 * cfg.step_size as f32,
@@ -158,6 +158,8 @@ pub fn run_chain<P: Potential>(
     let mut acceptance = Vec::with_capacity(cfg.draws * cfg.thin);
     let mut diverged_at = None;
     let mut prev_loss = f64::NAN;
+    // The previous step's sums: Δ_t·h_{t−1}, ‖h_{t−1}‖² and ‖w_{t−1} − w*‖² − ‖w_t − w*‖².
+    let mut prev_sums: Option<UpdateSums> = None;
 
     for step in 0..cfg.steps() {
         let loss = potential.loss_and_gradient(&mut state, &mut rng, &w, &mut grad);
@@ -176,23 +178,27 @@ pub fn run_chain<P: Potential>(
         }
         let sums = update(
             &mut w,
-            &mut prev,
-            &mut prev_half_step,
+            &mut step_taken,
             w_star,
             &grad,
             &mut noise_source,
             &coef,
             cfg.bounding_box.map(|b| b as f32),
         );
-        if step > cfg.burn_in {
-            // Transition w_{t−1} → w_t (see `update` for the two sums).
-            let log_ratio = sums.proposal_diff / (2.0 * cfg.step_size)
+        if let Some(prev) = prev_sums.as_ref().filter(|_| step > cfg.burn_in) {
+            // Transition w_{t−1} → w_t (see `UpdateSums`).
+            let proposal_diff = 2.0 * (sums.step_dot_drift + prev.next_step_dot_drift)
+                + prev.drift_norm2
+                - sums.drift_norm2;
+            let log_ratio = proposal_diff / (2.0 * cfg.step_size)
                 + cfg.nbeta * (prev_loss - loss)
-                + 0.5 * cfg.localization * sums.localisation_diff;
+                + 0.5 * cfg.localization * prev.next_localisation_diff;
             acceptance.push(log_ratio.exp().min(1.0));
         }
         prev_loss = loss;
-        if !sums.finite {
+        let finite = sums.finite;
+        prev_sums = Some(sums);
+        if !finite {
             diverged_at = Some(draw.map_or(losses.len(), |d| d + 1));
             break;
         }
@@ -230,27 +236,37 @@ pub struct StepCoefficients {
     pub decay: f32,
 }
 
-/// What one update pass returns besides the new weights.
+/// What the update pass at step t returns besides w_{t+1} and Δ_{t+1}, with h_t = (ε/2)·d(w_t) and
+/// Δ_t = w_t − w_{t−1}.
+///
+/// The MALA log-ratio of the transition w_{t−1} → w_t needs
+/// F − R = ‖w_t − w_{t−1} + h_{t−1}‖² − ‖w_{t−1} − w_t + h_t‖² = 2Δ_t·(h_{t−1} + h_t) + ‖h_{t−1}‖² − ‖h_t‖²
+/// and ‖w_{t−1} − w*‖² − ‖w_t − w*‖² = −Δ_t·((w_{t−1} − w*) + (w_t − w*)). Every piece is an inner
+/// product of two vectors that exist together in one pass (Δ_t with h_t at step t; Δ_{t+1} with h_t and
+/// w_t at step t), so the sampler keeps one vector, Δ, instead of w_{t−1} and h_{t−1}: the pass reads
+/// four arrays and writes two. No piece is large next to the result (the norms ‖Δ‖² ≈ εP that would
+/// cancel are never formed), so f32 sums in blocks, added in f64, lose nothing that matters.
 pub struct UpdateSums {
-    /// F_{t−1} − R_t = ‖w_t − w_{t−1} + h_{t−1}‖² − ‖w_{t−1} − w_t + h_t‖² with h = (ε/2)·d, computed
-    /// as Σ (2Δ + h_{t−1} − h_t)(h_{t−1} + h_t), Δ = w_t − w_{t−1}: every term is small, so f32 sums in
-    /// blocks lose nothing that matters (the two norms themselves are ≈ ε·P and would cancel).
-    pub proposal_diff: f64,
-    /// ‖w_{t−1} − w*‖² − ‖w_t − w*‖² = Σ −Δ·((w_{t−1} − w*) + (w_t − w*)), for the same reason.
-    pub localisation_diff: f64,
+    /// Δ_t·h_t.
+    pub step_dot_drift: f64,
+    /// Δ_{t+1}·h_t.
+    pub next_step_dot_drift: f64,
+    /// ‖h_t‖².
+    pub drift_norm2: f64,
+    /// ‖w_t − w*‖² − ‖w_{t+1} − w*‖² = Σ −Δ_{t+1}·(2(w_t − w*) + Δ_{t+1}).
+    pub next_localisation_diff: f64,
+    /// Whether w_{t+1} is finite.
     pub finite: bool,
 }
 
 /// One fused pass over the parameters at step t, drawing the noise ξ block by block from `noise`:
-/// h = (ε/2)(nβ·g + γ(w − w*) + δ·w),
-/// w ← clamp(w − h + √ε·ξ), the MALA sums of the transition w_{t−1} → w_t, and the shift of
-/// `prev` ← w_t, `prev_half_step` ← h_t.
+/// h = (ε/2)(nβ·g + γ(w − w*) + δ·w), w ← clamp(w − h + √ε·ξ), `step` ← Δ_{t+1} = (new w) − (old w),
+/// and the sums of [`UpdateSums`] (`step` holds Δ_t on entry).
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 pub fn update(
     w: &mut [f32],
-    prev: &mut [f32],
-    prev_half_step: &mut [f32],
+    step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
     noise: &mut NoiseSource,
@@ -258,19 +274,65 @@ pub fn update(
     bound: Option<f32>,
 ) -> UpdateSums {
     match bound {
-        None => update_blocks::<false>(w, prev, prev_half_step, w_star, grad, noise, c, 0.0),
-        Some(b) => update_blocks::<true>(w, prev, prev_half_step, w_star, grad, noise, c, b),
+        None => update_blocks::<false>(w, step, w_star, grad, noise, c, 0.0),
+        Some(b) => update_blocks::<true>(w, step, w_star, grad, noise, c, b),
     }
 }
 
-/// [`update`] in blocks of 512, each summed in 8 independent f32 lanes (so the compiler vectorises
-/// the pass) and added to f64 accumulators.
+/// Lanes of the f32 partial sums: lane k sums the elements ≡ k (mod 8).
+const LANES: usize = 8;
+
+/// The f32 partial sums of one block (see [`UpdateSums`]).
+#[derive(Default)]
+struct LaneSums {
+    step_dot_drift: [f32; LANES],
+    next_step_dot_drift: [f32; LANES],
+    drift_norm2: [f32; LANES],
+    localisation: [f32; LANES],
+    check: [f32; LANES],
+}
+
+/// Eight parameters of [`update`]: fixed-size arrays without bounds checks, which the compiler turns
+/// into SIMD.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_lanes<const CLAMP: bool>(
+    w: &mut [f32; LANES],
+    step: &mut [f32; LANES],
+    w_star: &[f32; LANES],
+    grad: &[f32; LANES],
+    noise: &[f32; LANES],
+    c: &StepCoefficients,
+    bound: f32,
+    sums: &mut LaneSums,
+) {
+    for k in 0..LANES {
+        let wt = w[k];
+        let ws = w_star[k];
+        let delta = wt - ws;
+        let h = c.half_eps * (c.nbeta * grad[k] + c.gamma * delta + c.decay * wt);
+        let mut next = wt - h + c.sqrt_eps * noise[k];
+        if CLAMP {
+            next = next.clamp(ws - bound, ws + bound);
+        }
+        let next_step = next - wt;
+        sums.step_dot_drift[k] += step[k] * h;
+        sums.next_step_dot_drift[k] += next_step * h;
+        sums.drift_norm2[k] += h * h;
+        sums.localisation[k] += -next_step * (2.0 * delta + next_step);
+        sums.check[k] += next;
+        step[k] = next_step;
+        w[k] = next;
+    }
+}
+
+/// [`update`] in blocks of 512 (a multiple of the noise's round of 16, so the noise equals one fill
+/// of the whole vector), each summed in 8 f32 lanes and added to f64 accumulators.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn update_blocks<const CLAMP: bool>(
     w: &mut [f32],
-    prev: &mut [f32],
-    prev_half_step: &mut [f32],
+    step: &mut [f32],
     w_star: &[f32],
     grad: &[f32],
     noise_source: &mut NoiseSource,
@@ -278,81 +340,42 @@ fn update_blocks<const CLAMP: bool>(
     bound: f32,
 ) -> UpdateSums {
     const BLOCK: usize = 512;
-    const LANES: usize = 8;
-    let (mut proposal, mut localisation) = (0f64, 0f64);
+    let mut total = [0f64; 4];
     let mut finite = true;
     let n = w.len();
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
-        // This block's noise, drawn in order (blocks have even length, so the sequence equals one
-        // `fill` of the whole vector) and kept in L1.
+        // This block's noise, kept in L1.
         let mut noise_block = [0f32; BLOCK];
         noise_source.fill(&mut noise_block[..end - start]);
         let noise = &noise_block[..end - start];
-        let mut p_sum = [0f32; LANES];
-        let mut l_sum = [0f32; LANES];
-        let mut check = [0f32; LANES];
-        // Lane k of every accumulator sums elements ≡ k (mod 8): fixed-size arrays without bounds
-        // checks, which the compiler turns into SIMD.
-        let step_lanes = |wc: &mut [f32; LANES],
-                          pc: &mut [f32; LANES],
-                          hc: &mut [f32; LANES],
-                          sc: &[f32; LANES],
-                          gc: &[f32; LANES],
-                          nc: &[f32; LANES],
-                          p_sum: &mut [f32; LANES],
-                          l_sum: &mut [f32; LANES],
-                          check: &mut [f32; LANES]| {
-            for k in 0..LANES {
-                let wt = wc[k];
-                let wp = pc[k];
-                let hp = hc[k];
-                let ws = sc[k];
-                let delta = wt - ws;
-                let h = c.half_eps * (c.nbeta * gc[k] + c.gamma * delta + c.decay * wt);
-                let mut next = wt - h + c.sqrt_eps * nc[k];
-                if CLAMP {
-                    next = next.clamp(ws - bound, ws + bound);
-                }
-                let step = wt - wp;
-                p_sum[k] += (2.0 * step + hp - h) * (hp + h);
-                l_sum[k] += -step * ((wp - ws) + delta);
-                check[k] += next;
-                pc[k] = wt;
-                hc[k] = h;
-                wc[k] = next;
-            }
-        };
+        let mut sums = LaneSums::default();
         let whole = start + (end - start) / LANES * LANES;
         let mut i = start;
         while i < whole {
             let r = i..i + LANES;
-            step_lanes(
+            let o = i - start..i - start + LANES;
+            update_lanes::<CLAMP>(
                 (&mut w[r.clone()]).try_into().expect("8 lanes"),
-                (&mut prev[r.clone()]).try_into().expect("8 lanes"),
-                (&mut prev_half_step[r.clone()])
-                    .try_into()
-                    .expect("8 lanes"),
+                (&mut step[r.clone()]).try_into().expect("8 lanes"),
                 w_star[r.clone()].try_into().expect("8 lanes"),
-                grad[r.clone()].try_into().expect("8 lanes"),
-                noise[r.start - start..r.end - start]
-                    .try_into()
-                    .expect("8 lanes"),
-                &mut p_sum,
-                &mut l_sum,
-                &mut check,
+                grad[r].try_into().expect("8 lanes"),
+                noise[o].try_into().expect("8 lanes"),
+                c,
+                bound,
+                &mut sums,
             );
             i += LANES;
         }
-        // The tail (fewer than 8 elements): padded copies through the same code.
+        // The tail (fewer than 8 elements): zero-padded copies through the same code (padding
+        // contributes 0 to every sum).
         if whole < end {
             let m = end - whole;
-            let mut buf = [[0f32; LANES]; 6];
+            let mut pad = [[0f32; LANES]; 5];
             for (j, v) in [
                 &w[whole..end],
-                &prev[whole..end],
-                &prev_half_step[whole..end],
+                &step[whole..end],
                 &w_star[whole..end],
                 &grad[whole..end],
                 &noise[whole - start..end - start],
@@ -360,30 +383,26 @@ fn update_blocks<const CLAMP: bool>(
             .iter()
             .enumerate()
             {
-                buf[j][..m].copy_from_slice(v);
+                pad[j][..m].copy_from_slice(v);
             }
-            let [mut bw, mut bp, mut bh, bs, bg, bn] = buf;
-            let (mut tp, mut tl, mut tc) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-            step_lanes(
-                &mut bw, &mut bp, &mut bh, &bs, &bg, &bn, &mut tp, &mut tl, &mut tc,
-            );
-            for k in 0..m {
-                p_sum[k] += tp[k];
-                l_sum[k] += tl[k];
-                check[k] += tc[k];
-            }
-            w[whole..end].copy_from_slice(&bw[..m]);
-            prev[whole..end].copy_from_slice(&bp[..m]);
-            prev_half_step[whole..end].copy_from_slice(&bh[..m]);
+            let [mut pw, mut ps, pstar, pg, pn] = pad;
+            update_lanes::<CLAMP>(&mut pw, &mut ps, &pstar, &pg, &pn, c, bound, &mut sums);
+            w[whole..end].copy_from_slice(&pw[..m]);
+            step[whole..end].copy_from_slice(&ps[..m]);
         }
-        proposal += p_sum.iter().map(|&x| x as f64).sum::<f64>();
-        localisation += l_sum.iter().map(|&x| x as f64).sum::<f64>();
-        finite &= check.iter().all(|x| x.is_finite());
+        let add = |lanes: &[f32; LANES]| lanes.iter().map(|&x| x as f64).sum::<f64>();
+        total[0] += add(&sums.step_dot_drift);
+        total[1] += add(&sums.next_step_dot_drift);
+        total[2] += add(&sums.drift_norm2);
+        total[3] += add(&sums.localisation);
+        finite &= sums.check.iter().all(|x| x.is_finite());
         start = end;
     }
     UpdateSums {
-        proposal_diff: proposal,
-        localisation_diff: localisation,
+        step_dot_drift: total[0],
+        next_step_dot_drift: total[1],
+        drift_norm2: total[2],
+        next_localisation_diff: total[3],
         finite,
     }
 }
