@@ -42,9 +42,10 @@ def main():
         print("crosscheck-llc: devinterp is not importable (pip install devinterp); skipped")
         return 0
     mnist = os.path.join(args.data_dir, "mnist")
-    llc_bin = os.path.join(ROOT, "target/release/llc")
-    if not os.path.exists(llc_bin):
-        subprocess.run(["cargo", "build", "--release", "-p", "llc"], cwd=ROOT, check=True)
+    # The tool as built now (cargo is a no-op when it is up to date), where cargo puts it.
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    llc_bin = os.path.join(target, "release", "llc")
+    subprocess.run(["cargo", "build", "--release", "-p", "llc"], cwd=ROOT, check=True)
     seeds = [int(s) for s in args.seeds.split(",")]
 
     ours = []
