@@ -7,7 +7,7 @@
 //! - [`nbeta`]: the inverse temperature rules.
 //! - [`llc`], [`wbic`]: the estimators; [`calibrate`]: the ε × nβ (or γ) grid.
 //! - [`diagnostics`], [`estimate`]: R-hat, ESS, stationarity, the verdict.
-//! - [`noise`]: fast N(0, 1) noise (ziggurat); [`special`]: Φ and Φ⁻¹.
+//! - [`noise`]: fast N(0, 1) noise (Box–Muller, vectorised); [`special`]: Φ and Φ⁻¹.
 
 pub mod analytic;
 pub mod calibrate;
