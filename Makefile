@@ -9,6 +9,7 @@
 #   make check-cuda  type-check the CUDA build (no GPU needed)
 #   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
+#   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,7 +23,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# //'
+	@sed -n '3,13p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
@@ -80,6 +81,7 @@ crosscheck: build data crosscheck-torch
 
 # Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
 include mk/paper.mk
+include mk/beyond.mk
 
 crosscheck-torch: build
 	@if ! python3 -c 'import torch, safetensors' 2>/dev/null; then echo "crosscheck-torch: torch or safetensors not importable; skipped"; exit 0; fi; \

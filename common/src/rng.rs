@@ -21,6 +21,8 @@ pub enum Purpose {
     Probe,
     /// Labels drawn from the model (sampled Fisher).
     Labels,
+    /// Noise added to the update direction (`--direction-noise`; index = step).
+    DirectionNoise,
 }
 
 impl Purpose {
@@ -31,6 +33,7 @@ impl Purpose {
             Purpose::Chain => 0x3a3b_3c3d_0000_0003,
             Purpose::Probe => 0x4a4b_4c4d_0000_0004,
             Purpose::Labels => 0x5a5b_5c5d_0000_0005,
+            Purpose::DirectionNoise => 0x6a6b_6c6d_0000_0006,
         }
     }
 }

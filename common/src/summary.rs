@@ -57,7 +57,8 @@ pub struct Comparison {
 #[derive(Clone, Debug)]
 pub struct TableSpec {
     pub metric: String,
-    pub group: String,
+    /// Pointer(s) of the group; a record's group is their texts joined by spaces.
+    pub group: Vec<String>,
     pub label: Vec<String>,
     /// Epochs averaged per seed (empty: the last epoch of each seed).
     pub epochs: Vec<u64>,
@@ -82,7 +83,7 @@ pub fn summarise_table(records: &[Record], spec: &TableSpec) -> Table {
     let mut losses: BTreeMap<(String, String, u64), (u64, f64)> = BTreeMap::new();
     for r in records {
         let (Some(g), Some(l), Some(seed)) = (
-            text_at(r, &spec.group),
+            label_of(r, &spec.group),
             label_of(r, &spec.label),
             number_at(r, "/seed"),
         ) else {
@@ -266,9 +267,10 @@ impl Table {
                     })
                     .unwrap_or_default();
                 let value = if c.sd.is_finite() {
-                    format!("{:.2} ± {:.2}", c.mean, c.sd)
+                    let scale = c.mean.abs().max(c.sd);
+                    format!("{} ± {}", short(c.mean, scale), short(c.sd, scale))
                 } else {
-                    format!("{:.2}", c.mean)
+                    short(c.mean, c.mean)
                 };
                 out += &format!(
                     "| {g} | {l} | {} | {value} | {paper_v} | {} | {} | {} | {} | {miss} |\n",
@@ -287,6 +289,65 @@ impl Table {
         }
         out
     }
+}
+
+/// `x` with about four significant digits of `scale`: two decimals from 10 up (16.31), more below
+/// (0.9712, 2.514), and exponent notation outside [1e-3, 1e5) (2.500e-4).
+fn short(x: f64, scale: f64) -> String {
+    let a = scale.abs();
+    if !x.is_finite() || a == 0.0 {
+        return format!("{x:.2}");
+    }
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{x:.3e}");
+    }
+    let decimals = (3 - a.log10().floor() as i64).max(2) as usize;
+    format!("{x:.decimals$}")
+}
+
+/// Records with a finite `metric` at one of `epochs` (every epoch when empty).
+fn with_metric<'a>(records: &'a [Record], metric: &str, epochs: &[u64]) -> Vec<(&'a Record, f64)> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let at_epoch = epochs.is_empty()
+                || number_at(r, "/epoch").is_some_and(|e| epochs.contains(&(e as u64)));
+            let v = number_at(r, metric)?;
+            at_epoch.then_some((r, v))
+        })
+        .collect()
+}
+
+/// The record with the smallest `metric` (the largest with `maximize`) among those at `epochs`
+/// (every record when empty); ties go to the first in input order; records without a finite
+/// metric are skipped. `None` when no record qualifies.
+pub fn best_record<'a>(
+    records: &'a [Record],
+    metric: &str,
+    epochs: &[u64],
+    maximize: bool,
+) -> Option<&'a Record> {
+    let mut best: Option<(&Record, f64)> = None;
+    for (r, v) in with_metric(records, metric, epochs) {
+        let better = match best {
+            None => true,
+            Some((_, b)) => (maximize && v > b) || (!maximize && v < b),
+        };
+        if better {
+            best = Some((r, v));
+        }
+    }
+    best.map(|(r, _)| r)
+}
+
+/// The mean of `metric` over the records at `epochs` (every record when empty) that have it
+/// finite, and their number; `None` when there are none.
+pub fn metric_mean(records: &[Record], metric: &str, epochs: &[u64]) -> Option<(f64, usize)> {
+    let v: Vec<f64> = with_metric(records, metric, epochs)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    (!v.is_empty()).then(|| (mean(&v), v.len()))
 }
 
 fn escape(s: &str) -> String {
@@ -355,7 +416,7 @@ mod tests {
         }
         let spec = TableSpec {
             metric: "/llc/mean".into(),
-            group: "/model/name".into(),
+            group: vec!["/model/name".into()],
             label: vec!["/optimizer/name".into()],
             epochs: vec![19, 20],
             baseline: "sgd".into(),
@@ -386,5 +447,42 @@ mod tests {
         assert_eq!(c[0].points[0].0, 1.0);
         assert!((c[0].points[0].1 - 2.0).abs() < 1e-12);
         assert_eq!(c[0].points[0].3, 3);
+    }
+
+    #[test]
+    fn best_record_and_mean() {
+        let rs: Vec<Record> = [(1, 0.5, "a"), (2, 0.3, "b"), (2, 0.3, "c"), (2, 0.9, "d")]
+            .iter()
+            .map(|(e, l, n)| rec(json!({"epoch": e, "test_loss": l, "name": n})))
+            .chain([rec(json!({"epoch": 2, "test_loss": null, "name": "e"}))])
+            .collect();
+        let name = |r: Option<&Record>| r.and_then(|r| text_at(r, "/name"));
+        assert_eq!(
+            name(best_record(&rs, "/test_loss", &[], false)),
+            Some("b".into())
+        );
+        assert_eq!(
+            name(best_record(&rs, "/test_loss", &[2], true)),
+            Some("d".into())
+        );
+        assert_eq!(
+            name(best_record(&rs, "/test_loss", &[1], false)),
+            Some("a".into())
+        );
+        assert!(best_record(&rs, "/test_loss", &[3], false).is_none());
+        let (m, n) = metric_mean(&rs, "/test_loss", &[2]).unwrap();
+        assert_eq!(n, 3);
+        assert!((m - 0.5).abs() < 1e-15);
+        assert!(metric_mean(&rs, "/missing", &[]).is_none());
+    }
+
+    #[test]
+    fn short_numbers_keep_four_digits() {
+        assert_eq!(short(16.314, 16.314), "16.31");
+        assert_eq!(short(0.59, 16.3), "0.59");
+        assert_eq!(short(0.97123, 0.97123), "0.9712");
+        assert_eq!(short(0.0021, 0.97), "0.0021");
+        assert_eq!(short(2.5e-4, 2.5e-4), "2.500e-4");
+        assert_eq!(short(1.5e6, 1.5e6), "1.500e6");
     }
 }

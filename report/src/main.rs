@@ -1,9 +1,11 @@
 //! `report`: turn JSON-lines runs into tables and figures.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use common::io::{read_records, Record};
-use common::summary::{summarise_curves, summarise_table, TableSpec};
+use common::summary::{
+    best_record, metric_mean, summarise_curves, summarise_table, text_at, TableSpec,
+};
 use serde_json::{json, Value};
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -25,6 +27,10 @@ chart OUT.svg / OUT.png.
 `curves` plots the metric against a number (the epoch, a hyperparameter) per label, mean over seeds
 with a ±1 sd band, to OUT.svg / OUT.png and OUT.json.
 
+`best` prints a field of the record where the metric is smallest (--max: largest), and `mean` the
+mean of the metric over the records, one line on stdout each, for Makefiles that choose a setting
+from runs (a damping by the lowest final test loss, a noise level from a measurement).
+
 Examples:
 
   The paper's table: LLC averaged over epochs 19 and 20, NGD against SGD per architecture:
@@ -36,7 +42,11 @@ Examples:
     $ report curves --metric /hessian/trace --x /epoch --out results/trace-hessian runs/trace/*.jsonl
 
   The smoothing sweep, LLC against NGD's alpha on a log axis:
-    $ report curves --metric /llc/mean --x /optimizer/alpha --log-x --out results/alpha runs/smooth/*.jsonl";
+    $ report curves --metric /llc/mean --x /optimizer/alpha --log-x --out results/alpha runs/smooth/*.jsonl
+
+  The damping of a sweep whose test loss at epoch 5 is lowest, and a mean over every epoch:
+    $ report best --metric /test_loss --epochs 5 --print /optimizer/damping_value runs/damping/*.jsonl
+    $ report mean --metric /ngd_shadow_difference runs/noise-level.jsonl";
 
 #[derive(Parser, Debug)]
 #[command(name = "report", version, about = "Tables and figures from JSON-lines runs", long_about = LONG_ABOUT)]
@@ -55,9 +65,9 @@ enum Command {
         /// Epochs averaged per seed, comma-separated [default: each seed's last epoch].
         #[arg(long, value_delimiter = ',')]
         epochs: Vec<u64>,
-        /// JSON pointer of the grouping field (one table block per value).
-        #[arg(long, default_value = "/model/name")]
-        group: String,
+        /// JSON pointer(s) of the grouping field (one table block per value; repeat to combine).
+        #[arg(long, default_values_t = ["/model/name".to_string()])]
+        group: Vec<String>,
         /// JSON pointer(s) of the label (repeat to combine fields).
         #[arg(long, default_values_t = ["/optimizer/name".to_string()])]
         label: Vec<String>,
@@ -95,6 +105,44 @@ enum Command {
         out: PathBuf,
         files: Vec<PathBuf>,
     },
+    /// Print a field of the record with the smallest (or largest) metric.
+    Best {
+        /// JSON pointer of the number compared.
+        #[arg(long)]
+        metric: String,
+        /// Only records of these epochs, comma-separated [default: every record].
+        #[arg(long, value_delimiter = ',')]
+        epochs: Vec<u64>,
+        /// The largest instead of the smallest.
+        #[arg(long)]
+        max: bool,
+        /// JSON pointer of the field printed [default: the whole record].
+        #[arg(long)]
+        print: Option<String>,
+        /// JSON-lines files of records [default: stdin].
+        files: Vec<PathBuf>,
+    },
+    /// Print the mean of a metric over the records.
+    Mean {
+        /// JSON pointer of the number averaged.
+        #[arg(long)]
+        metric: String,
+        /// Only records of these epochs, comma-separated [default: every record].
+        #[arg(long, value_delimiter = ',')]
+        epochs: Vec<u64>,
+        /// JSON-lines files of records [default: stdin].
+        files: Vec<PathBuf>,
+    },
+}
+
+/// "at epochs 5, 6" or "" for the error messages of `best` and `mean`.
+fn at_epochs(epochs: &[u64]) -> String {
+    if epochs.is_empty() {
+        String::new()
+    } else {
+        let e: Vec<String> = epochs.iter().map(u64::to_string).collect();
+        format!(" at epochs {}", e.join(", "))
+    }
 }
 
 fn main() -> ExitCode {
@@ -124,8 +172,51 @@ fn load(files: &[PathBuf]) -> Result<Vec<Record>> {
 }
 
 fn run(args: Args) -> Result<()> {
-    plot::register_font()?;
     match args.command {
+        Command::Best {
+            metric,
+            epochs,
+            max,
+            print,
+            files,
+        } => {
+            let records = load(&files)?;
+            let Some(r) = best_record(&records, &metric, &epochs, max) else {
+                bail!(
+                    "no record has a finite {metric}{} ({} records read)",
+                    at_epochs(&epochs),
+                    records.len()
+                );
+            };
+            match print {
+                None => println!("{}", serde_json::to_string(r)?),
+                Some(p) => match text_at(r, &p) {
+                    Some(t) => println!("{t}"),
+                    None => bail!("the chosen record has no {p}"),
+                },
+            }
+            return Ok(());
+        }
+        Command::Mean {
+            metric,
+            epochs,
+            files,
+        } => {
+            let records = load(&files)?;
+            let Some((m, _)) = metric_mean(&records, &metric, &epochs) else {
+                bail!(
+                    "no record has a finite {metric}{} ({} records read)",
+                    at_epochs(&epochs),
+                    records.len()
+                );
+            };
+            println!("{m}");
+            return Ok(());
+        }
+        _ => plot::register_font()?,
+    }
+    match args.command {
+        Command::Best { .. } | Command::Mean { .. } => unreachable!("handled above"),
         Command::Table {
             metric,
             epochs,

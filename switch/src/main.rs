@@ -108,7 +108,7 @@ fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
         name: opt.to_string(),
         ..OptimizerSettings::default()
     };
-    settings.exact.seed = seed;
+    settings.set_seed(seed);
     let mut name = None;
     let mut batch_size = None;
     for kv in rest.split(',').filter(|s| !s.is_empty()) {

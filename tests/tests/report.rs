@@ -69,3 +69,65 @@ fn table_and_curves_from_records() {
     assert_eq!(j["curves"].as_array().unwrap().len(), 2);
     assert!(std::fs::metadata(dir.join("c.png")).unwrap().len() > 1000);
 }
+
+/// `best` prints a field of the record with the lowest metric at the chosen epochs, `mean` the mean;
+/// both fail with one line when nothing qualifies. `table` groups by several pointers.
+#[test]
+fn best_mean_and_combined_groups() {
+    let dir = scratch("report-best");
+    let mut lines = String::new();
+    for (damping, losses) in [(0.01, [0.9, 0.2]), (0.1, [0.3, 0.25]), (1.0, [0.1, 0.4])] {
+        for (epoch, loss) in [1, 2].iter().zip(losses) {
+            lines += &format!(
+                "{{\"dataset\":\"mnist\",\"model\":{{\"name\":\"m\"}},\"variant\":\"v\",\"seed\":1,\"epoch\":{epoch},\"optimizer\":{{\"damping_value\":{damping}}},\"test_loss\":{loss}}}\n"
+            );
+        }
+    }
+    let input = dir.join("sweep.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let best = |extra: &[&str]| {
+        let mut c = tool("report");
+        c.args(["best", "--metric", "/test_loss"])
+            .args(extra)
+            .arg(&input);
+        run(c)
+    };
+    let o = best(&["--epochs", "2", "--print", "/optimizer/damping_value"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0.01\n");
+    let o = best(&["--print", "/optimizer/damping_value"]);
+    assert_eq!(stdout(&o), "1\n");
+    let o = best(&["--epochs", "2", "--max", "--print", "/epoch"]);
+    assert_eq!(stdout(&o), "2\n");
+    let o = best(&["--epochs", "7"]);
+    assert_one_line_error(&o, &["no record has a finite /test_loss at epochs 7"]);
+
+    let mut c = tool("report");
+    c.args(["mean", "--metric", "/test_loss", "--epochs", "1"])
+        .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: f64 = stdout(&o).trim().parse().unwrap();
+    assert!((m - (0.9 + 0.3 + 0.1) / 3.0).abs() < 1e-12, "{m}");
+
+    let mut c = tool("report");
+    c.args([
+        "table",
+        "--metric",
+        "/test_loss",
+        "--group",
+        "/dataset",
+        "--group",
+        "/model/name",
+        "--label",
+        "/variant",
+        "--epochs",
+        "2",
+        "--out",
+    ])
+    .arg(dir.join("t"))
+    .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("| mnist m | v |"), "{}", stdout(&o));
+}

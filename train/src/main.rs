@@ -49,6 +49,11 @@ Examples:
   The paper's NGD from the same initialisation as the SGD run above (α = 0.01, η = 0.9):
     $ train --optimizer ngd --epochs 20 --seed 1 --out runs/ngd-1x128
 
+  The paper's NGD measuring how far its f32 directions are from an f64-state shadow's, and SGD
+  with isotropic noise of that relative size added to each tensor's gradient (the noise control):
+    $ train --optimizer ngd --ngd-shadow-f64 --epochs 3 --out runs/ngd-shadow
+    $ train --optimizer sgd --direction-noise 0.8 --variant sgd-noise --epochs 20 --out runs/noise
+
   Online NGD with its state in f64 and rank 10, or the exact natural gradient of the sampled
   Fisher (default damping λ = 0.01·tr(F)/P), rescaled to the gradient's norm:
     $ train --optimizer ngd --ngd-dtype f64 --ngd-rank 10 --epochs 20 --out runs/ngd-f64-r10
@@ -108,6 +113,19 @@ struct Args {
     /// L2 weight decay.
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
+    /// sgd: add isotropic Gaussian noise ξ to each tensor's gradient before the momentum step,
+    /// ‖ξ_t‖ = R·‖g_t‖ (seeded by --seed; 0 = none). The noise control for NGD's rounding.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    direction_noise: f64,
+    /// sgd: R for one tensor, NAME=R (e.g. 1.bias=0.9), overriding --direction-noise there;
+    /// repeat or separate by commas.
+    #[arg(long, value_name = "NAME=R", value_delimiter = ',')]
+    direction_noise_tensor: Vec<String>,
     /// Minibatch size (the last batch of an epoch may be smaller).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -123,6 +141,10 @@ struct Args {
     /// Run name in records [default: the --out folder's name].
     #[arg(long)]
     run: Option<String>,
+    /// A name for what this run is, put in every record and the checkpoint metadata as `variant`
+    /// (for tables comparing variants across seeds: report table --label /variant).
+    #[arg(long)]
+    variant: Option<String>,
     /// Start from this checkpoint's weights (fresh optimiser unless --resume).
     #[arg(long)]
     init: Option<PathBuf>,
@@ -246,7 +268,17 @@ fn run(args: Args) -> Result<()> {
         nesterov: !args.no_nesterov,
         weight_decay: args.weight_decay,
     };
-    let settings = args.ngd.settings(&args.optimizer, sgd, seed)?;
+    let mut settings = args.ngd.settings(&args.optimizer, sgd, seed)?;
+    settings.noise.relative = args.direction_noise;
+    for spec in &args.direction_noise_tensor {
+        let parsed = spec
+            .split_once('=')
+            .and_then(|(n, r)| Some((n.to_string(), r.parse::<f64>().ok()?)));
+        let Some(pair) = parsed else {
+            bail!("invalid --direction-noise-tensor {spec:?} (expected NAME=R, e.g. 1.bias=0.5)");
+        };
+        settings.noise.per_tensor.push(pair);
+    }
     let mut optimizer: Box<dyn Optimizer> = common::optim::build(&settings, &net)?;
 
     let start = match (&init, args.resume) {
@@ -337,7 +369,11 @@ fn run(args: Args) -> Result<()> {
         train_samples: args.train_samples,
         save_every: args.save_every,
         threads: args.threads,
-        extra: Default::default(),
+        extra: args
+            .variant
+            .iter()
+            .map(|v| ("variant".to_string(), Value::from(v.clone())))
+            .collect(),
         progress: !args.quiet,
     };
 

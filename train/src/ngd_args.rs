@@ -48,6 +48,11 @@ pub struct NgdArgs {
     /// ngd: element type of the preconditioner's state, f32 (as the paper ran) or f64.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f64"], help_heading = "Online NGD (--optimizer ngd)")]
     pub ngd_dtype: String,
+    /// ngd with f32 state: also run a shadow f64-state preconditioner on the same gradients
+    /// (never used for the update) and record how far apart the directions are,
+    /// ‖d_f32 − d_f64‖/‖g‖ per epoch, overall and per tensor.
+    #[arg(long, help_heading = "Online NGD (--optimizer ngd)")]
+    pub ngd_shadow_f64: bool,
     /// ngd-exact: Fisher of the minibatch, empirical (true labels) or sampled (labels drawn from
     /// the model, one per sample, seeded by --seed).
     #[arg(long, default_value = "empirical", value_parser = ["empirical", "sampled"], help_heading = "Exact NGD (--optimizer ngd-exact)")]
@@ -85,6 +90,7 @@ impl NgdArgs {
                 delta: self.ngd_delta,
                 rank: self.ngd_rank,
                 update_period: self.ngd_update_period,
+                shadow_f64: self.ngd_shadow_f64,
                 ..NgdConfig::default()
             },
             ..OptimizerSettings::default()
@@ -96,7 +102,7 @@ impl NgdArgs {
             self.damping_relative,
         )?;
         s.exact.preserve_norm = self.preserve_norm;
-        s.exact.seed = seed;
+        s.set_seed(seed);
         Ok(s)
     }
 }

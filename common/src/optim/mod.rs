@@ -5,6 +5,7 @@
 //! restored from an optimiser sidecar so that training resumes exactly.
 
 mod build;
+mod direction_noise;
 mod ngd;
 mod ngd_axis;
 mod ngd_exact;
@@ -13,6 +14,7 @@ mod sgd;
 mod sym_eigen;
 
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
+pub use direction_noise::{add_isotropic_noise, DirectionNoise, DirectionNoiseConfig};
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
 pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 pub use ngd_exact::{

@@ -6,6 +6,13 @@
 //! output of that axis's [`AxisPreconditioner`] (norm-preserving). Weight decay, when set, is added to
 //! the gradient before preconditioning, as ngd.py does. The preconditioner's state lives in f32 (as the
 //! paper ran) or f64 (`--ngd-dtype`).
+//!
+//! With `--ngd-shadow-f64` an f32-state run also keeps a shadow f64-state preconditioner that sees the
+//! same gradient g every step (after weight decay) and whose output is only compared, never used:
+//! per step it measures ‖d_f32 − d_f64‖/‖g‖ over all tensors and per tensor t, ‖d_f32,t − d_f64,t‖/‖g_t‖
+//! and cos(d_f32,t, d_f64,t), where d is the preconditioned (norm-rescaled) direction before the
+//! momentum stage, both as handed to that stage (rounded to f32). The f32 run's trajectory is the
+//! same bit for bit with or without the shadow.
 
 use super::ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 use super::{Batch, Optimizer, Sgd, SgdConfig};
@@ -50,6 +57,9 @@ pub struct NgdConfig {
     pub rank: Option<usize>,
     pub update_period: u64,
     pub dtype: NgdDtype,
+    /// Run a shadow f64-state preconditioner alongside the f32 one and record how far apart their
+    /// directions are (`--ngd-shadow-f64`; f32 state only).
+    pub shadow_f64: bool,
     /// The momentum stage (its weight decay is applied before preconditioning).
     pub sgd: SgdConfig,
 }
@@ -64,6 +74,7 @@ impl Default for NgdConfig {
             rank: None,
             update_period: 4,
             dtype: NgdDtype::F32,
+            shadow_f64: false,
             sgd: SgdConfig::default(),
         }
     }
@@ -105,6 +116,12 @@ impl NgdConfig {
         if self.rank == Some(0) {
             return Err(Error::invalid("invalid --ngd-rank 0 (must be >= 1)"));
         }
+        if self.shadow_f64 && self.dtype == NgdDtype::F64 {
+            return Err(Error::invalid(
+                "--ngd-shadow-f64 compares an f32-state run with an f64 shadow; this run's state is \
+                 already f64 (--ngd-dtype f64)",
+            ));
+        }
         Ok(())
     }
 
@@ -129,6 +146,9 @@ impl NgdConfig {
         });
         if let Value::Object(o) = v {
             m.extend(o);
+        }
+        if self.shadow_f64 {
+            m.insert("shadow_f64".into(), Value::from(true));
         }
         m
     }
@@ -301,10 +321,11 @@ impl<T: NgdReal> Preconditioners<T> {
         }
     }
 
-    fn state(&self, layout: &ParamLayout, out: &mut BTreeMap<String, Vec<f32>>) {
+    /// The state under `<prefix>.<tensor>.axis<a>.<t|rho|d|W>` (f64 values stored bit-exactly).
+    fn state(&self, layout: &ParamLayout, prefix: &str, out: &mut BTreeMap<String, Vec<f32>>) {
         for (spec, tp) in layout.tensors.iter().zip(&self.tensors) {
             for (a, p) in &tp.axes {
-                let key = |what: &str| format!("ngd.{}.axis{a}.{what}", spec.name);
+                let key = |what: &str| format!("{prefix}.{}.axis{a}.{what}", spec.name);
                 out.insert(key("t"), encode_f64(&[p.t as f64]));
                 out.insert(key("rho"), encode_f64(&[p.rho]));
                 out.insert(key("d"), encode_f64(&to_f64(&p.d)));
@@ -313,14 +334,21 @@ impl<T: NgdReal> Preconditioners<T> {
         }
     }
 
-    fn load_state(&mut self, layout: &ParamLayout, st: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+    /// Restores [`Preconditioners::state`]; `missing` says what a missing key means.
+    fn load_state(
+        &mut self,
+        layout: &ParamLayout,
+        prefix: &str,
+        missing: &str,
+        st: &BTreeMap<String, Vec<f32>>,
+    ) -> Result<()> {
         for (spec, tp) in layout.tensors.iter().zip(self.tensors.iter_mut()) {
             for (a, p) in tp.axes.iter_mut() {
-                let key = |what: &str| format!("ngd.{}.axis{a}.{what}", spec.name);
+                let key = |what: &str| format!("{prefix}.{}.axis{a}.{what}", spec.name);
                 let get = |what: &str, len: usize| -> Result<Vec<f64>> {
                     let k = key(what);
                     let v = st.get(&k).ok_or_else(|| {
-                        Error::invalid(format!("optimiser state lacks {k} (not an NGD sidecar?)"))
+                        Error::invalid(format!("optimiser state lacks {k} ({missing})"))
                     })?;
                     let v = decode_f64(v);
                     if v.len() != len {
@@ -351,7 +379,7 @@ fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
 
 /// f64 values stored exactly in an f32 sidecar tensor: each value as two 32-bit words (low, high)
 /// reinterpreted as f32 bit patterns.
-fn encode_f64(v: &[f64]) -> Vec<f32> {
+pub(super) fn encode_f64(v: &[f64]) -> Vec<f32> {
     v.iter()
         .flat_map(|x| {
             let b = x.to_bits();
@@ -360,7 +388,7 @@ fn encode_f64(v: &[f64]) -> Vec<f32> {
         .collect()
 }
 
-fn decode_f64(v: &[f32]) -> Vec<f64> {
+pub(super) fn decode_f64(v: &[f32]) -> Vec<f64> {
     v.chunks_exact(2)
         .map(|p| f64::from_bits(p[0].to_bits() as u64 | ((p[1].to_bits() as u64) << 32)))
         .collect()
@@ -372,6 +400,142 @@ struct EpochStats {
     ratio_sum: f64,
     ratio_count: u64,
     tensors: Vec<TensorStats>,
+}
+
+impl EpochStats {
+    fn new(tensors: usize) -> Self {
+        EpochStats {
+            tensors: vec![TensorStats::default(); tensors],
+            ..Default::default()
+        }
+    }
+}
+
+/// The running comparison of the shadow with the f32 run over an epoch.
+#[derive(Clone, Debug)]
+struct ShadowStats {
+    /// Steps and Σ ‖d_f32 − d_f64‖/‖g‖ over all tensors.
+    steps: u64,
+    overall_sum: f64,
+    /// Per tensor: Σ ‖d_f32,t − d_f64,t‖/‖g_t‖ and Σ cos(d_f32,t, d_f64,t), with their counts.
+    diff_sum: Vec<f64>,
+    diff_count: Vec<u64>,
+    cos_sum: Vec<f64>,
+    cos_count: Vec<u64>,
+}
+
+impl ShadowStats {
+    fn new(tensors: usize) -> Self {
+        ShadowStats {
+            steps: 0,
+            overall_sum: 0.0,
+            diff_sum: vec![0.0; tensors],
+            diff_count: vec![0; tensors],
+            cos_sum: vec![0.0; tensors],
+            cos_count: vec![0; tensors],
+        }
+    }
+}
+
+/// The shadow f64 preconditioner of `--ngd-shadow-f64`.
+#[derive(Clone, Debug)]
+struct Shadow {
+    pre: Preconditioners<f64>,
+    /// The gradient, then the shadow's direction.
+    direction: Vec<f32>,
+    /// ‖g_t‖² per tensor of this step.
+    grad_sq: Vec<f64>,
+    /// The shadow's own preconditioner statistics (not reported).
+    own_stats: EpochStats,
+    stats: ShadowStats,
+}
+
+impl Shadow {
+    fn new(layout: &ParamLayout, cfg: &NgdConfig) -> Self {
+        let n = layout.tensors.len();
+        Shadow {
+            pre: Preconditioners::new(layout, cfg),
+            direction: Vec::new(),
+            grad_sq: vec![0.0; n],
+            own_stats: EpochStats::new(n),
+            stats: ShadowStats::new(n),
+        }
+    }
+
+    /// Keeps a copy of the gradient g (after weight decay) before the f32 preconditioner runs.
+    fn see_gradient(&mut self, layout: &ParamLayout, grad: &[f32]) {
+        self.direction.clear();
+        self.direction.extend_from_slice(grad);
+        for (sq, spec) in self.grad_sq.iter_mut().zip(&layout.tensors) {
+            *sq = grad[spec.range()]
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum();
+        }
+    }
+
+    /// Preconditions the kept gradient in f64 and compares with the f32 run's direction `d32`.
+    fn compare(&mut self, layout: &ParamLayout, d32: &[f32]) {
+        let mut d64 = std::mem::take(&mut self.direction);
+        self.pre.precondition(layout, &mut d64, &mut self.own_stats);
+        let s = &mut self.stats;
+        let (mut diff_total, mut grad_total) = (0.0, 0.0);
+        for (t, spec) in layout.tensors.iter().enumerate() {
+            let (mut diff, mut dot, mut n32, mut n64) = (0.0, 0.0, 0.0, 0.0);
+            for (&a, &b) in d32[spec.range()].iter().zip(&d64[spec.range()]) {
+                let (a, b) = (a as f64, b as f64);
+                diff += (a - b) * (a - b);
+                dot += a * b;
+                n32 += a * a;
+                n64 += b * b;
+            }
+            let g = self.grad_sq[t];
+            diff_total += diff;
+            grad_total += g;
+            if g > 0.0 {
+                s.diff_sum[t] += (diff / g).sqrt();
+                s.diff_count[t] += 1;
+            }
+            if n32 > 0.0 && n64 > 0.0 {
+                s.cos_sum[t] += dot / (n32 * n64).sqrt();
+                s.cos_count[t] += 1;
+            }
+        }
+        if grad_total > 0.0 {
+            s.overall_sum += (diff_total / grad_total).sqrt();
+            s.steps += 1;
+        }
+        self.direction = d64;
+    }
+
+    /// `ngd_shadow_difference` into `m`; `shadow_difference` and `shadow_cosine` into each tensor's
+    /// entry of `per`; then starts the next epoch's statistics.
+    fn take_epoch_stats(
+        &mut self,
+        layout: &ParamLayout,
+        m: &mut Map<String, Value>,
+        per: &mut Map<String, Value>,
+    ) {
+        let n = layout.tensors.len();
+        let s = std::mem::replace(&mut self.stats, ShadowStats::new(n));
+        self.own_stats = EpochStats::new(n);
+        m.insert(
+            "ngd_shadow_difference".into(),
+            json_f64(s.overall_sum / s.steps as f64),
+        );
+        for (t, spec) in layout.tensors.iter().enumerate() {
+            if let Some(Value::Object(e)) = per.get_mut(&spec.name) {
+                e.insert(
+                    "shadow_difference".into(),
+                    json_f64(s.diff_sum[t] / s.diff_count[t] as f64),
+                );
+                e.insert(
+                    "shadow_cosine".into(),
+                    json_f64(s.cos_sum[t] / s.cos_count[t] as f64),
+                );
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -386,6 +550,7 @@ pub struct Ngd {
     pub config: NgdConfig,
     layout: ParamLayout,
     pre: AnyPreconditioners,
+    shadow: Option<Box<Shadow>>,
     sgd: Sgd,
     stats: EpochStats,
     total_nan_fallbacks: u64,
@@ -407,6 +572,9 @@ impl Ngd {
             config,
             layout: layout.clone(),
             pre,
+            shadow: config
+                .shadow_f64
+                .then(|| Box::new(Shadow::new(layout, &config))),
             sgd,
             stats: EpochStats {
                 tensors: vec![TensorStats::default(); layout.tensors.len()],
@@ -425,9 +593,15 @@ impl Ngd {
             }
         }
         let before = self.stats.nan_fallbacks;
+        if let Some(shadow) = &mut self.shadow {
+            shadow.see_gradient(&self.layout, grad);
+        }
         match &mut self.pre {
             AnyPreconditioners::F32(p) => p.precondition(&self.layout, grad, &mut self.stats),
             AnyPreconditioners::F64(p) => p.precondition(&self.layout, grad, &mut self.stats),
+        }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.compare(&self.layout, grad);
         }
         self.total_nan_fallbacks += self.stats.nan_fallbacks - before;
     }
@@ -453,22 +627,37 @@ impl Optimizer for Ngd {
     fn state(&self) -> BTreeMap<String, Vec<f32>> {
         let mut m = self.sgd.state();
         match &self.pre {
-            AnyPreconditioners::F32(p) => p.state(&self.layout, &mut m),
-            AnyPreconditioners::F64(p) => p.state(&self.layout, &mut m),
+            AnyPreconditioners::F32(p) => p.state(&self.layout, "ngd", &mut m),
+            AnyPreconditioners::F64(p) => p.state(&self.layout, "ngd", &mut m),
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.pre.state(&self.layout, "ngd_shadow", &mut m);
         }
         m
     }
     fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
         self.sgd.load_state(state)?;
+        let missing = "not an NGD sidecar?";
         match &mut self.pre {
-            AnyPreconditioners::F32(p) => p.load_state(&self.layout, state),
-            AnyPreconditioners::F64(p) => p.load_state(&self.layout, state),
+            AnyPreconditioners::F32(p) => p.load_state(&self.layout, "ngd", missing, state)?,
+            AnyPreconditioners::F64(p) => p.load_state(&self.layout, "ngd", missing, state)?,
         }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.pre.load_state(
+                &self.layout,
+                "ngd_shadow",
+                "the run was trained without --ngd-shadow-f64; resume without it",
+                state,
+            )?;
+        }
+        Ok(())
     }
     /// `ngd_nan_fallbacks` (axis calls whose output was NaN and that returned the raw gradient),
     /// `ngd_norm_ratio` (mean ‖X̂‖/‖X‖ before rescaling over all axis calls), and per tensor the mean
     /// cosine between the preconditioned direction and the gradient and the mean fraction of the
-    /// factor's rank on the floor (over refreshes and axes).
+    /// factor's rank on the floor (over refreshes and axes). With the shadow also
+    /// `ngd_shadow_difference` (mean ‖d_f32 − d_f64‖/‖g‖ over the epoch's steps) and per tensor
+    /// `shadow_difference` (mean ‖d_f32,t − d_f64,t‖/‖g_t‖) and `shadow_cosine`.
     fn take_epoch_stats(&mut self) -> Map<String, Value> {
         let s = std::mem::take(&mut self.stats);
         let mut m = Map::new();
@@ -486,6 +675,9 @@ impl Optimizer for Ngd {
                     "rank_on_floor": json_f64(t.floor_sum / t.floor_count as f64),
                 }),
             );
+        }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.take_epoch_stats(&self.layout, &mut m, &mut per);
         }
         m.insert("ngd_tensors".into(), Value::Object(per));
         self.stats.tensors = vec![TensorStats::default(); self.layout.tensors.len()];
@@ -576,6 +768,102 @@ mod tests {
             }
             assert_eq!(pa, pb, "{dtype:?}");
         }
+    }
+
+    /// The shadow leaves the f32 run's directions untouched and reports the distance to an
+    /// independent f64-state run on the same gradients; its state resumes exactly.
+    #[test]
+    fn shadow_measures_the_f64_run_and_leaves_the_f32_run_alone() {
+        use crate::model::{Activation, Architecture, Network};
+        let net = Network::new(Architecture::Mlp {
+            input: 9,
+            hidden: vec![7],
+            classes: 4,
+            activation: Activation::Relu,
+        });
+        let layout = &net.layout;
+        let p = net.num_params();
+        let shadowed_cfg = NgdConfig {
+            shadow_f64: true,
+            ..Default::default()
+        };
+        let mut plain = Ngd::new(NgdConfig::default(), layout).unwrap();
+        let mut shadowed = Ngd::new(shadowed_cfg, layout).unwrap();
+        let mut f64_run = Ngd::new(
+            NgdConfig {
+                dtype: NgdDtype::F64,
+                ..Default::default()
+            },
+            layout,
+        )
+        .unwrap();
+        let grad = |k: usize| -> Vec<f32> {
+            (0..p)
+                .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin() * (1.0 + (k % 3) as f32))
+                .collect()
+        };
+        let params = vec![0.1f32; p];
+        let steps = 13;
+        let (mut overall, mut per) = (0.0, vec![0.0; layout.tensors.len()]);
+        for k in 0..steps {
+            let g = grad(k);
+            let (mut a, mut b, mut c) = (g.clone(), g.clone(), g.clone());
+            plain.precondition(&params, &mut a);
+            shadowed.precondition(&params, &mut b);
+            f64_run.precondition(&params, &mut c);
+            assert_eq!(a, b, "step {k}: the shadow changed the f32 direction");
+            let dist = |r: std::ops::Range<usize>| -> f64 {
+                let d: f64 = a[r.clone()]
+                    .iter()
+                    .zip(&c[r.clone()])
+                    .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+                    .sum();
+                let n: f64 = g[r].iter().map(|&x| (x as f64).powi(2)).sum();
+                (d / n).sqrt()
+            };
+            overall += dist(0..p);
+            for (t, spec) in layout.tensors.iter().enumerate() {
+                per[t] += dist(spec.range());
+            }
+        }
+        let (sp, ss) = (plain.take_epoch_stats(), shadowed.take_epoch_stats());
+        let got = ss["ngd_shadow_difference"].as_f64().unwrap();
+        assert!(
+            got > 0.0 && (got - overall / steps as f64).abs() < 1e-12,
+            "{got}"
+        );
+        for (t, spec) in layout.tensors.iter().enumerate() {
+            let e = &ss["ngd_tensors"][&spec.name];
+            let d = e["shadow_difference"].as_f64().unwrap();
+            assert!((d - per[t] / steps as f64).abs() < 1e-12, "{}", spec.name);
+            assert!(e["shadow_cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-12);
+            assert_eq!(e["cosine"], sp["ngd_tensors"][&spec.name]["cosine"]);
+        }
+        assert_eq!(ss["ngd_nan_fallbacks"], sp["ngd_nan_fallbacks"]);
+        // The sidecar holds the f32 state as without the shadow, plus the shadow's; both resume.
+        let (st_plain, st_shadow) = (plain.state(), shadowed.state());
+        for (k, v) in &st_plain {
+            assert_eq!(st_shadow.get(k), Some(v), "{k}");
+        }
+        assert!(st_shadow.keys().any(|k| k.starts_with("ngd_shadow.")));
+        let mut resumed = Ngd::new(shadowed_cfg, layout).unwrap();
+        resumed.load_state(&st_shadow).unwrap();
+        for k in steps..steps + 5 {
+            let (mut a, mut b) = (grad(k), grad(k));
+            shadowed.precondition(&params, &mut a);
+            resumed.precondition(&params, &mut b);
+            assert_eq!(a, b);
+        }
+        assert_eq!(
+            shadowed.take_epoch_stats()["ngd_shadow_difference"],
+            resumed.take_epoch_stats()["ngd_shadow_difference"]
+        );
+        let e = Ngd::new(shadowed_cfg, layout)
+            .unwrap()
+            .load_state(&st_plain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ngd-shadow-f64"), "{e}");
     }
 
     /// The transposed storage (a tensor's first axis, read in place) gives the same result as the

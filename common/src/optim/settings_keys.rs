@@ -4,7 +4,7 @@ use super::{Damping, FisherKind, NgdDtype, OptimizerSettings};
 use crate::{Error, Result};
 
 /// The keys [`OptimizerSettings::set`] knows: `train`'s flag names without the dashes.
-pub const SETTING_KEYS: [&str; 16] = [
+pub const SETTING_KEYS: [&str; 18] = [
     "lr",
     "momentum",
     "dampening",
@@ -21,6 +21,8 @@ pub const SETTING_KEYS: [&str; 16] = [
     "damping",
     "damping-relative",
     "preserve-norm",
+    "direction-noise",
+    "ngd-shadow-f64",
 ];
 
 fn number(key: &str, value: &str) -> Result<f64> {
@@ -72,6 +74,8 @@ impl OptimizerSettings {
             "damping" => self.exact.damping = Damping::Absolute(number(key, value)?),
             "damping-relative" => self.exact.damping = Damping::Relative(number(key, value)?),
             "preserve-norm" => self.exact.preserve_norm = boolean(key, value)?,
+            "direction-noise" => self.noise.relative = number(key, value)?,
+            "ngd-shadow-f64" => self.ngd.shadow_f64 = boolean(key, value)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown setting '{key}' (known: {})",

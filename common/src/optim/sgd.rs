@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with PyTorch's semantics.
 
-use super::{Batch, Optimizer};
+use super::{Batch, DirectionNoise, Optimizer};
 use crate::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -78,11 +78,13 @@ impl SgdConfig {
 /// d ← d + μ·buf (Nesterov) or d ← buf;  θ ← θ − lr·d.
 ///
 /// Each operation is rounded in f32 in PyTorch's order. It is also the momentum stage of the paper's
-/// NGD, applied to the preconditioned gradient.
+/// NGD, applied to the preconditioned gradient. As an optimiser of its own it can add
+/// [`DirectionNoise`] to the gradient first (`--direction-noise`).
 #[derive(Clone, Debug)]
 pub struct Sgd {
     pub config: SgdConfig,
     buffer: Option<Vec<f32>>,
+    noise: Option<DirectionNoise>,
 }
 
 impl Sgd {
@@ -91,7 +93,15 @@ impl Sgd {
         Ok(Sgd {
             config,
             buffer: None,
+            noise: None,
         })
+    }
+
+    /// The same optimiser with `noise` added to every gradient before the momentum stage (by
+    /// [`Optimizer::step`]; [`Sgd::apply`] stays noise-free).
+    pub fn with_direction_noise(mut self, noise: DirectionNoise) -> Self {
+        self.noise = Some(noise);
+        self
     }
 
     /// Applies the update for direction `d` (modified in place).
@@ -142,9 +152,16 @@ impl Optimizer for Sgd {
         "sgd"
     }
     fn hyperparameters(&self) -> Map<String, Value> {
-        self.config.to_json()
+        let mut m = self.config.to_json();
+        if let Some(n) = &self.noise {
+            m.extend(n.config.to_json());
+        }
+        m
     }
     fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+        if let Some(n) = &mut self.noise {
+            n.perturb(grad);
+        }
         self.apply(params, grad);
         Ok(())
     }
@@ -153,11 +170,24 @@ impl Optimizer for Sgd {
         if let Some(b) = &self.buffer {
             m.insert("sgd.momentum_buffer".to_string(), b.clone());
         }
+        if let Some(n) = &self.noise {
+            n.state(&mut m);
+        }
         m
     }
     fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
         self.buffer = state.get("sgd.momentum_buffer").cloned();
+        if let Some(n) = &mut self.noise {
+            n.load_state(state)?;
+        }
         Ok(())
+    }
+    /// With noise: `direction_noise_ratio` (see [`DirectionNoise::take_epoch_stats`]).
+    fn take_epoch_stats(&mut self) -> Map<String, Value> {
+        self.noise
+            .as_mut()
+            .map(DirectionNoise::take_epoch_stats)
+            .unwrap_or_default()
     }
 }
 
