@@ -10,7 +10,7 @@
 #                              sgd-noise        SGD plus isotropic noise of the size of NGD's f32-f64 difference
 #                            each with λ̂, the exact Hessian trace at the last epoch, test loss and accuracy and the
 #                            NGD diagnostics; tables in $(BEYOND_RESULTS)/ (summary.md has them all)
-#   make beyond-damping      ngd-exact's relative damping per Fisher: the lowest test loss after a short sweep
+#   make beyond-damping      ngd-exact's relative damping per Fisher: the lowest training loss after a short sweep
 #   make beyond-noise-level  R = ‖d_f32 − d_f64‖/‖g‖ of the online NGD, measured with a shadow f64 preconditioner
 #   make beyond-quick        the whole pipeline, small, in a couple of minutes ($(RESULTS)/beyond-quick/)
 #
@@ -80,10 +80,10 @@ $(BEYOND_RUNS)/damping/%.jsonl:
 $(foreach f,$(BEYOND_FISHERS),$(eval $(BEYOND_RUNS)/damping-$(f).txt: \
 	$(filter $(BEYOND_RUNS)/damping/$(f)-%,$(BEYOND_DAMPING_RUNS))))
 
-# The chosen relative damping: the lowest test loss at the sweep's last epoch (the test split, which this
-# toolkit uses as its validation set; ties go to the first damping listed).
+# The chosen relative damping: the lowest training loss at the sweep's last epoch (the optimiser's own
+# objective; the test split is what the table reports, so it does not choose; ties go to the first listed).
 $(BEYOND_RUNS)/damping-%.txt:
-	$(BIN)/report best --metric /test_loss --epochs $(BEYOND_DAMPING_EPOCHS) --print /optimizer/damping_value \
+	$(BIN)/report best --metric /train_loss --epochs $(BEYOND_DAMPING_EPOCHS) --print /optimizer/damping_value \
 	  $^ < /dev/null > $@.tmp
 	@mv $@.tmp $@
 
@@ -93,12 +93,12 @@ beyond-damping: build data
 	@for f in $(BEYOND_FISHERS); do \
 	  echo "ngd-exact, $$f Fisher: relative damping $$(cat $(BEYOND_RUNS)/damping-$$f.txt 2>/dev/null || echo '(none)')"; done
 
-# Test loss at the sweep's last epoch, one block per Fisher, one row per damping.
+# Training loss at the sweep's last epoch, one block per Fisher, one row per damping.
 .PHONY: beyond-damping-table
 beyond-damping-table:
-	$(BIN)/report table --metric /test_loss --epochs $(BEYOND_DAMPING_EPOCHS) --group /optimizer/fisher \
+	$(BIN)/report table --metric /train_loss --epochs $(BEYOND_DAMPING_EPOCHS) --group /optimizer/fisher \
 	  --label /optimizer/damping_value --baseline none \
-	  --title "ngd-exact: test loss at epoch $(BEYOND_DAMPING_EPOCHS) against the relative damping ($(BEYOND_DAMPING_ARCH), seed $(BEYOND_DAMPING_SEED))" \
+	  --title "ngd-exact: training loss at epoch $(BEYOND_DAMPING_EPOCHS) against the relative damping ($(BEYOND_DAMPING_ARCH), seed $(BEYOND_DAMPING_SEED))" \
 	  --out $(BEYOND_RESULTS)/damping $(call existing,$(BEYOND_DAMPING_RUNS)) < /dev/null > /dev/null
 
 # ---- the noise level -------------------------------------------------------------------------------
@@ -172,7 +172,7 @@ beyond-report:
 	@runs="$(call existing,$(BEYOND_TABLE_RUNS))"; sum=$(BEYOND_RESULTS)/summary.md; \
 	{ echo "# Beyond the paper: six optimisers from the same initialisations"; echo; \
 	  echo "$(words $(BEYOND_SEEDS)) seeds, $(BEYOND_EPOCHS) epochs$(if $(TRAIN_SAMPLES), on the first $(TRAIN_SAMPLES) training samples); λ̂ averaged over epochs $(BEYOND_LLC_EPOCHS) ($(BEYOND_LLC_DRAWS) draws), every other number at epoch $(BEYOND_EPOCHS). Rows: mean ± sd over seeds; Welch's t and wins (seeds where the variant's value is higher) against sgd, paired by seed."; echo; \
-	  echo "Relative damping of ngd-exact: empirical $(call beyond_damping,EMPIRICAL,empirical), sampled $(call beyond_damping,SAMPLED,sampled) ($(if $(BEYOND_DAMPING_EMPIRICAL)$(BEYOND_DAMPING_SAMPLED),given,lowest test loss of the sweep, damping.md)); $(BEYOND_EXACT_FLAGS). Noise control: R = $(beyond_noise) ($(if $(BEYOND_NOISE),given,mean ‖d_f32 − d_f64‖/‖g‖ of the online NGD measured by its f64 shadow))."; echo; \
+	  echo "Relative damping of ngd-exact: empirical $(call beyond_damping,EMPIRICAL,empirical), sampled $(call beyond_damping,SAMPLED,sampled) ($(if $(BEYOND_DAMPING_EMPIRICAL)$(BEYOND_DAMPING_SAMPLED),given,lowest training loss of the sweep, damping.md)); $(BEYOND_EXACT_FLAGS). Noise control: R = $(beyond_noise) ($(if $(BEYOND_NOISE),given,mean ‖d_f32 − d_f64‖/‖g‖ of the online NGD measured by its f64 shadow))."; echo; \
 	} > $$sum.tmp 2>/dev/null; \
 	for m in $(BEYOND_METRICS); do \
 	  name=$${m%%:*}; ptr=$${m#*:}; out=$(BEYOND_RESULTS)/$$name; epochs=$(BEYOND_EPOCHS); \
