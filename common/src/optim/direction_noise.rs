@@ -7,7 +7,7 @@
 //!
 //! so ‖ξ_t‖ = R_t·‖g_t‖ exactly (ξ is computed in f64, the sum rounded to f32) and ξ_t's direction is
 //! uniform on the sphere, independent of g_t. A tensor whose gradient is zero gets no noise. z is drawn
-//! by SGLD's ziggurat ([`NoiseSource::fill`], f32 variates) seeded from the stream
+//! by SGLD's noise source ([`NoiseSource::fill`], Box–Muller, f32 variates) seeded from the stream
 //! `(seed, DirectionNoise, step)` (step = the optimiser's steps so far, from 0), tensor
 //! after tensor in layout order, so the noise depends only on the run seed and the step: the same for
 //! every run of the command, independent of the initialisation and shuffling streams, and resumable by
