@@ -188,6 +188,27 @@ beyond-report:
 	@for m in llc trace test-loss test-acc; do echo "## $$m"; cat $(BEYOND_RESULTS)/$$m.md 2>/dev/null; done
 	@echo "make: all tables in $(BEYOND_RESULTS)/summary.md"
 
+# ---- the committed records ------------------------------------------------------------------------------
+# The runs' records (a few kB each, no checkpoints), the damping and noise-level choices are kept in git under
+# $(BEYOND_RECORDS), so that a fresh clone can rebuild the tables or continue the table where it stopped:
+#   make beyond-save      copies them from $(BEYOND_RUNS) into $(BEYOND_RECORDS)
+#   make beyond-restore   copies them back and marks the runs newer than their inputs, so make keeps them
+BEYOND_RECORDS ?= $(BEYOND_RESULTS)/records
+.PHONY: beyond-save beyond-restore
+beyond-save:
+	@mkdir -p $(BEYOND_RECORDS)
+	@cd $(BEYOND_RUNS) && find . \( \( -path './table/*' -name 's*.jsonl' \) -o -path './damping/*.jsonl' -o -name 'damping-*.txt' \
+	  -o -name 'noise-level.txt' -o -name 'noise-level.jsonl' \) ! -name '*.tmp' -print0 \
+	  | xargs -0 -I{} sh -c 'mkdir -p "$(abspath $(BEYOND_RECORDS))/$$(dirname {})" && cp {} "$(abspath $(BEYOND_RECORDS))/{}"'
+	@echo "make: $$(find $(BEYOND_RECORDS)/table -name 's*.jsonl' | wc -l) run records saved in $(BEYOND_RECORDS)"
+beyond-restore:
+	@mkdir -p $(BEYOND_RUNS)
+	@cp -R $(BEYOND_RECORDS)/. $(BEYOND_RUNS)/
+	@find $(BEYOND_RUNS)/damping $(BEYOND_RUNS)/noise-level.jsonl -exec touch {} + 2>/dev/null || true
+	@touch $(BEYOND_RUNS)/damping-*.txt $(BEYOND_RUNS)/noise-level.txt 2>/dev/null || true
+	@find $(BEYOND_RUNS)/table -name 's*.jsonl' -exec touch {} + 2>/dev/null || true
+	@echo "make: $$(find $(BEYOND_RUNS)/table -name 's*.jsonl' | wc -l) run records restored into $(BEYOND_RUNS)"
+
 # ---- the quick version -----------------------------------------------------------------------------
 beyond-quick: build data
 	$(call timed,$(MAKE) -k beyond-table BEYOND_RUNS=$(RUNS)/beyond-quick BEYOND_RESULTS=$(RESULTS)/beyond-quick \
