@@ -183,6 +183,14 @@ beyond-report:
 	    cat $$out.md >> $$sum.tmp; rm -f $$out.err; \
 	  else echo "(no table: $$(cat $$out.err))" >> $$sum.tmp; rm -f $$out.err; fi; echo >> $$sum.tmp; \
 	done; \
+	for m in llc:/llc/llc trace:/hessian/trace test-loss:/test_loss; do \
+	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$(BEYOND_EPOCHS); [ $$name = llc ] && epochs=$(call beyond_epochs,$(BEYOND_LLC_EPOCHS)); \
+	  echo "## $$name against ngd-f32 (does the f64 state change it?): $$ptr, epochs $$epochs" >> $$sum.tmp; echo >> $$sum.tmp; \
+	  if $(BIN)/report table --metric $$ptr --epochs $$epochs --group /dataset --group /model/name --label /variant \
+	      --baseline ngd-f32 --title "$$ptr at epochs $$epochs, against ngd-f32" --out $(BEYOND_RESULTS)/$$name-vs-ngd-f32 \
+	      $$runs < /dev/null > /dev/null 2>/dev/null; then cat $(BEYOND_RESULTS)/$$name-vs-ngd-f32.md >> $$sum.tmp; \
+	  else echo "(no table)" >> $$sum.tmp; fi; echo >> $$sum.tmp; \
+	done; \
 	mv $$sum.tmp $$sum
 	@if [ -n "$(call existing,$(BEYOND_DAMPING_RUNS))" ]; then $(MAKE) --no-print-directory beyond-damping-table; fi
 	@for m in llc trace test-loss test-acc; do echo "## $$m"; cat $(BEYOND_RESULTS)/$$m.md 2>/dev/null; done
