@@ -158,7 +158,7 @@ beyond-table: build data
 	@$(MAKE) --no-print-directory beyond-report
 
 # name:pointer of each table; λ̂ is averaged over the LLC epochs, everything else is the last epoch's.
-BEYOND_METRICS := llc:/llc/llc trace:/hessian/trace test-loss:/test_loss test-acc:/test_acc \
+BEYOND_METRICS := llc:/llc/llc trace:/hessian/trace test-loss:/test_loss test-acc:/test_acc train-loss:/train_loss \
 	ngd-nan-fallbacks:/ngd_nan_fallbacks ngd-norm-ratio:/ngd_norm_ratio \
 	$(foreach t,$(BEYOND_TENSORS),ngd-cosine-$(subst .,-,$(t)):/ngd_tensors/$(t)/cosine) \
 	$(foreach t,$(BEYOND_TENSORS),ngd-rank-on-floor-$(subst .,-,$(t)):/ngd_tensors/$(t)/rank_on_floor) \
