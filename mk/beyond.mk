@@ -148,7 +148,7 @@ $(BEYOND_RUNS)/table/%.jsonl:
 	{ grep -vF "$$last" $@.llc.tmp || true; \
 	  grep -F "$$last" $@.llc.tmp | $(BIN)/hessian-trace --exact --data-dir $(DATA) --quiet; } > $@.tmp; \
 	rm -f $@.llc.tmp; \
-	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(BEYOND_EPOCHS)).safetensors' -delete; \
+	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(BEYOND_EPOCHS)).*' -delete; \
 	mv $@.tmp $@
 
 beyond-table-runs: $(BEYOND_TABLE_RUNS)

@@ -67,7 +67,7 @@ $(PAPER_RUNS)/table/%.jsonl:
 	  --seed $$seed $(samples_flag) --out $$dir --run $$arch-$$opt-s$$seed --quiet \
 	| grep -E '$(call epochs_re,$(TABLE_LLC_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed $$seed --data-dir $(DATA) --quiet > $@.tmp; \
-	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(lastword $(TABLE_EPOCHS))).safetensors' -delete; \
+	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(lastword $(TABLE_EPOCHS))).*' -delete; \
 	mv $@.tmp $@
 
 paper-table-runs: $(TABLE_RUNS)
@@ -77,9 +77,9 @@ paper-table: build data
 	$(BIN)/report table --metric /llc/llc --epochs $(subst $(space),$(comma),$(strip $(TABLE_LLC_EPOCHS))) \
 	  --group /model/name --label /optimizer/name --baseline sgd --paper results/paper-values.json \
 	  --title "LLC at epochs $(TABLE_LLC_EPOCHS): SGD vs NGD (MNIST)" --out $(RESULTS)/paper-table \
-	  $(call existing,$(TABLE_RUNS)) > /dev/null
+	  $(call existing,$(TABLE_RUNS)) < /dev/null > /dev/null
 	$(BIN)/report curves --metric /test_loss --x /epoch --label /model/name --label /optimizer/name \
-	  --title "test loss" --out $(RESULTS)/paper-table-test-loss $(call existing,$(TABLE_RUNS))
+	  --title "test loss" --out $(RESULTS)/paper-table-test-loss $(call existing,$(TABLE_RUNS)) < /dev/null
 	@cat $(RESULTS)/paper-table.md
 
 # ---- 2. smoothing sweeps --------------------------------------------------------------------------
@@ -100,7 +100,7 @@ $(PAPER_RUNS)/smoothing/%.jsonl:
 	  $(samples_flag) --out $$dir --run smoothing-$* --quiet \
 	| grep -E '$(call epochs_re,$(SMOOTH_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed 1 --data-dir $(DATA) --quiet > $@.tmp; \
-	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(SMOOTH_EPOCHS)).safetensors' -delete; \
+	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(SMOOTH_EPOCHS)).*' -delete; \
 	mv $@.tmp $@
 
 paper-smoothing-runs: $(SMOOTH_RUNS)
@@ -109,15 +109,15 @@ paper-smoothing: build data
 	$(call timed,$(MAKE) -k paper-smoothing-runs,paper-smoothing runs)
 	$(BIN)/report curves --metric /llc/llc --x /optimizer/alpha --label /optimizer/name --log-x \
 	  --title "LLC against NGD's alpha (MLP $(SMOOTH_ARCH), epoch $(SMOOTH_EPOCHS))" --out $(RESULTS)/paper-smoothing-alpha \
-	  $(call existing,$(PAPER_RUNS)/smoothing/alpha-*.jsonl)
+	  $(call existing,$(PAPER_RUNS)/smoothing/alpha-*.jsonl) < /dev/null
 	$(BIN)/report curves --metric /llc/llc --x /optimizer/epsilon --label /optimizer/name --log-x \
 	  --title "LLC against NGD's epsilon (alpha 0)" --out $(RESULTS)/paper-smoothing-epsilon \
-	  $(call existing,$(PAPER_RUNS)/smoothing/epsilon-*.jsonl)
+	  $(call existing,$(PAPER_RUNS)/smoothing/epsilon-*.jsonl) < /dev/null
 	$(BIN)/report curves --metric /llc/llc --x /optimizer/damping_value --label /optimizer/name --log-x \
 	  --title "LLC against ngd-exact's relative damping" --out $(RESULTS)/paper-smoothing-damping \
-	  $(call existing,$(PAPER_RUNS)/smoothing/damping-*.jsonl)
+	  $(call existing,$(PAPER_RUNS)/smoothing/damping-*.jsonl) < /dev/null
 	$(BIN)/report table --metric /llc/llc --group /model/name --label /run --baseline smoothing-sgd \
-	  --title "LLC at the last epoch, every smoothing setting" --out $(RESULTS)/paper-smoothing $(call existing,$(SMOOTH_RUNS)) > /dev/null
+	  --title "LLC at the last epoch, every smoothing setting" --out $(RESULTS)/paper-smoothing $(call existing,$(SMOOTH_RUNS)) < /dev/null > /dev/null
 
 # ---- 3. trace and λ̂ at every epoch ---------------------------------------------------------------
 TRACE_RUNS := $(foreach o,sgd ngd,$(PAPER_RUNS)/trace/mnist-mlp_2x256-$(o).jsonl $(PAPER_RUNS)/trace/fashion-mnist-mlp_2x128-$(o).jsonl)
@@ -140,7 +140,7 @@ paper-trace: build data
 	$(call timed,$(MAKE) -k paper-trace-runs,paper-trace runs)
 	for m in llc/llc:llc hessian/trace:hessian-trace test_loss:test-loss train_loss:train-loss; do \
 	  $(BIN)/report curves --metric /$${m%%:*} --x /epoch --label /dataset --label /optimizer/name \
-	    --title "/$${m%%:*} against epoch" --out $(RESULTS)/paper-trace-$${m##*:} $(call existing,$(TRACE_RUNS)); \
+	    --title "/$${m%%:*} against epoch" --out $(RESULTS)/paper-trace-$${m##*:} $(call existing,$(TRACE_RUNS)) < /dev/null; \
 	done
 
 # ---- 4. switching optimisers ---------------------------------------------------------------------
@@ -192,10 +192,10 @@ paper-cnn: build data
 	$(call timed,$(MAKE) -k paper-cnn-runs,paper-cnn runs)
 	$(BIN)/report table --metric /llc/llc --epochs $(subst $(space),$(comma),$(strip $(CNN_LLC_EPOCHS))) \
 	  --group /dataset --label /optimizer/name --baseline sgd --title "LeNet: LLC, SGD vs NGD" \
-	  --out $(RESULTS)/paper-cnn-llc $(call existing,$(CNN_RUNS)) > /dev/null
+	  --out $(RESULTS)/paper-cnn-llc $(call existing,$(CNN_RUNS)) < /dev/null > /dev/null
 	$(BIN)/report table --metric /hessian/trace --epochs $(subst $(space),$(comma),$(strip $(CNN_LLC_EPOCHS))) \
 	  --group /dataset --label /optimizer/name --baseline sgd --title "LeNet: Hessian trace, SGD vs NGD" \
-	  --out $(RESULTS)/paper-cnn-trace $(call existing,$(CNN_RUNS)) > /dev/null
+	  --out $(RESULTS)/paper-cnn-trace $(call existing,$(CNN_RUNS)) < /dev/null > /dev/null
 	@cat $(RESULTS)/paper-cnn-llc.md $(RESULTS)/paper-cnn-trace.md
 
 # ---- the quick version ---------------------------------------------------------------------------
