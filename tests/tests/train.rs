@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use support::*;
 
-fn train_small(out: &Path, extra: &[&str]) -> std::process::Output {
+fn train_two_epochs(out: &Path, extra: &[&str]) -> std::process::Output {
     let mut c = tool("train");
     c.args(["--data-dir"]).arg(small_data());
     c.args(["--hidden", "32", "--epochs", "2", "--quiet", "--out"])
@@ -22,7 +22,7 @@ fn train_small(out: &Path, extra: &[&str]) -> std::process::Output {
 #[test]
 fn trains_and_writes_records_and_checkpoints() {
     let dir = scratch("basic");
-    let o = train_small(&dir, &[]);
+    let o = train_two_epochs(&dir, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let recs = records(&o);
     assert_eq!(recs.len(), 2);
@@ -83,7 +83,7 @@ fn same_command_gives_byte_identical_checkpoints() {
     let a = scratch("det-a");
     let b = scratch("det-b");
     for d in [&a, &b] {
-        let o = train_small(d, &["--run", "same"]);
+        let o = train_two_epochs(d, &["--run", "same"]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     for f in [
@@ -98,7 +98,7 @@ fn same_command_gives_byte_identical_checkpoints() {
     }
     // A different seed gives different weights.
     let c = scratch("det-c");
-    assert!(train_small(&c, &["--run", "same", "--seed", "2"])
+    assert!(train_two_epochs(&c, &["--run", "same", "--seed", "2"])
         .status
         .success());
     assert_ne!(
@@ -110,7 +110,7 @@ fn same_command_gives_byte_identical_checkpoints() {
 #[test]
 fn resume_continues_exactly() {
     let full = scratch("resume-full");
-    assert!(train_small(&full, &["--run", "r"]).status.success());
+    assert!(train_two_epochs(&full, &["--run", "r"]).status.success());
     let part = scratch("resume-part");
     let o = {
         let mut c = tool("train");

@@ -10,17 +10,6 @@ use serde_json::Value;
 use std::path::Path;
 use support::*;
 
-fn train_small(out: &Path, epochs: &str, extra: &[&str]) -> std::process::Output {
-    let mut c = tool("train");
-    c.args(["--data-dir"]).arg(small_data());
-    c.args([
-        "--hidden", "32", "--epochs", epochs, "--quiet", "--run", "r", "--out",
-    ])
-    .arg(out);
-    c.args(extra);
-    run(c)
-}
-
 fn checkpoint(dir: &Path, epoch: usize) -> Vec<u8> {
     std::fs::read(dir.join(format!("epoch-{epoch:04}.safetensors"))).unwrap()
 }

@@ -6,19 +6,7 @@ mod support;
 
 use safetensors::SafeTensors;
 use serde_json::Value;
-use std::path::Path;
 use support::*;
-
-fn train_small(out: &Path, epochs: &str, extra: &[&str]) -> std::process::Output {
-    let mut c = tool("train");
-    c.args(["--data-dir"]).arg(small_data());
-    c.args([
-        "--hidden", "32", "--epochs", epochs, "--quiet", "--run", "r", "--out",
-    ])
-    .arg(out);
-    c.args(extra);
-    run(c)
-}
 
 #[test]
 fn ngd_records_carry_preconditioner_statistics() {

@@ -131,3 +131,16 @@ pub fn assert_one_line_error(o: &Output, needles: &[&str]) {
         assert!(lines[0].contains(n), "error {:?} lacks {n:?}", lines[0]);
     }
 }
+
+/// `train` on the committed MNIST subset: MLP with one hidden layer of 32, run name `r`, `epochs`
+/// epochs into `out`, plus `extra` flags.
+pub fn train_small(out: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut c = tool("train");
+    c.args(["--data-dir"]).arg(small_data());
+    c.args([
+        "--hidden", "32", "--epochs", epochs, "--quiet", "--run", "r", "--out",
+    ])
+    .arg(out);
+    c.args(extra);
+    run(c)
+}
