@@ -10,19 +10,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use support::*;
 
-fn train_two_epochs(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut c = tool("train");
-    c.args(["--data-dir"]).arg(small_data());
-    c.args(["--hidden", "32", "--epochs", "2", "--quiet", "--out"])
-        .arg(out);
-    c.args(extra);
-    run(c)
-}
-
 #[test]
 fn trains_and_writes_records_and_checkpoints() {
     let dir = scratch("basic");
-    let o = train_two_epochs(&dir, &[]);
+    let o = train_small(&dir, "2", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let recs = records(&o);
     assert_eq!(recs.len(), 2);
@@ -83,7 +74,7 @@ fn same_command_gives_byte_identical_checkpoints() {
     let a = scratch("det-a");
     let b = scratch("det-b");
     for d in [&a, &b] {
-        let o = train_two_epochs(d, &["--run", "same"]);
+        let o = train_small(d, "2", &[]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     for f in [
@@ -98,9 +89,7 @@ fn same_command_gives_byte_identical_checkpoints() {
     }
     // A different seed gives different weights.
     let c = scratch("det-c");
-    assert!(train_two_epochs(&c, &["--run", "same", "--seed", "2"])
-        .status
-        .success());
+    assert!(train_small(&c, "2", &["--seed", "2"]).status.success());
     assert_ne!(
         std::fs::read(a.join("epoch-0002.safetensors")).unwrap(),
         std::fs::read(c.join("epoch-0002.safetensors")).unwrap()
@@ -110,17 +99,9 @@ fn same_command_gives_byte_identical_checkpoints() {
 #[test]
 fn resume_continues_exactly() {
     let full = scratch("resume-full");
-    assert!(train_two_epochs(&full, &["--run", "r"]).status.success());
+    assert!(train_small(&full, "2", &[]).status.success());
     let part = scratch("resume-part");
-    let o = {
-        let mut c = tool("train");
-        c.args(["--data-dir"]).arg(small_data());
-        c.args([
-            "--hidden", "32", "--epochs", "1", "--quiet", "--run", "r", "--out",
-        ])
-        .arg(&part);
-        run(c)
-    };
+    let o = train_small(&part, "1", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut c = tool("train");
     c.args(["--data-dir"]).arg(small_data());
