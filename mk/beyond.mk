@@ -174,22 +174,21 @@ beyond-report:
 	  echo "$(words $(BEYOND_SEEDS)) seeds, $(BEYOND_EPOCHS) epochs$(if $(TRAIN_SAMPLES), on the first $(TRAIN_SAMPLES) training samples); λ̂ averaged over epochs $(BEYOND_LLC_EPOCHS) ($(BEYOND_LLC_DRAWS) draws), every other number at epoch $(BEYOND_EPOCHS). Rows: mean ± sd over seeds; Welch's t and wins (seeds where the variant's value is higher) against sgd, paired by seed."; echo; \
 	  echo "Relative damping of ngd-exact: empirical $(call beyond_damping,EMPIRICAL,empirical), sampled $(call beyond_damping,SAMPLED,sampled) ($(if $(BEYOND_DAMPING_EMPIRICAL)$(BEYOND_DAMPING_SAMPLED),given,lowest training loss of the sweep, damping.md)); $(BEYOND_EXACT_FLAGS). Noise control: R = $(beyond_noise) ($(if $(BEYOND_NOISE),given,mean ‖d_f32 − d_f64‖/‖g‖ of the online NGD measured by its f64 shadow))."; echo; \
 	} > $$sum.tmp 2>/dev/null; \
+	table() { echo "## $$1" >> $$sum.tmp; echo >> $$sum.tmp; \
+	  if $(BIN)/report table --metric $$2 --epochs $$3 --group /dataset --group /model/name --label /variant \
+	      --baseline $$4 --title "$$5" --out $$6 $$runs < /dev/null > /dev/null 2>$$6.err; then \
+	    cat $$6.md >> $$sum.tmp; rm -f $$6.err; \
+	  else echo "(no table: $$(cat $$6.err))" >> $$sum.tmp; rm -f $$6.err; fi; echo >> $$sum.tmp; }; \
+	epochs_of() { if [ $$1 = llc ]; then echo $(call beyond_epochs,$(BEYOND_LLC_EPOCHS)); else echo $(BEYOND_EPOCHS); fi; }; \
 	for m in $(BEYOND_METRICS); do \
-	  name=$${m%%:*}; ptr=$${m#*:}; out=$(BEYOND_RESULTS)/$$name; epochs=$(BEYOND_EPOCHS); \
-	  case $$name in llc) epochs=$(call beyond_epochs,$(BEYOND_LLC_EPOCHS));; ngd-*|exact-*|noise-*) out=$(BEYOND_RESULTS)/diagnostics/$$name;; esac; \
-	  echo "## $$name: $$ptr, epochs $$epochs" >> $$sum.tmp; echo >> $$sum.tmp; \
-	  if $(BIN)/report table --metric $$ptr --epochs $$epochs --group /dataset --group /model/name --label /variant \
-	      --baseline sgd --title "$$ptr at epochs $$epochs" --out $$out $$runs < /dev/null > /dev/null 2>$$out.err; then \
-	    cat $$out.md >> $$sum.tmp; rm -f $$out.err; \
-	  else echo "(no table: $$(cat $$out.err))" >> $$sum.tmp; rm -f $$out.err; fi; echo >> $$sum.tmp; \
+	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$$(epochs_of $$name); out=$(BEYOND_RESULTS)/$$name; \
+	  case $$name in ngd-*|exact-*|noise-*) out=$(BEYOND_RESULTS)/diagnostics/$$name;; esac; \
+	  table "$$name: $$ptr, epochs $$epochs" $$ptr $$epochs sgd "$$ptr at epochs $$epochs" $$out; \
 	done; \
 	for m in llc:/llc/llc trace:/hessian/trace test-loss:/test_loss; do \
-	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$(BEYOND_EPOCHS); [ $$name = llc ] && epochs=$(call beyond_epochs,$(BEYOND_LLC_EPOCHS)); \
-	  echo "## $$name against ngd-f32 (does the f64 state change it?): $$ptr, epochs $$epochs" >> $$sum.tmp; echo >> $$sum.tmp; \
-	  if $(BIN)/report table --metric $$ptr --epochs $$epochs --group /dataset --group /model/name --label /variant \
-	      --baseline ngd-f32 --title "$$ptr at epochs $$epochs, against ngd-f32" --out $(BEYOND_RESULTS)/$$name-vs-ngd-f32 \
-	      $$runs < /dev/null > /dev/null 2>/dev/null; then cat $(BEYOND_RESULTS)/$$name-vs-ngd-f32.md >> $$sum.tmp; \
-	  else echo "(no table)" >> $$sum.tmp; fi; echo >> $$sum.tmp; \
+	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$$(epochs_of $$name); \
+	  table "$$name against ngd-f32 (does the f64 state change it?): $$ptr, epochs $$epochs" $$ptr $$epochs ngd-f32 \
+	    "$$ptr at epochs $$epochs, against ngd-f32" $(BEYOND_RESULTS)/$$name-vs-ngd-f32; \
 	done; \
 	mv $$sum.tmp $$sum
 	@if [ -n "$(call existing,$(BEYOND_DAMPING_RUNS))" ]; then $(MAKE) --no-print-directory beyond-damping-table; fi
