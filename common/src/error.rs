@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 
 /// Every failure the library reports. Messages are one line and name the file or setting at fault.
+///
+/// A variant that wraps another error ([`Error::Io`]) returns it as its `source()` and does not repeat
+/// it in its own message, so that a report of the whole chain (anyhow's `{:#}`, or
+/// [`Error::full_message`]) names each cause once: `runs/x: File exists (os error 17)`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An operating-system error on a file.
-    #[error("{}: {source}", path.display())]
+    /// An operating-system error on a file: the message is the path, the cause its `source()`.
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -34,6 +38,10 @@ pub enum Error {
     /// The requested device is not usable.
     #[error("{0}")]
     Device(String),
+    /// A bug: code that should never panic did, and the panic was caught at a record boundary
+    /// ([`crate::io::process_stream`]). The message is the panic's, with its location.
+    #[error("internal error (a bug; please report it): {0}")]
+    Panicked(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,5 +67,76 @@ impl Error {
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+
+    /// The message followed by each cause, joined by `: ` on one line (what anyhow's `{:#}` prints):
+    /// for records and logs that hold one string.
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What anyhow's `{:#}` prints for an error: each message of the chain once, joined by `: `.
+    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut parts = vec![e.to_string()];
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            parts.push(c.to_string());
+            cause = c.source();
+        }
+        parts.join(": ")
+    }
+
+    #[test]
+    fn an_io_error_names_its_cause_once() {
+        let os = std::io::Error::from_raw_os_error(17);
+        let os_text = os.to_string();
+        let e = Error::io("runs/x", os);
+        let whole = chain(&e);
+        assert_eq!(whole, format!("runs/x: {os_text}"));
+        assert_eq!(whole.matches(&os_text).count(), 1, "{whole}");
+        assert_eq!(e.full_message(), whole);
+        // The cause stays reachable, so that a broken pipe can still be recognised by its kind.
+        let src = std::error::Error::source(&e).expect("the io::Error is the source");
+        assert!(src.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn no_variant_repeats_a_cause() {
+        let variants = [
+            Error::io("p", std::io::Error::other("disk on fire")),
+            Error::data("d", "bad magic"),
+            Error::checkpoint("c", "no tensors"),
+            Error::invalid("--x must be positive"),
+            Error::Diverged {
+                what: "loss".into(),
+                epoch: 1,
+                step: 2,
+            },
+            Error::Interrupted { epoch: 1, step: 2 },
+            Error::Device("no GPU".into()),
+            Error::Panicked("boom at a.rs:1:2".into()),
+        ];
+        for e in &variants {
+            let own = e.to_string();
+            if let Some(src) = std::error::Error::source(e) {
+                assert!(
+                    !own.contains(&src.to_string()),
+                    "{own:?} repeats its source {src}"
+                );
+            }
+            assert!(!e.full_message().contains('\n'));
+        }
     }
 }

@@ -1,0 +1,119 @@
+//! End-to-end tests of the record stream of the analysis tools (`llc`, `wbic`, `hessian-trace`) on
+//! hostile input: a record whose checkpoint breaks the tool costs only itself, names substituted
+//! into output paths stay inside the output folder, meaningless flags are refused up front, and a
+//! closed stdout ends the stream quietly without losing what was written to files.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use support::{records, run_with_input, scratch, small_data, stderr, tool};
+
+/// A checkpoint of a 784-h-c MLP with PyTorch's `nn.Sequential` names and no metadata (so that the
+/// architecture is inferred from the shapes).
+fn mlp_checkpoint(path: &Path, hidden: usize, classes: usize) {
+    let shapes: [(&str, Vec<usize>); 4] = [
+        ("1.weight", vec![hidden, 784]),
+        ("1.bias", vec![hidden]),
+        ("3.weight", vec![classes, hidden]),
+        ("3.bias", vec![classes]),
+    ];
+    let bufs: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| {
+            let n: usize = s.iter().product();
+            (0..n)
+                .flat_map(|i| (0.05 * ((i as f32) * 0.37).sin()).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
+        .iter()
+        .zip(&bufs)
+        .map(|((n, s), b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// `tool args…` with the fixture data, the default panic backtrace switched on (it must not show).
+fn analysis(name: &str, args: &[&str]) -> Command {
+    let mut c = tool(name);
+    c.env("RUST_BACKTRACE", "1");
+    c.arg("--data-dir").arg(small_data()).args(args);
+    c
+}
+
+/// Fast settings of each tool (few draws), and the key of its result.
+fn fast(name: &str) -> (Vec<&'static str>, &'static str) {
+    match name {
+        "llc" => (vec!["--draws", "5", "--threads", "1", "-q"], "llc"),
+        "wbic" => (vec!["--draws", "5", "--threads", "1", "-q"], "wbic"),
+        _ => (vec!["--samples", "64", "-q"], "hessian"),
+    }
+}
+
+#[test]
+fn a_checkpoint_that_breaks_a_tool_costs_only_its_own_record() {
+    let dir = scratch("stream-isolation");
+    let good = dir.join("good.safetensors");
+    mlp_checkpoint(&good, 2, 10);
+    // A hidden width of 0: `1.weight` of shape [0, 784]. It panicked every tool (exit 101, no
+    // output at all); whether it is now refused by the reader or caught as a panic, only its own
+    // record fails.
+    let bad = dir.join("width0.safetensors");
+    mlp_checkpoint(&bad, 0, 10);
+    let input = format!(
+        "{{\"checkpoint\":\"{}\",\"run\":\"a\"}}\n{{\"checkpoint\":\"{}\",\"run\":\"b\"}}\n{{\"type\":\"note\"}}\n{{\"checkpoint\":\"{}\",\"run\":\"c\"}}\n",
+        good.display(),
+        bad.display(),
+        good.display()
+    );
+    for name in ["llc", "wbic", "hessian-trace"] {
+        let (args, key) = fast(name);
+        let out = run_with_input(analysis(name, &args), input.as_bytes());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        let recs = records(&out);
+        assert_eq!(recs.len(), 4, "{name}: one line out per line in: {err}");
+        for i in [0, 3] {
+            assert!(
+                recs[i][key].get("error").is_none() && recs[i][key]["model"] == "mlp_1x2",
+                "{name}: record {}: {}",
+                i + 1,
+                Value::Object(recs[i].clone())
+            );
+        }
+        assert_eq!(recs[3]["run"], "c", "{name}: the record after the bad one");
+        assert_eq!(
+            recs[2],
+            serde_json::json!({"type": "note"})
+                .as_object()
+                .unwrap()
+                .clone()
+        );
+        let e = recs[1][key]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {}", Value::Object(recs[1].clone())));
+        assert!(!e.is_empty());
+        assert_eq!(recs[1]["run"], "b");
+        // One line on stderr for the failure, naming the record and its checkpoint; no panic report.
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{name}: {err}");
+        assert!(
+            lines[0].starts_with(&format!("{name}: record 2 (run b): "))
+                && lines[0].contains("width0.safetensors"),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("panicked at") && !err.contains("backtrace"),
+            "{name}: {err}"
+        );
+    }
+}
