@@ -10,7 +10,7 @@ use common::curvature::{
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
 use common::data::{dataset_for_checkpoint, Dataset, Split};
-use common::io::{atomic_write, process_stream, require_file, Checkpoint, Record};
+use common::io::{atomic_write, fill_name, process_stream, require_file, Checkpoint, Record};
 use common::model::{Activation, Architecture};
 use common::{Error, Real};
 use serde_json::{json, Map, Value};
@@ -256,6 +256,24 @@ fn analyse_record(
     density_written: &mut HashSet<PathBuf>,
 ) -> common::Result<Value> {
     let start = Instant::now();
+    // The density's file, checked before any work: `{name}` must stay one file name.
+    let density_file = match &args.density {
+        Some(pattern) => {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let file = fill_name("--density", pattern, &stem)?;
+            if density_written.contains(&file) {
+                return Err(Error::invalid(format!(
+                    "--density {} was already written for an earlier record; put {{name}} in the file name to write one per checkpoint",
+                    file.display()
+                )));
+            }
+            Some(file)
+        }
+        None => None,
+    };
     require_file(path)?;
     let ck = Checkpoint::load(path, model)?;
     ck.check_finite(path)?;
@@ -294,10 +312,11 @@ fn analyse_record(
             args.split
         )));
     }
+    let density = density_file.as_deref();
     let mut out = if args.f64 {
-        analyse::<f64>(args, &ck, data, samples, path, density_written)?
+        analyse::<f64>(args, &ck, data, samples, path, density, density_written)?
     } else {
-        analyse::<f32>(args, &ck, data, samples, path, density_written)?
+        analyse::<f32>(args, &ck, data, samples, path, density, density_written)?
     };
     out.insert("model".into(), Value::from(ck.network.arch.name()));
     out.insert("parameters".into(), Value::from(ck.network.num_params()));
@@ -353,6 +372,7 @@ fn analyse<T: Real>(
     data: &Dataset,
     samples: usize,
     path: &Path,
+    density_file: Option<&Path>,
     density_written: &mut HashSet<PathBuf>,
 ) -> common::Result<Map<String, Value>> {
     let params: Vec<T> = ck.params.iter().map(|&p| T::of_f64(p as f64)).collect();
@@ -479,18 +499,7 @@ fn analyse<T: Real>(
             json!({"steps": top.steps, "matvecs": top.matvecs, "tol": args.eig_tol, "converged": top.converged, "seed": args.seed}),
         );
     }
-    if let Some(pattern) = &args.density {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = PathBuf::from(pattern.to_string_lossy().replace("{name}", &stem));
-        if density_written.contains(&file) {
-            return Err(Error::invalid(format!(
-                "--density {} was already written for an earlier record; put {{name}} in the file name to write one per checkpoint",
-                file.display()
-            )));
-        }
+    if let Some(file) = density_file {
         let d = slq_density(
             &mut op,
             args.density_runs,
@@ -513,8 +522,8 @@ fn analyse<T: Real>(
         });
         let mut bytes = serde_json::to_vec(&doc).map_err(|e| Error::invalid(e.to_string()))?;
         bytes.push(b'\n');
-        atomic_write(&file, &bytes)?;
-        density_written.insert(file.clone());
+        atomic_write(file, &bytes)?;
+        density_written.insert(file.to_path_buf());
         out.insert(
             "density".into(),
             json!({"file": file.display().to_string(), "runs": args.density_runs, "steps": args.density_steps, "sigma": d.sigma, "seed": args.seed}),

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use support::{records, run_with_input, scratch, small_data, stderr, tool};
 
 /// A checkpoint of a 784-h-c MLP with PyTorch's `nn.Sequential` names and no metadata (so that the
@@ -56,6 +56,39 @@ fn fast(name: &str) -> (Vec<&'static str>, &'static str) {
         "llc" => (vec!["--draws", "5", "--threads", "1", "-q"], "llc"),
         "wbic" => (vec!["--draws", "5", "--threads", "1", "-q"], "wbic"),
         _ => (vec!["--samples", "64", "-q"], "hessian"),
+    }
+}
+
+/// Runs `c` (stdin already set) and returns its output, killing it and failing if it runs longer than
+/// `seconds`.
+fn output_within(mut c: Command, seconds: u64) -> std::process::Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
@@ -115,5 +148,65 @@ fn a_checkpoint_that_breaks_a_tool_costs_only_its_own_record() {
             !err.contains("panicked at") && !err.contains("backtrace"),
             "{name}: {err}"
         );
+    }
+}
+
+#[test]
+fn a_checkpoint_name_cannot_move_the_density_file_out_of_its_folder() {
+    let dir = scratch("stream-density-names");
+    std::fs::create_dir_all(dir.join("out/good")).unwrap();
+    let good = dir.join("good.safetensors");
+    mlp_checkpoint(&good, 2, 10);
+    // The stem of `...safetensors` is `..`: `out/{name}/d.json` was `out/../d.json`.
+    let dots = dir.join("...safetensors");
+    mlp_checkpoint(&dots, 2, 10);
+    let pattern = dir.join("out/{name}/d.json");
+    let out = support::run(analysis(
+        "hessian-trace",
+        &[
+            "--samples",
+            "64",
+            "--density-steps",
+            "5",
+            "-q",
+            "--density",
+            pattern.to_str().unwrap(),
+            dots.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    let e = recs[0]["hessian"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("\"..\"") && e.contains("single file name"),
+        "{e}"
+    );
+    assert!(!dir.join("d.json").exists(), "written outside out/");
+    assert_eq!(
+        recs[1]["hessian"]["density"]["file"],
+        dir.join("out/good/d.json").display().to_string()
+    );
+    assert!(dir.join("out/good/d.json").is_file());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("...safetensors") && err.contains("--density"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_read_error_on_stdin_is_one_line_naming_its_cause_once() {
+    for name in ["llc", "wbic", "hessian-trace"] {
+        let mut c = analysis(name, &["-q"]);
+        // Reading a directory fails with EISDIR on every read: the tools looped on it for ever.
+        c.stdin(std::fs::File::open("/").unwrap());
+        let out = output_within(c, 120);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let os = std::io::Error::from_raw_os_error(21).to_string();
+        assert_eq!(stderr(&out), format!("{name}: <stdin>: {os}\n"), "{name}");
+        assert!(out.stdout.is_empty());
     }
 }

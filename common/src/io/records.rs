@@ -32,26 +32,37 @@ impl<W: Write> RecordWriter<W> {
 }
 
 /// Reads JSON-lines records from `input`; blank lines are skipped. Each item is the record or an
-/// error naming the line.
+/// error naming the line. A read error (stdin a directory, a device error) is the last item: reading
+/// on would fail the same way forever.
 pub fn read_records<R: BufRead>(input: R) -> impl Iterator<Item = Result<Record>> {
+    let mut failed = false;
     input
         .lines()
         .enumerate()
-        .filter_map(|(i, line)| match line {
-            Err(e) => Some(Err(Error::io("<stdin>", e))),
-            Ok(l) if l.trim().is_empty() => None,
-            Ok(l) => Some(match serde_json::from_str::<Value>(&l) {
-                Ok(Value::Object(m)) => Ok(m),
-                Ok(_) => Err(Error::invalid(format!(
-                    "<stdin>: line {}: a record must be a JSON object",
-                    i + 1
-                ))),
-                Err(e) => Err(Error::invalid(format!(
-                    "<stdin>: line {}: not JSON: {e}",
-                    i + 1
-                ))),
-            }),
+        .map_while(move |(i, line)| {
+            if failed {
+                return None;
+            }
+            Some(match line {
+                Err(e) => {
+                    failed = true;
+                    Some(Err(Error::io("<stdin>", e)))
+                }
+                Ok(l) if l.trim().is_empty() => None,
+                Ok(l) => Some(match serde_json::from_str::<Value>(&l) {
+                    Ok(Value::Object(m)) => Ok(m),
+                    Ok(_) => Err(Error::invalid(format!(
+                        "<stdin>: line {}: a record must be a JSON object",
+                        i + 1
+                    ))),
+                    Err(e) => Err(Error::invalid(format!(
+                        "<stdin>: line {}: not JSON: {e}",
+                        i + 1
+                    ))),
+                }),
+            })
         })
+        .flatten()
 }
 
 #[cfg(test)]
@@ -74,5 +85,30 @@ mod tests {
         assert!(back[0].is_ok());
         assert!(back[1].as_ref().unwrap_err().to_string().contains("line 3"));
         let _ = buf;
+    }
+
+    /// A reader whose every read fails, as stdin does when it is a directory.
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(21))
+        }
+    }
+
+    #[test]
+    fn a_read_error_ends_the_records() {
+        let items: Vec<_> = read_records(std::io::BufReader::new(Broken))
+            .take(3)
+            .collect();
+        assert_eq!(
+            items.len(),
+            1,
+            "one error, then the end (it looped for ever)"
+        );
+        let e = items[0].as_ref().unwrap_err();
+        assert_eq!(
+            e.full_message(),
+            format!("<stdin>: {}", std::io::Error::from_raw_os_error(21))
+        );
     }
 }

@@ -58,7 +58,7 @@ pub fn process_stream<R: BufRead, W: Write>(
         let mut record = match record {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("{tool}: {e}");
+                log_line(&format!("{tool}: {}", e.full_message()));
                 summary.failed += 1;
                 continue;
             }
@@ -179,6 +179,31 @@ pub fn isolated<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
+/// `template` with every `{name}` replaced by `name` (a checkpoint's file stem): the file a tool
+/// writes for one record, e.g. `--density 'out/{name}/density.json'`.
+///
+/// # Errors
+/// When the template has `{name}` and `name` is not one ordinary path component (empty, `.`, `..`,
+/// or containing a separator: a checkpoint named `...safetensors` has the stem `..`), since the file
+/// would then land outside the folder the template names. `flag` names the option in the message.
+pub fn fill_name(flag: &str, template: &Path, name: &str) -> Result<PathBuf> {
+    let text = template.to_string_lossy();
+    if !text.contains("{name}") {
+        return Ok(template.to_path_buf());
+    }
+    let mut parts = Path::new(name).components();
+    let single = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(c)), None) if c == std::ffi::OsStr::new(name)
+    );
+    if !single || name.contains(['/', '\\']) {
+        return Err(Error::invalid(format!(
+            "{flag} {text}: the checkpoint's name {name:?} is not a single file name, so {{name}} would point outside the folder; rename the checkpoint"
+        )));
+    }
+    Ok(PathBuf::from(text.replace("{name}", name)))
+}
+
 /// Fails with a one-line message when a checkpoint named by a record is missing (before any work).
 pub fn require_file(path: &Path) -> Result<()> {
     if path.is_file() {
@@ -221,6 +246,31 @@ mod tests {
         assert_eq!(
             lines[2],
             "{\"checkpoint\":\"b\",\"res\":{\"error\":\"boom\"}}"
+        );
+    }
+
+    #[test]
+    fn names_in_path_templates_are_single_components() {
+        let t = Path::new("out/{name}/d.json");
+        assert_eq!(
+            fill_name("--density", t, "epoch-0001").unwrap(),
+            PathBuf::from("out/epoch-0001/d.json")
+        );
+        assert_eq!(
+            fill_name("--density", t, "a.b..c").unwrap(),
+            PathBuf::from("out/a.b..c/d.json")
+        );
+        for bad in ["", ".", "..", "../x", "a/b", "/abs", "a\\b", "x/"] {
+            let e = fill_name("--density", t, bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--density out/{name}/d.json: ") && e.contains("single file name"),
+                "{bad:?}: {e}"
+            );
+        }
+        // Without {name} the name does not matter.
+        assert_eq!(
+            fill_name("--density", Path::new("d.json"), "..").unwrap(),
+            PathBuf::from("d.json")
         );
     }
 
