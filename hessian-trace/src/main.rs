@@ -175,23 +175,48 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(args: &Args) -> Result<()> {
-    if args.probes == Some(0) {
-        bail!("--probes must be at least 1 (got 0)");
+/// `x` must be a positive finite number.
+fn positive(x: f64, flag: &str) -> Result<()> {
+    if !(x.is_finite() && x > 0.0) {
+        bail!("{flag} must be a positive number (got {x})");
     }
-    if let Some(r) = args.rtol {
-        if r.is_nan() || r <= 0.0 {
-            bail!("--rtol must be positive (got {r})");
+    Ok(())
+}
+
+/// Refuses meaningless settings before any work, each with one line naming the flag.
+fn validate(args: &Args) -> Result<()> {
+    for (v, flag) in [
+        (args.batch_size, "--batch-size"),
+        (args.threads, "--threads"),
+        (args.max_probes, "--max-probes"),
+        (args.max_lanczos_steps, "--max-lanczos-steps"),
+        (args.density_steps, "--density-steps"),
+        (args.density_runs, "--density-runs"),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1 (got 0)");
         }
     }
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+    for (v, flag) in [(args.probes, "--probes"), (args.top_k, "--top-k")] {
+        if v == Some(0) {
+            bail!("{flag} must be at least 1 (got 0)");
+        }
     }
-    if args.top_k == Some(0) {
-        bail!("--top-k must be at least 1");
+    if args.samples == Some(0) {
+        bail!("--samples must be at least 1 (got 0: the sample set would be empty)");
     }
-    if args.density.is_some() && (args.density_steps == 0 || args.density_runs == 0) {
-        bail!("--density needs --density-steps ≥ 1 and --density-runs ≥ 1");
+    if let Some(r) = args.rtol {
+        positive(r, "--rtol")?;
+    }
+    positive(args.eig_tol, "--eig-tol")?;
+    positive(args.density_sigma, "--density-sigma")?;
+    if let Some(k) = args.top_k {
+        if k > args.max_lanczos_steps {
+            bail!(
+                "--top-k {k} needs at least {k} Lanczos steps (--max-lanczos-steps is {})",
+                args.max_lanczos_steps
+            );
+        }
     }
     if args.hutchpp && args.probes.is_some_and(|p| p < 3) {
         bail!("--hutchpp needs --probes ≥ 3 (a third each for the sketch, its products and the residual)");
@@ -199,8 +224,29 @@ fn validate(args: &Args) -> Result<()> {
     if args.per_tensor && (args.hutchpp || args.pyhessian) {
         bail!("--per-tensor works with the exact trace and Hutchinson, not with --hutchpp or --pyhessian");
     }
-    ProbeKind::parse(&args.probe)?;
+    let kind = ProbeKind::parse(&args.probe)?;
+    if !(args.exact || args.hutchpp || args.pyhessian) {
+        hutchinson_config(args, kind).validate()?;
+    }
     Ok(())
+}
+
+/// Hutchinson's settings: fixed --probes, or adaptive (--rtol, or the default for networks without
+/// an exact trace: 1% relative standard error).
+fn hutchinson_config(args: &Args, kind: ProbeKind) -> HutchinsonConfig {
+    let rtol = match (args.probes, args.rtol) {
+        (_, Some(r)) => Some(r),
+        (Some(_), None) => None,
+        (None, None) => Some(0.01),
+    };
+    HutchinsonConfig {
+        kind,
+        seed: args.seed,
+        probes: args.probes.unwrap_or(if rtol.is_some() { 10 } else { 100 }),
+        rtol,
+        max_probes: args.max_probes,
+        block: 8,
+    }
 }
 
 fn run(args: Args) -> Result<ExitCode> {
@@ -447,21 +493,8 @@ fn analyse<T: Real>(
         out.insert("probe".into(), Value::from(kind.name()));
         out.insert("seed".into(), Value::from(args.seed));
     } else {
-        // Hutchinson: fixed --probes, or adaptive (--rtol, or the default for networks without an
-        // exact trace: 1% relative standard error).
-        let rtol = match (args.probes, args.rtol) {
-            (_, Some(r)) => Some(r),
-            (Some(_), None) => None,
-            (None, None) => Some(0.01),
-        };
-        let cfg = HutchinsonConfig {
-            kind,
-            seed: args.seed,
-            probes: args.probes.unwrap_or(if rtol.is_some() { 10 } else { 100 }),
-            rtol,
-            max_probes: args.max_probes,
-            block: 8,
-        };
+        let cfg = hutchinson_config(args, kind);
+        let rtol = cfg.rtol;
         let est = hutchinson(&mut op, &cfg, if args.per_tensor { &tensors } else { &[] })?;
         out.insert("method".into(), Value::from("hutchinson"));
         out.extend(estimate_json(&est));

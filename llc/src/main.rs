@@ -156,6 +156,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// The most step sizes of a calibration grid (each is a full LLC estimate per row); a count like
+/// 1e14 aborted on its allocation.
+const MAX_CALIBRATION_STEPS: usize = 1000;
+
 fn positive_count(v: i64, flag: &str) -> Result<usize> {
     if v < 1 {
         bail!("{flag} must be at least 1 (got {v})");
@@ -166,6 +170,15 @@ fn positive_count(v: i64, flag: &str) -> Result<usize> {
 fn run(args: Args) -> Result<ExitCode> {
     let chains = positive_count(args.chains, "--chains")?;
     let draws = positive_count(args.draws, "--draws")?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1 (got 0)");
+    }
+    if args.train_samples == Some(0) {
+        bail!("--train-samples must be at least 1 (got 0)");
+    }
+    if args.init_loss == "full" && args.init_loss_batches.is_some() {
+        bail!("--init-loss-batches applies to --init-loss minibatches, not full");
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -184,11 +197,10 @@ fn run(args: Args) -> Result<ExitCode> {
         threads,
         seed: args.seed,
     };
-    sgld.validate()?;
     let init_loss = match args.init_loss.as_str() {
         "full" => InitLoss::Full,
         _ => InitLoss::Minibatches {
-            count: args.init_loss_batches.unwrap_or(chains).max(1),
+            count: args.init_loss_batches.unwrap_or(chains),
         },
     };
     let cfg = LlcConfig {
@@ -196,6 +208,7 @@ fn run(args: Args) -> Result<ExitCode> {
         nbeta: NBeta::parse(&args.nbeta)?,
         init_loss,
     };
+    cfg.validate()?;
     let calibration = if args.calibrate {
         let parts: Vec<&str> = args.calibrate_epsilon.split(':').collect();
         let [lo, hi, count] = parts[..] else {
@@ -204,10 +217,14 @@ fn run(args: Args) -> Result<ExitCode> {
                 args.calibrate_epsilon
             );
         };
+        let count: usize = count.parse().context("--calibrate-epsilon count")?;
+        if count > MAX_CALIBRATION_STEPS {
+            bail!("--calibrate-epsilon: at most {MAX_CALIBRATION_STEPS} step sizes (got {count})");
+        }
         let eps = log_spaced(
             lo.parse().context("--calibrate-epsilon lo")?,
             hi.parse().context("--calibrate-epsilon hi")?,
-            count.parse().context("--calibrate-epsilon count")?,
+            count,
         )?;
         let axis = match &args.calibrate_gamma {
             Some(g) => {
@@ -276,21 +293,7 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             let est = estimate_llc(&pot, &ck.params, &cfg)?;
             if !quiet {
-                eprintln!(
-                    "llc: {}: λ̂ = {:.3} ± {:.3} (sd over {} chains), L_init {:.5}, nβ {:.3}, {}, {:.1} s",
-                    path.display(),
-                    est.llc,
-                    est.llc_sd,
-                    est.diagnostics.used.len(),
-                    est.init_loss,
-                    est.sgld.nbeta,
-                    if est.diagnostics.warnings.is_empty() && est.extra_warnings().is_empty() {
-                        "ok".to_string()
-                    } else {
-                        format!("{} warning(s)", est.diagnostics.warnings.len() + est.extra_warnings().len())
-                    },
-                    est.seconds
-                );
+                eprintln!("llc: {}", est.summary_line(&path.display().to_string()));
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();

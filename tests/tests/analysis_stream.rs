@@ -210,3 +210,119 @@ fn a_read_error_on_stdin_is_one_line_naming_its_cause_once() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// Runs `name flags… checkpoint` and asserts a one-line error naming `needle`, exit status 1 (as for
+/// every invalid flag value that clap itself accepts) and no record.
+fn refused(name: &str, flags: &[&str], needle: &str, checkpoint: &Path) {
+    let mut c = analysis(name, flags);
+    c.arg(checkpoint);
+    let out = output_within(with_no_stdin(c), 120);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{name} {flags:?}: {}",
+        stderr(&out)
+    );
+    support::assert_one_line_error(&out, &[&format!("{name}: "), needle]);
+    assert!(
+        stderr(&out).starts_with(&format!("{name}: {needle}")),
+        "{name} {flags:?}: {}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "{name} {flags:?}: no record");
+}
+
+fn with_no_stdin(mut c: Command) -> Command {
+    c.stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn meaningless_flag_values_are_refused_up_front() {
+    let dir = scratch("stream-flags");
+    let ck = dir.join("tiny.safetensors");
+    mlp_checkpoint(&ck, 2, 10);
+    for (flags, needle) in [
+        (&["--eig-tol", "nan", "--top-k", "1"][..], "--eig-tol"),
+        (&["--eig-tol", "0", "--top-k", "1"], "--eig-tol"),
+        (
+            &["--density-sigma", "nan", "--density", "d.json"],
+            "--density-sigma",
+        ),
+        (
+            &["--density-sigma", "0", "--density", "d.json"],
+            "--density-sigma",
+        ),
+        (&["--rtol", "0.1", "--max-probes", "0"], "--max-probes"),
+        (
+            &["--rtol", "0.1", "--probes", "20", "--max-probes", "10"],
+            "--max-probes",
+        ),
+        (&["--rtol", "inf"], "--rtol"),
+        (&["--rtol", "nan"], "--rtol"),
+        (&["--threads", "0"], "--threads"),
+        (&["--samples", "0"], "--samples"),
+        (&["--top-k", "5", "--max-lanczos-steps", "4"], "--top-k 5"),
+        (&["--max-lanczos-steps", "0"], "--max-lanczos-steps"),
+        (&["--density-runs", "0"], "--density-runs"),
+    ] {
+        refused("hessian-trace", flags, needle, &ck);
+    }
+    for (flags, needle) in [
+        (&["--init-loss-batches", "0"][..], "--init-loss-batches"),
+        (
+            &["--init-loss", "full", "--init-loss-batches", "3"],
+            "--init-loss-batches",
+        ),
+        (&["--batch-size", "0"], "--batch-size"),
+        (&["--train-samples", "0"], "--train-samples"),
+        (&["--epsilon", "nan"], "--epsilon"),
+        (&["--gamma", "inf"], "--gamma"),
+        (&["--nbeta", "nan"], "--nbeta"),
+        (&["--threads", "0"], "--threads"),
+        (&["--thin", "0"], "--thin"),
+        (&["--burn-in", "18446744073709551615"], "--chains"),
+        (&["--draws", "4000000000000000000"], "--chains"),
+        (
+            &[
+                "--calibrate",
+                "--calibrate-epsilon",
+                "1e-6:1e-3:100000000000000",
+            ],
+            "--calibrate-epsilon",
+        ),
+    ] {
+        refused("llc", flags, needle, &ck);
+    }
+    for (flags, needle) in [
+        (&["--batch-size", "0"][..], "--batch-size"),
+        (&["--train-samples", "0"], "--train-samples"),
+        (&["--beta", "nan"], "--beta"),
+        (&["--epsilon", "inf"], "--epsilon"),
+        (&["--gamma", "nan"], "--gamma"),
+        (&["--chains", "0"], "--chains"),
+        (&["--draws", "4000000000000000000"], "--chains"),
+    ] {
+        refused("wbic", flags, needle, &ck);
+    }
+}
+
+#[test]
+fn one_chain_reports_no_spread_instead_of_nan() {
+    let dir = scratch("stream-one-chain");
+    let ck = dir.join("tiny.safetensors");
+    mlp_checkpoint(&ck, 2, 10);
+    for (name, what) in [("llc", "λ̂ = "), ("wbic", "wbic = ")] {
+        let mut c = tool(name);
+        c.arg("--data-dir").arg(small_data());
+        c.args(["--draws", "5", "--chains", "1"]).arg(&ck);
+        let out = output_within(with_no_stdin(c), 120);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(what) && err.contains("(one chain: no spread)") && !err.contains("NaN"),
+            "{name}: {err}"
+        );
+        assert_eq!(records(&out).len(), 1);
+    }
+}

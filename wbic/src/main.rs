@@ -132,6 +132,12 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.draws < 1 {
         bail!("--draws must be at least 1 (got {})", args.draws);
     }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1 (got 0)");
+    }
+    if args.train_samples == Some(0) {
+        bail!("--train-samples must be at least 1 (got 0)");
+    }
     if let Some(b) = args.beta {
         if !(b.is_finite() && b > 0.0) {
             bail!("--beta must be a positive number (got {b})");
@@ -206,6 +212,11 @@ fn run(args: Args) -> Result<ExitCode> {
                     None => (1.0 / (n as f64).ln(), format!("1/ln n with n = {n}")),
                 };
                 sgld.nbeta = n as f64 * beta;
+                if !sgld.nbeta.is_finite() {
+                    return Err(common::Error::invalid(format!(
+                        "--beta {beta:e}: nβ = n·β with n = {n} is not a finite number"
+                    )));
+                }
                 WbicMode::Watanabe {
                     beta,
                     beta_rule: rule,
@@ -214,15 +225,8 @@ fn run(args: Args) -> Result<ExitCode> {
             let est = estimate_wbic(&pot, &ck.params, &sgld, mode)?;
             if !quiet {
                 eprintln!(
-                    "wbic: {}: {} = {:.2} ± {:.2} (se), n·L_n(w*) = {:.2}, implied λ = {:.2}, {}, {:.1} s",
-                    path.display(),
-                    key,
-                    est.wbic,
-                    est.se,
-                    est.n_loss_at_star,
-                    est.implied_lambda,
-                    if est.diagnostics.warnings.is_empty() { "ok".to_string() } else { format!("{} warning(s)", est.diagnostics.warnings.len()) },
-                    est.seconds
+                    "wbic: {}",
+                    est.summary_line(&path.display().to_string(), key)
                 );
             }
             if let Some(out) = &args.trace_out {

@@ -44,6 +44,36 @@ pub struct HutchinsonConfig {
     pub block: usize,
 }
 
+impl HutchinsonConfig {
+    /// Checks the settings; errors name the flag of `hessian-trace`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for zero probes or block, an `rtol` that is not a positive finite number,
+    /// or (adaptive) a `max_probes` below the minimum `probes`.
+    pub fn validate(&self) -> Result<()> {
+        if self.probes == 0 {
+            return Err(Error::invalid("--probes must be at least 1 (got 0)"));
+        }
+        if self.block == 0 {
+            return Err(Error::invalid("the probe block size must be at least 1"));
+        }
+        if let Some(r) = self.rtol {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(Error::invalid(format!(
+                    "--rtol must be a positive number (got {r})"
+                )));
+            }
+            if self.max_probes < self.probes {
+                return Err(Error::invalid(format!(
+                    "--max-probes {} is below the {} probes an adaptive run starts with (--probes)",
+                    self.max_probes, self.probes
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for HutchinsonConfig {
     fn default() -> Self {
         HutchinsonConfig {
@@ -75,26 +105,16 @@ pub fn mean_se(xs: &[f64]) -> (f64, f64) {
 /// after two probes.
 ///
 /// # Errors
-/// [`Error::Invalid`] for zero probes, a non-positive `rtol` or a zero block.
+/// Invalid settings ([`HutchinsonConfig::validate`]).
 pub fn hutchinson(
     op: &mut dyn LinearOperator,
     cfg: &HutchinsonConfig,
     tensors: &[(String, Range<usize>)],
 ) -> Result<TraceEstimate> {
-    if cfg.probes == 0 {
-        return Err(Error::invalid("the number of probes must be at least 1"));
-    }
-    if cfg.block == 0 {
-        return Err(Error::invalid("the probe block size must be at least 1"));
-    }
-    if let Some(r) = cfg.rtol {
-        if r.is_nan() || r <= 0.0 {
-            return Err(Error::invalid(format!("--rtol must be positive, got {r}")));
-        }
-    }
+    cfg.validate()?;
     let dim = op.dim();
     let limit = match cfg.rtol {
-        Some(_) => cfg.max_probes.max(cfg.probes),
+        Some(_) => cfg.max_probes,
         None => cfg.probes,
     };
     let mut samples = Vec::new();
@@ -148,7 +168,7 @@ pub fn hutchinson(
 /// error, which PyHessian does not report).
 ///
 /// # Errors
-/// [`Error::Invalid`] for zero `max_iter` or `repeats`.
+/// [`Error::Invalid`] for zero `max_iter` or `repeats`, or a `tol` that is negative or not finite.
 pub fn pyhessian_trace(
     op: &mut dyn LinearOperator,
     seed: u64,
@@ -160,6 +180,11 @@ pub fn pyhessian_trace(
         return Err(Error::invalid(
             "PyHessian mode needs maxIter ≥ 1 and repeats ≥ 1",
         ));
+    }
+    if !(tol.is_finite() && tol >= 0.0) {
+        return Err(Error::invalid(format!(
+            "PyHessian mode needs a tolerance ≥ 0 (got {tol})"
+        )));
     }
     let dim = op.dim();
     let mut samples = Vec::new();
@@ -267,4 +292,54 @@ pub fn hutchpp(
         samples: rest,
         repeats: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curvature::DenseOperator;
+
+    fn diagonal(d: &[f64]) -> DenseOperator {
+        let n = d.len();
+        let mut matrix = vec![0.0; n * n];
+        for (i, &x) in d.iter().enumerate() {
+            matrix[i * n + i] = x;
+        }
+        DenseOperator { dim: n, matrix }
+    }
+
+    #[test]
+    fn meaningless_settings_are_refused_naming_the_flag() {
+        let adaptive = |rtol: f64, probes: usize, max_probes: usize| HutchinsonConfig {
+            rtol: Some(rtol),
+            probes,
+            max_probes,
+            ..HutchinsonConfig::default()
+        };
+        for (cfg, flag) in [
+            (adaptive(f64::NAN, 10, 100), "--rtol"),
+            (adaptive(f64::INFINITY, 10, 100), "--rtol"),
+            (adaptive(0.0, 10, 100), "--rtol"),
+            (adaptive(-0.1, 10, 100), "--rtol"),
+            // --rtol 0.1 --max-probes 0 ran the 10 minimum probes and could record converged: true.
+            (adaptive(0.1, 10, 0), "--max-probes"),
+            (adaptive(0.1, 10, 9), "--max-probes"),
+            (
+                HutchinsonConfig {
+                    probes: 0,
+                    ..HutchinsonConfig::default()
+                },
+                "--probes",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{cfg:?}: {e}");
+            let mut op = diagonal(&[1.0, 2.0]);
+            assert!(hutchinson(&mut op, &cfg, &[]).is_err(), "{cfg:?}");
+        }
+        assert!(adaptive(0.1, 10, 10).validate().is_ok());
+        assert!(HutchinsonConfig::default().validate().is_ok());
+        let mut op = diagonal(&[1.0, 2.0]);
+        assert!(pyhessian_trace(&mut op, 1, 50, f64::NAN, 5).is_err());
+    }
 }

@@ -100,7 +100,8 @@ pub struct TopEigen {
 /// eigenvalue error is at most residual²/gap, a residual of 1e-4·θ gives about 1e-8 relative.
 ///
 /// # Errors
-/// [`Error::Invalid`] when k is 0, exceeds the dimension, or exceeds `max_steps`.
+/// [`Error::Invalid`] when k is 0, exceeds the dimension, or exceeds `max_steps`, or when `tol` is
+/// not a positive finite number (NaN never converged: every run took `max_steps`).
 pub fn top_eigenvalues(
     op: &mut dyn LinearOperator,
     k: usize,
@@ -108,6 +109,11 @@ pub fn top_eigenvalues(
     tol: f64,
     seed: u64,
 ) -> Result<TopEigen> {
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(Error::invalid(format!(
+            "--eig-tol must be a positive number (got {tol})"
+        )));
+    }
     let dim = op.dim();
     if k == 0 || k > dim {
         return Err(Error::invalid(format!(
@@ -204,7 +210,8 @@ pub struct Density {
 /// spread of all nodes, on `grid_points` points spanning the nodes ± 5σ.
 ///
 /// # Errors
-/// [`Error::Invalid`] for zero runs or steps, or more steps than parameters.
+/// [`Error::Invalid`] for zero runs or steps, more steps than parameters, or a `sigma_fraction`
+/// that is not a positive finite number (NaN gave a density of nulls, 0 a division by zero).
 pub fn slq_density(
     op: &mut dyn LinearOperator,
     runs: usize,
@@ -214,6 +221,11 @@ pub fn slq_density(
     grid_points: usize,
 ) -> Result<Density> {
     let dim = op.dim();
+    if !(sigma_fraction.is_finite() && sigma_fraction > 0.0) {
+        return Err(Error::invalid(format!(
+            "--density-sigma must be a positive number (got {sigma_fraction})"
+        )));
+    }
     if runs == 0 || steps == 0 {
         return Err(Error::invalid(
             "the density needs at least one run of at least one Lanczos step",
@@ -268,4 +280,42 @@ pub fn slq_density(
         grid,
         density,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::curvature::DenseOperator;
+
+    fn diagonal(d: &[f64]) -> DenseOperator {
+        let n = d.len();
+        let mut matrix = vec![0.0; n * n];
+        for (i, &x) in d.iter().enumerate() {
+            matrix[i * n + i] = x;
+        }
+        DenseOperator { dim: n, matrix }
+    }
+
+    #[test]
+    fn a_tolerance_or_smoothing_that_is_not_a_positive_number_is_refused() {
+        let mut op = diagonal(&[3.0, 2.0, 1.0, 0.5]);
+        for tol in [f64::NAN, 0.0, -1e-5, f64::INFINITY] {
+            let e = top_eigenvalues(&mut op, 1, 4, tol, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("--eig-tol must be a positive number"), "{e}");
+        }
+        assert!(top_eigenvalues(&mut op, 1, 4, 1e-8, 1).is_ok());
+        for sigma in [f64::NAN, 0.0, -0.01, f64::INFINITY] {
+            let e = slq_density(&mut op, 1, 3, 1, sigma, 50)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("--density-sigma must be a positive number"),
+                "{e}"
+            );
+        }
+        let d = slq_density(&mut op, 1, 3, 1, 0.01, 50).unwrap();
+        assert!(d.density.iter().all(|x| x.is_finite()));
+    }
 }

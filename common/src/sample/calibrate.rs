@@ -2,7 +2,7 @@
 //! diagnostics of each cell, marking for each row the largest ε whose chains are stable — what
 //! devinterp's users do by hand with trace plots (devinterp's `sgld_calibration` notebook).
 
-use super::estimate::finite_or_null;
+use super::estimate::{finite_or_null, with_spread};
 use super::llc::{estimate_llc, LlcConfig};
 use super::nbeta::NBeta;
 use super::potential::Potential;
@@ -96,9 +96,8 @@ pub fn calibrate<P: Potential>(
                 largest_stable = Some(largest_stable.map_or(eps, |l: f64| l.max(eps)));
             }
             progress(&format!(
-                "{label} eps={eps:.3e}: llc {:.3} ± {:.3}, R-hat {:.3}, acceptance {:.2}, {}",
-                est.llc,
-                est.llc_sd,
+                "{label} eps={eps:.3e}: llc {}, R-hat {:.3}, acceptance {:.2}, {}",
+                with_spread(est.llc, est.llc_sd, est.diagnostics.used.len(), "sd", 3),
                 est.diagnostics.rhat,
                 est.diagnostics.acceptance.iter().sum::<f64>()
                     / est.diagnostics.acceptance.len() as f64,

@@ -159,6 +159,22 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+/// `value ± spread (what)` for a log line, where the spread needs two chains: `value (one chain: no
+/// spread)` for one, `undefined (every chain diverged)` for none, so that no `NaN` is printed.
+pub fn with_spread(
+    value: f64,
+    spread: f64,
+    chains_used: usize,
+    what: &str,
+    digits: usize,
+) -> String {
+    match chains_used {
+        0 => "undefined (every chain diverged)".to_string(),
+        1 => format!("{value:.digits$} (one chain: no spread)"),
+        n => format!("{value:.digits$} ± {spread:.digits$} ({what} over {n} chains)"),
+    }
+}
+
 /// The sampler settings of a record.
 pub fn settings_json(cfg: &SgldConfig) -> Map<String, Value> {
     let mut m = Map::new();

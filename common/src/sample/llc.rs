@@ -9,12 +9,12 @@
 //! are chains, `get_init_loss_multi_batch`), or the exact full-batch L_n(w*). The estimate is the
 //! mean of λ̂_c over the chains that did not diverge; its spread is their sample standard deviation.
 
-use super::estimate::{finite_or_null, mean_sd, settings_json, ChainDiagnostics};
+use super::estimate::{finite_or_null, mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::nbeta::NBeta;
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
 use crate::rng::{stream, Purpose};
-use crate::Result;
+use crate::{Error, Result};
 use serde_json::{json, Map, Value};
 
 /// The chain index of the stream that draws L_init's minibatches (disjoint from every real chain).
@@ -36,6 +36,27 @@ pub struct LlcConfig {
     pub sgld: SgldConfig,
     pub nbeta: NBeta,
     pub init_loss: InitLoss,
+}
+
+impl LlcConfig {
+    /// Checks every setting (the sampler's but its nβ, which comes from the rule); errors name the
+    /// flag.
+    ///
+    /// # Errors
+    /// An invalid sampler setting ([`SgldConfig::validate`]), an nβ that is not a positive number,
+    /// or L_init from zero minibatches.
+    pub fn validate(&self) -> Result<()> {
+        let mut sgld = self.sgld.clone();
+        sgld.nbeta = 1.0;
+        sgld.validate()?;
+        self.nbeta.validate()?;
+        if self.init_loss == (InitLoss::Minibatches { count: 0 }) {
+            return Err(Error::invalid(
+                "--init-loss-batches must be at least 1 (got 0)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An LLC estimate with its chains and diagnostics.
@@ -83,13 +104,14 @@ pub fn init_loss<P: Potential>(
 /// Runs the chains and estimates λ̂ (see the module documentation).
 ///
 /// # Errors
-/// Invalid settings (see [`SgldConfig::validate`]), an undefined nβ rule, or a failing full loss.
+/// Invalid settings (see [`LlcConfig::validate`]), an undefined nβ rule, or a failing full loss.
 pub fn estimate_llc<P: Potential>(
     potential: &P,
     w_star: &[f32],
     cfg: &LlcConfig,
 ) -> Result<LlcEstimate> {
     let start = std::time::Instant::now();
+    cfg.validate()?;
     let mut sgld = cfg.sgld.clone();
     sgld.nbeta = cfg
         .nbeta
@@ -132,6 +154,24 @@ impl LlcEstimate {
         } else {
             Vec::new()
         }
+    }
+
+    /// The progress line of `llc` for the checkpoint `name`: `name: λ̂ = 1.234 ± 0.056 (sd over 2
+    /// chains), L_init …, nβ …, ok, 1.2 s`; with one chain `(one chain: no spread)` instead of `± NaN`.
+    pub fn summary_line(&self, name: &str) -> String {
+        let warnings = self.diagnostics.warnings.len() + self.extra_warnings().len();
+        format!(
+            "{name}: λ̂ = {}, L_init {:.5}, nβ {:.3}, {}, {:.1} s",
+            with_spread(self.llc, self.llc_sd, self.diagnostics.used.len(), "sd", 3),
+            self.init_loss,
+            self.sgld.nbeta,
+            if warnings == 0 {
+                "ok".to_string()
+            } else {
+                format!("{warnings} warning(s)")
+            },
+            self.seconds
+        )
     }
 
     /// The `llc` object of a record: the estimate, each chain's value, L_init, every setting,
@@ -207,4 +247,86 @@ pub fn trace_lines(traces: &[ChainTrace], fields: &Map<String, Value>, thin: usi
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::AnalyticPotential;
+
+    fn config(chains: usize) -> LlcConfig {
+        LlcConfig {
+            sgld: SgldConfig {
+                step_size: 1e-4,
+                nbeta: 1.0,
+                localization: 100.0,
+                weight_decay: 0.0,
+                bounding_box: None,
+                draws: 50,
+                burn_in: 0,
+                thin: 1,
+                chains,
+                threads: 1,
+                seed: 3,
+            },
+            nbeta: NBeta::Value(10.0),
+            init_loss: InitLoss::Full,
+        }
+    }
+
+    #[test]
+    fn meaningless_settings_are_refused_naming_the_flag() {
+        let pot = AnalyticPotential::Quadratic { dim: 2 };
+        let mut zero_batches = config(2);
+        zero_batches.init_loss = InitLoss::Minibatches { count: 0 };
+        let mut nan_nbeta = config(2);
+        nan_nbeta.nbeta = NBeta::Value(f64::NAN);
+        let mut long_burn_in = config(2);
+        long_burn_in.sgld.burn_in = usize::MAX;
+        let mut huge_thin = config(2);
+        huge_thin.sgld.thin = usize::MAX;
+        let mut too_many_draws = config(2);
+        too_many_draws.sgld.draws = 4_000_000_000_000_000_000;
+        for (cfg, flag) in [
+            (zero_batches, "--init-loss-batches"),
+            (nan_nbeta, "--nbeta"),
+            (
+                long_burn_in,
+                "--chains 2 × --draws 50 × --thin 1 (with --burn-in",
+            ),
+            (huge_thin, "--chains"),
+            (too_many_draws, "--chains"),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.starts_with(flag), "{cfg:?}: {e}");
+            let e = estimate_llc(&pot, &[0.0, 0.0], &cfg).unwrap_err();
+            assert!(e.to_string().starts_with(flag), "{e}");
+        }
+        assert!(config(2).validate().is_ok());
+    }
+
+    #[test]
+    fn one_chain_has_no_spread_and_says_so() {
+        let pot = AnalyticPotential::Quadratic { dim: 2 };
+        let one = estimate_llc(&pot, &[0.0, 0.0], &config(1)).unwrap();
+        assert!(one.llc_sd.is_nan());
+        let line = one.summary_line("ck.safetensors");
+        assert!(
+            line.starts_with(&format!(
+                "ck.safetensors: λ̂ = {:.3} (one chain: no spread), L_init ",
+                one.llc
+            )),
+            "{line}"
+        );
+        assert!(!line.contains("NaN"), "{line}");
+        let two = estimate_llc(&pot, &[0.0, 0.0], &config(2)).unwrap();
+        let line = two.summary_line("ck");
+        assert!(
+            line.contains(&format!(
+                "λ̂ = {:.3} ± {:.3} (sd over 2 chains)",
+                two.llc, two.llc_sd
+            )),
+            "{line}"
+        );
+    }
 }

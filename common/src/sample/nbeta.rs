@@ -30,6 +30,19 @@ impl NBeta {
         }
     }
 
+    /// Checks a given value (the rules are always defined up to m, n ≤ 1, see [`NBeta::resolve`]).
+    ///
+    /// # Errors
+    /// When a [`NBeta::Value`] is not a positive finite number.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            NBeta::Value(v) if !(v.is_finite() && v > 0.0) => Err(Error::invalid(format!(
+                "--nbeta must be a positive number (got {v})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The value for minibatch size m and n samples.
     ///
     /// # Errors
@@ -44,6 +57,7 @@ impl NBeta {
                 Ok(k as f64 / (k as f64).ln())
             }
         };
+        self.validate()?;
         match self {
             NBeta::Value(v) => Ok(v),
             NBeta::Batch => rule(batch, "minibatch size"),
@@ -80,5 +94,9 @@ mod tests {
         assert!(NBeta::parse("0").is_err());
         assert!(NBeta::parse("-1").is_err());
         assert!(NBeta::Batch.resolve(1, 10).is_err());
+        for v in [f64::NAN, f64::INFINITY, 0.0, -2.0] {
+            let e = NBeta::Value(v).resolve(128, 1000).unwrap_err().to_string();
+            assert!(e.starts_with("--nbeta must be a positive number"), "{e}");
+        }
     }
 }

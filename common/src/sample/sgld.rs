@@ -32,6 +32,10 @@ use crate::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// The most trace values (chains × draws × (1 + thin), 8 bytes each) a run may keep in memory: 2³² − 1,
+/// 32 GiB. Longer runs failed with a capacity overflow or an aborting allocation.
+pub const MAX_TRACE_VALUES: usize = u32::MAX as usize;
+
 /// The sampler's settings. `nbeta` is already resolved (see [`super::NBeta`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgldConfig {
@@ -92,6 +96,20 @@ impl SgldConfig {
             if v == 0 {
                 return Err(Error::invalid(format!("{name} must be at least 1")));
             }
+        }
+        // The traces are kept in memory: chains × draws × (1 + thin) values (losses, acceptance).
+        let kept = self
+            .draws
+            .checked_mul(self.thin)
+            .and_then(|s| s.checked_add(self.burn_in))
+            .and_then(|_| self.thin.checked_add(1))
+            .and_then(|t| t.checked_mul(self.draws))
+            .and_then(|v| v.checked_mul(self.chains));
+        if !kept.is_some_and(|v| v <= MAX_TRACE_VALUES) {
+            return Err(Error::invalid(format!(
+                "--chains {} × --draws {} × --thin {} (with --burn-in {}) is too long a run to keep its traces in memory (at most {MAX_TRACE_VALUES} values)",
+                self.chains, self.draws, self.thin, self.burn_in
+            )));
         }
         Ok(())
     }

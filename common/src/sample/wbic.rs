@@ -13,10 +13,10 @@
 //! `devinterp` mode reproduces what the paper computed instead: SGLD at the LLC's settings (nβ by
 //! the batch rule, γ = 100) and n times the mean of the sampled minibatch losses.
 
-use super::estimate::{finite_or_null, mean_sd, settings_json, ChainDiagnostics};
+use super::estimate::{finite_or_null, mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
-use crate::Result;
+use crate::{Error, Result};
 use serde_json::{Map, Value};
 
 /// Which quantity is computed.
@@ -51,7 +51,8 @@ pub struct WbicEstimate {
 /// WBIC.
 ///
 /// # Errors
-/// Invalid settings or a failing full loss.
+/// Invalid settings (a β that is not a positive number, or n·β not finite, included) or a failing
+/// full loss.
 pub fn estimate_wbic<P: Potential>(
     potential: &P,
     w_star: &[f32],
@@ -59,6 +60,13 @@ pub fn estimate_wbic<P: Potential>(
     mode: WbicMode,
 ) -> Result<WbicEstimate> {
     let start = std::time::Instant::now();
+    if let WbicMode::Watanabe { beta, .. } = mode {
+        if !(beta.is_finite() && beta > 0.0) {
+            return Err(Error::invalid(format!(
+                "--beta must be a positive number (got {beta})"
+            )));
+        }
+    }
     sgld.validate()?;
     let n = potential.samples() as f64;
     let n_loss_at_star = n * potential.full_loss(w_star)?;
@@ -96,6 +104,25 @@ impl WbicEstimate {
         } else {
             Vec::new()
         }
+    }
+
+    /// The progress line of `wbic` for the checkpoint `name`, the estimate called `key` (`wbic` or
+    /// `wbic_devinterp`): `name: wbic = 2947.74 ± 0.52 (se over 2 chains), n·L_n(w*) = …, implied λ =
+    /// …, ok, 0.4 s`; with one chain `(one chain: no spread)` instead of `± NaN`.
+    pub fn summary_line(&self, name: &str, key: &str) -> String {
+        let warnings = self.diagnostics.warnings.len() + self.extra_warnings().len();
+        format!(
+            "{name}: {key} = {}, n·L_n(w*) = {:.2}, implied λ = {:.2}, {}, {:.1} s",
+            with_spread(self.wbic, self.se, self.diagnostics.used.len(), "se", 2),
+            self.n_loss_at_star,
+            self.implied_lambda,
+            if warnings == 0 {
+                "ok".to_string()
+            } else {
+                format!("{warnings} warning(s)")
+            },
+            self.seconds
+        )
     }
 
     /// The `wbic` object of a record.
@@ -153,5 +180,72 @@ impl WbicEstimate {
         m.extend(self.diagnostics.verdict(&self.extra_warnings()));
         m.insert("seconds".into(), Value::from(self.seconds));
         Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::AnalyticPotential;
+
+    fn sgld(chains: usize) -> SgldConfig {
+        SgldConfig {
+            step_size: 1e-4,
+            nbeta: 10.0,
+            localization: 0.0,
+            weight_decay: 0.0,
+            bounding_box: None,
+            draws: 50,
+            burn_in: 0,
+            thin: 1,
+            chains,
+            threads: 1,
+            seed: 3,
+        }
+    }
+
+    fn watanabe(beta: f64) -> WbicMode {
+        WbicMode::Watanabe {
+            beta,
+            beta_rule: "given".into(),
+        }
+    }
+
+    #[test]
+    fn a_beta_that_is_not_a_positive_number_is_refused() {
+        let pot = AnalyticPotential::Quadratic { dim: 2 };
+        for beta in [f64::NAN, f64::INFINITY, 0.0, -1.0] {
+            let e = estimate_wbic(&pot, &[0.0, 0.0], &sgld(2), watanabe(beta)).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("--beta must be a positive number"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_chain_has_no_spread_and_says_so() {
+        let pot = AnalyticPotential::Quadratic { dim: 2 };
+        let one = estimate_wbic(&pot, &[0.0, 0.0], &sgld(1), watanabe(0.5)).unwrap();
+        assert!(one.se.is_nan());
+        let line = one.summary_line("ck", "wbic");
+        assert!(
+            line.starts_with(&format!(
+                "ck: wbic = {:.2} (one chain: no spread), ",
+                one.wbic
+            )),
+            "{line}"
+        );
+        assert!(!line.contains("NaN"), "{line}");
+        let two = estimate_wbic(&pot, &[0.0, 0.0], &sgld(2), watanabe(0.5)).unwrap();
+        let line = two.summary_line("ck", "wbic");
+        assert!(
+            line.contains(&format!(
+                "{:.2} ± {:.2} (se over 2 chains)",
+                two.wbic, two.se
+            )),
+            "{line}"
+        );
     }
 }
