@@ -10,7 +10,9 @@ use common::curvature::{
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
 use common::data::{dataset_for_checkpoint, Dataset, Split};
-use common::io::{atomic_write, fill_name, process_stream, require_file, Checkpoint, Record};
+use common::io::{
+    atomic_write, fill_name, log_line, process_stream, require_file, Checkpoint, Record,
+};
 use common::model::{Activation, Architecture};
 use common::{Error, Real};
 use serde_json::{json, Map, Value};
@@ -169,7 +171,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("hessian-trace: {e:#}");
+            log_line(&format!("hessian-trace: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -261,7 +263,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut density_written: HashSet<PathBuf> = HashSet::new();
     let stdin = std::io::stdin();
     if args.checkpoints.is_empty() && stdin.is_terminal() && !args.quiet {
-        eprintln!("hessian-trace: reading records from stdin (pass checkpoints as arguments, or see --help)");
+        log_line("hessian-trace: reading records from stdin (pass checkpoints as arguments, or see --help)");
     }
     let summary = process_stream(
         "hessian-trace",
@@ -281,10 +283,10 @@ fn run(args: Args) -> Result<ExitCode> {
         },
     )?;
     if !args.quiet {
-        eprintln!(
+        log_line(&format!(
             "hessian-trace: {} processed, {} passed through, {} failed",
             summary.processed, summary.passed_through, summary.failed
-        );
+        ));
     }
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE
@@ -384,13 +386,13 @@ fn analyse_record(
     out.insert("threads".into(), Value::from(args.threads));
     out.insert("seconds".into(), Value::from(start.elapsed().as_secs_f64()));
     if !args.quiet {
-        eprintln!(
+        log_line(&format!(
             "hessian-trace: {}: trace {} ({}, {:.2} s)",
             path.display(),
             out.get("trace").map(|v| v.to_string()).unwrap_or_default(),
             out.get("method").and_then(Value::as_str).unwrap_or(""),
             start.elapsed().as_secs_f64()
-        );
+        ));
     }
     Ok(Value::Object(out))
 }

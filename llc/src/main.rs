@@ -5,7 +5,7 @@ extern crate openblas_src;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::io::{atomic_write, process_stream};
+use common::io::{atomic_write, log_line, process_stream};
 use common::model::{Activation, Architecture};
 use common::sample::llc::trace_lines;
 use common::sample::{
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("llc: {e:#}");
+            log_line(&format!("llc: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -283,7 +283,7 @@ fn run(args: Args) -> Result<ExitCode> {
             if let Some((eps, axis)) = &calibration {
                 let mut v = calibrate(&pot, &ck.params, &cfg, eps, axis, |line| {
                     if !quiet {
-                        eprintln!("llc: {}: {line}", path.display());
+                        log_line(&format!("llc: {}: {line}", path.display()));
                     }
                 })?;
                 if let Value::Object(m) = &mut v {
@@ -293,7 +293,10 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             let est = estimate_llc(&pot, &ck.params, &cfg)?;
             if !quiet {
-                eprintln!("llc: {}", est.summary_line(&path.display().to_string()));
+                log_line(&format!(
+                    "llc: {}",
+                    est.summary_line(&path.display().to_string())
+                ));
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();

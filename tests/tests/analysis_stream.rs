@@ -326,3 +326,57 @@ fn one_chain_reports_no_spread_instead_of_nan() {
         assert_eq!(records(&out).len(), 1);
     }
 }
+
+/// Runs `c` with its stdout closed before it writes anything (`tool | head -0`), and returns its
+/// exit status and stderr.
+fn with_stdout_closed(mut c: Command) -> (std::process::ExitStatus, String) {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status, stderr(&out))
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_keeps_the_files_already_written() {
+    let dir = scratch("stream-broken-pipe");
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    mlp_checkpoint(&a, 2, 10);
+    mlp_checkpoint(&b, 2, 10);
+    for name in ["llc", "wbic"] {
+        let trace = dir.join(format!("{name}-trace.jsonl"));
+        let mut c = analysis(name, &["--draws", "4", "--chains", "1", "--trace-out"]);
+        c.arg(&trace).arg(&a).arg(&b);
+        let (status, err) = with_stdout_closed(c);
+        assert!(status.success(), "{name}: {err}");
+        assert!(
+            !err.contains("panicked")
+                && !err.contains("failed printing")
+                && !err.contains("Broken pipe"),
+            "{name}: {err}"
+        );
+        // The first record was computed before its line could not be written: its trace is kept.
+        let lines = std::fs::read_to_string(&trace).unwrap();
+        assert_eq!(lines.lines().count(), 4, "{name}: {lines}");
+        assert!(lines.contains("a.safetensors"), "{name}");
+    }
+    let pattern = dir.join("{name}-density.json");
+    let mut c = analysis(
+        "hessian-trace",
+        &["--samples", "64", "--density-steps", "5", "--density"],
+    );
+    c.arg(&pattern).arg(&a).arg(&b);
+    let (status, err) = with_stdout_closed(c);
+    assert!(status.success(), "{err}");
+    assert!(
+        !err.contains("panicked")
+            && !err.contains("failed printing")
+            && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    let d: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("a-density.json")).unwrap()).unwrap();
+    assert_eq!(d["steps"], 5);
+}

@@ -4,7 +4,7 @@ extern crate openblas_src;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use common::io::{atomic_write, process_stream};
+use common::io::{atomic_write, log_line, process_stream};
 use common::model::{Activation, Architecture};
 use common::sample::llc::trace_lines;
 use common::sample::{
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("wbic: {e:#}");
+            log_line(&format!("wbic: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -224,10 +224,10 @@ fn run(args: Args) -> Result<ExitCode> {
             };
             let est = estimate_wbic(&pot, &ck.params, &sgld, mode)?;
             if !quiet {
-                eprintln!(
+                log_line(&format!(
                     "wbic: {}",
                     est.summary_line(&path.display().to_string(), key)
-                );
+                ));
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();

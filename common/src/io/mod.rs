@@ -10,4 +10,4 @@ pub use checkpoint::{
 };
 pub use records::{read_records, Record, RecordWriter};
 mod stream;
-pub use stream::{fill_name, isolated, process_stream, require_file, StreamSummary};
+pub use stream::{fill_name, isolated, log_line, process_stream, require_file, StreamSummary};

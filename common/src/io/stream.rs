@@ -105,8 +105,9 @@ fn failure_line(tool: &str, what: &str, checkpoint: &Path, msg: &str) -> String 
     }
 }
 
-/// One line on stderr; a closed stderr is not worth a panic (`eprintln!` would panic).
-fn log_line(line: &str) {
+/// Writes one line to stderr (progress, a record's failure). A closed stderr is not worth a panic:
+/// `eprintln!` would panic, and inside a record that would fail the record.
+pub fn log_line(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
