@@ -131,7 +131,8 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     max_lanczos_steps: usize,
     /// Write the eigenvalue density (stochastic Lanczos quadrature) as JSON to FILE; `{name}` in FILE
-    /// is replaced by the checkpoint's file stem.
+    /// is replaced by the checkpoint's file stem (a record whose stem is not a plain file name, such
+    /// as `..`, fails).
     #[arg(long)]
     density: Option<PathBuf>,
     /// Lanczos steps per density run.

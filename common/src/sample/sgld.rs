@@ -105,7 +105,7 @@ impl SgldConfig {
             .and_then(|_| self.thin.checked_add(1))
             .and_then(|t| t.checked_mul(self.draws))
             .and_then(|v| v.checked_mul(self.chains));
-        if !kept.is_some_and(|v| v <= MAX_TRACE_VALUES) {
+        if !matches!(kept, Some(v) if v <= MAX_TRACE_VALUES) {
             return Err(Error::invalid(format!(
                 "--chains {} × --draws {} × --thin {} (with --burn-in {}) is too long a run to keep its traces in memory (at most {MAX_TRACE_VALUES} values)",
                 self.chains, self.draws, self.thin, self.burn_in
