@@ -132,7 +132,11 @@ impl RunSettings {
                 format!("the metadata does not record `{k}`, so --resume cannot check that the run continues exactly"),
             )
         };
-        let u = |k: &str| meta.get(k).and_then(Value::as_u64).ok_or_else(|| missing(k));
+        let u = |k: &str| {
+            meta.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| missing(k))
+        };
         Ok(RunSettings {
             run: meta
                 .get("run")
@@ -172,7 +176,12 @@ impl RunSettings {
                 });
             }
         };
-        cmp("run", false, self.run.clone().into(), new.run.clone().into());
+        cmp(
+            "run",
+            false,
+            self.run.clone().into(),
+            new.run.clone().into(),
+        );
         cmp(
             "dataset",
             false,
@@ -288,7 +297,12 @@ impl Resume {
     /// metadata that does not record the run's settings.
     pub fn load(checkpoint: &Path, ck: &Checkpoint) -> Result<Self> {
         let sidecar = optimizer_sidecar_path(checkpoint);
-        let (state, sidecar_meta) = load_optimizer_state(&sidecar)?;
+        let (state, sidecar_meta) = load_optimizer_state(&sidecar).map_err(|e| {
+            Error::checkpoint(
+                checkpoint,
+                format!("--resume needs its optimiser sidecar: {e}"),
+            )
+        })?;
         check_sidecar_matches(checkpoint, &ck.meta, &sidecar, &sidecar_meta)?;
         let settings = RunSettings::from_metadata(checkpoint, &ck.meta)?;
         let u = |k: &str| ck.meta.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -339,8 +353,7 @@ impl Resume {
         let changes = self.settings.changes(new);
         if let (Some(c), false) = (changes.first(), accept_changes) {
             return Err(Error::invalid(format!(
-                "{}: {} was {} in {} and is {} now; --resume continues a run exactly, so pass the checkpoint's value (or --resume-with-changes to change it and record the change)",
-                c.flag,
+                "{} was {} in {} and is {} now; --resume continues a run exactly, so pass the checkpoint's value (or --resume-with-changes to change it and record the change)",
                 c.flag,
                 c.from,
                 self.checkpoint.display(),

@@ -269,9 +269,11 @@ fn a_closed_stdout_stops_the_run_with_a_message_and_a_failing_status() {
     let epoch = last["epoch"].as_u64().unwrap();
     let mut c = tool("train");
     c.args(["--data-dir"]).arg(small_data());
-    c.args(["--hidden", "8", "--quiet", "--resume", "--init", ck, "--out"])
-        .arg(&dir)
-        .args(["--epochs", &(epoch + 1).to_string()]);
+    c.args([
+        "--hidden", "8", "--quiet", "--resume", "--init", ck, "--out",
+    ])
+    .arg(&dir)
+    .args(["--epochs", &(epoch + 1).to_string()]);
     let o = run(c);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(records(&o)[0]["epoch"], epoch + 1);
@@ -555,18 +557,24 @@ fn log_epochs(dir: &Path) -> Vec<u64> {
     std::fs::read_to_string(dir.join("run.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
 fn resume_small(out: &Path, from: &str, epochs: &str, extra: &[&str]) -> std::process::Output {
     let mut c = tool("train");
     c.args(["--data-dir"]).arg(small_data());
-    c.args(["--hidden", "32", "--epochs", epochs, "--quiet", "--resume", "--init"])
-        .arg(out.join(from))
-        .arg("--out")
-        .arg(out)
-        .args(extra);
+    c.args([
+        "--hidden", "32", "--epochs", epochs, "--quiet", "--resume", "--init",
+    ])
+    .arg(out.join(from))
+    .arg("--out")
+    .arg(out)
+    .args(extra);
     run(c)
 }
 
@@ -577,9 +585,20 @@ fn a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten() {
     let before = std::fs::read(dir.join("epoch-0001.safetensors")).unwrap();
     let listing = files_in(&dir);
     let o = train_small(&dir, "1", &["--seed", "2"]);
-    assert_one_line_error(&o, &["out-taken", "already holds a run", "--resume", "--overwrite"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "out-taken",
+            "already holds a run",
+            "--resume",
+            "--overwrite",
+        ],
+    );
     assert_eq!(files_in(&dir), listing, "nothing written");
-    assert_eq!(std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(),
+        before
+    );
     // --overwrite replaces the whole run: nothing of seed 1 is left beside seed 2's.
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
     let o = train_small(&dir, "1", &["--seed", "2", "--overwrite"]);
@@ -594,13 +613,24 @@ fn a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten() {
         ]
     );
     assert_eq!(log_epochs(&dir), [1]);
-    assert_ne!(std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(), before);
+    assert_ne!(
+        std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(),
+        before
+    );
     // --overwrite never removes the checkpoint the run starts from.
     let init = dir.join("epoch-0001.safetensors");
-    let o = train_small(&dir, "1", &["--overwrite", "--init", init.to_str().unwrap()]);
+    let o = train_small(
+        &dir,
+        "1",
+        &["--overwrite", "--init", init.to_str().unwrap()],
+    );
     assert_one_line_error(&o, &["--overwrite would remove", "epoch-0001.safetensors"]);
     assert!(init.is_file());
-    let o = train_small(&dir, "1", &["--overwrite", "--resume", "--init", init.to_str().unwrap()]);
+    let o = train_small(
+        &dir,
+        "1",
+        &["--overwrite", "--resume", "--init", init.to_str().unwrap()],
+    );
     assert!(!o.status.success());
 }
 
@@ -615,7 +645,11 @@ fn resume_refuses_a_sidecar_of_another_run() {
     let o = resume_small(&a, "epoch-0001.safetensors", "2", &["--run", "r"]);
     assert_one_line_error(
         &o,
-        &["pair-a/epoch-0001.safetensors", "pair-a/epoch-0001.safetensors.optim.safetensors", "`seed` is 1 here and 2"],
+        &[
+            "pair-a/epoch-0001.safetensors",
+            "pair-a/epoch-0001.safetensors.optim.safetensors",
+            "`seed` is 1 here and 2",
+        ],
     );
     assert!(!a.join("epoch-0002.safetensors").exists());
 }
@@ -632,7 +666,11 @@ fn a_failed_sidecar_write_leaves_no_checkpoint_without_its_sidecar() {
         "no checkpoint without its sidecar"
     );
     assert_eq!(log_epochs(&dir), [1]);
-    assert!(!files_in(&dir).iter().any(|f| f.contains(".tmp")), "{:?}", files_in(&dir));
+    assert!(
+        !files_in(&dir).iter().any(|f| f.contains(".tmp")),
+        "{:?}",
+        files_in(&dir)
+    );
     std::fs::remove_dir(dir.join("epoch-0002.safetensors.optim.safetensors")).unwrap();
     let o = resume_small(&dir, "epoch-0001.safetensors", "2", &["--run", "r"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -645,14 +683,26 @@ fn resume_refuses_changed_settings_and_records_the_accepted_ones() {
     assert!(train_small(&dir, "1", &[]).status.success());
     for (flags, needles) in [
         (&["--lr", "0.1"][..], &["--lr", "was 0.01", "is 0.1"][..]),
-        (&["--batch-size", "64"], &["--batch-size", "was 128", "is 64"]),
+        (
+            &["--batch-size", "64"],
+            &["--batch-size", "was 128", "is 64"],
+        ),
         (&["--seed", "2"], &["--seed", "was 1", "is 2"]),
         (&["--no-shuffle"], &["--no-shuffle", "was true", "is false"]),
-        (&["--train-samples", "640"], &["--train-samples", "was 1280", "is 640"]),
+        (
+            &["--train-samples", "640"],
+            &["--train-samples", "was 1280", "is 640"],
+        ),
         (&["--no-nesterov"], &["--nesterov", "was true", "is false"]),
         (&["--momentum", "0.5"], &["--momentum", "was 0.9", "is 0.5"]),
-        (&["--weight-decay", "0.001"], &["--weight-decay", "was 0.0", "is 0.001"]),
-        (&["--optimizer", "ngd"], &["--optimizer", "was \"sgd\"", "is \"ngd\""]),
+        (
+            &["--weight-decay", "0.001"],
+            &["--weight-decay", "was 0.0", "is 0.001"],
+        ),
+        (
+            &["--optimizer", "ngd"],
+            &["--optimizer", "was \"sgd\"", "is \"ngd\""],
+        ),
         (&["--run", "other"], &["--run", "was \"r\"", "is \"other\""]),
         (&["--threads", "2"], &["--threads", "was 1", "is 2"]),
     ] {
@@ -698,10 +748,19 @@ fn resuming_from_an_earlier_epoch_rewrites_what_follows_once() {
     let second = std::fs::read(dir.join("epoch-0002.safetensors")).unwrap();
     let o = resume_small(&dir, "epoch-0001.safetensors", "2", &["--run", "r"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(log_epochs(&dir), [1, 2], "each epoch once, none past the run");
+    assert_eq!(
+        log_epochs(&dir),
+        [1, 2],
+        "each epoch once, none past the run"
+    );
     assert!(!dir.join("epoch-0003.safetensors").exists());
-    assert!(!dir.join("epoch-0003.safetensors.optim.safetensors").exists());
-    assert_eq!(std::fs::read(dir.join("epoch-0002.safetensors")).unwrap(), second);
+    assert!(!dir
+        .join("epoch-0003.safetensors.optim.safetensors")
+        .exists());
+    assert_eq!(
+        std::fs::read(dir.join("epoch-0002.safetensors")).unwrap(),
+        second
+    );
 }
 
 #[test]
@@ -723,25 +782,52 @@ fn stale_temp_files_of_killed_runs_are_removed() {
 #[test]
 fn the_wrong_data_set_is_refused_by_name() {
     let dir = scratch("wrong-data");
-    let o = train_on(&small_data(), &dir.join("o"), &["--dataset", "fashion-mnist"]);
-    assert_one_line_error(
-        &o,
-        &["train-images-idx3-ubyte.gz", "holds the MNIST train images", "not the Fashion-MNIST", "--dataset mnist"],
-    );
-    assert_nothing_written(&dir.join("o"));
-    assert!(train_on(&small_data(), &dir.join("m"), &[]).status.success());
     let o = train_on(
         &small_data(),
         &dir.join("o"),
-        &["--dataset", "fashion-mnist", "--init", dir.join("m/epoch-0001.safetensors").to_str().unwrap()],
+        &["--dataset", "fashion-mnist"],
     );
-    assert_one_line_error(&o, &["m/epoch-0001.safetensors", "--dataset fashion-mnist", "trained on mnist"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "train-images-idx3-ubyte.gz",
+            "holds the MNIST train images",
+            "not the Fashion-MNIST",
+            "--dataset mnist",
+        ],
+    );
+    assert_nothing_written(&dir.join("o"));
+    assert!(train_on(&small_data(), &dir.join("m"), &[])
+        .status
+        .success());
+    let o = train_on(
+        &small_data(),
+        &dir.join("o"),
+        &[
+            "--dataset",
+            "fashion-mnist",
+            "--init",
+            dir.join("m/epoch-0001.safetensors").to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(
+        &o,
+        &[
+            "m/epoch-0001.safetensors",
+            "--dataset fashion-mnist",
+            "trained on mnist",
+        ],
+    );
 }
 
 #[test]
 fn contradictory_flags_are_refused() {
     let dir = scratch("flags");
-    let o = train_on(&small_data(), &dir.join("o"), &["--nesterov", "--no-nesterov"]);
+    let o = train_on(
+        &small_data(),
+        &dir.join("o"),
+        &["--nesterov", "--no-nesterov"],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     assert_nothing_written(&dir.join("o"));

@@ -252,9 +252,7 @@ fn run(args: Args) -> Result<()> {
     let resume = match (&init, args.resume) {
         (Some(ck), true) => {
             let path = args.init.as_ref().expect("init");
-            Some(Resume::load(path, ck).with_context(|| {
-                format!("--resume needs the optimiser sidecar of {}", path.display())
-            })?)
+            Some(Resume::load(path, ck)?)
         }
         _ => None,
     };
@@ -438,7 +436,7 @@ fn run(args: Args) -> Result<()> {
         out.write(r).map_err(|e| {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 stopped_at = Some(format!(
-                    "stdout was closed by its reader; the run stopped after the record of epoch {}, step {}, whose checkpoint and every earlier one are complete (continue with --init {} --resume)",
+                    "stdout was closed by its reader; the run stopped at epoch {}, step {} (that checkpoint and every earlier one are complete; continue with --init {} --resume)",
                     r["epoch"],
                     r["step"],
                     r["checkpoint"].as_str().unwrap_or("")
@@ -458,9 +456,10 @@ fn run(args: Args) -> Result<()> {
         &mut emit,
     );
     match (result, stopped_at) {
-        (Err(_), Some(msg)) => {
-            Err(anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).context(msg))
-        }
+        (Err(_), Some(msg)) => Err(anyhow::Error::from(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        ))
+        .context(msg)),
         (r, _) => r.map(|_| ()).map_err(Into::into),
     }
 }
