@@ -352,12 +352,16 @@ impl Resume {
     pub fn check_settings(&self, new: &RunSettings, accept_changes: bool) -> Result<Option<Value>> {
         let changes = self.settings.changes(new);
         if let (Some(c), false) = (changes.first(), accept_changes) {
+            let show = |v: &Value| match v {
+                Value::Null => "unset".to_string(),
+                v => v.to_string(),
+            };
             return Err(Error::invalid(format!(
                 "{} was {} in {} and is {} now; --resume continues a run exactly, so pass the checkpoint's value (or --resume-with-changes to change it and record the change)",
                 c.flag,
-                c.from,
+                show(&c.from),
                 self.checkpoint.display(),
-                c.to
+                show(&c.to)
             )));
         }
         if changes.is_empty() && self.earlier_changes.is_empty() {
