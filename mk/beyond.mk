@@ -72,7 +72,7 @@ $(BEYOND_RUNS)/damping/%.jsonl:
 	@stem=$*; fisher=$${stem%%-*}; damping=$${stem#*-}; \
 	{ $(BIN)/train --model $(BEYOND_DAMPING_ARCH) --dataset mnist --data-dir $(DATA) --optimizer ngd-exact \
 	  --fisher $$fisher --damping-relative $$damping $(BEYOND_EXACT_FLAGS) --epochs $(BEYOND_DAMPING_EPOCHS) \
-	  --seed $(BEYOND_DAMPING_SEED) $(samples_flag) --out $(@D)/$* --run damping-$* --variant exact-$$fisher --quiet \
+	  --seed $(BEYOND_DAMPING_SEED) $(samples_flag) --out $(@D)/$* --overwrite --run damping-$* --variant exact-$$fisher --quiet \
 	  || echo "make: ngd-exact ($$fisher Fisher, relative damping $$damping) failed (see above); it is not chosen" >&2; \
 	} > $@.tmp; \
 	rm -rf $(@D)/$*; mv $@.tmp $@
@@ -106,7 +106,7 @@ $(BEYOND_RUNS)/noise-level.jsonl:
 	@mkdir -p $(@D)
 	$(BIN)/train --model $(BEYOND_NOISE_ARCH) --dataset mnist --data-dir $(DATA) --optimizer ngd \
 	  --ngd-alpha $(BEYOND_NGD_ALPHA) --ngd-shadow-f64 --epochs $(BEYOND_NOISE_EPOCHS) --seed $(BEYOND_NOISE_SEED) \
-	  $(samples_flag) --out $(BEYOND_RUNS)/noise-level --run noise-level --variant ngd-f32-shadow --quiet > $@.tmp
+	  $(samples_flag) --out $(BEYOND_RUNS)/noise-level --overwrite --run noise-level --variant ngd-f32-shadow --quiet > $@.tmp
 	@rm -rf $(BEYOND_RUNS)/noise-level; mv $@.tmp $@
 
 # R of the noise control: ‖d_f32 − d_f64‖/‖g‖ over all tensors, averaged over every step of the measurement.
@@ -142,7 +142,7 @@ $(BEYOND_RUNS)/table/%.jsonl:
 	esac; \
 	last='"epoch":$(BEYOND_EPOCHS),'; \
 	$(BIN)/train --model $$arch $$opt --dataset $$ds --data-dir $(DATA) --epochs $(BEYOND_EPOCHS) --seed $$seed \
-	  $(samples_flag) --out $$dir --run $$ds-$$arch-$$variant-s$$seed --variant $$variant --quiet \
+	  $(samples_flag) --out $$dir --overwrite --run $$ds-$$arch-$$variant-s$$seed --variant $$variant --quiet \
 	| grep -E '$(call epochs_re,$(BEYOND_LLC_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(BEYOND_LLC_DRAWS) --seed $$seed --data-dir $(DATA) --quiet > $@.llc.tmp; \
 	{ grep -vF "$$last" $@.llc.tmp || true; \

@@ -64,7 +64,7 @@ $(PAPER_RUNS)/table/%.jsonl:
 	@set -- $(subst /, ,$*); arch=$$1; opt=$$2; seed=$${3#s}; dir=$(@D)/s$$seed; \
 	ngd=$$([ "$$opt" = ngd ] && echo "--ngd-alpha $(TABLE_NGD_ALPHA)" || true); \
 	$(BIN)/train --model $$arch --optimizer $$opt $$ngd --dataset mnist --data-dir $(DATA) --epochs $(TABLE_EPOCHS) \
-	  --seed $$seed $(samples_flag) --out $$dir --run $$arch-$$opt-s$$seed --quiet \
+	  --seed $$seed $(samples_flag) --out $$dir --overwrite --run $$arch-$$opt-s$$seed --quiet \
 	| grep -E '$(call epochs_re,$(TABLE_LLC_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed $$seed --data-dir $(DATA) --quiet > $@.tmp; \
 	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(lastword $(TABLE_EPOCHS))).*' -delete; \
@@ -97,7 +97,7 @@ $(PAPER_RUNS)/smoothing/%.jsonl:
 	  damping-*) opt="--optimizer ngd-exact --damping-relative $${stem#damping-}";; \
 	esac; dir=$(@D)/$$stem; \
 	$(BIN)/train --model $(SMOOTH_ARCH) $$opt --dataset mnist --data-dir $(DATA) --epochs $(SMOOTH_EPOCHS) --seed 1 \
-	  $(samples_flag) --out $$dir --run smoothing-$* --quiet \
+	  $(samples_flag) --out $$dir --overwrite --run smoothing-$* --quiet \
 	| grep -E '$(call epochs_re,$(SMOOTH_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed 1 --data-dir $(DATA) --quiet > $@.tmp; \
 	find $$dir -name 'epoch-*' ! -name 'epoch-$(shell printf %04d $(SMOOTH_EPOCHS)).*' -delete; \
@@ -129,7 +129,7 @@ $(PAPER_RUNS)/trace/%.jsonl:
 	arch=$${rest%-*}; opt=$${rest##*-}; \
 	ngd=$$([ "$$opt" = ngd ] && echo "--ngd-alpha $(TRACE_ALPHA)" || true); \
 	$(BIN)/train --model $$arch --optimizer $$opt $$ngd --dataset $$ds --data-dir $(DATA) --epochs $$ep --seed 1 \
-	  $(samples_flag) --out $(@D)/$* --run trace-$* --quiet \
+	  $(samples_flag) --out $(@D)/$* --overwrite --run trace-$* --quiet \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed 1 --data-dir $(DATA) --quiet \
 	| $(BIN)/hessian-trace --data-dir $(DATA) --quiet > $@.tmp; \
 	mv $@.tmp $@
@@ -149,7 +149,7 @@ SWITCH_DIR := $(PAPER_RUNS)/switch
 $(SWITCH_DIR)/source.jsonl:
 	@mkdir -p $(@D)
 	$(BIN)/train --model mlp_2x256 --dataset fashion-mnist --data-dir $(DATA) --epochs $(SWITCH_AT) --seed 1 \
-	  $(samples_flag) --out $(SWITCH_DIR)/source --run source-sgd --quiet \
+	  $(samples_flag) --out $(SWITCH_DIR)/source --overwrite --run source-sgd --quiet \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed 1 --data-dir $(DATA) --quiet > $@.tmp
 	mv $@.tmp $@
 
@@ -157,7 +157,7 @@ $(SWITCH_DIR)/source.jsonl:
 # are kept, so the file is written whatever the branches do.
 $(SWITCH_DIR)/branches.jsonl: $(SWITCH_DIR)/source.jsonl
 	{ $(BIN)/switch --from $(SWITCH_DIR)/source/epoch-$(shell printf %04d $(SWITCH_AT)).safetensors \
-	  --epochs $(SWITCH_EPOCHS) --data-dir $(DATA) --jobs 2 --out $(SWITCH_DIR)/branches --quiet \
+	  --epochs $(SWITCH_EPOCHS) --data-dir $(DATA) --jobs 2 --out $(SWITCH_DIR)/branches --overwrite --quiet \
 	  --branch sgd --branch ngd:ngd-alpha=$(TRACE_ALPHA) --branch sgd:lr=0.1 --branch sgd:lr=1 \
 	  || echo "make: a switch branch failed (see above); it is left out" >&2; } \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(LLC_DRAWS) --seed 1 --data-dir $(DATA) --quiet > $@.tmp
@@ -180,7 +180,7 @@ $(PAPER_RUNS)/cnn/%.jsonl:
 	@set -- $(subst /, ,$*); ds=$$1; opt=$$2; seed=$${3#s}; dir=$(@D)/s$$seed; \
 	ngd=$$([ "$$opt" = ngd ] && echo "--ngd-alpha $(TABLE_NGD_ALPHA)" || true); \
 	$(BIN)/train --model lenet --optimizer $$opt $$ngd --dataset $$ds --data-dir $(DATA) --epochs $(CNN_EPOCHS) \
-	  --seed $$seed $(samples_flag) --out $$dir --run lenet-$$ds-$$opt-s$$seed --quiet \
+	  --seed $$seed $(samples_flag) --out $$dir --overwrite --run lenet-$$ds-$$opt-s$$seed --quiet \
 	| grep -E '$(call epochs_re,$(CNN_LLC_EPOCHS))' \
 	| $(BIN)/llc $(LLC_FLAGS) --draws $(CNN_LLC_DRAWS) --seed $$seed --data-dir $(DATA) --quiet \
 	| $(BIN)/hessian-trace --data-dir $(DATA) --quiet > $@.tmp; \

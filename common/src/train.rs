@@ -6,9 +6,11 @@
 //! checkpoint and its optimiser sidecar atomically, and emits one record.
 
 use crate::data::{check_input, Dataset};
-use crate::io::{optimizer_sidecar_path, save_optimizer_state, Checkpoint, Record};
+use crate::io::{
+    load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, Record,
+};
 use crate::model::Network;
-use crate::optim::{describe, Batch, Optimizer};
+use crate::optim::{describe, Batch, Optimizer, OptimizerState};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
@@ -62,6 +64,500 @@ pub struct Start {
 pub struct Summary {
     pub records: Vec<Record>,
     pub last_checkpoint: Option<PathBuf>,
+}
+
+/// The settings that shape a run's numbers, as a checkpoint's metadata records them. `--resume`
+/// continues a run exactly only when the new command's settings are the same; `--epochs` is not one
+/// of them (a run may be continued further).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSettings {
+    /// The run's name (records, metadata): not a number, but one run's log keeps one name.
+    pub run: String,
+    pub dataset: String,
+    /// Seed of the data order (and of any optimiser noise).
+    pub seed: u64,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    /// Training samples actually used (after `--train-samples`).
+    pub train_samples: usize,
+    pub blas_threads: usize,
+    /// The optimiser's name and hyperparameters ([`describe`]).
+    pub optimizer: Value,
+}
+
+/// One setting that differs between a checkpoint and the command continuing it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SettingChange {
+    /// The `train` flag that sets it (`--lr`, `--batch-size`, `--ngd-alpha`, …).
+    pub flag: String,
+    /// The checkpoint's value and the new one (`null` where one side does not have it).
+    pub from: Value,
+    pub to: Value,
+}
+
+impl SettingChange {
+    fn to_json(&self, at_step: usize) -> Value {
+        serde_json::json!({"at_step": at_step, "flag": self.flag, "from": self.from, "to": self.to})
+    }
+}
+
+/// The `train` flag of a run setting or an optimiser hyperparameter (a key of [`describe`]'s object).
+fn setting_flag(key: &str, in_optimizer: bool) -> String {
+    let flag = match (in_optimizer, key) {
+        (false, "blas_threads") => "threads",
+        (false, "shuffle") => "no-shuffle",
+        (true, "name") => "optimizer",
+        (true, "alpha" | "eta" | "epsilon" | "delta" | "rank" | "update_period") => {
+            return format!("--ngd-{}", key.replace('_', "-"));
+        }
+        (true, "ngd_dtype") => "ngd-dtype",
+        (true, "shadow_f64") => "ngd-shadow-f64",
+        (true, "damping" | "damping_value") => "damping/--damping-relative",
+        (true, "fisher_seed" | "direction_noise_seed") => "seed",
+        (true, "direction_noise_tensors") => "direction-noise-tensor",
+        _ => key,
+    };
+    format!("--{}", flag.replace('_', "-"))
+}
+
+impl RunSettings {
+    /// The settings a checkpoint's metadata records.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] naming the file and the first setting the metadata lacks.
+    pub fn from_metadata(path: &Path, meta: &Map<String, Value>) -> Result<Self> {
+        let missing = |k: &str| {
+            Error::checkpoint(
+                path,
+                format!("the metadata does not record `{k}`, so --resume cannot check that the run continues exactly"),
+            )
+        };
+        let u = |k: &str| {
+            meta.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| missing(k))
+        };
+        Ok(RunSettings {
+            run: meta
+                .get("run")
+                .and_then(Value::as_str)
+                .ok_or_else(|| missing("run"))?
+                .to_string(),
+            dataset: meta
+                .get("dataset")
+                .and_then(Value::as_str)
+                .ok_or_else(|| missing("dataset"))?
+                .to_string(),
+            seed: u("seed")?,
+            batch_size: u("batch_size")? as usize,
+            shuffle: meta
+                .get("shuffle")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| missing("shuffle"))?,
+            train_samples: u("train_samples")? as usize,
+            blas_threads: u("blas_threads")? as usize,
+            optimizer: meta
+                .get("optimizer")
+                .filter(|o| o.is_object())
+                .cloned()
+                .ok_or_else(|| missing("optimizer"))?,
+        })
+    }
+
+    /// Every setting of `new` that differs from `self`, named by its `train` flag.
+    pub fn changes(&self, new: &RunSettings) -> Vec<SettingChange> {
+        let mut out = Vec::new();
+        let mut cmp = |key: &str, in_optimizer: bool, a: Value, b: Value| {
+            if a != b {
+                out.push(SettingChange {
+                    flag: setting_flag(key, in_optimizer),
+                    from: a,
+                    to: b,
+                });
+            }
+        };
+        cmp(
+            "run",
+            false,
+            self.run.clone().into(),
+            new.run.clone().into(),
+        );
+        cmp(
+            "dataset",
+            false,
+            self.dataset.clone().into(),
+            new.dataset.clone().into(),
+        );
+        cmp("seed", false, self.seed.into(), new.seed.into());
+        cmp(
+            "batch_size",
+            false,
+            self.batch_size.into(),
+            new.batch_size.into(),
+        );
+        cmp("shuffle", false, self.shuffle.into(), new.shuffle.into());
+        cmp(
+            "train_samples",
+            false,
+            self.train_samples.into(),
+            new.train_samples.into(),
+        );
+        cmp(
+            "blas_threads",
+            false,
+            self.blas_threads.into(),
+            new.blas_threads.into(),
+        );
+        let empty = Map::new();
+        let a = self.optimizer.as_object().unwrap_or(&empty);
+        let b = new.optimizer.as_object().unwrap_or(&empty);
+        let mut seen = std::collections::BTreeSet::new();
+        for key in a.keys().chain(b.keys()) {
+            if seen.insert(key.as_str()) {
+                let va = a.get(key).cloned().unwrap_or(Value::Null);
+                let vb = b.get(key).cloned().unwrap_or(Value::Null);
+                cmp(key, true, va, vb);
+            }
+        }
+        out
+    }
+}
+
+/// The metadata keys [`Checkpoint::to_bytes`] adds to a checkpoint's own (the sidecar lacks them).
+const CHECKPOINT_ONLY_KEYS: [&str; 6] = [
+    "format",
+    "arch",
+    "param_order",
+    "num_params",
+    "dtype",
+    "torch_module",
+];
+
+/// A metadata value as it is stored (a plain string, else its JSON text).
+fn stored_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Checks that a sidecar was written with its checkpoint: both carry the same metadata (the run, its
+/// seed, step and epoch first, then every other key).
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming both files and the first field that differs.
+pub fn check_sidecar_matches(
+    checkpoint: &Path,
+    checkpoint_meta: &Map<String, Value>,
+    sidecar: &Path,
+    sidecar_meta: &Map<String, Value>,
+) -> Result<()> {
+    let keys = ["run", "seed", "step", "epoch"]
+        .into_iter()
+        .map(str::to_string)
+        .chain(checkpoint_meta.keys().cloned())
+        .chain(sidecar_meta.keys().cloned())
+        .filter(|k| !CHECKPOINT_ONLY_KEYS.contains(&k.as_str()));
+    for key in keys {
+        let a = checkpoint_meta.get(&key).map(stored_text);
+        let b = sidecar_meta.get(&key).map(stored_text);
+        if a != b {
+            let show = |v: Option<String>| v.unwrap_or_else(|| "absent".to_string());
+            return Err(Error::checkpoint(
+                checkpoint,
+                format!(
+                    "its optimiser sidecar {} belongs to another checkpoint: `{key}` is {} here and {} in the sidecar (a sidecar from another run, or a write that failed); resume from a checkpoint whose sidecar matches",
+                    sidecar.display(),
+                    show(a),
+                    show(b)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A run to continue exactly: where its checkpoint stopped, its optimiser state and its settings.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub checkpoint: PathBuf,
+    pub start: Start,
+    pub optimizer_state: OptimizerState,
+    pub settings: RunSettings,
+    /// Earlier accepted changes (`resumed_with_changes` in the metadata), kept in the new records.
+    pub earlier_changes: Vec<Value>,
+}
+
+impl Resume {
+    /// Loads the optimiser sidecar of `checkpoint` (already loaded as `ck`), checks that the two are
+    /// one pair ([`check_sidecar_matches`]) and reads where the run stopped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Checkpoint`] for a missing, corrupt or mismatched sidecar, or
+    /// metadata that does not record the run's settings.
+    pub fn load(checkpoint: &Path, ck: &Checkpoint) -> Result<Self> {
+        let sidecar = optimizer_sidecar_path(checkpoint);
+        let (state, sidecar_meta) = load_optimizer_state(&sidecar).map_err(|e| {
+            Error::checkpoint(
+                checkpoint,
+                format!("--resume needs its optimiser sidecar: {e}"),
+            )
+        })?;
+        check_sidecar_matches(checkpoint, &ck.meta, &sidecar, &sidecar_meta)?;
+        let settings = RunSettings::from_metadata(checkpoint, &ck.meta)?;
+        let u = |k: &str| ck.meta.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let complete = ck
+            .meta
+            .get("epoch_complete")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let epoch = u("epoch");
+        let start = Start {
+            params: ck.params.clone(),
+            epoch: if complete {
+                epoch
+            } else {
+                epoch.saturating_sub(1)
+            },
+            step: u("step"),
+            step_in_epoch: if complete { 0 } else { u("step_in_epoch") },
+            init: ck
+                .meta
+                .get("init")
+                .and_then(Value::as_str)
+                .unwrap_or("resumed")
+                .to_string(),
+        };
+        Ok(Resume {
+            checkpoint: checkpoint.to_path_buf(),
+            start,
+            optimizer_state: state,
+            settings,
+            earlier_changes: ck
+                .meta
+                .get("resumed_with_changes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Compares the new command's settings with the checkpoint's. A change is refused unless
+    /// `accept_changes`; accepted ones are returned as the `resumed_with_changes` value to put in every
+    /// record and checkpoint that follows (the earlier ones, then these, each with the step it took
+    /// effect at).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first changed flag, the checkpoint's value and the new one.
+    pub fn check_settings(&self, new: &RunSettings, accept_changes: bool) -> Result<Option<Value>> {
+        let changes = self.settings.changes(new);
+        if let (Some(c), false) = (changes.first(), accept_changes) {
+            let show = |v: &Value| match v {
+                Value::Null => "unset".to_string(),
+                v => v.to_string(),
+            };
+            return Err(Error::invalid(format!(
+                "{} was {} in {} and is {} now; --resume continues a run exactly, so pass the checkpoint's value (or --resume-with-changes to change it and record the change)",
+                c.flag,
+                show(&c.from),
+                self.checkpoint.display(),
+                show(&c.to)
+            )));
+        }
+        if changes.is_empty() && self.earlier_changes.is_empty() {
+            return Ok(None);
+        }
+        let mut all = self.earlier_changes.clone();
+        all.extend(changes.iter().map(|c| c.to_json(self.start.step)));
+        Ok(Some(Value::Array(all)))
+    }
+}
+
+/// How a run uses its output folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    /// A new run: the folder must not hold a run's files yet.
+    Fresh,
+    /// A new run replacing the one in the folder: its checkpoints, sidecars and run.jsonl are removed
+    /// first (other files are left alone).
+    Overwrite,
+    /// Continuing the run from a checkpoint: its files past the resume point are removed and
+    /// run.jsonl keeps only the records up to it, so that the folder describes one run.
+    Resume,
+}
+
+/// A file a run writes into its output folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunFile {
+    Log,
+    /// `epoch-NNNN.safetensors` (or its sidecar): the epoch number.
+    Epoch(usize),
+    /// `step-NNNNNNN.safetensors` (or its sidecar): the global step.
+    Step(usize),
+}
+
+fn run_file_kind(name: &str) -> Option<RunFile> {
+    if name == "run.jsonl" {
+        return Some(RunFile::Log);
+    }
+    let stem = name
+        .strip_suffix(".safetensors.optim.safetensors")
+        .or_else(|| name.strip_suffix(".safetensors"))?;
+    let number = |digits: &str| {
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    if let Some(d) = stem.strip_prefix("epoch-") {
+        return number(d).map(RunFile::Epoch);
+    }
+    stem.strip_prefix("step-")
+        .and_then(number)
+        .map(RunFile::Step)
+}
+
+/// The run files in `dir` (plain files only), sorted by name.
+fn run_files(dir: &Path) -> Result<Vec<(PathBuf, RunFile)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            continue;
+        }
+        if let Some(kind) = entry.file_name().to_str().and_then(run_file_kind) {
+            out.push((entry.path(), kind));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The last complete epoch's checkpoint in `dir` that has its optimiser sidecar, if any (where
+/// `switch --resume` continues a branch).
+pub fn last_epoch_checkpoint(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut best: Option<(usize, PathBuf)> = None;
+    for (path, kind) in run_files(dir)? {
+        if let RunFile::Epoch(e) = kind {
+            let is_model = !path.to_string_lossy().ends_with(".optim.safetensors");
+            if is_model
+                && optimizer_sidecar_path(&path).is_file()
+                && best.as_ref().is_none_or(|(b, _)| e > *b)
+            {
+                best = Some((e, path));
+            }
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Gets `dir` ready for a run: creates it, checks it is writable, removes temporary files a killed
+/// run left ([`crate::io::remove_stale_temp_files`]), then applies `mode`. `keep` is a checkpoint the
+/// run reads (`--init`), which [`OutputMode::Overwrite`] must not remove; `resume` is where a resumed
+/// run starts and `run`/`seed` who it is ([`OutputMode::Resume`]).
+///
+/// # Errors
+/// [`Error::Invalid`] when a fresh run's folder already holds a run (naming the folder, what it holds
+/// and the flags that decide), when `--overwrite` would remove `keep`, or when a resumed run's folder
+/// holds another run's log; I/O errors naming the file.
+pub fn prepare_output(
+    dir: &Path,
+    mode: OutputMode,
+    keep: Option<&Path>,
+    resume: Option<(&Start, &RunSettings)>,
+) -> Result<()> {
+    crate::io::check_writable_dir(dir)?;
+    crate::io::remove_stale_temp_files(dir)?;
+    let files = run_files(dir)?;
+    match mode {
+        OutputMode::Fresh => {
+            if let Some((first, _)) = files.first() {
+                let checkpoints = files.iter().filter(|(_, k)| *k != RunFile::Log).count();
+                return Err(Error::invalid(format!(
+                    "{} already holds a run ({} checkpoint and sidecar files{}, first {}); pass --resume to continue it, --overwrite to replace it, or another --out",
+                    dir.display(),
+                    checkpoints,
+                    if files.iter().any(|(_, k)| *k == RunFile::Log) { " and run.jsonl" } else { "" },
+                    first.file_name().unwrap_or_default().to_string_lossy()
+                )));
+            }
+        }
+        OutputMode::Overwrite => {
+            if let Some(k) = keep {
+                let k_sidecar = optimizer_sidecar_path(k);
+                if let Some((p, _)) = files
+                    .iter()
+                    .find(|(p, _)| same_file(p, k) || same_file(p, &k_sidecar))
+                {
+                    return Err(Error::invalid(format!(
+                        "--overwrite would remove {}, which this run starts from; copy it elsewhere or write to another --out",
+                        p.display()
+                    )));
+                }
+            }
+            for (p, _) in &files {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            }
+        }
+        OutputMode::Resume => {
+            let (start, settings) =
+                resume.ok_or_else(|| Error::invalid("a resumed run needs its resume point"))?;
+            let log_path = dir.join("run.jsonl");
+            if let Ok(text) = std::fs::read_to_string(&log_path) {
+                let mut kept = String::new();
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let rec: Value = serde_json::from_str(line).map_err(|e| {
+                        Error::data(&log_path, format!("a line is not a JSON record: {e}"))
+                    })?;
+                    let other = rec.get("run").and_then(Value::as_str) != Some(&settings.run)
+                        || rec.get("seed").and_then(Value::as_u64) != Some(settings.seed);
+                    if other {
+                        return Err(Error::invalid(format!(
+                            "{} holds the log of another run (run {}, seed {}), not of run {:?} seed {}; resume into the run's own folder or another --out",
+                            log_path.display(),
+                            rec.get("run").unwrap_or(&Value::Null),
+                            rec.get("seed").unwrap_or(&Value::Null),
+                            settings.run,
+                            settings.seed
+                        )));
+                    }
+                    if rec
+                        .get("step")
+                        .and_then(Value::as_u64)
+                        .is_some_and(|s| s as usize <= start.step)
+                    {
+                        kept.push_str(line);
+                        kept.push('\n');
+                    }
+                }
+                if kept.len() != text.len() {
+                    crate::io::atomic_write(&log_path, kept.as_bytes())?;
+                }
+            }
+            for (p, kind) in &files {
+                let past = match *kind {
+                    RunFile::Log => false,
+                    RunFile::Epoch(e) => e > start.epoch,
+                    RunFile::Step(s) => s > start.step,
+                };
+                if past && !keep.is_some_and(|k| same_file(p, k)) {
+                    std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint file for a completed epoch, `epoch-0003.safetensors`.
@@ -150,8 +646,17 @@ pub fn train(
     let mut log = Vec::new();
     let log_path = cfg.out_dir.join("run.jsonl");
     if start.epoch > 0 || start.step_in_epoch > 0 {
-        if let Ok(existing) = std::fs::read(&log_path) {
-            log = existing;
+        // The records up to where this run starts (those past it describe a run this one replaces).
+        if let Ok(existing) = std::fs::read_to_string(&log_path) {
+            for line in existing.lines() {
+                let step = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|r| r.get("step").and_then(Value::as_u64));
+                if step.is_some_and(|s| s as usize <= start.step) {
+                    log.extend_from_slice(line.as_bytes());
+                    log.push(b'\n');
+                }
+            }
         }
     }
     let mut progress = Progress {
@@ -267,8 +772,11 @@ pub fn train(
                     meta: meta.clone(),
                     source_names: vec![],
                 };
-                ck.save(&path)?;
+                // The sidecar first: a checkpoint on disk always has its own sidecar beside it (a
+                // failed sidecar write leaves the previous pair), and both carry the same metadata,
+                // which `--resume` compares.
                 save_optimizer_state(&optimizer_sidecar_path(&path), &optimizer.state(), &meta)?;
+                ck.save(&path)?;
                 last_checkpoint = Some(path.clone());
 
                 let mut r = Record::new();

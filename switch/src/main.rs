@@ -7,8 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
-use common::optim::{build, OptimizerSettings, OPTIMIZERS};
-use common::train::{train, Start, TrainConfig};
+use common::optim::{build, describe, OptimizerSettings, OptimizerState, OPTIMIZERS};
+use common::train::{
+    last_epoch_checkpoint, prepare_output, train, OutputMode, Resume, RunSettings, Start,
+    TrainConfig,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,8 +41,12 @@ Examples:
   Two branches at a time on two cores, with the LLC streamed as they go:
     $ switch --from ck.safetensors --epochs 5 --jobs 2 --out runs/b --branch sgd --branch ngd | llc
 
+A branch folder that already holds a run is refused unless --resume continues each branch from its
+last epoch checkpoint (same settings and --from; --resume-with-changes records changes) or
+--overwrite replaces it. Branch names are single folder names (no `/`, `..`).
+
 Exit status: 0 when every branch finished, 1 otherwise (each failure named on stderr), 130 when
-interrupted.";
+interrupted, 141 when stdout was closed before the branches finished (`switch ... | head -1`).";
 
 #[derive(Parser, Debug)]
 #[command(name = "switch", version, about = "Continue a checkpoint along several optimiser branches", long_about = LONG_ABOUT)]
@@ -85,6 +92,17 @@ struct Args {
     /// Branches trained at the same time (each on one BLAS thread).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Continue each branch from the last epoch checkpoint in its folder (a branch without one
+    /// starts from --from); every setting must be the one the branch ran with.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// With --resume: accept changed settings and record them (`resumed_with_changes`).
+    #[arg(long, requires = "resume")]
+    resume_with_changes: bool,
+    /// Replace the runs already in the branches' folders (their checkpoints, sidecars and
+    /// run.jsonl are removed first); without it a branch folder that holds a run is refused.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, short)]
     quiet: bool,
 }
@@ -137,10 +155,100 @@ fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
         }
         n
     });
+    common::io::check_path_component(&format!("--branch {spec}: the branch name"), &name)?;
     Ok(Branch {
         name,
         settings,
         batch_size,
+    })
+}
+
+/// Where one branch starts: from `--from`, or (`--resume`) from its own last checkpoint.
+struct Plan {
+    start: Start,
+    optimizer_state: Option<OptimizerState>,
+    /// `resumed_with_changes`, when the resume accepted changes.
+    changes: Option<Value>,
+}
+
+/// Checks and prepares branch `b`'s folder for the mode the flags ask for, and says where it starts.
+#[allow(clippy::too_many_arguments)]
+fn plan_branch(
+    args: &Args,
+    b: &Branch,
+    net: &common::model::Network,
+    prefix: &str,
+    dataset: &str,
+    seed: u64,
+    shuffle: bool,
+    train_samples: usize,
+    base_batch: usize,
+    switched_at: &Value,
+    from_start: &Start,
+) -> Result<Plan> {
+    let dir = args.out.join(&b.name);
+    let context = || format!("branch {}", b.name);
+    let fresh = Plan {
+        start: from_start.clone(),
+        optimizer_state: None,
+        changes: None,
+    };
+    if !args.resume {
+        let mode = if args.overwrite {
+            OutputMode::Overwrite
+        } else {
+            OutputMode::Fresh
+        };
+        prepare_output(&dir, mode, Some(&args.from), None).with_context(context)?;
+        return Ok(fresh);
+    }
+    let now = RunSettings {
+        run: format!("{prefix}-{}", b.name),
+        dataset: dataset.to_string(),
+        seed,
+        batch_size: b.batch_size.unwrap_or(base_batch),
+        shuffle,
+        train_samples,
+        blas_threads: 1,
+        optimizer: describe(build(&b.settings, net)?.as_ref()),
+    };
+    let Some(path) = last_epoch_checkpoint(&dir)? else {
+        // Nothing to continue: the branch starts again from --from (its partial files go).
+        prepare_output(
+            &dir,
+            OutputMode::Resume,
+            Some(&args.from),
+            Some((from_start, &now)),
+        )
+        .with_context(context)?;
+        return Ok(fresh);
+    };
+    let ck = Checkpoint::load(&path, Some(&net.arch)).with_context(context)?;
+    ck.check_finite(&path).with_context(context)?;
+    let resume = Resume::load(&path, &ck).with_context(context)?;
+    if ck.meta.get("switched_at") != Some(switched_at) {
+        bail!(
+            "branch {}: {} was switched from {}, not from this --from ({}); pass the same --from, or --overwrite",
+            b.name,
+            path.display(),
+            ck.meta.get("switched_at").unwrap_or(&Value::Null),
+            switched_at
+        );
+    }
+    let changes = resume
+        .check_settings(&now, args.resume_with_changes)
+        .with_context(context)?;
+    prepare_output(
+        &dir,
+        OutputMode::Resume,
+        Some(&path),
+        Some((&resume.start, &resume.settings)),
+    )
+    .with_context(context)?;
+    Ok(Plan {
+        start: resume.start,
+        optimizer_state: Some(resume.optimizer_state),
+        changes,
     })
 }
 
@@ -217,8 +325,34 @@ fn run(args: Args) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "switch".into())
     });
+    let switched_at = json!({
+        "epoch": from_epoch,
+        "step": from_step,
+        "checkpoint": args.from.display().to_string(),
+    });
+    let from_start = Start {
+        params: ck.params.clone(),
+        epoch: from_epoch,
+        step: from_step,
+        step_in_epoch: 0,
+        init: args.from.display().to_string(),
+    };
+    // Every branch's folder is checked (and, with --resume, its checkpoint) before any trains.
+    let mut plans = Vec::new();
     for b in &branches {
-        common::io::check_writable_dir(&args.out.join(&b.name))?;
+        plans.push(plan_branch(
+            &args,
+            b,
+            &net,
+            &prefix,
+            dataset.name(),
+            seed,
+            shuffle,
+            train_data.len(),
+            base_batch,
+            &switched_at,
+            &from_start,
+        )?);
     }
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -231,11 +365,6 @@ fn run(args: Args) -> Result<()> {
     let next = Mutex::new(0usize);
     let failures = Mutex::new(Vec::<String>::new());
     let pipe_closed = AtomicBool::new(false);
-    let switched_at = json!({
-        "epoch": from_epoch,
-        "step": from_step,
-        "checkpoint": args.from.display().to_string(),
-    });
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.clamp(1, branches.len()) {
             scope.spawn(|| loop {
@@ -246,11 +375,18 @@ fn run(args: Args) -> Result<()> {
                     i
                 };
                 let Some(b) = branches.get(i) else { break };
+                let plan = &plans[i];
                 let result = (|| -> Result<()> {
                     let mut optimizer = build(&b.settings, &net)?;
+                    if let Some(state) = &plan.optimizer_state {
+                        optimizer.load_state(state)?;
+                    }
                     let mut extra = serde_json::Map::new();
                     extra.insert("branch".into(), Value::from(b.name.clone()));
                     extra.insert("switched_at".into(), switched_at.clone());
+                    if let Some(changes) = &plan.changes {
+                        extra.insert("resumed_with_changes".into(), changes.clone());
+                    }
                     let cfg = TrainConfig {
                         run: format!("{prefix}-{}", b.name),
                         out_dir: args.out.join(&b.name),
@@ -265,13 +401,7 @@ fn run(args: Args) -> Result<()> {
                         extra,
                         progress: false,
                     };
-                    let start = Start {
-                        params: ck.params.clone(),
-                        epoch: from_epoch,
-                        step: from_step,
-                        step_in_epoch: 0,
-                        init: args.from.display().to_string(),
-                    };
+                    let start = plan.start.clone();
                     let quiet = args.quiet;
                     let mut emit = |r: &Record| -> common::Result<()> {
                         if !quiet {
@@ -328,7 +458,10 @@ fn run(args: Args) -> Result<()> {
     });
     let failures = failures.into_inner().expect("lock");
     if pipe_closed.load(Ordering::SeqCst) {
-        return Ok(());
+        eprintln!(
+            "switch: stdout was closed by its reader; every branch stopped, and every checkpoint written is complete (continue with --resume)"
+        );
+        std::process::exit(141);
     }
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("switch: interrupted; every checkpoint written so far is complete");

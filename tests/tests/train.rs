@@ -245,7 +245,7 @@ fn help_explains_with_examples() {
 }
 
 #[test]
-fn broken_pipe_exits_quietly() {
+fn a_closed_stdout_stops_the_run_with_a_message_and_a_failing_status() {
     let dir = scratch("pipe");
     let mut c = tool("train");
     c.args(["--data-dir"]).arg(small_data());
@@ -259,8 +259,24 @@ fn broken_pipe_exits_quietly() {
     std::io::Read::read_exact(&mut out, &mut first).unwrap();
     drop(out);
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
-    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
+    assert_one_line_error(&o, &["stdout was closed", "--resume", "epoch-"]);
+    // What was written is a complete run that --resume continues.
+    let log = std::fs::read_to_string(dir.join("run.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    let ck = last["checkpoint"].as_str().unwrap();
+    assert!(stderr(&o).contains(ck), "{} names {ck}", stderr(&o));
+    let epoch = last["epoch"].as_u64().unwrap();
+    let mut c = tool("train");
+    c.args(["--data-dir"]).arg(small_data());
+    c.args([
+        "--hidden", "8", "--quiet", "--resume", "--init", ck, "--out",
+    ])
+    .arg(&dir)
+    .args(["--epochs", &(epoch + 1).to_string()]);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(records(&o)[0]["epoch"], epoch + 1);
 }
 
 #[test]
@@ -524,4 +540,295 @@ fn invalid_hyperparameters_are_refused() {
         &["--momentum", "0", "--nesterov"],
     );
     assert_one_line_error(&o, &["Nesterov"]);
+}
+
+// ---- runs are never lost or mixed (issue #13) ----
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn log_epochs(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("run.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn resume_small(out: &Path, from: &str, epochs: &str, extra: &[&str]) -> std::process::Output {
+    let mut c = tool("train");
+    c.args(["--data-dir"]).arg(small_data());
+    c.args([
+        "--hidden", "32", "--epochs", epochs, "--quiet", "--resume", "--init",
+    ])
+    .arg(out.join(from))
+    .arg("--out")
+    .arg(out)
+    .args(extra);
+    run(c)
+}
+
+#[test]
+fn a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten() {
+    let dir = scratch("out-taken");
+    assert!(train_small(&dir, "2", &["--seed", "1"]).status.success());
+    let before = std::fs::read(dir.join("epoch-0001.safetensors")).unwrap();
+    let listing = files_in(&dir);
+    let o = train_small(&dir, "1", &["--seed", "2"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "out-taken",
+            "already holds a run",
+            "--resume",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(files_in(&dir), listing, "nothing written");
+    assert_eq!(
+        std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(),
+        before
+    );
+    // --overwrite replaces the whole run: nothing of seed 1 is left beside seed 2's.
+    std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    let o = train_small(&dir, "1", &["--seed", "2", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        files_in(&dir),
+        [
+            "epoch-0001.safetensors",
+            "epoch-0001.safetensors.optim.safetensors",
+            "notes.txt",
+            "run.jsonl"
+        ]
+    );
+    assert_eq!(log_epochs(&dir), [1]);
+    assert_ne!(
+        std::fs::read(dir.join("epoch-0001.safetensors")).unwrap(),
+        before
+    );
+    // --overwrite never removes the checkpoint the run starts from.
+    let init = dir.join("epoch-0001.safetensors");
+    let o = train_small(
+        &dir,
+        "1",
+        &["--overwrite", "--init", init.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, &["--overwrite would remove", "epoch-0001.safetensors"]);
+    assert!(init.is_file());
+    let o = train_small(
+        &dir,
+        "1",
+        &["--overwrite", "--resume", "--init", init.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+}
+
+#[test]
+fn resume_refuses_a_sidecar_of_another_run() {
+    let a = scratch("pair-a");
+    let b = scratch("pair-b");
+    assert!(train_small(&a, "1", &["--seed", "1"]).status.success());
+    assert!(train_small(&b, "1", &["--seed", "2"]).status.success());
+    let sidecar = "epoch-0001.safetensors.optim.safetensors";
+    std::fs::copy(b.join(sidecar), a.join(sidecar)).unwrap();
+    let o = resume_small(&a, "epoch-0001.safetensors", "2", &["--run", "r"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "pair-a/epoch-0001.safetensors",
+            "pair-a/epoch-0001.safetensors.optim.safetensors",
+            "`seed` is 1 here and 2",
+        ],
+    );
+    assert!(!a.join("epoch-0002.safetensors").exists());
+}
+
+#[test]
+fn a_failed_sidecar_write_leaves_no_checkpoint_without_its_sidecar() {
+    let dir = scratch("sidecar-fails");
+    // A folder where epoch 2's sidecar should go: its write (rename) fails, as on a full disk.
+    std::fs::create_dir_all(dir.join("epoch-0002.safetensors.optim.safetensors")).unwrap();
+    let o = train_small(&dir, "2", &[]);
+    assert_one_line_error(&o, &["epoch-0002.safetensors.optim.safetensors"]);
+    assert!(
+        !dir.join("epoch-0002.safetensors").exists(),
+        "no checkpoint without its sidecar"
+    );
+    assert_eq!(log_epochs(&dir), [1]);
+    assert!(
+        !files_in(&dir).iter().any(|f| f.contains(".tmp")),
+        "{:?}",
+        files_in(&dir)
+    );
+    std::fs::remove_dir(dir.join("epoch-0002.safetensors.optim.safetensors")).unwrap();
+    let o = resume_small(&dir, "epoch-0001.safetensors", "2", &["--run", "r"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(log_epochs(&dir), [1, 2]);
+}
+
+#[test]
+fn resume_refuses_changed_settings_and_records_the_accepted_ones() {
+    let dir = scratch("resume-changes");
+    assert!(train_small(&dir, "1", &[]).status.success());
+    for (flags, needles) in [
+        (&["--lr", "0.1"][..], &["--lr", "was 0.01", "is 0.1"][..]),
+        (
+            &["--batch-size", "64"],
+            &["--batch-size", "was 128", "is 64"],
+        ),
+        (&["--seed", "2"], &["--seed", "was 1", "is 2"]),
+        (&["--no-shuffle"], &["--no-shuffle", "was true", "is false"]),
+        (
+            &["--train-samples", "640"],
+            &["--train-samples", "was 1280", "is 640"],
+        ),
+        (&["--no-nesterov"], &["--nesterov", "was true", "is false"]),
+        (&["--momentum", "0.5"], &["--momentum", "was 0.9", "is 0.5"]),
+        (
+            &["--weight-decay", "0.001"],
+            &["--weight-decay", "was 0.0", "is 0.001"],
+        ),
+        (
+            &["--optimizer", "ngd"],
+            &["--optimizer", "was \"sgd\"", "is \"ngd\""],
+        ),
+        (&["--run", "other"], &["--run", "was \"r\"", "is \"other\""]),
+        (&["--threads", "2"], &["--threads", "was 1", "is 2"]),
+    ] {
+        let mut args = vec!["--run", "r"];
+        if flags[0] == "--run" {
+            args.clear();
+        }
+        args.extend_from_slice(flags);
+        let o = resume_small(&dir, "epoch-0001.safetensors", "2", &args);
+        let mut all = needles.to_vec();
+        all.extend(["epoch-0001.safetensors", "--resume-with-changes"]);
+        assert_one_line_error(&o, &all);
+        assert!(!dir.join("epoch-0002.safetensors").exists(), "{flags:?}");
+    }
+    // Accepted explicitly, the change is in every record and checkpoint that follows.
+    let o = resume_small(
+        &dir,
+        "epoch-0001.safetensors",
+        "2",
+        &["--lr", "0.1", "--resume-with-changes"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = &records(&o)[0];
+    assert_eq!(r["optimizer"]["lr"], 0.1);
+    assert_eq!(
+        r["resumed_with_changes"],
+        serde_json::json!([{"at_step": 10, "flag": "--lr", "from": 0.01, "to": 0.1}])
+    );
+    let bytes = std::fs::read(dir.join("epoch-0002.safetensors")).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    assert!(meta.metadata().as_ref().unwrap()["resumed_with_changes"].contains("--lr"));
+    // Without a flag, --run defaults to the checkpoint's run name.
+    let o = resume_small(&dir, "epoch-0002.safetensors", "3", &["--lr", "0.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(records(&o)[0]["run"], "r");
+    assert_eq!(records(&o)[0]["resumed_with_changes"][0]["flag"], "--lr");
+}
+
+#[test]
+fn resuming_from_an_earlier_epoch_rewrites_what_follows_once() {
+    let dir = scratch("resume-earlier");
+    assert!(train_small(&dir, "3", &[]).status.success());
+    let second = std::fs::read(dir.join("epoch-0002.safetensors")).unwrap();
+    let o = resume_small(&dir, "epoch-0001.safetensors", "2", &["--run", "r"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        log_epochs(&dir),
+        [1, 2],
+        "each epoch once, none past the run"
+    );
+    assert!(!dir.join("epoch-0003.safetensors").exists());
+    assert!(!dir
+        .join("epoch-0003.safetensors.optim.safetensors")
+        .exists());
+    assert_eq!(
+        std::fs::read(dir.join("epoch-0002.safetensors")).unwrap(),
+        second
+    );
+}
+
+#[test]
+fn stale_temp_files_of_killed_runs_are_removed() {
+    let dir = scratch("stale-tmp");
+    // PIDs above the kernel's limit (2^22) never run; this test's own PID does.
+    let dead = dir.join(".epoch-0001.safetensors.tmp-4194305");
+    let live = dir.join(format!(".run.jsonl.tmp-{}", std::process::id()));
+    let other = dir.join("keep.tmp-4194305");
+    for f in [&dead, &live, &other] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let o = train_small(&dir, "1", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dead.exists(), "a dead writer's temp file is removed");
+    assert!(live.exists() && other.exists());
+}
+
+#[test]
+fn the_wrong_data_set_is_refused_by_name() {
+    let dir = scratch("wrong-data");
+    let o = train_on(
+        &small_data(),
+        &dir.join("o"),
+        &["--dataset", "fashion-mnist"],
+    );
+    assert_one_line_error(
+        &o,
+        &[
+            "train-images-idx3-ubyte.gz",
+            "holds the MNIST train images",
+            "not the Fashion-MNIST",
+            "--dataset mnist",
+        ],
+    );
+    assert_nothing_written(&dir.join("o"));
+    assert!(train_on(&small_data(), &dir.join("m"), &[])
+        .status
+        .success());
+    let o = train_on(
+        &small_data(),
+        &dir.join("o"),
+        &[
+            "--dataset",
+            "fashion-mnist",
+            "--init",
+            dir.join("m/epoch-0001.safetensors").to_str().unwrap(),
+        ],
+    );
+    assert_one_line_error(
+        &o,
+        &[
+            "m/epoch-0001.safetensors",
+            "--dataset fashion-mnist",
+            "trained on mnist",
+        ],
+    );
+}
+
+#[test]
+fn contradictory_flags_are_refused() {
+    let dir = scratch("flags");
+    let o = train_on(
+        &small_data(),
+        &dir.join("o"),
+        &["--nesterov", "--no-nesterov"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    assert_nothing_written(&dir.join("o"));
 }

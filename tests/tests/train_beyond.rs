@@ -114,21 +114,23 @@ fn direction_noise_resumes_exactly() {
     let o = train_small(&part, "2", &args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(checkpoint(&full, 2), checkpoint(&part, 2));
-    // A plain SGD sidecar has no noise step: resuming it with noise is refused.
+    // Resuming a plain SGD run with noise is a changed setting; accepted, its sidecar has no noise
+    // step, so it is still refused.
     let plain = scratch("noise-resume-plain");
     assert!(train_small(&plain, "1", &[]).status.success());
     let init = plain.join("epoch-0001.safetensors");
-    let o = train_small(
-        &plain,
-        "2",
-        &[
-            "--direction-noise",
-            "0.8",
-            "--resume",
-            "--init",
-            init.to_str().unwrap(),
-        ],
-    );
+    let resume = [
+        "--direction-noise",
+        "0.8",
+        "--resume",
+        "--init",
+        init.to_str().unwrap(),
+    ];
+    let o = train_small(&plain, "2", &resume);
+    assert_one_line_error(&o, &["--direction-noise was unset", "is 0.8 now"]);
+    let mut accepting = resume.to_vec();
+    accepting.push("--resume-with-changes");
+    let o = train_small(&plain, "2", &accepting);
     assert_one_line_error(&o, &["sgd.direction_noise_step", "--direction-noise"]);
 }
 

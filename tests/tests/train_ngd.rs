@@ -95,7 +95,7 @@ fn resume_is_exact_for_every_natural_gradient_variant() {
         );
         // Resuming with another optimiser is refused.
         let o = train_small(&part, "3", &["--resume", "--init", init]);
-        assert_one_line_error(&o, &["same optimiser"]);
+        assert_one_line_error(&o, &["--optimizer was", "--resume continues a run exactly"]);
     }
 }
 

@@ -8,10 +8,10 @@ mod ngd_args;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::data::{Dataset, DatasetKind, Split};
-use common::io::{load_optimizer_state, optimizer_sidecar_path, Checkpoint, RecordWriter};
+use common::io::{Checkpoint, RecordWriter};
 use common::model::{initialise, Activation, Architecture, Network};
 use common::optim::{Optimizer, SgdConfig};
-use common::train::{train, Start, TrainConfig};
+use common::train::{prepare_output, train, OutputMode, Resume, RunSettings, Start, TrainConfig};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,7 +68,13 @@ Examples:
 
 Data comes from --data-dir (default data/, filled by `make data`); torchvision's MNIST/raw and
 FashionMNIST/raw folders work as they are. Exit status: 0 on success, 1 on error (one line on
-stderr naming the file or setting), 130 when interrupted (every checkpoint written so far is valid).";
+stderr naming the file or setting), 130 when interrupted, 141 when stdout was closed before the run
+finished (`train ... | head -1`); every checkpoint written so far is valid and can be resumed.
+
+A folder that already holds a run (run.jsonl, epoch-/step- checkpoints) is refused unless --resume
+continues it or --overwrite replaces it. --resume refuses a checkpoint whose sidecar belongs to
+another checkpoint, and any changed setting that shapes the numbers (--resume-with-changes accepts
+and records them).";
 
 #[derive(Parser, Debug)]
 #[command(name = "train", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -105,7 +111,7 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     dampening: f64,
     /// Nesterov momentum (the default).
-    #[arg(long, overrides_with = "no_nesterov")]
+    #[arg(long, conflicts_with = "no_nesterov")]
     nesterov: bool,
     /// Plain (heavy-ball) momentum instead of Nesterov.
     #[arg(long)]
@@ -148,9 +154,19 @@ struct Args {
     /// Start from this checkpoint's weights (fresh optimiser unless --resume).
     #[arg(long)]
     init: Option<PathBuf>,
-    /// With --init: restore the optimiser sidecar and continue the run exactly.
-    #[arg(long, requires = "init")]
+    /// With --init: restore the optimiser sidecar and continue the run exactly (every setting that
+    /// shapes the numbers must be the checkpoint's; --epochs may grow). Checkpoints and records in
+    /// --out past the resume point are removed, so the folder holds one run.
+    #[arg(long, requires = "init", conflicts_with = "overwrite")]
     resume: bool,
+    /// With --resume: accept changed settings (lr, batch size, …) and record each change
+    /// (`resumed_with_changes`) in every record and checkpoint that follows.
+    #[arg(long, requires = "resume")]
+    resume_with_changes: bool,
+    /// Replace the run already in --out: its checkpoints, sidecars and run.jsonl are removed first
+    /// (without it a folder that holds a run is refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Visit the training set in file order instead of shuffling each epoch.
     #[arg(long)]
     no_shuffle: bool,
@@ -170,13 +186,18 @@ struct Args {
     ngd: ngd_args::NgdArgs,
 }
 
+/// Exit status when stdout was closed before the run finished (128 + SIGPIPE, as a shell reports a
+/// process killed by it), so that `set -o pipefail` sees the run stopped early.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if is_broken_pipe(&e) {
-                return ExitCode::SUCCESS;
+                eprintln!("train: {e:#}");
+                return ExitCode::from(EXIT_BROKEN_PIPE);
             }
             eprintln!("train: {e:#}");
             if matches!(
@@ -227,20 +248,26 @@ fn run(args: Args) -> Result<()> {
             Architecture::mlp(args.hidden.clone(), Activation::parse(&args.activation)?)
         }
     };
-    let meta_str = |k: &str| {
-        init.as_ref()
-            .and_then(|c| c.meta.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+    // The run to continue: checkpoint and sidecar checked to be one pair before any data is read.
+    let resume = match (&init, args.resume) {
+        (Some(ck), true) => {
+            let path = args.init.as_ref().expect("init");
+            Some(Resume::load(path, ck)?)
+        }
+        _ => None,
     };
     let meta_u64 = |k: &str| {
         init.as_ref()
             .and_then(|c| c.meta.get(k))
             .and_then(Value::as_u64)
     };
-    let dataset = match (&args.dataset, meta_str("dataset")) {
-        (Some(d), _) => DatasetKind::parse(d)?,
-        (None, Some(d)) => DatasetKind::parse(&d).unwrap_or(DatasetKind::Mnist),
+    let dataset = match (&init, &args.dataset) {
+        (Some(ck), d) => {
+            let path = args.init.as_ref().expect("init");
+            common::data::dataset_for_checkpoint(ck, d.as_deref())
+                .with_context(|| path.display().to_string())?
+        }
+        (None, Some(d)) => DatasetKind::parse(d)?,
         (None, None) => DatasetKind::Mnist,
     };
     let seed = args
@@ -281,7 +308,7 @@ fn run(args: Args) -> Result<()> {
     }
     let mut optimizer: Box<dyn Optimizer> = common::optim::build(&settings, &net)?;
 
-    let start = match (&init, args.resume) {
+    let start = match (&init, &resume) {
         (None, _) => Start {
             params: initialise(&net, seed),
             epoch: 0,
@@ -289,60 +316,14 @@ fn run(args: Args) -> Result<()> {
             step_in_epoch: 0,
             init: format!("seed {seed}"),
         },
-        (Some(ck), false) => Start {
+        (Some(ck), None) => Start {
             params: ck.params.clone(),
             epoch: 0,
             step: 0,
             step_in_epoch: 0,
             init: args.init.as_ref().expect("init").display().to_string(),
         },
-        (Some(ck), true) => {
-            let path = args.init.as_ref().expect("init");
-            let sidecar = optimizer_sidecar_path(path);
-            let (state, _) = load_optimizer_state(&sidecar).with_context(|| {
-                format!("--resume needs the optimiser sidecar of {}", path.display())
-            })?;
-            if let Some(name) = ck
-                .meta
-                .get("optimizer")
-                .and_then(|o| o.get("name"))
-                .and_then(Value::as_str)
-            {
-                if name != optimizer.name() {
-                    bail!(
-                        "{}: the run was trained with {name}; --resume must use the same optimiser",
-                        path.display()
-                    );
-                }
-            }
-            optimizer.load_state(&state)?;
-            let epoch = meta_u64("epoch").unwrap_or(0) as usize;
-            let complete = ck
-                .meta
-                .get("epoch_complete")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            Start {
-                params: ck.params.clone(),
-                epoch: if complete {
-                    epoch
-                } else {
-                    epoch.saturating_sub(1)
-                },
-                step: meta_u64("step").unwrap_or(0) as usize,
-                step_in_epoch: if complete {
-                    0
-                } else {
-                    meta_u64("step_in_epoch").unwrap_or(0) as usize
-                },
-                init: ck
-                    .meta
-                    .get("init")
-                    .and_then(Value::as_str)
-                    .unwrap_or("resumed")
-                    .to_string(),
-            }
-        }
+        (Some(_), Some(r)) => r.start.clone(),
     };
     if start.epoch >= args.epochs {
         bail!(
@@ -351,13 +332,49 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
-    common::io::check_writable_dir(&args.out)?;
-    let run = args.run.clone().unwrap_or_else(|| {
-        args.out
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".to_string())
-    });
+    // With --resume the run keeps its name unless --run says otherwise.
+    let run = args
+        .run
+        .clone()
+        .or_else(|| resume.as_ref().map(|r| r.settings.run.clone()))
+        .unwrap_or_else(|| {
+            args.out
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "run".to_string())
+        });
+    let mut extra: serde_json::Map<String, Value> = args
+        .variant
+        .iter()
+        .map(|v| ("variant".to_string(), Value::from(v.clone())))
+        .collect();
+    if let Some(r) = &resume {
+        let now = RunSettings {
+            run: run.clone(),
+            dataset: dataset.name().to_string(),
+            seed,
+            batch_size: args.batch_size,
+            shuffle: !args.no_shuffle,
+            train_samples: train_data.len(),
+            blas_threads: args.threads,
+            optimizer: common::optim::describe(optimizer.as_ref()),
+        };
+        if let Some(changes) = r.check_settings(&now, args.resume_with_changes)? {
+            extra.insert("resumed_with_changes".into(), changes);
+        }
+        optimizer.load_state(&r.optimizer_state)?;
+    }
+    let mode = match (resume.is_some(), args.overwrite) {
+        (true, _) => OutputMode::Resume,
+        (false, true) => OutputMode::Overwrite,
+        (false, false) => OutputMode::Fresh,
+    };
+    prepare_output(
+        &args.out,
+        mode,
+        args.init.as_deref(),
+        resume.as_ref().map(|r| (&r.start, &r.settings)),
+    )?;
     let cfg = TrainConfig {
         run,
         out_dir: args.out.clone(),
@@ -369,11 +386,7 @@ fn run(args: Args) -> Result<()> {
         train_samples: args.train_samples,
         save_every: args.save_every,
         threads: args.threads,
-        extra: args
-            .variant
-            .iter()
-            .map(|v| ("variant".to_string(), Value::from(v.clone())))
-            .collect(),
+        extra,
         progress: !args.quiet,
     };
 
@@ -406,6 +419,7 @@ fn run(args: Args) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = RecordWriter::new(stdout.lock());
     let quiet = args.quiet;
+    let mut stopped_at = None;
     let mut emit = |r: &common::io::Record| -> common::Result<()> {
         if !quiet {
             eprintln!(
@@ -419,9 +433,19 @@ fn run(args: Args) -> Result<()> {
                 r["checkpoint"].as_str().unwrap_or("")
             );
         }
-        out.write(r).map_err(|e| common::Error::io("<stdout>", e))
+        out.write(r).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                stopped_at = Some(format!(
+                    "stdout was closed by its reader; the run stopped at epoch {}, step {} (that checkpoint and every earlier one are complete; continue with --init {} --resume)",
+                    r["epoch"],
+                    r["step"],
+                    r["checkpoint"].as_str().unwrap_or("")
+                ));
+            }
+            common::Error::io("<stdout>", e)
+        })
     };
-    train(
+    let result = train(
         &cfg,
         &net,
         &train_data,
@@ -430,6 +454,12 @@ fn run(args: Args) -> Result<()> {
         optimizer.as_mut(),
         &interrupted,
         &mut emit,
-    )?;
-    Ok(())
+    );
+    match (result, stopped_at) {
+        (Err(_), Some(msg)) => Err(anyhow::Error::from(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        ))
+        .context(msg)),
+        (r, _) => r.map(|_| ()).map_err(Into::into),
+    }
 }

@@ -64,6 +64,14 @@ impl DatasetKind {
         }
     }
 
+    /// The name in prose: `MNIST`, `Fashion-MNIST`.
+    pub fn title(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "MNIST",
+            DatasetKind::FashionMnist => "Fashion-MNIST",
+        }
+    }
+
     /// The paper's normalisation `x = (b/255 − mean)/std`: MNIST (0.1307, 0.3081), Fashion-MNIST
     /// (0.5, 0.5), as torchvision's `ToTensor` followed by `Normalize`.
     pub fn normalisation(self) -> (f64, f64) {
@@ -122,6 +130,131 @@ pub struct Dataset {
     pub classes: usize,
 }
 
+/// The published files, known by a fingerprint of their first records, so that a file of the other data
+/// set (or split) is refused by name whatever folder it sits in.
+///
+/// The fingerprint is FNV-1a (64 bit) of the first [`FINGERPRINT_RECORDS`] records' bytes (images or
+/// labels, after the IDX header), taken from the files `data/SHA256SUMS` lists (`make data` verifies
+/// their SHA-256 when it fetches them). It depends on the decompressed bytes only, so the plain and the
+/// gzip files (torchvision's `raw/` folders hold both) match alike, and so does any subset that keeps the
+/// files' first records in order (the test fixture `tests/fixtures/mnist-small`). Hashing 32 records
+/// costs nothing beside reading the file; a file that matches no entry (another subset, synthetic data)
+/// is taken as what `--dataset` says.
+struct KnownFile {
+    kind: DatasetKind,
+    split: Split,
+    labels: bool,
+    fingerprint: u64,
+}
+
+/// Records hashed by [`KnownFile`]'s fingerprint.
+const FINGERPRINT_RECORDS: usize = 32;
+
+const KNOWN_FILES: [KnownFile; 8] = [
+    KnownFile {
+        kind: DatasetKind::Mnist,
+        split: Split::Train,
+        labels: false,
+        fingerprint: 0xb988_5daf_d198_b5ef,
+    },
+    KnownFile {
+        kind: DatasetKind::Mnist,
+        split: Split::Train,
+        labels: true,
+        fingerprint: 0x2550_6b3e_cea7_dfcf,
+    },
+    KnownFile {
+        kind: DatasetKind::Mnist,
+        split: Split::Test,
+        labels: false,
+        fingerprint: 0xab36_105f_f5d8_4911,
+    },
+    KnownFile {
+        kind: DatasetKind::Mnist,
+        split: Split::Test,
+        labels: true,
+        fingerprint: 0xc078_54ad_e2df_53f7,
+    },
+    KnownFile {
+        kind: DatasetKind::FashionMnist,
+        split: Split::Train,
+        labels: false,
+        fingerprint: 0xabf5_bd3c_c02e_6471,
+    },
+    KnownFile {
+        kind: DatasetKind::FashionMnist,
+        split: Split::Train,
+        labels: true,
+        fingerprint: 0xc6f1_b03c_7c2a_96b5,
+    },
+    KnownFile {
+        kind: DatasetKind::FashionMnist,
+        split: Split::Test,
+        labels: false,
+        fingerprint: 0x5ff4_ecbb_0586_4ac7,
+    },
+    KnownFile {
+        kind: DatasetKind::FashionMnist,
+        split: Split::Test,
+        labels: true,
+        fingerprint: 0xe368_98c5_9422_ba89,
+    },
+];
+
+/// FNV-1a, 64 bit (Fowler, Noll, Vo).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The published file that `data` (IDX body of records of `record_len` bytes) starts like, if any.
+fn identify(data: &[u8], record_len: usize, labels: bool) -> Option<(DatasetKind, Split)> {
+    let n = FINGERPRINT_RECORDS.checked_mul(record_len)?;
+    let expected_len = if labels { 1 } else { 28 * 28 };
+    if record_len != expected_len || data.len() < n {
+        return None;
+    }
+    let fp = fnv1a64(&data[..n]);
+    KNOWN_FILES
+        .iter()
+        .find(|k| k.labels == labels && k.fingerprint == fp)
+        .map(|k| (k.kind, k.split))
+}
+
+/// Refuses a file that is a published file of another data set or split than asked for.
+fn check_identity(
+    path: &Path,
+    kind: DatasetKind,
+    split: Split,
+    data: &[u8],
+    record_len: usize,
+    labels: bool,
+) -> Result<()> {
+    let Some((is_kind, is_split)) = identify(data, record_len, labels) else {
+        return Ok(());
+    };
+    if (is_kind, is_split) == (kind, split) {
+        return Ok(());
+    }
+    let what = if labels { "labels" } else { "images" };
+    let wanted = format!("{} {} {what}", kind.title(), split.name());
+    let found = format!("{} {} {what}", is_kind.title(), is_split.name());
+    let hint = if is_kind != kind {
+        format!(
+            "pass --dataset {} or a --data-dir holding {}",
+            is_kind.name(),
+            kind.name()
+        )
+    } else {
+        "the folder's files are mixed up".to_string()
+    };
+    Err(Error::data(
+        path,
+        format!("this file holds the {found} (its first records are the published file's), not the {wanted}; {hint}"),
+    ))
+}
+
 fn find_file(folder: &Path, stem: &str) -> Option<PathBuf> {
     [stem.to_string(), format!("{stem}.gz")]
         .into_iter()
@@ -177,6 +310,11 @@ impl Dataset {
                 ),
             ));
         }
+        let features = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::data(&images_path, "image size overflows"))?;
+        check_identity(&images_path, kind, split, &images.data, features, false)?;
+        check_identity(&labels_path, kind, split, &labels.data, 1, true)?;
         let classes = 10;
         if let Some((i, &l)) = labels
             .data
@@ -343,6 +481,89 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mnist-small")
+    }
+
+    #[test]
+    fn the_mnist_subset_is_known_as_mnist_and_refused_as_fashion_mnist() {
+        for split in [Split::Train, Split::Test] {
+            let d = Dataset::load(DatasetKind::Mnist, &fixture(), split).unwrap();
+            assert_eq!(
+                identify(&d.images, 784, false),
+                Some((DatasetKind::Mnist, split))
+            );
+            assert_eq!(
+                identify(&d.labels, 1, true),
+                Some((DatasetKind::Mnist, split))
+            );
+            let e = Dataset::load(DatasetKind::FashionMnist, &fixture(), split)
+                .unwrap_err()
+                .to_string();
+            let what = format!("holds the MNIST {} images", split.name());
+            assert!(
+                e.contains("-images-idx3-ubyte.gz") && e.contains(&what),
+                "{e}"
+            );
+            assert!(
+                e.contains("not the Fashion-MNIST") && e.contains("--dataset mnist"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_swapped_split_is_refused() {
+        let test = Dataset::load(DatasetKind::Mnist, &fixture(), Split::Test).unwrap();
+        let e = check_identity(
+            Path::new("train-images-idx3-ubyte"),
+            DatasetKind::Mnist,
+            Split::Train,
+            &test.images,
+            784,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("holds the MNIST test images") && e.contains("not the MNIST train"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_short_files_are_taken_as_named() {
+        // Synthetic data and files shorter than the fingerprint match nothing.
+        assert_eq!(identify(&[7u8; 40 * 784], 784, false), None);
+        let d = Dataset::load(DatasetKind::Mnist, &fixture(), Split::Test).unwrap();
+        assert_eq!(identify(&d.images[..31 * 784], 784, false), None);
+        assert_eq!(identify(&d.images[..32 * 784], 28, false), None);
+        check_identity(
+            Path::new("x"),
+            DatasetKind::FashionMnist,
+            Split::Train,
+            &[7u8; 40],
+            1,
+            true,
+        )
+        .unwrap();
+    }
+
+    /// Where the published files are in `data/` (after `make data`), each is known as itself.
+    #[test]
+    fn the_published_files_in_data_are_known() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        for kind in [DatasetKind::Mnist, DatasetKind::FashionMnist] {
+            for split in [Split::Train, Split::Test] {
+                let Ok(d) = Dataset::load(kind, &data.join(kind.default_folder()), split) else {
+                    continue;
+                };
+                assert_eq!(identify(&d.images, 784, false), Some((kind, split)));
+                assert_eq!(identify(&d.labels, 1, true), Some((kind, split)));
+            }
+        }
+    }
 
     #[test]
     fn normalisation_matches_float32_torchvision() {

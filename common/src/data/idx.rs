@@ -6,7 +6,7 @@
 
 use crate::{Error, Result};
 use flate2::read::GzDecoder;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Magic number of an IDX file of u8 images (3 dimensions).
@@ -21,34 +21,159 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The most bytes of data one IDX file may hold (1 GiB; the MNIST training images are 47 MB, EMNIST's
+/// largest split 640 MB), so that a header cannot make a reader allocate without bound.
+pub const IDX_MAX_BYTES: usize = 1 << 30;
+
+/// The most a deflate stream can expand (1032:1, with the gzip header and trailer on top): a gzip
+/// file of `n` bytes cannot decompress to more than this many times `n`.
+const DEFLATE_MAX_RATIO: usize = 1032;
+
 /// Reads an IDX file (gzip is detected by its magic bytes, not its name) and checks that its magic is
 /// `expected_magic` and that it holds exactly the number of elements its header announces.
 ///
+/// Nothing is read past what the header announces: the header is read first, its element count is
+/// checked (the dimensions' product must not overflow, exceed [`IDX_MAX_BYTES`] or exceed what the
+/// file could hold: its size, or 1032× its size when compressed), then exactly that many bytes are
+/// read, and one more byte means trailing data. A gzip bomb costs at most its announced size.
+///
 /// # Errors
-/// [`Error::Io`] if it cannot be read; [`Error::Data`] on a wrong magic, a truncated body, trailing
-/// bytes or a corrupt gzip stream, naming the file.
+/// [`Error::Io`] if it cannot be read; [`Error::Data`] on a wrong magic, an impossible size, a
+/// truncated body, trailing bytes or a corrupt gzip stream, naming the file.
 pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::data(path, format!("corrupt gzip stream: {e}")))?;
-        out
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let file_len = usize::try_from(file_len).unwrap_or(usize::MAX);
+    let mut magic2 = [0u8; 2];
+    let got = read_up_to(&mut file, &mut magic2).map_err(|e| Error::io(path, e))?;
+    let gzip = got == 2 && magic2 == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let (reader, capacity): (Box<dyn Read>, usize) = if gzip {
+        (
+            Box::new(GzDecoder::new(std::io::BufReader::new(file))),
+            file_len.saturating_mul(DEFLATE_MAX_RATIO),
+        )
     } else {
-        raw
+        (Box::new(file), file_len)
     };
-    parse_idx(&bytes, expected_magic).map_err(|msg| Error::data(path, msg))
+    let corrupt = |e: std::io::Error| {
+        if gzip {
+            Error::data(path, format!("corrupt gzip stream: {e}"))
+        } else {
+            Error::io(path, e)
+        }
+    };
+    read_idx_from(reader, expected_magic, capacity, corrupt)?.map_err(|msg| Error::data(path, msg))
 }
 
-fn parse_idx(bytes: &[u8], expected_magic: u32) -> std::result::Result<IdxArray, String> {
-    if bytes.len() < 4 {
+/// Reads into `buf` until it is full or the input ends; returns how many bytes were read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The element count a header announces: the product of `dims`, refused when it overflows, exceeds
+/// [`IDX_MAX_BYTES`] or exceeds `capacity` (the most the input could hold after the header).
+fn announced_count(dims: &[usize], capacity: usize) -> std::result::Result<usize, String> {
+    let shape = || {
+        dims.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("×")
+    };
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("header dimensions {} overflow", shape()))?;
+    if count > IDX_MAX_BYTES {
         return Err(format!(
-            "not an IDX file: {} bytes, shorter than the 4-byte magic",
-            bytes.len()
+            "header announces {count} bytes of data ({}), more than the {IDX_MAX_BYTES}-byte limit",
+            shape()
         ));
     }
-    let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if count > capacity {
+        return Err(format!(
+            "truncated: header announces {count} bytes of data ({}), more than the file can hold",
+            shape()
+        ));
+    }
+    Ok(count)
+}
+
+/// Reads an IDX stream: the header, then exactly the announced bytes, then checks that nothing
+/// follows. `capacity` bounds the data the input could hold; `io_err` maps read errors. The inner
+/// result carries format errors (without the file name).
+fn read_idx_from(
+    mut r: impl Read,
+    expected_magic: u32,
+    capacity: usize,
+    io_err: impl Fn(std::io::Error) -> Error,
+) -> Result<std::result::Result<IdxArray, String>> {
+    let mut head = [0u8; 4];
+    let got = read_up_to(&mut r, &mut head).map_err(&io_err)?;
+    if got < 4 {
+        return Ok(Err(format!(
+            "not an IDX file: {got} bytes, shorter than the 4-byte magic"
+        )));
+    }
+    let magic = u32::from_be_bytes(head);
+    if let Err(msg) = check_magic(magic, expected_magic) {
+        return Ok(Err(msg));
+    }
+    let ndims = (magic & 0xff) as usize;
+    let header = 4 + 4 * ndims;
+    let mut dims_raw = vec![0u8; 4 * ndims];
+    let got = read_up_to(&mut r, &mut dims_raw).map_err(&io_err)?;
+    if got < dims_raw.len() {
+        return Ok(Err(format!(
+            "truncated IDX header: {} bytes, need {header}",
+            4 + got
+        )));
+    }
+    let dims: Vec<usize> = dims_raw
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let count = match announced_count(&dims, capacity.saturating_sub(header)) {
+        Ok(c) => c,
+        Err(msg) => return Ok(Err(msg)),
+    };
+    // Grows with what actually arrives, so a short file never costs the announced size.
+    let mut data = Vec::with_capacity(count.min(1 << 24));
+    (&mut r)
+        .take(count as u64)
+        .read_to_end(&mut data)
+        .map_err(&io_err)?;
+    if data.len() < count {
+        return Ok(Err(format!(
+            "truncated: header announces {count} bytes of data ({}), file has {}",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×"),
+            data.len()
+        )));
+    }
+    let mut extra = [0u8; 4096];
+    let trailing = read_up_to(&mut r, &mut extra).map_err(&io_err)?;
+    if trailing > 0 {
+        return Ok(Err(format!(
+            "trailing bytes after the {count} bytes the header announces"
+        )));
+    }
+    Ok(Ok(IdxArray { dims, data }))
+}
+
+fn check_magic(magic: u32, expected_magic: u32) -> std::result::Result<(), String> {
     if magic != expected_magic {
         return Err(format!(
             "wrong IDX magic 0x{magic:08x}, expected 0x{expected_magic:08x} ({})",
@@ -59,41 +184,16 @@ fn parse_idx(bytes: &[u8], expected_magic: u32) -> std::result::Result<IdxArray,
             }
         ));
     }
-    let ndims = (magic & 0xff) as usize;
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
-        return Err(format!(
-            "truncated IDX header: {} bytes, need {header}",
-            bytes.len()
-        ));
-    }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|i| {
-            let o = 4 + 4 * i;
-            u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
-        })
-        .collect();
-    let count: usize = dims.iter().product();
-    let body = bytes.len() - header;
-    if body < count {
-        return Err(format!(
-            "truncated: header announces {count} bytes of data ({}), file has {body}",
-            dims.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("×")
-        ));
-    }
-    if body > count {
-        return Err(format!(
-            "{} trailing bytes after the {count} bytes the header announces",
-            body - count
-        ));
-    }
-    Ok(IdxArray {
-        dims,
-        data: bytes[header..].to_vec(),
+    Ok(())
+}
+
+/// Parses an IDX file held in memory (see [`read_idx`]).
+#[cfg(test)]
+fn parse_idx(bytes: &[u8], expected_magic: u32) -> std::result::Result<IdxArray, String> {
+    read_idx_from(bytes, expected_magic, bytes.len(), |e| {
+        Error::io("<memory>", e)
     })
+    .expect("reading memory cannot fail")
 }
 
 /// Encodes an IDX file of u8 (used to write test fixtures and in tests).
@@ -131,5 +231,73 @@ mod tests {
         assert!(parse_idx(&img[..6], IDX_MAGIC_IMAGES)
             .unwrap_err()
             .contains("header"));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut e, bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn scratch_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ngd-slt-idx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn overflowing_and_absurd_dimensions_are_refused_before_reading() {
+        let mut over = vec![0, 0, 8, 3];
+        for _ in 0..3 {
+            over.extend_from_slice(&u32::MAX.to_be_bytes());
+        }
+        assert!(parse_idx(&over, IDX_MAGIC_IMAGES)
+            .unwrap_err()
+            .contains("overflow"));
+        // 4 GiB announced: beyond the cap whatever the file.
+        let huge = encode_idx(&[65536, 65536, 1], &[]);
+        let e = read_idx(&scratch_file("huge", &huge), IDX_MAGIC_IMAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("huge") && e.contains("limit"), "{e}");
+        // 60000 images announced in a 200-byte gzip file: more than it can decompress to.
+        let mut bomb = encode_idx(&[60000, 28, 28], &[]);
+        bomb.extend_from_slice(&[0; 16]);
+        let e = read_idx(&scratch_file("small.gz", &gzip(&bomb)), IDX_MAGIC_IMAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the file can hold"), "{e}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_read_only_as_far_as_its_header_announces() {
+        // An endless body after a header announcing 2×2×3 bytes: refused after reading 12 more.
+        let head = encode_idx(&[2, 2, 3], &[]);
+        let endless = (&head[..]).chain(std::io::repeat(0));
+        let e = read_idx_from(endless, IDX_MAGIC_IMAGES, usize::MAX, |e| {
+            Error::io("<endless>", e)
+        })
+        .unwrap()
+        .unwrap_err();
+        assert!(e.contains("trailing"), "{e}");
+        // 64 MB of zeros behind a 4-image header, compressed to ~64 kB.
+        let mut bomb = encode_idx(&[4, 28, 28], &[]);
+        bomb.resize(bomb.len() + (64 << 20), 0);
+        let e = read_idx(&scratch_file("bomb.gz", &gzip(&bomb)), IDX_MAGIC_IMAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bomb.gz") && e.contains("trailing"), "{e}");
+        // The same file plain and compressed reads the same.
+        let img = encode_idx(&[2, 2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let a = read_idx(&scratch_file("img", &img), IDX_MAGIC_IMAGES).unwrap();
+        let b = read_idx(&scratch_file("img.gz", &gzip(&img)), IDX_MAGIC_IMAGES).unwrap();
+        assert_eq!((a.dims, a.data), (b.dims, b.data));
+        let short = gzip(&img[..img.len() - 1]);
+        let e = read_idx(&scratch_file("short.gz", &short), IDX_MAGIC_IMAGES)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated") && e.contains("file has 11"), "{e}");
     }
 }

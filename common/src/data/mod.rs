@@ -28,17 +28,26 @@ pub fn check_input(data: &Dataset, net: &Network) -> Result<()> {
     Ok(())
 }
 
-/// The data set a checkpoint was trained on: `--dataset` when given, else the checkpoint's metadata,
-/// else MNIST.
+/// The data set a checkpoint was trained on: its metadata's `dataset`, else `--dataset` (`explicit`),
+/// else MNIST. A `--dataset` naming another data set than the metadata is refused: the tools would
+/// otherwise measure (or continue training) the model on data it was not trained on.
+///
+/// # Errors
+/// [`Error::Invalid`] for an unknown `--dataset`, or one that disagrees with the metadata.
 pub fn dataset_for_checkpoint(
     checkpoint: &crate::io::Checkpoint,
     explicit: Option<&str>,
 ) -> Result<DatasetKind> {
-    match explicit {
-        Some(d) => DatasetKind::parse(d),
-        None => match checkpoint.dataset() {
-            Some(d) => DatasetKind::parse(d),
-            None => Ok(DatasetKind::Mnist),
-        },
+    let recorded = checkpoint.dataset().map(DatasetKind::parse);
+    match (explicit.map(DatasetKind::parse).transpose()?, recorded) {
+        (Some(e), Some(Ok(r))) if e != r => Err(Error::invalid(format!(
+            "--dataset {}: the checkpoint was trained on {} (its metadata's `dataset`); leave --dataset out, or pass --dataset {}",
+            e.name(),
+            r.name(),
+            r.name()
+        ))),
+        (Some(e), _) => Ok(e),
+        (None, Some(r)) => r,
+        (None, None) => Ok(DatasetKind::Mnist),
     }
 }

@@ -4,7 +4,7 @@ mod atomic;
 mod checkpoint;
 mod records;
 
-pub use atomic::{atomic_write, check_writable_dir};
+pub use atomic::{atomic_write, check_path_component, check_writable_dir, remove_stale_temp_files};
 pub use checkpoint::{
     load_optimizer_state, natural_order, optimizer_sidecar_path, save_optimizer_state, Checkpoint,
 };
