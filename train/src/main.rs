@@ -420,6 +420,9 @@ fn run(args: Args) -> Result<()> {
                 r["seconds"].as_f64().unwrap_or(0.0),
                 r["checkpoint"].as_str().unwrap_or("")
             );
+            if let Some(w) = common::optim::explosion_warning(r) {
+                eprintln!("train: warning: {w}");
+            }
         }
         out.write(r).map_err(|e| common::Error::io("<stdout>", e))
     };
