@@ -224,6 +224,9 @@ fn run(args: Args) -> Result<ExitCode> {
                     if est.diagnostics.warnings.is_empty() { "ok".to_string() } else { format!("{} warning(s)", est.diagnostics.warnings.len()) },
                     est.seconds
                 );
+                for w in &est.diagnostics.distance_warnings {
+                    eprintln!("wbic: {}: warning: {w}", path.display());
+                }
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();
