@@ -34,6 +34,8 @@ BEYOND_LLC_DRAWS ?= $(LLC_DRAWS)
 BEYOND_NGD_ALPHA ?= $(TABLE_NGD_ALPHA)
 # ngd-exact's direction rescaled to the gradient's norm, as the online NGD's is, so that the damping shapes
 # only the direction and the learning rate keeps its meaning (without it the step is ‖(F + λI)⁻¹g‖).
+# train's default since #13, passed explicitly so that the runs do not depend on it; --no-preserve-norm
+# turns it off.
 BEYOND_EXACT_FLAGS ?= --preserve-norm
 # The damping sweep: MNIST, this model, these relative dampings (λ = α·tr(F)/P), this many epochs, one seed.
 BEYOND_DAMPING_ARCH ?= mlp_1x128

@@ -94,7 +94,7 @@ $(PAPER_RUNS)/smoothing/%.jsonl:
 	  sgd) opt="--optimizer sgd";; \
 	  alpha-*) opt="--optimizer ngd --ngd-alpha $${stem#alpha-}";; \
 	  epsilon-*) opt="--optimizer ngd --ngd-alpha 0 --ngd-epsilon $${stem#epsilon-}";; \
-	  damping-*) opt="--optimizer ngd-exact --damping-relative $${stem#damping-}";; \
+	  damping-*) opt="--optimizer ngd-exact --fisher empirical --no-preserve-norm --damping-relative $${stem#damping-}";; \
 	esac; dir=$(@D)/$$stem; \
 	$(BIN)/train --model $(SMOOTH_ARCH) $$opt --dataset mnist --data-dir $(DATA) --epochs $(SMOOTH_EPOCHS) --seed 1 \
 	  $(samples_flag) --out $$dir --overwrite --run smoothing-$* --quiet \

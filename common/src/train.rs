@@ -691,7 +691,13 @@ pub fn train(
                 net.loss_and_gradient(&params, &x[..b * features], &y[..b], &mut grad, &mut ws);
             if !loss.is_finite() {
                 progress.clear();
-                return Err(diverged("loss", epoch, step + 1, &last_checkpoint));
+                return Err(diverged(
+                    "loss",
+                    epoch,
+                    step + 1,
+                    &last_checkpoint,
+                    optimizer,
+                ));
             }
             optimizer.step(
                 &mut params,
@@ -724,6 +730,7 @@ pub fn train(
                         epoch,
                         step,
                         &last_checkpoint,
+                        optimizer,
                     ));
                 }
                 let path = if end_of_epoch {
@@ -833,13 +840,25 @@ pub fn train(
     })
 }
 
-fn diverged(what: &str, epoch: usize, step: usize, last: &Option<PathBuf>) -> Error {
+/// The divergence error, naming the last good checkpoint and, when the optimiser counted exploded
+/// natural-gradient steps this epoch, saying so (the epoch record that would carry them never comes).
+fn diverged(
+    what: &str,
+    epoch: usize,
+    step: usize,
+    last: &Option<PathBuf>,
+    optimizer: &mut dyn Optimizer,
+) -> Error {
     let kept = match last {
         Some(p) => format!("last good checkpoint: {}", p.display()),
         None => "no checkpoint was written before".to_string(),
     };
+    let mut stats = optimizer.take_epoch_stats();
+    stats.insert("epoch".into(), Value::from(epoch));
+    let exploded =
+        crate::optim::explosion_warning(&stats).map_or(String::new(), |w| format!("; {w}"));
     Error::Diverged {
-        what: format!("{what}; {kept}"),
+        what: format!("{what}; {kept}{exploded}"),
         epoch,
         step,
     }

@@ -294,7 +294,9 @@ fn optimiser_f32_path_matches_f64_direction() {
     )
     .unwrap();
     let mut opt = NgdExact::new(NgdExactConfig {
+        fisher: common::optim::FisherKind::Empirical,
         damping: Damping::Absolute(1e-3),
+        preserve_norm: false,
         ..Default::default()
     })
     .unwrap();

@@ -29,8 +29,12 @@ from --seed and its index, so the result does not depend on --threads.
 
 Every record gets an `llc` object: the mean over chains, their standard deviation, each chain's
 value, L_init, every setting, and diagnostics devinterp does not give: MALA acceptance, a
-stationarity test of each loss trace, rank-normalised split R-hat and bulk ESS across chains, and a
-verdict (`ok`, or warnings such as a diverged chain, which is excluded from the mean and named).
+stationarity test of each loss trace, rank-normalised split R-hat and bulk ESS across chains, the
+distance from w* over each chain (`diagnostics.distance_from_w_star`: mean, max and last ‖w - w*‖ at
+the draws, the mean of each quarter of the draws, and with --bounding-box the fraction of
+coordinates on the box), and a verdict (`ok`, or warnings such as a diverged chain, which is
+excluded from the mean and named, a chain still moving away from w* or one pressed against the
+bounding box; those two are also printed on stderr).
 
 Checkpoints come as arguments, or as JSON records on stdin (records with a `checkpoint` field are
 processed, others passed through), one line out per record, flushed at once. The data set is the
@@ -297,6 +301,9 @@ fn run(args: Args) -> Result<ExitCode> {
                     "llc: {}",
                     est.summary_line(&path.display().to_string())
                 ));
+                for w in &est.diagnostics.distance_warnings {
+                    log_line(&format!("llc: {}: warning: {w}", path.display()));
+                }
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();

@@ -54,10 +54,12 @@ Examples:
     $ train --optimizer ngd --ngd-shadow-f64 --epochs 3 --out runs/ngd-shadow
     $ train --optimizer sgd --direction-noise 0.8 --variant sgd-noise --epochs 20 --out runs/noise
 
-  Online NGD with its state in f64 and rank 10, or the exact natural gradient of the sampled
-  Fisher (default damping λ = 0.01·tr(F)/P), rescaled to the gradient's norm:
+  Online NGD with its state in f64 and rank 10, or the exact natural gradient with its defaults
+  (sampled Fisher, damping λ = 10·tr(F)/P, rescaled to the gradient's norm), or of the empirical
+  Fisher with a smaller damping, not rescaled:
     $ train --optimizer ngd --ngd-dtype f64 --ngd-rank 10 --epochs 20 --out runs/ngd-f64-r10
-    $ train --optimizer ngd-exact --fisher sampled --preserve-norm --epochs 20 --out runs/exact
+    $ train --optimizer ngd-exact --epochs 20 --out runs/exact
+    $ train --optimizer ngd-exact --fisher empirical --damping-relative 1 --no-preserve-norm --out runs/emp
 
   The LeNet, a quick run on the first 5,000 samples in file order:
     $ train --model lenet --train-samples 5000 --no-shuffle --epochs 1 --out runs/lenet-quick
@@ -432,6 +434,9 @@ fn run(args: Args) -> Result<()> {
                 r["seconds"].as_f64().unwrap_or(0.0),
                 r["checkpoint"].as_str().unwrap_or("")
             );
+            if let Some(w) = common::optim::explosion_warning(r) {
+                eprintln!("train: warning: {w}");
+            }
         }
         out.write(r).map_err(|e| {
             if e.kind() == std::io::ErrorKind::BrokenPipe {

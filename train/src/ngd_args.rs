@@ -53,9 +53,12 @@ pub struct NgdArgs {
     /// ‖d_f32 − d_f64‖/‖g‖ per epoch, overall and per tensor.
     #[arg(long, help_heading = "Online NGD (--optimizer ngd)")]
     pub ngd_shadow_f64: bool,
-    /// ngd-exact: Fisher of the minibatch, empirical (true labels) or sampled (labels drawn from
-    /// the model, one per sample, seeded by --seed).
-    #[arg(long, default_value = "empirical", value_parser = ["empirical", "sampled"], help_heading = "Exact NGD (--optimizer ngd-exact)")]
+    /// ngd-exact: Fisher of the minibatch, sampled (labels drawn from the model, one per sample,
+    /// seeded by --seed) or empirical (true labels). The defaults of ngd-exact (sampled, relative
+    /// damping 10, --preserve-norm) train at lr 0.01: one MNIST epoch of the MLP 1×128 from --seed 1
+    /// reaches test loss 0.21 (93.3 %; SGD 0.20); the empirical Fisher's best there was 0.38, and the
+    /// former defaults (empirical, 0.01, no rescaling) gave 3.45 (confident mistakes).
+    #[arg(long, default_value = "sampled", value_parser = ["empirical", "sampled"], help_heading = "Exact NGD (--optimizer ngd-exact)")]
     pub fisher: String,
     /// ngd-exact: absolute damping λ of F + λI.
     #[arg(
@@ -64,12 +67,25 @@ pub struct NgdArgs {
         help_heading = "Exact NGD (--optimizer ngd-exact)"
     )]
     pub damping: Option<f64>,
-    /// ngd-exact: relative damping α, λ = α·tr(F)/P [default: 0.01 when --damping is not given].
+    /// ngd-exact: relative damping α, λ = α·tr(F)/P [default: 10 when --damping is not given; the
+    /// 30-seed study's choice, mk/beyond.mk].
     #[arg(long, help_heading = "Exact NGD (--optimizer ngd-exact)")]
     pub damping_relative: Option<f64>,
-    /// ngd-exact: rescale the natural gradient to the gradient's norm.
-    #[arg(long, help_heading = "Exact NGD (--optimizer ngd-exact)")]
+    /// ngd-exact: rescale the natural gradient to the gradient's norm (the default; without it the
+    /// sampled Fisher's step diverges within a few steps at lr 0.01).
+    #[arg(
+        long,
+        overrides_with = "no_preserve_norm",
+        help_heading = "Exact NGD (--optimizer ngd-exact)"
+    )]
     pub preserve_norm: bool,
+    /// ngd-exact: use the natural gradient (F + λI)⁻¹g as it is, not rescaled to ‖g‖.
+    #[arg(
+        long,
+        overrides_with = "preserve_norm",
+        help_heading = "Exact NGD (--optimizer ngd-exact)"
+    )]
+    pub no_preserve_norm: bool,
 }
 
 impl NgdArgs {
@@ -101,7 +117,8 @@ impl NgdArgs {
             self.damping,
             self.damping_relative,
         )?;
-        s.exact.preserve_norm = self.preserve_norm;
+        // On unless --no-preserve-norm was the last of the pair given.
+        s.exact.preserve_norm = !self.no_preserve_norm;
         s.set_seed(seed);
         Ok(s)
     }

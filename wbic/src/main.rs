@@ -228,6 +228,9 @@ fn run(args: Args) -> Result<ExitCode> {
                     "wbic: {}",
                     est.summary_line(&path.display().to_string(), key)
                 ));
+                for w in &est.diagnostics.distance_warnings {
+                    log_line(&format!("wbic: {}: warning: {w}", path.display()));
+                }
             }
             if let Some(out) = &args.trace_out {
                 let mut fields = Map::new();

@@ -11,6 +11,7 @@ mod ngd_axis;
 mod ngd_exact;
 mod settings_keys;
 mod sgd;
+mod step_ratio;
 mod sym_eigen;
 
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
@@ -23,6 +24,7 @@ pub use ngd_exact::{
 };
 pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};
+pub use step_ratio::{explosion_warning, StepRatioStats, EXPLOSION_RATIO};
 pub use sym_eigen::{Syevd, SymEigen};
 
 use crate::model::Network;

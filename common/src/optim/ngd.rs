@@ -553,6 +553,8 @@ pub struct Ngd {
     shadow: Option<Box<Shadow>>,
     sgd: Sgd,
     stats: EpochStats,
+    /// ‖d‖/‖g‖ of each step's direction (see [`super::StepRatioStats`]).
+    step_ratio: super::StepRatioStats,
     total_nan_fallbacks: u64,
 }
 
@@ -580,6 +582,7 @@ impl Ngd {
                 tensors: vec![TensorStats::default(); layout.tensors.len()],
                 ..Default::default()
             },
+            step_ratio: Default::default(),
             total_nan_fallbacks: 0,
         })
     }
@@ -620,7 +623,10 @@ impl Optimizer for Ngd {
         self.config.to_json()
     }
     fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+        let grad_norm = super::step_ratio::norm(grad);
         self.precondition(params, grad);
+        self.step_ratio
+            .record(grad_norm, super::step_ratio::norm(grad));
         self.sgd.apply(params, grad);
         Ok(())
     }
@@ -657,7 +663,8 @@ impl Optimizer for Ngd {
     /// cosine between the preconditioned direction and the gradient and the mean fraction of the
     /// factor's rank on the floor (over refreshes and axes). With the shadow also
     /// `ngd_shadow_difference` (mean ‖d_f32 − d_f64‖/‖g‖ over the epoch's steps) and per tensor
-    /// `shadow_difference` (mean ‖d_f32,t − d_f64,t‖/‖g_t‖) and `shadow_cosine`.
+    /// `shadow_difference` (mean ‖d_f32,t − d_f64,t‖/‖g_t‖) and `shadow_cosine`. Always the step ratio
+    /// ‖d‖/‖g‖ and the count of exploded steps (`ngd_step_ratio_*`, `ngd_exploded_steps`).
     fn take_epoch_stats(&mut self) -> Map<String, Value> {
         let s = std::mem::take(&mut self.stats);
         let mut m = Map::new();
@@ -680,6 +687,7 @@ impl Optimizer for Ngd {
             shadow.take_epoch_stats(&self.layout, &mut m, &mut per);
         }
         m.insert("ngd_tensors".into(), Value::Object(per));
+        self.step_ratio.take("ngd", &mut m);
         self.stats.tensors = vec![TensorStats::default(); self.layout.tensors.len()];
         m
     }

@@ -51,8 +51,13 @@ pub fn geweke_z(chain: &[f64]) -> f64 {
     if n < 20 {
         return f64::NAN;
     }
-    let a = &chain[..n / 10];
-    let b = &chain[n - n / 2..];
+    mean_difference_z(&chain[..n / 10], &chain[n - n / 2..])
+}
+
+/// z = (ā − b̄)/√(s_a²/ESS_a + s_b²/ESS_b) of two stretches of one chain, each standard error from its
+/// own ESS (as [`geweke_z`]); 0 when both are constant and equal, +∞ when constant and different.
+/// Each stretch needs at least 2 values.
+pub fn mean_difference_z(a: &[f64], b: &[f64]) -> f64 {
     let se2 = |s: &[f64]| {
         let m = mean(s);
         let var = s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (s.len() - 1) as f64;
@@ -76,6 +81,13 @@ pub const GEWEKE_LIMIT: f64 = 3.0;
 pub const RHAT_LIMIT: f64 = 1.05;
 /// The mean MALA acceptance below which the step size is called too large.
 pub const ACCEPTANCE_LIMIT: f64 = 0.5;
+/// The relative growth of the mean ‖w_t − w*‖ from the third to the last quarter of the draws above
+/// which (with z > [`GEWEKE_LIMIT`]) a chain is said to be still moving away from w*. A chain
+/// diffusing freely (‖w − w*‖ ∝ √t) grows 18% between those quarters; a settled one 0 ± noise.
+pub const DRIFT_LIMIT: f64 = 0.05;
+/// The mean fraction of coordinates on the bounding box above which a chain is said to press
+/// against it (the box, not the posterior, then shapes the draws).
+pub const BOX_CONTACT_LIMIT: f64 = 0.01;
 
 pub(crate) fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64

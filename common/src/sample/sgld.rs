@@ -24,6 +24,11 @@
 //!   a_t = min(1, exp(log q(w_{t−1}|w_t) − log q(w_t|w_{t−1}) + U(w_{t−1}) − U(w_t))).
 //!
 //! A step whose loss or drift is not finite ends the chain: it is reported as diverged at that draw.
+//!
+//! At every draw the chain also records ‖w_t − w*‖ at the draw's weights (summed in the same fused
+//! pass as the update, from the w_t − w* it computes anyway) and, with a bounding box, the fraction of
+//! w_t's coordinates that the previous step clamped onto the box: see
+//! [`super::estimate::DistanceSummary`] for what is made of them.
 
 use super::noise::NoiseSource;
 use super::potential::Potential;
@@ -132,6 +137,11 @@ pub struct ChainTrace {
     pub diverged_at: Option<usize>,
     /// ‖w_T − w*‖ at the end of the chain.
     pub final_distance: f64,
+    /// ‖w_t − w*‖ at each draw (the draw's pre-step weights), as long as `losses`.
+    pub distances: Vec<f64>,
+    /// With a bounding box: the mean over draws of the fraction of w_t's coordinates on the box
+    /// (clamped by the step into w_t). None without a box.
+    pub box_contact: Option<f64>,
     pub seconds: f64,
 }
 
@@ -173,6 +183,8 @@ pub fn run_chain<P: Potential>(
     };
 
     let mut losses = Vec::with_capacity(cfg.draws);
+    let mut distances = Vec::with_capacity(cfg.draws);
+    let mut box_contact_sum = 0.0;
     let mut acceptance = Vec::with_capacity(cfg.draws * cfg.thin);
     let mut diverged_at = None;
     let mut prev_loss = f64::NAN;
@@ -203,6 +215,11 @@ pub fn run_chain<P: Potential>(
             &coef,
             cfg.bounding_box.map(|b| b as f32),
         );
+        if draw.is_some() {
+            distances.push(sums.distance2.sqrt());
+            // w_t's coordinates on the box were clamped there by the previous step (none at w*).
+            box_contact_sum += prev_sums.as_ref().map_or(0.0, |p| p.clamped as f64);
+        }
         if let Some(prev) = prev_sums.as_ref().filter(|_| step > cfg.burn_in) {
             // Transition w_{t−1} → w_t (see `UpdateSums`).
             let proposal_diff = 2.0 * (sums.step_dot_drift + prev.next_step_dot_drift)
@@ -231,12 +248,17 @@ pub fn run_chain<P: Potential>(
         .map(|(a, b)| ((a - b) as f64).powi(2))
         .sum::<f64>()
         .sqrt();
+    let box_contact = cfg
+        .bounding_box
+        .map(|_| box_contact_sum / (distances.len().max(1) * dim.max(1)) as f64);
     ChainTrace {
         chain,
         losses,
         acceptance,
         diverged_at,
         final_distance,
+        distances,
+        box_contact,
         seconds: start.elapsed().as_secs_f64(),
     }
 }
@@ -273,6 +295,10 @@ pub struct UpdateSums {
     pub drift_norm2: f64,
     /// ‖w_t − w*‖² − ‖w_{t+1} − w*‖² = Σ −Δ_{t+1}·(2(w_t − w*) + Δ_{t+1}).
     pub next_localisation_diff: f64,
+    /// ‖w_t − w*‖², the squared distance of the pre-step weights from w*.
+    pub distance2: f64,
+    /// How many coordinates of w_{t+1} the bounding box clamped (0 without a box).
+    pub clamped: u64,
     /// Whether w_{t+1} is finite.
     pub finite: bool,
 }
@@ -307,6 +333,8 @@ struct LaneSums {
     next_step_dot_drift: [f32; LANES],
     drift_norm2: [f32; LANES],
     localisation: [f32; LANES],
+    distance2: [f32; LANES],
+    clamped: [f32; LANES],
     check: [f32; LANES],
 }
 
@@ -331,13 +359,16 @@ fn update_lanes<const CLAMP: bool>(
         let h = c.half_eps * (c.nbeta * grad[k] + c.gamma * delta + c.decay * wt);
         let mut next = wt - h + c.sqrt_eps * noise[k];
         if CLAMP {
+            let free = next;
             next = next.clamp(ws - bound, ws + bound);
+            sums.clamped[k] += if next != free { 1.0 } else { 0.0 };
         }
         let next_step = next - wt;
         sums.step_dot_drift[k] += step[k] * h;
         sums.next_step_dot_drift[k] += next_step * h;
         sums.drift_norm2[k] += h * h;
         sums.localisation[k] += -next_step * (2.0 * delta + next_step);
+        sums.distance2[k] += delta * delta;
         sums.check[k] += next;
         step[k] = next_step;
         w[k] = next;
@@ -358,7 +389,8 @@ fn update_blocks<const CLAMP: bool>(
     bound: f32,
 ) -> UpdateSums {
     const BLOCK: usize = 512;
-    let mut total = [0f64; 4];
+    let mut total = [0f64; 5];
+    let mut clamped = 0u64;
     let mut finite = true;
     let n = w.len();
     let mut start = 0;
@@ -413,6 +445,9 @@ fn update_blocks<const CLAMP: bool>(
         total[1] += add(&sums.next_step_dot_drift);
         total[2] += add(&sums.drift_norm2);
         total[3] += add(&sums.localisation);
+        total[4] += add(&sums.distance2);
+        // At most 512/8 = 64 per lane: exact in f32.
+        clamped += sums.clamped.iter().map(|&x| x as u64).sum::<u64>();
         finite &= sums.check.iter().all(|x| x.is_finite());
         start = end;
     }
@@ -421,6 +456,8 @@ fn update_blocks<const CLAMP: bool>(
         next_step_dot_drift: total[1],
         drift_norm2: total[2],
         next_localisation_diff: total[3],
+        distance2: total[4],
+        clamped,
         finite,
     }
 }
