@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
+use common::model::ModelSpec;
 use common::optim::{build, OptimizerSettings, OPTIMIZERS};
 use common::train::{train, Start, TrainConfig};
 use serde_json::{json, Value};
@@ -59,7 +60,9 @@ struct Args {
     /// Run name prefix [default: the --out folder's name]; each run is <prefix>-<branch>.
     #[arg(long)]
     run: Option<String>,
-    /// Model, for checkpoints whose metadata does not say (see `train --help`).
+    /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
+    /// (with the checkpoint's extra layers), or an exact name such as mlp_1x128, mlp_2x256_tanh,
+    /// lenet_k3 [default: the metadata's, else inferred from the tensor shapes].
     #[arg(long)]
     model: Option<String>,
     /// Data set [default: the checkpoint's].
@@ -162,7 +165,7 @@ fn run(args: Args) -> Result<()> {
     let model = args
         .model
         .as_deref()
-        .map(|m| common::model::Architecture::parse(m, &[128], common::model::Activation::Relu, 2))
+        .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
     let ck = Checkpoint::load(&args.from, model.as_ref())?;
     ck.check_finite(&args.from)?;

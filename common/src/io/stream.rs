@@ -87,13 +87,10 @@ pub fn process_stream<R: BufRead, W: Write>(
     Ok(summary)
 }
 
-/// Fails with a one-line message when a checkpoint named by a record is missing (before any work).
-pub fn require_file(path: &Path) -> Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(Error::checkpoint(path, "no such checkpoint file"))
-    }
+/// Fails with a one-line message when a checkpoint named by a record is missing, a directory or not a
+/// regular file (before any work).
+pub fn require_file(path: &Path) -> Result<(), Error> {
+    super::checkpoint::require_checkpoint_file(path).map(|_| ())
 }
 
 #[cfg(test)]
