@@ -238,10 +238,18 @@ fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architectu
                 format!("--extra-layers {k}"),
             )
         }
-        Some(ModelSpec::Exact(a)) => (
-            a.clone(),
-            format!("--model {}", args.model.as_deref().unwrap_or_default()),
-        ),
+        Some(ModelSpec::Exact(_)) => {
+            // Parsed again for --activation, which applies to a name without an activation.
+            let m = args.model.as_deref().unwrap_or_default();
+            let arch = Architecture::parse(
+                m,
+                &hidden,
+                activation.unwrap_or(Activation::Relu),
+                args.extra_layers.unwrap_or(2),
+            )
+            .with_context(|| format!("--model {m}"))?;
+            (arch, format!("--model {m}"))
+        }
     })
 }
 
