@@ -3,7 +3,7 @@
 
 extern crate openblas_src;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::curvature::{
     exact_trace_unavailable, hutchinson, hutchpp, pyhessian_trace, slq_density, top_eigenvalues,
@@ -13,7 +13,7 @@ use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{
     atomic_write, fill_name, log_line, process_stream, require_file, Checkpoint, Record,
 };
-use common::model::{Activation, Architecture};
+use common::model::ModelSpec;
 use common::{Error, Real};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -76,7 +76,9 @@ record succeeded, 1 otherwise (one line on stderr per failure, naming the checkp
 struct Args {
     /// Checkpoints (safetensors). Without any, JSON-lines records are read from stdin.
     checkpoints: Vec<PathBuf>,
-    /// Model of checkpoints whose metadata does not say (e.g. mlp_1x128, mlp_2x256_tanh, lenet).
+    /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
+    /// (with the checkpoint's extra layers), or an exact name such as mlp_1x128, mlp_2x256_tanh,
+    /// lenet_k3 [default: the metadata's, else inferred from the tensor shapes].
     #[arg(long)]
     model: Option<String>,
     /// Data set: mnist or fashion-mnist [default: the checkpoint's].
@@ -258,7 +260,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let model = args
         .model
         .as_deref()
-        .map(|m| Architecture::parse(m, &[128], Activation::Relu, 2))
+        .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
     let mut data_cache: HashMap<(&'static str, PathBuf, bool), Dataset> = HashMap::new();
     let mut density_written: HashSet<PathBuf> = HashSet::new();
@@ -298,7 +300,7 @@ fn run(args: Args) -> Result<ExitCode> {
 
 fn analyse_record(
     args: &Args,
-    model: Option<&Architecture>,
+    model: Option<&ModelSpec>,
     record: &Record,
     path: &Path,
     data_cache: &mut HashMap<(&'static str, PathBuf, bool), Dataset>,

@@ -6,7 +6,7 @@ extern crate openblas_src;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::io::{atomic_write, log_line, process_stream};
-use common::model::{Activation, Architecture};
+use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
 use common::sample::{
     calibrate, estimate_llc, log_spaced, CalibrationAxis, DataCache, InitLoss, LlcConfig, NBeta,
@@ -65,7 +65,9 @@ naming the record, and the record is still written with an `llc.error` field).";
 struct Args {
     /// Checkpoints (safetensors). Without any, JSON records are read from stdin.
     checkpoints: Vec<PathBuf>,
-    /// Model of checkpoints whose metadata does not say (mlp_1x128, mlp_2x256, lenet, ...).
+    /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
+    /// (with the checkpoint's extra layers), or an exact name such as mlp_1x128, mlp_2x256_tanh,
+    /// lenet_k3 [default: the metadata's, else inferred from the tensor shapes].
     #[arg(long)]
     model: Option<String>,
     /// Data set: mnist or fashion-mnist [default: the checkpoint's, else mnist].
@@ -251,7 +253,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let model = args
         .model
         .as_deref()
-        .map(|m| Architecture::parse(m, &[128], Activation::Relu, 2))
+        .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
     let mut data = DataCache::new(
         args.data_dir.clone(),

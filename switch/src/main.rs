@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
+use common::model::ModelSpec;
 use common::optim::{build, describe, OptimizerSettings, OptimizerState, OPTIMIZERS};
 use common::train::{
     last_epoch_checkpoint, prepare_output, train, OutputMode, Resume, RunSettings, Start,
@@ -66,7 +67,9 @@ struct Args {
     /// Run name prefix [default: the --out folder's name]; each run is <prefix>-<branch>.
     #[arg(long)]
     run: Option<String>,
-    /// Model, for checkpoints whose metadata does not say (see `train --help`).
+    /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
+    /// (with the checkpoint's extra layers), or an exact name such as mlp_1x128, mlp_2x256_tanh,
+    /// lenet_k3 [default: the metadata's, else inferred from the tensor shapes].
     #[arg(long)]
     model: Option<String>,
     /// Data set [default: the checkpoint's].
@@ -223,7 +226,8 @@ fn plan_branch(
         .with_context(context)?;
         return Ok(fresh);
     };
-    let ck = Checkpoint::load(&path, Some(&net.arch)).with_context(context)?;
+    let ck =
+        Checkpoint::load(&path, Some(&ModelSpec::Exact(net.arch.clone()))).with_context(context)?;
     ck.check_finite(&path).with_context(context)?;
     let resume = Resume::load(&path, &ck).with_context(context)?;
     if ck.meta.get("switched_at") != Some(switched_at) {
@@ -270,7 +274,7 @@ fn run(args: Args) -> Result<()> {
     let model = args
         .model
         .as_deref()
-        .map(|m| common::model::Architecture::parse(m, &[128], common::model::Activation::Relu, 2))
+        .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
     let ck = Checkpoint::load(&args.from, model.as_ref())?;
     ck.check_finite(&args.from)?;
@@ -303,6 +307,8 @@ fn run(args: Args) -> Result<()> {
     }
     let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
     let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
+    // Once, before any branch starts (each branch would fail on it).
+    common::data::check_input(&train_data, &net)?;
     if let Some(n) = args
         .train_samples
         .or(meta_u64("train_samples").map(|n| n as usize))

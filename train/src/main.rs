@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::data::{Dataset, DatasetKind, Split};
 use common::io::{Checkpoint, RecordWriter};
-use common::model::{initialise, Activation, Architecture, Network};
+use common::model::{
+    check_fits_in_memory, initialise, Activation, Architecture, ModelSpec, Network,
+};
 use common::optim::{Optimizer, SgdConfig};
 use common::train::{prepare_output, train, OutputMode, Resume, RunSettings, Start, TrainConfig};
 use serde_json::Value;
@@ -81,18 +83,23 @@ and records them).";
 #[derive(Parser, Debug)]
 #[command(name = "train", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
-    /// Model: mlp, lenet, or a name such as mlp_1x128, mlp_2x256, mlp_128-64_tanh, lenet_k3.
+    /// Model: mlp (widths from --hidden), lenet (--extra-layers), or a name such as mlp_1x128,
+    /// mlp_2x256, mlp_128-64_tanh, lenet_k3. With --init, mlp and lenet take their sizes from the
+    /// checkpoint unless --hidden / --extra-layers is given, and a name must match it exactly
+    /// [default: mlp, or with --init the checkpoint's model].
     #[arg(long)]
     model: Option<String>,
-    /// Hidden layer widths of the MLP, comma-separated (e.g. 256,256).
-    #[arg(long, value_delimiter = ',', default_value = "128")]
-    hidden: Vec<usize>,
-    /// MLP nonlinearity: relu, tanh or identity (a deep linear network).
-    #[arg(long, default_value = "relu")]
-    activation: String,
-    /// Number of extra 6→6 conv layers of the LeNet.
-    #[arg(long, default_value_t = 2)]
-    extra_layers: usize,
+    /// Hidden layer widths of the MLP, comma-separated (e.g. 256,256) [default: 128]. Models whose
+    /// parameters, optimiser state and workspace would not fit in this machine's memory are refused.
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// MLP nonlinearity: relu, tanh or identity (a deep linear network) [default: relu, or the
+    /// --init checkpoint's].
+    #[arg(long)]
+    activation: Option<String>,
+    /// Number of extra 6→6 conv layers of the LeNet [default: 2, or the --init checkpoint's].
+    #[arg(long)]
+    extra_layers: Option<usize>,
     /// Data set: mnist or fashion-mnist [default: mnist, or the --init checkpoint's].
     #[arg(long)]
     dataset: Option<String>,
@@ -221,33 +228,99 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The model the flags describe, and the flag that set its sizes (for messages).
+fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architecture, String)> {
+    let activation = args
+        .activation
+        .as_deref()
+        .map(Activation::parse)
+        .transpose()?;
+    let hidden = args.hidden.clone().unwrap_or_else(|| vec![128]);
+    let widths = hidden
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(match spec {
+        None | Some(ModelSpec::Mlp { .. }) => {
+            let activation = match spec {
+                Some(ModelSpec::Mlp {
+                    activation: Some(a),
+                }) => Some(*a),
+                _ => activation,
+            };
+            (
+                Architecture::mlp(hidden, activation.unwrap_or(Activation::Relu)),
+                format!("--hidden {widths}"),
+            )
+        }
+        Some(ModelSpec::LeNet) => {
+            let k = args.extra_layers.unwrap_or(2);
+            (
+                Architecture::LeNet { extra_layers: k },
+                format!("--extra-layers {k}"),
+            )
+        }
+        Some(ModelSpec::Exact(_)) => {
+            // Parsed again for --activation, which applies to a name without an activation.
+            let m = args.model.as_deref().unwrap_or_default();
+            let arch = Architecture::parse(
+                m,
+                &hidden,
+                activation.unwrap_or(Activation::Relu),
+                args.extra_layers.unwrap_or(2),
+            )
+            .with_context(|| format!("--model {m}"))?;
+            (arch, format!("--model {m}"))
+        }
+    })
+}
+
+/// Refuses a model that is degenerate (a zero width, one class) or that would not fit in memory, in
+/// one line naming `flag`.
+fn check_model(arch: &Architecture, batch: usize, flag: &str) -> Result<()> {
+    let size = arch.size().with_context(|| flag.to_string())?;
+    check_fits_in_memory(&size, batch).with_context(|| flag.to_string())?;
+    Ok(())
+}
+
 fn run(args: Args) -> Result<()> {
-    let explicit_model = args
+    let spec = args
         .model
         .as_deref()
-        .map(|m| {
-            Architecture::parse(
-                m,
-                &args.hidden,
-                Activation::parse(&args.activation)?,
-                args.extra_layers,
-            )
-        })
+        .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
-    let init = args
-        .init
-        .as_ref()
-        .map(|p| {
-            let ck = Checkpoint::load(p, explicit_model.as_ref())?;
+    let (init, arch) = match &args.init {
+        None => {
+            let (arch, flag) = model_from_flags(&args, spec.as_ref())?;
+            check_model(&arch, args.batch_size, &flag)?;
+            (None, arch)
+        }
+        Some(p) => {
+            // --model mlp / lenet take their sizes from the checkpoint unless a flag gives them.
+            let spec = match spec {
+                Some(ModelSpec::Mlp { activation }) if args.hidden.is_none() => {
+                    Some(ModelSpec::Mlp {
+                        activation: activation.or(args
+                            .activation
+                            .as_deref()
+                            .map(Activation::parse)
+                            .transpose()?),
+                    })
+                }
+                Some(ModelSpec::LeNet) if args.extra_layers.is_none() => Some(ModelSpec::LeNet),
+                Some(s) => {
+                    let (arch, flag) = model_from_flags(&args, Some(&s))?;
+                    check_model(&arch, args.batch_size, &flag)?;
+                    Some(ModelSpec::Exact(arch))
+                }
+                None => None,
+            };
+            let ck = Checkpoint::load(p, spec.as_ref())?;
             ck.check_finite(p)?;
-            Ok::<_, common::Error>(ck)
-        })
-        .transpose()?;
-    let arch = match (&init, explicit_model) {
-        (Some(ck), _) => ck.network.arch.clone(),
-        (None, Some(a)) => a,
-        (None, None) => {
-            Architecture::mlp(args.hidden.clone(), Activation::parse(&args.activation)?)
+            let arch = ck.network.arch.clone();
+            check_model(&arch, args.batch_size, &format!("--init {}", p.display()))?;
+            (Some(ck), arch)
         }
     };
     // The run to continue: checkpoint and sidecar checked to be one pair before any data is read.

@@ -9,7 +9,8 @@ pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS
 use crate::model::Network;
 use crate::{Error, Result};
 
-/// Checks that a data set's samples fit a network's input (pixels per image).
+/// Checks that a data set's samples fit a network's input (pixels per image) and its labels its
+/// outputs.
 pub fn check_input(data: &Dataset, net: &Network) -> Result<()> {
     if data.features() != net.input_features() {
         return Err(Error::data(
@@ -22,6 +23,19 @@ pub fn check_input(data: &Dataset, net: &Network) -> Result<()> {
                 data.features(),
                 net.arch.name(),
                 net.input_features()
+            ),
+        ));
+    }
+    // A label at or past the model's outputs would index past its logits.
+    if net.classes() < data.classes {
+        return Err(Error::data(
+            &data.folder,
+            format!(
+                "{} has {} classes but the model {} has {} outputs",
+                data.kind.name(),
+                data.classes,
+                net.arch.name(),
+                net.classes()
             ),
         ));
     }

@@ -6,9 +6,14 @@
 //! Checkpoints made elsewhere load too: their tensors, taken in `param_order` (when the metadata has
 //! it) or in natural name order (`1.weight` < `3.weight` < `10.weight`; weight before bias), must form
 //! the expected chain of shapes. F32, F64, F16 and BF16 are accepted and converted to f32.
+//!
+//! Nothing in a file is trusted before it is checked: only regular files of at most
+//! [`MAX_CHECKPOINT_BYTES`] are read, and the model named by the metadata (or `--model`) is compared
+//! with the file's tensors (count, names' order, shapes) one tensor at a time before anything of the
+//! model's size is built, so parameters are only allocated for tensors whose bytes are in the file.
 
 use super::atomic::atomic_write;
-use crate::model::{Activation, Architecture, Network};
+use crate::model::{Activation, Architecture, ModelSpec, Network};
 use crate::optim::OptimizerState;
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
@@ -16,7 +21,13 @@ use safetensors::SafeTensors;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// The largest checkpoint or optimiser sidecar read: 1 GiB, 268 million f32 parameters, far beyond
+/// the models these tools train (the paper's are under 300,000), and small enough that reading one
+/// cannot exhaust a machine's memory.
+pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 
 /// A model checkpoint in memory.
 #[derive(Clone, Debug)]
@@ -94,23 +105,21 @@ impl Checkpoint {
         atomic_write(path, &self.to_bytes()?)
     }
 
-    /// Loads a checkpoint. The architecture is `model` when given, else the metadata's `arch` (ours, or
-    /// a name such as `mlp_1x128` / `lenet`), else inferred from the tensor shapes.
+    /// Loads a checkpoint. The architecture is `model` when given (exactly, or an MLP / LeNet whose
+    /// sizes are the file's), else the metadata's `arch` (ours, or a name such as `mlp_1x128` /
+    /// `lenet`), else inferred from the tensor shapes.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] naming the file: truncated or corrupt safetensors, unknown model in the
-    /// metadata, unsupported dtype, or tensors that do not fit the model (count or shape).
-    pub fn load(path: &Path, model: Option<&Architecture>) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    /// [`Error::Checkpoint`] naming the file: not a regular file or over [`MAX_CHECKPOINT_BYTES`],
+    /// truncated or corrupt safetensors, unknown model in the metadata, unsupported dtype, tensors that
+    /// do not fit the model (count or shape), an empty layer or an output of fewer than two classes.
+    pub fn load(path: &Path, model: Option<&ModelSpec>) -> Result<Checkpoint> {
+        let bytes = read_checkpoint_file(path)?;
         Self::from_bytes(path, &bytes, model)
     }
 
     /// [`Checkpoint::load`] from bytes in memory; `path` is only used in messages.
-    pub fn from_bytes(
-        path: &Path,
-        bytes: &[u8],
-        model: Option<&Architecture>,
-    ) -> Result<Checkpoint> {
+    pub fn from_bytes(path: &Path, bytes: &[u8], model: Option<&ModelSpec>) -> Result<Checkpoint> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -159,66 +168,48 @@ impl Checkpoint {
                 names
             }
         };
-        let shapes: Vec<Vec<usize>> = ordered
+        let views: Vec<safetensors::tensor::TensorView> = ordered
             .iter()
-            .map(|n| st.tensor(n).map(|t| t.shape().to_vec()))
+            .map(|n| st.tensor(n))
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| meta_err(path, format!("cannot read tensor: {e}")))?;
-
-        let arch = match model {
-            Some(a) => a.clone(),
-            None => match meta.get("arch") {
-                Some(Value::Object(_)) => Architecture::from_json(&meta["arch"])
-                    .map_err(|e| meta_err(path, format!("metadata names an unknown model: {e}")))?,
-                Some(Value::String(name)) => {
-                    let act = meta
-                        .get("activation")
-                        .and_then(Value::as_str)
-                        .map(Activation::parse)
-                        .transpose()?
-                        .unwrap_or(Activation::Relu);
-                    Architecture::parse(name, &[], act, 2).map_err(|_| {
-                        meta_err(
-                            path,
-                            format!(
-                                "metadata names an unknown model '{name}' (pass --model to say which it is)"
-                            ),
-                        )
-                    })?
-                }
-                _ => infer_architecture(&shapes).map_err(|m| meta_err(path, m))?,
-            },
-        };
-        let network = Network::new(arch);
-        let layout = &network.layout;
-        if layout.tensors.len() != ordered.len() {
-            return Err(meta_err(
-                path,
-                format!(
-                    "{} tensors in the file but model {} has {} ({})",
-                    ordered.len(),
-                    network.arch.name(),
-                    layout.tensors.len(),
-                    layout.names().join(", ")
-                ),
-            ));
-        }
-        let mut params = vec![0f32; layout.total()];
-        for ((spec, name), shape) in layout.tensors.iter().zip(&ordered).zip(&shapes) {
-            if *shape != spec.shape {
+        let shapes: Vec<Vec<usize>> = views.iter().map(|v| v.shape().to_vec()).collect();
+        // An empty layer (a zero width) would make every later size zero and divide by it.
+        for (name, shape) in ordered.iter().zip(&shapes) {
+            if shape.contains(&0) {
                 return Err(meta_err(
                     path,
                     format!(
-                        "tensor {name} has shape {shape:?} but model {} expects {:?} for {}",
-                        network.arch.name(),
-                        spec.shape,
-                        spec.name
+                        "tensor {name} has shape {shape:?}, an empty layer (every layer needs at \
+                         least one unit and one input)"
                     ),
                 ));
             }
-            let view = st
-                .tensor(name)
-                .map_err(|e| meta_err(path, format!("cannot read tensor {name}: {e}")))?;
+        }
+
+        let arch = choose_architecture(path, model, &meta, &shapes)?;
+        check_tensors_fit(path, &arch, &ordered, &shapes)?;
+        if let Some(why) = crate::model::too_few_classes(arch.classes()) {
+            let last = ordered.len() - 2;
+            return Err(meta_err(
+                path,
+                format!(
+                    "tensor {} has shape {:?}: {why}",
+                    ordered[last], shapes[last]
+                ),
+            ));
+        }
+        arch.size().map_err(|e| meta_err(path, e.to_string()))?;
+        for (name, view) in ordered.iter().zip(&views) {
+            dtype_width(view.dtype()).map_err(|m| meta_err(path, format!("tensor {name}: {m}")))?;
+        }
+
+        // Every tensor matches the model, so the parameters below are the file's tensors: their
+        // count is bounded by the bytes present.
+        let network = Network::new(arch);
+        let layout = &network.layout;
+        let mut params = vec![0f32; layout.total()];
+        for ((spec, name), view) in layout.tensors.iter().zip(&ordered).zip(&views) {
             decode_into(view.dtype(), view.data(), &mut params[spec.range()])
                 .map_err(|m| meta_err(path, format!("tensor {name}: {m}")))?;
         }
@@ -228,6 +219,222 @@ impl Checkpoint {
             meta,
             source_names: ordered,
         })
+    }
+}
+
+/// The model of a checkpoint: `model` (exactly, or the MLP / LeNet its shapes describe), else the
+/// metadata's `arch`, else inferred from the shapes.
+fn choose_architecture(
+    path: &Path,
+    model: Option<&ModelSpec>,
+    meta: &Map<String, Value>,
+    shapes: &[Vec<usize>],
+) -> Result<Architecture> {
+    // The activation the metadata records: in our `arch` object, or a plain `activation` key.
+    let meta_activation = || -> Result<Option<Activation>> {
+        let named = match meta.get("arch") {
+            Some(Value::Object(a)) => a.get("activation"),
+            _ => None,
+        }
+        .or_else(|| meta.get("activation"));
+        match named {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Activation::parse)
+                .transpose()
+                .map_err(|e| meta_err(path, format!("metadata activation: {e}"))),
+        }
+    };
+    match model {
+        Some(ModelSpec::Exact(a)) => Ok(a.clone()),
+        Some(ModelSpec::Mlp { activation }) => {
+            let inferred = infer_architecture(shapes).map_err(|m| meta_err(path, m))?;
+            match inferred {
+                Architecture::Mlp {
+                    input,
+                    hidden,
+                    classes,
+                    ..
+                } => Ok(Architecture::Mlp {
+                    input,
+                    hidden,
+                    classes,
+                    activation: match activation {
+                        Some(a) => *a,
+                        None => meta_activation()?.unwrap_or(Activation::Relu),
+                    },
+                }),
+                other => Err(meta_err(
+                    path,
+                    format!(
+                        "--model mlp, but the tensors are those of {} (not a chain of Linear layers)",
+                        other.name()
+                    ),
+                )),
+            }
+        }
+        Some(ModelSpec::LeNet) => match infer_architecture(shapes) {
+            Ok(a @ Architecture::LeNet { .. }) => Ok(a),
+            Ok(other) => Err(meta_err(
+                path,
+                format!(
+                    "--model lenet, but the tensors are those of {} (no convolutions)",
+                    other.name()
+                ),
+            )),
+            Err(m) => Err(meta_err(path, m)),
+        },
+        None => match meta.get("arch") {
+            Some(v @ Value::Object(_)) => Architecture::from_json(v)
+                .map_err(|e| meta_err(path, format!("metadata names an unknown model: {e}"))),
+            Some(Value::String(name)) => {
+                let act = meta_activation()?.unwrap_or(Activation::Relu);
+                Architecture::parse(name, &[], act, 2).map_err(|e| {
+                    meta_err(
+                        path,
+                        format!("metadata arch: {e} (pass --model to say which model it is)"),
+                    )
+                })
+            }
+            _ => infer_architecture(shapes).map_err(|m| meta_err(path, m)),
+        },
+    }
+}
+
+/// Checks the file's tensors (in mapping order) against `arch`'s, one at a time and before anything
+/// of the model's size exists: the count first (computed, not built), then each shape.
+fn check_tensors_fit(
+    path: &Path,
+    arch: &Architecture,
+    ordered: &[String],
+    shapes: &[Vec<usize>],
+) -> Result<()> {
+    if arch.tensor_count() != Some(ordered.len()) {
+        let expected = match arch.tensor_count() {
+            Some(n) if n <= 16 => {
+                let names: Vec<String> = (0..n)
+                    .filter_map(|i| arch.tensor_spec(i).map(|(name, _)| name))
+                    .collect();
+                format!("{n} ({})", names.join(", "))
+            }
+            Some(n) => n.to_string(),
+            None => "more than fit in a 64-bit count".to_string(),
+        };
+        return Err(meta_err(
+            path,
+            format!(
+                "{} tensor{} in the file but model {} has {expected}",
+                ordered.len(),
+                if ordered.len() == 1 { "" } else { "s" },
+                arch_label(arch),
+            ),
+        ));
+    }
+    for (i, (name, shape)) in ordered.iter().zip(shapes).enumerate() {
+        let (spec_name, spec_shape) = arch.tensor_spec(i).expect("i < tensor_count");
+        if *shape != spec_shape {
+            return Err(meta_err(
+                path,
+                format!(
+                    "tensor {name} has shape {shape:?} but model {} expects {spec_shape:?} for {spec_name}",
+                    arch_label(arch),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The model's name for messages, summarised when it would list thousands of widths.
+fn arch_label(arch: &Architecture) -> String {
+    match arch {
+        Architecture::Mlp { hidden, .. }
+            if hidden.len() > 8 && hidden.iter().any(|&w| w != hidden[0]) =>
+        {
+            format!("mlp with {} hidden layers", hidden.len())
+        }
+        _ => arch.name(),
+    }
+}
+
+/// Reads a checkpoint (or sidecar) file after checking that it is a regular file of at most
+/// [`MAX_CHECKPOINT_BYTES`]: a directory, FIFO or device (`/dev/zero`) is refused before it is
+/// opened, and the read stops at the limit even if the file grows meanwhile.
+pub fn read_checkpoint_file(path: &Path) -> Result<Vec<u8>> {
+    read_limited(path, "checkpoint")
+}
+
+/// [`read_checkpoint_file`] for a file described as `what` in messages.
+fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let len = require_regular_file(path, what)?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Opened what was checked (not something swapped in since).
+    let opened = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !opened.is_file() {
+        return Err(meta_err(path, "is not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_CHECKPOINT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_CHECKPOINT_BYTES {
+        return Err(too_large(path, bytes.len() as u64, what));
+    }
+    Ok(bytes)
+}
+
+/// Fails with one line unless `path` is a regular file of at most [`MAX_CHECKPOINT_BYTES`]; returns
+/// its size. Checks metadata only (a FIFO is not opened, so this never blocks).
+pub fn require_checkpoint_file(path: &Path) -> Result<u64> {
+    require_regular_file(path, "checkpoint")
+}
+
+fn require_regular_file(path: &Path, what: &str) -> Result<u64> {
+    let a = article(what);
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(meta_err(path, format!("no such {what} file")))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if md.is_dir() {
+        return Err(meta_err(
+            path,
+            format!("is a directory, not {a} {what} file"),
+        ));
+    }
+    if !md.is_file() {
+        return Err(meta_err(
+            path,
+            format!(
+                "is not a regular file (a FIFO, device or socket); {a} {what} is read from a regular file only"
+            ),
+        ));
+    }
+    if md.len() > MAX_CHECKPOINT_BYTES {
+        return Err(too_large(path, md.len(), what));
+    }
+    Ok(md.len())
+}
+
+fn too_large(path: &Path, len: u64, what: &str) -> Error {
+    meta_err(
+        path,
+        format!(
+            "is {len} bytes, more than the {} {} {what} may have",
+            crate::model::format_bytes(MAX_CHECKPOINT_BYTES),
+            article(what)
+        ),
+    )
+}
+
+fn article(noun: &str) -> &'static str {
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -274,16 +481,7 @@ fn encode_safetensors(
 
 /// Converts little-endian tensor bytes to f32.
 fn decode_into(dtype: Dtype, data: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F64 => 8,
-        Dtype::F16 | Dtype::BF16 => 2,
-        other => {
-            return Err(format!(
-                "unsupported dtype {other:?} (expected F32, F64, F16 or BF16)"
-            ))
-        }
-    };
+    let width = dtype_width(dtype)?;
     if data.len() != out.len() * width {
         return Err(format!(
             "{} bytes for {} elements of {dtype:?}",
@@ -301,6 +499,18 @@ fn decode_into(dtype: Dtype, data: &[u8], out: &mut [f32]) -> std::result::Resul
         };
     }
     Ok(())
+}
+
+/// Bytes per element of the dtypes read (F32, F64, F16, BF16).
+fn dtype_width(dtype: Dtype) -> std::result::Result<usize, String> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::F64 => Ok(8),
+        Dtype::F16 | Dtype::BF16 => Ok(2),
+        other => Err(format!(
+            "unsupported dtype {other:?} (expected F32, F64, F16 or BF16)"
+        )),
+    }
 }
 
 /// Orders tensor names naturally: dot-separated segments compared numerically when both are numbers,
@@ -417,13 +627,15 @@ pub fn save_optimizer_state(
 
 /// Reads an optimiser sidecar: its tensors and metadata.
 pub fn load_optimizer_state(path: &Path) -> Result<(OptimizerState, Map<String, Value>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_limited(path, "optimiser sidecar")?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
     let mut state = BTreeMap::new();
     for (name, view) in st.tensors() {
+        dtype_width(view.dtype()).map_err(|m| meta_err(path, format!("tensor {name}: {m}")))?;
+        // safetensors has checked that the shape's elements are the bytes present.
         let n: usize = view.shape().iter().product();
         let mut v = vec![0f32; n];
         decode_into(view.dtype(), view.data(), &mut v)
@@ -446,6 +658,7 @@ pub fn load_optimizer_state(path: &Path) -> Result<(OptimizerState, Map<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ModelSpec;
 
     #[test]
     fn natural_order_sorts_layers_numerically() {
@@ -507,5 +720,223 @@ mod tests {
             .map(|t| t.shape.clone())
             .collect();
         assert_eq!(infer_architecture(&shapes).unwrap(), lenet);
+    }
+
+    /// A file of one 1-element tensor whose metadata `arch` is `arch` (about 110 bytes).
+    fn tiny_file(arch: &str) -> Vec<u8> {
+        let mut md = BTreeMap::new();
+        md.insert("arch".to_string(), arch.to_string());
+        encode_safetensors(&[("a".to_string(), vec![1], &[0.5f32][..])], &md)
+    }
+
+    /// A file with the given tensors (values 0.01) and no metadata, as PyTorch writes one.
+    fn file_with(shapes: &[(&str, Vec<usize>)]) -> Vec<u8> {
+        let data: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|(_, s)| vec![0.01; s.iter().product()])
+            .collect();
+        let tensors: Vec<(String, Vec<usize>, &[f32])> = shapes
+            .iter()
+            .zip(&data)
+            .map(|((n, s), d)| (n.to_string(), s.clone(), &d[..]))
+            .collect();
+        encode_safetensors(&tensors, &BTreeMap::new())
+    }
+
+    fn load_err(bytes: &[u8], model: Option<&ModelSpec>) -> String {
+        Checkpoint::from_bytes(Path::new("ck.safetensors"), bytes, model)
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// The model named in the metadata (or by --model) is checked against the file before any of it
+    /// is built: before the fix each of these aborted (allocation failure) or panicked (capacity
+    /// overflow).
+    #[test]
+    fn huge_models_in_metadata_are_refused_before_allocating() {
+        for (arch, count) in [
+            ("lenet_k4000000000", "has 8000000010"),
+            (
+                "mlp_1x99999999999",
+                "has 4 (1.weight, 1.bias, 3.weight, 3.bias)",
+            ),
+            ("mlp_1x4611686018427387904", "has 4"),
+            (r#"{"kind":"mlp","hidden":[99999999999]}"#, "has 4"),
+            (r#"{"kind":"mlp","hidden":[4611686018427387904]}"#, "has 4"),
+            (
+                r#"{"kind":"mlp","input":4611686018427387904,"hidden":[],"classes":4611686018427387904}"#,
+                "has 2",
+            ),
+            (
+                r#"{"kind":"lenet","extra_layers":18446744073709551615}"#,
+                "more than fit",
+            ),
+        ] {
+            let bytes = tiny_file(arch);
+            assert!(bytes.len() < 200);
+            let e = load_err(&bytes, None);
+            assert!(
+                e.contains("ck.safetensors: 1 tensor in the file but model"),
+                "{e}"
+            );
+            assert!(e.contains(count), "{arch}: {e}");
+        }
+        let e = load_err(&tiny_file("mlp_4000000000x1"), None);
+        assert!(
+            e.contains("4000000000 hidden layers (at most 10000)"),
+            "{e}"
+        );
+        // The same models given as --model, on a real checkpoint's four tensors.
+        let ok = file_with(&[
+            ("1.weight", vec![3, 784]),
+            ("1.bias", vec![3]),
+            ("3.weight", vec![10, 3]),
+            ("3.bias", vec![10]),
+        ]);
+        let wide = ModelSpec::Exact(Architecture::mlp(vec![99_999_999_999], Activation::Relu));
+        let e = load_err(&ok, Some(&wide));
+        assert!(
+            e.contains("tensor 1.weight has shape [3, 784] but model mlp_1x99999999999 expects [99999999999, 784]"),
+            "{e}"
+        );
+        let deep = ModelSpec::Exact(Architecture::LeNet {
+            extra_layers: 4_000_000_000,
+        });
+        assert!(load_err(&ok, Some(&deep))
+            .contains("4 tensors in the file but model lenet_k4000000000 has 8000000010"));
+    }
+
+    /// Before the fix a zero width panicked in the layers (`chunk size must be non-zero`) and one class
+    /// indexed past the logits.
+    #[test]
+    fn empty_layers_and_single_class_outputs_are_refused() {
+        let zero = file_with(&[
+            ("1.weight", vec![0, 784]),
+            ("1.bias", vec![0]),
+            ("3.weight", vec![10, 0]),
+            ("3.bias", vec![10]),
+        ]);
+        let e = load_err(&zero, None);
+        assert!(
+            e.contains("tensor 1.weight has shape [0, 784], an empty layer"),
+            "{e}"
+        );
+        let one = file_with(&[
+            ("1.weight", vec![4, 784]),
+            ("1.bias", vec![4]),
+            ("3.weight", vec![1, 4]),
+            ("3.bias", vec![1]),
+        ]);
+        let e = load_err(&one, None);
+        assert!(
+            e.contains("tensor 3.weight has shape [1, 4]: the output layer has 1 class (cross-entropy needs at least 2"),
+            "{e}"
+        );
+        // Metadata claiming a zero width for non-empty tensors: a shape mismatch.
+        let mut md = BTreeMap::new();
+        md.insert("arch".to_string(), "mlp_1x0".to_string());
+        let w = vec![0.0f32; 4 * 784];
+        let lied = encode_safetensors(
+            &[
+                ("1.weight".into(), vec![4, 784], &w[..]),
+                ("1.bias".into(), vec![4], &w[..4]),
+                ("3.weight".into(), vec![10, 4], &w[..40]),
+                ("3.bias".into(), vec![10], &w[..10]),
+            ],
+            &md,
+        );
+        assert!(load_err(&lied, None).contains("expects [0, 784]"));
+    }
+
+    /// `--model mlp` means the MLP the shapes describe (with the metadata's activation), as omitting
+    /// --model does; `--model lenet` takes the extra layers from the file.
+    #[test]
+    fn family_specs_take_sizes_from_the_file() {
+        let net = Network::new(Architecture::mlp(vec![64, 64], Activation::Tanh));
+        let ck = Checkpoint {
+            params: vec![0.01; net.num_params()],
+            network: net.clone(),
+            meta: Map::new(),
+            source_names: vec![],
+        };
+        let bytes = ck.to_bytes().unwrap();
+        let p = Path::new("x");
+        let inferred = Checkpoint::from_bytes(p, &bytes, None).unwrap();
+        let mlp =
+            Checkpoint::from_bytes(p, &bytes, Some(&ModelSpec::Mlp { activation: None })).unwrap();
+        assert_eq!(inferred.network, net);
+        assert_eq!(mlp.network, net);
+        let relu = Checkpoint::from_bytes(
+            p,
+            &bytes,
+            Some(&ModelSpec::Mlp {
+                activation: Some(Activation::Relu),
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            relu.network.arch,
+            Architecture::mlp(vec![64, 64], Activation::Relu)
+        );
+        assert!(load_err(&bytes, Some(&ModelSpec::LeNet))
+            .contains("--model lenet, but the tensors are those of mlp_2x64"));
+
+        let lenet = Network::new(Architecture::LeNet { extra_layers: 0 });
+        let ck = Checkpoint {
+            params: vec![0.01; lenet.num_params()],
+            network: lenet.clone(),
+            meta: Map::new(),
+            source_names: vec![],
+        };
+        let bytes = ck.to_bytes().unwrap();
+        let back = Checkpoint::from_bytes(p, &bytes, Some(&ModelSpec::LeNet)).unwrap();
+        assert_eq!(back.network, lenet);
+        assert!(load_err(&bytes, Some(&ModelSpec::Mlp { activation: None }))
+            .contains("--model mlp, but the tensors are those of lenet_k0"));
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("ckpt-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = Checkpoint::load(&dir, None).unwrap_err().to_string();
+        assert!(e.ends_with("is a directory, not a checkpoint file"), "{e}");
+        let e = load_optimizer_state(&dir).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is a directory, not an optimiser sidecar file"),
+            "{e}"
+        );
+        let e = Checkpoint::load(Path::new("/dev/zero"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/dev/zero: is not a regular file"), "{e}");
+        let e = Checkpoint::load(&dir.join("missing"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("no such checkpoint file"), "{e}");
+        let fifo = dir.join("fifo");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            // Refused from its metadata, without opening it (which would block).
+            let e = Checkpoint::load(&fifo, None).unwrap_err().to_string();
+            assert!(e.contains("is not a regular file (a FIFO"), "{e}");
+            let e = load_optimizer_state(&fifo).unwrap_err().to_string();
+            assert!(e.contains("is not a regular file"), "{e}");
+        }
+        // A sparse file one byte over the limit is refused without reading it.
+        let big = dir.join("big.safetensors");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_CHECKPOINT_BYTES + 1)
+            .unwrap();
+        let e = Checkpoint::load(&big, None).unwrap_err().to_string();
+        assert!(
+            e.contains("is 1073741825 bytes, more than the 1.0 GiB a checkpoint may have"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -205,13 +205,10 @@ pub fn fill_name(flag: &str, template: &Path, name: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(text.replace("{name}", name)))
 }
 
-/// Fails with a one-line message when a checkpoint named by a record is missing (before any work).
-pub fn require_file(path: &Path) -> Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(Error::checkpoint(path, "no such checkpoint file"))
-    }
+/// Fails with a one-line message when a checkpoint named by a record is missing, a directory or not a
+/// regular file (before any work).
+pub fn require_file(path: &Path) -> Result<(), Error> {
+    super::checkpoint::require_checkpoint_file(path).map(|_| ())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use super::layers::Layer;
 use super::layout::{ParamLayout, TensorSpec};
+use super::size::ModelSize;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 
@@ -63,6 +64,10 @@ pub enum Architecture {
 }
 
 const LENET_IMAGE: usize = 28;
+
+/// The most hidden layers an MLP may have (a name such as `mlp_4000000000x1` is refused before its
+/// list of widths is built).
+pub const MAX_HIDDEN_LAYERS: usize = 10_000;
 
 impl Architecture {
     /// An MLP for 28×28 images and 10 classes.
@@ -212,8 +217,16 @@ impl Architecture {
                 Some(a) => Activation::parse(a)?,
                 None => activation,
             };
-            let hidden: Option<Vec<usize>> = if let Some((l, w)) = widths.split_once('x') {
+            let hidden: Option<Vec<usize>> = if widths == "0" {
+                // What `name` writes for an MLP without hidden layers.
+                Some(Vec::new())
+            } else if let Some((l, w)) = widths.split_once('x') {
                 match (l.parse::<usize>(), w.parse::<usize>()) {
+                    (Ok(l), _) if l > MAX_HIDDEN_LAYERS => {
+                        return Err(Error::invalid(format!(
+                            "model '{model}' has {l} hidden layers (at most {MAX_HIDDEN_LAYERS})"
+                        )))
+                    }
                     (Ok(l), Ok(w)) => Some(vec![w; l]),
                     _ => None,
                 }
@@ -320,71 +333,175 @@ impl Architecture {
         }
     }
 
-    /// Tensor names and shapes in `state_dict` order.
-    pub fn layout(&self) -> ParamLayout {
-        let mut specs: Vec<(String, Vec<usize>)> = Vec::new();
+    /// The number of named tensors (a weight and a bias per Linear or Conv2d layer); `None` when it
+    /// does not fit in a `usize`. Computed without building anything.
+    pub fn tensor_count(&self) -> Option<usize> {
         match self {
-            Architecture::Mlp { .. } => {
-                for (l, layer) in self.layers().iter().enumerate() {
-                    if let Layer::Linear {
-                        inputs, outputs, ..
-                    } = layer
-                    {
-                        let idx = 1 + 2 * l;
-                        specs.push((format!("{idx}.weight"), vec![*outputs, *inputs]));
-                        specs.push((format!("{idx}.bias"), vec![*outputs]));
-                    }
-                }
+            Architecture::Mlp { hidden, .. } => hidden.len().checked_add(1)?.checked_mul(2),
+            Architecture::LeNet { extra_layers } => extra_layers.checked_add(5)?.checked_mul(2),
+        }
+    }
+
+    /// The name and shape of tensor `i` in `state_dict` order, computed on its own (so a checkpoint's
+    /// tensors can be checked against a model one at a time, before anything of the model's size is
+    /// allocated); `None` past the last tensor.
+    pub fn tensor_spec(&self, i: usize) -> Option<(String, Vec<usize>)> {
+        if i >= self.tensor_count()? {
+            return None;
+        }
+        let (pair, is_bias) = (i / 2, i % 2 == 1);
+        let (name, weight) = match self {
+            Architecture::Mlp {
+                input,
+                hidden,
+                classes,
+                ..
+            } => {
+                let inputs = if pair == 0 { *input } else { hidden[pair - 1] };
+                let outputs = hidden.get(pair).copied().unwrap_or(*classes);
+                (format!("{}", 1 + 2 * pair), vec![outputs, inputs])
             }
             Architecture::LeNet { extra_layers } => {
-                let mut conv_names = vec!["conv1.0".to_string()];
-                conv_names.extend((0..*extra_layers).map(|e| format!("extra.{e}.0")));
-                conv_names.push("conv2.0".to_string());
-                let mut convs = conv_names.into_iter();
-                let mut fcs = ["fc_1", "fc_2", "fc_3"].into_iter();
-                for layer in self.layers() {
-                    match layer {
-                        Layer::Conv2d {
-                            in_channels,
-                            out_channels,
-                            kernel,
-                            ..
-                        } => {
-                            let n = convs.next().expect("conv name");
-                            specs.push((
-                                format!("{n}.weight"),
-                                vec![out_channels, in_channels, kernel, kernel],
-                            ));
-                            specs.push((format!("{n}.bias"), vec![out_channels]));
-                        }
-                        Layer::Linear {
-                            inputs, outputs, ..
-                        } => {
-                            let n = fcs.next().expect("fc name");
-                            specs.push((format!("{n}.weight"), vec![outputs, inputs]));
-                            specs.push((format!("{n}.bias"), vec![outputs]));
-                        }
-                        Layer::MaxPool2 { .. } => {}
+                let k = *extra_layers;
+                match pair {
+                    0 => ("conv1.0".to_string(), vec![6, 1, 5, 5]),
+                    p if p <= k => (format!("extra.{}.0", p - 1), vec![6, 6, 5, 5]),
+                    p if p == k + 1 => ("conv2.0".to_string(), vec![16, 6, 5, 5]),
+                    p => {
+                        let (name, shape) = [
+                            ("fc_1", vec![120, 256]),
+                            ("fc_2", vec![84, 120]),
+                            ("fc_3", vec![10, 84]),
+                        ]
+                        .into_iter()
+                        .nth(p - k - 2)?;
+                        (name.to_string(), shape)
                     }
                 }
             }
-        }
-        let mut offset = 0;
-        let tensors = specs
-            .into_iter()
-            .map(|(name, shape)| {
-                let numel = shape.iter().product();
+        };
+        Some(if is_bias {
+            (format!("{name}.bias"), vec![weight[0]])
+        } else {
+            (format!("{name}.weight"), weight)
+        })
+    }
+
+    /// Tensor names and shapes in `state_dict` order.
+    ///
+    /// **Panics** if the parameter count overflows a `usize`; sizes from an untrusted source are
+    /// checked first with [`Architecture::size`].
+    pub fn layout(&self) -> ParamLayout {
+        let count = self.tensor_count().expect("tensor count fits in usize");
+        let mut offset = 0usize;
+        let tensors = (0..count)
+            .map(|i| {
+                let (name, shape) = self.tensor_spec(i).expect("i < tensor_count");
+                let numel = shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .expect("tensor size fits in usize");
                 let t = TensorSpec {
                     name,
                     shape,
                     offset,
                     numel,
                 };
-                offset += numel;
+                offset = offset.checked_add(numel).expect("parameter count fits");
                 t
             })
             .collect();
         ParamLayout { tensors }
+    }
+
+    /// Checks that the sizes make a usable model and computes them ([`ModelSize`]) with checked
+    /// arithmetic, without building layers, layout or workspace; call it before [`Network::new`]
+    /// on sizes from a checkpoint's metadata or a flag.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a layer of width 0, an input of 0 features, an output of fewer than 2
+    /// classes (cross-entropy over one class is 0 for every input: there is nothing to train or
+    /// measure), more than [`MAX_HIDDEN_LAYERS`] hidden layers, or sizes that overflow 64 bits.
+    ///
+    /// [`Network::new`]: super::Network::new
+    pub fn size(&self) -> Result<ModelSize> {
+        let overflow = || {
+            Error::invalid(format!(
+                "model {} has more parameters than a 64-bit count holds",
+                self.short_name()
+            ))
+        };
+        if let Some(why) = too_few_classes(self.classes()) {
+            return Err(Error::invalid(why));
+        }
+        let tensors = self.tensor_count().ok_or_else(overflow)? as u64;
+        match self {
+            Architecture::Mlp { input, hidden, .. } => {
+                if *input == 0 {
+                    return Err(Error::invalid(
+                        "the model's input has 0 features (at least 1 is needed)",
+                    ));
+                }
+                if let Some(l) = hidden.iter().position(|&w| w == 0) {
+                    return Err(Error::invalid(format!(
+                        "hidden layer {} has width 0 (every layer needs at least one unit)",
+                        l + 1
+                    )));
+                }
+                if hidden.len() > MAX_HIDDEN_LAYERS {
+                    return Err(Error::invalid(format!(
+                        "{} hidden layers (at most {MAX_HIDDEN_LAYERS})",
+                        hidden.len()
+                    )));
+                }
+                let (mut params, mut activations) = (0u64, 0u64);
+                for i in (0..tensors as usize).step_by(2) {
+                    let (_, w) = self.tensor_spec(i).expect("i < tensor_count");
+                    let (outputs, inputs) = (w[0] as u64, w[1] as u64);
+                    params = inputs
+                        .checked_add(1)
+                        .and_then(|fan_in| fan_in.checked_mul(outputs))
+                        .and_then(|p| p.checked_add(params))
+                        .ok_or_else(overflow)?;
+                    activations = activations.checked_add(outputs).ok_or_else(overflow)?;
+                }
+                Ok(ModelSize {
+                    params,
+                    tensors,
+                    activations,
+                    scratch: 0,
+                })
+            }
+            Architecture::LeNet { extra_layers } => {
+                // Each extra layer adds the same conv (parameters and one 6×24×24 output), so the
+                // sizes are those of the LeNet without extra layers plus k times one layer's.
+                let k = *extra_layers as u64;
+                let base = lenet_size(0);
+                let one = lenet_size(1);
+                let grow = |b: u64, o: u64| {
+                    (o - b)
+                        .checked_mul(k)
+                        .and_then(|e| e.checked_add(b))
+                        .ok_or_else(overflow)
+                };
+                Ok(ModelSize {
+                    params: grow(base.params, one.params)?,
+                    tensors,
+                    activations: grow(base.activations, one.activations)?,
+                    scratch: if k == 0 { base.scratch } else { one.scratch },
+                })
+            }
+        }
+    }
+
+    /// The name, or a summary of it for an MLP with too many widths to list.
+    fn short_name(&self) -> String {
+        match self {
+            Architecture::Mlp { hidden, .. } if hidden.len() > 8 => {
+                format!("mlp with {} hidden layers", hidden.len())
+            }
+            _ => self.name(),
+        }
     }
 
     /// The PyTorch module that loads this model's checkpoints with `load_state_dict(strict=True)`.
@@ -408,6 +525,79 @@ impl Architecture {
             }
             Architecture::LeNet { extra_layers } => format!("LeNet(extra_layers={extra_layers})"),
         }
+    }
+}
+
+/// Why an output of `classes` classes is refused, if it is: cross-entropy needs at least two (over
+/// one class softmax is 1 and the loss 0 for every input, so training and every measurement of the
+/// loss landscape would be degenerate).
+pub(crate) fn too_few_classes(classes: usize) -> Option<String> {
+    (classes < 2).then(|| {
+        format!(
+            "the output layer has {classes} class{} (cross-entropy needs at least 2: over one class \
+             the loss is 0 for every input, so there is nothing to train or measure)",
+            if classes == 1 { "" } else { "es" }
+        )
+    })
+}
+
+/// The sizes of a small LeNet, from its layers (to extrapolate to any number of extra layers).
+fn lenet_size(extra_layers: usize) -> ModelSize {
+    let arch = Architecture::LeNet { extra_layers };
+    let layers = arch.layers();
+    ModelSize {
+        params: arch.layout().total() as u64,
+        tensors: arch.tensor_count().expect("small") as u64,
+        activations: layers.iter().map(|l| l.out_features() as u64).sum(),
+        scratch: layers
+            .iter()
+            .map(|l| l.scratch_len(1).0 as u64)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// What `--model` says about a checkpoint's model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// This architecture exactly (`mlp_2x64`, `mlp_128-64_tanh`, `lenet_k3`): a checkpoint must hold
+    /// its tensors.
+    Exact(Architecture),
+    /// An MLP whose input, hidden widths and classes are the checkpoint's tensor shapes (`mlp`,
+    /// `mlp_tanh`); its activation is the one named, else the checkpoint metadata's, else ReLU.
+    Mlp { activation: Option<Activation> },
+    /// The LeNet with as many extra conv layers as the checkpoint holds (`lenet`).
+    LeNet,
+}
+
+impl ModelSpec {
+    /// Parses `--model`: `mlp`, `mlp_<activation>`, `lenet`, or an exact name (see
+    /// [`Architecture::parse`]), whose sizes are checked ([`Architecture::size`]).
+    pub fn parse(model: &str) -> Result<Self> {
+        let m = model.to_ascii_lowercase();
+        if m == "mlp" {
+            return Ok(ModelSpec::Mlp { activation: None });
+        }
+        if m == "lenet" {
+            return Ok(ModelSpec::LeNet);
+        }
+        if let Some(a) = m
+            .strip_prefix("mlp_")
+            .and_then(|a| Activation::parse(a).ok())
+        {
+            return Ok(ModelSpec::Mlp {
+                activation: Some(a),
+            });
+        }
+        let arch = Architecture::parse(model, &[], Activation::Relu, 2)?;
+        arch.size()?;
+        Ok(ModelSpec::Exact(arch))
+    }
+}
+
+impl From<Architecture> for ModelSpec {
+    fn from(a: Architecture) -> Self {
+        ModelSpec::Exact(a)
     }
 }
 
@@ -448,5 +638,182 @@ mod tests {
             );
             assert_eq!(Architecture::from_json(&a.to_json()).unwrap(), a);
         }
+    }
+
+    /// The shapes computed one tensor at a time are those of the layers built (an independent
+    /// derivation), under PyTorch's names.
+    #[test]
+    fn tensor_specs_match_the_layers() {
+        for a in [
+            Architecture::mlp(vec![128], Activation::Relu),
+            Architecture::mlp(vec![7, 5, 3], Activation::Tanh),
+            Architecture::mlp(vec![], Activation::Relu),
+            Architecture::LeNet { extra_layers: 0 },
+            Architecture::LeNet { extra_layers: 1 },
+            Architecture::LeNet { extra_layers: 3 },
+        ] {
+            let layout = a.layout();
+            assert_eq!(Some(layout.tensors.len()), a.tensor_count());
+            assert_eq!(a.tensor_spec(layout.tensors.len()), None);
+            for layer in a.layers() {
+                let Some(t) = layer.tensor() else { continue };
+                let (w, b) = match layer {
+                    Layer::Linear {
+                        inputs, outputs, ..
+                    } => (vec![outputs, inputs], vec![outputs]),
+                    Layer::Conv2d {
+                        in_channels,
+                        out_channels,
+                        kernel,
+                        ..
+                    } => (
+                        vec![out_channels, in_channels, kernel, kernel],
+                        vec![out_channels],
+                    ),
+                    Layer::MaxPool2 { .. } => unreachable!(),
+                };
+                assert_eq!(layout.tensors[t].shape, w, "{}", a.name());
+                assert_eq!(layout.tensors[t + 1].shape, b, "{}", a.name());
+            }
+        }
+        let names = Architecture::LeNet { extra_layers: 1 }.layout().names();
+        assert_eq!(
+            names,
+            [
+                "conv1.0.weight",
+                "conv1.0.bias",
+                "extra.0.0.weight",
+                "extra.0.0.bias",
+                "conv2.0.weight",
+                "conv2.0.bias",
+                "fc_1.weight",
+                "fc_1.bias",
+                "fc_2.weight",
+                "fc_2.bias",
+                "fc_3.weight",
+                "fc_3.bias"
+            ]
+        );
+    }
+
+    /// `size` computes what building the model would give, without building it.
+    #[test]
+    fn size_matches_the_built_model() {
+        for a in [
+            Architecture::mlp(vec![128], Activation::Relu),
+            Architecture::mlp(vec![7, 5, 3], Activation::Tanh),
+            Architecture::mlp(vec![], Activation::Identity),
+            Architecture::LeNet { extra_layers: 0 },
+            Architecture::LeNet { extra_layers: 1 },
+            Architecture::LeNet { extra_layers: 2 },
+            Architecture::LeNet { extra_layers: 5 },
+        ] {
+            let s = a.size().unwrap();
+            let layers = a.layers();
+            assert_eq!(s.params, a.layout().total() as u64, "{}", a.name());
+            assert_eq!(s.tensors, a.layout().tensors.len() as u64);
+            assert_eq!(
+                s.activations,
+                layers.iter().map(|l| l.out_features() as u64).sum::<u64>()
+            );
+            assert_eq!(
+                s.scratch,
+                layers
+                    .iter()
+                    .map(|l| l.scratch_len(1).0 as u64)
+                    .max()
+                    .unwrap()
+            );
+        }
+    }
+
+    /// Widths of 0, one class, and sizes past 64 bits are refused by arithmetic alone: nothing of
+    /// the model's size is allocated (a 4·10⁹-layer LeNet or a 2⁶² width would abort this test).
+    #[test]
+    fn size_refuses_degenerate_and_huge_models() {
+        let err = |a: Architecture| a.size().unwrap_err().to_string();
+        assert!(err(Architecture::mlp(vec![0], Activation::Relu))
+            .contains("hidden layer 1 has width 0"));
+        assert!(err(Architecture::mlp(vec![64, 0], Activation::Relu))
+            .contains("hidden layer 2 has width 0"));
+        let one_class = Architecture::Mlp {
+            input: 784,
+            hidden: vec![4],
+            classes: 1,
+            activation: Activation::Relu,
+        };
+        assert!(err(one_class).contains("1 class (cross-entropy needs at least 2"));
+        let no_input = Architecture::Mlp {
+            input: 0,
+            hidden: vec![4],
+            classes: 10,
+            activation: Activation::Relu,
+        };
+        assert!(err(no_input).contains("0 features"));
+        assert!(err(Architecture::mlp(vec![1 << 62], Activation::Relu)).contains("64-bit"));
+        assert!(err(Architecture::LeNet {
+            extra_layers: usize::MAX
+        })
+        .contains("64-bit"));
+        assert_eq!(
+            Architecture::LeNet {
+                extra_layers: usize::MAX
+            }
+            .tensor_count(),
+            None
+        );
+        // Large but countable: sized, not built.
+        let big = Architecture::LeNet {
+            extra_layers: 4_000_000_000,
+        };
+        assert_eq!(big.tensor_count(), Some(8_000_000_010));
+        assert_eq!(big.size().unwrap().params, 46_238 + 3_999_999_998 * 906);
+        let wide = Architecture::mlp(vec![99_999_999_999], Activation::Relu);
+        assert_eq!(wide.size().unwrap().params, 99_999_999_999 * 795 + 10);
+    }
+
+    #[test]
+    fn names_with_too_many_layers_are_refused_before_listing_them() {
+        let e = Architecture::parse("mlp_4000000000x1", &[], Activation::Relu, 2).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("4000000000 hidden layers (at most 10000)"),
+            "{e}"
+        );
+        // `name` writes mlp_0 for an MLP without hidden layers, and it parses back.
+        let none = Architecture::mlp(vec![], Activation::Relu);
+        assert_eq!(none.name(), "mlp_0");
+        assert_eq!(
+            Architecture::parse("mlp_0", &[], Activation::Relu, 2).unwrap(),
+            none
+        );
+    }
+
+    #[test]
+    fn model_specs_parse_families_and_exact_names() {
+        assert_eq!(
+            ModelSpec::parse("mlp").unwrap(),
+            ModelSpec::Mlp { activation: None }
+        );
+        assert_eq!(
+            ModelSpec::parse("MLP_tanh").unwrap(),
+            ModelSpec::Mlp {
+                activation: Some(Activation::Tanh)
+            }
+        );
+        assert_eq!(ModelSpec::parse("lenet").unwrap(), ModelSpec::LeNet);
+        assert_eq!(
+            ModelSpec::parse("mlp_2x64").unwrap(),
+            ModelSpec::Exact(Architecture::mlp(vec![64, 64], Activation::Relu))
+        );
+        assert_eq!(
+            ModelSpec::parse("lenet_k3").unwrap(),
+            ModelSpec::Exact(Architecture::LeNet { extra_layers: 3 })
+        );
+        assert!(ModelSpec::parse("mlp_1x0")
+            .unwrap_err()
+            .to_string()
+            .contains("width 0"));
+        assert!(ModelSpec::parse("resnet").is_err());
     }
 }

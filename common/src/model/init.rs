@@ -17,9 +17,12 @@ pub fn initialise<T: Real>(net: &Network, seed: u64) -> Vec<T> {
     let mut rng = stream(seed, Purpose::Init, 0);
     for t in &layout.tensors {
         // A weight's fan-in is its size divided by its leading (output) dimension; a bias takes the
-        // fan-in of the weight before it.
+        // fan-in of the weight before it. (Both are at least 1 in a network that passed
+        // `Architecture::size`; the guards keep an empty tensor from dividing by zero.)
+        let fan_in =
+            |w: &crate::model::TensorSpec| w.numel.checked_div(w.shape[0]).unwrap_or(0).max(1);
         let fan_in = if t.shape.len() >= 2 {
-            t.numel / t.shape[0]
+            fan_in(t)
         } else {
             let w = layout
                 .tensors
@@ -27,7 +30,7 @@ pub fn initialise<T: Real>(net: &Network, seed: u64) -> Vec<T> {
                 .rev()
                 .find(|w| w.offset < t.offset && w.shape.len() >= 2)
                 .expect("a bias follows its weight");
-            w.numel / w.shape[0]
+            fan_in(w)
         };
         let bound = 1.0 / (fan_in as f64).sqrt();
         for p in &mut params[t.range()] {

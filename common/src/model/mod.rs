@@ -10,10 +10,15 @@ mod layers;
 mod layout;
 mod network;
 mod per_sample;
+mod size;
 
-pub use arch::{Activation, Architecture};
+pub(crate) use arch::too_few_classes;
+pub use arch::{Activation, Architecture, ModelSpec, MAX_HIDDEN_LAYERS};
 pub use init::initialise;
 pub use layers::{softmax_cross_entropy, Layer};
 pub use layout::{ParamLayout, TensorSpec};
 pub use network::{Evaluation, Network, Workspace};
 pub use per_sample::PerSampleScratch;
+pub use size::{
+    check_fits_in_memory, format_bytes, group_digits, memory_limit, ModelSize, PARAMETER_COPIES,
+};

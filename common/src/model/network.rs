@@ -34,6 +34,8 @@ pub struct Evaluation {
 }
 
 impl Network {
+    /// Builds the layers and layout of `arch`. Sizes from a checkpoint or a flag are checked first
+    /// with [`Network::try_new`] (or [`Architecture::size`]): this allocates in proportion to them.
     pub fn new(arch: Architecture) -> Self {
         let layers = arch.layers();
         let layout = arch.layout();
@@ -42,6 +44,13 @@ impl Network {
             layers,
             layout,
         }
+    }
+
+    /// [`Network::new`] after [`Architecture::size`] has checked the sizes (no zero widths, at least
+    /// two classes, no overflow).
+    pub fn try_new(arch: Architecture) -> Result<Self> {
+        arch.size()?;
+        Ok(Network::new(arch))
     }
 
     /// P, the number of parameters.

@@ -3,7 +3,7 @@
 
 use crate::data::{check_input, dataset_for_checkpoint, Dataset, Split};
 use crate::io::{require_file, Checkpoint};
-use crate::model::Architecture;
+use crate::model::ModelSpec;
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ impl DataCache {
     pub fn load(
         &mut self,
         path: &Path,
-        model: Option<&Architecture>,
+        model: Option<&ModelSpec>,
     ) -> Result<(Checkpoint, &Dataset)> {
         require_file(path)?;
         let ck = Checkpoint::load(path, model)?;
