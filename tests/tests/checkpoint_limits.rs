@@ -364,7 +364,7 @@ fn only_regular_files_are_read_as_checkpoints() {
                 out.to_str().unwrap(),
             ],
         );
-        refused(&o, &["--resume needs the optimiser sidecar", needle]);
+        refused(&o, &["--resume needs its optimiser sidecar", needle]);
     };
     resume("is a directory, not an optimiser sidecar file");
     std::fs::remove_dir(&sidecar).unwrap();
