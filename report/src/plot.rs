@@ -20,6 +20,7 @@ const FONT_PATHS: [&str; 3] = [
 const LEGEND_FONT: u32 = 15;
 const NOTE_FONT: u32 = 14;
 const NOTE_HEIGHT: u32 = 26;
+const TITLE_FONT: u32 = 21;
 
 /// Registers DejaVu Sans as plotters' sans-serif font (text needs a font to be measured and drawn).
 pub fn register_font() -> Result<()> {
@@ -99,14 +100,14 @@ fn legend_width(labels: &[String], title: &str) -> u32 {
     labels
         .iter()
         .map(|l| text_width(l, LEGEND_FONT) + 50)
-        .chain(std::iter::once(text_width(title, LEGEND_FONT) + 20))
+        .chain(std::iter::once(text_width(title, LEGEND_FONT) + 30))
         .max()
         .unwrap_or(0)
 }
 
-/// Width the note needs (so that the figure is never narrower than its note).
-fn note_width(note: &str) -> u32 {
-    text_width(note, NOTE_FONT) + 30
+/// Width the note and the title need (so that the figure is never narrower than either).
+fn text_widths(texts: &Texts, legend: u32) -> u32 {
+    (text_width(&texts.note, NOTE_FONT) + 30).max(text_width(&texts.title, TITLE_FONT) + legend + 60)
 }
 
 /// Draws the heading and the entries top-down in the legend's own column (never over the data);
@@ -216,7 +217,7 @@ impl Figure for Bars<'_> {
     fn size(&self) -> (u32, u32) {
         let chart = 170 * self.set.groups.len().max(3) as u32 + 110;
         let legend = legend_width(&self.set.labels, &self.texts.legend_title);
-        ((chart + legend).max(note_width(&self.texts.note)), 500)
+        ((chart + legend).max(text_widths(self.texts, legend)), 500)
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
     where
@@ -242,7 +243,7 @@ impl Figure for Bars<'_> {
         let legend_w = legend_width(&self.set.labels, &self.texts.legend_title);
         let (chart_area, legend) = layout(area, legend_w, &self.texts.note)?;
         let mut chart = ChartBuilder::on(&chart_area)
-            .caption(&self.texts.title, ("sans-serif", 21))
+            .caption(&self.texts.title, ("sans-serif", TITLE_FONT))
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(75)
@@ -316,7 +317,7 @@ struct Lines<'a> {
 impl Figure for Lines<'_> {
     fn size(&self) -> (u32, u32) {
         let legend = legend_width(&self.labels, &self.texts.legend_title);
-        ((680 + legend).max(note_width(&self.texts.note)), 500)
+        ((680 + legend).max(text_widths(self.texts, legend)), 500)
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
     where
@@ -342,7 +343,7 @@ impl Figure for Lines<'_> {
         let legend_w = legend_width(&self.labels, &self.texts.legend_title);
         let (chart_area, legend) = layout(area, legend_w, &self.texts.note)?;
         let mut chart = ChartBuilder::on(&chart_area)
-            .caption(&self.texts.title, ("sans-serif", 21))
+            .caption(&self.texts.title, ("sans-serif", TITLE_FONT))
             .margin(12)
             .x_label_area_size(50)
             .y_label_area_size(75)
