@@ -349,8 +349,12 @@ impl Figure for Lines<'_> {
             .y_label_area_size(75)
             .build_cartesian_2d(x0..x1, y0..y1)?;
         let log_x = self.log_x;
+        // Whole-number x (epochs) gets one tick per value, not ticks at 1.5, 2.5.
+        let whole = !log_x && pts().all(|p| p.0.fract() == 0.0) && x1 - x0 <= 25.0;
+        let x_ticks = if whole { (x1 - x0) as usize + 1 } else { 10 };
         chart
             .configure_mesh()
+            .x_labels(x_ticks)
             .x_desc(if log_x {
                 format!("{} (log scale)", self.texts.x_label)
             } else {
@@ -361,7 +365,12 @@ impl Figure for Lines<'_> {
             .light_line_style(RGBColor(238, 238, 238))
             .x_label_formatter(&|x| {
                 if log_x {
-                    format!("1e{x:.0}")
+                    // Only whole powers of ten are labelled.
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("1e{}", x.round() as i64)
+                    } else {
+                        String::new()
+                    }
                 } else {
                     short(*x)
                 }
