@@ -204,6 +204,7 @@ fn validate(args: &Args) -> Result<()> {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::progress::enable(!args.quiet);
     validate(&args)?;
     common::device::cpu::set_blas_threads(args.threads);
     let model = args

@@ -107,7 +107,8 @@ fn legend_width(labels: &[String], title: &str) -> u32 {
 
 /// Width the note and the title need (so that the figure is never narrower than either).
 fn text_widths(texts: &Texts, legend: u32) -> u32 {
-    (text_width(&texts.note, NOTE_FONT) + 30).max(text_width(&texts.title, TITLE_FONT) + legend + 60)
+    (text_width(&texts.note, NOTE_FONT) + 30)
+        .max(text_width(&texts.title, TITLE_FONT) + legend + 60)
 }
 
 /// Draws the heading and the entries top-down in the legend's own column (never over the data);

@@ -186,7 +186,10 @@ fn figures_read_as_words_and_replot_from_json() {
     let o = run(c);
     assert!(o.status.success(), "{}", stderr(&o));
     let svg = std::fs::read_to_string(dir.join("acc.svg")).unwrap();
-    assert!(svg.contains("\naccuracy\n") && svg.contains("\n90.0\n"), "{svg}");
+    assert!(
+        svg.contains("\naccuracy\n") && svg.contains("\n90.0\n"),
+        "{svg}"
+    );
     let mut c = tool("report");
     c.args([
         "curves",

@@ -199,6 +199,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(args: Args) -> Result<()> {
+    common::progress::enable(!args.quiet);
     let explicit_model = args
         .model
         .as_deref()
