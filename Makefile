@@ -1,6 +1,6 @@
 # ngd-slt: train small networks with SGD or NGD and measure how degenerate their solutions are.
 #
-#   make demo    set up everything, train the demo run, print a summary      (newcomers start here)
+#   make demo    set up everything; SGD vs NGD: train, λ̂, Hessian trace, figures (newcomers start here)
 #   make test    set up everything and run the whole test suite               (CI runs this)
 #   make data    fetch and verify MNIST and Fashion-MNIST into data/
 #   make build   build the tools in release mode
@@ -47,16 +47,33 @@ data:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-# The demo: the MLP 784-128-10 on MNIST, SGD and the paper's NGD from the same initialisation (seed 1),
-# 3 epochs each; checkpoints and run logs in runs/demo/.
+# The demo, the project's point in a few minutes: the MLP 784-128-10 on MNIST trained by SGD and by the
+# paper's NGD from the same initialisation (seed 1), then λ̂ and the exact Hessian trace of every epoch's
+# checkpoint through the pipeline train | llc | hessian-trace; a comparison on stderr and two figures
+# (runs/demo/demo-llc.png, demo-trace.png). λ̂ uses the paper's SGLD settings (LLC_FLAGS in mk/paper.mk)
+# with 4 chains instead of 1, so that it has an error (the sd over chains).
+DEMO_EPOCHS ?= 10
+DEMO_DRAWS ?= 1000
+DEMO_CHAINS ?= 4
+DEMO_LLC_FLAGS ?= --epsilon 1e-4 --gamma 100 --nbeta batch --batch-size 128 --chains $(DEMO_CHAINS) --draws $(DEMO_DRAWS)
 demo: deps data build
-	@rm -rf $(RUNS)/demo/sgd $(RUNS)/demo/ngd
+	@rm -rf $(RUNS)/demo/sgd $(RUNS)/demo/ngd $(RUNS)/demo/*.jsonl $(RUNS)/demo/demo-*
 	@mkdir -p $(RUNS)/demo
-	$(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer sgd \
-	  --epochs 3 --seed 1 --out $(RUNS)/demo/sgd > $(RUNS)/demo/sgd.jsonl
-	$(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer ngd \
-	  --epochs 3 --seed 1 --out $(RUNS)/demo/ngd > $(RUNS)/demo/ngd.jsonl
-	@scripts/demo-summary.sh $(RUNS)/demo
+	@for opt in sgd ngd; do \
+	  echo "make: demo: $$opt, $(DEMO_EPOCHS) epochs | llc ($(DEMO_CHAINS) chains x $(DEMO_DRAWS) draws) | hessian-trace" >&2; \
+	  $(BIN)/train --model mlp --hidden 128 --dataset mnist --data-dir $(DATA) --optimizer $$opt \
+	    --epochs $(DEMO_EPOCHS) --seed 1 --out $(RUNS)/demo/$$opt \
+	  | $(BIN)/llc $(DEMO_LLC_FLAGS) --seed 1 --data-dir $(DATA) --quiet \
+	  | $(BIN)/hessian-trace --data-dir $(DATA) --quiet > $(RUNS)/demo/$$opt.jsonl.tmp; \
+	  mv $(RUNS)/demo/$$opt.jsonl.tmp $(RUNS)/demo/$$opt.jsonl; \
+	done
+	@$(BIN)/report curves --metric /llc/llc --x /epoch --label /optimizer/name --band /llc/llc_sd \
+	  --title "LLC of the MLP 784-128-10 on MNIST, SGD vs NGD (seed 1)" --out $(RUNS)/demo/demo-llc \
+	  $(RUNS)/demo/sgd.jsonl $(RUNS)/demo/ngd.jsonl 2>/dev/null
+	@$(BIN)/report curves --metric /hessian/trace --x /epoch --label /optimizer/name \
+	  --title "Hessian trace of the MLP 784-128-10 on MNIST, SGD vs NGD (seed 1)" --out $(RUNS)/demo/demo-trace \
+	  $(RUNS)/demo/sgd.jsonl $(RUNS)/demo/ngd.jsonl 2>/dev/null
+	@scripts/demo-summary.sh $(RUNS)/demo "$(DEMO_CHAINS)" "$(DEMO_DRAWS)"
 
 test: deps
 	$(CARGO) build --release --workspace --bins

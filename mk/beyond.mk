@@ -178,19 +178,19 @@ beyond-report:
 	} > $$sum.tmp 2>/dev/null; \
 	table() { echo "## $$1" >> $$sum.tmp; echo >> $$sum.tmp; \
 	  if $(BIN)/report table --metric $$2 --epochs $$3 --group /dataset --group /model/name --label /variant \
-	      --baseline $$4 --title "$$5" --out $$6 $$runs < /dev/null > /dev/null 2>$$6.err; then \
+	      --baseline $$4 $${5:+--title "$$5"} --out $$6 $$runs < /dev/null > /dev/null 2>$$6.err; then \
 	    cat $$6.md >> $$sum.tmp; rm -f $$6.err; \
 	  else echo "(no table: $$(cat $$6.err))" >> $$sum.tmp; rm -f $$6.err; fi; echo >> $$sum.tmp; }; \
 	epochs_of() { if [ $$1 = llc ]; then echo $(call beyond_epochs,$(BEYOND_LLC_EPOCHS)); else echo $(BEYOND_EPOCHS); fi; }; \
 	for m in $(BEYOND_METRICS); do \
 	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$$(epochs_of $$name); out=$(BEYOND_RESULTS)/$$name; \
 	  case $$name in ngd-*|exact-*|noise-*) out=$(BEYOND_RESULTS)/diagnostics/$$name;; esac; \
-	  table "$$name: $$ptr, epochs $$epochs" $$ptr $$epochs sgd "$$ptr at epochs $$epochs" $$out; \
+	  table "$$name: $$ptr, epochs $$epochs" $$ptr $$epochs sgd "" $$out; \
 	done; \
 	for m in llc:/llc/llc trace:/hessian/trace test-loss:/test_loss; do \
 	  name=$${m%%:*}; ptr=$${m#*:}; epochs=$$(epochs_of $$name); \
 	  table "$$name against ngd-f32 (does the f64 state change it?): $$ptr, epochs $$epochs" $$ptr $$epochs ngd-f32 \
-	    "$$ptr at epochs $$epochs, against ngd-f32" $(BEYOND_RESULTS)/$$name-vs-ngd-f32; \
+	    "" $(BEYOND_RESULTS)/$$name-vs-ngd-f32; \
 	done; \
 	mv $$sum.tmp $$sum
 	@if [ -n "$(call existing,$(BEYOND_DAMPING_RUNS))" ]; then $(MAKE) --no-print-directory beyond-damping-table; fi

@@ -140,7 +140,7 @@ paper-trace: build data
 	$(call timed,$(MAKE) -k paper-trace-runs,paper-trace runs)
 	for m in llc/llc:llc hessian/trace:hessian-trace test_loss:test-loss train_loss:train-loss; do \
 	  $(BIN)/report curves --metric /$${m%%:*} --x /epoch --label /dataset --label /optimizer/name \
-	    --title "/$${m%%:*} against epoch" --out $(RESULTS)/paper-trace-$${m##*:} $(call existing,$(TRACE_RUNS)) < /dev/null; \
+	    --out $(RESULTS)/paper-trace-$${m##*:} $(call existing,$(TRACE_RUNS)) < /dev/null; \
 	done
 
 # ---- 4. switching optimisers ---------------------------------------------------------------------

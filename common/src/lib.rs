@@ -23,6 +23,7 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod progress;
 pub mod real;
 pub mod rng;
 pub mod sample;

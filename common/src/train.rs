@@ -14,7 +14,6 @@ use crate::optim::{describe, Batch, Optimizer, OptimizerState};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -41,7 +40,7 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Extra fields put in every record and in checkpoint metadata (e.g. `branch`, `switched_at`).
     pub extra: Map<String, Value>,
-    /// Show a progress bar on stderr when it is a terminal.
+    /// Report the steps of each epoch on stderr (when the process has [`crate::progress::enable`]d it).
     pub progress: bool,
 }
 
@@ -577,30 +576,29 @@ fn eval_batch(net: &Network) -> usize {
     }
 }
 
+/// The epoch's progress on stderr (see [`crate::progress`]): a bar on a terminal, plain lines
+/// otherwise; one task per epoch, begun at its first step and ended before its record is written.
 struct Progress {
     enabled: bool,
-    last: Instant,
+    /// "train: sgd" (the tool and the run).
+    label: String,
+    task: Option<crate::progress::Task>,
 }
 
 impl Progress {
     fn show(&mut self, epoch: usize, epochs: usize, done: usize, total: usize, loss: f64) {
-        if !self.enabled || self.last.elapsed().as_millis() < 200 {
+        if !self.enabled {
             return;
         }
-        self.last = Instant::now();
-        let width = 30;
-        let filled = (done * width) / total.max(1);
-        eprint!(
-            "\repoch {epoch}/{epochs} [{}{}] {done}/{total} loss {loss:.4}  ",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
-        let _ = std::io::stderr().flush();
+        let task = self.task.get_or_insert_with(|| {
+            let left = total.saturating_sub(done.saturating_sub(1));
+            let label = format!("{}: epoch {epoch}/{epochs}", self.label);
+            crate::progress::begin(label, "steps", left as u64)
+        });
+        task.tick(1, || format!("loss {loss:.4}"));
     }
-    fn clear(&self) {
-        if self.enabled {
-            eprint!("\r{}\r", " ".repeat(72));
-        }
+    fn clear(&mut self) {
+        self.task = None;
     }
 }
 
@@ -660,8 +658,9 @@ pub fn train(
         }
     }
     let mut progress = Progress {
-        enabled: cfg.progress && std::io::stderr().is_terminal(),
-        last: Instant::now(),
+        enabled: cfg.progress,
+        label: format!("{} {}", crate::progress::tool(), cfg.run),
+        task: None,
     };
     let optimizer_json = describe(optimizer);
 

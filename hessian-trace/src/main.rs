@@ -255,6 +255,7 @@ fn hutchinson_config(args: &Args, kind: ProbeKind) -> HutchinsonConfig {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::progress::enable(!args.quiet);
     validate(&args)?;
     common::device::cpu::set_blas_threads(args.threads);
     let model = args

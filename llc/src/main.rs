@@ -174,6 +174,7 @@ fn positive_count(v: i64, flag: &str) -> Result<usize> {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::progress::enable(!args.quiet);
     let chains = positive_count(args.chains, "--chains")?;
     let draws = positive_count(args.draws, "--draws")?;
     if args.batch_size == 0 {

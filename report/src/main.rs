@@ -11,6 +11,7 @@ use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod labels;
 mod plot;
 
 const LONG_ABOUT: &str = "\
@@ -26,6 +27,10 @@ chart OUT.svg / OUT.png.
 
 `curves` plots the metric against a number (the epoch, a hyperparameter) per label, mean over seeds
 with a ±1 sd band, to OUT.svg / OUT.png and OUT.json.
+
+Figures label their axes in words (LLC (local learning coefficient), Tr(H), test loss, test
+accuracy (%)) for the pointers the tools write; --ylabel / --xlabel / --title name any other.
+`replot` redraws the figure of a table or curves JSON written by `report`, without the records.
 
 `best` prints a field of the record where the metric is smallest (--max: largest), and `mean` the
 mean of the metric over the records, one line on stdout each, for Makefiles that choose a setting
@@ -43,6 +48,9 @@ Examples:
 
   The smoothing sweep, LLC against NGD's alpha on a log axis:
     $ report curves --metric /llc/mean --x /optimizer/alpha --log-x --out results/alpha runs/smooth/*.jsonl
+
+  Redraw a committed figure from its JSON:
+    $ report replot results/full-seeds1-5/paper-table.json
 
   The damping of a sweep whose test loss at epoch 5 is lowest, and a mean over every epoch:
     $ report best --metric /test_loss --epochs 5 --print /optimizer/damping_value runs/damping/*.jsonl
@@ -77,9 +85,8 @@ enum Command {
         /// JSON file of the paper's values, {group: {label: "mean ± sd"}}, shown beside ours.
         #[arg(long)]
         paper: Option<PathBuf>,
-        /// Chart title [default: the metric].
-        #[arg(long)]
-        title: Option<String>,
+        #[command(flatten)]
+        words: Words,
         /// Output path without extension (writes .md, .json, .svg, .png).
         #[arg(long)]
         out: PathBuf,
@@ -98,12 +105,29 @@ enum Command {
         /// Logarithmic x axis (for hyperparameter sweeps).
         #[arg(long)]
         log_x: bool,
+        /// JSON pointer of each record's own error (e.g. /llc/llc_sd, the sd over chains), drawn as
+        /// the band instead of the sd over seeds [default: the sd over seeds].
         #[arg(long)]
-        title: Option<String>,
+        band: Option<String>,
+        #[command(flatten)]
+        words: Words,
         /// Output path without extension (writes .json, .svg, .png).
         #[arg(long)]
         out: PathBuf,
         files: Vec<PathBuf>,
+    },
+    /// Redraw the figure of a table or curves JSON that `report` wrote (OUT.svg / OUT.png).
+    Replot {
+        /// The JSON file (`table`'s or `curves`'s).
+        json: PathBuf,
+        /// Output path without extension [default: the JSON's path without .json].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Logarithmic x axis (curves).
+        #[arg(long)]
+        log_x: bool,
+        #[command(flatten)]
+        words: Words,
     },
     /// Print a field of the record with the smallest (or largest) metric.
     Best {
@@ -133,6 +157,20 @@ enum Command {
         /// JSON-lines files of records [default: stdin].
         files: Vec<PathBuf>,
     },
+}
+
+/// The words of a figure that can be given instead of the defaults.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Words {
+    /// Title [default: the metric in words and the epochs].
+    #[arg(long)]
+    title: Option<String>,
+    /// Label of the y axis [default: the metric in words, e.g. "LLC (local learning coefficient)"].
+    #[arg(long)]
+    ylabel: Option<String>,
+    /// Label of the x axis [default: the x (curves) or group (table) pointer in words].
+    #[arg(long)]
+    xlabel: Option<String>,
 }
 
 /// "at epochs 5, 6" or "" for the error messages of `best` and `mean`.
@@ -224,7 +262,7 @@ fn run(args: Args) -> Result<()> {
             label,
             baseline,
             paper,
-            title,
+            words,
             out,
             files,
         } => {
@@ -245,9 +283,7 @@ fn run(args: Args) -> Result<()> {
                     .with_context(|| p.display().to_string())
                 })
                 .transpose()?;
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            }
+            create_parent(&out)?;
             let md = table.to_markdown(paper.as_ref());
             common::io::atomic_write(&out.with_extension("md"), md.as_bytes())?;
             let mut j = table.to_json();
@@ -258,7 +294,11 @@ fn run(args: Args) -> Result<()> {
                 &out.with_extension("json"),
                 serde_json::to_string_pretty(&j)?.as_bytes(),
             )?;
-            plot::bar_chart(&table, title.as_deref().unwrap_or(&metric), &metric, &out)?;
+            if table.cells.is_empty() {
+                bail!("nothing to plot: no record has the metric {metric}");
+            }
+            let (set, texts) = table_figure(&j, &words)?;
+            plot::bar_chart(&set, &texts, &out)?;
             print!("{md}");
         }
         Command::Curves {
@@ -266,66 +306,232 @@ fn run(args: Args) -> Result<()> {
             x,
             label,
             log_x,
-            title,
+            band,
+            words,
             out,
             files,
         } => {
             let records = load(&files)?;
-            let mut curves = summarise_curves(&records, &metric, &x, &label);
-            if log_x {
-                for c in curves.iter_mut() {
-                    let dropped: Vec<f64> = c
-                        .points
-                        .iter()
-                        .filter(|p| p.0 <= 0.0)
-                        .map(|p| p.1)
-                        .collect();
-                    if !dropped.is_empty() {
-                        eprintln!(
-                            "report: {}: {} point(s) at x <= 0 left off the log axis (values {:?}; they are in the JSON)",
-                            c.label,
-                            dropped.len(),
-                            dropped
-                        );
-                    }
-                }
-            }
-            let plotted: Vec<common::summary::Curve> = curves
-                .iter()
-                .map(|c| common::summary::Curve {
-                    label: c.label.clone(),
-                    points: c
-                        .points
-                        .iter()
-                        .filter(|p| !log_x || p.0 > 0.0)
-                        .copied()
-                        .collect(),
-                })
-                .collect();
-            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            }
-            let j = json!({
+            let curves = summarise_curves(&records, &metric, &x, &label);
+            let bands = band
+                .as_ref()
+                .map(|b| summarise_curves(&records, b, &x, &label));
+            create_parent(&out)?;
+            let mut j = json!({
                 "metric": metric, "x": x, "label_by": label,
-                "curves": curves.iter().map(|c| json!({
-                    "label": c.label,
-                    "points": c.points.iter().map(|p| json!({"x": p.0, "mean": p.1, "sd": p.2, "n": p.3})).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
+                "curves": curves.iter().map(|c| {
+                    let band_of = |xv: f64| bands.as_ref().and_then(|bs| {
+                        bs.iter().find(|b| b.label == c.label)?.points.iter().find(|p| p.0 == xv).map(|p| p.1)
+                    });
+                    json!({
+                        "label": c.label,
+                        "points": c.points.iter().map(|p| {
+                            let mut pt = json!({"x": p.0, "mean": p.1, "sd": p.2, "n": p.3});
+                            if band.is_some() {
+                                pt["band"] = json!(band_of(p.0));
+                            }
+                            pt
+                        }).collect::<Vec<_>>(),
+                    })
+                }).collect::<Vec<_>>(),
             });
+            if let Some(b) = &band {
+                j["band"] = json!(b);
+            }
             common::io::atomic_write(
                 &out.with_extension("json"),
                 serde_json::to_string_pretty(&j)?.as_bytes(),
             )?;
-            plot::line_chart(
-                &plotted,
-                title.as_deref().unwrap_or(&metric),
-                &x,
-                &metric,
-                log_x,
-                &out,
-            )?;
+            let (curves, texts) = curves_figure(&j, log_x, &words)?;
+            plot::line_chart(&curves, &texts, log_x, &out)?;
             eprintln!("report: wrote {}.{{json,svg,png}}", out.display());
+        }
+        Command::Replot {
+            json: path,
+            out,
+            log_x,
+            words,
+        } => {
+            let j: Value = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| path.display().to_string())?,
+            )
+            .with_context(|| path.display().to_string())?;
+            let out = out.unwrap_or_else(|| path.with_extension(""));
+            create_parent(&out)?;
+            if j.get("groups").is_some() {
+                let (set, texts) =
+                    table_figure(&j, &words).with_context(|| path.display().to_string())?;
+                plot::bar_chart(&set, &texts, &out)?;
+            } else if j.get("curves").is_some() {
+                let (curves, texts) =
+                    curves_figure(&j, log_x, &words).with_context(|| path.display().to_string())?;
+                plot::line_chart(&curves, &texts, log_x, &out)?;
+            } else {
+                bail!(
+                    "{}: neither a table (no \"groups\") nor curves (no \"curves\") written by report",
+                    path.display()
+                );
+            }
+            eprintln!("report: wrote {}.{{svg,png}}", out.display());
         }
     }
     Ok(())
+}
+
+fn create_parent(out: &std::path::Path) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// A JSON field holding one pointer or a list of them (older tables wrote `group_by` as a string).
+fn pointers(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A number of the JSON, NaN where it is null (serde_json writes NaN as null).
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// The bars and words of a table's figure, from the table's JSON (what `table` writes).
+fn table_figure(j: &Value, words: &Words) -> Result<(plot::BarSet, plot::Texts)> {
+    let metric = j["metric"]
+        .as_str()
+        .context("no \"metric\" in the table JSON")?;
+    let groups = j["groups"]
+        .as_object()
+        .context("\"groups\" is not an object")?;
+    let mut set = plot::BarSet::default();
+    for (g, gv) in groups {
+        set.groups.push(g.clone());
+        for (l, c) in gv["labels"].as_object().into_iter().flatten() {
+            set.labels.push(l.clone());
+            let n = c["n"].as_u64().unwrap_or(0) as usize;
+            set.bars.insert(
+                (g.clone(), l.clone()),
+                plot::Bar {
+                    mean: num(c, "mean"),
+                    err: num(c, "sd"),
+                    n,
+                },
+            );
+        }
+    }
+    set.labels.sort();
+    set.labels.dedup();
+    if set.bars.is_empty() {
+        bail!("nothing to plot: no bars in the table");
+    }
+    let q = labels::quantity(metric);
+    let epochs: Vec<u64> = j["epochs_averaged"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    let seeds = labels::seeds_phrase(set.bars.values().map(|b| b.n));
+    let per_seed = if epochs.len() > 1 {
+        format!(
+            " (each seed: the mean over {})",
+            labels::epochs_phrase(&epochs)
+        )
+    } else {
+        String::new()
+    };
+    let note = if set.bars.values().all(|b| b.n <= 1) {
+        format!("Bars: one seed each{per_seed}; no error bars.")
+    } else {
+        format!("Bars: mean over {seeds}{per_seed}; error bars: ±1 sd over seeds.")
+    };
+    let texts = plot::Texts {
+        title: words
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{} at {}", q.short, labels::epochs_phrase(&epochs))),
+        x_label: words
+            .xlabel
+            .clone()
+            .unwrap_or_else(|| labels::names(&pointers(j.get("group_by")))),
+        y_label: words.ylabel.clone().unwrap_or(q.label),
+        legend_title: labels::names(&pointers(j.get("label_by"))),
+        note,
+        y_scale: q.scale,
+    };
+    Ok((set, texts))
+}
+
+/// The curves and words of a curves figure, from the curves JSON (what `curves` writes). Points at
+/// x ≤ 0 are left off a log axis (said on stderr; they stay in the JSON).
+fn curves_figure(
+    j: &Value,
+    log_x: bool,
+    words: &Words,
+) -> Result<(Vec<common::summary::Curve>, plot::Texts)> {
+    let metric = j["metric"]
+        .as_str()
+        .context("no \"metric\" in the curves JSON")?;
+    let x = j["x"].as_str().unwrap_or("/epoch");
+    let band = j.get("band").and_then(Value::as_str);
+    let mut curves = Vec::new();
+    for c in j["curves"].as_array().context("\"curves\" is not a list")? {
+        let label = c["label"].as_str().unwrap_or_default().to_string();
+        let mut points = Vec::new();
+        let mut dropped = Vec::new();
+        for p in c["points"].as_array().into_iter().flatten() {
+            let (xv, mean) = (num(p, "x"), num(p, "mean"));
+            let err = if band.is_some() {
+                num(p, "band")
+            } else {
+                num(p, "sd")
+            };
+            if log_x && xv <= 0.0 {
+                dropped.push(mean);
+                continue;
+            }
+            points.push((xv, mean, err, p["n"].as_u64().unwrap_or(0) as usize));
+        }
+        if !dropped.is_empty() {
+            eprintln!(
+                "report: {label}: {} point(s) at x <= 0 left off the log axis (values {dropped:?}; they are in the JSON)",
+                dropped.len()
+            );
+        }
+        curves.push(common::summary::Curve { label, points });
+    }
+    let qy = labels::quantity(metric);
+    let qx = labels::quantity(x);
+    let ns = curves.iter().flat_map(|c| c.points.iter().map(|p| p.3));
+    let seeds = labels::seeds_phrase(ns.clone());
+    let one_run = ns.clone().all(|n| n <= 1);
+    let lines = if one_run {
+        "Lines: one run per point".to_string()
+    } else {
+        format!("Lines: mean over {seeds}")
+    };
+    let note = match band {
+        Some(b) => format!("{lines}; bands: ±1 {}.", labels::quantity(b).short),
+        None if one_run => format!("{lines}; no bands."),
+        None => format!("{lines}; bands: ±1 sd over seeds."),
+    };
+    let texts = plot::Texts {
+        title: words
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{} against {}", qy.short, qx.short)),
+        x_label: words.xlabel.clone().unwrap_or(qx.label),
+        y_label: words.ylabel.clone().unwrap_or(qy.label),
+        legend_title: labels::names(&pointers(j.get("label_by"))),
+        note,
+        y_scale: qy.scale,
+    };
+    Ok((curves, texts))
 }

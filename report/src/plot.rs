@@ -1,9 +1,15 @@
-//! Figures: bar charts with ±1 sd error bars and curves with ±1 sd bands, as SVG and PNG (plotters).
+//! Figures: bar charts with error bars and curves with bands, as SVG and PNG (plotters). Every
+//! figure has a title, axis labels in words, the legend in a column right of the data, and a note
+//! under the axes saying what the bars, lines and error bars are.
+//!
+//! Text must not use combining marks (the hat of λ̂, U+0302): plotters' bitmap backend draws each
+//! glyph at the pen position without its side bearing, so the mark lands beside its letter.
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::summary::{Curve, Table};
+use common::summary::Curve;
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const FONT_PATHS: [&str; 3] = [
@@ -11,6 +17,10 @@ const FONT_PATHS: [&str; 3] = [
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
 ];
+const LEGEND_FONT: u32 = 15;
+const NOTE_FONT: u32 = 14;
+const NOTE_HEIGHT: u32 = 26;
+const TITLE_FONT: u32 = 21;
 
 /// Registers DejaVu Sans as plotters' sans-serif font (text needs a font to be measured and drawn).
 pub fn register_font() -> Result<()> {
@@ -32,6 +42,20 @@ pub fn register_font() -> Result<()> {
         .map_err(|_| anyhow!("{path}: not a usable font"))
 }
 
+/// The words of a figure.
+#[derive(Debug, Clone)]
+pub struct Texts {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Heading of the legend (what the labels are: "optimiser", "data set, model").
+    pub legend_title: String,
+    /// One line under the axes: what the marks and the error bars are.
+    pub note: String,
+    /// Factor from the recorded value to the plotted one (100 for a fraction shown in %).
+    pub y_scale: f64,
+}
+
 /// A tick label with at most 4 significant digits and no trailing zeros.
 fn short(x: f64) -> String {
     let s = format!("{:.4}", x);
@@ -44,7 +68,7 @@ fn short(x: f64) -> String {
 }
 
 fn palette(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
+    const C: [RGBColor; 12] = [
         RGBColor(31, 119, 180),
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
@@ -53,8 +77,89 @@ fn palette(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(23, 190, 207),
+        RGBColor(188, 189, 34),
+        RGBColor(127, 127, 127),
+        RGBColor(0, 0, 128),
+        RGBColor(255, 187, 120),
     ];
     C[i % C.len()]
+}
+
+/// Width in pixels of `text` in the sans-serif font at `size` (a rough estimate if it cannot be
+/// measured).
+fn text_width(text: &str, size: u32) -> u32 {
+    ("sans-serif", size)
+        .into_font()
+        .box_size(text)
+        .map(|(w, _)| w)
+        .unwrap_or(text.chars().count() as u32 * size * 6 / 10)
+}
+
+/// Width of the legend column for these entries and heading.
+fn legend_width(labels: &[String], title: &str) -> u32 {
+    labels
+        .iter()
+        .map(|l| text_width(l, LEGEND_FONT) + 50)
+        .chain(std::iter::once(text_width(title, LEGEND_FONT) + 30))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Width the note and the title need (so that the figure is never narrower than either).
+fn text_widths(texts: &Texts, legend: u32) -> u32 {
+    (text_width(&texts.note, NOTE_FONT) + 30)
+        .max(text_width(&texts.title, TITLE_FONT) + legend + 60)
+}
+
+/// Draws the heading and the entries top-down in the legend's own column (never over the data);
+/// `mark` draws one entry's symbol with its left edge at x and its middle at y.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    labels: &[String],
+    top: i32,
+    mark: impl Fn(usize, i32, i32) -> Vec<DynElement<'static, DB, (i32, i32)>>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let style = ("sans-serif", LEGEND_FONT).into_font().color(&BLACK);
+    let heading = ("sans-serif", LEGEND_FONT)
+        .into_font()
+        .color(&RGBColor(80, 80, 80));
+    area.draw_text(title, &heading, (4, top - 34))?;
+    for (i, l) in labels.iter().enumerate() {
+        let y = top + 22 * i as i32;
+        for e in mark(i, 8, y) {
+            area.draw(&e)?;
+        }
+        area.draw_text(l, &style, (30, y - LEGEND_FONT as i32 / 2 - 1))?;
+    }
+    Ok(())
+}
+
+/// Splits a figure into the chart and the legend column right of it, and writes the note on the
+/// line under both.
+#[allow(clippy::type_complexity)]
+fn layout<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    legend_w: u32,
+    note: &str,
+) -> Result<(DrawingArea<DB, Shift>, DrawingArea<DB, Shift>)>
+where
+    DB::ErrorType: 'static,
+{
+    let (w, h) = area.dim_in_pixel();
+    let (main, note_area) = area.split_vertically(h.saturating_sub(NOTE_HEIGHT));
+    note_area.draw_text(
+        note,
+        &("sans-serif", NOTE_FONT)
+            .into_font()
+            .color(&RGBColor(60, 60, 60)),
+        (14, 4),
+    )?;
+    let (chart, legend) = main.split_horizontally(w.saturating_sub(legend_w));
+    Ok((chart, legend))
 }
 
 /// Something drawn on any plotters backend.
@@ -88,38 +193,63 @@ fn render(fig: &impl Figure, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One bar: the mean, its error (a half-width; NaN: none) and how many values it summarises.
+#[derive(Debug, Clone, Copy)]
+pub struct Bar {
+    pub mean: f64,
+    pub err: f64,
+    pub n: usize,
+}
+
+/// Bars by group (along x) and label (one colour each).
+#[derive(Debug, Clone, Default)]
+pub struct BarSet {
+    pub groups: Vec<String>,
+    pub labels: Vec<String>,
+    pub bars: BTreeMap<(String, String), Bar>,
+}
+
 struct Bars<'a> {
-    table: &'a Table,
-    title: &'a str,
-    y_label: &'a str,
-    groups: Vec<String>,
-    labels: Vec<String>,
+    set: &'a BarSet,
+    texts: &'a Texts,
 }
 
 impl Figure for Bars<'_> {
     fn size(&self) -> (u32, u32) {
-        (170 * self.groups.len().max(3) as u32 + 220, 480)
+        let chart = 170 * self.set.groups.len().max(3) as u32 + 110;
+        let legend = legend_width(&self.set.labels, &self.texts.legend_title);
+        ((chart + legend).max(text_widths(self.texts, legend)), 500)
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
     where
         DB::ErrorType: 'static,
     {
+        let s = self.texts.y_scale;
+        let err = |b: &Bar| if b.err.is_finite() { b.err } else { 0.0 };
         let ymax = self
-            .table
-            .cells
+            .set
+            .bars
             .values()
-            .flat_map(|l| l.values())
-            .map(|c| c.mean + if c.sd.is_finite() { c.sd } else { 0.0 })
+            .map(|b| (b.mean + err(b)) * s)
             .fold(0.0f64, f64::max)
-            * 1.15;
-        let ng = self.groups.len();
-        let mut chart = ChartBuilder::on(area)
-            .caption(self.title, ("sans-serif", 22))
+            * 1.08;
+        let ymin = self
+            .set
+            .bars
+            .values()
+            .map(|b| (b.mean - err(b)) * s)
+            .fold(0.0f64, f64::min)
+            * 1.08;
+        let ng = self.set.groups.len();
+        let legend_w = legend_width(&self.set.labels, &self.texts.legend_title);
+        let (chart_area, legend) = layout(area, legend_w, &self.texts.note)?;
+        let mut chart = ChartBuilder::on(&chart_area)
+            .caption(&self.texts.title, ("sans-serif", TITLE_FONT))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..ng as f64, 0f64..ymax.max(1e-12))?;
-        let groups = &self.groups;
+            .x_label_area_size(50)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0f64..ng as f64, ymin..ymax.max(ymin + 1e-12))?;
+        let groups = &self.set.groups;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -132,89 +262,69 @@ impl Figure for Bars<'_> {
                     String::new()
                 }
             })
-            .y_desc(self.y_label)
+            .x_label_style(("sans-serif", 15))
+            .x_desc(&self.texts.x_label)
+            .y_desc(&self.texts.y_label)
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(238, 238, 238))
             .draw()?;
-        let w = 0.8 / self.labels.len() as f64;
-        for (li, l) in self.labels.iter().enumerate() {
+        let w = 0.8 / self.set.labels.len() as f64;
+        for (li, l) in self.set.labels.iter().enumerate() {
             let color = palette(li);
-            let mut first = true;
-            for (gi, g) in self.groups.iter().enumerate() {
-                let Some(c) = self.table.cells[g].get(l) else {
+            for (gi, g) in self.set.groups.iter().enumerate() {
+                let Some(b) = self.set.bars.get(&(g.clone(), l.clone())) else {
                     continue;
                 };
                 let x0 = gi as f64 + 0.1 + li as f64 * w;
-                let bar = chart.draw_series(std::iter::once(Rectangle::new(
-                    [(x0, 0.0), (x0 + w * 0.9, c.mean)],
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x0 + w * 0.9, b.mean * s)],
                     color.filled(),
                 )))?;
-                if first {
-                    bar.label(l.clone()).legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
-                    });
-                    first = false;
-                }
-                if c.sd.is_finite() {
-                    let xm = x0 + w * 0.45;
-                    chart.draw_series(std::iter::once(PathElement::new(
-                        vec![(xm, c.mean - c.sd), (xm, c.mean + c.sd)],
-                        BLACK.stroke_width(2),
-                    )))?;
+                if b.err.is_finite() {
+                    let (xm, cap) = (x0 + w * 0.45, w * 0.15);
+                    let (lo, hi) = ((b.mean - b.err) * s, (b.mean + b.err) * s);
+                    let stroke = BLACK.stroke_width(2);
+                    chart.draw_series([
+                        PathElement::new(vec![(xm, lo), (xm, hi)], stroke),
+                        PathElement::new(vec![(xm - cap, lo), (xm + cap, lo)], stroke),
+                        PathElement::new(vec![(xm - cap, hi), (xm + cap, hi)], stroke),
+                    ])?;
                 }
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let title = &self.texts.legend_title;
+        draw_legend(&legend, title, &self.set.labels, 70, |i, x, y| {
+            vec![Rectangle::new([(x, y - 6), (x + 14, y + 6)], palette(i).filled()).into_dyn()]
+        })?;
         Ok(())
     }
 }
 
-/// A bar chart of a table: groups along x, one bar per label, error bars ±1 sd over seeds.
-pub fn bar_chart(table: &Table, title: &str, y_label: &str, out: &Path) -> Result<()> {
-    let groups: Vec<String> = table.cells.keys().cloned().collect();
-    let mut labels: Vec<String> = table
-        .cells
-        .values()
-        .flat_map(|l| l.keys().cloned())
-        .collect();
-    labels.sort();
-    labels.dedup();
-    if groups.is_empty() {
-        bail!(
-            "nothing to plot: no record has the metric {}",
-            table.spec.metric
-        );
+/// A bar chart: groups along x, one bar per label, each with its error bar.
+pub fn bar_chart(set: &BarSet, texts: &Texts, out: &Path) -> Result<()> {
+    if set.groups.is_empty() || set.bars.is_empty() {
+        bail!("nothing to plot: no bars");
     }
-    render(
-        &Bars {
-            table,
-            title,
-            y_label,
-            groups,
-            labels,
-        },
-        out,
-    )
+    render(&Bars { set, texts }, out)
 }
 
 struct Lines<'a> {
     curves: &'a [Curve],
-    title: &'a str,
-    x_label: &'a str,
-    y_label: &'a str,
+    texts: &'a Texts,
     log_x: bool,
+    labels: Vec<String>,
 }
 
 impl Figure for Lines<'_> {
     fn size(&self) -> (u32, u32) {
-        (760, 480)
+        let legend = legend_width(&self.labels, &self.texts.legend_title);
+        ((680 + legend).max(text_widths(self.texts, legend)), 500)
     }
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
     where
         DB::ErrorType: 'static,
     {
+        let s = self.texts.y_scale;
         let pts = || self.curves.iter().flat_map(|c| c.points.iter());
         let tx = |x: f64| if self.log_x { x.max(1e-300).log10() } else { x };
         let (mut x0, mut x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -222,7 +332,7 @@ impl Figure for Lines<'_> {
         });
         let band = |p: &(f64, f64, f64, usize)| if p.2.is_finite() { p.2 } else { 0.0 };
         let (mut y0, mut y1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.1 - band(p)), b.max(p.1 + band(p)))
+            (a.min((p.1 - band(p)) * s), b.max((p.1 + band(p)) * s))
         });
         if x1 <= x0 {
             x0 -= 0.5;
@@ -231,24 +341,37 @@ impl Figure for Lines<'_> {
         let pad = ((y1 - y0) * 0.08).max(1e-9);
         y0 -= pad;
         y1 += pad;
-        let mut chart = ChartBuilder::on(area)
-            .caption(self.title, ("sans-serif", 22))
+        let legend_w = legend_width(&self.labels, &self.texts.legend_title);
+        let (chart_area, legend) = layout(area, legend_w, &self.texts.note)?;
+        let mut chart = ChartBuilder::on(&chart_area)
+            .caption(&self.texts.title, ("sans-serif", TITLE_FONT))
             .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
+            .x_label_area_size(50)
+            .y_label_area_size(75)
             .build_cartesian_2d(x0..x1, y0..y1)?;
         let log_x = self.log_x;
+        // Whole-number x (epochs) gets one tick per value, not ticks at 1.5, 2.5.
+        let whole = !log_x && pts().all(|p| p.0.fract() == 0.0) && x1 - x0 <= 25.0;
+        let x_ticks = if whole { (x1 - x0) as usize + 1 } else { 10 };
         chart
             .configure_mesh()
+            .x_labels(x_ticks)
             .x_desc(if log_x {
-                format!("{} (log10)", self.x_label)
+                format!("{} (log scale)", self.texts.x_label)
             } else {
-                self.x_label.to_string()
+                self.texts.x_label.clone()
             })
-            .y_desc(self.y_label)
+            .y_desc(&self.texts.y_label)
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(238, 238, 238))
             .x_label_formatter(&|x| {
                 if log_x {
-                    format!("1e{x:.0}")
+                    // Only whole powers of ten are labelled.
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("1e{}", x.round() as i64)
+                    } else {
+                        String::new()
+                    }
                 } else {
                     short(*x)
                 }
@@ -256,55 +379,59 @@ impl Figure for Lines<'_> {
             .draw()?;
         for (i, c) in self.curves.iter().enumerate() {
             let color = palette(i);
-            if c.points.iter().any(|p| p.3 > 1 && p.2.is_finite()) {
-                let mut poly: Vec<(f64, f64)> =
-                    c.points.iter().map(|p| (tx(p.0), p.1 + band(p))).collect();
-                poly.extend(c.points.iter().rev().map(|p| (tx(p.0), p.1 - band(p))));
+            if c.points.iter().any(|p| p.2.is_finite() && p.2 > 0.0) {
+                let mut poly: Vec<(f64, f64)> = c
+                    .points
+                    .iter()
+                    .map(|p| (tx(p.0), (p.1 + band(p)) * s))
+                    .collect();
+                poly.extend(
+                    c.points
+                        .iter()
+                        .rev()
+                        .map(|p| (tx(p.0), (p.1 - band(p)) * s)),
+                );
                 chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2).filled())))?;
             }
-            chart
-                .draw_series(LineSeries::new(
-                    c.points.iter().map(|p| (tx(p.0), p.1)),
-                    color.stroke_width(2),
-                ))?
-                .label(c.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
-                });
+            chart.draw_series(LineSeries::new(
+                c.points.iter().map(|p| (tx(p.0), p.1 * s)),
+                color.stroke_width(2),
+            ))?;
             chart.draw_series(
                 c.points
                     .iter()
-                    .map(|p| Circle::new((tx(p.0), p.1), 3, color.filled())),
+                    .map(|p| Circle::new((tx(p.0), p.1 * s), 3, color.filled())),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(
+            &legend,
+            &self.texts.legend_title,
+            &self.labels,
+            70,
+            |i, x, y| {
+                let c = palette(i);
+                vec![
+                    PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)).into_dyn(),
+                    Circle::new((x + 8, y), 3, c.filled()).into_dyn(),
+                ]
+            },
+        )?;
         Ok(())
     }
 }
 
-/// Curves (mean over seeds, band ±1 sd) against x.
-pub fn line_chart(
-    curves: &[Curve],
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    log_x: bool,
-    out: &Path,
-) -> Result<()> {
+/// Curves (points (x, mean, band half-width, n)) against x.
+pub fn line_chart(curves: &[Curve], texts: &Texts, log_x: bool, out: &Path) -> Result<()> {
     if curves.iter().all(|c| c.points.is_empty()) {
         bail!("nothing to plot: no record has both the metric and x");
     }
+    let labels = curves.iter().map(|c| c.label.clone()).collect();
     render(
         &Lines {
             curves,
-            title,
-            x_label,
-            y_label,
+            texts,
             log_x,
+            labels,
         },
         out,
     )

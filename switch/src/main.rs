@@ -271,6 +271,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    common::progress::enable(!args.quiet);
     let model = args
         .model
         .as_deref()
@@ -405,7 +406,7 @@ fn run(args: Args) -> Result<()> {
                         save_every: args.save_every,
                         threads: 1,
                         extra,
-                        progress: false,
+                        progress: !args.quiet,
                     };
                     let start = plan.start.clone();
                     let quiet = args.quiet;

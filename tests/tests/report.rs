@@ -131,3 +131,91 @@ fn best_mean_and_combined_groups() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("| mnist m | v |"), "{}", stdout(&o));
 }
+
+/// Figures name their axes in words, say what the error bars are, and `replot` redraws a figure
+/// from the JSON alone, identically; `--band` draws each record's own error.
+#[test]
+fn figures_read_as_words_and_replot_from_json() {
+    let dir = scratch("report-words");
+    let mut lines = String::new();
+    for seed in 1..=3 {
+        for (opt, v) in [("sgd", 20.0), ("ngd", 30.0)] {
+            lines += &format!(
+                "{{\"model\":{{\"name\":\"m\"}},\"optimizer\":{{\"name\":\"{opt}\"}},\"seed\":{seed},\"epoch\":2,\"test_acc\":0.9,\"llc\":{{\"llc\":{},\"llc_sd\":0.5}}}}\n",
+                v + seed as f64
+            );
+        }
+    }
+    let input = dir.join("runs.jsonl");
+    std::fs::write(&input, lines).unwrap();
+    let mut c = tool("report");
+    c.args(["table", "--metric", "/llc/llc", "--out"])
+        .arg(dir.join("t"))
+        .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("t.svg")).unwrap();
+    assert!(svg.contains("LLC (local learning coefficient)"), "{svg}");
+    assert!(svg.contains("error bars: ±1 sd over seeds"), "{svg}");
+    assert!(svg.contains("mean over 3 seeds"), "{svg}");
+    assert!(!svg.contains("/llc/llc"), "a pointer is left in the figure");
+    std::fs::rename(dir.join("t.svg"), dir.join("t-first.svg")).unwrap();
+    let mut c = tool("report");
+    c.arg("replot").arg(dir.join("t.json"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("t.svg")).unwrap(),
+        svg,
+        "replot draws another figure"
+    );
+    // Curves: test accuracy in %, the band from each record's own sd, and overrides of the words.
+    let mut c = tool("report");
+    c.args([
+        "curves",
+        "--metric",
+        "/test_acc",
+        "--x",
+        "/seed",
+        "--ylabel",
+        "accuracy",
+        "--out",
+    ])
+    .arg(dir.join("acc"))
+    .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("acc.svg")).unwrap();
+    assert!(
+        svg.contains("\naccuracy\n") && svg.contains("\n90.0\n"),
+        "{svg}"
+    );
+    let mut c = tool("report");
+    c.args([
+        "curves",
+        "--metric",
+        "/llc/llc",
+        "--x",
+        "/seed",
+        "--band",
+        "/llc/llc_sd",
+        "--out",
+    ])
+    .arg(dir.join("band"))
+    .arg(&input);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("band.json")).unwrap()).unwrap();
+    assert_eq!(j["band"], "/llc/llc_sd");
+    assert_eq!(j["curves"][0]["points"][0]["band"], 0.5);
+    let svg = std::fs::read_to_string(dir.join("band.svg")).unwrap();
+    assert!(svg.contains("bands: ±1 sd of the LLC over chains"), "{svg}");
+    // Not a report JSON: one line naming the file.
+    std::fs::write(dir.join("other.json"), "{\"a\": 1}").unwrap();
+    let mut c = tool("report");
+    c.arg("replot").arg(dir.join("other.json"));
+    let o = run(c);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("other.json"), "{}", stderr(&o));
+}

@@ -285,6 +285,7 @@ fn check_model(arch: &Architecture, batch: usize, flag: &str) -> Result<()> {
 }
 
 fn run(args: Args) -> Result<()> {
+    common::progress::enable(!args.quiet);
     let spec = args
         .model
         .as_deref()

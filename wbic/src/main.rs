@@ -128,6 +128,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::progress::enable(!args.quiet);
     if args.chains < 1 {
         bail!("--chains must be at least 1 (got {})", args.chains);
     }

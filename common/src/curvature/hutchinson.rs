@@ -120,12 +120,22 @@ pub fn hutchinson(
     let mut samples = Vec::new();
     let mut per_tensor: Vec<Vec<f64>> = vec![Vec::new(); tensors.len()];
     let mut converged = cfg.rtol.is_none();
+    let progress = crate::progress::begin(
+        format!("{}: Hutchinson trace", crate::progress::tool()),
+        if cfg.rtol.is_some() {
+            "probes (at most)"
+        } else {
+            "probes"
+        },
+        limit as u64,
+    );
     while samples.len() < limit {
         let k = cfg.block.min(limit - samples.len());
         let vs: Vec<Vec<f64>> = (0..k)
             .map(|j| probe(dim, cfg.kind, cfg.seed, (samples.len() + j) as u64))
             .collect();
         let avs = op.apply_many(&vs);
+        progress.tick(k as u64, String::new);
         for (v, av) in vs.iter().zip(&avs) {
             samples.push(dot(v, av));
             for (acc, (_, r)) in per_tensor.iter_mut().zip(tensors) {
@@ -189,6 +199,11 @@ pub fn pyhessian_trace(
     let dim = op.dim();
     let mut samples = Vec::new();
     let mut counts = Vec::new();
+    let progress = crate::progress::begin(
+        format!("{}: PyHessian trace", crate::progress::tool()),
+        "probes (at most)",
+        (repeats * max_iter) as u64,
+    );
     for r in 0..repeats {
         let mut vhv: Vec<f64> = Vec::new();
         let mut trace = 0.0;
@@ -196,6 +211,7 @@ pub fn pyhessian_trace(
             let v = probe(dim, ProbeKind::Rademacher, seed, (r * max_iter + i) as u64);
             let mut av = vec![0.0; dim];
             op.apply(&v, &mut av);
+            progress.tick(1, String::new);
             vhv.push(dot(&v, &av));
             let mean = vhv.iter().sum::<f64>() / vhv.len() as f64;
             if (mean - trace).abs() / (trace.abs() + 1e-6) < tol {

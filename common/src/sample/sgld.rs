@@ -192,6 +192,7 @@ pub fn run_chain<P: Potential>(
     let mut prev_sums: Option<UpdateSums> = None;
 
     for step in 0..cfg.steps() {
+        crate::progress::tick(1);
         let loss = potential.loss_and_gradient(&mut state, &mut rng, &w, &mut grad);
         let sampling = step >= cfg.burn_in;
         let draw = if sampling && (step - cfg.burn_in).is_multiple_of(cfg.thin) {
@@ -478,6 +479,16 @@ pub fn run_chains<P: Potential>(
         )));
     }
     crate::device::cpu::set_blas_threads(1);
+    let _progress = crate::progress::begin(
+        format!(
+            "{}: {} chain(s) x {} draws",
+            crate::progress::tool(),
+            cfg.chains,
+            cfg.draws
+        ),
+        "SGLD steps",
+        (cfg.chains * cfg.steps()) as u64,
+    );
     let threads = cfg.threads.min(cfg.chains).max(1);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<ChainTrace>>> = Mutex::new(vec![None; cfg.chains]);
