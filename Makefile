@@ -10,6 +10,7 @@
 #   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
+#   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,7 +24,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# //'
+	@sed -n '3,14p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
