@@ -24,7 +24,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# //'
+	@sed -n '3,13p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
