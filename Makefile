@@ -11,6 +11,7 @@
 #   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
+#   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -106,6 +107,7 @@ crosscheck: build data crosscheck-torch
 	python3 scripts/crosscheck-llc.py --data-dir $(DATA)
 
 # Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
+include mk/sweep.mk
 include mk/paper.mk
 include mk/beyond.mk
 
@@ -115,3 +117,9 @@ crosscheck-torch: build
 	$(BIN)/train --data-dir tests/fixtures/mnist-small --hidden 64,32 --activation tanh --epochs 1 --quiet --out $$tmp/mlp > $$tmp/mlp.jsonl; \
 	$(BIN)/train --data-dir tests/fixtures/mnist-small --model lenet --epochs 1 --quiet --out $$tmp/lenet > $$tmp/lenet.jsonl; \
 	python3 scripts/anchors/check_torch_load.py $$tmp/mlp.jsonl $$tmp/lenet.jsonl; rm -rf $$tmp
+
+# The Slurm path of the sweeps on a real single-node cluster started here (needs root; CI runs it): paper-quick
+# locally and through Slurm with one task cancelled and resubmitted, outputs compared (scripts/slurm-check.sh).
+.PHONY: slurm-check
+slurm-check: build data
+	scripts/slurm-check.sh $(RUNS)/slurm-check

@@ -155,9 +155,17 @@ $(BEYOND_RUNS)/table/%.jsonl:
 
 beyond-table-runs: $(BEYOND_TABLE_RUNS)
 
+# With SCHEDULER=slurm the stages are: the damping sweep and the noise-level run (those that the variants need and
+# that are not given), then the choices made from them, then the table's runs; then the report.
+beyond_need_damping = $(foreach f,$(BEYOND_FISHERS),$(if $(filter exact-$(f),$(BEYOND_VARIANTS)),$(if $(BEYOND_DAMPING_$(if $(filter empirical,$(f)),EMPIRICAL,SAMPLED)),,$(f))))
+beyond_need_noise = $(if $(filter sgd-noise,$(BEYOND_VARIANTS)),$(if $(BEYOND_NOISE),,noise))
+BEYOND_STAGE_1 = $(foreach f,$(beyond_need_damping),$(filter $(BEYOND_RUNS)/damping/$(f)-%,$(BEYOND_DAMPING_RUNS))) \
+	$(if $(beyond_need_noise),$(BEYOND_RUNS)/noise-level.jsonl)
+BEYOND_STAGE_2 = $(foreach f,$(beyond_need_damping),$(BEYOND_RUNS)/damping-$(f).txt) \
+	$(if $(beyond_need_noise),$(BEYOND_RUNS)/noise-level.txt)
+
 beyond-table: build data
-	$(call timed,$(MAKE) -k beyond-table-runs,beyond-table runs)
-	@$(MAKE) --no-print-directory beyond-report
+	$(call sweep,$(BEYOND_RUNS)/sweep,beyond-table,beyond-table-runs,beyond-report,$(BEYOND_STAGE_1),$(BEYOND_STAGE_2),$(BEYOND_TABLE_RUNS))
 
 # name:pointer of each table; λ̂ is averaged over the LLC epochs, everything else is the last epoch's.
 BEYOND_METRICS := llc:/llc/llc trace:/hessian/trace test-loss:/test_loss test-acc:/test_acc train-loss:/train_loss \

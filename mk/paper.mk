@@ -48,10 +48,11 @@ existing = $$(ls -d $(1) 2>/dev/null || true)
 comma := ,
 # Runs $(1), reporting failures without stopping (the summaries list what is missing) and the wall time.
 timed = @start=$$(date +%s); $(1) || echo "make: some of the $(2) failed (see above); summarising the rest" >&2; \
-	echo "make: $(2) took $$(( $$(date +%s) - start )) s" >&2
+	echo "make: $(2) took $$(( $$(date +%s) - start )) s$(if $(filter slurm,$(SCHEDULER)), to submit)" >&2
 
 .PHONY: paper paper-quick paper-table paper-smoothing paper-trace paper-switch paper-cnn \
-	paper-table-runs paper-smoothing-runs paper-trace-runs paper-cnn-runs
+	paper-table-runs paper-smoothing-runs paper-trace-runs paper-cnn-runs \
+	paper-table-report paper-smoothing-report paper-trace-report paper-switch-report paper-cnn-report
 
 paper: paper-table paper-smoothing paper-trace paper-switch paper-cnn
 
@@ -73,7 +74,9 @@ $(PAPER_RUNS)/table/%.jsonl:
 paper-table-runs: $(TABLE_RUNS)
 
 paper-table: build data
-	$(call timed,$(MAKE) -k paper-table-runs,paper-table runs)
+	$(call sweep,$(PAPER_RUNS)/sweep,paper-table,paper-table-runs,paper-table-report,$(TABLE_RUNS))
+
+paper-table-report:
 	$(BIN)/report table --metric /llc/llc --epochs $(subst $(space),$(comma),$(strip $(TABLE_LLC_EPOCHS))) \
 	  --group /model/name --label /optimizer/name --baseline sgd --paper results/paper-values.json \
 	  --title "LLC at epochs $(TABLE_LLC_EPOCHS): SGD vs NGD (MNIST)" --out $(RESULTS)/paper-table \
@@ -106,7 +109,9 @@ $(PAPER_RUNS)/smoothing/%.jsonl:
 paper-smoothing-runs: $(SMOOTH_RUNS)
 
 paper-smoothing: build data
-	$(call timed,$(MAKE) -k paper-smoothing-runs,paper-smoothing runs)
+	$(call sweep,$(PAPER_RUNS)/sweep,paper-smoothing,paper-smoothing-runs,paper-smoothing-report,$(SMOOTH_RUNS))
+
+paper-smoothing-report:
 	$(BIN)/report curves --metric /llc/llc --x /optimizer/alpha --label /optimizer/name --log-x \
 	  --title "LLC against NGD's alpha (MLP $(SMOOTH_ARCH), epoch $(SMOOTH_EPOCHS))" --out $(RESULTS)/paper-smoothing-alpha \
 	  $(call existing,$(PAPER_RUNS)/smoothing/alpha-*.jsonl) < /dev/null
@@ -137,7 +142,9 @@ $(PAPER_RUNS)/trace/%.jsonl:
 paper-trace-runs: $(TRACE_RUNS)
 
 paper-trace: build data
-	$(call timed,$(MAKE) -k paper-trace-runs,paper-trace runs)
+	$(call sweep,$(PAPER_RUNS)/sweep,paper-trace,paper-trace-runs,paper-trace-report,$(TRACE_RUNS))
+
+paper-trace-report:
 	for m in llc/llc:llc hessian/trace:hessian-trace test_loss:test-loss train_loss:train-loss; do \
 	  $(BIN)/report curves --metric /$${m%%:*} --x /epoch --label /dataset --label /optimizer/name \
 	    --out $(RESULTS)/paper-trace-$${m##*:} $(call existing,$(TRACE_RUNS)) < /dev/null; \
@@ -164,7 +171,9 @@ $(SWITCH_DIR)/branches.jsonl: $(SWITCH_DIR)/source.jsonl
 	mv $@.tmp $@
 
 paper-switch: build data
-	$(call timed,$(MAKE) $(SWITCH_DIR)/branches.jsonl,paper-switch runs)
+	$(call sweep,$(PAPER_RUNS)/sweep,paper-switch,$(SWITCH_DIR)/branches.jsonl,paper-switch-report,$(SWITCH_DIR)/source.jsonl,$(SWITCH_DIR)/branches.jsonl)
+
+paper-switch-report:
 	$(BIN)/report curves --metric /llc/llc --x /epoch --label /run \
 	  --title "LLC: SGD to epoch $(SWITCH_AT), then branches" --out $(RESULTS)/paper-switch-llc \
 	  $(SWITCH_DIR)/source.jsonl $(SWITCH_DIR)/branches.jsonl
@@ -189,7 +198,9 @@ $(PAPER_RUNS)/cnn/%.jsonl:
 paper-cnn-runs: $(CNN_RUNS)
 
 paper-cnn: build data
-	$(call timed,$(MAKE) -k paper-cnn-runs,paper-cnn runs)
+	$(call sweep,$(PAPER_RUNS)/sweep,paper-cnn,paper-cnn-runs,paper-cnn-report,$(CNN_RUNS))
+
+paper-cnn-report:
 	$(BIN)/report table --metric /llc/llc --epochs $(subst $(space),$(comma),$(strip $(CNN_LLC_EPOCHS))) \
 	  --group /dataset --label /optimizer/name --baseline sgd --title "LeNet: LLC, SGD vs NGD" \
 	  --out $(RESULTS)/paper-cnn-llc $(call existing,$(CNN_RUNS)) < /dev/null > /dev/null
@@ -199,9 +210,18 @@ paper-cnn: build data
 	@cat $(RESULTS)/paper-cnn-llc.md $(RESULTS)/paper-cnn-trace.md
 
 # ---- the quick version ---------------------------------------------------------------------------
-paper-quick: build data
-	$(call timed,$(MAKE) -k paper PAPER_RUNS=runs/quick RESULTS=results/quick SEEDS="1 2 3" \
+PAPER_QUICK_RUNS ?= runs/quick
+PAPER_QUICK_RESULTS ?= results/quick
+PAPER_QUICK_VARS = PAPER_RUNS=$(PAPER_QUICK_RUNS) RESULTS=$(PAPER_QUICK_RESULTS) SEEDS="1 2 3" \
 	  TABLE_ARCHS="mlp_1x64 mlp_2x64" TABLE_EPOCHS=3 TABLE_LLC_EPOCHS="2 3" TRAIN_SAMPLES=6000 LLC_DRAWS=200 \
 	  SMOOTH_ARCH=mlp_1x64 SMOOTH_EPOCHS=3 ALPHAS="0 0.01 1 10" EPSILONS="1e-4 1e-10" DAMPINGS="0.01 1" \
 	  TRACE_MNIST_EPOCHS=4 TRACE_FASHION_EPOCHS=4 SWITCH_AT=2 SWITCH_EPOCHS=4 \
-	  CNN_SEEDS="1 2" CNN_EPOCHS=2 CNN_LLC_EPOCHS=2 CNN_LLC_DRAWS=100,paper-quick)
+	  CNN_SEEDS="1 2" CNN_EPOCHS=2 CNN_LLC_EPOCHS=2 CNN_LLC_DRAWS=100
+
+paper-quick: build data
+	$(call timed,$(MAKE) -k paper $(PAPER_QUICK_VARS),paper-quick)
+
+# The quick sweeps' status (make paper-quick SCHEDULER=slurm, then this).
+.PHONY: paper-quick-status
+paper-quick-status:
+	@scripts/sweep status $(PAPER_QUICK_RUNS)/sweep
