@@ -203,7 +203,7 @@ fn number(rng: &mut Rng) -> Value {
 /// format wants, unless `bad_prefix`).
 fn encode(header: &Value, data: &[u8], bad_prefix: Option<u64>) -> Vec<u8> {
     let mut h = header.to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + data.len());
@@ -556,7 +556,10 @@ fn random_spec(rng: &mut Rng) -> Option<ModelSpec> {
             activation: Some(Activation::Tanh),
         }),
         2 => Some(ModelSpec::LeNet),
-        3 => ModelSpec::parse(*rng.pick(&EDGE_NAMES)).ok(),
+        3 => {
+            let name: &&str = rng.pick(&EDGE_NAMES);
+            ModelSpec::parse(name).ok()
+        }
         _ => None,
     }
 }
