@@ -76,8 +76,9 @@ while [ -n "$(squeue -h -o %i)" ]; do sleep 2; done
 t3=$(date +%s)
 
 say "5. the Slurm path's files against the local path's"
-# Wall-clock fields ("seconds", "seconds_per_chain", ...) are the only ones allowed to differ.
-normalise() { sed -E 's/"(seconds[a-z_]*)":(\[[^]]*\]|[-0-9.eE+]+)/"\1":_/g' "$1"; }
+# Wall-clock fields ("seconds", "seconds_per_chain", ...) are the only ones allowed to differ, and the order of
+# the records (switch --jobs 2 writes its branches' records as they finish, in either run).
+normalise() { sed -E 's/"(seconds[a-z_]*)":(\[[^]]*\]|[-0-9.eE+]+)/"\1":_/g' "$1" | LC_ALL=C sort; }
 n=0
 while IFS= read -r -d '' f; do
   rel=${f#"$work/local/"}
