@@ -8,7 +8,7 @@ mod support;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use support::{records, run_with_input, scratch, small_data, stderr, tool};
+use support::{records, run_with_input, scratch, small_data, stderr, tool, write_f32_safetensors};
 
 /// A checkpoint of a 784-h-c MLP with PyTorch's `nn.Sequential` names and no metadata (so that the
 /// architecture is inferred from the shapes).
@@ -19,27 +19,7 @@ fn mlp_checkpoint(path: &Path, hidden: usize, classes: usize) {
         ("3.weight", vec![classes, hidden]),
         ("3.bias", vec![classes]),
     ];
-    let bufs: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|(_, s)| {
-            let n: usize = s.iter().product();
-            (0..n)
-                .flat_map(|i| (0.05 * ((i as f32) * 0.37).sin()).to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
-        .iter()
-        .zip(&bufs)
-        .map(|((n, s), b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    write_f32_safetensors(path, &shapes, |i| 0.05 * ((i as f32) * 0.37).sin());
 }
 
 /// `tool args…` with the fixture data, the default panic backtrace switched on (it must not show).

@@ -57,25 +57,7 @@ fn tiny_with_metadata(path: &Path, meta: &[(&str, &str)]) {
 
 /// A checkpoint with PyTorch names, the given shapes (values 0.01) and no metadata.
 fn foreign(path: &Path, shapes: &[(&str, Vec<usize>)]) {
-    let bufs: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|(_, s)| {
-            let n: usize = s.iter().product();
-            (0..n).flat_map(|_| 0.01f32.to_le_bytes()).collect()
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
-        .iter()
-        .zip(&bufs)
-        .map(|((n, s), b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    write_f32_safetensors(path, shapes, |_| 0.01);
 }
 
 fn data() -> String {

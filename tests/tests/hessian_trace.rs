@@ -70,28 +70,8 @@ fn tiny_checkpoint(dir: &Path, name: &str, value: f32) -> PathBuf {
         ("3.weight", vec![10, 2]),
         ("3.bias", vec![10]),
     ];
-    let bufs: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|(_, s)| {
-            let n: usize = s.iter().product();
-            (0..n)
-                .flat_map(|i| (value * ((i as f32) * 0.37).sin()).to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
-        .iter()
-        .zip(&bufs)
-        .map(|((n, s), b)| {
-            (
-                n.to_string(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
     let path = dir.join(name);
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+    support::write_f32_safetensors(&path, &shapes, |i| value * ((i as f32) * 0.37).sin());
     path
 }
 

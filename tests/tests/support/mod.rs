@@ -144,3 +144,32 @@ pub fn train_small(out: &Path, epochs: &str, extra: &[&str]) -> Output {
     c.args(extra);
     run(c)
 }
+
+/// Writes a safetensors file of F32 tensors with these names and shapes and no metadata (a checkpoint
+/// as foreign code would write it); element `i` of each tensor is `value(i)`.
+pub fn write_f32_safetensors(
+    path: &Path,
+    shapes: &[(&str, Vec<usize>)],
+    value: impl Fn(usize) -> f32,
+) {
+    let bufs: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| {
+            let n: usize = s.iter().product();
+            (0..n).flat_map(|i| value(i).to_le_bytes()).collect()
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = shapes
+        .iter()
+        .zip(&bufs)
+        .map(|((n, s), b)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (n.to_string(), view.expect("tensor view"))
+        })
+        .collect();
+    std::fs::write(
+        path,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+}
