@@ -1,0 +1,283 @@
+//! The numbers do not move: checkpoints and records of fixed-seed runs on the committed MNIST subset,
+//! hashed (SHA-256) and compared with `tests/fixtures/byte-identity.sha256`.
+//!
+//! The hashes were recorded with the tools as they were before the core was rebuilt on one layer
+//! trait and one backend (issue #14), so any change to the arithmetic of training (SGD, the paper's
+//! online NGD with f32 and f64 state, exact NGD; MLP and LeNet), of λ̂ and WBIC (SGLD) or of the
+//! Hessian trace (exact, Hutchinson, Gauss–Newton, Lanczos; f32 and f64) shows here, down to the last
+//! bit. Checkpoints and optimiser sidecars are hashed as files; records as canonical JSON (keys sorted,
+//! floats in shortest round-trip form) without what is not a result: wall times (`seconds*`), and the
+//! scratch folder in checkpoint paths.
+//!
+//! Bit-identity holds on one BLAS build and CPU kind (OpenBLAS picks its kernels per CPU). A
+//! change that moves numbers on purpose records new hashes with
+//! `NGD_SLT_BLESS=1 cargo test --release -p e2e-tests --test byte_identity` and says why in its commit.
+
+mod support;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+use support::*;
+
+const EXPECTED: &str = "tests/fixtures/byte-identity.sha256";
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A record without wall times and with the scratch folder replaced by `<scratch>`.
+fn normalise(v: &Value, scratch: &str) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("seconds"))
+                .map(|(k, v)| (k.clone(), normalise(v, scratch)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(|v| normalise(v, scratch)).collect()),
+        Value::String(s) => Value::String(s.replace(scratch, "<scratch>")),
+        other => other.clone(),
+    }
+}
+
+struct Artifacts {
+    scratch: std::path::PathBuf,
+    hashes: BTreeMap<String, String>,
+    records: BTreeMap<String, String>,
+}
+
+impl Artifacts {
+    fn file(&mut self, name: &str, path: &Path) {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.hashes.insert(name.to_string(), sha256(&bytes));
+    }
+
+    /// Runs a tool, checks it succeeded, and records the hash of its normalised stdout records.
+    fn tool(&mut self, name: &str, tool_name: &str, args: &[&str], stdin: &str) -> String {
+        let o = run_tool(tool_name, args, stdin);
+        assert!(
+            o.status.success(),
+            "{name}: {tool_name} {args:?} failed: {}",
+            stderr(&o)
+        );
+        let scratch = self.scratch.to_string_lossy().into_owned();
+        let text: String = stdout(&o)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("JSON record");
+                serde_json::to_string(&normalise(&v, &scratch)).unwrap() + "\n"
+            })
+            .collect();
+        self.hashes
+            .insert(name.to_string(), sha256(text.as_bytes()));
+        self.records.insert(name.to_string(), text);
+        stdout(&o)
+    }
+}
+
+fn train(a: &mut Artifacts, name: &str, flags: &[&str], epochs: u32) -> String {
+    let out = a.scratch.join(name);
+    let data = small_data();
+    let mut args = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "32",
+        "--seed",
+        "3",
+        "--quiet",
+        "--run",
+        name,
+    ];
+    let epochs = epochs.to_string();
+    args.extend(["--epochs", &epochs, "--out", out.to_str().unwrap()]);
+    args.extend(flags);
+    let records = a.tool(&format!("{name}.records"), "train", &args, "");
+    let last = format!("epoch-{epochs:0>4}.safetensors");
+    a.file(&format!("{name}.checkpoint"), &out.join(&last));
+    a.file(
+        &format!("{name}.sidecar"),
+        &out.join(format!("{last}.optim.safetensors")),
+    );
+    records.lines().last().expect("a record").to_string() + "\n"
+}
+
+#[test]
+fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
+    let mut a = Artifacts {
+        scratch: scratch("byte-identity"),
+        hashes: BTreeMap::new(),
+        records: BTreeMap::new(),
+    };
+    let data = small_data();
+    let data = data.to_str().unwrap();
+    let mlp = ["--hidden", "64,64"];
+    // Training: 5 epochs of 40 steps (MLP), 3 of 40 (LeNet).
+    let sgd = train(&mut a, "mlp-sgd", &mlp, 5);
+    train(
+        &mut a,
+        "mlp-ngd-f32",
+        &[&mlp[..], &["--optimizer", "ngd"]].concat(),
+        5,
+    );
+    train(
+        &mut a,
+        "mlp-ngd-f64",
+        &[&mlp[..], &["--optimizer", "ngd", "--ngd-dtype", "f64"]].concat(),
+        5,
+    );
+    train(
+        &mut a,
+        "mlp-ngd-exact",
+        &[&mlp[..], &["--optimizer", "ngd-exact"]].concat(),
+        5,
+    );
+    train(
+        &mut a,
+        "mlp-tanh-sgd",
+        &["--hidden", "32", "--activation", "tanh"],
+        3,
+    );
+    let lenet = train(&mut a, "lenet-sgd", &["--model", "lenet"], 3);
+    train(
+        &mut a,
+        "lenet-ngd",
+        &["--model", "lenet", "--optimizer", "ngd"],
+        3,
+    );
+    let tanh = std::fs::read_to_string(a.scratch.join("mlp-tanh-sgd/run.jsonl")).unwrap();
+    let tanh = tanh.lines().last().unwrap().to_string() + "\n";
+
+    // λ̂ and WBIC (SGLD chains).
+    let sgld = ["--data-dir", data, "--threads", "2", "--quiet"];
+    a.tool(
+        "mlp-sgd.llc",
+        "llc",
+        &[
+            &sgld[..],
+            &["--draws", "200", "--chains", "2", "--seed", "5"],
+        ]
+        .concat(),
+        &sgd,
+    );
+    a.tool(
+        "lenet-sgd.llc",
+        "llc",
+        &[
+            &sgld[..],
+            &["--draws", "100", "--chains", "1", "--seed", "5"],
+        ]
+        .concat(),
+        &lenet,
+    );
+    a.tool(
+        "mlp-sgd.wbic",
+        "wbic",
+        &[
+            &sgld[..],
+            &["--draws", "100", "--chains", "2", "--seed", "5"],
+        ]
+        .concat(),
+        &sgd,
+    );
+
+    // Hessian traces and top eigenvalues.
+    let trace = ["--data-dir", data, "--threads", "1", "--quiet"];
+    for (name, flags, input) in [
+        ("mlp-sgd.trace-exact", &["--exact"][..], &sgd),
+        ("mlp-sgd.trace-exact-f64", &["--exact", "--f64"][..], &sgd),
+        (
+            "mlp-sgd.trace-hutchinson",
+            &["--probes", "20", "--seed", "7"][..],
+            &sgd,
+        ),
+        (
+            "mlp-sgd.trace-gauss-newton",
+            &["--probes", "10", "--gauss-newton", "--seed", "7"][..],
+            &sgd,
+        ),
+        (
+            "mlp-sgd.trace-hutchinson-f64",
+            &["--probes", "10", "--f64", "--seed", "7"][..],
+            &sgd,
+        ),
+        (
+            "mlp-sgd.lanczos",
+            &["--top-k", "3", "--seed", "7"][..],
+            &sgd,
+        ),
+        (
+            "mlp-tanh.trace-hutchinson",
+            &["--probes", "10", "--seed", "7"][..],
+            &tanh,
+        ),
+        (
+            "lenet-sgd.trace-exact",
+            &["--exact", "--samples", "256"][..],
+            &lenet,
+        ),
+        (
+            "lenet-sgd.trace-hutchinson",
+            &["--probes", "5", "--samples", "256", "--seed", "7"][..],
+            &lenet,
+        ),
+        (
+            "lenet-sgd.lanczos",
+            &["--top-k", "1", "--samples", "128", "--seed", "7"][..],
+            &lenet,
+        ),
+    ] {
+        a.tool(name, "hessian-trace", &[&trace[..], flags].concat(), input);
+    }
+
+    let got: String = a
+        .hashes
+        .iter()
+        .map(|(name, h)| format!("{h}  {name}\n"))
+        .collect();
+    let path = repo().join(EXPECTED);
+    if std::env::var_os("NGD_SLT_BLESS").is_some() {
+        std::fs::write(&path, &got).expect("write the expected hashes");
+        eprintln!(
+            "byte_identity: wrote {} hashes to {EXPECTED}",
+            a.hashes.len()
+        );
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{EXPECTED}: {e}"));
+    let expected: BTreeMap<&str, &str> = expected
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(h, n)| (n, h)))
+        .collect();
+    let mut differ = Vec::new();
+    for (name, h) in &a.hashes {
+        match expected.get(name.as_str()) {
+            Some(e) if e == h => {}
+            Some(e) => differ.push(format!(
+                "{name}: {h} (recorded {e}){}",
+                a.records
+                    .get(name)
+                    .map(|r| format!("\n  now: {}", r.lines().last().unwrap_or("")))
+                    .unwrap_or_default()
+            )),
+            None => differ.push(format!("{name}: {h} (not recorded)")),
+        }
+    }
+    for name in expected.keys() {
+        if !a.hashes.contains_key(*name) {
+            differ.push(format!("{name}: recorded but not produced"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} artifacts differ from {EXPECTED}:\n{}",
+        differ.len(),
+        a.hashes.len(),
+        differ.join("\n")
+    );
+}
