@@ -15,7 +15,7 @@ use common::curvature::{
 use common::data::{Dataset, DatasetKind, Split};
 use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
 use common::io::Checkpoint;
-use common::model::{Layer, Network};
+use common::model::{LayerOps, Network};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -36,21 +36,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn flops(net: &Network, n: usize) -> (f64, f64) {
     let (mut grad, mut hvp) = (0.0, 0.0);
     for (i, l) in net.layers.iter().enumerate() {
-        let one = match *l {
-            Layer::Linear {
-                inputs, outputs, ..
-            } => 2.0 * (n * inputs * outputs) as f64,
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                ..
-            } => {
-                let (ho, wo) = l.conv_output_size();
-                2.0 * (out_channels * in_channels * kernel * kernel * n * ho * wo) as f64
-            }
-            Layer::MaxPool2 { .. } => 0.0,
-        };
+        let one = l.forward_flops(n);
+        if one == 0.0 {
+            continue;
+        }
         let first = i == 0;
         grad += one * if first { 2.0 } else { 3.0 };
         hvp += one * if first { 2.0 } else { 6.0 };

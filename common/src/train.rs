@@ -5,7 +5,7 @@
 //! order. After each epoch (and every `save_every` steps) the loop evaluates on the test set, writes a
 //! checkpoint and its optimiser sidecar atomically, and emits one record.
 
-use crate::data::{check_input, Dataset};
+use crate::data::Dataset;
 use crate::io::{
     load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, Record,
 };
@@ -619,8 +619,8 @@ pub fn train(
     interrupted: &AtomicBool,
     emit: &mut dyn FnMut(&Record) -> Result<()>,
 ) -> Result<Summary> {
-    check_input(train_data, net)?;
-    check_input(test_data, net)?;
+    net.check_input(train_data)?;
+    net.check_input(test_data)?;
     if cfg.batch_size == 0 {
         return Err(Error::invalid("batch size must be at least 1"));
     }

@@ -5,8 +5,9 @@
 mod support;
 
 use common::data::Split;
+use common::device::cpu::ConvGeometry;
 use common::io::Checkpoint;
-use common::model::{Activation, Architecture, Layer, Network, ParamLayout, TensorSpec};
+use common::model::{Activation, Architecture, Conv2d, Linear, MaxPool2d, Network, Tanh};
 use common::optim::{dense_direction, woodbury_direction, Damping, WoodburyScratch};
 use common::rng::{stream, Purpose};
 use support::{f64s, fixtures, mnist_small, reference, rel};
@@ -32,54 +33,36 @@ fn tiny_mlp() -> Network {
 
 /// conv 1→2 3×3 pad 1 (tanh) on 6×6, max-pool 2, Linear 18→3: 77 parameters.
 fn tiny_conv() -> Network {
-    let spec = |name: &str, shape: Vec<usize>, offset: usize| {
-        let numel = shape.iter().product();
-        TensorSpec {
-            name: name.into(),
-            shape,
-            offset,
-            numel,
-        }
+    let arch = Architecture::Mlp {
+        input: 36,
+        hidden: vec![],
+        classes: 3,
+        activation: Activation::Identity,
     };
-    Network {
-        arch: Architecture::Mlp {
-            input: 36,
-            hidden: vec![],
-            classes: 3,
-            activation: Activation::Identity,
-        },
-        layers: vec![
-            Layer::Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: 3,
-                padding: 1,
-                height: 6,
-                width: 6,
-                tensor: 0,
-                activation: Activation::Tanh,
-            },
-            Layer::MaxPool2 {
-                channels: 2,
-                height: 6,
-                width: 6,
-            },
-            Layer::Linear {
-                inputs: 18,
-                outputs: 3,
-                tensor: 2,
-                activation: Activation::Identity,
-            },
-        ],
-        layout: ParamLayout {
-            tensors: vec![
-                spec("c.weight", vec![2, 1, 3, 3], 0),
-                spec("c.bias", vec![2], 18),
-                spec("l.weight", vec![3, 18], 20),
-                spec("l.bias", vec![3], 74),
-            ],
-        },
-    }
+    let geometry = ConvGeometry {
+        channels: 1,
+        height: 6,
+        width: 6,
+        kernel: 3,
+        padding: 1,
+    };
+    let net = Network::from_definition(arch, |s| {
+        s.named("c", |sc| Conv2d::new(sc, geometry, 2));
+        s.functional(Tanh { features: 72 });
+        s.functional(MaxPool2d {
+            channels: 2,
+            height: 6,
+            width: 6,
+        });
+        s.named("l", |sc| Linear::new(sc, 18, 3));
+    });
+    let offsets: Vec<usize> = net.layout.tensors.iter().map(|t| t.offset).collect();
+    assert_eq!(offsets, [0, 18, 20, 74]);
+    assert_eq!(
+        net.layout.names(),
+        ["c.weight", "c.bias", "l.weight", "l.bias"]
+    );
+    net
 }
 
 fn random_problem(net: &Network, b: usize, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<usize>) {

@@ -10,7 +10,7 @@
 mod support;
 
 use common::model::ParamLayout;
-use common::model::TensorSpec;
+use common::model::{Init, TensorSpec};
 use common::optim::{Batch, Ngd, NgdConfig, NgdDtype, Optimizer, SgdConfig, TensorPreconditioner};
 use serde_json::Value;
 use support::{f64s, reference};
@@ -183,12 +183,14 @@ fn optimizer_sequence_matches_ngd_step() {
                 shape: vec![6, 5],
                 offset: 0,
                 numel: 30,
+                init: Init::torch_default(5),
             },
             TensorSpec {
                 name: "b".into(),
                 shape: vec![7],
                 offset: 30,
                 numel: 7,
+                init: Init::torch_default(5),
             },
         ],
     };

@@ -309,7 +309,7 @@ fn run(args: Args) -> Result<()> {
     let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
     let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
     // Once, before any branch starts (each branch would fail on it).
-    common::data::check_input(&train_data, &net)?;
+    net.check_input(&train_data)?;
     if let Some(n) = args
         .train_samples
         .or(meta_u64("train_samples").map(|n| n as usize))

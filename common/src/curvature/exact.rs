@@ -16,9 +16,7 @@
 //! fixtures (`tests/fixtures/reference/README.txt`, "trace").
 
 use super::operator::HessianOperator;
-use super::rop::softmax_rows;
-use crate::device::cpu::{gemm, im2col};
-use crate::model::{Activation, Layer};
+use crate::model::{Layer, LayerOps, Network, Pass, PerSample, Scratch};
 use crate::{Error, Real, Result};
 
 /// tr(H) and its per-tensor parts tr(H_tt) (tensors in layout order).
@@ -29,22 +27,23 @@ pub struct ExactTrace {
 }
 
 /// Why the exact trace does not apply to a network, if it does not.
-pub fn exact_trace_unavailable(net: &crate::model::Network) -> Option<String> {
-    net.layers
-        .iter()
-        .any(|l| l.activation() == Activation::Tanh)
-        .then(|| {
-            "the exact trace needs piecewise-linear activations (ReLU, identity, max-pool); this network uses tanh, whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)".to_string()
-        })
+pub fn exact_trace_unavailable(net: &Network) -> Option<String> {
+    net.not_piecewise_linear().map(|(i, kind)| {
+        format!(
+            "the exact trace needs a piecewise-linear network (ReLU, identity, max-pool); this one uses {} (layer {}, nn.{kind}), whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)",
+            kind.to_lowercase(),
+            i + 1
+        )
+    })
 }
 
 impl<T: Real> HessianOperator<T> {
     /// The exact tr(H) (= tr(G) here) and per-tensor traces; see the module documentation.
     /// Cost: one backward pass of the activations per class, plus per-sample products for
-    /// convolutions (about C gradients).
+    /// layers without a closed form (about C gradients).
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the network has tanh activations.
+    /// [`Error::Invalid`] when the network is not piecewise linear.
     pub fn exact_trace(&mut self) -> Result<ExactTrace> {
         if let Some(why) = exact_trace_unavailable(self.network()) {
             return Err(Error::invalid(why));
@@ -52,54 +51,33 @@ impl<T: Real> HessianOperator<T> {
         let ntensors = self.network().layout.tensors.len();
         let mut sums = vec![0.0f64; ntensors];
         let n = self.samples();
-        self.for_each_chunk(|net, params, x, acts, argmax, bufs| {
+        let mut lowering = Scratch::for_layers(&self.network().layers, 1, false);
+        self.for_each_chunk(|net, params, chunk, bufs| {
             let layers = &net.layers;
             let last = layers.len() - 1;
             let classes = net.classes();
-            let b = x.len() / net.input_features();
-            let mut p = vec![T::zero(); b * classes];
-            softmax_rows(&acts[last][..b * classes], classes, &mut p);
-            let s: Vec<T> = p.iter().map(|v| v.sqrt()).collect();
+            let b = chunk.batch;
+            let factor = net
+                .loss
+                .hessian_factor(&chunk.acts[last][..b * classes], classes);
             for c in 0..classes {
-                // Seed: Mᵢ[k, c] = sₖ·(δₖc − sₖ·s_c).
-                let seed = &mut bufs.rdelta[last][..b * classes];
-                for (row, sr) in seed.chunks_exact_mut(classes).zip(s.chunks_exact(classes)) {
-                    for (k, r) in row.iter_mut().enumerate() {
-                        let delta = if k == c { T::one() } else { T::zero() };
-                        *r = sr[k] * (delta - sr[k] * sr[c]);
-                    }
-                }
+                factor.column(c, &mut bufs.rdelta[last][..b * classes]);
                 for i in (0..layers.len()).rev() {
                     let (before, rest) = bufs.rdelta.split_at_mut(i);
-                    let dx = if i == 0 {
-                        None
-                    } else {
-                        Some(&mut before[i - 1][..])
-                    };
-                    layers[i].backprop_input(
-                        &net.layout,
-                        params,
-                        &acts[i],
-                        &mut rest[0],
-                        b,
-                        &argmax[i],
-                        dx,
-                        &mut bufs.sc,
-                    );
+                    let dx = before.last_mut().map(|d| &mut d[..]);
+                    let pass = chunk.layer(params, i);
+                    layers[i].backward(&pass, &rest[0], None, dx, &mut bufs.sc);
                 }
                 for (i, layer) in layers.iter().enumerate() {
-                    let input: &[T] = if i == 0 { x } else { &acts[i - 1] };
-                    if let Some(t) = layer.tensor() {
-                        let (w, bias) = per_sample_sq_norms(
-                            layer,
-                            input,
-                            &bufs.rdelta[i],
-                            b,
-                            &mut bufs.sc.cols,
-                        );
-                        sums[t] += w;
-                        sums[t + 1] += bias;
-                    }
+                    let pass = chunk.layer(params, i);
+                    per_sample_sq_norms(
+                        net,
+                        layer,
+                        &pass,
+                        &bufs.rdelta[i],
+                        &mut lowering,
+                        &mut sums,
+                    );
                 }
             }
         });
@@ -118,22 +96,28 @@ impl<T: Real> HessianOperator<T> {
     }
 }
 
-/// Σᵢ ‖∂/∂W of sample i‖² and Σᵢ ‖∂/∂b of sample i‖² for a layer whose per-sample ∂/∂s is `ds`
-/// (`b × out_features`) and input `x`. `cols` is scratch (at least C_in·k²·ho·wo long).
+/// Adds Σᵢ ‖∂/∂t of sample i‖² for each of the layer's tensors t into `sums[t]`, for per-sample
+/// output cotangents `dy` (`b × out_features`): Linear by its closed form ‖δᵢ‖²·‖xᵢ‖² and ‖δᵢ‖²,
+/// other layers from their materialised per-sample gradients.
 fn per_sample_sq_norms<T: Real>(
+    net: &Network,
     layer: &Layer,
-    x: &[T],
-    ds: &[T],
-    b: usize,
-    cols: &mut Vec<T>,
-) -> (f64, f64) {
-    let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
-    match *layer {
-        Layer::Linear {
-            inputs, outputs, ..
+    pass: &Pass<'_, T>,
+    dy: &[T],
+    lowering: &mut Scratch<T>,
+    sums: &mut [f64],
+) {
+    let (x, b) = (pass.x, pass.batch);
+    match layer.per_sample() {
+        PerSample::None => {}
+        PerSample::OuterProduct {
+            inputs,
+            outputs,
+            weight,
         } => {
+            let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
             for i in 0..b {
-                let d2: f64 = ds[i * outputs..(i + 1) * outputs]
+                let d2: f64 = dy[i * outputs..(i + 1) * outputs]
                     .iter()
                     .map(|v| v.as_f64().powi(2))
                     .sum();
@@ -144,59 +128,38 @@ fn per_sample_sq_norms<T: Real>(
                 w_sum += d2 * x2;
                 b_sum += d2;
             }
+            sums[weight] += w_sum;
+            sums[weight + 1] += b_sum;
         }
-        Layer::Conv2d {
-            in_channels,
-            out_channels,
-            kernel,
-            padding,
-            height,
-            width,
-            ..
-        } => {
-            let (ho, wo) = layer.conv_output_size();
-            let plane = ho * wo;
-            let r = in_channels * kernel * kernel;
-            if cols.len() < r * plane {
-                cols.resize(r * plane, T::zero());
-            }
-            let mut g = vec![T::zero(); out_channels * r];
-            let in_len = in_channels * height * width;
+        PerSample::Materialise => {
+            let tensors = &net.layout.tensors[layer.tensors()];
+            let len: usize = tensors.iter().map(|t| t.numel).sum();
+            let (fin, fout) = (layer.in_features(), layer.out_features());
+            let mut row = vec![T::zero(); len];
+            let mut acc = vec![0.0f64; tensors.len()];
             for i in 0..b {
-                let dsi = &ds[i * out_channels * plane..(i + 1) * out_channels * plane];
-                im2col(
-                    &x[i * in_len..(i + 1) * in_len],
+                layer.per_sample_gradients(
+                    &x[i * fin..(i + 1) * fin],
+                    &dy[i * fout..(i + 1) * fout],
                     1,
-                    in_channels,
-                    height,
-                    width,
-                    kernel,
-                    padding,
-                    &mut cols[..r * plane],
-                );
-                gemm(
-                    false,
-                    true,
-                    out_channels,
-                    r,
-                    plane,
                     T::one(),
-                    dsi,
-                    &cols[..r * plane],
-                    T::zero(),
-                    &mut g,
+                    &mut row,
+                    len,
+                    lowering,
                 );
-                w_sum += g.iter().map(|v| v.as_f64().powi(2)).sum::<f64>();
-                for o in 0..out_channels {
-                    let s: f64 = dsi[o * plane..(o + 1) * plane]
+                let mut at = 0;
+                for (k, t) in tensors.iter().enumerate() {
+                    let s: f64 = row[at..at + t.numel]
                         .iter()
-                        .map(|v| v.as_f64())
+                        .map(|v| v.as_f64().powi(2))
                         .sum();
-                    b_sum += s * s;
+                    acc[k] += s;
+                    at += t.numel;
                 }
             }
+            for (k, a) in acc.into_iter().enumerate() {
+                sums[layer.tensors().start + k] += a;
+            }
         }
-        Layer::MaxPool2 { .. } => {}
     }
-    (w_sum, b_sum)
 }

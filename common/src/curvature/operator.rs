@@ -1,9 +1,9 @@
 //! The Hessian (and Gauss–Newton matrix) of the mean cross-entropy over a fixed sample set, as a
 //! matrix-free linear operator: v ↦ H·v by the R-operator of [`super::rop`].
 
-use super::rop::{saved_cols, softmax_ce_r, RScratch};
+use super::rop::{r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
-use crate::model::{Layer, Network, Workspace};
+use crate::model::{LayerOps, Network, Workspace};
 use crate::{Error, Real, Result};
 
 /// A symmetric linear operator on ℝᴾ in f64, as the trace and eigenvalue estimators see it.
@@ -57,12 +57,12 @@ pub enum Curvature {
     GaussNewton,
 }
 
-/// The forward outputs, backward ∂L/∂s and pool winners of one chunk of samples.
+/// The forward outputs, backward cotangents and kept indices of one chunk of samples.
 #[derive(Clone, Debug)]
 struct ChunkState<T> {
     acts: Vec<Vec<T>>,
     deltas: Vec<Vec<T>>,
-    argmax: Vec<Vec<u32>>,
+    indices: Vec<Vec<u32>>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,19 +70,6 @@ struct Chunk<T> {
     x: Vec<T>,
     labels: Vec<usize>,
     state: Option<ChunkState<T>>,
-}
-
-/// A chunk's per-layer outputs, backward ∂L/∂s and pool winners.
-type PassRefs<'a, T> = (&'a [Vec<T>], &'a [Vec<T>], &'a [Vec<u32>]);
-
-/// Per-layer buffers of the R-passes.
-#[derive(Clone, Debug)]
-pub(crate) struct RBuffers<T> {
-    pub rs: Vec<Vec<T>>,
-    pub ry: Vec<Vec<T>>,
-    pub rdelta: Vec<Vec<T>>,
-    pub saved: Vec<[Vec<T>; 2]>,
-    pub sc: RScratch<T>,
 }
 
 /// Memory the operator may spend on caching every chunk's forward and backward pass (so that each
@@ -174,23 +161,7 @@ impl<T: Real> HessianOperator<T> {
                 }
             })
             .collect();
-        let layers = &net.layers;
-        let bufs = RBuffers {
-            rs: layers
-                .iter()
-                .map(|l| vec![T::zero(); batch * l.out_features()])
-                .collect(),
-            ry: layers
-                .iter()
-                .map(|l| vec![T::zero(); batch * l.out_features()])
-                .collect(),
-            rdelta: layers
-                .iter()
-                .map(|l| vec![T::zero(); batch * l.out_features()])
-                .collect(),
-            saved: saved_cols(layers, batch),
-            sc: RScratch::new(layers, batch),
-        };
+        let bufs = RBuffers::new(&net.layers, batch);
         let mut op = HessianOperator {
             net: net.clone(),
             params: params.to_vec(),
@@ -233,15 +204,12 @@ impl<T: Real> HessianOperator<T> {
                         .zip(&op.net.layers)
                         .map(|(a, l)| a[..b * l.out_features()].to_vec())
                         .collect(),
-                    argmax: op
+                    indices: op
                         .ws
-                        .argmax
+                        .indices
                         .iter()
                         .zip(&op.net.layers)
-                        .map(|(a, l)| match l {
-                            Layer::MaxPool2 { .. } => a[..b * l.out_features()].to_vec(),
-                            _ => Vec::new(),
-                        })
+                        .map(|(a, l)| a[..l.index_len(b)].to_vec())
                         .collect(),
                 });
             }
@@ -269,7 +237,7 @@ impl<T: Real> HessianOperator<T> {
         batch_size: usize,
         cache_bytes: usize,
     ) -> Result<Self> {
-        crate::data::check_input(data, net)?;
+        net.check_input(data)?;
         let n = samples.min(data.len());
         let table = data.normalisation_table::<T>();
         let mut x = vec![T::zero(); n * data.features()];
@@ -352,22 +320,24 @@ impl<T: Real> HessianOperator<T> {
                     &mut self.ws,
                 );
             }
-            let state: PassRefs<'_, T> = match &chunk.state {
-                Some(s) => (&s.acts, &s.deltas, &s.argmax),
-                None => (&self.ws.acts, &self.ws.deltas, &self.ws.argmax),
+            let (acts, deltas, indices) = match &chunk.state {
+                Some(s) => (&s.acts, &s.deltas, &s.indices),
+                None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
-            let (acts, deltas, argmax) = state;
+            let pass = ChunkPass {
+                x: &chunk.x,
+                acts,
+                deltas,
+                indices,
+                batch: b,
+            };
             let alpha = T::of_f64(b as f64 / n as f64);
             for (v, out) in vs.iter().zip(outs.iter_mut()) {
                 r_pass(
                     &self.net,
                     &self.params,
                     v,
-                    &chunk.x,
-                    acts,
-                    deltas,
-                    argmax,
-                    b,
+                    &pass,
                     alpha,
                     out,
                     mode == Curvature::GaussNewton,
@@ -378,116 +348,32 @@ impl<T: Real> HessianOperator<T> {
         self.matvecs += vs.len();
     }
 
-    /// Calls `f(x, labels, acts, argmax, bufs)` for each chunk with its forward pass in place (used by
-    /// the exact trace).
+    /// Calls `f(net, params, chunk, bufs)` for each chunk with its forward pass in place (the
+    /// cotangents in `chunk.deltas` are those of the loss only when the passes are cached; used
+    /// by the exact trace, which reads the outputs and indices).
     pub(crate) fn for_each_chunk(
         &mut self,
-        mut f: impl FnMut(&Network, &[T], &[T], &[Vec<T>], &[Vec<u32>], &mut RBuffers<T>),
+        mut f: impl FnMut(&Network, &[T], &ChunkPass<'_, T>, &mut RBuffers<T>),
     ) {
         for c in 0..self.chunks.len() {
             let chunk = &self.chunks[c];
+            let b = chunk.labels.len();
             if chunk.state.is_none() {
-                self.net
-                    .forward(&self.params, &chunk.x, chunk.labels.len(), &mut self.ws);
+                self.net.forward(&self.params, &chunk.x, b, &mut self.ws);
             }
-            let (acts, argmax): (&[Vec<T>], &[Vec<u32>]) = match &chunk.state {
-                Some(s) => (&s.acts, &s.argmax),
-                None => (&self.ws.acts, &self.ws.argmax),
+            let (acts, deltas, indices) = match &chunk.state {
+                Some(s) => (&s.acts, &s.deltas, &s.indices),
+                None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
-            f(
-                &self.net,
-                &self.params,
-                &chunk.x,
+            let pass = ChunkPass {
+                x: &chunk.x,
                 acts,
-                argmax,
-                &mut self.bufs,
-            );
+                deltas,
+                indices,
+                batch: b,
+            };
+            f(&self.net, &self.params, &pass, &mut self.bufs);
         }
-    }
-}
-
-/// One R-forward, loss R-operator and R-backward over a chunk of b samples: out += alpha·M_chunk·v.
-#[allow(clippy::too_many_arguments)]
-fn r_pass<T: Real>(
-    net: &Network,
-    params: &[T],
-    v: &[T],
-    x: &[T],
-    acts: &[Vec<T>],
-    deltas: &[Vec<T>],
-    argmax: &[Vec<u32>],
-    b: usize,
-    alpha: T,
-    out: &mut [T],
-    gauss_newton: bool,
-    bufs: &mut RBuffers<T>,
-) {
-    let layers = &net.layers;
-    let last = layers.len() - 1;
-    let classes = net.classes();
-    for (i, layer) in layers.iter().enumerate() {
-        let (ry_before, ry_rest) = bufs.ry.split_at_mut(i);
-        let input: &[T] = if i == 0 { x } else { &acts[i - 1] };
-        let rx = if i == 0 {
-            None
-        } else {
-            Some(&ry_before[i - 1][..])
-        };
-        layer.r_forward(
-            &net.layout,
-            params,
-            v,
-            input,
-            rx,
-            &acts[i],
-            b,
-            &argmax[i],
-            &mut bufs.rs[i],
-            &mut ry_rest[0],
-            &mut bufs.saved[i],
-            &mut bufs.sc,
-        );
-    }
-    let scale = T::one() / T::of_usize(b);
-    softmax_ce_r(
-        &acts[last][..b * classes],
-        &bufs.ry[last][..b * classes],
-        classes,
-        scale,
-        &mut bufs.rdelta[last][..b * classes],
-    );
-    for i in (0..layers.len()).rev() {
-        let (rd_before, rd_rest) = bufs.rdelta.split_at_mut(i);
-        let input: &[T] = if i == 0 { x } else { &acts[i - 1] };
-        let rx = if i == 0 {
-            None
-        } else {
-            Some(&bufs.ry[i - 1][..])
-        };
-        let rdx = if i == 0 {
-            None
-        } else {
-            Some(&mut rd_before[i - 1][..])
-        };
-        layers[i].r_backward(
-            &net.layout,
-            params,
-            v,
-            input,
-            rx,
-            &acts[i],
-            &deltas[i],
-            &bufs.rs[i],
-            &mut rd_rest[0],
-            b,
-            &argmax[i],
-            alpha,
-            out,
-            rdx,
-            gauss_newton,
-            &bufs.saved[i],
-            &mut bufs.sc,
-        );
     }
 }
 

@@ -41,25 +41,56 @@ pub fn gemm<T: Real>(
     general_mat_mul(alpha, &a, &b, beta, &mut c);
 }
 
+/// The shape of a stride-1, zero-padded 2-D cross-correlation's input and kernel: input
+/// `[channels, height, width]` per sample, a `kernel × kernel` window, `padding` zeros on every side.
+/// The output plane is `ho × wo` with `ho = height + 2·padding − kernel + 1` (likewise `wo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// (ho, wo), the output plane.
+    pub fn output_size(&self) -> (usize, usize) {
+        (
+            self.height + 2 * self.padding + 1 - self.kernel,
+            self.width + 2 * self.padding + 1 - self.kernel,
+        )
+    }
+    /// ho·wo.
+    pub fn plane(&self) -> usize {
+        let (ho, wo) = self.output_size();
+        ho * wo
+    }
+    /// C·k·k, the rows of the im2col matrix (the inner dimension of the convolution's gemm).
+    pub fn rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+    /// C·H·W, the input features per sample.
+    pub fn input_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
 /// `im2col` for a stride-1, zero-padded 2-D cross-correlation over a batch.
 ///
 /// Input `x` is `[batch, channels, height, width]`; the output `cols` is
 /// `[channels·k·k, batch·ho·wo]` with row `(c, ki, kj)` and column `(n, oy, ox)`, holding
-/// `x[n, c, oy+ki−pad, ox+kj−pad]` (0 outside the image), where `ho = height + 2·pad − k + 1`.
+/// `x[n, c, oy+ki−pad, ox+kj−pad]` (0 outside the image).
 /// The convolution is then one gemm: `Y[o, (n,p)] = Σ_r W[o, r]·cols[r, (n,p)]`.
-#[allow(clippy::too_many_arguments)]
-pub fn im2col<T: Real>(
-    x: &[T],
-    batch: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    k: usize,
-    pad: usize,
-    cols: &mut [T],
-) {
-    let ho = height + 2 * pad + 1 - k;
-    let wo = width + 2 * pad + 1 - k;
+pub fn im2col<T: Real>(x: &[T], batch: usize, g: &ConvGeometry, cols: &mut [T]) {
+    let ConvGeometry {
+        channels,
+        height,
+        width,
+        kernel: k,
+        padding: pad,
+    } = *g;
+    let (ho, wo) = g.output_size();
     let plane = ho * wo;
     let ncols = batch * plane;
     for c in 0..channels {
@@ -103,19 +134,15 @@ pub fn im2col<T: Real>(
 
 /// The adjoint of [`im2col`]: `dx[n, c, iy, ix] += Σ dcols[(c,ki,kj), (n,oy,ox)]` over the positions
 /// that read that pixel. `dx` must be zeroed by the caller when it is not accumulated into.
-#[allow(clippy::too_many_arguments)]
-pub fn col2im<T: Real>(
-    dcols: &[T],
-    batch: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    k: usize,
-    pad: usize,
-    dx: &mut [T],
-) {
-    let ho = height + 2 * pad + 1 - k;
-    let wo = width + 2 * pad + 1 - k;
+pub fn col2im<T: Real>(dcols: &[T], batch: usize, g: &ConvGeometry, dx: &mut [T]) {
+    let ConvGeometry {
+        channels,
+        height,
+        width,
+        kernel: k,
+        padding: pad,
+    } = *g;
+    let (ho, wo) = g.output_size();
     let plane = ho * wo;
     let ncols = batch * plane;
     for c in 0..channels {
@@ -249,9 +276,16 @@ mod tests {
             .map(|i| (i as f64 * 0.37).cos())
             .collect();
         let mut cols = vec![0.0; c.len()];
-        im2col(&x, b, ch, h, w, k, pad, &mut cols);
+        let g = ConvGeometry {
+            channels: ch,
+            height: h,
+            width: w,
+            kernel: k,
+            padding: pad,
+        };
+        im2col(&x, b, &g, &mut cols);
         let mut dx = vec![0.0; x.len()];
-        col2im(&c, b, ch, h, w, k, pad, &mut dx);
+        col2im(&c, b, &g, &mut dx);
         let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-10 * lhs.abs().max(1.0));

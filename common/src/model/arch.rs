@@ -1,8 +1,11 @@
 //! Architectures: the paper's MLPs and LeNet, described well enough to rebuild them from metadata.
 
-use super::layers::Layer;
-use super::layout::{ParamLayout, TensorSpec};
+use super::layer::{
+    self, Conv2d, Layer, LayerOps, Linear, MaxPool2d, Relu, Scope, Sequential, Tanh,
+};
+use super::layout::ParamLayout;
 use super::size::ModelSize;
+use crate::device::cpu::ConvGeometry;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 
@@ -242,94 +245,81 @@ impl Architecture {
         )))
     }
 
-    /// The layers, in forward order.
-    pub fn layers(&self) -> Vec<Layer> {
+    /// The layers in forward order and the parameter layout, built by the model's definition as
+    /// PyTorch's modules (so the tensor names are its `state_dict` names by construction).
+    pub fn build(&self) -> (Vec<Layer>, ParamLayout) {
         match self {
             Architecture::Mlp {
                 input,
                 hidden,
                 classes,
                 activation,
-            } => {
-                let mut layers = Vec::new();
+            } => layer::build(|seq| {
+                // nn.Sequential(Flatten, Linear, act, Linear, act, …, Linear).
+                seq.skip();
                 let mut fan_in = *input;
-                for (l, &w) in hidden.iter().enumerate() {
-                    layers.push(Layer::Linear {
-                        inputs: fan_in,
-                        outputs: w,
-                        tensor: 2 * l,
-                        activation: *activation,
-                    });
+                for &w in hidden {
+                    seq.push(|s| Linear::new(s, fan_in, w));
+                    match activation {
+                        Activation::Relu => seq.push(|_| Relu { features: w }),
+                        Activation::Tanh => seq.push(|_| Tanh { features: w }),
+                        Activation::Identity => seq.skip(),
+                    }
                     fan_in = w;
                 }
-                layers.push(Layer::Linear {
-                    inputs: fan_in,
-                    outputs: *classes,
-                    tensor: 2 * hidden.len(),
-                    activation: Activation::Identity,
-                });
-                layers
-            }
-            Architecture::LeNet { extra_layers } => {
-                let relu = Activation::Relu;
-                let mut layers = vec![Layer::Conv2d {
-                    in_channels: 1,
-                    out_channels: 6,
-                    kernel: 5,
-                    padding: 0,
-                    height: 28,
-                    width: 28,
-                    tensor: 0,
-                    activation: relu,
-                }];
-                for e in 0..*extra_layers {
-                    layers.push(Layer::Conv2d {
-                        in_channels: 6,
-                        out_channels: 6,
-                        kernel: 5,
-                        padding: 2,
-                        height: 24,
-                        width: 24,
-                        tensor: 2 + 2 * e,
-                        activation: relu,
+                seq.push(|s| Linear::new(s, fan_in, *classes));
+            }),
+            Architecture::LeNet { extra_layers } => layer::build(|seq| {
+                // The paper's `architectures.LeNet`: conv1 = Sequential(Conv2d, ReLU), extra =
+                // ModuleList of Sequential(Conv2d, ReLU), conv2 = Sequential(Conv2d, ReLU), fc_1..3;
+                // max-pools and the last ReLUs are functional calls in its forward.
+                let (c, side) = (1, LENET_IMAGE);
+                let conv = |channels, side, kernel, padding, out: usize| {
+                    move |s: &mut Scope<'_>| {
+                        let g = ConvGeometry {
+                            channels,
+                            height: side,
+                            width: side,
+                            kernel,
+                            padding,
+                        };
+                        Conv2d::new(s, g, out)
+                    }
+                };
+                let conv_relu = |seq: &mut Sequential<'_>, channels, side, kernel, padding, out| {
+                    seq.push(conv(channels, side, kernel, padding, out));
+                    let plane = (side + 2 * padding + 1 - kernel).pow(2);
+                    seq.push(|_| Relu {
+                        features: out * plane,
                     });
-                }
-                let t = 2 + 2 * extra_layers;
-                layers.push(Layer::MaxPool2 {
+                };
+                seq.sequential("conv1", |s| conv_relu(s, c, side, 5, 0, 6));
+                let side = side - 4;
+                seq.sequential("extra", |s| {
+                    for e in 0..*extra_layers {
+                        s.sequential(&e.to_string(), |t| conv_relu(t, 6, side, 5, 2, 6));
+                    }
+                });
+                seq.functional(MaxPool2d {
                     channels: 6,
-                    height: 24,
-                    width: 24,
+                    height: side,
+                    width: side,
                 });
-                layers.push(Layer::Conv2d {
-                    in_channels: 6,
-                    out_channels: 16,
-                    kernel: 5,
-                    padding: 0,
-                    height: 12,
-                    width: 12,
-                    tensor: t,
-                    activation: relu,
-                });
-                layers.push(Layer::MaxPool2 {
+                let side = side / 2;
+                seq.sequential("conv2", |s| conv_relu(s, 6, side, 5, 0, 16));
+                let side = side - 4;
+                seq.functional(MaxPool2d {
                     channels: 16,
-                    height: 8,
-                    width: 8,
+                    height: side,
+                    width: side,
                 });
-                let fcs = [
-                    (256, 120, relu),
-                    (120, 84, relu),
-                    (84, 10, Activation::Identity),
-                ];
-                for (i, (inputs, outputs, activation)) in fcs.into_iter().enumerate() {
-                    layers.push(Layer::Linear {
-                        inputs,
-                        outputs,
-                        tensor: t + 2 + 2 * i,
-                        activation,
-                    });
-                }
-                layers
-            }
+                let flat = 16 * (side / 2) * (side / 2);
+                seq.named("fc_1", |s| Linear::new(s, flat, 120));
+                seq.functional(Relu { features: 120 });
+                seq.named("fc_2", |s| Linear::new(s, 120, 84));
+                seq.functional(Relu { features: 84 });
+                seq.named("fc_3", |s| Linear::new(s, 84, 10));
+            }),
         }
     }
 
@@ -392,26 +382,7 @@ impl Architecture {
     /// **Panics** if the parameter count overflows a `usize`; sizes from an untrusted source are
     /// checked first with [`Architecture::size`].
     pub fn layout(&self) -> ParamLayout {
-        let count = self.tensor_count().expect("tensor count fits in usize");
-        let mut offset = 0usize;
-        let tensors = (0..count)
-            .map(|i| {
-                let (name, shape) = self.tensor_spec(i).expect("i < tensor_count");
-                let numel = shape
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .expect("tensor size fits in usize");
-                let t = TensorSpec {
-                    name,
-                    shape,
-                    offset,
-                    numel,
-                };
-                offset = offset.checked_add(numel).expect("parameter count fits");
-                t
-            })
-            .collect();
-        ParamLayout { tensors }
+        self.build().1
     }
 
     /// Checks that the sizes make a usable model and computes them ([`ModelSize`]) with checked
@@ -436,7 +407,12 @@ impl Architecture {
         }
         let tensors = self.tensor_count().ok_or_else(overflow)? as u64;
         match self {
-            Architecture::Mlp { input, hidden, .. } => {
+            Architecture::Mlp {
+                input,
+                hidden,
+                activation,
+                ..
+            } => {
                 if *input == 0 {
                     return Err(Error::invalid(
                         "the model's input has 0 features (at least 1 is needed)",
@@ -463,7 +439,17 @@ impl Architecture {
                         .and_then(|fan_in| fan_in.checked_mul(outputs))
                         .and_then(|p| p.checked_add(params))
                         .ok_or_else(overflow)?;
-                    activations = activations.checked_add(outputs).ok_or_else(overflow)?;
+                    // The Linear's output, and the activation layer's after a hidden one.
+                    let hidden_layer = i + 2 < tensors as usize;
+                    let copies = if hidden_layer && *activation != Activation::Identity {
+                        2
+                    } else {
+                        1
+                    };
+                    activations = outputs
+                        .checked_mul(copies)
+                        .and_then(|o| o.checked_add(activations))
+                        .ok_or_else(overflow)?;
                 }
                 Ok(ModelSize {
                     params,
@@ -544,14 +530,14 @@ pub(crate) fn too_few_classes(classes: usize) -> Option<String> {
 /// The sizes of a small LeNet, from its layers (to extrapolate to any number of extra layers).
 fn lenet_size(extra_layers: usize) -> ModelSize {
     let arch = Architecture::LeNet { extra_layers };
-    let layers = arch.layers();
+    let (layers, layout) = arch.build();
     ModelSize {
-        params: arch.layout().total() as u64,
+        params: layout.total() as u64,
         tensors: arch.tensor_count().expect("small") as u64,
         activations: layers.iter().map(|l| l.out_features() as u64).sum(),
         scratch: layers
             .iter()
-            .map(|l| l.scratch_len(1).0 as u64)
+            .map(|l| l.scratch_len(1, false).0 as u64)
             .max()
             .unwrap_or(0),
     }
@@ -655,25 +641,9 @@ mod tests {
             let layout = a.layout();
             assert_eq!(Some(layout.tensors.len()), a.tensor_count());
             assert_eq!(a.tensor_spec(layout.tensors.len()), None);
-            for layer in a.layers() {
-                let Some(t) = layer.tensor() else { continue };
-                let (w, b) = match layer {
-                    Layer::Linear {
-                        inputs, outputs, ..
-                    } => (vec![outputs, inputs], vec![outputs]),
-                    Layer::Conv2d {
-                        in_channels,
-                        out_channels,
-                        kernel,
-                        ..
-                    } => (
-                        vec![out_channels, in_channels, kernel, kernel],
-                        vec![out_channels],
-                    ),
-                    Layer::MaxPool2 { .. } => unreachable!(),
-                };
-                assert_eq!(layout.tensors[t].shape, w, "{}", a.name());
-                assert_eq!(layout.tensors[t + 1].shape, b, "{}", a.name());
+            for (i, t) in layout.tensors.iter().enumerate() {
+                let (name, shape) = a.tensor_spec(i).unwrap();
+                assert_eq!((&t.name, &t.shape), (&name, &shape), "{}", a.name());
             }
         }
         let names = Architecture::LeNet { extra_layers: 1 }.layout().names();
@@ -709,7 +679,7 @@ mod tests {
             Architecture::LeNet { extra_layers: 5 },
         ] {
             let s = a.size().unwrap();
-            let layers = a.layers();
+            let (layers, _) = a.build();
             assert_eq!(s.params, a.layout().total() as u64, "{}", a.name());
             assert_eq!(s.tensors, a.layout().tensors.len() as u64);
             assert_eq!(
@@ -720,7 +690,7 @@ mod tests {
                 s.scratch,
                 layers
                     .iter()
-                    .map(|l| l.scratch_len(1).0 as u64)
+                    .map(|l| l.scratch_len(1, false).0 as u64)
                     .max()
                     .unwrap()
             );

@@ -1,13 +1,29 @@
 //! The flat parameter vector and its named tensors.
 
 /// One tensor of the flat parameter vector: its PyTorch name, shape (PyTorch layout: `[out, in]` for
-/// Linear, `[out, in, kh, kw]` for Conv2d) and position.
+/// Linear, `[out, in, kh, kw]` for Conv2d), position and initialisation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub offset: usize,
     pub numel: usize,
+    pub init: Init,
+}
+
+/// How a tensor is initialised (see [`super::initialise`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// U(−b, b) with b = 1/√fan_in: PyTorch's default for `nn.Linear` and `nn.Conv2d`, weights
+    /// (Kaiming-uniform with a = √5, gain·√(3/fan_in) = 1/√fan_in) and biases alike.
+    UniformFanIn { fan_in: usize },
+}
+
+impl Init {
+    /// PyTorch's default for a layer whose weight has `fan_in` inputs per output.
+    pub fn torch_default(fan_in: usize) -> Self {
+        Init::UniformFanIn { fan_in }
+    }
 }
 
 impl TensorSpec {

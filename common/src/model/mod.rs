@@ -1,13 +1,16 @@
 //! Models: architectures, the flat parameter vector and its named views, layers and initialisation.
 //!
-//! A model is a [`Network`]: an [`Architecture`] turned into a sequence of [`Layer`]s whose parameters
-//! live in one flat, contiguous vector laid out as PyTorch's `state_dict` ([`ParamLayout`]). Optimisers,
-//! samplers and curvature code work on that flat vector.
+//! A model is a [`Network`]: an [`Architecture`] turned into a sequence of [`Layer`]s (one file per
+//! layer type in `layer/`, each implementing [`LayerOps`]) ending in a [`Loss`], whose parameters
+//! live in one flat, contiguous vector laid out as PyTorch's `state_dict` ([`ParamLayout`], names
+//! built with the structure by [`Scope`]). Optimisers, samplers and curvature code work on that flat
+//! vector.
 
 mod arch;
 mod init;
-mod layers;
+mod layer;
 mod layout;
+mod loss;
 mod network;
 mod per_sample;
 mod size;
@@ -15,8 +18,12 @@ mod size;
 pub(crate) use arch::too_few_classes;
 pub use arch::{Activation, Architecture, ModelSpec, MAX_HIDDEN_LAYERS};
 pub use init::initialise;
-pub use layers::{softmax_cross_entropy, Layer};
-pub use layout::{ParamLayout, TensorSpec};
+pub use layer::{
+    Conv2d, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
+    Sequential, Tanh,
+};
+pub use layout::{Init, ParamLayout, TensorSpec};
+pub use loss::{softmax_cross_entropy, HessianFactor, Loss};
 pub use network::{Evaluation, Network, Workspace};
 pub use per_sample::PerSampleScratch;
 pub use size::{

@@ -1,27 +1,32 @@
 //! A network: layers over a flat parameter vector, with exact forward and backward passes.
 
 use super::arch::Architecture;
-use super::layers::{softmax_cross_entropy, Layer, Scratch};
+use super::layer::{Layer, LayerOps, Pass, Scratch, Sequential};
 use super::layout::ParamLayout;
+use super::loss::Loss;
 use crate::data::Dataset;
-use crate::{Real, Result};
+use crate::{Error, Real, Result};
 
-/// An architecture with its layers and parameter layout.
+/// An architecture with its layers, parameter layout and loss.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
     pub arch: Architecture,
     pub layers: Vec<Layer>,
     pub layout: ParamLayout,
+    pub loss: Loss,
 }
 
-/// Buffers for one batch size: every layer's output and its gradient, the max-pool winners and the
-/// convolution scratch. Reused across steps so that a training step allocates nothing.
+/// Buffers for one batch size: every layer's output and its cotangent, the indices layers keep
+/// (max-pool winners) and the convolution scratch. Reused across steps so that a training step
+/// allocates nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace<T> {
     pub(crate) batch: usize,
+    /// Layer i's output, `batch × out_features`.
     pub(crate) acts: Vec<Vec<T>>,
+    /// ∂L/∂(layer i's output) after a backward pass.
     pub(crate) deltas: Vec<Vec<T>>,
-    pub(crate) argmax: Vec<Vec<u32>>,
+    pub(crate) indices: Vec<Vec<u32>>,
     pub(crate) scratch: Scratch<T>,
 }
 
@@ -37,12 +42,24 @@ impl Network {
     /// Builds the layers and layout of `arch`. Sizes from a checkpoint or a flag are checked first
     /// with [`Network::try_new`] (or [`Architecture::size`]): this allocates in proportion to them.
     pub fn new(arch: Architecture) -> Self {
-        let layers = arch.layers();
-        let layout = arch.layout();
+        let (layers, layout) = arch.build();
         Network {
             arch,
             layers,
             layout,
+            loss: Loss::SoftmaxCrossEntropy,
+        }
+    }
+
+    /// A network of any layers, from a definition written against [`Sequential`] (the tensor names
+    /// follow its modules); `arch` is the description that records and checkpoints carry.
+    pub fn from_definition(arch: Architecture, define: impl FnOnce(&mut Sequential<'_>)) -> Self {
+        let (layers, layout) = super::layer::build(define);
+        Network {
+            arch,
+            layers,
+            layout,
+            loss: Loss::SoftmaxCrossEntropy,
         }
     }
 
@@ -58,12 +75,59 @@ impl Network {
         self.layout.total()
     }
 
+    /// The outputs of the last layer (the logits' width).
     pub fn classes(&self) -> usize {
-        self.arch.classes()
+        self.layers.last().map_or(0, |l| l.out_features())
     }
 
+    /// The features per sample the first layer takes.
     pub fn input_features(&self) -> usize {
-        self.arch.input_features()
+        self.layers.first().map_or(0, |l| l.in_features())
+    }
+
+    /// Why the exact trace tr(H) = tr(G) does not hold for this network, if it does not: a layer
+    /// that is not piecewise linear has a second-derivative term on the Hessian's diagonal.
+    pub fn not_piecewise_linear(&self) -> Option<(usize, &'static str)> {
+        self.layers
+            .iter()
+            .position(|l| !l.piecewise_linear())
+            .map(|i| (i, self.layers[i].kind()))
+    }
+
+    /// Checks that a data set fits the network: as many features per sample as it takes, and no
+    /// label past its outputs.
+    ///
+    /// # Errors
+    /// [`Error::Data`] naming the data folder, its shape and the model's.
+    pub fn check_input(&self, data: &Dataset) -> Result<()> {
+        if data.features() != self.input_features() {
+            return Err(Error::data(
+                &data.folder,
+                format!(
+                    "{} images have {}×{} = {} pixels but the model {} expects {} inputs",
+                    data.kind.name(),
+                    data.rows,
+                    data.cols,
+                    data.features(),
+                    self.arch.name(),
+                    self.input_features()
+                ),
+            ));
+        }
+        // A label at or past the model's outputs would index past its logits.
+        if self.classes() < data.classes {
+            return Err(Error::data(
+                &data.folder,
+                format!(
+                    "{} has {} classes but the model {} has {} outputs",
+                    data.kind.name(),
+                    data.classes,
+                    self.arch.name(),
+                    self.classes()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// A workspace sized for `batch` samples.
@@ -84,21 +148,12 @@ impl Network {
             .map(|l| vec![T::zero(); batch * l.out_features()])
             .collect();
         ws.deltas = ws.acts.clone();
-        ws.argmax = self
+        ws.indices = self
             .layers
             .iter()
-            .map(|l| match l {
-                Layer::MaxPool2 { .. } => vec![0; batch * l.out_features()],
-                _ => Vec::new(),
-            })
+            .map(|l| vec![0; l.index_len(batch)])
             .collect();
-        let (cols, conv) = self
-            .layers
-            .iter()
-            .map(|l| l.scratch_len(batch))
-            .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
-        ws.scratch.cols = vec![T::zero(); cols];
-        ws.scratch.conv = vec![T::zero(); conv];
+        ws.scratch = Scratch::for_layers(&self.layers, batch, false);
     }
 
     /// Runs the forward pass on `batch` samples `x` (`batch × input_features`, row-major) and returns
@@ -115,12 +170,11 @@ impl Network {
             let (before, rest) = ws.acts.split_at_mut(i);
             let input: &[T] = if i == 0 { x } else { &before[i - 1] };
             layer.forward(
-                &self.layout,
                 params,
                 input,
                 batch,
                 &mut rest[0],
-                &mut ws.argmax[i],
+                &mut ws.indices[i],
                 &mut ws.scratch,
             );
         }
@@ -128,8 +182,8 @@ impl Network {
         &ws.acts[last][..batch * self.classes()]
     }
 
-    /// Mean cross-entropy L over the batch and its exact gradient ∂L/∂θ (written into `grad`, length
-    /// P), by reverse-mode differentiation through every layer. The input gradient of the first layer is
+    /// Mean loss L over the batch and its exact gradient ∂L/∂θ (written into `grad`, length P), by
+    /// reverse-mode differentiation through every layer. The input gradient of the first layer is
     /// not computed.
     pub fn loss_and_gradient<T: Real>(
         &self,
@@ -139,51 +193,56 @@ impl Network {
         grad: &mut [T],
         ws: &mut Workspace<T>,
     ) -> f64 {
+        let loss = self.forward_loss_cotangent(params, x, labels, ws);
+        self.backward(params, x, labels.len(), Some(grad), ws);
+        loss
+    }
+
+    /// Forward pass and the loss's cotangent ∂L/∂logits in the last layer's delta buffer; returns
+    /// the mean loss.
+    pub(crate) fn forward_loss_cotangent<T: Real>(
+        &self,
+        params: &[T],
+        x: &[T],
+        labels: &[usize],
+        ws: &mut Workspace<T>,
+    ) -> f64 {
         let batch = labels.len();
         self.forward(params, x, batch, ws);
         let last = self.layers.len() - 1;
         let classes = self.classes();
         let scale = T::one() / T::of_usize(batch);
-        let (loss_sum, _) = softmax_cross_entropy(
+        let (loss_sum, _) = self.loss.evaluate(
             &ws.acts[last][..batch * classes],
             labels,
             classes,
             scale,
             Some(&mut ws.deltas[last][..batch * classes]),
         );
-        self.backward(params, x, batch, grad, ws);
         loss_sum / batch as f64
     }
 
-    /// Backpropagates the gradient already in the last layer's delta buffer.
-    fn backward<T: Real>(
+    /// Backpropagates the cotangent already in the last layer's delta buffer into every layer's
+    /// delta buffer and, when `grad` is given, the parameter gradient.
+    pub(crate) fn backward<T: Real>(
         &self,
         params: &[T],
         x: &[T],
         batch: usize,
-        grad: &mut [T],
+        mut grad: Option<&mut [T]>,
         ws: &mut Workspace<T>,
     ) {
         for i in (0..self.layers.len()).rev() {
             let (dbefore, drest) = ws.deltas.split_at_mut(i);
-            let input: &[T] = if i == 0 { x } else { &ws.acts[i - 1] };
-            let dx = if i == 0 {
-                None
-            } else {
-                Some(&mut dbefore[i - 1][..])
-            };
-            self.layers[i].backward(
-                &self.layout,
+            let pass = Pass {
                 params,
-                input,
-                &ws.acts[i],
-                &mut drest[0],
+                x: if i == 0 { x } else { &ws.acts[i - 1] },
+                y: &ws.acts[i],
                 batch,
-                &ws.argmax[i],
-                grad,
-                dx,
-                &mut ws.scratch,
-            );
+                indices: &ws.indices[i],
+            };
+            let dx = dbefore.last_mut().map(|d| &mut d[..]);
+            self.layers[i].backward(&pass, &drest[0], grad.as_deref_mut(), dx, &mut ws.scratch);
         }
     }
 
@@ -197,7 +256,8 @@ impl Network {
     ) -> (f64, usize) {
         let batch = labels.len();
         let logits = self.forward(params, x, batch, ws);
-        softmax_cross_entropy(logits, labels, self.classes(), T::one(), None)
+        self.loss
+            .evaluate(logits, labels, self.classes(), T::one(), None)
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
@@ -207,7 +267,7 @@ impl Network {
         data: &Dataset,
         batch: usize,
     ) -> Result<Evaluation> {
-        crate::data::check_input(data, self)?;
+        self.check_input(data)?;
         let table = data.normalisation_table::<T>();
         let mut ws = self.workspace::<T>(batch);
         let f = data.features();

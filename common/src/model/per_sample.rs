@@ -2,34 +2,42 @@
 //! the Gram matrix K = G Gᵀ, G v and Gᵀ c, where G ∈ R^{B×P} stacks the per-sample gradients
 //! gₙ = ∂ℓₙ/∂θ of the unscaled per-sample losses ℓₙ.
 //!
-//! They are read from a [`Workspace`] after [`Network::loss_and_gradient`] on the same batch: the
-//! layer inputs (`acts`) and ∂L/∂(pre-activation) (`deltas`, already multiplied by the activation's
-//! derivative). L is the batch mean, so the per-sample deltas are B·`deltas`.
+//! They are read from a [`Workspace`] after [`Network::per_sample_pass`] on the same batch: the
+//! layer inputs and the cotangents of the layer outputs. L is the batch mean, so the per-sample
+//! cotangents are B·`deltas`.
 //!
-//! Linear layers never materialise per-sample gradients: with inputs A (B×in) and output gradients
-//! Δ (B×out), gₙ = [δₙ aₙᵀ, δₙ] (weight, bias), so G Gᵀ = (A Aᵀ + 1) ⊙ (Δ Δᵀ), (G v)ₙ = δₙᵀ V aₙ + δₙ·v_b
-//! and Gᵀ c = [Δᵀ diag(c) A, Δᵀ c] (the "Gram of a Linear layer" identity, e.g. Goodfellow 2015,
-//! "Efficient per-example gradient computations"). Convolutions materialise theirs, one im2col and
-//! one gemm per sample, into a B × P_conv matrix.
+//! Each layer says how ([`PerSample`]): layers whose per-sample gradient is an outer product δₙ·aₙᵀ
+//! (Linear) never materialise it — G Gᵀ = (A Aᵀ + 1) ⊙ (Δ Δᵀ), (G v)ₙ = δₙᵀ V aₙ + δₙ·v_b and
+//! Gᵀ c = [Δᵀ diag(c) A, Δᵀ c] (the "Gram of a Linear layer" identity, e.g. Goodfellow 2015,
+//! "Efficient per-example gradient computations"); every other layer with parameters materialises
+//! its per-sample gradients ([`LayerOps::per_sample_gradients`]) into one B × P_m matrix, whose
+//! products are single gemms.
 
-use super::arch::Activation;
-use super::layers::{softmax_cross_entropy, Layer};
+use super::layer::{LayerOps, PerSample, Scratch};
 use super::network::{Network, Workspace};
-use crate::device::cpu::{gemm, im2col};
+use crate::device::cpu::gemm;
 use crate::Real;
+
+/// A layer whose per-sample gradients are materialised: (layer index, its first parameter, end),
+/// and its column offset in the materialised matrix.
+#[derive(Clone, Copy, Debug, Default)]
+struct Block {
+    layer: usize,
+    start: usize,
+    end: usize,
+    col: usize,
+}
 
 /// Buffers for the per-sample products of one batch size.
 #[derive(Clone, Debug, Default)]
 pub struct PerSampleScratch<T> {
     batch: usize,
-    /// Per-sample gradients of the convolution layers: `B × P_conv`, each row the blocks
-    /// (weight, bias) of every convolution in layer order.
-    conv_grads: Vec<T>,
-    /// (layer index, first parameter, end) of each convolution's contiguous weight+bias block, and its
-    /// column offset in `conv_grads`.
-    conv_blocks: Vec<(usize, usize, usize, usize)>,
-    conv_params: usize,
-    cols: Vec<T>,
+    /// Per-sample gradients of the materialised layers: `B × P_m`, each row the layers' blocks in
+    /// layer order.
+    materialised: Vec<T>,
+    blocks: Vec<Block>,
+    materialised_params: usize,
+    lowering: Scratch<T>,
     tmp: Vec<T>,
     aat: Vec<T>,
     ddt: Vec<T>,
@@ -37,117 +45,51 @@ pub struct PerSampleScratch<T> {
 }
 
 impl Network {
-    /// Forward and backward of the mean cross-entropy on a batch, leaving in `ws` what the
-    /// per-sample products read (layer outputs and ∂L/∂(pre-activation) of every layer) without the
-    /// parameter gradient: for networks of Linear layers only the input-gradient products are done
-    /// (dx = δ·W), saving one gemm per layer; other networks run [`Network::loss_and_gradient`] with
-    /// `grad_scratch` (length P) as the gradient buffer. Returns the mean loss.
+    /// Forward and backward of the mean loss on a batch, leaving in `ws` what the per-sample
+    /// products read (layer outputs and their cotangents) without the parameter gradient. Returns
+    /// the mean loss.
     pub fn per_sample_pass<T: Real>(
         &self,
         params: &[T],
         x: &[T],
         labels: &[usize],
         ws: &mut Workspace<T>,
-        grad_scratch: &mut [T],
     ) -> f64 {
-        let all_linear = self
-            .layers
-            .iter()
-            .all(|l| matches!(l, Layer::Linear { .. }));
-        if !all_linear {
-            return self.loss_and_gradient(params, x, labels, grad_scratch, ws);
-        }
-        let batch = labels.len();
-        self.forward(params, x, batch, ws);
-        let last = self.layers.len() - 1;
-        let classes = self.classes();
-        let scale = T::one() / T::of_usize(batch);
-        let (loss_sum, _) = softmax_cross_entropy(
-            &ws.acts[last][..batch * classes],
-            labels,
-            classes,
-            scale,
-            Some(&mut ws.deltas[last][..batch * classes]),
-        );
-        for i in (0..self.layers.len()).rev() {
-            let Layer::Linear {
-                inputs,
-                outputs,
-                tensor,
-                activation,
-            } = self.layers[i]
-            else {
-                unreachable!()
-            };
-            let n = batch * outputs;
-            let (dbefore, drest) = ws.deltas.split_at_mut(i);
-            let dy = &mut drest[0][..n];
-            let y = &ws.acts[i][..n];
-            match activation {
-                Activation::Relu => {
-                    for (d, &v) in dy.iter_mut().zip(y) {
-                        if v <= T::zero() {
-                            *d = T::zero();
-                        }
-                    }
-                }
-                Activation::Tanh => {
-                    for (d, &v) in dy.iter_mut().zip(y) {
-                        *d *= T::one() - v * v;
-                    }
-                }
-                Activation::Identity => {}
-            }
-            if i > 0 {
-                let w = &params[self.layout.tensors[tensor].range()];
-                gemm(
-                    false,
-                    false,
-                    batch,
-                    inputs,
-                    outputs,
-                    T::one(),
-                    dy,
-                    w,
-                    T::zero(),
-                    &mut dbefore[i - 1][..batch * inputs],
-                );
-            }
-        }
-        loss_sum / batch as f64
+        let loss = self.forward_loss_cotangent(params, x, labels, ws);
+        self.backward(params, x, labels.len(), None, ws);
+        loss
     }
 
     /// Scratch for the per-sample products of up to `batch` samples.
     pub fn per_sample_scratch<T: Real>(&self, batch: usize) -> PerSampleScratch<T> {
         let mut blocks = Vec::new();
-        let mut pc = 0;
-        let (mut max_cols, mut max_width) = (0, 0);
+        let mut pm = 0;
+        let mut max_width = 0;
         for (i, l) in self.layers.iter().enumerate() {
             max_width = max_width.max(l.in_features()).max(l.out_features());
-            if let Layer::Conv2d { tensor, .. } = *l {
-                let w = &self.layout.tensors[tensor];
-                let b = &self.layout.tensors[tensor + 1];
-                assert_eq!(
-                    w.offset + w.numel,
-                    b.offset,
-                    "conv weight and bias are adjacent"
-                );
-                let n = w.numel + b.numel;
-                blocks.push((i, w.offset, b.offset + b.numel, pc));
-                pc += n;
-                max_cols = max_cols.max(l.scratch_len(1).0);
+            if l.per_sample() == PerSample::Materialise {
+                let t = l.tensors();
+                let start = self.layout.tensors[t.start].offset;
+                let end = self.layout.tensors[t.end - 1].range().end;
+                blocks.push(Block {
+                    layer: i,
+                    start,
+                    end,
+                    col: pm,
+                });
+                pm += end - start;
             }
         }
         PerSampleScratch {
             batch,
-            conv_grads: vec![T::zero(); batch * pc],
-            conv_blocks: blocks,
-            conv_params: pc,
-            cols: vec![T::zero(); max_cols],
+            materialised: vec![T::zero(); batch * pm],
+            blocks,
+            materialised_params: pm,
+            lowering: Scratch::for_layers(&self.layers, 1, false),
             tmp: vec![T::zero(); batch * max_width],
             aat: vec![T::zero(); batch * batch],
             ddt: vec![T::zero(); batch * batch],
-            vec_c: vec![T::zero(); pc],
+            vec_c: vec![T::zero(); pm],
         }
     }
 
@@ -159,8 +101,8 @@ impl Network {
         }
     }
 
-    /// Materialises the convolution layers' per-sample gradients (needed before the products below
-    /// when the network has convolutions). `ws` holds `loss_and_gradient` of these `batch` samples.
+    /// Materialises the per-sample gradients of the layers without a closed form (needed before
+    /// the products below). `ws` holds [`Network::per_sample_pass`] of these `batch` samples.
     pub fn per_sample_prepare<T: Real>(
         &self,
         x: &[T],
@@ -170,59 +112,18 @@ impl Network {
     ) {
         assert!(batch <= sc.batch, "per-sample scratch too small");
         let s = T::of_usize(batch);
-        let pc = sc.conv_params;
-        for &(i, start, end, col) in &sc.conv_blocks {
-            let Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                padding,
-                height,
-                width,
-                ..
-            } = self.layers[i]
-            else {
-                unreachable!()
-            };
-            let (ho, wo) = self.layers[i].conv_output_size();
-            let plane = ho * wo;
-            let r = in_channels * kernel * kernel;
-            let input = self.layer_input(i, x, ws);
-            let per_in = in_channels * height * width;
-            let per_out = out_channels * plane;
-            let nw = out_channels * r;
-            debug_assert_eq!(end - start, nw + out_channels);
-            for n in 0..batch {
-                let cols = &mut sc.cols[..r * plane];
-                im2col(
-                    &input[n * per_in..(n + 1) * per_in],
-                    1,
-                    in_channels,
-                    height,
-                    width,
-                    kernel,
-                    padding,
-                    cols,
-                );
-                let dy = &ws.deltas[i][n * per_out..(n + 1) * per_out];
-                let row = &mut sc.conv_grads[n * pc + col..n * pc + col + nw + out_channels];
-                let (gw, gb) = row.split_at_mut(nw);
-                gemm(
-                    false,
-                    true,
-                    out_channels,
-                    r,
-                    plane,
-                    s,
-                    dy,
-                    cols,
-                    T::zero(),
-                    gw,
-                );
-                for (o, b) in gb.iter_mut().enumerate() {
-                    *b = s * dy[o * plane..(o + 1) * plane].iter().copied().sum::<T>();
-                }
-            }
+        let pm = sc.materialised_params;
+        for b in &sc.blocks {
+            let input = self.layer_input(b.layer, x, ws);
+            self.layers[b.layer].per_sample_gradients(
+                input,
+                &ws.deltas[b.layer],
+                batch,
+                s,
+                &mut sc.materialised[b.col..],
+                pm,
+                &mut sc.lowering,
+            );
         }
     }
 
@@ -240,9 +141,9 @@ impl Network {
         gram.iter_mut().for_each(|v| *v = T::zero());
         let s2 = T::of_usize(b * b);
         for (i, l) in self.layers.iter().enumerate() {
-            if let Layer::Linear {
+            if let PerSample::OuterProduct {
                 inputs, outputs, ..
-            } = *l
+            } = l.per_sample()
             {
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
@@ -275,20 +176,9 @@ impl Network {
                 }
             }
         }
-        if sc.conv_params > 0 {
-            let pc = sc.conv_params;
-            gemm(
-                false,
-                true,
-                b,
-                b,
-                pc,
-                T::one(),
-                &sc.conv_grads,
-                &sc.conv_grads,
-                T::one(),
-                gram,
-            );
+        if sc.materialised_params > 0 {
+            let (g, pm) = (&sc.materialised, sc.materialised_params);
+            gemm(false, true, b, b, pm, T::one(), g, g, T::one(), gram);
         }
     }
 
@@ -307,17 +197,16 @@ impl Network {
         out.iter_mut().for_each(|o| *o = T::zero());
         let s = T::of_usize(b);
         for (i, l) in self.layers.iter().enumerate() {
-            if let Layer::Linear {
+            if let PerSample::OuterProduct {
                 inputs,
                 outputs,
-                tensor,
-                ..
-            } = *l
+                weight,
+            } = l.per_sample()
             {
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
-                let vw = &v[self.layout.tensors[tensor].range()];
-                let vb = &v[self.layout.tensors[tensor + 1].range()];
+                let vw = &v[self.layout.tensors[weight].range()];
+                let vb = &v[self.layout.tensors[weight + 1].range()];
                 // M = Δ V (B×in); outₙ += s·(Mₙ·aₙ + δₙ·v_b).
                 let m = &mut sc.tmp[..b * inputs];
                 gemm(
@@ -347,18 +236,19 @@ impl Network {
                 }
             }
         }
-        if sc.conv_params > 0 {
-            for &(_, start, end, col) in &sc.conv_blocks {
-                sc.vec_c[col..col + end - start].copy_from_slice(&v[start..end]);
+        if sc.materialised_params > 0 {
+            for bl in &sc.blocks {
+                sc.vec_c[bl.col..bl.col + bl.end - bl.start].copy_from_slice(&v[bl.start..bl.end]);
             }
+            let (g, pm) = (&sc.materialised, sc.materialised_params);
             gemm(
                 false,
                 false,
                 b,
                 1,
-                sc.conv_params,
+                pm,
                 T::one(),
-                &sc.conv_grads,
+                g,
                 &sc.vec_c,
                 T::one(),
                 out,
@@ -379,12 +269,11 @@ impl Network {
         let b = batch;
         let s = T::of_usize(b);
         for (i, l) in self.layers.iter().enumerate() {
-            if let Layer::Linear {
+            if let PerSample::OuterProduct {
                 inputs,
                 outputs,
-                tensor,
-                ..
-            } = *l
+                weight,
+            } = l.per_sample()
             {
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
@@ -399,7 +288,7 @@ impl Network {
                         *p = f * q;
                     }
                 }
-                let wr = self.layout.tensors[tensor].range();
+                let wr = self.layout.tensors[weight].range();
                 gemm(
                     true,
                     false,
@@ -412,7 +301,7 @@ impl Network {
                     T::zero(),
                     &mut out[wr],
                 );
-                let ob = &mut out[self.layout.tensors[tensor + 1].range()];
+                let ob = &mut out[self.layout.tensors[weight + 1].range()];
                 ob.iter_mut().for_each(|v| *v = T::zero());
                 for row in dc.chunks_exact(outputs) {
                     for (o, &v) in ob.iter_mut().zip(row) {
@@ -421,22 +310,23 @@ impl Network {
                 }
             }
         }
-        if sc.conv_params > 0 {
-            let pc = sc.conv_params;
+        if sc.materialised_params > 0 {
+            let (g, pm) = (&sc.materialised, sc.materialised_params);
             gemm(
                 true,
                 false,
-                pc,
+                pm,
                 1,
                 b,
                 T::one(),
-                &sc.conv_grads,
+                g,
                 c,
                 T::zero(),
                 &mut sc.vec_c,
             );
-            for &(_, start, end, col) in &sc.conv_blocks {
-                out[start..end].copy_from_slice(&sc.vec_c[col..col + end - start]);
+            for bl in &sc.blocks {
+                out[bl.start..bl.end]
+                    .copy_from_slice(&sc.vec_c[bl.col..bl.col + bl.end - bl.start]);
             }
         }
     }

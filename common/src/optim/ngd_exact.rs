@@ -155,7 +155,6 @@ pub struct WoodburyScratch<T> {
     gram: Vec<T>,
     dots: Vec<T>,
     coeffs: Vec<T>,
-    grad: Vec<T>,
 }
 
 impl<T: Real> WoodburyScratch<T> {
@@ -166,7 +165,6 @@ impl<T: Real> WoodburyScratch<T> {
             gram: vec![T::zero(); batch * batch],
             dots: vec![T::zero(); batch],
             coeffs: vec![T::zero(); batch],
-            grad: vec![T::zero(); net.num_params()],
         }
     }
 }
@@ -192,7 +190,7 @@ pub fn woodbury_direction<T: Real>(
 ) -> Result<ExactSolve> {
     let b = fisher_labels.len();
     let p = net.num_params();
-    net.per_sample_pass(params, x, fisher_labels, &mut sc.ws, &mut sc.grad);
+    net.per_sample_pass(params, x, fisher_labels, &mut sc.ws);
     net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();

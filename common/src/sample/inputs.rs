@@ -1,7 +1,7 @@
 //! Loading what a sampling tool needs for one record: the checkpoint (checked finite) and its training
 //! set (checked against the model's input), with the data sets cached across records.
 
-use crate::data::{check_input, dataset_for_checkpoint, Dataset, Split};
+use crate::data::{dataset_for_checkpoint, Dataset, Split};
 use crate::io::{require_file, Checkpoint};
 use crate::model::ModelSpec;
 use crate::{Error, Result};
@@ -54,7 +54,9 @@ impl DataCache {
             self.loaded.insert(kind.name(), d);
         }
         let data = &self.loaded[kind.name()];
-        check_input(data, &ck.network).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        ck.network
+            .check_input(data)
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
         Ok((ck, data))
     }
 }

@@ -54,7 +54,7 @@ impl<'a> NetworkPotential<'a> {
     /// # Errors
     /// When the data do not fit the network's input, or the batch is 0 or larger than the data set.
     pub fn new(net: &'a Network, data: &'a Dataset, batch: usize) -> Result<Self> {
-        crate::data::check_input(data, net)?;
+        net.check_input(data)?;
         if batch == 0 || batch > data.len() {
             return Err(crate::Error::invalid(format!(
                 "minibatch size {batch} must be between 1 and the {} training samples",

@@ -1,0 +1,153 @@
+//! 2×2 max-pooling with stride 2 (`F.max_pool2d(x, 2)`): each output is the largest of its window
+//! (the first maximum in scan order wins ties, as PyTorch's CPU kernel; a NaN wins). Linear where
+//! the winners do not change: ∂x scatters δ to the winners, R{y} gathers R{x} from them, and
+//! R{∂x} scatters R{δ}.
+
+use super::{LayerOps, Pass, PerSample, RPass, Scratch};
+use crate::Real;
+use std::ops::Range;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaxPool2d {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// dx ← 0, then dx[winner] += d for every output.
+fn scatter<T: Real>(d: &[T], winners: &[u32], dx: &mut [T]) {
+    dx.iter_mut().for_each(|v| *v = T::zero());
+    for (g, &i) in d.iter().zip(winners) {
+        dx[i as usize] += *g;
+    }
+}
+
+impl LayerOps for MaxPool2d {
+    fn kind(&self) -> &'static str {
+        "MaxPool2d"
+    }
+    fn in_features(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    fn out_features(&self) -> usize {
+        self.channels * (self.height / 2) * (self.width / 2)
+    }
+    fn tensors(&self) -> Range<usize> {
+        0..0
+    }
+    fn piecewise_linear(&self) -> bool {
+        true
+    }
+    fn scratch_len(&self, _batch: usize, _batched: bool) -> (usize, usize) {
+        (0, 0)
+    }
+    fn index_len(&self, batch: usize) -> usize {
+        batch * self.out_features()
+    }
+    fn saved_len(&self, _batch: usize) -> usize {
+        0
+    }
+    fn forward_flops(&self, _batch: usize) -> f64 {
+        0.0
+    }
+
+    fn forward<T: Real>(
+        &self,
+        _params: &[T],
+        x: &[T],
+        batch: usize,
+        y: &mut [T],
+        indices: &mut [u32],
+        _sc: &mut Scratch<T>,
+    ) {
+        let (height, width) = (self.height, self.width);
+        let (ho, wo) = (height / 2, width / 2);
+        for nc in 0..batch * self.channels {
+            let base = nc * height * width;
+            for i in 0..ho {
+                for j in 0..wo {
+                    let mut best = base + 2 * i * width + 2 * j;
+                    let mut m = x[best];
+                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
+                        let idx = base + (2 * i + di) * width + 2 * j + dj;
+                        let v = x[idx];
+                        if v > m || v.is_nan() {
+                            m = v;
+                            best = idx;
+                        }
+                    }
+                    let o = (nc * ho + i) * wo + j;
+                    y[o] = m;
+                    indices[o] = best as u32;
+                }
+            }
+        }
+    }
+
+    fn backward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        dy: &[T],
+        _grad: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
+        _sc: &mut Scratch<T>,
+    ) {
+        if let Some(dx) = dx {
+            let out = pass.batch * self.out_features();
+            let dx = &mut dx[..pass.batch * self.in_features()];
+            scatter(&dy[..out], &pass.indices[..out], dx);
+        }
+    }
+
+    fn r_forward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        _v: &[T],
+        rx: Option<&[T]>,
+        ry: &mut [T],
+        _saved: &mut [Vec<T>; 2],
+        _sc: &mut Scratch<T>,
+    ) {
+        let out = pass.batch * self.out_features();
+        match rx {
+            Some(rx) => {
+                for (r, &i) in ry[..out].iter_mut().zip(&pass.indices[..out]) {
+                    *r = rx[i as usize];
+                }
+            }
+            None => ry[..out].iter_mut().for_each(|r| *r = T::zero()),
+        }
+    }
+
+    fn r_backward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        r: &RPass<'_, T>,
+        _hv: &mut [T],
+        rdx: Option<&mut [T]>,
+        _saved: &[Vec<T>; 2],
+        _sc: &mut Scratch<T>,
+    ) {
+        if let Some(rdx) = rdx {
+            let out = pass.batch * self.out_features();
+            let rdx = &mut rdx[..pass.batch * self.in_features()];
+            scatter(&r.rdy[..out], &pass.indices[..out], rdx);
+        }
+    }
+
+    fn per_sample(&self) -> PerSample {
+        PerSample::None
+    }
+
+    fn per_sample_gradients<T: Real>(
+        &self,
+        _x: &[T],
+        _dy: &[T],
+        _batch: usize,
+        _scale: T,
+        _rows: &mut [T],
+        _stride: usize,
+        _sc: &mut Scratch<T>,
+    ) {
+    }
+}

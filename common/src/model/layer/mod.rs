@@ -1,0 +1,441 @@
+//! Layers: one file per layer type, each implementing [`LayerOps`] — its forward and backward pass,
+//! its R-operator (forward-mode derivative of both, for exact Hessian-vector products), its
+//! per-sample gradients, its parameter tensors and whether it is piecewise linear.
+//!
+//! A network is a sequence of [`Layer`]s over one flat parameter vector (see [`super::ParamLayout`]);
+//! layer `i` reads the output of layer `i − 1` (the input for `i = 0`). Activations are layers of
+//! their own, and the loss is the network's last node ([`super::Loss`]).
+//!
+//! **Adding a layer type**: write a file here with a struct that implements [`LayerOps`] (every
+//! method is required, so nothing is silently skipped) and a constructor that takes its tensors from
+//! a [`Scope`], and add its name to the `layer_types!` list below. The tests in `tests.rs` (gradient
+//! against central differences in f64, R-operator against a finite-difference Hessian, per-sample
+//! gradients against single-sample passes) take every layer type through the same bodies.
+//!
+//! Notation (Pearlmutter 1994, "Fast exact multiplication by the Hessian"): a layer maps its input x
+//! to y; δ = ∂L/∂y is the cotangent of its output; R{·} is the directional derivative d/dε at
+//! ε = 0 of a quantity computed at θ + ε·v.
+
+mod conv2d;
+mod linear;
+mod max_pool2d;
+mod relu;
+mod tanh;
+#[cfg(test)]
+mod tests;
+
+pub use conv2d::Conv2d;
+pub use linear::Linear;
+pub use max_pool2d::MaxPool2d;
+pub use relu::Relu;
+pub use tanh::Tanh;
+
+use super::layout::{Init, ParamLayout, TensorSpec};
+use crate::Real;
+
+/// The per-sample gradient route of a layer with parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerSample {
+    /// No parameters: nothing to contribute.
+    None,
+    /// gₙ = [δₙ·aₙᵀ, δₙ] (weight `[outputs, inputs]`, bias `[outputs]`) for input row aₙ and output
+    /// cotangent δₙ, so the products have closed forms: G·Gᵀ = (A·Aᵀ + 1) ⊙ (Δ·Δᵀ),
+    /// (G·v)ₙ = δₙᵀ·V·aₙ + δₙ·v_b, Gᵀ·c = [Δᵀ·diag(c)·A, Δᵀ·c] (Goodfellow 2015, "Efficient
+    /// per-example gradient computations"). Tensors `weight`, `weight + 1` of the layout.
+    OuterProduct {
+        inputs: usize,
+        outputs: usize,
+        weight: usize,
+    },
+    /// The per-sample gradients are materialised by [`LayerOps::per_sample_gradients`].
+    Materialise,
+}
+
+/// What a pass sees of one layer's forward state: the parameters (the whole flat vector), the
+/// layer's input x and output y for `batch` samples, and the indices its forward pass kept (the
+/// max-pool winners).
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a, T> {
+    pub params: &'a [T],
+    pub x: &'a [T],
+    pub y: &'a [T],
+    pub batch: usize,
+    pub indices: &'a [u32],
+}
+
+/// The direction and the R-forward's results that the R-backward of a layer needs.
+#[derive(Clone, Copy, Debug)]
+pub struct RPass<'a, T> {
+    /// v, the direction (full length P).
+    pub v: &'a [T],
+    /// R{x}; `None` when the input does not depend on θ (the first layer).
+    pub rx: Option<&'a [T]>,
+    /// δ = ∂L/∂y from the ordinary backward pass.
+    pub dy: &'a [T],
+    /// R{δ}.
+    pub rdy: &'a [T],
+    /// The block of H·v is added times `alpha` (the chunk's share of the mean).
+    pub alpha: T,
+    /// Drop the terms in δ (the Gauss–Newton product Jᵀ·A·J·v instead of H·v).
+    pub gauss_newton: bool,
+}
+
+/// Scratch buffers shared by all layers of a network: an im2col matrix, room for two stacked
+/// convolution outputs in `[out_channels, batch·ho·wo]` layout, and a stacked weight pair.
+#[derive(Clone, Debug, Default)]
+pub struct Scratch<T> {
+    pub cols: Vec<T>,
+    pub conv: Vec<T>,
+    pub stack: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    /// Scratch for the largest layer of `layers` at `batch` samples, lowered one sample at a time
+    /// (`batched = false`: training) or the whole batch at once (the R-passes).
+    pub fn for_layers(layers: &[Layer], batch: usize, batched: bool) -> Self {
+        let (cols, conv) = layers
+            .iter()
+            .map(|l| l.scratch_len(batch, batched))
+            .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
+        Scratch {
+            cols: vec![T::zero(); cols],
+            conv: vec![T::zero(); conv],
+            stack: Vec::new(),
+        }
+    }
+}
+
+/// One layer type. Every method is required.
+pub trait LayerOps {
+    /// The PyTorch module it is (`Linear`, `Conv2d`, `ReLU`, …), for messages.
+    fn kind(&self) -> &'static str;
+    /// Features per sample going in.
+    fn in_features(&self) -> usize;
+    /// Features per sample coming out.
+    fn out_features(&self) -> usize;
+    /// Its parameter tensors (indices into the layout, consecutive, in `state_dict` order).
+    fn tensors(&self) -> std::ops::Range<usize>;
+    /// Whether the output is piecewise linear in the input and in each parameter (so the loss's
+    /// Hessian has no second-derivative term on its diagonal and the exact trace applies).
+    fn piecewise_linear(&self) -> bool;
+    /// Scratch (im2col matrix, product buffer) lengths for `batch` samples, lowered one sample at a
+    /// time or the whole batch at once.
+    fn scratch_len(&self, batch: usize, batched: bool) -> (usize, usize);
+    /// Indices kept from the forward pass for `batch` samples (max-pool winners).
+    fn index_len(&self, batch: usize) -> usize;
+    /// The R-forward's saved buffers (the im2col matrices of x and R{x}) for `batch` samples.
+    fn saved_len(&self, batch: usize) -> usize;
+    /// FLOPs of the forward pass's matrix products for `batch` samples (2·m·n·k each; 0 for
+    /// element-wise layers), for the benchmarks' compute floors.
+    fn forward_flops(&self, batch: usize) -> f64;
+
+    /// y ← layer(x) for `batch` samples; `indices` receives what the backward needs to recompute.
+    fn forward<T: Real>(
+        &self,
+        params: &[T],
+        x: &[T],
+        batch: usize,
+        y: &mut [T],
+        indices: &mut [u32],
+        sc: &mut Scratch<T>,
+    );
+
+    /// Given δ = `dy`, writes the layer's parameter gradients into `grad` (full length P; written,
+    /// not accumulated) when it is given and ∂L/∂x into `dx` when it is given.
+    fn backward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        dy: &[T],
+        grad: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
+        sc: &mut Scratch<T>,
+    );
+
+    /// R-forward: R{y} from R{x} (`rx`, `None` for the first layer) and the direction `v`. Leaves
+    /// in `saved` what the R-backward reuses.
+    fn r_forward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        v: &[T],
+        rx: Option<&[T]>,
+        ry: &mut [T],
+        saved: &mut [Vec<T>; 2],
+        sc: &mut Scratch<T>,
+    );
+
+    /// R-backward: adds alpha × the layer's block of H·v (or G·v) into `hv` (full length P) and
+    /// writes R{∂L/∂x} into `rdx` when it is given.
+    fn r_backward<T: Real>(
+        &self,
+        pass: &Pass<'_, T>,
+        r: &RPass<'_, T>,
+        hv: &mut [T],
+        rdx: Option<&mut [T]>,
+        saved: &[Vec<T>; 2],
+        sc: &mut Scratch<T>,
+    );
+
+    /// How its per-sample gradients enter the per-sample products.
+    fn per_sample(&self) -> PerSample;
+
+    /// Per-sample gradients of the layer's parameters, times `scale`, for per-sample output
+    /// cotangents `dy`: row n of `rows` (stride `stride`) receives sample n's gradient over the
+    /// layer's tensors in order. Layers without parameters write nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn per_sample_gradients<T: Real>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        batch: usize,
+        scale: T,
+        rows: &mut [T],
+        stride: usize,
+        sc: &mut Scratch<T>,
+    );
+}
+
+/// Declares the layer types: the enum [`Layer`] with one variant per type and the [`LayerOps`]
+/// implementation that dispatches to it. Adding a type is one name here.
+macro_rules! layer_types {
+    ($($ty:ident),* $(,)?) => {
+        /// Any layer of a network.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Layer {
+            $($ty($ty)),*
+        }
+
+        $(impl From<$ty> for Layer {
+            fn from(l: $ty) -> Self {
+                Layer::$ty(l)
+            }
+        })*
+
+        impl LayerOps for Layer {
+            fn kind(&self) -> &'static str {
+                match self { $(Layer::$ty(l) => l.kind()),* }
+            }
+            fn in_features(&self) -> usize {
+                match self { $(Layer::$ty(l) => l.in_features()),* }
+            }
+            fn out_features(&self) -> usize {
+                match self { $(Layer::$ty(l) => l.out_features()),* }
+            }
+            fn tensors(&self) -> std::ops::Range<usize> {
+                match self { $(Layer::$ty(l) => l.tensors()),* }
+            }
+            fn piecewise_linear(&self) -> bool {
+                match self { $(Layer::$ty(l) => l.piecewise_linear()),* }
+            }
+            fn scratch_len(&self, batch: usize, batched: bool) -> (usize, usize) {
+                match self { $(Layer::$ty(l) => l.scratch_len(batch, batched)),* }
+            }
+            fn index_len(&self, batch: usize) -> usize {
+                match self { $(Layer::$ty(l) => l.index_len(batch)),* }
+            }
+            fn saved_len(&self, batch: usize) -> usize {
+                match self { $(Layer::$ty(l) => l.saved_len(batch)),* }
+            }
+            fn forward_flops(&self, batch: usize) -> f64 {
+                match self { $(Layer::$ty(l) => l.forward_flops(batch)),* }
+            }
+            fn forward<T: Real>(
+                &self,
+                params: &[T],
+                x: &[T],
+                batch: usize,
+                y: &mut [T],
+                indices: &mut [u32],
+                sc: &mut Scratch<T>,
+            ) {
+                match self { $(Layer::$ty(l) => l.forward(params, x, batch, y, indices, sc)),* }
+            }
+            fn backward<T: Real>(
+                &self,
+                pass: &Pass<'_, T>,
+                dy: &[T],
+                grad: Option<&mut [T]>,
+                dx: Option<&mut [T]>,
+                sc: &mut Scratch<T>,
+            ) {
+                match self { $(Layer::$ty(l) => l.backward(pass, dy, grad, dx, sc)),* }
+            }
+            fn r_forward<T: Real>(
+                &self,
+                pass: &Pass<'_, T>,
+                v: &[T],
+                rx: Option<&[T]>,
+                ry: &mut [T],
+                saved: &mut [Vec<T>; 2],
+                sc: &mut Scratch<T>,
+            ) {
+                match self { $(Layer::$ty(l) => l.r_forward(pass, v, rx, ry, saved, sc)),* }
+            }
+            fn r_backward<T: Real>(
+                &self,
+                pass: &Pass<'_, T>,
+                r: &RPass<'_, T>,
+                hv: &mut [T],
+                rdx: Option<&mut [T]>,
+                saved: &[Vec<T>; 2],
+                sc: &mut Scratch<T>,
+            ) {
+                match self { $(Layer::$ty(l) => l.r_backward(pass, r, hv, rdx, saved, sc)),* }
+            }
+            fn per_sample(&self) -> PerSample {
+                match self { $(Layer::$ty(l) => l.per_sample()),* }
+            }
+            fn per_sample_gradients<T: Real>(
+                &self,
+                x: &[T],
+                dy: &[T],
+                batch: usize,
+                scale: T,
+                rows: &mut [T],
+                stride: usize,
+                sc: &mut Scratch<T>,
+            ) {
+                match self {
+                    $(Layer::$ty(l) => l.per_sample_gradients(x, dy, batch, scale, rows, stride, sc)),*
+                }
+            }
+        }
+    };
+}
+
+layer_types!(Linear, Conv2d, MaxPool2d, Relu, Tanh);
+
+/// Where a layer's tensors come from while a network is built: names are the path of modules down
+/// to the tensor, as PyTorch's `state_dict` spells them (`conv1.0.weight`), so they are right by
+/// construction (the idea of candle's `VarBuilder::pp`).
+#[derive(Debug)]
+pub struct Scope<'a> {
+    tensors: &'a mut Vec<TensorSpec>,
+    prefix: String,
+}
+
+impl<'a> Scope<'a> {
+    /// The root scope, appending tensors to `tensors`.
+    pub fn root(tensors: &'a mut Vec<TensorSpec>) -> Self {
+        Scope {
+            tensors,
+            prefix: String::new(),
+        }
+    }
+
+    /// The scope of a sub-module `name` (`pp("conv1")`, then `pp("0")` for its first element).
+    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_> {
+        Scope {
+            prefix: self.join(&name.to_string()),
+            tensors: &mut *self.tensors,
+        }
+    }
+
+    fn join(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Adds the tensor `name` of `shape` and returns its index in the layout.
+    ///
+    /// **Panics** if the parameter count overflows a `usize` (sizes from untrusted input are checked
+    /// first by [`super::Architecture::size`]).
+    pub fn tensor(&mut self, name: &str, shape: Vec<usize>, init: Init) -> usize {
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .expect("tensor size fits in usize");
+        let offset = self.tensors.last().map_or(0, |t| {
+            t.offset.checked_add(t.numel).expect("parameter count fits")
+        });
+        self.tensors.push(TensorSpec {
+            name: self.join(name),
+            shape,
+            offset,
+            numel,
+            init,
+        });
+        self.tensors.len() - 1
+    }
+
+    /// The range of the flat vector that tensor `index` occupies.
+    pub fn range(&self, index: usize) -> std::ops::Range<usize> {
+        self.tensors[index].range()
+    }
+}
+
+/// Builds a network's layers and layout from a definition written against [`Sequential`].
+pub(crate) fn build(define: impl FnOnce(&mut Sequential<'_>)) -> (Vec<Layer>, ParamLayout) {
+    let mut tensors = Vec::new();
+    let mut layers = Vec::new();
+    {
+        let mut seq = Sequential {
+            scope: Scope::root(&mut tensors),
+            layers: &mut layers,
+            next: 0,
+        };
+        define(&mut seq);
+    }
+    (layers, ParamLayout { tensors })
+}
+
+/// `nn.Sequential`: its modules are named by their index (`0`, `1`, …), parameter-free ones
+/// included, as PyTorch counts them.
+#[derive(Debug)]
+pub struct Sequential<'a> {
+    scope: Scope<'a>,
+    layers: &'a mut Vec<Layer>,
+    next: usize,
+}
+
+impl Sequential<'_> {
+    /// Appends the module built by `make` under the next index; it may add one layer or several.
+    pub fn push<L: Into<Layer>>(&mut self, make: impl FnOnce(&mut Scope<'_>) -> L) {
+        let mut scope = self.scope.pp(self.next);
+        let layer = make(&mut scope);
+        self.layers.push(layer.into());
+        self.next += 1;
+    }
+
+    /// A parameter-free module that needs no layer here (`nn.Flatten` of a flat input,
+    /// `nn.Identity`): it takes an index.
+    pub fn skip(&mut self) {
+        self.next += 1;
+    }
+
+    /// A named sub-module that is itself a `Sequential` (`conv1 = nn.Sequential(conv, relu)`).
+    pub fn sequential(&mut self, name: &str, define: impl FnOnce(&mut Sequential<'_>)) {
+        let mut inner = Sequential {
+            scope: self.scope.pp(name),
+            layers: &mut *self.layers,
+            next: 0,
+        };
+        define(&mut inner);
+    }
+
+    /// A named module with parameters (`fc_1 = nn.Linear(…)`).
+    pub fn named<L: Into<Layer>>(&mut self, name: &str, make: impl FnOnce(&mut Scope<'_>) -> L) {
+        let mut scope = self.scope.pp(name);
+        let layer = make(&mut scope);
+        self.layers.push(layer.into());
+    }
+
+    /// A parameter-free layer that PyTorch's module does not count (a functional call such as
+    /// `F.max_pool2d` in `forward`).
+    pub fn functional<L: Into<Layer>>(&mut self, layer: L) {
+        self.layers.push(layer.into());
+    }
+}
+
+/// `d` where `y > 0`, else 0 (ReLU's forward with d = y, its backward with d = δ).
+#[inline]
+pub(crate) fn zero_unless_positive<T: Real>(y: T, d: T) -> T {
+    // A select, not a branch: half the units are off in no predictable pattern.
+    if y > T::zero() {
+        d
+    } else {
+        T::zero()
+    }
+}

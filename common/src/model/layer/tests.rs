@@ -1,0 +1,386 @@
+//! Every layer type through the same checks, in f64 on tiny networks that contain it: its gradient
+//! against central differences of the loss, its R-operator (H·v and G·v) against dense
+//! finite-difference matrices, its per-sample gradients (the closed form and the materialised
+//! route) against single-sample passes, and the exact trace against the dense Hessian's diagonal
+//! for the piecewise-linear ones. A new layer type gets a tiny network in `networks()`.
+
+use super::*;
+use crate::curvature::HessianOperator;
+use crate::device::cpu::ConvGeometry;
+use crate::model::{Activation, Architecture, Loss, Network};
+use crate::rng::{stream, Purpose};
+
+/// A network of the given layers (the architecture is only a label here).
+fn network(define: impl FnOnce(&mut Sequential<'_>)) -> Network {
+    let (layers, layout) = build(define);
+    Network {
+        arch: Architecture::mlp(vec![], Activation::Identity),
+        layers,
+        layout,
+        loss: Loss::SoftmaxCrossEntropy,
+    }
+}
+
+fn geometry(channels: usize, side: usize, kernel: usize, padding: usize) -> ConvGeometry {
+    ConvGeometry {
+        channels,
+        height: side,
+        width: side,
+        kernel,
+        padding,
+    }
+}
+
+/// One tiny network per layer type, each with the type in a position where its input depends on
+/// θ (so the cross-layer terms of the R-operator are exercised).
+fn networks() -> Vec<(&'static str, Network)> {
+    vec![
+        (
+            "Linear",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "Tanh",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Tanh { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "ReLU",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|_| Relu { features: 6 });
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
+            "Conv2d",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry(2, 5, 3, 1), 2));
+                s.push(|_| Tanh { features: 50 });
+                s.push(|sc| Conv2d::new(sc, geometry(2, 5, 3, 0), 2));
+                s.push(|sc| Linear::new(sc, 18, 3));
+            }),
+        ),
+        (
+            "MaxPool2d",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry(1, 6, 3, 1), 2));
+                s.functional(MaxPool2d {
+                    channels: 2,
+                    height: 6,
+                    width: 6,
+                });
+                s.push(|sc| Linear::new(sc, 18, 3));
+            }),
+        ),
+    ]
+}
+
+struct Problem {
+    net: Network,
+    params: Vec<f64>,
+    x: Vec<f64>,
+    labels: Vec<usize>,
+}
+
+fn problem(net: Network, seed: u64) -> Problem {
+    let mut rng = stream(seed, Purpose::Init, 1);
+    let params: Vec<f64> = (0..net.num_params())
+        .map(|_| rng.uniform_in(-0.8, 0.8))
+        .collect();
+    let batch = 3;
+    let x: Vec<f64> = (0..batch * net.input_features())
+        .map(|_| rng.uniform_in(-1.0, 1.0))
+        .collect();
+    let labels = (0..batch).map(|n| n % net.classes()).collect();
+    Problem {
+        net,
+        params,
+        x,
+        labels,
+    }
+}
+
+impl Problem {
+    fn loss(&self, params: &[f64]) -> f64 {
+        let mut ws = self.net.workspace(self.labels.len());
+        let mut g = vec![0.0; params.len()];
+        self.net
+            .loss_and_gradient(params, &self.x, &self.labels, &mut g, &mut ws)
+    }
+    fn gradient(&self, params: &[f64], x: &[f64], labels: &[usize]) -> Vec<f64> {
+        let mut ws = self.net.workspace(labels.len());
+        let mut g = vec![0.0; params.len()];
+        self.net
+            .loss_and_gradient(params, x, labels, &mut g, &mut ws);
+        g
+    }
+    fn logits(&self, params: &[f64]) -> Vec<f64> {
+        let mut ws = self.net.workspace(self.labels.len());
+        self.net
+            .forward(params, &self.x, self.labels.len(), &mut ws)
+            .to_vec()
+    }
+    fn operator(&self) -> HessianOperator<f64> {
+        HessianOperator::new(&self.net, &self.params, &self.x, &self.labels, 2, 1 << 20).unwrap()
+    }
+}
+
+fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Column j of the dense Hessian by central differences of the exact gradient.
+fn hessian_fd(p: &Problem) -> Vec<Vec<f64>> {
+    let h = 1e-5;
+    (0..p.params.len())
+        .map(|j| {
+            let mut plus = p.params.clone();
+            let mut minus = p.params.clone();
+            plus[j] += h;
+            minus[j] -= h;
+            let (gp, gm) = (
+                p.gradient(&plus, &p.x, &p.labels),
+                p.gradient(&minus, &p.x, &p.labels),
+            );
+            gp.iter()
+                .zip(&gm)
+                .map(|(a, b)| (a - b) / (2.0 * h))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_layer_type_has_a_network_here() {
+    let kinds: Vec<&str> = networks()
+        .iter()
+        .flat_map(|(_, n)| n.layers.iter().map(|l| l.kind()).collect::<Vec<_>>())
+        .collect();
+    for kind in ["Linear", "Conv2d", "MaxPool2d", "ReLU", "Tanh"] {
+        assert!(kinds.contains(&kind), "no test network contains {kind}");
+    }
+}
+
+#[test]
+fn gradients_match_central_differences() {
+    for (name, net) in networks() {
+        let p = problem(net, 1);
+        let g = p.gradient(&p.params, &p.x, &p.labels);
+        let h = 1e-6;
+        let fd: Vec<f64> = (0..p.params.len())
+            .map(|j| {
+                let mut plus = p.params.clone();
+                let mut minus = p.params.clone();
+                plus[j] += h;
+                minus[j] -= h;
+                (p.loss(&plus) - p.loss(&minus)) / (2.0 * h)
+            })
+            .collect();
+        let err = max_rel_err(&g, &fd);
+        assert!(
+            err < 1e-6,
+            "{name}: gradient vs central differences: {err:e}"
+        );
+    }
+}
+
+#[test]
+fn hessian_vector_products_match_the_finite_difference_hessian() {
+    for (name, net) in networks() {
+        let p = problem(net, 2);
+        let dense = hessian_fd(&p);
+        let mut op = p.operator();
+        let np = p.params.len();
+        let mut rng = stream(9, Purpose::Init, 2);
+        for _ in 0..3 {
+            let v: Vec<f64> = (0..np).map(|_| rng.uniform_in(-1.0, 1.0)).collect();
+            let want: Vec<f64> = (0..np)
+                .map(|i| (0..np).map(|j| dense[j][i] * v[j]).sum())
+                .collect();
+            let mut got = vec![0.0; np];
+            op.hvp(&v, &mut got);
+            let err = max_rel_err(&got, &want);
+            assert!(err < 1e-6, "{name}: H·v vs finite differences: {err:e}");
+        }
+    }
+}
+
+#[test]
+fn gauss_newton_products_match_the_dense_jacobian() {
+    for (name, net) in networks() {
+        let p = problem(net, 3);
+        let (b, c, np) = (p.labels.len(), p.net.classes(), p.params.len());
+        // J[(n, k), j] by central differences of the logits.
+        let h = 1e-6;
+        let jac: Vec<Vec<f64>> = (0..np)
+            .map(|j| {
+                let mut plus = p.params.clone();
+                let mut minus = p.params.clone();
+                plus[j] += h;
+                minus[j] -= h;
+                let (zp, zm) = (p.logits(&plus), p.logits(&minus));
+                zp.iter()
+                    .zip(&zm)
+                    .map(|(a, b)| (a - b) / (2.0 * h))
+                    .collect()
+            })
+            .collect();
+        let z = p.logits(&p.params);
+        let mut rng = stream(11, Purpose::Init, 3);
+        let v: Vec<f64> = (0..np).map(|_| rng.uniform_in(-1.0, 1.0)).collect();
+        // G·v = (1/B) Σₙ Jₙᵀ·Aₙ·Jₙ·v, Aₙ = diag(p) − p·pᵀ.
+        let mut want = vec![0.0; np];
+        for n in 0..b {
+            let zn = &z[n * c..(n + 1) * c];
+            let m = zn.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = zn.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let pr: Vec<f64> = e.iter().map(|v| v / s).collect();
+            let jv: Vec<f64> = (0..c)
+                .map(|k| (0..np).map(|j| jac[j][n * c + k] * v[j]).sum())
+                .collect();
+            let pjv: f64 = pr.iter().zip(&jv).map(|(a, b)| a * b).sum();
+            let ajv: Vec<f64> = (0..c).map(|k| pr[k] * (jv[k] - pjv)).collect();
+            for (j, w) in want.iter_mut().enumerate() {
+                *w += (0..c).map(|k| jac[j][n * c + k] * ajv[k]).sum::<f64>() / b as f64;
+            }
+        }
+        let mut got = vec![0.0; np];
+        p.operator().gnvp(&v, &mut got);
+        let err = max_rel_err(&got, &want);
+        assert!(err < 1e-6, "{name}: G·v vs the dense Jacobian: {err:e}");
+    }
+}
+
+#[test]
+fn per_sample_products_match_single_sample_passes() {
+    for (name, net) in networks() {
+        let p = problem(net, 4);
+        let (b, np, f) = (p.labels.len(), p.params.len(), p.net.input_features());
+        // gₙ = ∂ℓₙ/∂θ: the gradient of a batch of one.
+        let g: Vec<Vec<f64>> = (0..b)
+            .map(|n| p.gradient(&p.params, &p.x[n * f..(n + 1) * f], &p.labels[n..n + 1]))
+            .collect();
+        let mut ws = p.net.workspace(b);
+        p.net.per_sample_pass(&p.params, &p.x, &p.labels, &mut ws);
+        let mut sc = p.net.per_sample_scratch(b);
+        p.net.per_sample_prepare(&p.x, b, &ws, &mut sc);
+        let mut gram = vec![0.0; b * b];
+        p.net.per_sample_gram(&p.x, b, &ws, &mut sc, &mut gram);
+        let want: Vec<f64> = (0..b * b)
+            .map(|i| g[i / b].iter().zip(&g[i % b]).map(|(x, y)| x * y).sum())
+            .collect();
+        assert!(max_rel_err(&gram, &want) < 1e-12, "{name}: G·Gᵀ");
+        let v: Vec<f64> = (0..np).map(|i| (i as f64 * 0.7).sin()).collect();
+        let mut dots = vec![0.0; b];
+        p.net.per_sample_dots(&p.x, b, &ws, &mut sc, &v, &mut dots);
+        let want: Vec<f64> = g
+            .iter()
+            .map(|gn| gn.iter().zip(&v).map(|(x, y)| x * y).sum())
+            .collect();
+        assert!(max_rel_err(&dots, &want) < 1e-12, "{name}: G·v");
+        let c = [0.3, -1.1, 0.6];
+        let mut comb = vec![0.0; np];
+        p.net
+            .per_sample_combine(&p.x, b, &ws, &mut sc, &c, &mut comb);
+        let want: Vec<f64> = (0..np)
+            .map(|j| (0..b).map(|n| c[n] * g[n][j]).sum())
+            .collect();
+        assert!(max_rel_err(&comb, &want) < 1e-12, "{name}: Gᵀ·c");
+
+        // The materialised route of every layer with parameters, closed form or not.
+        let mut lowering = Scratch::for_layers(&p.net.layers, 1, false);
+        for (i, layer) in p.net.layers.iter().enumerate() {
+            let t = layer.tensors();
+            if t.is_empty() {
+                assert_eq!(layer.per_sample(), PerSample::None, "{name}: layer {i}");
+                continue;
+            }
+            let start = p.net.layout.tensors[t.start].offset;
+            let end = p.net.layout.tensors[t.end - 1].range().end;
+            let input = if i == 0 {
+                &p.x[..]
+            } else {
+                &ws.acts[i - 1][..]
+            };
+            let mut rows = vec![0.0; b * (end - start)];
+            layer.per_sample_gradients(
+                input,
+                &ws.deltas[i],
+                b,
+                b as f64,
+                &mut rows,
+                end - start,
+                &mut lowering,
+            );
+            for n in 0..b {
+                let row = &rows[n * (end - start)..(n + 1) * (end - start)];
+                let err = max_rel_err(row, &g[n][start..end]);
+                assert!(
+                    err < 1e-12,
+                    "{name}: layer {i} per-sample gradients: {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn exact_trace_is_the_finite_difference_hessian_trace_where_offered() {
+    for (name, net) in networks() {
+        let piecewise = net.layers.iter().all(|l| l.piecewise_linear());
+        let p = problem(net, 5);
+        let result = p.operator().exact_trace();
+        if !piecewise {
+            assert!(result.is_err(), "{name}: the exact trace must be refused");
+            continue;
+        }
+        let dense = hessian_fd(&p);
+        let want: f64 = (0..p.params.len()).map(|j| dense[j][j]).sum();
+        let got = result.unwrap().trace;
+        assert!(
+            (got - want).abs() < 1e-6 * want.abs().max(1e-3),
+            "{name}: exact trace {got} vs the dense Hessian's {want}"
+        );
+    }
+}
+
+#[test]
+fn tensor_names_follow_the_module_structure() {
+    let net = network(|s| {
+        s.skip();
+        s.push(|sc| Linear::new(sc, 3, 2));
+        s.sequential("block", |b| {
+            b.push(|sc| Linear::new(sc, 2, 2));
+            b.push(|_| Relu { features: 2 });
+            b.sequential("inner", |i| i.push(|sc| Linear::new(sc, 2, 2)));
+        });
+        s.named("head", |sc| Linear::new(sc, 2, 2));
+    });
+    assert_eq!(
+        net.layout.names(),
+        [
+            "1.weight",
+            "1.bias",
+            "block.0.weight",
+            "block.0.bias",
+            "block.inner.0.weight",
+            "block.inner.0.bias",
+            "head.weight",
+            "head.bias"
+        ]
+    );
+    let offsets: Vec<usize> = net.layout.tensors.iter().map(|t| t.offset).collect();
+    assert_eq!(offsets, [0, 6, 8, 12, 14, 18, 20, 24]);
+}

@@ -1,0 +1,176 @@
+//! The loss: the network's last node, with its value, gradient and R-operator with respect to the
+//! logits, and a factor of its Hessian (for the exact trace).
+
+use crate::Real;
+
+/// The loss a network is trained and measured with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loss {
+    /// Mean softmax cross-entropy over the batch, as `nn.CrossEntropyLoss()`.
+    #[default]
+    SoftmaxCrossEntropy,
+}
+
+impl Loss {
+    /// The name in records (`cross_entropy`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::SoftmaxCrossEntropy => "cross_entropy",
+        }
+    }
+
+    /// (Σₙ lossₙ in f64, number of rows whose arg-max is the label); with `dlogits`, also
+    /// ∂L/∂z·`scale`-weighted per sample (scale = 1/B for the mean). See [`softmax_cross_entropy`].
+    pub fn evaluate<T: Real>(
+        self,
+        logits: &[T],
+        labels: &[usize],
+        classes: usize,
+        scale: T,
+        dlogits: Option<&mut [T]>,
+    ) -> (f64, usize) {
+        match self {
+            Loss::SoftmaxCrossEntropy => {
+                softmax_cross_entropy(logits, labels, classes, scale, dlogits)
+            }
+        }
+    }
+
+    /// The R-operator of its gradient with respect to the logits: R{∂L/∂z} = scale·A·R{z}, with A
+    /// the Hessian of the per-sample loss in the logits. For cross-entropy A = diag(p) − p·pᵀ,
+    /// p = softmax(z) (the label drops out). `logits` and `rz` are `batch × classes`.
+    pub fn r_gradient<T: Real>(
+        self,
+        logits: &[T],
+        rz: &[T],
+        classes: usize,
+        scale: T,
+        rg: &mut [T],
+    ) {
+        match self {
+            Loss::SoftmaxCrossEntropy => {
+                for ((z, r), g) in logits
+                    .chunks_exact(classes)
+                    .zip(rz.chunks_exact(classes))
+                    .zip(rg.chunks_exact_mut(classes))
+                {
+                    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
+                    let mut sum = T::zero();
+                    for (gi, &zi) in g.iter_mut().zip(z) {
+                        *gi = (zi - m).exp();
+                        sum += *gi;
+                    }
+                    let mut pr = T::zero();
+                    for (gi, &ri) in g.iter_mut().zip(r) {
+                        *gi = *gi / sum;
+                        pr += *gi * ri;
+                    }
+                    for (gi, &ri) in g.iter_mut().zip(r) {
+                        *gi = scale * *gi * (ri - pr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A factor M of the per-sample loss Hessian A = M·Mᵀ in the logits, one `classes × classes`
+    /// matrix per row of `logits`; [`HessianFactor::column`] gives its columns. For cross-entropy
+    /// M = diag(s)·(I − s·sᵀ) with s = √p (I − s·sᵀ is a projector since ‖s‖ = 1).
+    pub fn hessian_factor<T: Real>(self, logits: &[T], classes: usize) -> HessianFactor<T> {
+        match self {
+            Loss::SoftmaxCrossEntropy => {
+                let mut p = vec![T::zero(); logits.len()];
+                for (z, q) in logits
+                    .chunks_exact(classes)
+                    .zip(p.chunks_exact_mut(classes))
+                {
+                    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
+                    let mut sum = T::zero();
+                    for (qi, &zi) in q.iter_mut().zip(z) {
+                        *qi = (zi - m).exp();
+                        sum += *qi;
+                    }
+                    q.iter_mut().for_each(|qi| *qi = *qi / sum);
+                }
+                HessianFactor {
+                    sqrt_p: p.iter().map(|v| v.sqrt()).collect(),
+                    classes,
+                }
+            }
+        }
+    }
+}
+
+/// The factor of [`Loss::hessian_factor`].
+#[derive(Clone, Debug)]
+pub struct HessianFactor<T> {
+    sqrt_p: Vec<T>,
+    classes: usize,
+}
+
+impl<T: Real> HessianFactor<T> {
+    /// Column `c` of every row's factor, `batch × classes`: Mₙ[k, c] = sₖ·(δₖc − sₖ·s_c).
+    pub fn column(&self, c: usize, out: &mut [T]) {
+        let classes = self.classes;
+        for (row, sr) in out
+            .chunks_exact_mut(classes)
+            .zip(self.sqrt_p.chunks_exact(classes))
+        {
+            for (k, r) in row.iter_mut().enumerate() {
+                let delta = if k == c { T::one() } else { T::zero() };
+                *r = sr[k] * (delta - sr[k] * sr[c]);
+            }
+        }
+    }
+}
+
+/// Mean softmax cross-entropy over a batch, as `nn.CrossEntropyLoss()`:
+/// L = (1/B) Σ_n [logsumexp(z_n) − z_n[y_n]], computed stably with the row maximum.
+///
+/// Returns (Σ_n loss_n in f64, number of rows whose arg-max is the label). When `dlogits` is given it
+/// receives ∂L/∂z = (softmax(z_n) − onehot(y_n))·`scale` (scale = 1/B for the mean).
+pub fn softmax_cross_entropy<T: Real>(
+    logits: &[T],
+    labels: &[usize],
+    classes: usize,
+    scale: T,
+    mut dlogits: Option<&mut [T]>,
+) -> (f64, usize) {
+    let mut total = 0.0f64;
+    let mut correct = 0usize;
+    for (n, (z, &y)) in logits.chunks_exact(classes).zip(labels).enumerate() {
+        let mut m = z[0];
+        let mut arg = 0;
+        for (c, &v) in z.iter().enumerate() {
+            if v > m {
+                m = v;
+                arg = c;
+            }
+        }
+        if arg == y {
+            correct += 1;
+        }
+        match dlogits.as_deref_mut() {
+            Some(d) => {
+                // One exp per logit: d ← exp(z − m), then scale to (softmax − onehot)·scale.
+                let d = &mut d[n * classes..(n + 1) * classes];
+                let mut sum = T::zero();
+                for (dv, &v) in d.iter_mut().zip(z) {
+                    *dv = (v - m).exp();
+                    sum += *dv;
+                }
+                total += (m + sum.ln() - z[y]).as_f64();
+                let inv = scale / sum;
+                for dv in d.iter_mut() {
+                    *dv *= inv;
+                }
+                d[y] -= scale;
+            }
+            None => {
+                let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
+                total += (m + sum.ln() - z[y]).as_f64();
+            }
+        }
+    }
+    (total, correct)
+}
