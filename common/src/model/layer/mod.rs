@@ -8,27 +8,17 @@
 //!
 //! **Adding a layer type**: write a file here with a struct that implements [`LayerOps`] (every
 //! method is required, so nothing is silently skipped) and a constructor that takes its tensors from
-//! a [`Scope`], and add its name to the `layer_types!` list below. The tests in `tests.rs` (gradient
-//! against central differences in f64, R-operator against a finite-difference Hessian, per-sample
-//! gradients against single-sample passes) take every layer type through the same bodies.
+//! a [`Scope`], and add `file: Type` to the `layer_types!` list below. The tests in `tests.rs`
+//! (gradient against central differences in f64, R-operator against a finite-difference Hessian,
+//! per-sample gradients against single-sample passes) take every layer type through the same
+//! bodies, and fail until the new type appears in one of their tiny networks.
 //!
 //! Notation (Pearlmutter 1994, "Fast exact multiplication by the Hessian"): a layer maps its input x
 //! to y; δ = ∂L/∂y is the cotangent of its output; R{·} is the directional derivative d/dε at
 //! ε = 0 of a quantity computed at θ + ε·v.
 
-mod conv2d;
-mod linear;
-mod max_pool2d;
-mod relu;
-mod tanh;
 #[cfg(test)]
 mod tests;
-
-pub use conv2d::Conv2d;
-pub use linear::Linear;
-pub use max_pool2d::MaxPool2d;
-pub use relu::Relu;
-pub use tanh::Tanh;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
 use crate::Real;
@@ -197,7 +187,20 @@ pub trait LayerOps {
 /// Declares the layer types: the enum [`Layer`] with one variant per type and the [`LayerOps`]
 /// implementation that dispatches to it. Adding a type is one name here.
 macro_rules! layer_types {
-    ($($ty:ident),* $(,)?) => {
+    ($($file:ident: $ty:ident),* $(,)?) => {
+        $(mod $file;
+        pub use $file::$ty;)*
+
+        /// The names of the layer types, in the order they are declared.
+        pub const LAYER_TYPES: &[&str] = &[$(stringify!($ty)),*];
+
+        impl Layer {
+            /// The name of its type (one of [`LAYER_TYPES`]).
+            pub fn type_name(&self) -> &'static str {
+                match self { $(Layer::$ty(_) => stringify!($ty)),* }
+            }
+        }
+
         /// Any layer of a network.
         #[derive(Clone, Debug, PartialEq, Eq)]
         pub enum Layer {
@@ -302,7 +305,13 @@ macro_rules! layer_types {
     };
 }
 
-layer_types!(Linear, Conv2d, MaxPool2d, Relu, Tanh);
+layer_types! {
+    linear: Linear,
+    conv2d: Conv2d,
+    max_pool2d: MaxPool2d,
+    relu: Relu,
+    tanh: Tanh,
+}
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down
 /// to the tensor, as PyTorch's `state_dict` spells them (`conv1.0.weight`), so they are right by
