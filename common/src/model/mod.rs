@@ -19,7 +19,7 @@ pub(crate) use arch::too_few_classes;
 pub use arch::{Activation, Architecture, ModelSpec, MAX_HIDDEN_LAYERS};
 pub use init::initialise;
 pub use layer::{
-    Conv2d, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
+    Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
     Sequential, Tanh,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};

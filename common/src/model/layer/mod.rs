@@ -311,6 +311,7 @@ layer_types! {
     max_pool2d: MaxPool2d,
     relu: Relu,
     tanh: Tanh,
+    gelu: Gelu,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

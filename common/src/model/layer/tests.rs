@@ -51,6 +51,14 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            "GELU",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Gelu { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
