@@ -93,7 +93,7 @@ struct Args {
     /// parameters, optimiser state and workspace would not fit in this machine's memory are refused.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
-    /// MLP nonlinearity: relu, tanh or identity (a deep linear network) [default: relu, or the
+    /// MLP nonlinearity: relu, tanh, gelu (exact, as nn.GELU()) or identity (a deep linear network) [default: relu, or the
     /// --init checkpoint's].
     #[arg(long)]
     activation: Option<String>,

@@ -1,7 +1,7 @@
 //! Architectures: the paper's MLPs and LeNet, described well enough to rebuild them from metadata.
 
 use super::layer::{
-    self, Conv2d, Layer, LayerOps, Linear, MaxPool2d, Relu, Scope, Sequential, Tanh,
+    self, Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Relu, Scope, Sequential, Tanh,
 };
 use super::layout::ParamLayout;
 use super::size::ModelSize;
@@ -17,6 +17,8 @@ pub enum Activation {
     Relu,
     /// tanh(x).
     Tanh,
+    /// x·Φ(x), PyTorch's exact `nn.GELU()`.
+    Gelu,
     /// x (a deep linear network).
     Identity,
 }
@@ -26,6 +28,7 @@ impl Activation {
         match self {
             Activation::Relu => "relu",
             Activation::Tanh => "tanh",
+            Activation::Gelu => "gelu",
             Activation::Identity => "identity",
         }
     }
@@ -33,9 +36,10 @@ impl Activation {
         match s.to_ascii_lowercase().as_str() {
             "relu" => Ok(Activation::Relu),
             "tanh" => Ok(Activation::Tanh),
+            "gelu" => Ok(Activation::Gelu),
             "identity" | "linear" | "none" => Ok(Activation::Identity),
             _ => Err(Error::invalid(format!(
-                "unknown activation '{s}' (expected relu, tanh or identity)"
+                "unknown activation '{s}' (expected relu, tanh, gelu or identity)"
             ))),
         }
     }
@@ -44,6 +48,7 @@ impl Activation {
         match self {
             Activation::Relu => "nn.ReLU()",
             Activation::Tanh => "nn.Tanh()",
+            Activation::Gelu => "nn.GELU()",
             Activation::Identity => "nn.Identity()",
         }
     }
@@ -263,6 +268,7 @@ impl Architecture {
                     match activation {
                         Activation::Relu => seq.push(|_| Relu { features: w }),
                         Activation::Tanh => seq.push(|_| Tanh { features: w }),
+                        Activation::Gelu => seq.push(|_| Gelu { features: w }),
                         Activation::Identity => seq.skip(),
                     }
                     fan_in = w;
@@ -614,6 +620,7 @@ mod tests {
             Architecture::mlp(vec![128], Activation::Relu),
             Architecture::mlp(vec![256, 256], Activation::Relu),
             Architecture::mlp(vec![128, 64], Activation::Tanh),
+            Architecture::mlp(vec![32, 16], Activation::Gelu),
             Architecture::mlp(vec![64], Activation::Identity),
             Architecture::LeNet { extra_layers: 2 },
             Architecture::LeNet { extra_layers: 0 },

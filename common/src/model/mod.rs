@@ -20,7 +20,7 @@ pub use arch::{Activation, Architecture, ModelSpec, MAX_HIDDEN_LAYERS};
 pub use init::initialise;
 pub use layer::{
     Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
-    Sequential, Tanh,
+    Sequential, Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{softmax_cross_entropy, HessianFactor, Loss};
