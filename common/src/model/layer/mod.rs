@@ -17,8 +17,11 @@
 //! to y; δ = ∂L/∂y is the cotangent of its output; R{·} is the directional derivative d/dε at
 //! ε = 0 of a quantity computed at θ + ε·v.
 
+mod elementwise;
 #[cfg(test)]
 mod tests;
+
+pub use elementwise::Elementwise;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
 use crate::Real;
