@@ -85,6 +85,23 @@ paper-table-report:
 	  --title "test loss" --out $(RESULTS)/paper-table-test-loss $(call existing,$(TABLE_RUNS)) < /dev/null
 	@cat $(RESULTS)/paper-table.md
 
+# The table's run records (about 5 kB each, no checkpoints) are kept in git under $(PAPER_RECORDS), so that a
+# fresh clone rebuilds the table and its figures without training (make paper-table-restore paper-table-report),
+# or continues a table that stopped part-way:
+#   make paper-table-save      copies them from $(PAPER_RUNS)/table into $(PAPER_RECORDS)/table
+#   make paper-table-restore   copies them back, so make (local or Slurm) counts those runs as done
+PAPER_RECORDS ?= $(RESULTS)/paper-records
+.PHONY: paper-table-save paper-table-restore
+paper-table-save:
+	@mkdir -p $(PAPER_RECORDS)/table
+	@cd $(PAPER_RUNS)/table && find . -name 's*.jsonl' -print0 \
+	  | xargs -0 -I{} sh -c 'mkdir -p "$(abspath $(PAPER_RECORDS))/table/$$(dirname {})" && cp {} "$(abspath $(PAPER_RECORDS))/table/{}"'
+	@echo "make: $$(find $(PAPER_RECORDS)/table -name 's*.jsonl' | wc -l) run records saved in $(PAPER_RECORDS)/table"
+paper-table-restore:
+	@mkdir -p $(PAPER_RUNS)/table
+	@cp -R $(PAPER_RECORDS)/table/. $(PAPER_RUNS)/table/
+	@echo "make: $$(find $(PAPER_RUNS)/table -name 's*.jsonl' | wc -l) run records restored into $(PAPER_RUNS)/table"
+
 # ---- 2. smoothing sweeps --------------------------------------------------------------------------
 SMOOTH_RUNS := $(PAPER_RUNS)/smoothing/sgd.jsonl \
 	$(foreach a,$(ALPHAS),$(PAPER_RUNS)/smoothing/alpha-$(a).jsonl) \

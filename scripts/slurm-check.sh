@@ -51,8 +51,16 @@ sleep 2
 [ "$(squeue -h -j "${jid}_0" -o %t)" = R ] || fail "task ${jid}_0 was not running 2 s after it started"
 scancel "${jid}_0"
 say "   waiting for the rest"
-while [ -n "$(squeue -h -o %i)" ]; do sleep 2; done
+most_running=0
+while [ -n "$(squeue -h -o %i)" ]; do
+  running=$(squeue -h -t R -o %i | wc -l)
+  [ "$running" -gt "$most_running" ] && most_running=$running
+  sleep 1
+done
 t2=$(date +%s)
+# The node has $(nproc) CPUs and each task asks for one: the arrays must use them all at once.
+[ "$most_running" -ge "$(nproc)" ] || fail "at most $most_running task(s) ran at once on a node of $(nproc) CPUs"
+say "   at most $most_running tasks ran at once"
 
 say "3. the status lists the cancelled run as failed"
 status=$("${make_[@]}" paper-quick-status "${vars[@]}" 2>&1) && fail "paper-quick-status exited 0 with a cancelled run:

@@ -87,6 +87,9 @@ AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
+# A job that asks for no memory gets its share per CPU (without this it would be given the whole
+# node's memory, and one task would hold the node: the array would run one task at a time).
+DefMemPerCPU=$(( mem / cpus ))
 ReturnToService=2
 SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
