@@ -164,20 +164,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            log_line(&format!("hessian-trace: {e:#}"));
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("hessian-trace", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 /// `x` must be a positive finite number.

@@ -5,6 +5,7 @@ extern crate openblas_src;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use common::cli::{Stop, Stopped};
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
 use common::model::ModelSpec;
@@ -257,17 +258,9 @@ fn plan_branch(
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let interrupted = matches!(
-                e.downcast_ref::<common::Error>(),
-                Some(common::Error::Interrupted { .. })
-            );
-            eprintln!("switch: {e:#}");
-            ExitCode::from(if interrupted { 130 } else { 1 })
-        }
-    }
+    common::cli::run_main("switch", common::cli::ClosedStdout::Fail, || {
+        run(Args::parse())
+    })
 }
 
 fn run(args: Args) -> Result<()> {
@@ -465,14 +458,18 @@ fn run(args: Args) -> Result<()> {
     });
     let failures = failures.into_inner().expect("lock");
     if pipe_closed.load(Ordering::SeqCst) {
-        eprintln!(
-            "switch: stdout was closed by its reader; every branch stopped, and every checkpoint written is complete (continue with --resume)"
-        );
-        std::process::exit(141);
+        return Err(Stopped::new(
+            Stop::StdoutClosed,
+            "stdout was closed by its reader; every branch stopped, and every checkpoint written is complete (continue with --resume)",
+        )
+        .into());
     }
     if interrupted.load(Ordering::SeqCst) {
-        eprintln!("switch: interrupted; every checkpoint written so far is complete");
-        std::process::exit(130);
+        return Err(Stopped::new(
+            Stop::Interrupted,
+            "interrupted; every checkpoint written so far is complete",
+        )
+        .into());
     }
     if !failures.is_empty() {
         bail!(

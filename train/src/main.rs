@@ -195,36 +195,9 @@ struct Args {
     ngd: ngd_args::NgdArgs,
 }
 
-/// Exit status when stdout was closed before the run finished (128 + SIGPIPE, as a shell reports a
-/// process killed by it), so that `set -o pipefail` sees the run stopped early.
-const EXIT_BROKEN_PIPE: u8 = 141;
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if is_broken_pipe(&e) {
-                eprintln!("train: {e:#}");
-                return ExitCode::from(EXIT_BROKEN_PIPE);
-            }
-            eprintln!("train: {e:#}");
-            if matches!(
-                e.downcast_ref::<common::Error>(),
-                Some(common::Error::Interrupted { .. })
-            ) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    common::cli::run_main("train", common::cli::ClosedStdout::Fail, || {
+        run(Args::parse())
     })
 }
 

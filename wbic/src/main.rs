@@ -112,19 +112,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            log_line(&format!("wbic: {e:#}"));
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("wbic", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 fn run(args: Args) -> Result<ExitCode> {
