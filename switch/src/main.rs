@@ -9,10 +9,10 @@ use common::cli::{Stop, Stopped};
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
 use common::model::ModelSpec;
-use common::optim::{build, describe, OptimizerSettings, OptimizerState, OPTIMIZERS};
+use common::optim::{build, describe, OptimizerSettings, OPTIMIZERS};
 use common::train::{
-    last_epoch_checkpoint, prepare_output, train, OutputMode, Resume, RunSettings, Start,
-    TrainConfig,
+    last_epoch_checkpoint, prepare_output, train, Continuation, OutputMode, Resume, RunSettings,
+    Start, TrainConfig,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -167,15 +167,8 @@ fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
     })
 }
 
-/// Where one branch starts: from `--from`, or (`--resume`) from its own last checkpoint.
-struct Plan {
-    start: Start,
-    optimizer_state: Option<OptimizerState>,
-    /// `resumed_with_changes`, when the resume accepted changes.
-    changes: Option<Value>,
-}
-
-/// Checks and prepares branch `b`'s folder for the mode the flags ask for, and says where it starts.
+/// Checks and prepares branch `b`'s folder for the mode the flags ask for, and says where it starts:
+/// from `--from`, or (`--resume`) from its own last checkpoint.
 #[allow(clippy::too_many_arguments)]
 fn plan_branch(
     args: &Args,
@@ -189,14 +182,10 @@ fn plan_branch(
     base_batch: usize,
     switched_at: &Value,
     from_start: &Start,
-) -> Result<Plan> {
+) -> Result<Continuation> {
     let dir = args.out.join(&b.name);
     let context = || format!("branch {}", b.name);
-    let fresh = Plan {
-        start: from_start.clone(),
-        optimizer_state: None,
-        changes: None,
-    };
+    let fresh = Continuation::fresh(from_start.clone());
     if !args.resume {
         let mode = if args.overwrite {
             OutputMode::Overwrite
@@ -240,8 +229,8 @@ fn plan_branch(
             switched_at
         );
     }
-    let changes = resume
-        .check_settings(&now, args.resume_with_changes)
+    let continuation = resume
+        .continuation(&now, args.resume_with_changes)
         .with_context(context)?;
     prepare_output(
         &dir,
@@ -250,11 +239,7 @@ fn plan_branch(
         Some((&resume.start, &resume.settings)),
     )
     .with_context(context)?;
-    Ok(Plan {
-        start: resume.start,
-        optimizer_state: Some(resume.optimizer_state),
-        changes,
-    })
+    Ok(continuation)
 }
 
 fn main() -> ExitCode {
@@ -378,15 +363,10 @@ fn run(args: Args) -> Result<()> {
                 let plan = &plans[i];
                 let result = (|| -> Result<()> {
                     let mut optimizer = build(&b.settings, &net)?;
-                    if let Some(state) = &plan.optimizer_state {
-                        optimizer.load_state(state)?;
-                    }
                     let mut extra = serde_json::Map::new();
                     extra.insert("branch".into(), Value::from(b.name.clone()));
                     extra.insert("switched_at".into(), switched_at.clone());
-                    if let Some(changes) = &plan.changes {
-                        extra.insert("resumed_with_changes".into(), changes.clone());
-                    }
+                    plan.apply(optimizer.as_mut(), &mut extra)?;
                     let cfg = TrainConfig {
                         run: format!("{prefix}-{}", b.name),
                         out_dir: args.out.join(&b.name),

@@ -13,7 +13,9 @@ use common::model::{
     check_fits_in_memory, initialise, Activation, Architecture, ModelSpec, Network,
 };
 use common::optim::{Optimizer, SgdConfig};
-use common::train::{prepare_output, train, OutputMode, Resume, RunSettings, Start, TrainConfig};
+use common::train::{
+    prepare_output, train, Continuation, OutputMode, Resume, RunSettings, Start, TrainConfig,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -397,22 +399,23 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|v| ("variant".to_string(), Value::from(v.clone())))
         .collect();
-    if let Some(r) = &resume {
-        let now = RunSettings {
-            run: run.clone(),
-            dataset: dataset.name().to_string(),
-            seed,
-            batch_size: args.batch_size,
-            shuffle: !args.no_shuffle,
-            train_samples: train_data.len(),
-            blas_threads: args.threads,
-            optimizer: common::optim::describe(optimizer.as_ref()),
-        };
-        if let Some(changes) = r.check_settings(&now, args.resume_with_changes)? {
-            extra.insert("resumed_with_changes".into(), changes);
+    let continuation = match &resume {
+        None => Continuation::fresh(start),
+        Some(r) => {
+            let now = RunSettings {
+                run: run.clone(),
+                dataset: dataset.name().to_string(),
+                seed,
+                batch_size: args.batch_size,
+                shuffle: !args.no_shuffle,
+                train_samples: train_data.len(),
+                blas_threads: args.threads,
+                optimizer: common::optim::describe(optimizer.as_ref()),
+            };
+            r.continuation(&now, args.resume_with_changes)?
         }
-        optimizer.load_state(&r.optimizer_state)?;
-    }
+    };
+    continuation.apply(optimizer.as_mut(), &mut extra)?;
     let mode = match (resume.is_some(), args.overwrite) {
         (true, _) => OutputMode::Resume,
         (false, true) => OutputMode::Overwrite,
@@ -461,7 +464,7 @@ fn run(args: Args) -> Result<()> {
             hyper.join(" "),
             args.batch_size,
             seed,
-            start.epoch + 1,
+            continuation.start.epoch + 1,
             args.epochs
         );
     }
@@ -502,7 +505,7 @@ fn run(args: Args) -> Result<()> {
         &net,
         &train_data,
         &test_data,
-        start,
+        continuation.start,
         optimizer.as_mut(),
         &interrupted,
         &mut emit,
