@@ -8,7 +8,8 @@ use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
 use common::sample::{
-    estimate_wbic, DataCache, NBeta, NetworkPotential, Potential, SgldConfig, WbicMode,
+    estimate_wbic, watanabe_temperature, DataCache, NBeta, NetworkPotential, Potential, SgldConfig,
+    WbicMode,
 };
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -200,20 +201,9 @@ fn run(args: Args) -> Result<ExitCode> {
                     nbeta_rule: rule["nbeta_rule"].as_str().unwrap_or("").to_string(),
                 }
             } else {
-                let (beta, rule) = match args.beta {
-                    Some(b) => (b, "given".to_string()),
-                    None => (1.0 / (n as f64).ln(), format!("1/ln n with n = {n}")),
-                };
-                sgld.nbeta = n as f64 * beta;
-                if !sgld.nbeta.is_finite() {
-                    return Err(common::Error::invalid(format!(
-                        "--beta {beta:e}: nβ = n·β with n = {n} is not a finite number"
-                    )));
-                }
-                WbicMode::Watanabe {
-                    beta,
-                    beta_rule: rule,
-                }
+                let (mode, nbeta) = watanabe_temperature(n, args.beta)?;
+                sgld.nbeta = nbeta;
+                mode
             };
             let est = estimate_wbic(&pot, &ck.params, &sgld, mode)?;
             if !quiet {

@@ -29,4 +29,4 @@ pub use llc::{estimate_llc, InitLoss, LlcConfig, LlcEstimate};
 pub use nbeta::NBeta;
 pub use potential::{NetworkPotential, Potential};
 pub use sgld::{run_chain, run_chains, ChainTrace, SgldConfig};
-pub use wbic::{estimate_wbic, WbicEstimate, WbicMode};
+pub use wbic::{estimate_wbic, watanabe_temperature, WbicEstimate, WbicMode};
