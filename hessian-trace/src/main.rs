@@ -10,7 +10,9 @@ use common::curvature::{
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
 use common::data::{Dataset, Split};
-use common::io::{atomic_write, fill_name, log_line, process_stream, Checkpoint, Record};
+use common::io::{
+    atomic_write, fill_name, finite_or_null, log_line, process_stream, Checkpoint, Record,
+};
 use common::model::ModelSpec;
 use common::sample::DataCache;
 use common::{Error, Real};
@@ -386,18 +388,10 @@ fn analyse_record(
 fn estimate_json(est: &TraceEstimate) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("trace".into(), Value::from(est.trace));
-    m.insert("trace_se".into(), finite(est.se));
+    m.insert("trace_se".into(), finite_or_null(est.se));
     m.insert("probes".into(), Value::from(est.probes));
     m.insert("matvecs".into(), Value::from(est.matvecs));
     m
-}
-
-fn finite(x: f64) -> Value {
-    if x.is_finite() {
-        Value::from(x)
-    } else {
-        Value::Null
-    }
 }
 
 fn analyse<T: Real>(
@@ -498,7 +492,12 @@ fn analyse<T: Real>(
             let pt: Map<String, Value> = est
                 .per_tensor
                 .iter()
-                .map(|(n, m, s)| (n.clone(), json!({"trace": m, "trace_se": finite(*s)})))
+                .map(|(n, m, s)| {
+                    (
+                        n.clone(),
+                        json!({"trace": m, "trace_se": finite_or_null(*s)}),
+                    )
+                })
                 .collect();
             out.insert("per_tensor".into(), Value::Object(pt));
         }

@@ -9,6 +9,6 @@ pub use checkpoint::{
     load_optimizer_state, natural_order, optimizer_sidecar_path, read_checkpoint_file,
     require_checkpoint_file, save_optimizer_state, Checkpoint, MAX_CHECKPOINT_BYTES,
 };
-pub use records::{read_records, Record, RecordWriter};
+pub use records::{finite_or_null, read_records, Record, RecordWriter};
 mod stream;
 pub use stream::{fill_name, isolated, log_line, process_stream, require_file, StreamSummary};

@@ -16,6 +16,7 @@
 
 use super::ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 use super::{Batch, Optimizer, Sgd, SgdConfig};
+use crate::io::finite_or_null;
 use crate::model::ParamLayout;
 use crate::{Error, Real, Result};
 use serde_json::{json, Map, Value};
@@ -521,17 +522,17 @@ impl Shadow {
         self.own_stats = EpochStats::new(n);
         m.insert(
             "ngd_shadow_difference".into(),
-            json_f64(s.overall_sum / s.steps as f64),
+            finite_or_null(s.overall_sum / s.steps as f64),
         );
         for (t, spec) in layout.tensors.iter().enumerate() {
             if let Some(Value::Object(e)) = per.get_mut(&spec.name) {
                 e.insert(
                     "shadow_difference".into(),
-                    json_f64(s.diff_sum[t] / s.diff_count[t] as f64),
+                    finite_or_null(s.diff_sum[t] / s.diff_count[t] as f64),
                 );
                 e.insert(
                     "shadow_cosine".into(),
-                    json_f64(s.cos_sum[t] / s.cos_count[t] as f64),
+                    finite_or_null(s.cos_sum[t] / s.cos_count[t] as f64),
                 );
             }
         }
@@ -671,15 +672,15 @@ impl Optimizer for Ngd {
         m.insert("ngd_nan_fallbacks".into(), Value::from(s.nan_fallbacks));
         m.insert(
             "ngd_norm_ratio".into(),
-            json_f64(s.ratio_sum / s.ratio_count as f64),
+            finite_or_null(s.ratio_sum / s.ratio_count as f64),
         );
         let mut per = Map::new();
         for (spec, t) in self.layout.tensors.iter().zip(&s.tensors) {
             per.insert(
                 spec.name.clone(),
                 json!({
-                    "cosine": json_f64(t.cosine_sum / t.cosine_count as f64),
-                    "rank_on_floor": json_f64(t.floor_sum / t.floor_count as f64),
+                    "cosine": finite_or_null(t.cosine_sum / t.cosine_count as f64),
+                    "rank_on_floor": finite_or_null(t.floor_sum / t.floor_count as f64),
                 }),
             );
         }
@@ -690,15 +691,6 @@ impl Optimizer for Ngd {
         self.step_ratio.take("ngd", &mut m);
         self.stats.tensors = vec![TensorStats::default(); self.layout.tensors.len()];
         m
-    }
-}
-
-/// A finite number, or null (JSON has no NaN).
-pub(crate) fn json_f64(v: f64) -> Value {
-    if v.is_finite() {
-        Value::from(v)
-    } else {
-        Value::Null
     }
 }
 

@@ -13,9 +13,10 @@
 //! `devinterp` mode reproduces what the paper computed instead: SGLD at the LLC's settings (nβ by
 //! the batch rule, γ = 100) and n times the mean of the sampled minibatch losses.
 
-use super::estimate::{finite_or_null, mean_sd, settings_json, with_spread, ChainDiagnostics};
+use super::estimate::{mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
+use crate::io::finite_or_null;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 
