@@ -13,8 +13,8 @@ extern crate openblas_src;
 use common::data::{Dataset, DatasetKind, Split};
 use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
 use common::io::Checkpoint;
+use common::rng::NoiseSource;
 use common::rng::{stream, Purpose};
-use common::sample::noise::NoiseSource;
 use common::sample::sgld::{update, StepCoefficients};
 use common::sample::{
     estimate_llc, run_chains, AnalyticPotential, InitLoss, LlcConfig, NBeta, NetworkPotential,

@@ -20,8 +20,8 @@
 use super::ngd::{decode_f64, encode_f64};
 use crate::io::finite_or_null;
 use crate::model::ParamLayout;
+use crate::rng::NoiseSource;
 use crate::rng::{stream, Purpose};
-use crate::sample::noise::NoiseSource;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
