@@ -7,10 +7,11 @@
 
 use crate::data::{check_input, Dataset};
 use crate::io::{
-    load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, Record,
+    load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, OptimizerState,
+    Record,
 };
 use crate::model::Network;
-use crate::optim::{describe, Batch, Optimizer, OptimizerState};
+use crate::optim::{describe, Batch, Optimizer};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
