@@ -4,7 +4,7 @@
 //! small set of backend operations, and reads and writes PyTorch-compatible safetensors checkpoints and
 //! JSON-lines records. Modules are split by concern:
 //!
-//! - [`bench`]: the peak sgemm rate the benchmarks' compute floors divide by.
+//! - [`bench`](mod@bench): the peak sgemm rate the benchmarks' compute floors divide by.
 //! - [`cli`]: the tools' `main` (exit statuses, the one-line error).
 //! - [`data`]: IDX files (MNIST, Fashion-MNIST, torchvision's `raw` folders), normalisation, batches.
 //! - [`model`]: architectures, the flat parameter vector and its named views, layers, initialisation.

@@ -3,9 +3,13 @@
 //!
 //! For each parameter tensor and each axis a of size D > 1, in axis order, the tensor (as it comes out
 //! of the previous axis) is viewed as X ∈ R^{N×D} with the axis as columns and is replaced by the
-//! output of that axis's [`AxisPreconditioner`] (norm-preserving). Weight decay, when set, is added to
-//! the gradient before preconditioning, as ngd.py does. The preconditioner's state lives in f32 (as the
-//! paper ran) or f64 (`--ngd-dtype`).
+//! output of that axis's [`AxisPreconditioner`](super::AxisPreconditioner) (norm-preserving). Weight
+//! decay, when set, is added to the gradient before preconditioning, as ngd.py does. The
+//! preconditioner's state lives in f32 (as the paper ran) or f64 (`--ngd-dtype`).
+//!
+//! The files: [`settings`] (hyperparameters), [`preconditioner`] (the per-axis update and the
+//! direction, per tensor and per model, and their sidecar state), [`stats`] (what the epoch record
+//! counts), [`shadow`] (`--ngd-shadow-f64`), [`f64_bits`] (f64 state in f32 sidecar tensors).
 //!
 //! With `--ngd-shadow-f64` an f32-state run also keeps a shadow f64-state preconditioner that sees the
 //! same gradient g every step (after weight decay) and whose output is only compared, never used:
