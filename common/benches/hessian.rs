@@ -1,6 +1,7 @@
 //! Benchmark of the curvature hot paths on the paper's MNIST MLP 784-128-10 and LeNet at the paper's
 //! 1,280 samples (the fixture checkpoints, float32, 1 BLAS thread): time per Hessian–vector product
-//! next to its compute floor (FLOPs / the sgemm rate measured in this run), its cost relative to a
+//! next to its compute floor (FLOPs / the machine's peak sgemm rate, measured once in this run at
+//! 2048³: [`common::bench`]), its cost relative to a
 //! gradient, a 100-probe Hutchinson trace, the exact trace, the time to a trace with ≤ 1% relative
 //! standard error, Hutch++ against Hutchinson at equal products, and — when `torch` and `pyhessian`
 //! import — PyHessian doing the same work in the same run (scripts/anchors/pyhessian_trace.py).
@@ -9,11 +10,12 @@
 
 extern crate openblas_src;
 
+use common::bench::report_peak_sgemm;
 use common::curvature::{
     hutchinson, hutchpp, HessianOperator, HutchinsonConfig, LinearOperator, ProbeKind,
 };
 use common::data::{Dataset, DatasetKind, Split};
-use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
+use common::device::cpu::set_blas_threads;
 use common::io::Checkpoint;
 use common::model::{LayerOps, Network};
 use std::path::{Path, PathBuf};
@@ -237,26 +239,23 @@ fn main() {
         return;
     }
     let quick = std::env::var("HESSIAN_BENCH_QUICK").is_ok();
+    let peak = report_peak_sgemm("hessian bench", 1);
     set_blas_threads(1);
     let data_dir = root().join("tests/fixtures/mnist-small");
     let data = Dataset::load(DatasetKind::Mnist, &data_dir, Split::Train).expect("fixture data");
-    let reps = if quick { 5 } else { 11 };
-    let g_mlp = measure_sgemm_gflops(1280, 128, 784, reps);
-    let g_conv = measure_sgemm_gflops(6, 128 * 576, 150, reps);
-    eprintln!("sgemm rate, 1 thread: {g_mlp:.1} GFLOP/s at 1280x128x784, {g_conv:.1} GFLOP/s at 6x73728x150 (LeNet conv)");
     let refdir = root().join("tests/fixtures/reference");
     let mut figs = vec![bench_model(
         "mlp_1x128",
         &refdir.join("mlp_1x128.safetensors"),
         &data,
-        g_mlp,
+        peak,
         quick,
     )];
     figs.push(bench_model(
         "lenet",
         &refdir.join("lenet.safetensors"),
         &data,
-        g_conv,
+        peak,
         quick,
     ));
     variance_comparison(

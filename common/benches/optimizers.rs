@@ -3,15 +3,16 @@
 //!
 //! An epoch is 469 steps of gather + forward + backward + optimiser step, on 1 BLAS thread (test
 //! evaluation and checkpoints excluded). Targets (issue 3): ngd ≤ 1.5× SGD, ngd-exact ≤ 4× SGD.
-//! Next to each time: its compute floor, the FLOPs of the step's matrix products divided by the sgemm
-//! rate measured in the same run. When `torch` is importable the
+//! Next to each time: its compute floor, the FLOPs of the step's matrix products divided by the
+//! machine's peak sgemm rate, measured once in the same run at 2048³ ([`common::bench`]). When `torch` is importable the
 //! PyTorch online-NGD reference epoch (`scripts/anchors/torch_ngd_epoch.py`, the paper's algorithm,
 //! 1 thread) runs too, with the ratio.
 
 extern crate openblas_src;
 
+use common::bench::report_peak_sgemm;
 use common::data::{Dataset, DatasetKind, Split};
-use common::device::cpu::{measure_sgemm_gflops, set_blas_threads};
+use common::device::cpu::set_blas_threads;
 use common::model::{initialise, Activation, Architecture, Network};
 use common::optim::{build, Batch, NgdDtype, OptimizerSettings};
 use common::rng::{stream, Purpose};
@@ -90,11 +91,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let sgemm = report_peak_sgemm("optimizers bench", 1);
     set_blas_threads(1);
     let net = Network::new(Architecture::mlp(vec![128], Activation::Relu));
     let steps = data.len().div_ceil(128);
     let reps = 3;
-    let sgemm = measure_sgemm_gflops(128, 128, 784, 51);
     // Forward + backward of 784-128-10 (no input gradient of the first layer).
     let fb_flops = 128.0 * (2.0 * 784.0 * 128.0 * 2.0 + 2.0 * 128.0 * 10.0 * 3.0);
     let shapes: Vec<Vec<usize>> = net.layout.tensors.iter().map(|t| t.shape.clone()).collect();
@@ -110,7 +111,6 @@ fn main() {
     println!(
         "== optimisers: MNIST MLP 784-128-10, batch 128, one epoch = {steps} steps, 1 BLAS thread"
     );
-    println!("sgemm rate at the step's shape: {sgemm:.1} GFLOP/s");
 
     let variants: Vec<(&str, OptimizerSettings, f64)> = vec![
         ("sgd", OptimizerSettings::default(), fb_flops),

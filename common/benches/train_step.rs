@@ -2,13 +2,15 @@
 //!
 //! Prints the epoch time (469 steps of forward + backward + Nesterov SGD, data gathering included,
 //! test evaluation and checkpoint writing excluded) on 1 and 2 BLAS threads, next to the compute floor
-//! = FLOPs of the epoch's forward and backward passes / the sgemm rate measured in the same run, and,
+//! = FLOPs of the epoch's forward and backward passes / the machine's peak sgemm rate (measured once
+//! in the same run at 2048³ on 1 thread: [`common::bench`]; on 2 threads the floor is one core's), and,
 //! when `torch` is importable, PyTorch doing the same epoch on 1 thread in the same run.
 
 extern crate openblas_src;
 
+use common::bench::report_peak_sgemm;
 use common::data::{Dataset, DatasetKind, Split};
-use common::device::cpu::{measure_gemm_gflops, measure_sgemm_gflops, set_blas_threads};
+use common::device::cpu::set_blas_threads;
 use common::model::{initialise, Activation, Architecture, Network};
 use common::optim::{Batch, Optimizer, Sgd, SgdConfig};
 use common::rng::{stream, Purpose};
@@ -85,28 +87,21 @@ fn main() {
         "== training step: MNIST MLP 784-128-10, batch {batch}, one epoch = {} steps",
         data.len().div_ceil(batch)
     );
+    let peak = report_peak_sgemm("train_step bench", 1);
     let mut results = Vec::new();
     for threads in [1, 2] {
         set_blas_threads(threads);
-        // The sgemm rate of the step's own large products, weighted by their FLOPs (equal here):
-        // the forward x·W₁ᵀ (NT, 128×128×784) and the weight gradient δᵀ·x (TN, 128×784×128).
-        let fwd = measure_gemm_gflops(false, true, batch, 128, 784, 51);
-        let dw = measure_gemm_gflops(true, false, 128, 784, batch, 51);
-        let rate_step = 2.0 / (1.0 / fwd + 1.0 / dw);
-        let rate_big = measure_sgemm_gflops(1024, 1024, 1024, 5);
         epoch(&net, &data, batch, 1); // warm-up
         let secs = median(
             (0..reps)
                 .map(|r| epoch(&net, &data, batch, r as u64 + 1))
                 .collect(),
         );
-        let floor = flops / (rate_step * 1e9);
-        let floor_peak = flops / (rate_big * 1e9);
+        let floor = flops / (peak * 1e9);
         println!(
-            "threads {threads}: epoch {secs:.3} s ({:.0} samples/s, median of {reps}); floor {floor:.3} s at the step's sgemm rate {rate_step:.1} GFLOP/s (forward {fwd:.1}, weight gradient {dw:.1}) (ratio {:.2}); floor {floor_peak:.3} s at the 1024³ sgemm rate {rate_big:.1} GFLOP/s (ratio {:.2}); {:.1} GFLOP per epoch",
+            "threads {threads}: epoch {secs:.3} s ({:.0} samples/s, median of {reps}); floor {floor:.3} s at the 1-thread peak (ratio {:.2}); {:.1} GFLOP per epoch",
             data.len() as f64 / secs,
             secs / floor,
-            secs / floor_peak,
             flops / 1e9
         );
         results.push((threads, secs, floor));

@@ -4,6 +4,8 @@
 //! small set of backend operations, and reads and writes PyTorch-compatible safetensors checkpoints and
 //! JSON-lines records. Modules are split by concern:
 //!
+//! - [`bench`](mod@bench): the peak sgemm rate the benchmarks' compute floors divide by.
+//! - [`cli`]: the tools' `main` (exit statuses, the one-line error).
 //! - [`data`]: IDX files (MNIST, Fashion-MNIST, torchvision's `raw` folders), normalisation, batches.
 //! - [`model`]: architectures, the flat parameter vector and its named views, layers, initialisation.
 //! - [`device`]: the backend operations (BLAS on the CPU; CUDA behind the `cuda` feature).
@@ -16,6 +18,8 @@
 //!
 //! Numbers are generic over [`Real`] (`f32` for training, `f64` for verification).
 
+pub mod bench;
+pub mod cli;
 pub mod curvature;
 pub mod data;
 pub mod device;

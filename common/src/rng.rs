@@ -4,6 +4,12 @@
 //! a purpose tag, so that data order, initialisation and each sampler chain are independent, reproducible
 //! and documented: `stream(seed, purpose, index)` seeds Xoshiro256++ through SplitMix64 from
 //! `seed ^ hash(purpose) ^ index·φ`.
+//!
+//! [`noise`]: fast standard-normal variates from a stream ([`NoiseSource`]: Box–Muller on eight
+//! interleaved generators), for SGLD and the direction-noise control.
+
+pub mod noise;
+pub use noise::NoiseSource;
 
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

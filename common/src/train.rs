@@ -7,10 +7,11 @@
 
 use crate::data::Dataset;
 use crate::io::{
-    load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, Record,
+    load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, OptimizerState,
+    Record,
 };
 use crate::model::Network;
-use crate::optim::{describe, Batch, Optimizer, OptimizerState};
+use crate::optim::{describe, Batch, Optimizer};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use serde_json::{Map, Value};
@@ -369,6 +370,62 @@ impl Resume {
         let mut all = self.earlier_changes.clone();
         all.extend(changes.iter().map(|c| c.to_json(self.start.step)));
         Ok(Some(Value::Array(all)))
+    }
+
+    /// The run continued from this checkpoint: its start, its optimiser state and the changes
+    /// [`Resume::check_settings`] accepted.
+    ///
+    /// # Errors
+    /// As [`Resume::check_settings`].
+    pub fn continuation(&self, new: &RunSettings, accept_changes: bool) -> Result<Continuation> {
+        Ok(Continuation {
+            start: self.start.clone(),
+            optimizer_state: Some(self.optimizer_state.clone()),
+            changes: self.check_settings(new, accept_changes)?,
+        })
+    }
+}
+
+/// Where a run starts and what it carries over from the run it continues: the one value `train` and
+/// `switch` hand to [`train`]. A fresh start carries nothing; a resume carries its sidecar's optimiser
+/// state and the `resumed_with_changes` of the settings it accepted ([`Resume::continuation`]).
+#[derive(Clone, Debug)]
+pub struct Continuation {
+    pub start: Start,
+    /// The optimiser state to load (`--resume`); `None`: the optimiser starts fresh.
+    pub optimizer_state: Option<OptimizerState>,
+    /// `resumed_with_changes` for every record and checkpoint that follows, when this resume (or an
+    /// earlier one) accepted changed settings.
+    pub changes: Option<Value>,
+}
+
+impl Continuation {
+    /// A run that starts at `start` with a fresh optimiser.
+    pub fn fresh(start: Start) -> Self {
+        Continuation {
+            start,
+            optimizer_state: None,
+            changes: None,
+        }
+    }
+
+    /// Loads the carried optimiser state into `optimizer` and appends `resumed_with_changes` to the
+    /// run's `extra` fields.
+    ///
+    /// # Errors
+    /// The optimiser's, for a state that does not fit it.
+    pub fn apply(
+        &self,
+        optimizer: &mut dyn Optimizer,
+        extra: &mut Map<String, Value>,
+    ) -> Result<()> {
+        if let Some(state) = &self.optimizer_state {
+            optimizer.load_state(state)?;
+        }
+        if let Some(changes) = &self.changes {
+            extra.insert("resumed_with_changes".into(), changes.clone());
+        }
+        Ok(())
     }
 }
 
@@ -860,5 +917,52 @@ fn diverged(
         what: format!("{what}; {kept}{exploded}"),
         epoch,
         step,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Sgd, SgdConfig};
+
+    fn start() -> Start {
+        Start {
+            params: vec![1.0, 2.0],
+            epoch: 3,
+            step: 30,
+            step_in_epoch: 0,
+            init: "seed 1".into(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_continuation_leaves_the_optimiser_and_the_fields_alone() {
+        let mut sgd = Sgd::new(SgdConfig::default()).unwrap();
+        let mut extra = Map::new();
+        extra.insert("branch".into(), Value::from("sgd"));
+        Continuation::fresh(start())
+            .apply(&mut sgd, &mut extra)
+            .unwrap();
+        assert!(sgd.state().is_empty());
+        assert_eq!(Value::Object(extra), serde_json::json!({"branch": "sgd"}));
+    }
+
+    #[test]
+    fn a_resumed_continuation_loads_the_state_and_appends_its_changes() {
+        let state: OptimizerState = [("sgd.momentum_buffer".to_string(), vec![0.5, -0.5])].into();
+        let changes = serde_json::json!([{"at_step": 30, "flag": "--lr", "from": 0.01, "to": 0.1}]);
+        let c = Continuation {
+            start: start(),
+            optimizer_state: Some(state.clone()),
+            changes: Some(changes.clone()),
+        };
+        let mut sgd = Sgd::new(SgdConfig::default()).unwrap();
+        let mut extra = Map::new();
+        extra.insert("branch".into(), Value::from("sgd"));
+        c.apply(&mut sgd, &mut extra).unwrap();
+        assert_eq!(sgd.state(), state);
+        let keys: Vec<&str> = extra.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["branch", "resumed_with_changes"]);
+        assert_eq!(extra["resumed_with_changes"], changes);
     }
 }

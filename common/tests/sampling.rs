@@ -6,8 +6,8 @@ mod support;
 
 use common::data::Split;
 use common::io::Checkpoint;
+use common::rng::NoiseSource;
 use common::rng::{stream, Purpose};
-use common::sample::noise::NoiseSource;
 use common::sample::{
     estimate_llc, run_chains, AnalyticPotential, InitLoss, LlcConfig, NBeta, NetworkPotential,
     Potential, SgldConfig,

@@ -9,14 +9,15 @@ use common::curvature::{
     exact_trace_unavailable, hutchinson, hutchpp, pyhessian_trace, slq_density, top_eigenvalues,
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
-use common::data::{dataset_for_checkpoint, Dataset, Split};
+use common::data::{Dataset, Split};
 use common::io::{
-    atomic_write, fill_name, log_line, process_stream, require_file, Checkpoint, Record,
+    atomic_write, fill_name, finite_or_null, log_line, process_stream, Checkpoint, Record,
 };
 use common::model::ModelSpec;
+use common::sample::DataCache;
 use common::{Error, Real};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -164,20 +165,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            log_line(&format!("hessian-trace: {e:#}"));
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("hessian-trace", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 /// `x` must be a positive finite number.
@@ -263,7 +253,14 @@ fn run(args: Args) -> Result<ExitCode> {
         .as_deref()
         .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
-    let mut data_cache: HashMap<(&'static str, PathBuf, bool), Dataset> = HashMap::new();
+    // The data folder is chosen per record (--data-dir, else the record's); the split is --split.
+    let split = if args.split == "test" {
+        Split::Test
+    } else {
+        Split::Train
+    };
+    let mut data_cache =
+        DataCache::new(PathBuf::from("data"), args.dataset.clone(), None).with_split(split);
     let mut density_written: HashSet<PathBuf> = HashSet::new();
     let stdin = std::io::stdin();
     if args.checkpoints.is_empty() && stdin.is_terminal() && !args.quiet {
@@ -304,7 +301,7 @@ fn analyse_record(
     model: Option<&ModelSpec>,
     record: &Record,
     path: &Path,
-    data_cache: &mut HashMap<(&'static str, PathBuf, bool), Dataset>,
+    data_cache: &mut DataCache,
     density_written: &mut HashSet<PathBuf>,
 ) -> common::Result<Value> {
     let start = Instant::now();
@@ -326,10 +323,6 @@ fn analyse_record(
         }
         None => None,
     };
-    require_file(path)?;
-    let ck = Checkpoint::load(path, model)?;
-    ck.check_finite(path)?;
-    let kind = dataset_for_checkpoint(&ck, args.dataset.as_deref())?;
     let data_dir = args
         .data_dir
         .clone()
@@ -340,17 +333,8 @@ fn analyse_record(
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from("data"));
-    let test = args.split == "test";
-    let key = (kind.name(), data_dir.clone(), test);
-    if !data_cache.contains_key(&key) {
-        let d = Dataset::load(
-            kind,
-            &data_dir,
-            if test { Split::Test } else { Split::Train },
-        )?;
-        data_cache.insert(key.clone(), d);
-    }
-    let data = &data_cache[&key];
+    let (ck, data) = data_cache.load_in(path, model, &data_dir)?;
+    let kind = data.kind;
     let samples = if args.full {
         data.len()
     } else {
@@ -404,18 +388,10 @@ fn analyse_record(
 fn estimate_json(est: &TraceEstimate) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("trace".into(), Value::from(est.trace));
-    m.insert("trace_se".into(), finite(est.se));
+    m.insert("trace_se".into(), finite_or_null(est.se));
     m.insert("probes".into(), Value::from(est.probes));
     m.insert("matvecs".into(), Value::from(est.matvecs));
     m
-}
-
-fn finite(x: f64) -> Value {
-    if x.is_finite() {
-        Value::from(x)
-    } else {
-        Value::Null
-    }
 }
 
 fn analyse<T: Real>(
@@ -516,7 +492,12 @@ fn analyse<T: Real>(
             let pt: Map<String, Value> = est
                 .per_tensor
                 .iter()
-                .map(|(n, m, s)| (n.clone(), json!({"trace": m, "trace_se": finite(*s)})))
+                .map(|(n, m, s)| {
+                    (
+                        n.clone(),
+                        json!({"trace": m, "trace_se": finite_or_null(*s)}),
+                    )
+                })
                 .collect();
             out.insert("per_tensor".into(), Value::Object(pt));
         }

@@ -147,19 +147,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            log_line(&format!("llc: {e:#}"));
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("llc", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 /// The most step sizes of a calibration grid (each is a full LLC estimate per row); a count like

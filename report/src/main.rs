@@ -184,13 +184,9 @@ fn at_epochs(epochs: &[u64]) -> String {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("report: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("report", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 fn load(files: &[PathBuf]) -> Result<Vec<Record>> {

@@ -5,13 +5,14 @@ extern crate openblas_src;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use common::cli::{Stop, Stopped};
 use common::data::{dataset_for_checkpoint, Dataset, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
 use common::model::ModelSpec;
-use common::optim::{build, describe, OptimizerSettings, OptimizerState, OPTIMIZERS};
+use common::optim::{build, describe, OptimizerSettings, OPTIMIZERS};
 use common::train::{
-    last_epoch_checkpoint, prepare_output, train, OutputMode, Resume, RunSettings, Start,
-    TrainConfig,
+    last_epoch_checkpoint, prepare_output, train, Continuation, OutputMode, Resume, RunSettings,
+    Start, TrainConfig,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -166,15 +167,8 @@ fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
     })
 }
 
-/// Where one branch starts: from `--from`, or (`--resume`) from its own last checkpoint.
-struct Plan {
-    start: Start,
-    optimizer_state: Option<OptimizerState>,
-    /// `resumed_with_changes`, when the resume accepted changes.
-    changes: Option<Value>,
-}
-
-/// Checks and prepares branch `b`'s folder for the mode the flags ask for, and says where it starts.
+/// Checks and prepares branch `b`'s folder for the mode the flags ask for, and says where it starts:
+/// from `--from`, or (`--resume`) from its own last checkpoint.
 #[allow(clippy::too_many_arguments)]
 fn plan_branch(
     args: &Args,
@@ -188,14 +182,10 @@ fn plan_branch(
     base_batch: usize,
     switched_at: &Value,
     from_start: &Start,
-) -> Result<Plan> {
+) -> Result<Continuation> {
     let dir = args.out.join(&b.name);
     let context = || format!("branch {}", b.name);
-    let fresh = Plan {
-        start: from_start.clone(),
-        optimizer_state: None,
-        changes: None,
-    };
+    let fresh = Continuation::fresh(from_start.clone());
     if !args.resume {
         let mode = if args.overwrite {
             OutputMode::Overwrite
@@ -239,8 +229,8 @@ fn plan_branch(
             switched_at
         );
     }
-    let changes = resume
-        .check_settings(&now, args.resume_with_changes)
+    let continuation = resume
+        .continuation(&now, args.resume_with_changes)
         .with_context(context)?;
     prepare_output(
         &dir,
@@ -249,25 +239,13 @@ fn plan_branch(
         Some((&resume.start, &resume.settings)),
     )
     .with_context(context)?;
-    Ok(Plan {
-        start: resume.start,
-        optimizer_state: Some(resume.optimizer_state),
-        changes,
-    })
+    Ok(continuation)
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let interrupted = matches!(
-                e.downcast_ref::<common::Error>(),
-                Some(common::Error::Interrupted { .. })
-            );
-            eprintln!("switch: {e:#}");
-            ExitCode::from(if interrupted { 130 } else { 1 })
-        }
-    }
+    common::cli::run_main("switch", common::cli::ClosedStdout::Fail, || {
+        run(Args::parse())
+    })
 }
 
 fn run(args: Args) -> Result<()> {
@@ -385,15 +363,10 @@ fn run(args: Args) -> Result<()> {
                 let plan = &plans[i];
                 let result = (|| -> Result<()> {
                     let mut optimizer = build(&b.settings, &net)?;
-                    if let Some(state) = &plan.optimizer_state {
-                        optimizer.load_state(state)?;
-                    }
                     let mut extra = serde_json::Map::new();
                     extra.insert("branch".into(), Value::from(b.name.clone()));
                     extra.insert("switched_at".into(), switched_at.clone());
-                    if let Some(changes) = &plan.changes {
-                        extra.insert("resumed_with_changes".into(), changes.clone());
-                    }
+                    plan.apply(optimizer.as_mut(), &mut extra)?;
                     let cfg = TrainConfig {
                         run: format!("{prefix}-{}", b.name),
                         out_dir: args.out.join(&b.name),
@@ -465,14 +438,18 @@ fn run(args: Args) -> Result<()> {
     });
     let failures = failures.into_inner().expect("lock");
     if pipe_closed.load(Ordering::SeqCst) {
-        eprintln!(
-            "switch: stdout was closed by its reader; every branch stopped, and every checkpoint written is complete (continue with --resume)"
-        );
-        std::process::exit(141);
+        return Err(Stopped::new(
+            Stop::StdoutClosed,
+            "stdout was closed by its reader; every branch stopped, and every checkpoint written is complete (continue with --resume)",
+        )
+        .into());
     }
     if interrupted.load(Ordering::SeqCst) {
-        eprintln!("switch: interrupted; every checkpoint written so far is complete");
-        std::process::exit(130);
+        return Err(Stopped::new(
+            Stop::Interrupted,
+            "interrupted; every checkpoint written so far is complete",
+        )
+        .into());
     }
     if !failures.is_empty() {
         bail!(

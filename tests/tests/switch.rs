@@ -220,3 +220,35 @@ fn a_closed_stdout_stops_switch_with_a_message_and_a_failing_status() {
     assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
     assert_one_line_error(&o, &["stdout was closed", "--resume"]);
 }
+
+#[test]
+fn ctrl_c_stops_switch_with_status_130_and_one_line() {
+    let dir = scratch("switch-sigint");
+    let from = source(&dir);
+    let mut c = tool("switch");
+    c.arg("--from")
+        .arg(&from)
+        .arg("--data-dir")
+        .arg(small_data());
+    c.args(["--epochs", "100000", "--quiet", "--branch", "sgd", "--out"])
+        .arg(dir.join("b"));
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Keep reading stdout so that the branch is not stopped by a full pipe instead.
+    std::io::Read::read_to_end(&mut out, &mut Vec::new()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_one_line_error(
+        &o,
+        &["interrupted", "every checkpoint written so far is complete"],
+    );
+}

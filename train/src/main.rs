@@ -13,7 +13,9 @@ use common::model::{
     check_fits_in_memory, initialise, Activation, Architecture, ModelSpec, Network,
 };
 use common::optim::{Optimizer, SgdConfig};
-use common::train::{prepare_output, train, OutputMode, Resume, RunSettings, Start, TrainConfig};
+use common::train::{
+    prepare_output, train, Continuation, OutputMode, Resume, RunSettings, Start, TrainConfig,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -195,36 +197,9 @@ struct Args {
     ngd: ngd_args::NgdArgs,
 }
 
-/// Exit status when stdout was closed before the run finished (128 + SIGPIPE, as a shell reports a
-/// process killed by it), so that `set -o pipefail` sees the run stopped early.
-const EXIT_BROKEN_PIPE: u8 = 141;
-
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if is_broken_pipe(&e) {
-                eprintln!("train: {e:#}");
-                return ExitCode::from(EXIT_BROKEN_PIPE);
-            }
-            eprintln!("train: {e:#}");
-            if matches!(
-                e.downcast_ref::<common::Error>(),
-                Some(common::Error::Interrupted { .. })
-            ) {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    common::cli::run_main("train", common::cli::ClosedStdout::Fail, || {
+        run(Args::parse())
     })
 }
 
@@ -424,22 +399,23 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|v| ("variant".to_string(), Value::from(v.clone())))
         .collect();
-    if let Some(r) = &resume {
-        let now = RunSettings {
-            run: run.clone(),
-            dataset: dataset.name().to_string(),
-            seed,
-            batch_size: args.batch_size,
-            shuffle: !args.no_shuffle,
-            train_samples: train_data.len(),
-            blas_threads: args.threads,
-            optimizer: common::optim::describe(optimizer.as_ref()),
-        };
-        if let Some(changes) = r.check_settings(&now, args.resume_with_changes)? {
-            extra.insert("resumed_with_changes".into(), changes);
+    let continuation = match &resume {
+        None => Continuation::fresh(start),
+        Some(r) => {
+            let now = RunSettings {
+                run: run.clone(),
+                dataset: dataset.name().to_string(),
+                seed,
+                batch_size: args.batch_size,
+                shuffle: !args.no_shuffle,
+                train_samples: train_data.len(),
+                blas_threads: args.threads,
+                optimizer: common::optim::describe(optimizer.as_ref()),
+            };
+            r.continuation(&now, args.resume_with_changes)?
         }
-        optimizer.load_state(&r.optimizer_state)?;
-    }
+    };
+    continuation.apply(optimizer.as_mut(), &mut extra)?;
     let mode = match (resume.is_some(), args.overwrite) {
         (true, _) => OutputMode::Resume,
         (false, true) => OutputMode::Overwrite,
@@ -488,7 +464,7 @@ fn run(args: Args) -> Result<()> {
             hyper.join(" "),
             args.batch_size,
             seed,
-            start.epoch + 1,
+            continuation.start.epoch + 1,
             args.epochs
         );
     }
@@ -529,7 +505,7 @@ fn run(args: Args) -> Result<()> {
         &net,
         &train_data,
         &test_data,
-        start,
+        continuation.start,
         optimizer.as_mut(),
         &interrupted,
         &mut emit,

@@ -8,7 +8,8 @@ use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
 use common::sample::{
-    estimate_wbic, DataCache, NBeta, NetworkPotential, Potential, SgldConfig, WbicMode,
+    estimate_wbic, watanabe_temperature, DataCache, NBeta, NetworkPotential, Potential, SgldConfig,
+    WbicMode,
 };
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -112,19 +113,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            log_line(&format!("wbic: {e:#}"));
-            ExitCode::FAILURE
-        }
-    }
+    common::cli::run_main("wbic", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
 }
 
 fn run(args: Args) -> Result<ExitCode> {
@@ -210,20 +201,9 @@ fn run(args: Args) -> Result<ExitCode> {
                     nbeta_rule: rule["nbeta_rule"].as_str().unwrap_or("").to_string(),
                 }
             } else {
-                let (beta, rule) = match args.beta {
-                    Some(b) => (b, "given".to_string()),
-                    None => (1.0 / (n as f64).ln(), format!("1/ln n with n = {n}")),
-                };
-                sgld.nbeta = n as f64 * beta;
-                if !sgld.nbeta.is_finite() {
-                    return Err(common::Error::invalid(format!(
-                        "--beta {beta:e}: nβ = n·β with n = {n} is not a finite number"
-                    )));
-                }
-                WbicMode::Watanabe {
-                    beta,
-                    beta_rule: rule,
-                }
+                let (mode, nbeta) = watanabe_temperature(n, args.beta)?;
+                sgld.nbeta = nbeta;
+                mode
             };
             let est = estimate_wbic(&pot, &ck.params, &sgld, mode)?;
             if !quiet {

@@ -14,7 +14,6 @@
 
 use super::atomic::atomic_write;
 use crate::model::{Activation, Architecture, ModelSpec, Network};
-use crate::optim::OptimizerState;
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -592,6 +591,10 @@ fn infer_architecture(shapes: &[Vec<usize>]) -> std::result::Result<Architecture
     Err("cannot infer the model from the tensor shapes (pass --model)".to_string())
 }
 
+/// An optimiser's resumable state, as its sidecar stores it: named flat f32 tensors (f64 values are
+/// stored bit-exactly as pairs of f32 words by the optimisers that keep them).
+pub type OptimizerState = BTreeMap<String, Vec<f32>>;
+
 /// `<checkpoint>.optim.safetensors`.
 pub fn optimizer_sidecar_path(checkpoint: &Path) -> PathBuf {
     let mut s = checkpoint.as_os_str().to_os_string();
@@ -602,7 +605,7 @@ pub fn optimizer_sidecar_path(checkpoint: &Path) -> PathBuf {
 /// Writes optimiser state (named flat f32 tensors) and its metadata atomically.
 pub fn save_optimizer_state(
     path: &Path,
-    state: &BTreeMap<String, Vec<f32>>,
+    state: &OptimizerState,
     meta: &Map<String, Value>,
 ) -> Result<()> {
     let tensors: Vec<(String, Vec<usize>, &[f32])> = state

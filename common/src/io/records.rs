@@ -12,6 +12,16 @@ use std::io::{BufRead, Write};
 /// One record: an ordered JSON object.
 pub type Record = Map<String, Value>;
 
+/// A JSON number, or null for NaN and ±∞: JSON has no non-finite numbers, and a record says "no
+/// number" (one chain has no spread, a mean over no steps) with null rather than failing to write.
+pub fn finite_or_null(x: f64) -> Value {
+    if x.is_finite() {
+        Value::from(x)
+    } else {
+        Value::Null
+    }
+}
+
 /// Writes records as JSON lines, flushing after each.
 pub struct RecordWriter<W: Write> {
     out: W,
@@ -68,6 +78,16 @@ pub fn read_records<R: BufRead>(input: R) -> impl Iterator<Item = Result<Record>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_numbers_are_null_and_finite_ones_are_kept_exactly() {
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(finite_or_null(x), Value::Null, "{x}");
+        }
+        for x in [0.0, -0.0, 1.5, -2.25e-300, f64::MAX, f64::MIN_POSITIVE] {
+            assert_eq!(finite_or_null(x).as_f64(), Some(x), "{x}");
+        }
+    }
 
     #[test]
     fn order_is_kept_and_lines_round_trip() {

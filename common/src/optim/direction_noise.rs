@@ -17,10 +17,11 @@
 //! paper's online NGD (`--ngd-shadow-f64`), it asks whether a perturbation of that size alone, with no
 //! preconditioning, raises λ̂.
 
-use super::ngd::{decode_f64, encode_f64, json_f64};
+use super::ngd::{decode_f64, encode_f64};
+use crate::io::finite_or_null;
 use crate::model::ParamLayout;
+use crate::rng::NoiseSource;
 use crate::rng::{stream, Purpose};
-use crate::sample::noise::NoiseSource;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -206,7 +207,7 @@ impl DirectionNoise {
         let mut m = Map::new();
         m.insert(
             "direction_noise_ratio".into(),
-            json_f64(self.ratio_sum / self.ratio_steps as f64),
+            finite_or_null(self.ratio_sum / self.ratio_steps as f64),
         );
         self.ratio_sum = 0.0;
         self.ratio_steps = 0;

@@ -32,8 +32,8 @@ use crate::Result;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// An optimiser's resumable state: named flat f32 tensors (stored in the sidecar).
-pub type OptimizerState = BTreeMap<String, Vec<f32>>;
+/// An optimiser's resumable state: named flat f32 tensors (the sidecar's type, defined by `io`).
+pub use crate::io::OptimizerState;
 
 /// The minibatch a gradient was computed on.
 pub struct Batch<'a> {

@@ -15,8 +15,8 @@
 //! gradients with the Gram solve in f64; with the sampled Fisher g is not in that span, g − Gᵀc
 //! cancels when λ is small, and that path runs in f64.
 
-use super::ngd::json_f64;
 use super::{Batch, Optimizer, Sgd, SgdConfig, StepRatioStats, EXPLOSION_RATIO};
+use crate::io::finite_or_null;
 use crate::model::{Network, PerSampleScratch, Workspace};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Real, Result};
@@ -523,13 +523,19 @@ impl Optimizer for NgdExact {
         let mut s = std::mem::take(&mut self.stats);
         let n = s.steps as f64;
         let mut m = Map::new();
-        m.insert("ngd_exact_lambda".into(), json_f64(s.lambda_sum / n));
-        m.insert("ngd_exact_trace_fisher".into(), json_f64(s.trace_sum / n));
+        m.insert("ngd_exact_lambda".into(), finite_or_null(s.lambda_sum / n));
+        m.insert(
+            "ngd_exact_trace_fisher".into(),
+            finite_or_null(s.trace_sum / n),
+        );
         m.insert(
             "ngd_exact_gram_condition_mean".into(),
-            json_f64(s.cond_sum / n),
+            finite_or_null(s.cond_sum / n),
         );
-        m.insert("ngd_exact_gram_condition_max".into(), json_f64(s.cond_max));
+        m.insert(
+            "ngd_exact_gram_condition_max".into(),
+            finite_or_null(s.cond_max),
+        );
         s.ratio.take("ngd_exact", &mut m);
         m
     }

@@ -9,7 +9,7 @@
 //! along directions the Fisher does not see. A step whose ratio exceeds [`EXPLOSION_RATIO`] is
 //! counted; the epoch record carries the count, the mean and the maximum of the ratio.
 
-use super::ngd::json_f64;
+use crate::io::finite_or_null;
 use serde_json::{Map, Value};
 
 /// ‖d‖/‖g‖ above which a step counts as exploded: 100 times the SGD step at the same learning rate.
@@ -64,9 +64,9 @@ impl StepRatioStats {
         let s = std::mem::take(self);
         m.insert(
             format!("{prefix}_step_ratio_mean"),
-            json_f64(s.sum / s.steps as f64),
+            finite_or_null(s.sum / s.steps as f64),
         );
-        m.insert(format!("{prefix}_step_ratio_max"), json_f64(s.max));
+        m.insert(format!("{prefix}_step_ratio_max"), finite_or_null(s.max));
         m.insert(format!("{prefix}_exploded_steps"), Value::from(s.exploded));
         m.insert(
             format!("{prefix}_explosion_threshold"),

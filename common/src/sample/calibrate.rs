@@ -2,10 +2,11 @@
 //! diagnostics of each cell, marking for each row the largest ε whose chains are stable — what
 //! devinterp's users do by hand with trace plots (devinterp's `sgld_calibration` notebook).
 
-use super::estimate::{finite_or_null, with_spread};
+use super::estimate::with_spread;
 use super::llc::{estimate_llc, LlcConfig};
 use super::nbeta::NBeta;
 use super::potential::Potential;
+use crate::io::finite_or_null;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 

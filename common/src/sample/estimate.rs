@@ -6,6 +6,7 @@ use super::diagnostics::{
     DRIFT_LIMIT, GEWEKE_LIMIT, RHAT_LIMIT,
 };
 use super::sgld::{ChainTrace, SgldConfig};
+use crate::io::finite_or_null;
 use serde_json::{json, Map, Value};
 
 /// Diagnostics of a set of chains' loss traces.
@@ -263,15 +264,6 @@ impl ChainDiagnostics {
         );
         m.insert("warnings".into(), Value::from(all));
         m
-    }
-}
-
-/// A JSON number, or null for NaN/±∞.
-pub fn finite_or_null(x: f64) -> Value {
-    if x.is_finite() {
-        Value::from(x)
-    } else {
-        Value::Null
     }
 }
 

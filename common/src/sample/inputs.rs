@@ -1,5 +1,7 @@
-//! Loading what a sampling tool needs for one record: the checkpoint (checked finite) and its training
-//! set (checked against the model's input), with the data sets cached across records.
+//! Loading what an analysis tool needs for one record: the checkpoint (checked finite) and its data
+//! set (checked against the model's input), with the data sets cached across records. `llc` and
+//! `wbic` sample on the training split; `hessian-trace` measures on either split, in the folder each
+//! record names.
 
 use crate::data::{dataset_for_checkpoint, Dataset, Split};
 use crate::io::{require_file, Checkpoint};
@@ -8,14 +10,16 @@ use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Training sets loaded so far, by kind.
+/// Data sets loaded so far, by kind and folder.
 pub struct DataCache {
     pub data_dir: PathBuf,
     /// `--dataset`: overrides the checkpoint's metadata.
     pub explicit: Option<String>,
-    /// Keep only the first N training samples.
+    /// Keep only the first N samples.
     pub train_samples: Option<usize>,
-    loaded: HashMap<&'static str, Dataset>,
+    /// The split loaded: the training set unless [`DataCache::with_split`] chose another.
+    pub split: Split,
+    loaded: HashMap<(&'static str, PathBuf), Dataset>,
 }
 
 impl DataCache {
@@ -24,12 +28,19 @@ impl DataCache {
             data_dir,
             explicit,
             train_samples,
+            split: Split::Train,
             loaded: HashMap::new(),
         }
     }
 
-    /// The checkpoint at `path` (architecture from `model` or its metadata/shapes) and the training
-    /// set it is sampled on.
+    /// The same cache loading `split` instead of the training set.
+    pub fn with_split(mut self, split: Split) -> Self {
+        self.split = split;
+        self
+    }
+
+    /// The checkpoint at `path` (architecture from `model` or its metadata/shapes) and the data set
+    /// it is analysed on, from [`DataCache::data_dir`].
     ///
     /// # Errors
     /// A missing or invalid checkpoint, non-finite parameters, a missing data set, or a data set whose
@@ -39,21 +50,36 @@ impl DataCache {
         path: &Path,
         model: Option<&ModelSpec>,
     ) -> Result<(Checkpoint, &Dataset)> {
+        let data_dir = self.data_dir.clone();
+        self.load_in(path, model, &data_dir)
+    }
+
+    /// As [`DataCache::load`], with the data set read from `data_dir` (a folder chosen per record).
+    ///
+    /// # Errors
+    /// As [`DataCache::load`].
+    pub fn load_in(
+        &mut self,
+        path: &Path,
+        model: Option<&ModelSpec>,
+        data_dir: &Path,
+    ) -> Result<(Checkpoint, &Dataset)> {
         require_file(path)?;
         let ck = Checkpoint::load(path, model)?;
         ck.check_finite(path)?;
         let kind = dataset_for_checkpoint(&ck, self.explicit.as_deref())?;
-        if !self.loaded.contains_key(kind.name()) {
-            let mut d = Dataset::load(kind, &self.data_dir, Split::Train)?;
+        let key = (kind.name(), data_dir.to_path_buf());
+        if !self.loaded.contains_key(&key) {
+            let mut d = Dataset::load(kind, data_dir, self.split)?;
             if let Some(n) = self.train_samples {
                 if n == 0 {
                     return Err(Error::invalid("--train-samples must be at least 1"));
                 }
                 d.truncate(n);
             }
-            self.loaded.insert(kind.name(), d);
+            self.loaded.insert(key.clone(), d);
         }
-        let data = &self.loaded[kind.name()];
+        let data = &self.loaded[&key];
         ck.network
             .check_input(data)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;

@@ -9,10 +9,11 @@
 //! are chains, `get_init_loss_multi_batch`), or the exact full-batch L_n(w*). The estimate is the
 //! mean of λ̂_c over the chains that did not diverge; its spread is their sample standard deviation.
 
-use super::estimate::{finite_or_null, mean_sd, settings_json, with_spread, ChainDiagnostics};
+use super::estimate::{mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::nbeta::NBeta;
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
+use crate::io::finite_or_null;
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use serde_json::{json, Map, Value};

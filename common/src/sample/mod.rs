@@ -7,7 +7,7 @@
 //! - [`nbeta`]: the inverse temperature rules.
 //! - [`llc`], [`wbic`]: the estimators; [`calibrate`]: the ε × nβ (or γ) grid.
 //! - [`diagnostics`], [`estimate`]: R-hat, ESS, stationarity, the verdict.
-//! - [`noise`]: fast N(0, 1) noise (Box–Muller, vectorised); [`special`]: Φ and Φ⁻¹.
+//! - [`special`]: Φ and Φ⁻¹. (The N(0, 1) noise of SGLD is [`crate::rng::NoiseSource`].)
 
 pub mod analytic;
 pub mod calibrate;
@@ -16,7 +16,6 @@ pub mod estimate;
 pub mod inputs;
 pub mod llc;
 pub mod nbeta;
-pub mod noise;
 pub mod potential;
 pub mod sgld;
 pub mod special;
@@ -29,4 +28,4 @@ pub use llc::{estimate_llc, InitLoss, LlcConfig, LlcEstimate};
 pub use nbeta::NBeta;
 pub use potential::{NetworkPotential, Potential};
 pub use sgld::{run_chain, run_chains, ChainTrace, SgldConfig};
-pub use wbic::{estimate_wbic, WbicEstimate, WbicMode};
+pub use wbic::{estimate_wbic, watanabe_temperature, WbicEstimate, WbicMode};

@@ -30,8 +30,8 @@
 //! w_t's coordinates that the previous step clamped onto the box: see
 //! [`super::estimate::DistanceSummary`] for what is made of them.
 
-use super::noise::NoiseSource;
 use super::potential::Potential;
+use crate::rng::NoiseSource;
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};

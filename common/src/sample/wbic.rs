@@ -13,9 +13,10 @@
 //! `devinterp` mode reproduces what the paper computed instead: SGLD at the LLC's settings (nβ by
 //! the batch rule, γ = 100) and n times the mean of the sampled minibatch losses.
 
-use super::estimate::{finite_or_null, mean_sd, settings_json, with_spread, ChainDiagnostics};
+use super::estimate::{mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
+use crate::io::finite_or_null;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 
@@ -45,6 +46,36 @@ pub struct WbicEstimate {
     pub traces: Vec<ChainTrace>,
     pub diagnostics: ChainDiagnostics,
     pub seconds: f64,
+}
+
+/// Watanabe's temperature: the inverse temperature β of WBIC and the nβ at which SGLD samples it,
+///
+///   β = 1/ln n,   nβ = n·β = n/ln n,
+///
+/// with n the number of training samples, or a `given` β (`--beta`) in place of 1/ln n. At β = 1/ln n
+/// the tempered posterior mean of n·L_n(w) is n·L_n(w₀) + λ·ln n + O_p(√ln n), the expansion that makes
+/// WBIC an estimate of the free energy (Watanabe 2013, "A widely applicable Bayesian information
+/// criterion", JMLR 14, the main theorem with β₀ = 1).
+///
+/// Returns the [`WbicMode::Watanabe`] to record (β and the rule that chose it: `given` or
+/// `1/ln n with n = N`) and nβ (computed as `n as f64 * β`).
+///
+/// # Errors
+/// [`Error::Invalid`] when nβ is not a finite number (n = 1, where ln n = 0, or a given β so large
+/// that n·β overflows).
+pub fn watanabe_temperature(samples: usize, given: Option<f64>) -> Result<(WbicMode, f64)> {
+    let n = samples;
+    let (beta, beta_rule) = match given {
+        Some(b) => (b, "given".to_string()),
+        None => (1.0 / (n as f64).ln(), format!("1/ln n with n = {n}")),
+    };
+    let nbeta = n as f64 * beta;
+    if !nbeta.is_finite() {
+        return Err(Error::invalid(format!(
+            "--beta {beta:e}: nβ = n·β with n = {n} is not a finite number"
+        )));
+    }
+    Ok((WbicMode::Watanabe { beta, beta_rule }, nbeta))
 }
 
 /// Runs the chains at `sgld` (nβ already set: n·β, or the LLC's nβ in devinterp mode) and estimates
@@ -219,6 +250,34 @@ mod tests {
             assert!(
                 e.to_string()
                     .starts_with("--beta must be a positive number"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn watanabes_temperature_is_one_over_ln_n_unless_given() {
+        // ln 1000 = 3 ln 10 = 6.907755278982137.
+        let (mode, nbeta) = watanabe_temperature(1000, None).unwrap();
+        let ln_n = 3.0 * std::f64::consts::LN_10;
+        let WbicMode::Watanabe { beta, beta_rule } = mode else {
+            panic!("{mode:?}")
+        };
+        assert!((beta - 1.0 / 6.907755278982137).abs() < 1e-15, "{beta}");
+        assert!((beta * ln_n - 1.0).abs() < 1e-15);
+        assert!((nbeta - 1000.0 / ln_n).abs() < 1e-12, "{nbeta}");
+        assert_eq!(beta_rule, "1/ln n with n = 1000");
+        let (mode, nbeta) = watanabe_temperature(200, Some(0.05)).unwrap();
+        assert_eq!(mode, watanabe(0.05));
+        assert_eq!(nbeta, 10.0);
+    }
+
+    #[test]
+    fn a_temperature_whose_nbeta_is_not_finite_is_refused() {
+        for (n, given) in [(1, None), (10, Some(f64::MAX))] {
+            let e = watanabe_temperature(n, given).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--beta ") && e.contains("is not a finite number"),
                 "{e}"
             );
         }

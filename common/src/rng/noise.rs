@@ -28,7 +28,7 @@
 //! path perform the same f32 operations in the same order (no fused multiply-adds), so the numbers do
 //! not depend on the processor.
 
-use crate::rng::Stream;
+use super::Stream;
 
 /// Interleaved generators.
 const GENERATORS: usize = 8;

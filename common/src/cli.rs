@@ -1,0 +1,197 @@
+//! The tools' `main`: one place that turns a run's outcome into an exit status and its error into one
+//! line on stderr.
+//!
+//! | status | when |
+//! |---|---|
+//! | 0 | the run finished (or, for a [`ClosedStdout::Quiet`] tool, its reader went away) |
+//! | 1 | an error: `TOOL: message: cause: ...` on one line (the `{:#}` of the anyhow chain) |
+//! | 2 | a usage error: clap reports it and exits before [`run_main`] is reached (`Args::parse()`) |
+//! | 130 | interrupted (Ctrl-C): [`Error::Interrupted`](crate::Error::Interrupted) or [`Stop::Interrupted`] |
+//! | 141 | stdout was closed before the run finished (a [`ClosedStdout::Fail`] tool) |
+//!
+//! A closed stdout is an I/O error of kind `BrokenPipe` anywhere in the chain, or a [`Stopped`]
+//! error with [`Stop::StdoutClosed`].
+
+use std::io::Write;
+use std::process::ExitCode;
+
+/// Exit status of an interrupted run (128 + SIGINT, as a shell reports it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Exit status when stdout was closed before the run finished (128 + SIGPIPE, as a shell reports a
+/// process killed by it), so that `set -o pipefail` sees the run stopped early.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// What a tool does when its stdout is closed by the reader (`tool | head -1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedStdout {
+    /// Exit 0 without a word, as a filter does (`llc`, `wbic`, `hessian-trace`, `report`): every
+    /// record written before is complete, and the reader asked for no more.
+    Quiet,
+    /// Print the error (which says what is complete and how to continue) and exit 141 (`train`,
+    /// `switch`): a training run that stopped early must not look finished.
+    Fail,
+}
+
+/// Why a run stopped before it finished, for an error that carries its own message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Interrupted (Ctrl-C): exit 130.
+    Interrupted,
+    /// Stdout was closed by its reader: as [`ClosedStdout`] says.
+    StdoutClosed,
+}
+
+/// A run that stopped on purpose, with the line to print (say what is complete and how to continue).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Stopped {
+    pub why: Stop,
+    pub message: String,
+}
+
+impl Stopped {
+    pub fn new(why: Stop, message: impl Into<String>) -> Self {
+        Stopped {
+            why,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a run returns on success: `()` (status 0) or its own status (e.g. 1 when some records failed
+/// and were reported one by one).
+pub trait Outcome {
+    fn exit_code(self) -> ExitCode;
+}
+
+impl Outcome for () {
+    fn exit_code(self) -> ExitCode {
+        ExitCode::SUCCESS
+    }
+}
+
+impl Outcome for ExitCode {
+    fn exit_code(self) -> ExitCode {
+        self
+    }
+}
+
+/// The status and the stderr line (if any) for a run's error.
+fn failure(tool: &str, closed: ClosedStdout, e: &anyhow::Error) -> (u8, Option<String>) {
+    let line = Some(format!("{tool}: {e:#}"));
+    let stopped = e.chain().find_map(|c| c.downcast_ref::<Stopped>());
+    let interrupted = stopped.is_some_and(|s| s.why == Stop::Interrupted)
+        || e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<crate::Error>(),
+                Some(crate::Error::Interrupted { .. })
+            )
+        });
+    let stdout_closed = stopped.is_some_and(|s| s.why == Stop::StdoutClosed)
+        || e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+    if stdout_closed {
+        match closed {
+            ClosedStdout::Quiet => (0, None),
+            ClosedStdout::Fail => (EXIT_BROKEN_PIPE, line),
+        }
+    } else if interrupted {
+        (EXIT_INTERRUPTED, line)
+    } else {
+        (1, line)
+    }
+}
+
+/// Runs a tool's `run` and turns its outcome into the exit status of the table above, printing an
+/// error as one line `TOOL: message: cause: ...` on stderr (a closed stderr is ignored rather than
+/// a panic).
+///
+/// ```no_run
+/// # fn run() -> anyhow::Result<()> { Ok(()) }
+/// fn main() -> std::process::ExitCode {
+///     common::cli::run_main("train", common::cli::ClosedStdout::Fail, run)
+/// }
+/// ```
+pub fn run_main<T: Outcome>(
+    tool: &str,
+    closed: ClosedStdout,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> ExitCode {
+    match run() {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            let (status, line) = failure(tool, closed, &e);
+            if let Some(line) = line {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            ExitCode::from(status)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken_pipe() -> anyhow::Error {
+        anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+
+    #[test]
+    fn an_error_is_status_1_with_its_chain_on_one_line() {
+        let e = anyhow::Error::from(crate::Error::invalid("bad --lr")).context("reading x");
+        let (status, line) = failure("train", ClosedStdout::Fail, &e);
+        assert_eq!(status, 1);
+        assert_eq!(line.as_deref(), Some("train: reading x: bad --lr"));
+    }
+
+    #[test]
+    fn an_interruption_is_status_130_through_context() {
+        let e = anyhow::Error::from(crate::Error::Interrupted { epoch: 2, step: 7 }).context("run");
+        let (status, line) = failure("train", ClosedStdout::Fail, &e);
+        assert_eq!(status, EXIT_INTERRUPTED);
+        assert_eq!(
+            line.as_deref(),
+            Some("train: run: interrupted at epoch 2, step 7")
+        );
+        let e = anyhow::Error::from(Stopped::new(Stop::Interrupted, "interrupted; all complete"));
+        assert_eq!(
+            failure("switch", ClosedStdout::Fail, &e),
+            (130, Some("switch: interrupted; all complete".into()))
+        );
+    }
+
+    #[test]
+    fn a_closed_stdout_is_quiet_0_or_a_line_and_141() {
+        let e = broken_pipe().context("stdout was closed; continue with --resume");
+        assert_eq!(failure("llc", ClosedStdout::Quiet, &e), (0, None));
+        assert_eq!(
+            failure("train", ClosedStdout::Fail, &e),
+            (
+                141,
+                Some("train: stdout was closed; continue with --resume: broken pipe".into())
+            )
+        );
+        let e = anyhow::Error::from(Stopped::new(Stop::StdoutClosed, "stdout was closed"));
+        assert_eq!(
+            failure("switch", ClosedStdout::Fail, &e),
+            (141, Some("switch: stdout was closed".into()))
+        );
+        assert_eq!(failure("switch", ClosedStdout::Quiet, &e), (0, None));
+    }
+
+    #[test]
+    fn a_run_chooses_its_own_status() {
+        assert_eq!(
+            run_main("llc", ClosedStdout::Quiet, || Ok(ExitCode::FAILURE)),
+            ExitCode::FAILURE
+        );
+        assert_eq!(
+            run_main("llc", ClosedStdout::Quiet, || Ok(())),
+            ExitCode::SUCCESS
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! `--optimizer ngd`: the paper's online natural gradient (ngd.py's `NGD`), per tensor and per axis,
+//! followed by `torch.optim.SGD` momentum / Nesterov on the preconditioned gradient.
+//!
+//! For each parameter tensor and each axis a of size D > 1, in axis order, the tensor (as it comes out
+//! of the previous axis) is viewed as X ∈ R^{N×D} with the axis as columns and is replaced by the
+//! output of that axis's [`AxisPreconditioner`](super::AxisPreconditioner) (norm-preserving). Weight
+//! decay, when set, is added to the gradient before preconditioning, as ngd.py does. The
+//! preconditioner's state lives in f32 (as the paper ran) or f64 (`--ngd-dtype`).
+//!
+//! The files: [`settings`] (hyperparameters), [`preconditioner`] (the per-axis update and the
+//! direction, per tensor and per model, and their sidecar state), [`stats`] (what the epoch record
+//! counts), [`shadow`] (`--ngd-shadow-f64`), [`f64_bits`] (f64 state in f32 sidecar tensors).
+//!
+//! With `--ngd-shadow-f64` an f32-state run also keeps a shadow f64-state preconditioner that sees the
+//! same gradient g every step (after weight decay) and whose output is only compared, never used:
+//! per step it measures ‖d_f32 − d_f64‖/‖g‖ over all tensors and per tensor t, ‖d_f32,t − d_f64,t‖/‖g_t‖
+//! and cos(d_f32,t, d_f64,t), where d is the preconditioned (norm-rescaled) direction before the
+//! momentum stage, both as handed to that stage (rounded to f32). The f32 run's trajectory is the
+//! same bit for bit with or without the shadow.
+
+mod f64_bits;
+mod preconditioner;
+mod settings;
+mod shadow;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub(super) use f64_bits::{decode_f64, encode_f64};
+use preconditioner::Preconditioners;
+pub use preconditioner::TensorPreconditioner;
+pub use settings::{NgdConfig, NgdDtype};
+use shadow::Shadow;
+use stats::{EpochStats, TensorStats};
+
+use super::{Batch, Optimizer, Sgd, SgdConfig};
+use crate::io::finite_or_null;
+use crate::model::ParamLayout;
+use crate::Result;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+enum AnyPreconditioners {
+    F32(Preconditioners<f32>),
+    F64(Preconditioners<f64>),
+}
+
+/// The paper's NGD optimiser: online natural-gradient preconditioning, then SGD with momentum.
+#[derive(Clone, Debug)]
+pub struct Ngd {
+    pub config: NgdConfig,
+    layout: ParamLayout,
+    pre: AnyPreconditioners,
+    shadow: Option<Box<Shadow>>,
+    sgd: Sgd,
+    stats: EpochStats,
+    /// ‖d‖/‖g‖ of each step's direction (see [`super::StepRatioStats`]).
+    step_ratio: super::StepRatioStats,
+    total_nan_fallbacks: u64,
+}
+
+impl Ngd {
+    /// An NGD optimiser for the tensors of `layout`.
+    pub fn new(config: NgdConfig, layout: &ParamLayout) -> Result<Self> {
+        config.validate()?;
+        let pre = match config.dtype {
+            NgdDtype::F32 => AnyPreconditioners::F32(Preconditioners::new(layout, &config)),
+            NgdDtype::F64 => AnyPreconditioners::F64(Preconditioners::new(layout, &config)),
+        };
+        let sgd = Sgd::new(SgdConfig {
+            weight_decay: 0.0,
+            ..config.sgd
+        })?;
+        Ok(Ngd {
+            config,
+            layout: layout.clone(),
+            pre,
+            shadow: config
+                .shadow_f64
+                .then(|| Box::new(Shadow::new(layout, &config))),
+            sgd,
+            stats: EpochStats {
+                tensors: vec![TensorStats::default(); layout.tensors.len()],
+                ..Default::default()
+            },
+            step_ratio: Default::default(),
+            total_nan_fallbacks: 0,
+        })
+    }
+
+    /// Replaces `grad` (+ weight decay·θ) by its preconditioned direction, without the momentum stage.
+    pub fn precondition(&mut self, params: &[f32], grad: &mut [f32]) {
+        let wd = self.config.sgd.weight_decay as f32;
+        if wd != 0.0 {
+            for (g, &p) in grad.iter_mut().zip(params) {
+                *g += wd * p;
+            }
+        }
+        let before = self.stats.nan_fallbacks;
+        if let Some(shadow) = &mut self.shadow {
+            shadow.see_gradient(&self.layout, grad);
+        }
+        match &mut self.pre {
+            AnyPreconditioners::F32(p) => p.precondition(&self.layout, grad, &mut self.stats),
+            AnyPreconditioners::F64(p) => p.precondition(&self.layout, grad, &mut self.stats),
+        }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.compare(&self.layout, grad);
+        }
+        self.total_nan_fallbacks += self.stats.nan_fallbacks - before;
+    }
+
+    /// NaN fallbacks since construction.
+    pub fn total_nan_fallbacks(&self) -> u64 {
+        self.total_nan_fallbacks
+    }
+}
+
+impl Optimizer for Ngd {
+    fn name(&self) -> &'static str {
+        "ngd"
+    }
+    fn hyperparameters(&self) -> Map<String, Value> {
+        self.config.to_json()
+    }
+    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+        let grad_norm = super::step_ratio::norm(grad);
+        self.precondition(params, grad);
+        self.step_ratio
+            .record(grad_norm, super::step_ratio::norm(grad));
+        self.sgd.apply(params, grad);
+        Ok(())
+    }
+    fn state(&self) -> BTreeMap<String, Vec<f32>> {
+        let mut m = self.sgd.state();
+        match &self.pre {
+            AnyPreconditioners::F32(p) => p.state(&self.layout, "ngd", &mut m),
+            AnyPreconditioners::F64(p) => p.state(&self.layout, "ngd", &mut m),
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.pre.state(&self.layout, "ngd_shadow", &mut m);
+        }
+        m
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+        self.sgd.load_state(state)?;
+        let missing = "not an NGD sidecar?";
+        match &mut self.pre {
+            AnyPreconditioners::F32(p) => p.load_state(&self.layout, "ngd", missing, state)?,
+            AnyPreconditioners::F64(p) => p.load_state(&self.layout, "ngd", missing, state)?,
+        }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.pre.load_state(
+                &self.layout,
+                "ngd_shadow",
+                "the run was trained without --ngd-shadow-f64; resume without it",
+                state,
+            )?;
+        }
+        Ok(())
+    }
+    /// `ngd_nan_fallbacks` (axis calls whose output was NaN and that returned the raw gradient),
+    /// `ngd_norm_ratio` (mean ‖X̂‖/‖X‖ before rescaling over all axis calls), and per tensor the mean
+    /// cosine between the preconditioned direction and the gradient and the mean fraction of the
+    /// factor's rank on the floor (over refreshes and axes). With the shadow also
+    /// `ngd_shadow_difference` (mean ‖d_f32 − d_f64‖/‖g‖ over the epoch's steps) and per tensor
+    /// `shadow_difference` (mean ‖d_f32,t − d_f64,t‖/‖g_t‖) and `shadow_cosine`. Always the step ratio
+    /// ‖d‖/‖g‖ and the count of exploded steps (`ngd_step_ratio_*`, `ngd_exploded_steps`).
+    fn take_epoch_stats(&mut self) -> Map<String, Value> {
+        let s = std::mem::take(&mut self.stats);
+        let mut m = Map::new();
+        m.insert("ngd_nan_fallbacks".into(), Value::from(s.nan_fallbacks));
+        m.insert(
+            "ngd_norm_ratio".into(),
+            finite_or_null(s.ratio_sum / s.ratio_count as f64),
+        );
+        let mut per = Map::new();
+        for (spec, t) in self.layout.tensors.iter().zip(&s.tensors) {
+            per.insert(
+                spec.name.clone(),
+                json!({
+                    "cosine": finite_or_null(t.cosine_sum / t.cosine_count as f64),
+                    "rank_on_floor": finite_or_null(t.floor_sum / t.floor_count as f64),
+                }),
+            );
+        }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.take_epoch_stats(&self.layout, &mut m, &mut per);
+        }
+        m.insert("ngd_tensors".into(), Value::Object(per));
+        self.step_ratio.take("ngd", &mut m);
+        self.stats.tensors = vec![TensorStats::default(); self.layout.tensors.len()];
+        m
+    }
+}

@@ -1,0 +1,225 @@
+//! The preconditioner update and the direction: each tensor's per-axis preconditioners
+//! ([`AxisPreconditioner`]) applied in axis order, for every tensor of a model, and their state in the
+//! optimiser sidecar.
+
+use super::super::ngd_axis::{AxisOutcome, AxisPreconditioner, NgdReal};
+use super::f64_bits::{decode_f64, encode_f64};
+use super::settings::NgdConfig;
+use super::stats::EpochStats;
+use crate::model::ParamLayout;
+use crate::{Error, Real, Result};
+use std::collections::BTreeMap;
+
+/// The preconditioners of one tensor: one per axis of size > 1, in axis order.
+#[derive(Clone, Debug)]
+pub struct TensorPreconditioner<T: NgdReal> {
+    pub shape: Vec<usize>,
+    /// (axis, preconditioner) for the axes with size > 1.
+    pub axes: Vec<(usize, AxisPreconditioner<T>)>,
+    pub(super) cur: Vec<T>,
+    pub(super) view: Vec<T>,
+}
+
+impl<T: NgdReal> TensorPreconditioner<T> {
+    pub fn new(shape: &[usize], cfg: &NgdConfig) -> Self {
+        let numel: usize = shape.iter().product();
+        let axes = shape
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d > 1)
+            .map(|(a, &d)| {
+                let prefix: usize = shape[..a].iter().product();
+                let post: usize = shape[a + 1..].iter().product();
+                // The first axis of a tensor is X transposed in place (no copy) unless it is also
+                // the last; middle axes are gathered into a scratch view.
+                let transposed = prefix == 1 && post > 1;
+                (
+                    a,
+                    AxisPreconditioner::new(
+                        numel / d,
+                        d,
+                        cfg.rank_for(d),
+                        transposed,
+                        cfg.axis_settings(),
+                    ),
+                )
+            })
+            .collect();
+        TensorPreconditioner {
+            shape: shape.to_vec(),
+            axes,
+            cur: vec![T::zero(); numel],
+            view: vec![T::zero(); numel],
+        }
+    }
+
+    /// Preconditions `g` (the tensor, row-major in its shape) in place through every axis; `on_axis`
+    /// sees each axis's outcome.
+    pub fn precondition(&mut self, g: &mut [T], mut on_axis: impl FnMut(usize, AxisOutcome)) {
+        for (axis, pre) in self.axes.iter_mut() {
+            let a = *axis;
+            let dim = self.shape[a];
+            let post: usize = self.shape[a + 1..].iter().product();
+            let prefix: usize = self.shape[..a].iter().product();
+            // X[(p, q), d] = g[p, d, q]: the axis as columns, the rest as rows. The last axis is
+            // g itself, the first (prefix 1) is gᵀ, which the preconditioner reads transposed.
+            let gathered = post != 1 && prefix != 1;
+            let x = if !gathered {
+                &mut g[..]
+            } else {
+                for p in 0..prefix {
+                    for d in 0..dim {
+                        let src = &g[(p * dim + d) * post..][..post];
+                        for (q, &v) in src.iter().enumerate() {
+                            self.view[(p * post + q) * dim + d] = v;
+                        }
+                    }
+                }
+                &mut self.view[..]
+            };
+            let outcome = pre.precondition(x);
+            if gathered {
+                for p in 0..prefix {
+                    for d in 0..dim {
+                        let dst = &mut g[(p * dim + d) * post..][..post];
+                        for (q, v) in dst.iter_mut().enumerate() {
+                            *v = self.view[(p * post + q) * dim + d];
+                        }
+                    }
+                }
+            }
+            on_axis(a, outcome);
+        }
+    }
+}
+
+/// All tensors of a model, in one element type.
+#[derive(Clone, Debug)]
+pub(super) struct Preconditioners<T: NgdReal> {
+    pub(super) tensors: Vec<TensorPreconditioner<T>>,
+}
+
+impl<T: NgdReal> Preconditioners<T> {
+    pub(super) fn new(layout: &ParamLayout, cfg: &NgdConfig) -> Self {
+        Preconditioners {
+            tensors: layout
+                .tensors
+                .iter()
+                .map(|t| TensorPreconditioner::new(&t.shape, cfg))
+                .collect(),
+        }
+    }
+
+    pub(super) fn precondition(
+        &mut self,
+        layout: &ParamLayout,
+        grad: &mut [f32],
+        stats: &mut EpochStats,
+    ) {
+        for (ti, (spec, tp)) in layout
+            .tensors
+            .iter()
+            .zip(self.tensors.iter_mut())
+            .enumerate()
+        {
+            let g = &mut grad[spec.range()];
+            let mut cur = std::mem::take(&mut tp.cur);
+            for (c, &v) in cur.iter_mut().zip(g.iter()) {
+                *c = T::of_f64(v as f64);
+            }
+            let (mut fallbacks, mut ratio_sum, mut ratio_count) = (0u64, 0.0f64, 0u64);
+            let (mut floor_sum, mut floor_count) = (0.0f64, 0u64);
+            tp.precondition(&mut cur, |_, o| {
+                if o.nan_fallback {
+                    fallbacks += 1;
+                } else {
+                    ratio_sum += o.norm_ratio;
+                    ratio_count += 1;
+                }
+                if let Some(f) = o.floor_fraction {
+                    floor_sum += f;
+                    floor_count += 1;
+                }
+            });
+            stats.nan_fallbacks += fallbacks;
+            stats.ratio_sum += ratio_sum;
+            stats.ratio_count += ratio_count;
+            let ts = &mut stats.tensors[ti];
+            ts.floor_sum += floor_sum;
+            ts.floor_count += floor_count;
+            let (mut dot, mut nd, mut ng) = (0.0, 0.0, 0.0);
+            for (c, v) in cur.iter().zip(g.iter_mut()) {
+                let (a, b) = (c.as_f64(), *v as f64);
+                dot += a * b;
+                nd += a * a;
+                ng += b * b;
+                *v = c.as_f64() as f32;
+            }
+            if nd > 0.0 && ng > 0.0 {
+                ts.cosine_sum += dot / (nd * ng).sqrt();
+                ts.cosine_count += 1;
+            }
+            tp.cur = cur;
+        }
+    }
+
+    /// The state under `<prefix>.<tensor>.axis<a>.<t|rho|d|W>` (f64 values stored bit-exactly).
+    pub(super) fn state(
+        &self,
+        layout: &ParamLayout,
+        prefix: &str,
+        out: &mut BTreeMap<String, Vec<f32>>,
+    ) {
+        for (spec, tp) in layout.tensors.iter().zip(&self.tensors) {
+            for (a, p) in &tp.axes {
+                let key = |what: &str| format!("{prefix}.{}.axis{a}.{what}", spec.name);
+                out.insert(key("t"), encode_f64(&[p.t as f64]));
+                out.insert(key("rho"), encode_f64(&[p.rho]));
+                out.insert(key("d"), encode_f64(&to_f64(&p.d)));
+                out.insert(key("W"), encode_f64(&to_f64(&p.w)));
+            }
+        }
+    }
+
+    /// Restores [`Preconditioners::state`]; `missing` says what a missing key means.
+    pub(super) fn load_state(
+        &mut self,
+        layout: &ParamLayout,
+        prefix: &str,
+        missing: &str,
+        st: &BTreeMap<String, Vec<f32>>,
+    ) -> Result<()> {
+        for (spec, tp) in layout.tensors.iter().zip(self.tensors.iter_mut()) {
+            for (a, p) in tp.axes.iter_mut() {
+                let key = |what: &str| format!("{prefix}.{}.axis{a}.{what}", spec.name);
+                let get = |what: &str, len: usize| -> Result<Vec<f64>> {
+                    let k = key(what);
+                    let v = st.get(&k).ok_or_else(|| {
+                        Error::invalid(format!("optimiser state lacks {k} ({missing})"))
+                    })?;
+                    let v = decode_f64(v);
+                    if v.len() != len {
+                        return Err(Error::invalid(format!(
+                            "optimiser state {k} has {} values, expected {len} (different --ngd-rank?)",
+                            v.len()
+                        )));
+                    }
+                    Ok(v)
+                };
+                p.t = get("t", 1)?[0] as u64;
+                p.rho = get("rho", 1)?[0];
+                for (dst, v) in p.d.iter_mut().zip(get("d", p.rank)?) {
+                    *dst = T::of_f64(v);
+                }
+                for (dst, v) in p.w.iter_mut().zip(get("W", p.rank * p.dim)?) {
+                    *dst = T::of_f64(v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.as_f64()).collect()
+}
