@@ -75,6 +75,10 @@ record succeeded, 1 otherwise (one line on stderr per failure, naming the checkp
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hessian-trace", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
+    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
+    /// explicit cuda is refused).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     /// Checkpoints (safetensors). Without any, JSON-lines records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -245,6 +249,7 @@ fn hutchinson_config(args: &Args, kind: ProbeKind) -> HutchinsonConfig {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::device::Device::for_tool(&args.device, "hessian-trace")?;
     common::progress::enable(!args.quiet);
     validate(&args)?;
     common::device::cpu::set_blas_threads(args.threads);

@@ -63,6 +63,10 @@ naming the record, and the record is still written with an `llc.error` field).";
 #[derive(Parser, Debug)]
 #[command(name = "llc", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
+    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
+    /// explicit cuda is refused).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     /// Checkpoints (safetensors). Without any, JSON records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -164,6 +168,7 @@ fn positive_count(v: i64, flag: &str) -> Result<usize> {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::device::Device::for_tool(&args.device, "llc")?;
     common::progress::enable(!args.quiet);
     let chains = positive_count(args.chains, "--chains")?;
     let draws = positive_count(args.draws, "--draws")?;

@@ -53,6 +53,10 @@ interrupted, 141 when stdout was closed before the branches finished (`switch ..
 #[derive(Parser, Debug)]
 #[command(name = "switch", version, about = "Continue a checkpoint along several optimiser branches", long_about = LONG_ABOUT)]
 struct Args {
+    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
+    /// explicit cuda is refused).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     /// The checkpoint to branch from.
     #[arg(long)]
     from: PathBuf,
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    common::device::Device::for_tool(&args.device, "switch")?;
     common::progress::enable(!args.quiet);
     let model = args
         .model

@@ -85,6 +85,10 @@ and records them).";
 #[derive(Parser, Debug)]
 #[command(name = "train", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
+    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
+    /// explicit cuda is refused).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     /// Model: mlp (widths from --hidden), lenet (--extra-layers), or a name such as mlp_1x128,
     /// mlp_2x256, mlp_128-64_tanh, lenet_k3. With --init, mlp and lenet take their sizes from the
     /// checkpoint unless --hidden / --extra-layers is given, and a name must match it exactly
@@ -260,6 +264,7 @@ fn check_model(arch: &Architecture, batch: usize, flag: &str) -> Result<()> {
 }
 
 fn run(args: Args) -> Result<()> {
+    common::device::Device::for_tool(&args.device, "train")?;
     common::progress::enable(!args.quiet);
     let spec = args
         .model

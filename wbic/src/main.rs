@@ -52,6 +52,10 @@ Exit status: 0 when every record succeeded; 1 if any failed (reported on stderr 
 #[derive(Parser, Debug)]
 #[command(name = "wbic", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
+    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
+    /// explicit cuda is refused).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
     /// Checkpoints (safetensors). Without any, JSON records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    common::device::Device::for_tool(&args.device, "wbic")?;
     common::progress::enable(!args.quiet);
     if args.chains < 1 {
         bail!("--chains must be at least 1 (got {})", args.chains);

@@ -16,7 +16,7 @@ mod cuda;
 
 use crate::{Error, Result};
 
-/// Where the numerics run.
+/// Where the numerics run. The tools take it as `--device cpu|cuda|cuda:N|auto` ([`Device::for_tool`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
@@ -54,7 +54,47 @@ impl Device {
     }
 }
 
+impl Device {
+    /// The device a tool runs on for `--device SPEC`: [`Device::select`], then what the tool can use
+    /// today. Every computation has a CPU path; the CUDA path is issue #17, so until it lands `auto`
+    /// means the CPU and an explicit `cuda` / `cuda:N` is refused naming the tool.
+    ///
+    /// # Errors
+    /// [`Error::Device`] as [`Device::select`], and for a CUDA device the tool cannot use.
+    pub fn for_tool(spec: &str, tool: &str) -> Result<Device> {
+        let selected = Device::select(spec).map_err(|e| match e {
+            Error::Device(why) => Error::Device(format!("--device {spec}: {why}")),
+            other => other,
+        })?;
+        match (spec, selected) {
+            (_, Device::Cpu) | ("auto", _) => Ok(Device::Cpu),
+            (_, d @ Device::Cuda(_)) => Err(Error::Device(format!(
+                "--device {spec}: {} is there, but {tool} has no CUDA path yet (the GPU backend is \
+                 still to come); use --device cpu or auto",
+                d.name()
+            ))),
+        }
+    }
+}
+
 /// Whether this build has the CUDA backend.
 pub fn cuda_compiled() -> bool {
     cfg!(feature = "cuda")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_and_auto_select_the_cpu_and_unknown_names_are_refused() {
+        assert_eq!(Device::for_tool("cpu", "llc").unwrap(), Device::Cpu);
+        assert_eq!(Device::for_tool("auto", "llc").unwrap(), Device::Cpu);
+        let err = Device::for_tool("tpu", "llc").unwrap_err().to_string();
+        assert!(err.contains("unknown device 'tpu'"), "{err}");
+        if !cuda_compiled() {
+            let err = Device::for_tool("cuda:1", "llc").unwrap_err().to_string();
+            assert!(err.contains("cuda"), "{err}");
+        }
+    }
 }
