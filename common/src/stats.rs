@@ -24,7 +24,8 @@ pub struct Welch {
     /// Welch–Satterthwaite degrees of freedom
     /// ν = (s_a²/n_a + s_b²/n_b)² / [(s_a²/n_a)²/(n_a − 1) + (s_b²/n_b)²/(n_b − 1)].
     pub df: f64,
-    /// Two-sided p-value 2·(1 − F_ν(|t|)), F_ν the Student-t CDF (statrs).
+    /// Two-sided p-value 2·F_ν(−|t|) (= 2·(1 − F_ν(|t|)), evaluated in the tail so that small p do
+    /// not round to 0), F_ν the Student-t CDF (statrs).
     pub p_two_sided: f64,
 }
 
@@ -43,7 +44,7 @@ pub fn welch_t_test(a: &[f64], b: &[f64]) -> Option<Welch> {
     let t = (mean(b) - mean(a)) / se;
     let df = (va + vb).powi(2) / (va * va / (na - 1.0) + vb * vb / (nb - 1.0));
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
-    let p = 2.0 * (1.0 - dist.cdf(t.abs()));
+    let p = 2.0 * dist.cdf(-t.abs());
     Some(Welch {
         t,
         df,
@@ -73,6 +74,23 @@ mod tests {
         assert!(
             (w.p_two_sided - 0.042_128_939_574_102).abs() < 1e-9,
             "{}",
+            w.p_two_sided
+        );
+    }
+
+    #[test]
+    fn small_p_values_do_not_round_to_zero() {
+        // n = 2 and 2 with equal variances: ν = 2, where F(t) = 1/2 + t/(2·√(2 + t²)), so
+        // p = 1 − t/√(2 + t²) = 2/(√(2 + t²)·(√(2 + t²) + t)) (the stable form).
+        let c = 1e9 * 0.5f64.sqrt();
+        let w = welch_t_test(&[0.0, 1.0], &[c, c + 1.0]).unwrap();
+        assert!((w.df - 2.0).abs() < 1e-9, "{}", w.df);
+        let r = (2.0 + w.t * w.t).sqrt();
+        let want = 2.0 / (r * (r + w.t));
+        assert!(want < 1e-17);
+        assert!(
+            (w.p_two_sided - want).abs() < 1e-6 * want,
+            "{} vs {want}",
             w.p_two_sided
         );
     }

@@ -7,7 +7,8 @@
 //! Hessian trace (exact, Hutchinson, Gauss–Newton, Lanczos; f32 and f64) shows here, down to the last
 //! bit. Checkpoints and optimiser sidecars are hashed as files; records as canonical JSON (keys sorted,
 //! floats in shortest round-trip form) without what is not a result: wall times (`seconds*`), and the
-//! scratch folder in checkpoint paths.
+//! folders that depend on where the repository is checked out (the scratch folder in checkpoint paths
+//! becomes `<scratch>`, the fixture data folder `<data>`).
 //!
 //! Bit-identity holds on one BLAS build and CPU kind (OpenBLAS picks its kernels per CPU). A
 //! change that moves numbers on purpose records new hashes with
@@ -51,17 +52,18 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A record without wall times and with the scratch folder replaced by `<scratch>`.
-fn normalise(v: &Value, scratch: &str) -> Value {
+/// A record without wall times, with the scratch folder replaced by `<scratch>` and the fixture
+/// data folder by `<data>`: a clone elsewhere gives the same hashes.
+fn normalise(v: &Value, scratch: &str, data: &str) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
                 .filter(|(k, _)| !k.starts_with("seconds"))
-                .map(|(k, v)| (k.clone(), normalise(v, scratch)))
+                .map(|(k, v)| (k.clone(), normalise(v, scratch, data)))
                 .collect(),
         ),
-        Value::Array(a) => Value::Array(a.iter().map(|v| normalise(v, scratch)).collect()),
-        Value::String(s) => Value::String(s.replace(scratch, "<scratch>")),
+        Value::Array(a) => Value::Array(a.iter().map(|v| normalise(v, scratch, data)).collect()),
+        Value::String(s) => Value::String(s.replace(scratch, "<scratch>").replace(data, "<data>")),
         other => other.clone(),
     }
 }
@@ -87,11 +89,12 @@ impl Artifacts {
             stderr(&o)
         );
         let scratch = self.scratch.to_string_lossy().into_owned();
+        let data = small_data().to_string_lossy().into_owned();
         let text: String = stdout(&o)
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).expect("JSON record");
-                serde_json::to_string(&normalise(&v, &scratch)).unwrap() + "\n"
+                serde_json::to_string(&normalise(&v, &scratch, &data)).unwrap() + "\n"
             })
             .collect();
         self.hashes
