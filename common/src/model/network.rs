@@ -166,20 +166,57 @@ impl Network {
         ws: &'w mut Workspace<T>,
     ) -> &'w [T] {
         self.ensure(ws, batch);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (before, rest) = ws.acts.split_at_mut(i);
-            let input: &[T] = if i == 0 { x } else { &before[i - 1] };
-            layer.forward(
-                params,
-                input,
-                batch,
-                &mut rest[0],
-                &mut ws.indices[i],
-                &mut ws.scratch,
-            );
+        let mut i = 0;
+        while i < self.layers.len() {
+            // A run of sample-wise layers (a convolution, its activation, a pooling, …) goes one
+            // sample at a time, so that each sample's intermediate outputs stay in cache; the same
+            // arithmetic as layer by layer over the batch.
+            let run = self.layers[i..]
+                .iter()
+                .take_while(|l| l.sample_wise())
+                .count();
+            if run >= 2 {
+                for n in 0..batch {
+                    for k in i..i + run {
+                        self.forward_layer(params, x, k, n, 1, ws);
+                    }
+                }
+                i += run;
+            } else {
+                self.forward_layer(params, x, i, 0, batch, ws);
+                i += 1;
+            }
         }
         let last = self.layers.len() - 1;
         &ws.acts[last][..batch * self.classes()]
+    }
+
+    /// Layer `i`'s forward pass on samples `first..first + count` of the batch.
+    fn forward_layer<T: Real>(
+        &self,
+        params: &[T],
+        x: &[T],
+        i: usize,
+        first: usize,
+        count: usize,
+        ws: &mut Workspace<T>,
+    ) {
+        let layer = &self.layers[i];
+        let (fin, fout, nidx) = (
+            layer.in_features(),
+            layer.out_features(),
+            layer.index_len(1),
+        );
+        let (before, rest) = ws.acts.split_at_mut(i);
+        let input: &[T] = if i == 0 { x } else { &before[i - 1] };
+        layer.forward(
+            params,
+            &input[first * fin..(first + count) * fin],
+            count,
+            &mut rest[0][first * fout..(first + count) * fout],
+            &mut ws.indices[i][first * nidx..(first + count) * nidx],
+            &mut ws.scratch,
+        );
     }
 
     /// Mean loss L over the batch and its exact gradient ∂L/∂θ (written into `grad`, length P), by

@@ -102,6 +102,10 @@ impl LayerOps for Conv2d {
     fn forward_flops(&self, batch: usize) -> f64 {
         2.0 * (self.out_channels * self.geometry.rows() * batch * self.geometry.plane()) as f64
     }
+    fn sample_wise(&self) -> bool {
+        // The forward lowers and multiplies one sample at a time already.
+        true
+    }
 
     fn forward<T: Real>(
         &self,

@@ -54,6 +54,9 @@ impl<A: Elementwise> LayerOps for A {
     fn forward_flops(&self, _batch: usize) -> f64 {
         0.0
     }
+    fn sample_wise(&self) -> bool {
+        true
+    }
 
     fn forward<T: Real>(
         &self,

@@ -65,6 +65,10 @@ impl LayerOps for Linear {
     fn forward_flops(&self, batch: usize) -> f64 {
         2.0 * (batch * self.inputs * self.outputs) as f64
     }
+    fn sample_wise(&self) -> bool {
+        // One matrix product over the batch: its blocking, and so its rounding, depend on the batch.
+        false
+    }
 
     fn forward<T: Real>(
         &self,

@@ -14,11 +14,18 @@ pub struct MaxPool2d {
     pub width: usize,
 }
 
-/// dx ← 0, then dx[winner] += d for every output.
-fn scatter<T: Real>(d: &[T], winners: &[u32], dx: &mut [T]) {
+/// dx ← 0, then dx[winner] += d for every output; `winners` index into their own sample's input
+/// (`inputs` features), `d` holds `outputs` per sample.
+fn scatter<T: Real>(d: &[T], winners: &[u32], inputs: usize, outputs: usize, dx: &mut [T]) {
     dx.iter_mut().for_each(|v| *v = T::zero());
-    for (g, &i) in d.iter().zip(winners) {
-        dx[i as usize] += *g;
+    for ((dxn, dn), wn) in dx
+        .chunks_exact_mut(inputs)
+        .zip(d.chunks_exact(outputs))
+        .zip(winners.chunks_exact(outputs))
+    {
+        for (g, &i) in dn.iter().zip(wn) {
+            dxn[i as usize] += *g;
+        }
     }
 }
 
@@ -50,6 +57,9 @@ impl LayerOps for MaxPool2d {
     fn forward_flops(&self, _batch: usize) -> f64 {
         0.0
     }
+    fn sample_wise(&self) -> bool {
+        true
+    }
 
     fn forward<T: Real>(
         &self,
@@ -60,10 +70,13 @@ impl LayerOps for MaxPool2d {
         indices: &mut [u32],
         _sc: &mut Scratch<T>,
     ) {
+        // The winners are kept as indices into their sample's input.
         let (height, width) = (self.height, self.width);
         let (ho, wo) = (height / 2, width / 2);
+        let plane = height * width;
         for nc in 0..batch * self.channels {
-            let base = nc * height * width;
+            let base = nc * plane;
+            let sample = (nc / self.channels) * self.channels * plane;
             for i in 0..ho {
                 for j in 0..wo {
                     let mut best = base + 2 * i * width + 2 * j;
@@ -78,7 +91,7 @@ impl LayerOps for MaxPool2d {
                     }
                     let o = (nc * ho + i) * wo + j;
                     y[o] = m;
-                    indices[o] = best as u32;
+                    indices[o] = (best - sample) as u32;
                 }
             }
         }
@@ -93,9 +106,10 @@ impl LayerOps for MaxPool2d {
         _sc: &mut Scratch<T>,
     ) {
         if let Some(dx) = dx {
-            let out = pass.batch * self.out_features();
-            let dx = &mut dx[..pass.batch * self.in_features()];
-            scatter(&dy[..out], &pass.indices[..out], dx);
+            let (inputs, outputs) = (self.in_features(), self.out_features());
+            let out = pass.batch * outputs;
+            let dx = &mut dx[..pass.batch * inputs];
+            scatter(&dy[..out], &pass.indices[..out], inputs, outputs, dx);
         }
     }
 
@@ -108,11 +122,18 @@ impl LayerOps for MaxPool2d {
         _saved: &mut [Vec<T>; 2],
         _sc: &mut Scratch<T>,
     ) {
-        let out = pass.batch * self.out_features();
+        let (inputs, outputs) = (self.in_features(), self.out_features());
+        let out = pass.batch * outputs;
         match rx {
             Some(rx) => {
-                for (r, &i) in ry[..out].iter_mut().zip(&pass.indices[..out]) {
-                    *r = rx[i as usize];
+                for ((rn, rxn), wn) in ry[..out]
+                    .chunks_exact_mut(outputs)
+                    .zip(rx.chunks_exact(inputs))
+                    .zip(pass.indices[..out].chunks_exact(outputs))
+                {
+                    for (r, &i) in rn.iter_mut().zip(wn) {
+                        *r = rxn[i as usize];
+                    }
                 }
             }
             None => ry[..out].iter_mut().for_each(|r| *r = T::zero()),
@@ -129,9 +150,10 @@ impl LayerOps for MaxPool2d {
         _sc: &mut Scratch<T>,
     ) {
         if let Some(rdx) = rdx {
-            let out = pass.batch * self.out_features();
-            let rdx = &mut rdx[..pass.batch * self.in_features()];
-            scatter(&r.rdy[..out], &pass.indices[..out], rdx);
+            let (inputs, outputs) = (self.in_features(), self.out_features());
+            let out = pass.batch * outputs;
+            let rdx = &mut rdx[..pass.batch * inputs];
+            scatter(&r.rdy[..out], &pass.indices[..out], inputs, outputs, rdx);
         }
     }
 

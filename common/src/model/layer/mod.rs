@@ -121,6 +121,12 @@ pub trait LayerOps {
     /// FLOPs of the forward pass's matrix products for `batch` samples (2·m·n·k each; 0 for
     /// element-wise layers), for the benchmarks' compute floors.
     fn forward_flops(&self, batch: usize) -> f64;
+    /// Whether the forward pass on a batch is, bit for bit, the forward pass of each sample in turn
+    /// (its `indices` per sample `index_len(1)` long and relative to the sample). The network then
+    /// runs a run of such layers one sample at a time, so that a sample's intermediate outputs stay
+    /// in cache between them. False where batching changes the arithmetic (a matrix product over
+    /// the batch).
+    fn sample_wise(&self) -> bool;
 
     /// y ← layer(x) for `batch` samples; `indices` receives what the backward needs to recompute.
     fn forward<T: Real>(
@@ -243,6 +249,9 @@ macro_rules! layer_types {
             }
             fn forward_flops(&self, batch: usize) -> f64 {
                 match self { $(Layer::$ty(l) => l.forward_flops(batch)),* }
+            }
+            fn sample_wise(&self) -> bool {
+                match self { $(Layer::$ty(l) => l.sample_wise()),* }
             }
             fn forward<T: Real>(
                 &self,

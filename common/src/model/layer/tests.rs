@@ -347,6 +347,59 @@ fn per_sample_products_match_single_sample_passes() {
     }
 }
 
+/// A layer that says it is sample-wise gives, bit for bit, on a batch what it gives on each sample
+/// alone (the network runs runs of such layers sample by sample); and the network's forward pass
+/// equals the layer-by-layer pass over the whole batch.
+#[test]
+fn sample_wise_layers_forward_each_sample_as_the_batch() {
+    for (name, net) in networks() {
+        let p = problem(net, 11);
+        let batch = p.labels.len();
+        let params: Vec<f32> = p.params.iter().map(|&v| v as f32).collect();
+        let mut input: Vec<f32> = p.x.iter().map(|&v| v as f32).collect();
+        let mut sc = Scratch::for_layers(&p.net.layers, batch, false);
+        for (i, layer) in p.net.layers.iter().enumerate() {
+            let (fin, fout, nidx) = (
+                layer.in_features(),
+                layer.out_features(),
+                layer.index_len(1),
+            );
+            let mut y = vec![0f32; batch * fout];
+            let mut idx = vec![0u32; batch * nidx];
+            layer.forward(&params, &input, batch, &mut y, &mut idx, &mut sc);
+            if layer.sample_wise() {
+                for n in 0..batch {
+                    let mut yn = vec![0f32; fout];
+                    let mut idxn = vec![0u32; nidx];
+                    let xn = &input[n * fin..(n + 1) * fin];
+                    layer.forward(&params, xn, 1, &mut yn, &mut idxn, &mut sc);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&yn),
+                        bits(&y[n * fout..(n + 1) * fout]),
+                        "{name}: layer {i} ({}) sample {n}",
+                        layer.kind()
+                    );
+                    assert_eq!(idxn, idx[n * nidx..(n + 1) * nidx], "{name}: layer {i}");
+                }
+            }
+            input = y;
+        }
+        let mut ws = p.net.workspace(batch);
+        let logits = p.net.forward(
+            &params,
+            &p.x.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            batch,
+            &mut ws,
+        );
+        assert_eq!(
+            logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            input.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{name}: the network's forward pass"
+        );
+    }
+}
+
 #[test]
 fn exact_trace_is_the_finite_difference_hessian_trace_where_offered() {
     for (name, net) in networks() {
