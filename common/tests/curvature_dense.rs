@@ -45,7 +45,7 @@ fn tiny_mlp(activation: Activation) -> Problem {
 }
 
 fn lenet(extra_layers: usize, n: usize) -> Problem {
-    let net = Network::new(Architecture::LeNet { extra_layers });
+    let net = Network::new(Architecture::lenet(extra_layers));
     let mut params: Vec<f64> = initialise(&net, 3);
     let mut s = stream(13, Purpose::Probe, 0);
     for p in params.iter_mut() {

@@ -287,7 +287,7 @@ fn corpus() -> Vec<Vec<u8>> {
         ours(mlp(vec![3, 5], Activation::Tanh), 2),
         ours(mlp(vec![], Activation::Identity), 3),
         ours(small(12, vec![6, 6, 6], 3), 4),
-        ours(Architecture::LeNet { extra_layers: 0 }, 5),
+        ours(Architecture::lenet(0), 5),
         foreign(&small(16, vec![8], 3), "F32", None),
         foreign(&small(16, vec![8], 3), "F64", None),
         foreign(&small(9, vec![5, 4], 2), "F16", None),
@@ -310,18 +310,16 @@ fn corpus() -> Vec<Vec<u8>> {
             );
             Some(m)
         }),
-        foreign(&Architecture::LeNet { extra_layers: 0 }, "F32", None),
+        foreign(&Architecture::lenet(0), "F32", None),
     ];
-    c.push(ours(Architecture::LeNet { extra_layers: 1 }, 6));
+    c.push(ours(Architecture::lenet(1), 6));
     c
 }
 
 /// A random architecture small enough to run (including degenerate ones: zero widths, one class).
 fn random_small_arch(rng: &mut Rng) -> Architecture {
     if rng.chance(10) {
-        return Architecture::LeNet {
-            extra_layers: rng.below(2),
-        };
+        return Architecture::lenet(rng.below(2));
     }
     let depth = rng.below(4);
     Architecture::Mlp {

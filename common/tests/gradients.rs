@@ -85,10 +85,10 @@ fn deep_linear_gradient() {
 
 #[test]
 fn lenet_gradient_covers_conv_padding_and_max_pool() {
-    check_gradient(Architecture::LeNet { extra_layers: 2 }, 4, 10);
+    check_gradient(Architecture::lenet(2), 4, 10);
 }
 
 #[test]
 fn lenet_without_extra_layers_gradient() {
-    check_gradient(Architecture::LeNet { extra_layers: 0 }, 3, 8);
+    check_gradient(Architecture::lenet(0), 3, 8);
 }

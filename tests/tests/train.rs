@@ -832,3 +832,67 @@ fn contradictory_flags_are_refused() {
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
     assert_nothing_written(&dir.join("o"));
 }
+
+/// Shapes come from the data: a LeNet and an MLP trained on 20×24 images are built for them (fc_1
+/// takes 16·2·3 features: 20 → 16 → 8 → 4 → 2 and 24 → 20 → 10 → 6 → 3; the MLP 480 inputs), the
+/// analysis tools take the checkpoint with that data, and refuse 28×28 images naming both shapes.
+#[test]
+fn models_are_built_for_the_data_shape() {
+    let dir = scratch("data-shape");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (rows, cols) = (20u32, 24u32);
+    for (split, n) in [("train", 16u32), ("t10k", 8u32)] {
+        let mut img = vec![0, 0, 8, 3];
+        for d in [n, rows, cols] {
+            img.extend_from_slice(&d.to_be_bytes());
+        }
+        img.extend((0..n * rows * cols).map(|i| ((i * 37) % 251) as u8));
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend_from_slice(&n.to_be_bytes());
+        lab.extend((0..n).map(|i| (i % 10) as u8));
+        std::fs::write(data.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+        std::fs::write(data.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+    }
+    for (model, tensor, shape) in [
+        ("lenet", "fc_1.weight", vec![120, 96]),
+        ("mlp", "1.weight", vec![128, 480]),
+    ] {
+        let out = dir.join(model);
+        let o = train_on(&data, &out, &["--model", model, "--batch-size", "4"]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let record: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+        let bytes = std::fs::read(out.join("epoch-0001.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor(tensor).unwrap().shape(), &shape[..], "{model}");
+        let ck = out.join("epoch-0001.safetensors");
+        let ck = ck.to_str().unwrap();
+        let args = [
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--probes",
+            "2",
+            "--samples",
+            "8",
+        ];
+        let o = run_tool("hessian-trace", &[&[ck][..], &args].concat(), "");
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        if model == "lenet" {
+            assert_eq!(record["model"]["input"], serde_json::json!([1, 20, 24]));
+            let mnist = small_data();
+            let o = run_tool(
+                "hessian-trace",
+                &[ck, "--data-dir", mnist.to_str().unwrap(), "--probes", "2"],
+                "",
+            );
+            let e = stderr(&o);
+            assert!(!o.status.success(), "{e}");
+            assert!(
+                e.contains("mnist images are 1×28×28 but the model lenet expects 1×20×24"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(record["model"]["input"], serde_json::json!(480));
+        }
+    }
+}

@@ -235,10 +235,7 @@ fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architectu
         }
         Some(ModelSpec::LeNet) => {
             let k = args.extra_layers.unwrap_or(2);
-            (
-                Architecture::LeNet { extra_layers: k },
-                format!("--extra-layers {k}"),
-            )
+            (Architecture::lenet(k), format!("--extra-layers {k}"))
         }
         Some(ModelSpec::Exact(_)) => {
             // Parsed again for --activation, which applies to a name without an activation.
@@ -331,9 +328,19 @@ fn run(args: Args) -> Result<()> {
         .or(if args.resume { meta_u64("seed") } else { None })
         .unwrap_or(1);
 
-    let net = Network::new(arch);
     let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
     let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
+    // A new model is built for the data's sample shape and classes; a checkpoint's model is
+    // checked against them (Network::check_input).
+    let arch = match &init {
+        None => {
+            let arch = arch.for_data(train_data.sample_shape(), train_data.classes);
+            check_model(&arch, args.batch_size, "--model")?;
+            arch
+        }
+        Some(_) => arch,
+    };
+    let net = Network::new(arch);
     if let Some(n) = args.train_samples {
         if n == 0 {
             bail!("--train-samples must be at least 1");

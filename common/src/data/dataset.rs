@@ -374,6 +374,11 @@ impl Dataset {
         self.rows * self.cols
     }
 
+    /// One sample's shape, [channels, height, width] (the IDX images have one channel).
+    pub fn sample_shape(&self) -> [usize; 3] {
+        [1, self.rows, self.cols]
+    }
+
     /// Keeps the first `n` samples in file order.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len());

@@ -13,7 +13,7 @@
 //! model's size is built, so parameters are only allocated for tensors whose bytes are in the file.
 
 use super::atomic::atomic_write;
-use crate::model::{Activation, Architecture, ModelSpec, Network};
+use crate::model::{Activation, Architecture, ModelSpec, Network, MNIST_INPUT};
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -583,9 +583,22 @@ fn infer_architecture(shapes: &[Vec<usize>]) -> std::result::Result<Architecture
     }
     let convs = pairs.iter().take_while(|(w, _)| w.len() == 4).count();
     if convs >= 2 {
-        let arch = Architecture::LeNet {
-            extra_layers: convs - 2,
-        };
+        // Channels from conv1's weight, classes from the last Linear's; a square input of the
+        // smallest side whose flattened features fc_1 takes (28 for the paper's 256), else 28×28
+        // (the tensor check that follows then names the mismatch).
+        let channels = pairs[0].0.get(1).copied().unwrap_or(1);
+        let classes = pairs.last().expect("pairs").0[0];
+        let flat = pairs.get(convs).and_then(|(w, _)| w.get(1)).copied();
+        let side = flat
+            .filter(|f| f % 16 == 0)
+            .map(|f| f / 16)
+            .and_then(|q| {
+                let d = (q as f64).sqrt().round() as usize;
+                (d >= 1 && d.checked_mul(d) == Some(q)).then(|| d.checked_mul(4)?.checked_add(12))
+            })
+            .flatten()
+            .unwrap_or(MNIST_INPUT[1]);
+        let arch = Architecture::lenet(convs - 2).for_data([channels, side, side], classes);
         return Ok(arch);
     }
     Err("cannot infer the model from the tensor shapes (pass --model)".to_string())
@@ -715,14 +728,21 @@ mod tests {
     fn infers_mlp_and_lenet() {
         let mlp = infer_architecture(&[vec![64, 784], vec![64], vec![10, 64], vec![10]]).unwrap();
         assert_eq!(mlp, Architecture::mlp(vec![64], Activation::Relu));
-        let lenet = Architecture::LeNet { extra_layers: 2 };
-        let shapes: Vec<Vec<usize>> = lenet
-            .layout()
-            .tensors
-            .iter()
-            .map(|t| t.shape.clone())
-            .collect();
-        assert_eq!(infer_architecture(&shapes).unwrap(), lenet);
+        // The paper's LeNet, and LeNets built for other images (square, of the smallest side whose
+        // fc_1 input their shapes give: 32 and 33 both give 16·5·5).
+        for lenet in [
+            Architecture::lenet(2),
+            Architecture::lenet(1).for_data([3, 32, 32], 5),
+            Architecture::lenet(0).for_data([2, 16, 16], 3),
+        ] {
+            let shapes: Vec<Vec<usize>> = lenet
+                .layout()
+                .tensors
+                .iter()
+                .map(|t| t.shape.clone())
+                .collect();
+            assert_eq!(infer_architecture(&shapes).unwrap(), lenet);
+        }
     }
 
     /// A file of one 1-element tensor whose metadata `arch` is `arch` (about 110 bytes).
@@ -802,9 +822,7 @@ mod tests {
             e.contains("tensor 1.weight has shape [3, 784] but model mlp_1x99999999999 expects [99999999999, 784]"),
             "{e}"
         );
-        let deep = ModelSpec::Exact(Architecture::LeNet {
-            extra_layers: 4_000_000_000,
-        });
+        let deep = ModelSpec::Exact(Architecture::lenet(4_000_000_000));
         assert!(load_err(&ok, Some(&deep))
             .contains("4 tensors in the file but model lenet_k4000000000 has 8000000010"));
     }
@@ -884,7 +902,7 @@ mod tests {
         assert!(load_err(&bytes, Some(&ModelSpec::LeNet))
             .contains("--model lenet, but the tensors are those of mlp_2x64"));
 
-        let lenet = Network::new(Architecture::LeNet { extra_layers: 0 });
+        let lenet = Network::new(Architecture::lenet(0));
         let ck = Checkpoint {
             params: vec![0.01; lenet.num_params()],
             network: lenet.clone(),

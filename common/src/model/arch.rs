@@ -65,26 +65,80 @@ pub enum Architecture {
         classes: usize,
         activation: Activation,
     },
-    /// The paper's LeNet (its `architectures.LeNet(extra_layers=k)`): conv 1→6 5×5, ReLU; k × (conv
+    /// The paper's LeNet (its `architectures.LeNet(extra_layers=k)`), built for an input of
+    /// `input` = [channels, height, width] and `classes` outputs: conv c→6 5×5, ReLU; k × (conv
     /// 6→6 5×5 padding 2, ReLU); max-pool 2; conv 6→16 5×5, ReLU; max-pool 2; flatten (c,h,w);
-    /// Linear 256→120, ReLU; 120→84, ReLU; 84→10. Input 1×28×28.
-    LeNet { extra_layers: usize },
+    /// Linear 16·h′·w′→120, ReLU; 120→84, ReLU; 84→classes, with h′ = ⌊(⌊(h−4)/2⌋−4)/2⌋ (the
+    /// paper's: 1×28×28, 256 → 120, 10 classes).
+    LeNet {
+        extra_layers: usize,
+        input: [usize; 3],
+        classes: usize,
+    },
 }
 
-const LENET_IMAGE: usize = 28;
+/// One MNIST or Fashion-MNIST image: 1 channel, 28×28 (the paper's models' input).
+pub const MNIST_INPUT: [usize; 3] = [1, 28, 28];
+/// MNIST's and Fashion-MNIST's classes.
+pub const MNIST_CLASSES: usize = 10;
+/// The smallest image side a LeNet takes (two 5×5 convolutions and two poolings leave 1 pixel).
+pub const LENET_MIN_SIDE: usize = 16;
+/// The largest image side or channel count a LeNet takes here (so that its sizes are computed
+/// without overflow; the memory check refuses what would not fit long before).
+pub const LENET_MAX_DIM: usize = 1 << 16;
+
+/// A LeNet's spatial sides after conv1 (and the extra convolutions), the first pooling, conv2 and
+/// the second pooling, for an input side of `side` ≥ [`LENET_MIN_SIDE`].
+fn lenet_sides(side: usize) -> [usize; 4] {
+    let a = side - 4;
+    let b = a / 2;
+    let c = b - 4;
+    [a, b, c, c / 2]
+}
 
 /// The most hidden layers an MLP may have (a name such as `mlp_4000000000x1` is refused before its
 /// list of widths is built).
 pub const MAX_HIDDEN_LAYERS: usize = 10_000;
 
 impl Architecture {
-    /// An MLP for 28×28 images and 10 classes.
+    /// An MLP for 28×28 images and 10 classes (the paper's; [`Architecture::for_data`] builds it for
+    /// another data set).
     pub fn mlp(hidden: Vec<usize>, activation: Activation) -> Self {
         Architecture::Mlp {
-            input: 784,
+            input: MNIST_INPUT.iter().product(),
             hidden,
-            classes: 10,
+            classes: MNIST_CLASSES,
             activation,
+        }
+    }
+
+    /// The paper's LeNet with `extra_layers` extra convolutions, for 1×28×28 images and 10 classes
+    /// ([`Architecture::for_data`] builds it for another data set).
+    pub fn lenet(extra_layers: usize) -> Self {
+        Architecture::LeNet {
+            extra_layers,
+            input: MNIST_INPUT,
+            classes: MNIST_CLASSES,
+        }
+    }
+
+    /// The same model built for samples of shape `input` ([channels, height, width]; an MLP takes
+    /// their product as its features) and `classes` outputs, as a data set provides them.
+    pub fn for_data(self, input: [usize; 3], classes: usize) -> Self {
+        match self {
+            Architecture::Mlp {
+                hidden, activation, ..
+            } => Architecture::Mlp {
+                input: input.iter().product(),
+                hidden,
+                classes,
+                activation,
+            },
+            Architecture::LeNet { extra_layers, .. } => Architecture::LeNet {
+                extra_layers,
+                input,
+                classes,
+            },
         }
     }
 
@@ -110,8 +164,10 @@ impl Architecture {
                     a => format!("mlp_{widths}_{}", a.name()),
                 }
             }
-            Architecture::LeNet { extra_layers: 2 } => "lenet".to_string(),
-            Architecture::LeNet { extra_layers } => format!("lenet_k{extra_layers}"),
+            Architecture::LeNet {
+                extra_layers: 2, ..
+            } => "lenet".to_string(),
+            Architecture::LeNet { extra_layers, .. } => format!("lenet_k{extra_layers}"),
         }
     }
 
@@ -119,14 +175,23 @@ impl Architecture {
     pub fn input_features(&self) -> usize {
         match self {
             Architecture::Mlp { input, .. } => *input,
-            Architecture::LeNet { .. } => LENET_IMAGE * LENET_IMAGE,
+            Architecture::LeNet { input, .. } => input.iter().fold(1, |a, &d| a.saturating_mul(d)),
+        }
+    }
+
+    /// The sample shape [channels, height, width] a convolutional model is built for; `None` for
+    /// an MLP, which takes any shape of its number of features.
+    pub fn input_shape(&self) -> Option<[usize; 3]> {
+        match self {
+            Architecture::Mlp { .. } => None,
+            Architecture::LeNet { input, .. } => Some(*input),
         }
     }
 
     pub fn classes(&self) -> usize {
         match self {
             Architecture::Mlp { classes, .. } => *classes,
-            Architecture::LeNet { .. } => 10,
+            Architecture::LeNet { classes, .. } => *classes,
         }
     }
 
@@ -146,12 +211,16 @@ impl Architecture {
                 "classes": classes,
                 "activation": activation.name(),
             }),
-            Architecture::LeNet { extra_layers } => json!({
+            Architecture::LeNet {
+                extra_layers,
+                input,
+                classes,
+            } => json!({
                 "kind": "lenet",
                 "name": self.name(),
                 "extra_layers": extra_layers,
-                "input": [1, LENET_IMAGE, LENET_IMAGE],
-                "classes": 10,
+                "input": input,
+                "classes": classes,
             }),
         }
     }
@@ -186,9 +255,34 @@ impl Architecture {
                     activation,
                 })
             }
-            "lenet" => Ok(Architecture::LeNet {
-                extra_layers: v.get("extra_layers").and_then(Value::as_u64).unwrap_or(2) as usize,
-            }),
+            "lenet" => {
+                let input = match v.get("input") {
+                    None => MNIST_INPUT,
+                    Some(shape) => shape
+                        .as_array()
+                        .filter(|a| a.len() == 3)
+                        .and_then(|a| {
+                            let d: Option<Vec<usize>> =
+                                a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect();
+                            d.map(|d| [d[0], d[1], d[2]])
+                        })
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "lenet description: 'input' must be [channels, height, width], got {shape}"
+                            ))
+                        })?,
+                };
+                let classes = v
+                    .get("classes")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(MNIST_CLASSES as u64) as usize;
+                Ok(Architecture::LeNet {
+                    extra_layers: v.get("extra_layers").and_then(Value::as_u64).unwrap_or(2)
+                        as usize,
+                    input,
+                    classes,
+                })
+            }
             other => Err(Error::invalid(format!(
                 "unknown model kind '{other}' (expected mlp or lenet)"
             ))),
@@ -208,15 +302,13 @@ impl Architecture {
             return Ok(Architecture::mlp(hidden.to_vec(), activation));
         }
         if m == "lenet" {
-            return Ok(Architecture::LeNet {
-                extra_layers: extra,
-            });
+            return Ok(Architecture::lenet(extra));
         }
         if let Some(k) = m.strip_prefix("lenet_k") {
             let extra_layers = k
                 .parse()
                 .map_err(|_| Error::invalid(format!("unknown model '{model}'")))?;
-            return Ok(Architecture::LeNet { extra_layers });
+            return Ok(Architecture::lenet(extra_layers));
         }
         if let Some(rest) = m.strip_prefix("mlp_") {
             let mut parts = rest.splitn(2, '_');
@@ -275,56 +367,58 @@ impl Architecture {
                 }
                 seq.push(|s| Linear::new(s, fan_in, *classes));
             }),
-            Architecture::LeNet { extra_layers } => layer::build(|seq| {
+            Architecture::LeNet {
+                extra_layers,
+                input: [c, height, width],
+                classes,
+            } => layer::build(|seq| {
                 // The paper's `architectures.LeNet`: conv1 = Sequential(Conv2d, ReLU), extra =
                 // ModuleList of Sequential(Conv2d, ReLU), conv2 = Sequential(Conv2d, ReLU), fc_1..3;
                 // max-pools and the last ReLUs are functional calls in its forward.
-                let (c, side) = (1, LENET_IMAGE);
-                let conv = |channels, side, kernel, padding, out: usize| {
+                let conv = |channels, (height, width), kernel, padding, out: usize| {
                     move |s: &mut Scope<'_>| {
                         let g = ConvGeometry {
                             channels,
-                            height: side,
-                            width: side,
+                            height,
+                            width,
                             kernel,
                             padding,
                         };
                         Conv2d::new(s, g, out)
                     }
                 };
-                let conv_relu = |seq: &mut Sequential<'_>, channels, side, kernel, padding, out| {
-                    seq.push(conv(channels, side, kernel, padding, out));
-                    let plane = (side + 2 * padding + 1 - kernel).pow(2);
-                    seq.push(|_| Relu {
-                        features: out * plane,
-                    });
-                };
-                seq.sequential("conv1", |s| conv_relu(s, c, side, 5, 0, 6));
-                let side = side - 4;
+                let conv_relu =
+                    |seq: &mut Sequential<'_>, channels, (h, w), kernel, padding, out| {
+                        seq.push(conv(channels, (h, w), kernel, padding, out));
+                        let side = |x: usize| x + 2 * padding + 1 - kernel;
+                        seq.push(|_| Relu {
+                            features: out * side(h) * side(w),
+                        });
+                    };
+                let (hs, ws) = (lenet_sides(*height), lenet_sides(*width));
+                seq.sequential("conv1", |s| conv_relu(s, *c, (*height, *width), 5, 0, 6));
                 seq.sequential("extra", |s| {
                     for e in 0..*extra_layers {
-                        s.sequential(&e.to_string(), |t| conv_relu(t, 6, side, 5, 2, 6));
+                        s.sequential(&e.to_string(), |t| conv_relu(t, 6, (hs[0], ws[0]), 5, 2, 6));
                     }
                 });
                 seq.functional(MaxPool2d {
                     channels: 6,
-                    height: side,
-                    width: side,
+                    height: hs[0],
+                    width: ws[0],
                 });
-                let side = side / 2;
-                seq.sequential("conv2", |s| conv_relu(s, 6, side, 5, 0, 16));
-                let side = side - 4;
+                seq.sequential("conv2", |s| conv_relu(s, 6, (hs[1], ws[1]), 5, 0, 16));
                 seq.functional(MaxPool2d {
                     channels: 16,
-                    height: side,
-                    width: side,
+                    height: hs[2],
+                    width: ws[2],
                 });
-                let flat = 16 * (side / 2) * (side / 2);
+                let flat = 16 * hs[3] * ws[3];
                 seq.named("fc_1", |s| Linear::new(s, flat, 120));
                 seq.functional(Relu { features: 120 });
                 seq.named("fc_2", |s| Linear::new(s, 120, 84));
                 seq.functional(Relu { features: 84 });
-                seq.named("fc_3", |s| Linear::new(s, 84, 10));
+                seq.named("fc_3", |s| Linear::new(s, 84, *classes));
             }),
         }
     }
@@ -334,7 +428,7 @@ impl Architecture {
     pub fn tensor_count(&self) -> Option<usize> {
         match self {
             Architecture::Mlp { hidden, .. } => hidden.len().checked_add(1)?.checked_mul(2),
-            Architecture::LeNet { extra_layers } => extra_layers.checked_add(5)?.checked_mul(2),
+            Architecture::LeNet { extra_layers, .. } => extra_layers.checked_add(5)?.checked_mul(2),
         }
     }
 
@@ -357,17 +451,26 @@ impl Architecture {
                 let outputs = hidden.get(pair).copied().unwrap_or(*classes);
                 (format!("{}", 1 + 2 * pair), vec![outputs, inputs])
             }
-            Architecture::LeNet { extra_layers } => {
+            Architecture::LeNet {
+                extra_layers,
+                input: [c, h, w],
+                classes,
+            } => {
                 let k = *extra_layers;
                 match pair {
-                    0 => ("conv1.0".to_string(), vec![6, 1, 5, 5]),
+                    0 => ("conv1.0".to_string(), vec![6, *c, 5, 5]),
                     p if p <= k => (format!("extra.{}.0", p - 1), vec![6, 6, 5, 5]),
                     p if p == k + 1 => ("conv2.0".to_string(), vec![16, 6, 5, 5]),
                     p => {
+                        // Saturating: a side from hostile metadata gives a shape no file holds.
+                        let (h, w) = (*h.max(&LENET_MIN_SIDE), *w.max(&LENET_MIN_SIDE));
+                        let flat = 16usize
+                            .saturating_mul(lenet_sides(h)[3])
+                            .saturating_mul(lenet_sides(w)[3]);
                         let (name, shape) = [
-                            ("fc_1", vec![120, 256]),
+                            ("fc_1", vec![120, flat]),
                             ("fc_2", vec![84, 120]),
-                            ("fc_3", vec![10, 84]),
+                            ("fc_3", vec![*classes, 84]),
                         ]
                         .into_iter()
                         .nth(p - k - 2)?;
@@ -464,12 +567,33 @@ impl Architecture {
                     scratch: 0,
                 })
             }
-            Architecture::LeNet { extra_layers } => {
-                // Each extra layer adds the same conv (parameters and one 6×24×24 output), so the
+            Architecture::LeNet {
+                extra_layers,
+                input,
+                classes,
+            } => {
+                let [c, h, w] = *input;
+                if c == 0 || c > LENET_MAX_DIM {
+                    return Err(Error::invalid(format!(
+                        "the LeNet's input has {c} channels (1 to {LENET_MAX_DIM})"
+                    )));
+                }
+                if h.min(w) < LENET_MIN_SIDE || h.max(w) > LENET_MAX_DIM {
+                    return Err(Error::invalid(format!(
+                        "the LeNet's input is {h}×{w} pixels: each side must be {LENET_MIN_SIDE} to \
+                         {LENET_MAX_DIM} (two 5×5 convolutions and two 2×2 poolings)"
+                    )));
+                }
+                if *classes > LENET_MAX_DIM {
+                    return Err(Error::invalid(format!(
+                        "the LeNet's output has {classes} classes (at most {LENET_MAX_DIM})"
+                    )));
+                }
+                // Each extra layer adds the same conv (parameters and one 6×h′×w′ output), so the
                 // sizes are those of the LeNet without extra layers plus k times one layer's.
                 let k = *extra_layers as u64;
-                let base = lenet_size(0);
-                let one = lenet_size(1);
+                let base = lenet_size(0, *input, *classes);
+                let one = lenet_size(1, *input, *classes);
                 let grow = |b: u64, o: u64| {
                     (o - b)
                         .checked_mul(k)
@@ -515,7 +639,23 @@ impl Architecture {
                 parts.push(format!("nn.Linear({fan_in}, {classes})"));
                 format!("nn.Sequential({})", parts.join(", "))
             }
-            Architecture::LeNet { extra_layers } => format!("LeNet(extra_layers={extra_layers})"),
+            Architecture::LeNet {
+                extra_layers,
+                input,
+                classes,
+            } if *input == MNIST_INPUT && *classes == MNIST_CLASSES => {
+                format!("LeNet(extra_layers={extra_layers})")
+            }
+            Architecture::LeNet {
+                extra_layers,
+                input: [c, h, w],
+                classes,
+            } => format!(
+                "LeNet(extra_layers={extra_layers}) with conv1 = nn.Sequential(nn.Conv2d({c}, 6, 5), \
+                 nn.ReLU()), fc_1 = nn.Linear({}, 120) and fc_3 = nn.Linear(84, {classes}) (input \
+                 {c}×{h}×{w})",
+                16 * lenet_sides(*h)[3] * lenet_sides(*w)[3]
+            ),
         }
     }
 }
@@ -534,8 +674,12 @@ pub(crate) fn too_few_classes(classes: usize) -> Option<String> {
 }
 
 /// The sizes of a small LeNet, from its layers (to extrapolate to any number of extra layers).
-fn lenet_size(extra_layers: usize) -> ModelSize {
-    let arch = Architecture::LeNet { extra_layers };
+fn lenet_size(extra_layers: usize, input: [usize; 3], classes: usize) -> ModelSize {
+    let arch = Architecture::LeNet {
+        extra_layers,
+        input,
+        classes,
+    };
     let (layers, layout) = arch.build();
     ModelSize {
         params: layout.total() as u64,
@@ -599,10 +743,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_paper() {
-        assert_eq!(
-            Architecture::LeNet { extra_layers: 2 }.layout().total(),
-            46_238
-        );
+        assert_eq!(Architecture::lenet(2).layout().total(), 46_238);
         let mlp = Architecture::mlp(vec![128], Activation::Relu);
         assert_eq!(mlp.layout().total(), 101_770);
         let names: Vec<_> = mlp
@@ -622,8 +763,8 @@ mod tests {
             Architecture::mlp(vec![128, 64], Activation::Tanh),
             Architecture::mlp(vec![32, 16], Activation::Gelu),
             Architecture::mlp(vec![64], Activation::Identity),
-            Architecture::LeNet { extra_layers: 2 },
-            Architecture::LeNet { extra_layers: 0 },
+            Architecture::lenet(2),
+            Architecture::lenet(0),
         ] {
             assert_eq!(
                 Architecture::parse(&a.name(), &[], Activation::Relu, 2).unwrap(),
@@ -641,9 +782,12 @@ mod tests {
             Architecture::mlp(vec![128], Activation::Relu),
             Architecture::mlp(vec![7, 5, 3], Activation::Tanh),
             Architecture::mlp(vec![], Activation::Relu),
-            Architecture::LeNet { extra_layers: 0 },
-            Architecture::LeNet { extra_layers: 1 },
-            Architecture::LeNet { extra_layers: 3 },
+            Architecture::lenet(0),
+            Architecture::lenet(1),
+            Architecture::lenet(3),
+            Architecture::lenet(1).for_data([3, 32, 32], 5),
+            Architecture::lenet(0).for_data([2, 17, 23], 4),
+            Architecture::mlp(vec![9], Activation::Relu).for_data([3, 4, 5], 7),
         ] {
             let layout = a.layout();
             assert_eq!(Some(layout.tensors.len()), a.tensor_count());
@@ -653,7 +797,7 @@ mod tests {
                 assert_eq!((&t.name, &t.shape), (&name, &shape), "{}", a.name());
             }
         }
-        let names = Architecture::LeNet { extra_layers: 1 }.layout().names();
+        let names = Architecture::lenet(1).layout().names();
         assert_eq!(
             names,
             [
@@ -680,10 +824,12 @@ mod tests {
             Architecture::mlp(vec![128], Activation::Relu),
             Architecture::mlp(vec![7, 5, 3], Activation::Tanh),
             Architecture::mlp(vec![], Activation::Identity),
-            Architecture::LeNet { extra_layers: 0 },
-            Architecture::LeNet { extra_layers: 1 },
-            Architecture::LeNet { extra_layers: 2 },
-            Architecture::LeNet { extra_layers: 5 },
+            Architecture::lenet(0),
+            Architecture::lenet(1),
+            Architecture::lenet(2),
+            Architecture::lenet(5),
+            Architecture::lenet(2).for_data([3, 32, 32], 5),
+            Architecture::lenet(3).for_data([2, 17, 23], 4),
         ] {
             let s = a.size().unwrap();
             let (layers, _) = a.build();
@@ -702,6 +848,58 @@ mod tests {
                     .unwrap()
             );
         }
+    }
+
+    /// Built for a data set's shape: the paper's names, the shapes that shape implies (fc_1 takes
+    /// 16·h′·w′ features with PyTorch's floor pooling), and a description that round-trips.
+    #[test]
+    fn lenet_is_built_for_the_data_shape() {
+        let a = Architecture::lenet(2).for_data([3, 32, 32], 5);
+        let shapes: Vec<(String, Vec<usize>)> = a
+            .layout()
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        assert_eq!(shapes[0], ("conv1.0.weight".into(), vec![6, 3, 5, 5]));
+        // 32 → 28 → 14 → 10 → 5.
+        assert_eq!(shapes[8], ("fc_1.weight".into(), vec![120, 400]));
+        assert_eq!(shapes[12], ("fc_3.weight".into(), vec![5, 84]));
+        assert_eq!(a.input_features(), 3 * 32 * 32);
+        assert_eq!(a.classes(), 5);
+        assert_eq!(a.input_shape(), Some([3, 32, 32]));
+        assert_eq!(Architecture::from_json(&a.to_json()).unwrap(), a);
+        // Odd sides floor as F.max_pool2d does: 17 → 13 → 6 → 2 → 1, 23 → 19 → 9 → 5 → 2.
+        let odd = Architecture::lenet(0).for_data([1, 17, 23], 10);
+        assert_eq!(odd.layout().tensors[4].shape, vec![120, 32]);
+        // The paper's model is the default.
+        assert_eq!(
+            Architecture::lenet(2).for_data(MNIST_INPUT, MNIST_CLASSES),
+            Architecture::lenet(2)
+        );
+        assert_eq!(
+            Architecture::lenet(2).layout().tensors[8].shape,
+            vec![120, 256]
+        );
+        let mlp = Architecture::mlp(vec![64], Activation::Relu).for_data([3, 32, 32], 100);
+        assert_eq!((mlp.input_features(), mlp.classes()), (3072, 100));
+        assert_eq!(mlp.input_shape(), None);
+    }
+
+    #[test]
+    fn lenet_inputs_too_small_or_malformed_are_refused() {
+        let err = |a: Architecture| a.size().unwrap_err().to_string();
+        let small = Architecture::lenet(2).for_data([1, 15, 28], 10);
+        assert!(err(small).contains("15×28 pixels: each side must be 16 to 65536"));
+        assert!(err(Architecture::lenet(2).for_data([0, 28, 28], 10)).contains("0 channels"));
+        assert!(err(Architecture::lenet(2).for_data([1, 28, usize::MAX], 10)).contains("65536"));
+        assert!(err(Architecture::lenet(2).for_data([1, 28, 28], 1)).contains("1 class"));
+        let bad = serde_json::json!({"kind": "lenet", "input": [28, 28]});
+        let e = Architecture::from_json(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("'input' must be [channels, height, width]"),
+            "{e}"
+        );
     }
 
     /// Widths of 0, one class, and sizes past 64 bits are refused by arithmetic alone: nothing of
@@ -728,21 +926,10 @@ mod tests {
         };
         assert!(err(no_input).contains("0 features"));
         assert!(err(Architecture::mlp(vec![1 << 62], Activation::Relu)).contains("64-bit"));
-        assert!(err(Architecture::LeNet {
-            extra_layers: usize::MAX
-        })
-        .contains("64-bit"));
-        assert_eq!(
-            Architecture::LeNet {
-                extra_layers: usize::MAX
-            }
-            .tensor_count(),
-            None
-        );
+        assert!(err(Architecture::lenet(usize::MAX)).contains("64-bit"));
+        assert_eq!(Architecture::lenet(usize::MAX).tensor_count(), None);
         // Large but countable: sized, not built.
-        let big = Architecture::LeNet {
-            extra_layers: 4_000_000_000,
-        };
+        let big = Architecture::lenet(4_000_000_000);
         assert_eq!(big.tensor_count(), Some(8_000_000_010));
         assert_eq!(big.size().unwrap().params, 46_238 + 3_999_999_998 * 906);
         let wide = Architecture::mlp(vec![99_999_999_999], Activation::Relu);
@@ -785,7 +972,7 @@ mod tests {
         );
         assert_eq!(
             ModelSpec::parse("lenet_k3").unwrap(),
-            ModelSpec::Exact(Architecture::LeNet { extra_layers: 3 })
+            ModelSpec::Exact(Architecture::lenet(3))
         );
         assert!(ModelSpec::parse("mlp_1x0")
             .unwrap_err()

@@ -16,7 +16,10 @@ mod per_sample;
 mod size;
 
 pub(crate) use arch::too_few_classes;
-pub use arch::{Activation, Architecture, ModelSpec, MAX_HIDDEN_LAYERS};
+pub use arch::{
+    Activation, Architecture, ModelSpec, LENET_MAX_DIM, LENET_MIN_SIDE, MAX_HIDDEN_LAYERS,
+    MNIST_CLASSES, MNIST_INPUT,
+};
 pub use init::initialise;
 pub use layer::{
     Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,

@@ -100,6 +100,21 @@ impl Network {
     /// # Errors
     /// [`Error::Data`] naming the data folder, its shape and the model's.
     pub fn check_input(&self, data: &Dataset) -> Result<()> {
+        if let Some(shape) = self.arch.input_shape() {
+            if shape != data.sample_shape() {
+                let show = |s: [usize; 3]| format!("{}×{}×{}", s[0], s[1], s[2]);
+                return Err(Error::data(
+                    &data.folder,
+                    format!(
+                        "{} images are {} but the model {} expects {}",
+                        data.kind.name(),
+                        show(data.sample_shape()),
+                        self.arch.name(),
+                        show(shape)
+                    ),
+                ));
+            }
+        }
         if data.features() != self.input_features() {
             return Err(Error::data(
                 &data.folder,
@@ -326,5 +341,84 @@ impl Network {
             accuracy: correct as f64 / n,
             samples: data.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{DatasetKind, Split};
+
+    /// A convolutional model takes only images of the shape it was built for; an MLP any of its
+    /// number of features.
+    #[test]
+    fn check_input_compares_the_sample_shape() {
+        let data = |rows, cols| {
+            Dataset::from_parts(
+                DatasetKind::Mnist,
+                Split::Train,
+                vec![0; 2 * rows * cols],
+                vec![0, 1],
+                rows,
+                cols,
+            )
+        };
+        let lenet = Network::new(Architecture::lenet(0).for_data([1, 16, 49], 10));
+        assert!(lenet.check_input(&data(16, 49)).is_ok());
+        let e = lenet.check_input(&data(28, 28)).unwrap_err().to_string();
+        assert!(
+            e.contains("images are 1×28×28 but the model lenet_k0 expects 1×16×49"),
+            "{e}"
+        );
+        let mlp = Network::new(Architecture::mlp(vec![4], super::super::Activation::Relu));
+        assert!(mlp.check_input(&data(28, 28)).is_ok());
+        assert!(mlp.check_input(&data(49, 16)).is_ok());
+        assert!(mlp.check_input(&data(16, 49)).is_ok());
+        let e = mlp.check_input(&data(20, 20)).unwrap_err().to_string();
+        assert!(
+            e.contains("400 pixels but the model mlp_1x4 expects 784 inputs"),
+            "{e}"
+        );
+    }
+
+    /// A LeNet built for odd-sized two-channel images (pooling floors, dropping the last row and
+    /// column) has the gradient of its loss: central differences in f64 at 40 coordinates.
+    #[test]
+    fn lenet_for_odd_images_has_the_gradient_of_its_loss() {
+        let net = Network::new(Architecture::lenet(1).for_data([2, 17, 19], 3));
+        let mut rng = crate::rng::stream(5, crate::rng::Purpose::Init, 0);
+        let params: Vec<f64> = (0..net.num_params())
+            .map(|_| rng.uniform_in(-0.3, 0.3))
+            .collect();
+        let batch = 2;
+        let x: Vec<f64> = (0..batch * net.input_features())
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        let labels = [0, 2];
+        let mut ws = net.workspace(batch);
+        let mut grad = vec![0.0; params.len()];
+        net.loss_and_gradient(&params, &x, &labels, &mut grad, &mut ws);
+        let h = 1e-6;
+        for k in 0..40 {
+            let i = (k * 7919) % params.len();
+            let mut p = params.clone();
+            let mut g = vec![0.0; params.len()];
+            p[i] += h;
+            let up = net.loss_and_gradient(&p, &x, &labels, &mut g, &mut ws);
+            p[i] -= 2.0 * h;
+            let down = net.loss_and_gradient(&p, &x, &labels, &mut g, &mut ws);
+            let fd = (up - down) / (2.0 * h);
+            assert!(
+                (fd - grad[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{}: analytic {} vs central difference {fd}",
+                net.layout
+                    .tensors
+                    .iter()
+                    .find(|t| t.range().contains(&i))
+                    .unwrap()
+                    .name,
+                grad[i]
+            );
+        }
     }
 }
