@@ -8,7 +8,7 @@
 //!
 //! `HESSIAN_BENCH_QUICK=1` shortens the repetitions (10-probe traces instead of 100).
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::bench::report_peak_sgemm;
 use common::curvature::{
@@ -235,6 +235,7 @@ fn pyhessian(ck: &Path, model: &str, data_dir: &Path, probes: usize) -> Option<s
 }
 
 fn main() {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -8,7 +8,7 @@
 //! PyTorch online-NGD reference epoch (`scripts/anchors/torch_ngd_epoch.py`, the paper's algorithm,
 //! 1 thread) runs too, with the ratio.
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::bench::report_peak_sgemm;
 use common::data::{Dataset, DatasetKind, Split};
@@ -83,6 +83,7 @@ fn ngd_step_flops(shapes: &[Vec<usize>]) -> f64 {
 }
 
 fn main() {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     let dir = data_dir();
     let data = match Dataset::load(DatasetKind::Mnist, &dir, Split::Train) {
         Ok(d) => d,

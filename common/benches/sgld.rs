@@ -8,7 +8,7 @@
 //!
 //! Run with `cargo bench -p common --bench sgld` (or `make bench`).
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::bench::report_peak_sgemm;
 use common::data::{Dataset, DatasetKind, Split};
@@ -45,6 +45,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let ck_path = root.join("tests/fixtures/reference/mlp_1x128.safetensors");
     let ck = Checkpoint::load(&ck_path, None).expect("reference checkpoint");

@@ -6,7 +6,7 @@
 //! in the same run at 2048³ on 1 thread: [`common::bench`]; on 2 threads the floor is one core's), and,
 //! when `torch` is importable, PyTorch doing the same epoch on 1 thread in the same run.
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::bench::report_peak_sgemm;
 use common::data::{Dataset, DatasetKind, Split};
@@ -70,6 +70,7 @@ fn mlp_epoch_flops(sizes: &[usize], n: usize) -> f64 {
 }
 
 fn main() {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     let dir = data_dir();
     let data = match Dataset::load(DatasetKind::Mnist, &dir, Split::Train) {
         Ok(d) => d,

@@ -10,7 +10,7 @@
 //!
 //! $ cargo run --release -p common --example ngd_rounding [STEPS] [ALPHA]
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::data::{Dataset, DatasetKind, Split};
 use common::io::Checkpoint;
@@ -25,6 +25,7 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn main() {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     let steps: usize = std::env::args()
         .nth(1)
         .map_or(10, |s| s.parse().expect("STEPS"));

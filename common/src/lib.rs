@@ -39,4 +39,4 @@ pub use error::{Error, Result};
 pub use real::Real;
 
 #[cfg(test)]
-extern crate openblas_src;
+extern crate blas_openblas;

@@ -17,7 +17,7 @@
 //! `FUZZ_INPUTS` (default 20,000: a few seconds in `cargo test`), `FUZZ_SEED` (default 1) and
 //! `FUZZ_OUT` (default the system temp folder) configure it; `make fuzz` runs 1,000,000 inputs.
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::io::{load_optimizer_state, Checkpoint};
 use common::model::{initialise, Activation, Architecture, ModelSpec, Network};

@@ -1,8 +1,6 @@
 //! `hessian-trace`: the trace (exact or estimated), top eigenvalues and spectral density of the loss
 //! Hessian of checkpoints, appended to their records.
 
-extern crate openblas_src;
-
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::curvature::{
@@ -169,6 +167,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The binaries choose the BLAS provider; the library only calls CBLAS.
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     common::cli::run_main("hessian-trace", common::cli::ClosedStdout::Quiet, || {
         run(Args::parse())
     })

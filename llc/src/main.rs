@@ -1,8 +1,6 @@
 //! `llc`: estimate the local learning coefficient of checkpoints by SGLD, as devinterp does, with
 //! parallel chains and convergence diagnostics; or calibrate the sampler on one checkpoint.
 
-extern crate openblas_src;
-
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::io::{atomic_write, log_line, process_stream};
@@ -151,6 +149,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The binaries choose the BLAS provider; the library only calls CBLAS.
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     common::cli::run_main("llc", common::cli::ClosedStdout::Quiet, || {
         run(Args::parse())
     })

@@ -1,8 +1,6 @@
 //! `switch`: continue training one checkpoint along several branches (optimisers, learning rates),
 //! each with a fresh optimiser and the same data order, as the paper's switching experiment.
 
-extern crate openblas_src;
-
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{Stop, Stopped};
@@ -247,6 +245,8 @@ fn plan_branch(
 }
 
 fn main() -> ExitCode {
+    // The binaries choose the BLAS provider; the library only calls CBLAS.
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     common::cli::run_main("switch", common::cli::ClosedStdout::Fail, || {
         run(Args::parse())
     })

@@ -1,8 +1,6 @@
 //! `train`: train an MLP or the paper's LeNet on MNIST or Fashion-MNIST and stream one JSON record per
 //! checkpoint to stdout.
 
-extern crate openblas_src;
-
 mod ngd_args;
 
 use anyhow::{bail, Context, Result};
@@ -202,6 +200,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The binaries choose the BLAS provider; the library only calls CBLAS.
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     common::cli::run_main("train", common::cli::ClosedStdout::Fail, || {
         run(Args::parse())
     })

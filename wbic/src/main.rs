@@ -1,7 +1,5 @@
 //! `wbic`: Watanabe's WBIC of checkpoints by SGLD at β = 1/ln n, or the paper's devinterp quantity.
 
-extern crate openblas_src;
-
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::io::{atomic_write, log_line, process_stream};
@@ -117,6 +115,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The binaries choose the BLAS provider; the library only calls CBLAS.
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     common::cli::run_main("wbic", common::cli::ClosedStdout::Quiet, || {
         run(Args::parse())
     })

@@ -174,23 +174,26 @@ pub fn col2im<T: Real>(dcols: &[T], batch: usize, g: &ConvGeometry, dx: &mut [T]
     }
 }
 
-extern "C" {
-    fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
-    fn openblas_get_num_threads() -> std::os::raw::c_int;
+/// How the linked BLAS sets its thread count, registered by the program that chose the provider.
+static SET_BLAS_THREADS: std::sync::OnceLock<fn(usize)> = std::sync::OnceLock::new();
+
+/// Registers how the linked BLAS sets its thread count. The library declares no provider's symbols:
+/// the binaries, which choose the provider (`blas-openblas`), call this once at start; a second
+/// registration is ignored.
+pub fn register_blas_threads(set: fn(usize)) {
+    let _ = SET_BLAS_THREADS.set(set);
 }
 
-/// Sets the number of threads OpenBLAS uses for each call. Single-threaded BLAS makes every result
+/// Sets the number of threads the BLAS uses for each call, through the registered provider (a
+/// program that registered none keeps its BLAS's default). Single-threaded BLAS makes every result
 /// independent of the machine's core count (OpenBLAS partitions the output, not the inner sum, so in
 /// practice results do not change with the thread count either, but only 1 thread is guaranteed).
 pub fn set_blas_threads(n: usize) {
-    // SAFETY: plain C calls into the linked OpenBLAS; the argument is a positive int.
-    unsafe { openblas_set_num_threads(n.max(1) as std::os::raw::c_int) }
-}
-
-/// The number of threads OpenBLAS uses.
-pub fn blas_threads() -> usize {
-    // SAFETY: plain C call into the linked OpenBLAS.
-    unsafe { openblas_get_num_threads() as usize }
+    #[cfg(test)]
+    register_blas_threads(blas_openblas::set_threads);
+    if let Some(set) = SET_BLAS_THREADS.get() {
+        set(n.max(1));
+    }
 }
 
 /// Measures the single-call sgemm rate in GFLOP/s for C[m×n] = A[m×k]·B[k×n] (2·m·n·k flops per
@@ -230,6 +233,26 @@ pub fn measure_gemm_gflops(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The thread count goes to the registered provider, at least 1.
+    #[test]
+    fn blas_threads_go_to_the_registered_provider() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static LAST: AtomicUsize = AtomicUsize::new(usize::MAX);
+        // Under test the OpenBLAS provider is registered first; what it was given is checked by
+        // blas-openblas's own test. Here: the call reaches it and never asks for 0 threads.
+        set_blas_threads(0);
+        let f: fn(usize) = *SET_BLAS_THREADS.get().expect("registered");
+        assert_eq!(f as usize, blas_openblas::set_threads as fn(usize) as usize);
+        fn record(n: usize) {
+            LAST.store(n, Ordering::SeqCst);
+        }
+        // A second registration is ignored.
+        register_blas_threads(record);
+        set_blas_threads(3);
+        assert_eq!(LAST.load(Ordering::SeqCst), usize::MAX);
+        set_blas_threads(1);
+    }
 
     /// A naive triple loop as the independent reference.
     fn naive(ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {

@@ -1,7 +1,7 @@
 //! Shared helpers of the numerical tests: fixture paths and reference values.
 #![allow(dead_code)]
 
-extern crate openblas_src;
+extern crate blas_openblas;
 
 use common::data::{Dataset, DatasetKind, Split};
 use serde_json::Value;
