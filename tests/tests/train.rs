@@ -833,15 +833,9 @@ fn contradictory_flags_are_refused() {
     assert_nothing_written(&dir.join("o"));
 }
 
-/// Shapes come from the data: a LeNet and an MLP trained on 20×24 images are built for them (fc_1
-/// takes 16·2·3 features: 20 → 16 → 8 → 4 → 2 and 24 → 20 → 10 → 6 → 3; the MLP 480 inputs), the
-/// analysis tools take the checkpoint with that data, and refuse 28×28 images naming both shapes.
-#[test]
-fn models_are_built_for_the_data_shape() {
-    let dir = scratch("data-shape");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let (rows, cols) = (20u32, 24u32);
+/// An IDX data set of 16 training and 8 test images of `rows` × `cols` varied pixels, labels 0–9.
+fn write_idx_set_of(dir: &Path, rows: u32, cols: u32) {
+    std::fs::create_dir_all(dir).unwrap();
     for (split, n) in [("train", 16u32), ("t10k", 8u32)] {
         let mut img = vec![0, 0, 8, 3];
         for d in [n, rows, cols] {
@@ -851,9 +845,19 @@ fn models_are_built_for_the_data_shape() {
         let mut lab = vec![0, 0, 8, 1];
         lab.extend_from_slice(&n.to_be_bytes());
         lab.extend((0..n).map(|i| (i % 10) as u8));
-        std::fs::write(data.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
-        std::fs::write(data.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), img).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), lab).unwrap();
     }
+}
+
+/// Shapes come from the data: a LeNet and an MLP trained on 20×24 images are built for them (fc_1
+/// takes 16·2·3 features: 20 → 16 → 8 → 4 → 2 and 24 → 20 → 10 → 6 → 3; the MLP 480 inputs), the
+/// analysis tools take the checkpoint with that data, and refuse 28×28 images naming both shapes.
+#[test]
+fn models_are_built_for_the_data_shape() {
+    let dir = scratch("data-shape");
+    let data = dir.join("data");
+    write_idx_set_of(&data, 20, 24);
     for (model, tensor, shape) in [
         ("lenet", "fc_1.weight", vec![120, 96]),
         ("mlp", "1.weight", vec![128, 480]),
@@ -895,4 +899,17 @@ fn models_are_built_for_the_data_shape() {
             assert_eq!(record["model"]["input"], serde_json::json!(480));
         }
     }
+    // Images too small for a LeNet are refused naming the data, before anything is written.
+    let tiny = dir.join("tiny");
+    write_idx_set_of(&tiny, 12, 12);
+    let out = dir.join("tiny-out");
+    let o = train_on(&tiny, &out, &["--model", "lenet"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "model lenet for the 1×12×12 images in",
+            "12×12 pixels: each side must be 16",
+        ],
+    );
+    assert_nothing_written(&out);
 }

@@ -270,6 +270,8 @@ fn run(args: Args) -> Result<()> {
         .transpose()?;
     let (init, arch) = match &args.init {
         None => {
+            // The flags are checked before any data is read (at the paper's input shape), and the
+            // model again once it is built for the data's shape (below).
             let (arch, flag) = model_from_flags(&args, spec.as_ref())?;
             check_model(&arch, args.batch_size, &flag)?;
             (None, arch)
@@ -330,12 +332,18 @@ fn run(args: Args) -> Result<()> {
 
     let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
     let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
-    // A new model is built for the data's sample shape and classes; a checkpoint's model is
-    // checked against them (Network::check_input).
+    // A new model is built for the data's sample shape and classes, then checked (sizes, memory);
+    // a checkpoint's model is checked against the data (Network::check_input).
     let arch = match &init {
         None => {
-            let arch = arch.for_data(train_data.sample_shape(), train_data.classes);
-            check_model(&arch, args.batch_size, "--model")?;
+            let [c, h, w] = train_data.sample_shape();
+            let arch = arch.for_data([c, h, w], train_data.classes);
+            let data = format!(
+                "model {} for the {c}×{h}×{w} images in {}",
+                arch.name(),
+                train_data.folder.display()
+            );
+            check_model(&arch, args.batch_size, &data)?;
             arch
         }
         Some(_) => arch,

@@ -88,12 +88,21 @@ pub const LENET_MIN_SIDE: usize = 16;
 pub const LENET_MAX_DIM: usize = 1 << 16;
 
 /// A LeNet's spatial sides after conv1 (and the extra convolutions), the first pooling, conv2 and
-/// the second pooling, for an input side of `side` ≥ [`LENET_MIN_SIDE`].
+/// the second pooling, for an input side of `side` (at least [`LENET_MIN_SIDE`]; a smaller side,
+/// which [`Architecture::size`] refuses, is taken as that minimum).
 fn lenet_sides(side: usize) -> [usize; 4] {
-    let a = side - 4;
+    let a = side.max(LENET_MIN_SIDE) - 4;
     let b = a / 2;
     let c = b - 4;
     [a, b, c, c / 2]
+}
+
+/// The features fc_1 takes for an h×w input, 16·h′·w′ (saturating: a side from hostile metadata
+/// gives a width no file holds).
+fn lenet_flat(h: usize, w: usize) -> usize {
+    16usize
+        .saturating_mul(lenet_sides(h)[3])
+        .saturating_mul(lenet_sides(w)[3])
 }
 
 /// The most hidden layers an MLP may have (a name such as `mlp_4000000000x1` is refused before its
@@ -413,8 +422,7 @@ impl Architecture {
                     height: hs[2],
                     width: ws[2],
                 });
-                let flat = 16 * hs[3] * ws[3];
-                seq.named("fc_1", |s| Linear::new(s, flat, 120));
+                seq.named("fc_1", |s| Linear::new(s, lenet_flat(*height, *width), 120));
                 seq.functional(Relu { features: 120 });
                 seq.named("fc_2", |s| Linear::new(s, 120, 84));
                 seq.functional(Relu { features: 84 });
@@ -462,13 +470,8 @@ impl Architecture {
                     p if p <= k => (format!("extra.{}.0", p - 1), vec![6, 6, 5, 5]),
                     p if p == k + 1 => ("conv2.0".to_string(), vec![16, 6, 5, 5]),
                     p => {
-                        // Saturating: a side from hostile metadata gives a shape no file holds.
-                        let (h, w) = (*h.max(&LENET_MIN_SIDE), *w.max(&LENET_MIN_SIDE));
-                        let flat = 16usize
-                            .saturating_mul(lenet_sides(h)[3])
-                            .saturating_mul(lenet_sides(w)[3]);
                         let (name, shape) = [
-                            ("fc_1", vec![120, flat]),
+                            ("fc_1", vec![120, lenet_flat(*h, *w)]),
                             ("fc_2", vec![84, 120]),
                             ("fc_3", vec![*classes, 84]),
                         ]
@@ -654,7 +657,7 @@ impl Architecture {
                 "LeNet(extra_layers={extra_layers}) with conv1 = nn.Sequential(nn.Conv2d({c}, 6, 5), \
                  nn.ReLU()), fc_1 = nn.Linear({}, 120) and fc_3 = nn.Linear(84, {classes}) (input \
                  {c}×{h}×{w})",
-                16 * lenet_sides(*h)[3] * lenet_sides(*w)[3]
+                lenet_flat(*h, *w)
             ),
         }
     }
