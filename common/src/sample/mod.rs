@@ -3,14 +3,17 @@
 //!
 //! - [`potential`]: the [`Potential`] trait; the network's minibatch cross-entropy.
 //! - [`analytic`]: potentials with a known learning coefficient, for verification.
+//! - [`deep_linear`]: a deep linear network's population loss (λ from [`theory`]), likewise.
 //! - [`sgld`]: devinterp's SGLD step, parallel chains with seeded streams, MALA acceptance.
 //! - [`nbeta`]: the inverse temperature rules.
 //! - [`llc`], [`wbic`]: the estimators; [`calibrate`]: the ε × nβ (or γ) grid.
 //! - [`diagnostics`], [`estimate`]: R-hat, ESS, stationarity, the verdict.
+//! - [`theory`]: closed-form learning coefficients (reduced rank regression, deep linear networks).
 //! - [`special`]: Φ and Φ⁻¹. (The N(0, 1) noise of SGLD is [`crate::rng::NoiseSource`].)
 
 pub mod analytic;
 pub mod calibrate;
+pub mod deep_linear;
 pub mod diagnostics;
 pub mod estimate;
 pub mod inputs;
@@ -19,10 +22,12 @@ pub mod nbeta;
 pub mod potential;
 pub mod sgld;
 pub mod special;
+pub mod theory;
 pub mod wbic;
 
 pub use analytic::AnalyticPotential;
 pub use calibrate::{calibrate, log_spaced, CalibrationAxis};
+pub use deep_linear::DeepLinearPotential;
 pub use inputs::DataCache;
 pub use llc::{estimate_llc, InitLoss, LlcConfig, LlcEstimate};
 pub use nbeta::NBeta;
