@@ -7,8 +7,8 @@ use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
 use common::sample::{
-    calibrate, estimate_llc, log_spaced, CalibrationAxis, DataCache, InitLoss, LlcConfig, NBeta,
-    NetworkPotential, SgldConfig,
+    calibrate, estimate_llc, log_spaced, select_tensors, CalibrationAxis, DataCache, InitLoss,
+    LlcConfig, NBeta, NetworkPotential, Potential, Restricted, SgldConfig,
 };
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -51,6 +51,9 @@ Examples:
 
   A checkpoint made with PyTorch (nn.Sequential MLP), data in a torchvision folder:
     $ llc --model mlp_1x128 --data-dir ~/torchvision-data model.safetensors
+
+  The restricted LLC of the first layer only (devinterp's optimize_over; the rest held at w*):
+    $ llc --only '1.*' runs/sgd-1x128/epoch-0020.safetensors
 
   Calibrate: sweep ε over 1e-6..1e-3 (7 log-spaced values) × nβ, mark the largest stable ε:
     $ llc --calibrate --calibrate-epsilon 1e-6:1e-3:7 --calibrate-nbeta batch,100,1000 ckpt.safetensors
@@ -143,6 +146,11 @@ struct Args {
     /// Calibration γ values instead of nβ (comma-separated).
     #[arg(long, value_delimiter = ',')]
     calibrate_gamma: Option<Vec<f64>>,
+    /// Sample only these tensors (comma-separated names or shell patterns such as `fc_1.*` or
+    /// `*.weight`), holding the others at the checkpoint's values: the restricted LLC (devinterp's
+    /// optimize_over). The record's `llc.only` lists the patterns, the tensors and their parameter count.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    only: Option<Vec<String>>,
     /// Print nothing on stderr but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -262,7 +270,6 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         "llc"
     };
-    let quiet = args.quiet;
 
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
@@ -282,36 +289,52 @@ fn run(args: Args) -> Result<ExitCode> {
                 "data_dir".into(),
                 Value::from(args.data_dir.display().to_string()),
             );
-            if let Some((eps, axis)) = &calibration {
-                let mut v = calibrate(&pot, &ck.params, &cfg, eps, axis, |line| {
-                    if !quiet {
-                        log_line(&format!("llc: {}: {line}", path.display()));
+            let measured = match &args.only {
+                None => measure(
+                    &pot,
+                    &ck.params,
+                    &cfg,
+                    &calibration,
+                    &args,
+                    path,
+                    &mut trace_text,
+                )?,
+                Some(patterns) => {
+                    let layout = &ck.network.layout;
+                    let tensors = select_tensors(layout, patterns)?;
+                    let restricted = Restricted::new(&pot, layout, &tensors, &ck.params)?;
+                    let w_star = restricted.gather(&ck.params);
+                    let mut m = measure(
+                        &restricted,
+                        &w_star,
+                        &cfg,
+                        &calibration,
+                        &args,
+                        path,
+                        &mut trace_text,
+                    )?;
+                    let names: Vec<&str> = tensors
+                        .iter()
+                        .map(|&i| layout.tensors[i].name.as_str())
+                        .collect();
+                    let only = serde_json::json!({
+                        "patterns": patterns,
+                        "tensors": names,
+                        "params": restricted.dim(),
+                        "of_params": layout.total(),
+                    });
+                    match m.get_mut(key) {
+                        Some(Value::Object(inner)) => {
+                            inner.insert("only".into(), only);
+                        }
+                        _ => {
+                            m.insert("only".into(), only);
+                        }
                     }
-                })?;
-                if let Value::Object(m) = &mut v {
-                    context.extend(std::mem::take(m));
+                    m
                 }
-                return Ok(Value::Object(context));
-            }
-            let est = estimate_llc(&pot, &ck.params, &cfg)?;
-            if !quiet {
-                log_line(&format!(
-                    "llc: {}",
-                    est.summary_line(&path.display().to_string())
-                ));
-                for w in &est.diagnostics.distance_warnings {
-                    log_line(&format!("llc: {}: warning: {w}", path.display()));
-                }
-            }
-            if let Some(out) = &args.trace_out {
-                let mut fields = Map::new();
-                fields.insert("checkpoint".into(), Value::from(path.display().to_string()));
-                trace_text.push_str(&trace_lines(&est.traces, &fields, est.sgld.thin));
-                atomic_write(out, trace_text.as_bytes())?;
-            }
-            if let Value::Object(m) = est.to_json() {
-                context.extend(m);
-            }
+            };
+            context.extend(measured);
             Ok(Value::Object(context))
         },
     )?;
@@ -319,5 +342,50 @@ fn run(args: Args) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// The estimate (or the calibration grid) of one checkpoint on `pot` from `w_star`, as the fields of
+/// its record; logs the summary and appends the traces to `trace_text`, the --trace-out file's text so
+/// far (rewritten whole, atomically, after each record).
+fn measure<P: Potential>(
+    pot: &P,
+    w_star: &[f32],
+    cfg: &LlcConfig,
+    calibration: &Option<(Vec<f64>, CalibrationAxis)>,
+    args: &Args,
+    path: &std::path::Path,
+    trace_text: &mut String,
+) -> common::Result<Map<String, Value>> {
+    if let Some((eps, axis)) = calibration {
+        let v = calibrate(pot, w_star, cfg, eps, axis, |line| {
+            if !args.quiet {
+                log_line(&format!("llc: {}: {line}", path.display()));
+            }
+        })?;
+        return Ok(match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        });
+    }
+    let est = estimate_llc(pot, w_star, cfg)?;
+    if !args.quiet {
+        log_line(&format!(
+            "llc: {}",
+            est.summary_line(&path.display().to_string())
+        ));
+        for w in &est.diagnostics.distance_warnings {
+            log_line(&format!("llc: {}: warning: {w}", path.display()));
+        }
+    }
+    if let Some(out) = &args.trace_out {
+        let mut fields = Map::new();
+        fields.insert("checkpoint".into(), Value::from(path.display().to_string()));
+        trace_text.push_str(&trace_lines(&est.traces, &fields, est.sgld.thin));
+        atomic_write(out, trace_text.as_bytes())?;
+    }
+    Ok(match est.to_json() {
+        Value::Object(m) => m,
+        _ => Map::new(),
     })
 }

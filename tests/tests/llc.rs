@@ -331,3 +331,56 @@ fn wbic_global_local_and_devinterp() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--beta"));
 }
+
+/// `--only` samples the named tensors and holds the rest at w* (devinterp's optimize_over): the
+/// record says which and how many parameters; selecting every tensor is the unrestricted chain bit
+/// for bit (the same coordinates in the same order, the same noise); a pattern that matches nothing
+/// fails that record naming the model's tensors.
+#[test]
+fn llc_only_restricts_the_sampled_tensors() {
+    let base = [
+        "--data-dir",
+        DATA,
+        "--draws",
+        "30",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let llc = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).chain(&[CKPT]).copied().collect();
+        let out = run("llc", &args, "");
+        assert!(out.status.success(), "{}", stderr(&out));
+        records(&out).remove(0)["llc"].clone()
+    };
+    let full = llc(&[]);
+    let all = llc(&["--only", "*"]);
+    assert_eq!(full["llc_per_chain"], all["llc_per_chain"]);
+    assert_eq!(all["only"]["params"], 101_770);
+    let last = llc(&["--only", "3.*"]);
+    assert_eq!(
+        last["only"]["tensors"],
+        serde_json::json!(["3.weight", "3.bias"])
+    );
+    assert_eq!(last["only"]["patterns"], serde_json::json!(["3.*"]));
+    assert_eq!(last["only"]["params"], 1290);
+    assert_eq!(last["only"]["of_params"], 101_770);
+    assert!(last["llc"].as_f64().unwrap().is_finite());
+    assert_ne!(last["llc_per_chain"], full["llc_per_chain"]);
+    let two = llc(&["--only", "1.bias,3.bias"]);
+    assert_eq!(two["only"]["params"], 138);
+
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["--only", "fc_*", CKPT])
+        .copied()
+        .collect();
+    let out = run("llc", &args, "");
+    assert_eq!(out.status.code(), Some(1));
+    let rec = &records(&out)[0];
+    let err = rec["llc"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("--only fc_*: no tensor of the model matches (its tensors: 1.weight, 1.bias, 3.weight, 3.bias)"),
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@
 //! - [`potential`]: the [`Potential`] trait; the network's minibatch cross-entropy.
 //! - [`analytic`]: potentials with a known learning coefficient, for verification.
 //! - [`deep_linear`]: a deep linear network's population loss (λ from [`theory`]), likewise.
+//! - [`restrict`]: λ̂ over some tensors only, the rest held at w* (devinterp's `optimize_over`).
 //! - [`sgld`]: devinterp's SGLD step, parallel chains with seeded streams, MALA acceptance.
 //! - [`nbeta`]: the inverse temperature rules.
 //! - [`llc`], [`wbic`]: the estimators; [`calibrate`]: the ε × nβ (or γ) grid.
@@ -20,6 +21,7 @@ pub mod inputs;
 pub mod llc;
 pub mod nbeta;
 pub mod potential;
+pub mod restrict;
 pub mod sgld;
 pub mod special;
 pub mod theory;
@@ -32,5 +34,6 @@ pub use inputs::DataCache;
 pub use llc::{estimate_llc, InitLoss, LlcConfig, LlcEstimate};
 pub use nbeta::NBeta;
 pub use potential::{NetworkPotential, Potential};
+pub use restrict::{select_tensors, Restricted};
 pub use sgld::{run_chain, run_chains, ChainTrace, SgldConfig};
 pub use wbic::{estimate_wbic, watanabe_temperature, WbicEstimate, WbicMode};
