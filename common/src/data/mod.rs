@@ -2,6 +2,7 @@
 
 mod dataset;
 pub(crate) mod idx;
+pub mod synthetic;
 
 pub use dataset::{Dataset, DatasetKind, Split};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};

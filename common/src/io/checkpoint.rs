@@ -442,7 +442,7 @@ fn article(noun: &str) -> &'static str {
 /// spaces to a multiple of 8 bytes (as the reference implementation does). The `safetensors` crate's
 /// own serialiser writes the metadata in hash-map order, which would make identical runs produce
 /// different bytes.
-fn encode_safetensors(
+pub(crate) fn encode_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
     meta: &BTreeMap<String, String>,
 ) -> Vec<u8> {

@@ -17,7 +17,10 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    if !dir.join("train").is_file() || !dir.join("report").is_file() {
+    if ["train", "report", "datagen"]
+        .iter()
+        .any(|t| !dir.join(t).is_file())
+    {
         BUILT.get_or_init(|| {
             let mut cmd = Command::new(env!("CARGO"));
             cmd.current_dir(repo())

@@ -1,0 +1,509 @@
+//! Synthetic data sets with a known answer, written as data files (`x`, `y`, `x_test`, `y_test`;
+//! see the data-file reader) by the `datagen` tool.
+//!
+//! - [`teacher`]: the outputs of a given network (a teacher) on random inputs, plus optional Gaussian
+//!   noise: at the teacher's own weights the model is realisable, so λ̂ there is the learning
+//!   coefficient of the model at a true parameter (for a deep linear network, Aoyagi's closed form,
+//!   [`crate::sample::theory`]). [`low_rank`] gives a teacher weight a chosen rank, as the
+//!   deep-linear-network experiments of Lau et al. (2023) and devinterp use.
+//! - [`normal_crossing`]: devinterp's data set for its normal-crossing accuracy test: x ~ N(0, s²),
+//!   y = σ·ξ (the model y = w₁^{k₁}w₂^{k₂}·x is then at its true parameter w = 0).
+//! - [`random_regression`]: devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+//!
+//! Every draw comes from one seeded stream (`rng::stream(seed, Purpose::Data, ·)`), so the same
+//! settings write the same bytes; the settings are recorded in the file's metadata under `datagen`.
+
+use crate::io::encode_safetensors;
+use crate::model::Network;
+use crate::rng::{stream, Purpose, Stream};
+use crate::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// How inputs are drawn, per coordinate, independently.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InputDistribution {
+    /// U(−a, a): second moment a²/3.
+    Uniform { half_width: f64 },
+    /// N(0, s²).
+    Gaussian { sd: f64 },
+}
+
+impl InputDistribution {
+    /// Parses `uniform:A` or `gaussian:S` (also `normal:S`).
+    ///
+    /// # Errors
+    /// Another form, or a scale that is not positive and finite.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(format!(
+                "inputs '{s}': expected uniform:A (U(−A, A)) or gaussian:S (N(0, S²)) with A, S > 0"
+            ))
+        };
+        let (kind, scale) = s.split_once(':').ok_or_else(bad)?;
+        let scale: f64 = scale.parse().map_err(|_| bad())?;
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(bad());
+        }
+        match kind {
+            "uniform" => Ok(InputDistribution::Uniform { half_width: scale }),
+            "gaussian" | "normal" => Ok(InputDistribution::Gaussian { sd: scale }),
+            _ => Err(bad()),
+        }
+    }
+
+    fn draw(self, rng: &mut Stream) -> f64 {
+        match self {
+            InputDistribution::Uniform { half_width } => rng.uniform_in(-half_width, half_width),
+            InputDistribution::Gaussian { sd } => sd * rng.normal(),
+        }
+    }
+
+    /// E[x²] per coordinate.
+    pub fn second_moment(self) -> f64 {
+        match self {
+            InputDistribution::Uniform { half_width } => half_width * half_width / 3.0,
+            InputDistribution::Gaussian { sd } => sd * sd,
+        }
+    }
+
+    pub fn to_json(self) -> Value {
+        match self {
+            InputDistribution::Uniform { half_width } => {
+                json!({"kind": "uniform", "half_width": half_width})
+            }
+            InputDistribution::Gaussian { sd } => json!({"kind": "gaussian", "sd": sd}),
+        }
+    }
+}
+
+/// A synthetic data set: row-major f32 tensors with their shapes, and what made it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticData {
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+    pub x_test: Vec<f32>,
+    pub y_test: Vec<f32>,
+    /// One sample's input shape and target width.
+    pub sample_shape: Vec<usize>,
+    pub targets: usize,
+    pub train: usize,
+    pub test: usize,
+    /// The settings, stored under `datagen` in the file's metadata.
+    pub settings: Value,
+}
+
+/// The most values (inputs plus targets, both splits) one data set may hold: 2³¹, 8 GiB of f32.
+pub const MAX_SYNTHETIC_VALUES: u64 = 1 << 31;
+
+fn check_size(samples: usize, per_sample: usize) -> Result<()> {
+    let total = (samples as u64).checked_mul(per_sample as u64);
+    match total {
+        Some(t) if t <= MAX_SYNTHETIC_VALUES => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "{samples} samples of {per_sample} values each is more than {MAX_SYNTHETIC_VALUES} \
+             values"
+        ))),
+    }
+}
+
+impl SyntheticData {
+    /// The data file's bytes: tensors `x` `[n, …]`, `y` `[n, k]` (float32), `x_test`, `y_test` when
+    /// there is a test split, and the settings under `datagen` in the metadata.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let shape = |n: usize| {
+            let mut s = vec![n];
+            s.extend(&self.sample_shape);
+            s
+        };
+        let mut tensors: Vec<(String, Vec<usize>, &[f32])> = vec![
+            ("x".into(), shape(self.train), &self.x),
+            ("y".into(), vec![self.train, self.targets], &self.y),
+        ];
+        if self.test > 0 {
+            tensors.push(("x_test".into(), shape(self.test), &self.x_test));
+            tensors.push(("y_test".into(), vec![self.test, self.targets], &self.y_test));
+        }
+        let mut md = BTreeMap::new();
+        md.insert("datagen".to_string(), self.settings.to_string());
+        encode_safetensors(&tensors, &md)
+    }
+}
+
+/// Draws `count × features` inputs.
+fn inputs(rng: &mut Stream, dist: InputDistribution, count: usize, features: usize) -> Vec<f32> {
+    (0..count * features)
+        .map(|_| dist.draw(rng) as f32)
+        .collect()
+}
+
+/// The teacher's outputs on `x` (f64 arithmetic on the f32 inputs and weights), plus N(0, σ²) noise.
+fn label(
+    net: &Network,
+    params: &[f64],
+    x: &[f32],
+    count: usize,
+    noise: f64,
+    rng: &mut Stream,
+) -> Vec<f32> {
+    let (features, outputs) = (net.input_features(), net.classes());
+    let chunk = 1024;
+    let mut ws = net.workspace::<f64>(chunk.min(count.max(1)));
+    let mut y = Vec::with_capacity(count * outputs);
+    for start in (0..count).step_by(chunk) {
+        let b = chunk.min(count - start);
+        let xb: Vec<f64> = x[start * features..(start + b) * features]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let out = net.forward(params, &xb, b, &mut ws);
+        y.extend(out.iter().map(|&v| (v + noise * rng.normal()) as f32));
+    }
+    y
+}
+
+/// A teacher data set: inputs from `dist`, targets the teacher `net` at `params` plus N(0, σ²)
+/// noise (σ = `noise`, 0 for none), `train` and `test` samples. `model` describes the teacher for
+/// the metadata.
+///
+/// # Errors
+/// Parameters of the wrong length or not finite, no training sample, a negative or non-finite σ, or
+/// a data set past [`MAX_SYNTHETIC_VALUES`].
+#[allow(clippy::too_many_arguments)]
+pub fn teacher(
+    net: &Network,
+    params: &[f32],
+    model: Value,
+    dist: InputDistribution,
+    noise: f64,
+    train: usize,
+    test: usize,
+    seed: u64,
+) -> Result<SyntheticData> {
+    if params.len() != net.num_params() {
+        return Err(Error::invalid(format!(
+            "teacher: {} parameters given, the model has {}",
+            params.len(),
+            net.num_params()
+        )));
+    }
+    if let Some(i) = params.iter().position(|p| !p.is_finite()) {
+        return Err(Error::invalid(format!(
+            "teacher: parameter {i} is not finite"
+        )));
+    }
+    if train == 0 {
+        return Err(Error::invalid("--samples must be at least 1"));
+    }
+    if !(noise.is_finite() && noise >= 0.0) {
+        return Err(Error::invalid(format!(
+            "--noise must be zero or positive (got {noise})"
+        )));
+    }
+    let (features, outputs) = (net.input_features(), net.classes());
+    check_size(train.saturating_add(test), features.saturating_add(outputs))?;
+    let p64: Vec<f64> = params.iter().map(|&p| p as f64).collect();
+    let mut rng = stream(seed, Purpose::Data, 0);
+    let x = inputs(&mut rng, dist, train, features);
+    let x_test = inputs(&mut rng, dist, test, features);
+    let y = label(net, &p64, &x, train, noise, &mut rng);
+    let y_test = label(net, &p64, &x_test, test, noise, &mut rng);
+    Ok(SyntheticData {
+        x,
+        y,
+        x_test,
+        y_test,
+        sample_shape: vec![features],
+        targets: outputs,
+        train,
+        test,
+        settings: json!({
+            "kind": "teacher",
+            "model": model,
+            "inputs": dist.to_json(),
+            "noise_sd": noise,
+            "samples": train,
+            "test_samples": test,
+            "seed": seed,
+        }),
+    })
+}
+
+/// devinterp's normal-crossing data set: x ~ N(0, s²) (one feature), y = σ·ξ, ξ ~ N(0, 1).
+///
+/// # Errors
+/// No training sample, a non-positive s, a negative σ, or too many samples.
+pub fn normal_crossing(
+    x_sd: f64,
+    noise: f64,
+    train: usize,
+    test: usize,
+    seed: u64,
+) -> Result<SyntheticData> {
+    if train == 0 {
+        return Err(Error::invalid("--samples must be at least 1"));
+    }
+    if !(x_sd.is_finite() && x_sd > 0.0 && noise.is_finite() && noise >= 0.0) {
+        return Err(Error::invalid(format!(
+            "normal crossing: the input sd ({x_sd}) must be positive and the noise sd ({noise}) \
+             zero or positive"
+        )));
+    }
+    check_size(train.saturating_add(test), 2)?;
+    let mut rng = stream(seed, Purpose::Data, 0);
+    let mut draw = |n: usize| -> (Vec<f32>, Vec<f32>) {
+        let x = (0..n).map(|_| (x_sd * rng.normal()) as f32).collect();
+        let y = (0..n).map(|_| (noise * rng.normal()) as f32).collect();
+        (x, y)
+    };
+    let (x, y) = draw(train);
+    let (x_test, y_test) = draw(test);
+    Ok(SyntheticData {
+        x,
+        y,
+        x_test,
+        y_test,
+        sample_shape: vec![1],
+        targets: 1,
+        train,
+        test,
+        settings: json!({
+            "kind": "normal-crossing",
+            "x_sd": x_sd,
+            "noise_sd": noise,
+            "samples": train,
+            "test_samples": test,
+            "seed": seed,
+        }),
+    })
+}
+
+/// devinterp's reduced-rank-regression data set: x ~ N(0, I_m), y ~ N(0, I_n) independent of x.
+///
+/// # Errors
+/// No training sample, a zero width, or too many values.
+pub fn random_regression(
+    inputs_width: usize,
+    outputs: usize,
+    train: usize,
+    test: usize,
+    seed: u64,
+) -> Result<SyntheticData> {
+    if train == 0 || inputs_width == 0 || outputs == 0 {
+        return Err(Error::invalid(
+            "random regression: --samples, --inputs and --outputs must be at least 1",
+        ));
+    }
+    check_size(
+        train.saturating_add(test),
+        inputs_width.saturating_add(outputs),
+    )?;
+    let mut rng = stream(seed, Purpose::Data, 0);
+    let dist = InputDistribution::Gaussian { sd: 1.0 };
+    let x = inputs(&mut rng, dist, train, inputs_width);
+    let y = inputs(&mut rng, dist, train, outputs);
+    let x_test = inputs(&mut rng, dist, test, inputs_width);
+    let y_test = inputs(&mut rng, dist, test, outputs);
+    Ok(SyntheticData {
+        x,
+        y,
+        x_test,
+        y_test,
+        sample_shape: vec![inputs_width],
+        targets: outputs,
+        train,
+        test,
+        settings: json!({
+            "kind": "random-regression",
+            "inputs": inputs_width,
+            "outputs": outputs,
+            "samples": train,
+            "test_samples": test,
+            "seed": seed,
+        }),
+    })
+}
+
+/// Replaces the `rows × cols` matrix `w` (row-major) by its best rank-`rank` approximation in the
+/// Frobenius norm (Eckart–Young): W·V_r·V_rᵀ, with V_r the eigenvectors of WᵀW of the r largest
+/// eigenvalues (the top right singular vectors). A rank at or above min(rows, cols) leaves W as it is.
+///
+/// # Errors
+/// A buffer of the wrong length, or LAPACK failing to converge.
+pub fn low_rank(w: &mut [f64], rows: usize, cols: usize, rank: usize) -> Result<()> {
+    if w.len() != rows * cols {
+        return Err(Error::invalid(format!(
+            "low rank: a {rows}×{cols} matrix needs {} values, got {}",
+            rows * cols,
+            w.len()
+        )));
+    }
+    if rank >= rows.min(cols) {
+        return Ok(());
+    }
+    // G = WᵀW (cols × cols).
+    let mut g = vec![0.0; cols * cols];
+    for r in 0..rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        for i in 0..cols {
+            for j in 0..cols {
+                g[i * cols + j] += row[i] * row[j];
+            }
+        }
+    }
+    let mut eig = crate::optim::SymEigen::<f64>::new(cols);
+    eig.decompose(&mut g)
+        .map_err(|info| Error::invalid(format!("low rank: eigendecomposition failed ({info})")))?;
+    // Eigenvalues ascend: the top `rank` eigenvectors are the last rows of g.
+    let top: Vec<&[f64]> = (cols - rank..cols)
+        .map(|j| &g[j * cols..(j + 1) * cols])
+        .collect();
+    for r in 0..rows {
+        let row = &mut w[r * cols..(r + 1) * cols];
+        let coeffs: Vec<f64> = top
+            .iter()
+            .map(|v| v.iter().zip(row.iter()).map(|(a, b)| a * b).sum())
+            .collect();
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = top.iter().zip(&coeffs).map(|(v, c)| c * v[j]).sum();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Activation, Architecture};
+
+    /// The singular values of a small matrix by the same route, to check the rank: the eigenvalues
+    /// of WᵀW.
+    fn gram_eigenvalues(w: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+        let mut g = vec![0.0; cols * cols];
+        for r in 0..rows {
+            for i in 0..cols {
+                for j in 0..cols {
+                    g[i * cols + j] += w[r * cols + i] * w[r * cols + j];
+                }
+            }
+        }
+        let mut eig = crate::optim::SymEigen::<f64>::new(cols);
+        eig.decompose(&mut g).unwrap();
+        eig.values.clone()
+    }
+
+    /// The rank-r approximation has rank r, keeps the r largest singular values, and is the closest
+    /// such matrix: its error² is the sum of the dropped eigenvalues of WᵀW (Eckart–Young).
+    #[test]
+    fn low_rank_is_the_truncated_svd() {
+        let (rows, cols) = (6, 5);
+        let mut rng = stream(3, Purpose::Data, 9);
+        let w: Vec<f64> = (0..rows * cols).map(|_| rng.normal()).collect();
+        let before = gram_eigenvalues(&w, rows, cols);
+        for rank in 0..=5 {
+            let mut lr = w.clone();
+            low_rank(&mut lr, rows, cols, rank).unwrap();
+            let after = gram_eigenvalues(&lr, rows, cols);
+            for (j, (&a, &b)) in after.iter().zip(&before).enumerate() {
+                if j < cols - rank {
+                    assert!(a.abs() < 1e-10, "rank {rank}: eigenvalue {j} = {a}");
+                } else {
+                    assert!((a - b).abs() < 1e-9 * b, "rank {rank}: {a} vs {b}");
+                }
+            }
+            let err: f64 = w.iter().zip(&lr).map(|(a, b)| (a - b) * (a - b)).sum();
+            let dropped: f64 = before[..cols - rank].iter().sum();
+            assert!(
+                (err - dropped).abs() < 1e-9 * (1.0 + dropped),
+                "rank {rank}"
+            );
+        }
+        assert!(low_rank(&mut [0.0; 5], 2, 3, 1).is_err());
+    }
+
+    /// The targets are the teacher's outputs: with σ = 0 exactly the network's f64 forward pass on the
+    /// stored inputs (rounded to f32); the same seed writes the same bytes, another seed others.
+    #[test]
+    fn teacher_targets_are_the_network_outputs() {
+        let arch = Architecture::Mlp {
+            input: 3,
+            hidden: vec![4],
+            classes: 2,
+            activation: Activation::Tanh,
+        };
+        let net = Network::new(arch.clone());
+        let params: Vec<f32> = crate::model::initialise(&net, 5);
+        let dist = InputDistribution::Uniform { half_width: 10.0 };
+        let d = teacher(&net, &params, arch.to_json(), dist, 0.0, 50, 7, 1).unwrap();
+        assert_eq!(
+            (d.x.len(), d.y.len(), d.x_test.len(), d.y_test.len()),
+            (150, 100, 21, 14)
+        );
+        assert!(d.x.iter().all(|v| v.abs() <= 10.0));
+        let p64: Vec<f64> = params.iter().map(|&p| p as f64).collect();
+        for n in [0, 17, 49] {
+            let x: Vec<f64> = d.x[3 * n..3 * n + 3].iter().map(|&v| v as f64).collect();
+            let mut ws = net.workspace::<f64>(1);
+            let out = net.forward(&p64, &x, 1, &mut ws);
+            for (k, &o) in out.iter().enumerate() {
+                assert_eq!(d.y[2 * n + k], o as f32, "sample {n}");
+            }
+        }
+        let again = teacher(&net, &params, arch.to_json(), dist, 0.0, 50, 7, 1).unwrap();
+        assert_eq!(again.to_bytes(), d.to_bytes());
+        let other = teacher(&net, &params, arch.to_json(), dist, 0.0, 50, 7, 2).unwrap();
+        assert_ne!(other.x, d.x);
+        // Noise σ: the residuals' sd.
+        let noisy = teacher(&net, &params, arch.to_json(), dist, 0.5, 4000, 0, 1).unwrap();
+        let clean = teacher(&net, &params, arch.to_json(), dist, 0.0, 4000, 0, 1).unwrap();
+        assert_eq!(noisy.x, clean.x);
+        let var: f64 = noisy
+            .y
+            .iter()
+            .zip(&clean.y)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / 8000.0;
+        assert!((var.sqrt() - 0.5).abs() < 0.02, "sd {}", var.sqrt());
+    }
+
+    #[test]
+    fn devinterps_data_sets_have_their_distributions() {
+        let d = normal_crossing(2.0, 0.25, 20_000, 0, 4).unwrap();
+        let sd = |v: &[f32]| {
+            (v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        assert!((sd(&d.x) - 2.0).abs() < 0.05, "{}", sd(&d.x));
+        assert!((sd(&d.y) - 0.25).abs() < 0.01, "{}", sd(&d.y));
+        let r = random_regression(5, 3, 1000, 10, 4).unwrap();
+        assert_eq!((r.x.len(), r.y.len(), r.targets), (5000, 3000, 3));
+        assert!(normal_crossing(0.0, 0.25, 10, 0, 1).is_err());
+        assert!(random_regression(0, 3, 10, 0, 1).is_err());
+        assert!(InputDistribution::parse("uniform:10").is_ok());
+        assert_eq!(
+            InputDistribution::parse("gaussian:2")
+                .unwrap()
+                .second_moment(),
+            4.0
+        );
+        assert!(InputDistribution::parse("uniform:-1").is_err());
+        assert!(InputDistribution::parse("cauchy:1").is_err());
+        assert!(check_size(1 << 40, 10).is_err());
+    }
+
+    /// The file round-trips through the safetensors reader with the names, shapes and settings.
+    #[test]
+    fn the_file_holds_x_y_and_the_settings() {
+        let d = random_regression(4, 2, 6, 3, 1).unwrap();
+        let bytes = d.to_bytes();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("x").unwrap().shape(), &[6, 4]);
+        assert_eq!(st.tensor("y").unwrap().shape(), &[6, 2]);
+        assert_eq!(st.tensor("x_test").unwrap().shape(), &[3, 4]);
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let md = meta.metadata().as_ref().unwrap();
+        let settings: Value = serde_json::from_str(&md["datagen"]).unwrap();
+        assert_eq!(settings["kind"], "random-regression");
+        assert_eq!(settings["seed"], 1);
+    }
+}

@@ -1,0 +1,305 @@
+//! `datagen`: write synthetic data sets with a known answer as data files (`x`, `y`, `x_test`,
+//! `y_test`), seeded, with their settings in the file's metadata.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use common::data::synthetic::{
+    low_rank, normal_crossing, random_regression, teacher, InputDistribution, SyntheticData,
+};
+use common::io::{atomic_write, Checkpoint};
+use common::model::{initialise, Activation, Architecture, Network};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const ABOUT: &str =
+    "Write synthetic data sets with a known answer (teacher networks, devinterp's test data).";
+
+const LONG_ABOUT: &str = "\
+Write a synthetic data set as a data file: safetensors with tensors x [n, features] and y [n, k]
+(float32), x_test and y_test when --test-samples > 0, and the settings (kind, seed, sizes, the
+teacher's model) in the metadata under `datagen`. The same settings write the same bytes.
+
+  teacher            targets are a network's outputs on random inputs (plus Gaussian noise):
+                     the model is then realisable, and at the teacher's weights λ̂ estimates the
+                     learning coefficient of the model at a true parameter. --teacher-out writes
+                     the teacher as a checkpoint, to give to llc / hessian-trace. --low-rank NAME:R
+                     makes a weight of rank R (its best rank-R approximation), as the
+                     deep-linear-network experiments do.
+  normal-crossing    devinterp's normal-crossing data: x ~ N(0, s²), y = σ·ξ.
+  random-regression  devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+
+Examples:
+
+  A linear teacher 10 → 10 → 10 with biases (the identity activation), inputs U(-10, 10):
+    $ datagen teacher --hidden 10 --activation identity --inputs 10 --outputs 10 \\
+        --samples 10000 --input-dist uniform:10 --seed 1 \\
+        --out dln.safetensors --teacher-out teacher.safetensors
+
+  The same teacher with its first weight of rank 3:
+    $ datagen teacher --hidden 10 --activation identity --inputs 10 --outputs 10 \\
+        --low-rank 1.weight:3 --out dln-r3.safetensors
+
+  devinterp's normal-crossing data set (1000 samples, x ~ N(0, 2²), σ = 0.25):
+    $ datagen normal-crossing --samples 1000 --out nc.safetensors
+
+An existing output file is not overwritten (the command fails naming it).";
+
+#[derive(Parser, Debug)]
+#[command(name = "datagen", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Args {
+    #[command(subcommand)]
+    kind: Kind,
+}
+
+#[derive(Subcommand, Debug)]
+enum Kind {
+    /// Targets are a teacher network's outputs on random inputs (plus noise).
+    Teacher(TeacherArgs),
+    /// devinterp's normal-crossing data: x ~ N(0, s²), y = σ·ξ.
+    NormalCrossing(NormalCrossingArgs),
+    /// devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+    RandomRegression(RandomRegressionArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct Common {
+    /// Training samples.
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
+    /// Test samples (x_test, y_test; 0: none).
+    #[arg(long, default_value_t = 0)]
+    test_samples: usize,
+    /// Seed of the draws (and of the teacher's initialisation).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The data file to write (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(ClapArgs, Debug)]
+struct TeacherArgs {
+    /// Teacher model: mlp (with --hidden, --activation) or a name such as mlp_2x64,
+    /// mlp_10-10_identity [default: mlp]. Ignored with --init.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// Hidden widths of an MLP teacher (comma-separated; none for a single linear layer).
+    #[arg(long, value_delimiter = ',')]
+    hidden: Vec<usize>,
+    /// Activation of an MLP teacher: relu, tanh, gelu or identity.
+    #[arg(long, default_value = "relu")]
+    activation: String,
+    /// Input features.
+    #[arg(long, default_value_t = 10)]
+    inputs: usize,
+    /// Outputs (the targets' width).
+    #[arg(long, default_value_t = 1)]
+    outputs: usize,
+    /// Teacher weights from this checkpoint (its model and sizes) instead of a fresh initialisation.
+    #[arg(long, value_name = "CKPT")]
+    init: Option<PathBuf>,
+    /// Give a 2-D weight rank R: NAME:R (repeatable), e.g. 1.weight:3.
+    #[arg(long, value_name = "NAME:R")]
+    low_rank: Vec<String>,
+    /// Inputs: uniform:A (U(-A, A) per coordinate) or gaussian:S (N(0, S²)).
+    #[arg(long, default_value = "uniform:10")]
+    input_dist: String,
+    /// Standard deviation σ of the Gaussian noise added to the targets.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// Also write the teacher (the true parameter) as a checkpoint here.
+    #[arg(long, value_name = "CKPT")]
+    teacher_out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(ClapArgs, Debug)]
+struct NormalCrossingArgs {
+    /// Standard deviation s of the inputs.
+    #[arg(long, default_value_t = 2.0)]
+    x_sd: f64,
+    /// Standard deviation σ of the targets.
+    #[arg(long, default_value_t = 0.25)]
+    noise: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(ClapArgs, Debug)]
+struct RandomRegressionArgs {
+    /// Input features m.
+    #[arg(long)]
+    inputs: usize,
+    /// Outputs n.
+    #[arg(long)]
+    outputs: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn main() -> ExitCode {
+    common::device::cpu::register_blas_threads(blas_openblas::set_threads);
+    common::cli::run_main("datagen", common::cli::ClosedStdout::Quiet, || {
+        run(Args::parse())
+    })
+}
+
+/// Fails when `path` exists: a data set that was written is never overwritten.
+fn refuse_existing(path: &Path, what: &str) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{what} {}: the file exists (datagen never overwrites; remove it or choose another path)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let (data, out) = match args.kind {
+        Kind::Teacher(t) => {
+            refuse_existing(&t.common.out, "--out")?;
+            if let Some(p) = &t.teacher_out {
+                refuse_existing(p, "--teacher-out")?;
+            }
+            let (net, params, low_ranks) = teacher_model(&t)?;
+            let dist = InputDistribution::parse(&t.input_dist).context("--input-dist")?;
+            let model = serde_json::json!({
+                "arch": net.arch.to_json(),
+                "weights": match &t.init {
+                    Some(p) => serde_json::json!({"checkpoint": p.display().to_string()}),
+                    None => serde_json::json!({"init": "torch_default", "seed": t.common.seed}),
+                },
+                "low_rank": low_ranks,
+            });
+            let data = teacher(
+                &net,
+                &params,
+                model,
+                dist,
+                t.noise,
+                t.common.samples,
+                t.common.test_samples,
+                t.common.seed,
+            )?;
+            if let Some(p) = &t.teacher_out {
+                let mut meta = Map::new();
+                meta.insert("datagen".into(), data.settings.clone());
+                meta.insert(
+                    "data_file".into(),
+                    Value::from(t.common.out.display().to_string()),
+                );
+                let ck = Checkpoint {
+                    network: net.clone(),
+                    params: params.clone(),
+                    meta,
+                    source_names: net.layout.names(),
+                };
+                ck.save(p)
+                    .with_context(|| format!("--teacher-out {}", p.display()))?;
+            }
+            (data, t.common.out)
+        }
+        Kind::NormalCrossing(a) => (
+            normal_crossing(
+                a.x_sd,
+                a.noise,
+                a.common.samples,
+                a.common.test_samples,
+                a.common.seed,
+            )?,
+            a.common.out,
+        ),
+        Kind::RandomRegression(a) => (
+            random_regression(
+                a.inputs,
+                a.outputs,
+                a.common.samples,
+                a.common.test_samples,
+                a.common.seed,
+            )?,
+            a.common.out,
+        ),
+    };
+    write(&data, &out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write(data: &SyntheticData, out: &Path) -> Result<()> {
+    atomic_write(out, &data.to_bytes()).with_context(|| format!("--out {}", out.display()))?;
+    // One record on stdout: what was written.
+    let mut rec = Map::new();
+    rec.insert("data_file".into(), Value::from(out.display().to_string()));
+    rec.insert("datagen".into(), data.settings.clone());
+    println!("{}", Value::Object(rec));
+    Ok(())
+}
+
+/// The teacher's network and f32 weights: a checkpoint's, or a fresh PyTorch-default initialisation
+/// of the model for --inputs and --outputs; then the --low-rank projections (in f64, rounded to f32
+/// once: the targets are computed from the rounded weights, so the checkpoint is the exact teacher).
+/// Also returns the projections made, as `{tensor, rank}` objects for the metadata.
+fn teacher_model(t: &TeacherArgs) -> Result<(Network, Vec<f32>, Vec<Value>)> {
+    let (net, params) = match &t.init {
+        Some(path) => {
+            let ck = Checkpoint::load(path, None)
+                .with_context(|| format!("--init {}", path.display()))?;
+            (ck.network, ck.params)
+        }
+        None => {
+            if t.inputs == 0 || t.outputs == 0 {
+                bail!("--inputs and --outputs must be at least 1");
+            }
+            let activation = Activation::parse(&t.activation).context("--activation")?;
+            let arch = Architecture::parse(&t.model, &t.hidden, activation, 2)
+                .with_context(|| format!("--model {}", t.model))?
+                .for_data([1, 1, t.inputs], t.outputs);
+            if matches!(arch, Architecture::LeNet { .. }) {
+                bail!(
+                    "--model {}: a teacher is an MLP here (a LeNet takes images)",
+                    t.model
+                );
+            }
+            // The size check refuses fewer than two outputs (a cross-entropy rule); a regression
+            // teacher may have one, and its size is below that of the same model with two.
+            arch.clone()
+                .for_data([1, 1, t.inputs], t.outputs.max(2))
+                .size()
+                .with_context(|| format!("--model {}", t.model))?;
+            let net = Network::new(arch);
+            let params = initialise::<f32>(&net, t.common.seed);
+            (net, params)
+        }
+    };
+    let mut p64: Vec<f64> = params.iter().map(|&p| p as f64).collect();
+    let mut done = Vec::new();
+    for spec in &t.low_rank {
+        let (name, rank) = spec
+            .rsplit_once(':')
+            .and_then(|(n, r)| r.parse::<usize>().ok().map(|r| (n, r)))
+            .with_context(|| format!("--low-rank {spec}: expected NAME:R"))?;
+        let tensor = net.layout.get(name).with_context(|| {
+            format!(
+                "--low-rank {spec}: the teacher has no tensor {name} (its tensors: {})",
+                net.layout.names().join(", ")
+            )
+        })?;
+        let [rows, cols] = tensor.shape[..] else {
+            bail!(
+                "--low-rank {spec}: {name} has shape {:?}; a rank needs a matrix",
+                tensor.shape
+            );
+        };
+        if rank > rows.min(cols) {
+            bail!(
+                "--low-rank {spec}: {name} is {rows}×{cols}, so its rank is at most {}",
+                rows.min(cols)
+            );
+        }
+        low_rank(&mut p64[tensor.range()], rows, cols, rank)?;
+        done.push(serde_json::json!({"tensor": name, "rank": rank}));
+    }
+    Ok((net, p64.iter().map(|&p| p as f32).collect(), done))
+}

@@ -1,0 +1,136 @@
+//! End-to-end tests of `datagen`: the files it writes, their determinism and settings, refusals.
+
+mod support;
+
+use serde_json::Value;
+use support::{assert_one_line_error, records, run_tool as run, scratch, stderr};
+
+fn header(path: &std::path::Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + n]).unwrap()
+}
+
+#[test]
+fn teacher_files_are_seeded_recorded_and_never_overwritten() {
+    let dir = scratch("datagen-teacher");
+    let (a, b, t) = (
+        dir.join("a.safetensors"),
+        dir.join("b.safetensors"),
+        dir.join("t.safetensors"),
+    );
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "teacher",
+            "--hidden",
+            "6",
+            "--activation",
+            "identity",
+            "--inputs",
+            "5",
+            "--outputs",
+            "4",
+            "--low-rank",
+            "1.weight:2",
+            "--samples",
+            "300",
+            "--test-samples",
+            "50",
+            "--noise",
+            "0.1",
+            "--seed",
+            "3",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let mut first: Vec<String> = args(&a);
+    first.extend(["--teacher-out".to_string(), t.display().to_string()]);
+    let out = run(
+        "datagen",
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = &records(&out)[0];
+    assert_eq!(rec["datagen"]["kind"], "teacher");
+    assert_eq!(rec["datagen"]["model"]["low_rank"][0]["rank"], 2);
+    let h = header(&a);
+    assert_eq!(h["x"]["shape"], serde_json::json!([300, 5]));
+    assert_eq!(h["y"]["shape"], serde_json::json!([300, 4]));
+    assert_eq!(h["x_test"]["shape"], serde_json::json!([50, 5]));
+    assert_eq!(h["y"]["dtype"], "F32");
+    let settings: Value =
+        serde_json::from_str(h["__metadata__"]["datagen"].as_str().unwrap()).unwrap();
+    assert_eq!(settings["seed"], 3);
+    assert_eq!(settings["noise_sd"], 0.1);
+    assert_eq!(settings["inputs"]["half_width"], 10.0);
+    // The teacher checkpoint holds the model's tensors under PyTorch's names.
+    let th = header(&t);
+    assert_eq!(th["1.weight"]["shape"], serde_json::json!([6, 5]));
+    assert_eq!(th["3.weight"]["shape"], serde_json::json!([4, 6]));
+
+    // The same settings, the same bytes.
+    let second = args(&b);
+    let out = run(
+        "datagen",
+        &second.iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // An existing file is not overwritten.
+    let before = std::fs::read(&a).unwrap();
+    let out = run(
+        "datagen",
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+    );
+    assert_one_line_error(&out, &["--out", "the file exists"]);
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+}
+
+#[test]
+fn bad_settings_are_refused_in_one_line() {
+    let dir = scratch("datagen-bad");
+    let out_path = dir.join("x.safetensors");
+    let o = out_path.to_str().unwrap();
+    for (args, needles) in [
+        (
+            vec![
+                "teacher",
+                "--hidden",
+                "4",
+                "--low-rank",
+                "3.weight:2",
+                "--out",
+                o,
+            ],
+            vec!["--low-rank 3.weight:2", "its rank is at most 1"],
+        ),
+        (
+            vec!["teacher", "--low-rank", "9.weight:1", "--out", o],
+            vec!["--low-rank 9.weight:1", "no tensor 9.weight"],
+        ),
+        (
+            vec!["teacher", "--input-dist", "cauchy:1", "--out", o],
+            vec!["--input-dist", "cauchy:1"],
+        ),
+        (
+            vec!["teacher", "--samples", "0", "--out", o],
+            vec!["--samples must be at least 1"],
+        ),
+        (
+            vec!["normal-crossing", "--x-sd", "0", "--out", o],
+            vec!["input sd"],
+        ),
+    ] {
+        let out = run("datagen", &args, "");
+        assert_one_line_error(&out, &needles);
+        assert!(!out_path.exists(), "{args:?} wrote a file");
+    }
+}
