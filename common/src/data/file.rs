@@ -51,7 +51,7 @@ impl Normalize {
             .map(|v| v.trim().parse::<f64>())
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::invalid(format!("--normalize {s}: {e}")))?;
-        if values.is_empty() || values.len() % 2 != 0 {
+        if values.is_empty() || !values.len().is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "--normalize {s}: expected mean,std or the means then the stds of every channel (an even count)"
             )));
@@ -121,7 +121,7 @@ pub fn load_data_file_split(
         Split::Test => ("x_test", "y_test"),
     };
     let names = st.names();
-    let has = |n: &str| names.iter().any(|m| *m == n);
+    let has = |n: &str| names.contains(&n);
     for n in ["x", "y"] {
         if !has(n) {
             return Err(Error::data(
@@ -262,8 +262,7 @@ pub fn load_data_file_split(
             let l = labels_max(t.dtype(), t.data());
             max = max.max(l);
         }
-        let labels: Vec<u32> = labels;
-        ((TargetData::Labels(labels)), (max as usize + 1).max(2))
+        (TargetData::Labels(labels), (max as usize + 1).max(2))
     } else {
         return Err(refuse(
             yn,

@@ -51,12 +51,14 @@ impl DataChoice {
         let Some(file) = checkpoint.meta.get("data_file").and_then(|v| v.as_str()) else {
             return Ok(self.clone());
         };
+        // Absent, or null (metadata stores it as the text `null`): no normalisation.
+        let recorded = checkpoint
+            .meta
+            .get("data_normalize")
+            .and_then(|v| v.as_str())
+            .filter(|t| *t != "null");
         let normalize =
-            match checkpoint
-                .meta
-                .get("data_normalize")
-                .and_then(|v| v.as_str())
-            {
+            match recorded {
                 Some(t) => Some(Normalize::parse(t).map_err(|e| {
                     Error::checkpoint(path, format!("metadata `data_normalize`: {e}"))
                 })?),
