@@ -46,7 +46,7 @@ fn epoch(net: &Network, data: &Dataset, settings: &OptimizerSettings, seed: u64)
         let bt = Batch {
             net,
             x: &x[..b * f],
-            labels: &y[..b],
+            targets: common::model::Targets::Labels(&y[..b]),
         };
         opt.step(&mut params, &mut grad, &bt).expect("step");
     }

@@ -73,6 +73,7 @@ pub struct Summary {
 pub struct RunSettings {
     /// The run's name (records, metadata): not a number, but one run's log keeps one name.
     pub run: String,
+    /// [`Dataset::identity`]: `mnist`, `fashion-mnist`, or `file:<fingerprint>`.
     pub dataset: String,
     /// Seed of the data order (and of any optimiser noise).
     pub seed: u64,
@@ -143,11 +144,11 @@ impl RunSettings {
                 .and_then(Value::as_str)
                 .ok_or_else(|| missing("run"))?
                 .to_string(),
-            dataset: meta
-                .get("dataset")
-                .and_then(Value::as_str)
-                .ok_or_else(|| missing("dataset"))?
-                .to_string(),
+            dataset: match (meta.get("dataset"), meta.get("data_fingerprint")) {
+                (Some(Value::String(d)), _) => d.clone(),
+                (None, Some(Value::String(f))) => format!("file:{f}"),
+                _ => return Err(missing("dataset")),
+            },
             seed: u("seed")?,
             batch_size: u("batch_size")? as usize,
             shuffle: meta
@@ -670,14 +671,16 @@ pub fn train(
     cfg: &TrainConfig,
     net: &Network,
     train_data: &Dataset,
-    test_data: &Dataset,
+    test_data: Option<&Dataset>,
     start: Start,
     optimizer: &mut dyn Optimizer,
     interrupted: &AtomicBool,
     emit: &mut dyn FnMut(&Record) -> Result<()>,
 ) -> Result<Summary> {
     net.check_input(train_data)?;
-    net.check_input(test_data)?;
+    if let Some(test_data) = test_data {
+        net.check_input(test_data)?;
+    }
     if cfg.batch_size == 0 {
         return Err(Error::invalid("batch size must be at least 1"));
     }
@@ -692,7 +695,7 @@ pub fn train(
     let images = train_data.normalized::<f32>();
     let mut ws = net.workspace::<f32>(batch);
     let mut x = vec![0f32; batch * features];
-    let mut y = vec![0usize; batch];
+    let mut y = train_data.target_buffer::<f32>(batch);
     let mut grad = vec![0f32; net.num_params()];
     let mut params = start.params;
     let mut step = start.step;
@@ -742,9 +745,9 @@ pub fn train(
             }
             let idx = &order[k * batch..((k + 1) * batch).min(n)];
             let b = idx.len();
-            train_data.gather_normalized(&images, idx, &mut x[..b * features], &mut y[..b]);
+            train_data.gather_normalized_batch(&images, idx, &mut x[..b * features], &mut y);
             let loss =
-                net.loss_and_gradient(&params, &x[..b * features], &y[..b], &mut grad, &mut ws);
+                net.loss_and_gradient(&params, &x[..b * features], y.first(b), &mut grad, &mut ws);
             if !loss.is_finite() {
                 progress.clear();
                 return Err(diverged(
@@ -761,7 +764,7 @@ pub fn train(
                 &Batch {
                     net,
                     x: &x[..b * features],
-                    labels: &y[..b],
+                    targets: y.first(b),
                 },
             )?;
             step += 1;
@@ -794,7 +797,9 @@ pub fn train(
                 } else {
                     step_checkpoint_path(&cfg.out_dir, step)
                 };
-                let test = net.evaluate(&params, test_data, eval_batch(net))?;
+                let test = test_data
+                    .map(|d| net.evaluate(&params, d, eval_batch(net)))
+                    .transpose()?;
                 let update_norm = params
                     .iter()
                     .zip(&epoch_start_params)
@@ -807,10 +812,12 @@ pub fn train(
                     "producer".into(),
                     Value::from(concat!("ngd-slt ", env!("CARGO_PKG_VERSION"))),
                 );
-                meta.insert("dataset".into(), Value::from(train_data.kind.name()));
+                for (k2, v) in train_data.record_fields(net.loss) {
+                    meta.insert(k2, v);
+                }
                 meta.insert(
                     "normalisation".into(),
-                    Value::from(train_data.kind.normalisation_text()),
+                    Value::from(train_data.normalisation_text()),
                 );
                 meta.insert("optimizer".into(), optimizer_json.clone());
                 meta.insert("seed".into(), Value::from(cfg.seed));
@@ -862,18 +869,27 @@ pub fn train(
                     "train_loss".into(),
                     Value::from(loss_sum / seen.max(1) as f64),
                 );
-                r.insert("test_loss".into(), Value::from(test.loss));
-                r.insert("test_acc".into(), Value::from(test.accuracy));
+                // Without a test split (a data file without x_test), and for accuracy with float
+                // targets, null: not defined rather than 0.
+                r.insert("test_loss".into(), Value::from(test.map(|t| t.loss)));
+                r.insert(
+                    "test_acc".into(),
+                    Value::from(test.and_then(|t| t.accuracy)),
+                );
                 r.insert("update_norm".into(), Value::from(update_norm));
                 for (k2, v) in optimizer.take_epoch_stats() {
                     r.insert(k2, v);
                 }
                 r.insert("checkpoint".into(), Value::from(path.display().to_string()));
-                r.insert("dataset".into(), Value::from(train_data.kind.name()));
-                r.insert(
-                    "data_dir".into(),
-                    Value::from(cfg.data_dir.display().to_string()),
-                );
+                for (k2, v) in train_data.record_fields(net.loss) {
+                    r.insert(k2, v);
+                }
+                if train_data.kind().is_some() {
+                    r.insert(
+                        "data_dir".into(),
+                        Value::from(cfg.data_dir.display().to_string()),
+                    );
+                }
                 r.insert("init".into(), Value::from(start.init.clone()));
                 r.insert("blas_threads".into(), Value::from(cfg.threads));
                 r.insert(

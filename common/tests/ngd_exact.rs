@@ -291,7 +291,7 @@ fn optimiser_f32_path_matches_f64_direction() {
             &Batch {
                 net,
                 x: &x32,
-                labels: &y,
+                targets: common::model::Targets::Labels(&y),
             },
         )
         .unwrap();

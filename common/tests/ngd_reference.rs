@@ -244,7 +244,7 @@ fn optimizer_sequence_matches_ngd_step() {
                 &Batch {
                     net: &net,
                     x: &[],
-                    labels: &[],
+                    targets: common::model::Targets::Labels(&[]),
                 },
             )
             .unwrap();

@@ -90,6 +90,21 @@ struct Args {
     /// Folder holding the data [default: the record's data_dir, else data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test (--split test)
+    /// [default: the data file the checkpoint's metadata records, if any].
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
+    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
+    /// [default: the checkpoint's recorded normalisation].
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
+    normalize: Option<String>,
+    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
+    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
+    /// targets].
+    #[arg(long)]
+    loss: Option<String>,
     /// Which split the Hessian is taken over.
     #[arg(long, default_value = "train", value_parser = ["train", "test"])]
     split: String,
@@ -264,8 +279,12 @@ fn run(args: Args) -> Result<ExitCode> {
     } else {
         Split::Train
     };
-    let mut data_cache =
-        DataCache::new(PathBuf::from("data"), args.dataset.clone(), None).with_split(split);
+    let mut data_cache = DataCache::new(PathBuf::from("data"), args.dataset.clone(), None)
+        .with_split(split)
+        .with_data(
+            common::data::DataChoice::new(args.data.clone(), args.normalize.as_deref())?,
+            args.loss.clone(),
+        );
     let mut density_written: HashSet<PathBuf> = HashSet::new();
     let stdin = std::io::stdin();
     if args.checkpoints.is_empty() && stdin.is_terminal() && !args.quiet {
@@ -339,7 +358,6 @@ fn analyse_record(
         })
         .unwrap_or_else(|| PathBuf::from("data"));
     let (ck, data) = data_cache.load_in(path, model, &data_dir)?;
-    let kind = data.kind;
     let samples = if args.full {
         data.len()
     } else {
@@ -361,17 +379,23 @@ fn analyse_record(
     };
     out.insert("model".into(), Value::from(ck.network.arch.name()));
     out.insert("parameters".into(), Value::from(ck.network.num_params()));
-    out.insert(
-        "data".into(),
-        json!({
-            "dataset": kind.name(),
-            "data_dir": data_dir.display().to_string(),
+    let mut data_json: Map<String, Value> =
+        data.record_fields(ck.network.loss).into_iter().collect();
+    if data.kind().is_some() {
+        data_json.insert(
+            "data_dir".into(),
+            Value::from(data_dir.display().to_string()),
+        );
+    }
+    if let Value::Object(rest) = json!({
             "split": args.split,
             "samples": samples,
             "order": "file",
             "batch_size": args.batch_size,
-        }),
-    );
+    }) {
+        data_json.extend(rest);
+    }
+    out.insert("data".into(), Value::Object(data_json));
     out.insert(
         "precision".into(),
         Value::from(if args.f64 { "f64" } else { "f32" }),

@@ -4,8 +4,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{Stop, Stopped};
-use common::data::{dataset_for_checkpoint, Dataset, Split};
+use common::data::{dataset_for_checkpoint, DataChoice, DatasetKind, Split};
 use common::io::{Checkpoint, Record, RecordWriter};
+use common::model::Loss;
 use common::model::ModelSpec;
 use common::optim::{build, describe, OptimizerSettings, OPTIMIZERS};
 use common::train::{
@@ -80,6 +81,21 @@ struct Args {
     dataset: Option<String>,
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: the
+    /// data file the checkpoint's metadata records, if any].
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
+    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
+    /// [default: the checkpoint's recorded normalisation].
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
+    normalize: Option<String>,
+    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
+    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
+    /// targets].
+    #[arg(long)]
+    loss: Option<String>,
     /// Seed of the data order (and sampled Fisher) [default: the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
@@ -263,7 +279,12 @@ fn run(args: Args) -> Result<()> {
     let ck = Checkpoint::load(&args.from, model.as_ref())?;
     ck.check_finite(&args.from)?;
     let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
-    let dataset = dataset_for_checkpoint(&ck, args.dataset.as_deref())?;
+    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?
+        .for_checkpoint(&ck, &args.from)?;
+    let dataset = match choice.file {
+        Some(_) => DatasetKind::Mnist,
+        None => dataset_for_checkpoint(&ck, args.dataset.as_deref())?,
+    };
     let seed = args.seed.or(meta_u64("seed")).unwrap_or(1);
     let from_epoch = meta_u64("epoch").unwrap_or(0) as usize;
     let from_step = meta_u64("step").unwrap_or(0) as usize;
@@ -284,13 +305,19 @@ fn run(args: Args) -> Result<()> {
     if names.windows(2).any(|w| w[0] == w[1]) {
         bail!("two branches share a name; give them name=... settings");
     }
-    let net = ck.network.clone();
+    let mut net = ck.network.clone();
     // Every optimiser is built (and so validated) before any training starts.
     for b in &branches {
         build(&b.settings, &net).with_context(|| format!("--branch {}", b.name))?;
     }
-    let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
-    let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
+    let mut train_data = choice.load(dataset, &args.data_dir, Split::Train)?;
+    let test_data = choice.load_test(dataset, &args.data_dir)?;
+    net.loss = Loss::resolve(
+        args.loss.as_deref(),
+        ck.meta.get("loss").and_then(Value::as_str),
+        train_data.float_targets(),
+    )?;
+    let net = net;
     // Once, before any branch starts (each branch would fail on it).
     net.check_input(&train_data)?;
     if let Some(n) = args
@@ -335,7 +362,7 @@ fn run(args: Args) -> Result<()> {
             b,
             &net,
             &prefix,
-            dataset.name(),
+            &train_data.identity(),
             seed,
             shuffle,
             train_data.len(),
@@ -408,7 +435,7 @@ fn run(args: Args) -> Result<()> {
                         &cfg,
                         &net,
                         &train_data,
-                        &test_data,
+                        test_data.as_ref(),
                         start,
                         optimizer.as_mut(),
                         &interrupted,

@@ -5,10 +5,10 @@ mod ngd_args;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::{Dataset, DatasetKind, Split};
+use common::data::{DataChoice, DatasetKind, Split};
 use common::io::{Checkpoint, RecordWriter};
 use common::model::{
-    check_fits_in_memory, initialise, Activation, Architecture, ModelSpec, Network,
+    check_fits_in_memory, initialise, Activation, Architecture, Loss, ModelSpec, Network,
 };
 use common::optim::{Optimizer, SgdConfig};
 use common::train::{
@@ -110,6 +110,20 @@ struct Args {
     /// Folder holding the data (data/mnist, data/fashion-mnist, or a torchvision root).
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: with
+    /// --init, the data file the checkpoint records, if any].
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
+    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor).
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
+    normalize: Option<String>,
+    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
+    /// [default: the --init checkpoint's, else cross_entropy for integer labels and mse for float
+    /// targets].
+    #[arg(long)]
+    loss: Option<String>,
     /// Optimiser: sgd, ngd (the paper's online natural gradient, then SGD momentum) or ngd-exact
     /// (the exact damped natural gradient of each minibatch, then SGD momentum).
     #[arg(long, default_value = "sgd", value_parser = common::optim::OPTIMIZERS)]
@@ -255,7 +269,12 @@ fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architectu
 /// Refuses a model that is degenerate (a zero width, one class) or that would not fit in memory, in
 /// one line naming `flag`.
 fn check_model(arch: &Architecture, batch: usize, flag: &str) -> Result<()> {
-    let size = arch.size().with_context(|| flag.to_string())?;
+    check_model_for(arch, Loss::SoftmaxCrossEntropy, batch, flag)
+}
+
+/// [`check_model`] for a model trained with `loss` (the mean squared error takes one output).
+fn check_model_for(arch: &Architecture, loss: Loss, batch: usize, flag: &str) -> Result<()> {
+    let size = arch.size_for(loss).with_context(|| flag.to_string())?;
     check_fits_in_memory(&size, batch).with_context(|| flag.to_string())?;
     Ok(())
 }
@@ -316,7 +335,13 @@ fn run(args: Args) -> Result<()> {
             .and_then(|c| c.meta.get(k))
             .and_then(Value::as_u64)
     };
+    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?;
+    let choice = match (&init, &args.init) {
+        (Some(ck), Some(p)) => choice.for_checkpoint(ck, p)?,
+        _ => choice,
+    };
     let dataset = match (&init, &args.dataset) {
+        _ if choice.file.is_some() => DatasetKind::Mnist,
         (Some(ck), d) => {
             let path = args.init.as_ref().expect("init");
             common::data::dataset_for_checkpoint(ck, d.as_deref())
@@ -330,8 +355,15 @@ fn run(args: Args) -> Result<()> {
         .or(if args.resume { meta_u64("seed") } else { None })
         .unwrap_or(1);
 
-    let mut train_data = Dataset::load(dataset, &args.data_dir, Split::Train)?;
-    let test_data = Dataset::load(dataset, &args.data_dir, Split::Test)?;
+    let mut train_data = choice.load(dataset, &args.data_dir, Split::Train)?;
+    let test_data = choice.load_test(dataset, &args.data_dir)?;
+    let loss = Loss::resolve(
+        args.loss.as_deref(),
+        init.as_ref()
+            .and_then(|c| c.meta.get("loss"))
+            .and_then(Value::as_str),
+        train_data.float_targets(),
+    )?;
     // A new model is built for the data's sample shape and classes, then checked (sizes, memory);
     // a checkpoint's model is checked against the data (Network::check_input).
     let arch = match &init {
@@ -343,12 +375,13 @@ fn run(args: Args) -> Result<()> {
                 arch.name(),
                 train_data.folder.display()
             );
-            check_model(&arch, args.batch_size, &data)?;
+            check_model_for(&arch, loss, args.batch_size, &data)?;
             arch
         }
         Some(_) => arch,
     };
-    let net = Network::new(arch);
+    let mut net = Network::new(arch);
+    net.loss = loss;
     if let Some(n) = args.train_samples {
         if n == 0 {
             bail!("--train-samples must be at least 1");
@@ -424,7 +457,7 @@ fn run(args: Args) -> Result<()> {
         Some(r) => {
             let now = RunSettings {
                 run: run.clone(),
-                dataset: dataset.name().to_string(),
+                dataset: train_data.identity(),
                 seed,
                 batch_size: args.batch_size,
                 shuffle: !args.no_shuffle,
@@ -478,7 +511,7 @@ fn run(args: Args) -> Result<()> {
             "train: {} ({} parameters) on {} ({} samples), {} {}, batch {}, seed {}, epochs {}..={}",
             net.arch.name(),
             net.num_params(),
-            dataset.name(),
+            train_data.name(),
             train_data.len(),
             optimizer.name(),
             hyper.join(" "),
@@ -524,7 +557,7 @@ fn run(args: Args) -> Result<()> {
         &cfg,
         &net,
         &train_data,
-        &test_data,
+        test_data.as_ref(),
         continuation.start,
         optimizer.as_mut(),
         &interrupted,

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use common::data::DataChoice;
 use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
@@ -67,6 +68,21 @@ struct Args {
     /// Folder holding the data.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: the
+    /// data file the checkpoint's metadata records, if any].
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
+    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
+    /// [default: the checkpoint's recorded normalisation].
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
+    normalize: Option<String>,
+    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
+    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
+    /// targets].
+    #[arg(long)]
+    loss: Option<String>,
     /// Use only the first N training samples (n = N).
     #[arg(long)]
     train_samples: Option<usize>,
@@ -178,6 +194,10 @@ fn run(args: Args) -> Result<ExitCode> {
         args.data_dir.clone(),
         args.dataset.clone(),
         args.train_samples,
+    )
+    .with_data(
+        DataChoice::new(args.data.clone(), args.normalize.as_deref())?,
+        args.loss.clone(),
     );
     let mut trace_text = String::new();
     let key = if args.devinterp {
@@ -228,11 +248,13 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             let mut context = Map::new();
             context.insert("model".into(), Value::from(ck.network.arch.name()));
-            context.insert("dataset".into(), Value::from(train.kind.name()));
-            context.insert(
-                "data_dir".into(),
-                Value::from(args.data_dir.display().to_string()),
-            );
+            context.extend(train.record_fields(ck.network.loss));
+            if train.kind().is_some() {
+                context.insert(
+                    "data_dir".into(),
+                    Value::from(args.data_dir.display().to_string()),
+                );
+            }
             if let Value::Object(m) = est.to_json() {
                 context.extend(m);
             }

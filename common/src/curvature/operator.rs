@@ -3,7 +3,7 @@
 
 use super::rop::{r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
-use crate::model::{LayerOps, Network, Workspace};
+use crate::model::{LayerOps, Network, TargetBuf, Targets, Workspace};
 use crate::{Error, Real, Result};
 
 /// A symmetric linear operator on ℝᴾ in f64, as the trace and eigenvalue estimators see it.
@@ -68,7 +68,7 @@ struct ChunkState<T> {
 #[derive(Clone, Debug)]
 struct Chunk<T> {
     x: Vec<T>,
-    labels: Vec<usize>,
+    targets: TargetBuf<T>,
     state: Option<ChunkState<T>>,
 }
 
@@ -104,15 +104,16 @@ impl<T: Real> HessianOperator<T> {
     /// # Errors
     /// [`Error::Invalid`] for no samples, a zero batch size, mismatched lengths, non-finite parameters
     /// or a non-finite loss.
-    pub fn new(
+    pub fn new<'a>(
         net: &Network,
         params: &[T],
         x: &[T],
-        labels: &[usize],
+        targets: impl Into<Targets<'a, T>>,
         batch_size: usize,
         cache_bytes: usize,
     ) -> Result<Self> {
-        let n = labels.len();
+        let targets = targets.into();
+        let n = targets.len();
         let f = net.input_features();
         if n == 0 {
             return Err(Error::invalid(
@@ -141,11 +142,33 @@ impl<T: Real> HessianOperator<T> {
                 t.name
             )));
         }
-        if let Some(l) = labels.iter().find(|&&l| l >= net.classes()) {
-            return Err(Error::invalid(format!(
-                "label {l} out of range 0..{}",
-                net.classes()
-            )));
+        match (net.loss.takes_float_targets(), targets) {
+            (false, Targets::Labels(labels)) => {
+                if let Some(l) = labels.iter().find(|&&l| l >= net.classes()) {
+                    return Err(Error::invalid(format!(
+                        "label {l} out of range 0..{}",
+                        net.classes()
+                    )));
+                }
+            }
+            (true, Targets::Values { values, width }) => {
+                if width != net.classes() || values.len() != n * width {
+                    return Err(Error::invalid(format!(
+                        "targets of width {width} for a model of {} outputs",
+                        net.classes()
+                    )));
+                }
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::invalid("the targets hold NaN or Inf"));
+                }
+            }
+            (float, _) => {
+                return Err(Error::invalid(format!(
+                    "the loss {} takes {} targets",
+                    net.loss.name(),
+                    if float { "float" } else { "integer" }
+                )))
+            }
         }
         let batch = batch_size.min(n);
         let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
@@ -156,7 +179,7 @@ impl<T: Real> HessianOperator<T> {
                 let e = (s + batch).min(n);
                 Chunk {
                     x: x[s * f..e * f].to_vec(),
-                    labels: labels[s..e].to_vec(),
+                    targets: TargetBuf::copy_of(targets.range(s, e)),
                     state: None,
                 }
             })
@@ -179,11 +202,14 @@ impl<T: Real> HessianOperator<T> {
         let mut loss = 0.0;
         for c in 0..op.chunks.len() {
             let chunk = &mut op.chunks[c];
-            let b = chunk.labels.len();
-            loss +=
-                op.net
-                    .loss_and_gradient(&op.params, &chunk.x, &chunk.labels, &mut g, &mut op.ws)
-                    * b as f64;
+            let b = chunk.targets.len();
+            loss += op.net.loss_and_gradient(
+                &op.params,
+                &chunk.x,
+                chunk.targets.view(),
+                &mut g,
+                &mut op.ws,
+            ) * b as f64;
             let w = T::of_f64(b as f64 / n as f64);
             for (a, &gi) in op.grad.iter_mut().zip(&g) {
                 *a += w * gi;
@@ -239,11 +265,11 @@ impl<T: Real> HessianOperator<T> {
     ) -> Result<Self> {
         net.check_input(data)?;
         let n = samples.min(data.len());
-        let table = data.normalisation_table::<T>();
+        let norm = data.normaliser::<T>();
         let mut x = vec![T::zero(); n * data.features()];
-        let mut y = vec![0usize; n];
-        data.gather_range(&table, 0, n, &mut x, &mut y);
-        Self::new(net, params, &x, &y, batch_size, cache_bytes)
+        let mut y = data.target_buffer::<T>(n);
+        data.gather_range_batch(&norm, 0, n, &mut x, &mut y);
+        Self::new(net, params, &x, y.view(), batch_size, cache_bytes)
     }
 
     pub fn network(&self) -> &Network {
@@ -310,12 +336,12 @@ impl<T: Real> HessianOperator<T> {
         };
         for c in 0..self.chunks.len() {
             let chunk = &self.chunks[c];
-            let b = chunk.labels.len();
+            let b = chunk.targets.len();
             if chunk.state.is_none() {
                 self.net.loss_and_gradient(
                     &self.params,
                     &chunk.x,
-                    &chunk.labels,
+                    chunk.targets.view(),
                     &mut gscratch,
                     &mut self.ws,
                 );
@@ -357,7 +383,7 @@ impl<T: Real> HessianOperator<T> {
     ) {
         for c in 0..self.chunks.len() {
             let chunk = &self.chunks[c];
-            let b = chunk.labels.len();
+            let b = chunk.targets.len();
             if chunk.state.is_none() {
                 self.net.forward(&self.params, &chunk.x, b, &mut self.ws);
             }

@@ -1,6 +1,7 @@
 //! MNIST and Fashion-MNIST as the paper uses them.
 
 use super::idx::{read_idx, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
+use crate::model::TargetBuf;
 use crate::{Error, Real, Result};
 use std::path::{Path, PathBuf};
 
@@ -115,19 +116,65 @@ impl DatasetKind {
     }
 }
 
-/// A data set split held in memory as raw bytes; batches are normalised as they are gathered.
+/// Where a data set came from: an IDX data set (MNIST, Fashion-MNIST) or a data file
+/// ([`super::file`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    Idx(DatasetKind),
+    File(DataFile),
+}
+
+/// A data file and the fingerprint of its tensors ([`super::file::load_data_file`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataFile {
+    pub path: PathBuf,
+    /// FNV-1a 64 of the used tensors' names, dtypes, shapes and bytes, as 16 hex digits.
+    pub fingerprint: String,
+    /// `--normalize`, if given.
+    pub normalize: Option<super::Normalize>,
+}
+
+/// One sample's inputs for all samples, `len × features`, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inputs {
+    /// Bytes, normalised as `(b/255 − mean)/std` per channel (IDX images, uint8 files).
+    Bytes(Vec<u8>),
+    /// Floats (float32 values are exact in f64), normalised as `(x − mean)/std` per channel.
+    Floats(Vec<f64>),
+}
+
+/// All samples' targets.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetData {
+    /// Class labels in 0..classes.
+    Labels(Vec<u32>),
+    /// Float targets, `len × width`, row-major.
+    Values { values: Vec<f64>, width: usize },
+}
+
+/// A data set split held in memory as stored; batches are normalised as they are gathered.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    pub kind: DatasetKind,
+    pub source: Source,
     pub split: Split,
-    /// The folder the files were read from.
+    /// The folder the IDX files were read from, or the data file (for messages).
     pub folder: PathBuf,
-    /// `len × rows × cols` pixels, row-major.
-    pub images: Vec<u8>,
-    pub labels: Vec<u8>,
-    pub rows: usize,
-    pub cols: usize,
+    pub inputs: Inputs,
+    pub targets: TargetData,
+    /// One sample's shape, [channels, height, width].
+    pub shape: [usize; 3],
+    /// Classes (labels), or the targets' width (float targets): the outputs the model needs.
     pub classes: usize,
+    /// Per channel (mean, std) of the normalisation (one pair for every IDX image).
+    pub normalisation: Vec<(f64, f64)>,
+}
+
+/// How a batch's inputs are normalised in `T`: a table of the 256 normalised byte values per channel,
+/// or per channel the mean and std of `(x − mean)/std`; `plane` = features per channel.
+#[derive(Clone, Debug)]
+pub enum Normaliser<T> {
+    Table { tables: Vec<[T; 256]>, plane: usize },
+    Affine { channels: Vec<(T, T)>, plane: usize },
 }
 
 /// The published files, known by a fingerprint of their first records, so that a file of the other data
@@ -328,14 +375,14 @@ impl Dataset {
             ));
         }
         Ok(Dataset {
-            kind,
+            source: Source::Idx(kind),
             split,
             folder,
-            images: images.data,
-            labels: labels.data,
-            rows,
-            cols,
+            inputs: Inputs::Bytes(images.data),
+            targets: TargetData::Labels(labels.data.iter().map(|&l| l as u32).collect()),
+            shape: [1, rows, cols],
             classes,
+            normalisation: vec![kind.normalisation()],
         })
     }
 
@@ -350,51 +397,289 @@ impl Dataset {
     ) -> Self {
         assert_eq!(images.len(), labels.len() * rows * cols);
         Dataset {
-            kind,
+            source: Source::Idx(kind),
             split,
             folder: PathBuf::new(),
-            images,
-            labels,
-            rows,
-            cols,
+            inputs: Inputs::Bytes(images),
+            targets: TargetData::Labels(labels.iter().map(|&l| l as u32).collect()),
+            shape: [1, rows, cols],
             classes: 10,
+            normalisation: vec![kind.normalisation()],
         }
     }
 
+    /// The IDX data set, if it is one.
+    pub fn kind(&self) -> Option<DatasetKind> {
+        match &self.source {
+            Source::Idx(k) => Some(*k),
+            Source::File(_) => None,
+        }
+    }
+
+    /// A name for messages: `mnist`, `fashion-mnist`, or the data file.
+    pub fn name(&self) -> String {
+        match &self.source {
+            Source::Idx(k) => k.name().to_string(),
+            Source::File(f) => f.path.display().to_string(),
+        }
+    }
+
+    /// What a resumed run compares: `mnist`, `fashion-mnist`, or `file:<fingerprint>`.
+    pub fn identity(&self) -> String {
+        match &self.source {
+            Source::Idx(k) => k.name().to_string(),
+            Source::File(f) => format!("file:{}", f.fingerprint),
+        }
+    }
+
+    /// The fields that say which data (and loss) a record or checkpoint is of: the IDX data sets'
+    /// `dataset` (and, with the default cross-entropy, nothing else: records as before data files
+    /// existed); a data file's `data_file`, `data_fingerprint`, `data_normalize` (the
+    /// `--normalize` text, or null) and `loss`.
+    pub fn record_fields(&self, loss: crate::model::Loss) -> Vec<(String, serde_json::Value)> {
+        use serde_json::Value;
+        match &self.source {
+            Source::Idx(kind) if loss == crate::model::Loss::SoftmaxCrossEntropy => {
+                vec![("dataset".into(), Value::from(kind.name()))]
+            }
+            Source::Idx(kind) => vec![
+                ("dataset".into(), Value::from(kind.name())),
+                ("loss".into(), Value::from(loss.name())),
+            ],
+            Source::File(f) => vec![
+                (
+                    "data_file".into(),
+                    Value::from(f.path.display().to_string()),
+                ),
+                (
+                    "data_fingerprint".into(),
+                    Value::from(f.fingerprint.clone()),
+                ),
+                (
+                    "data_normalize".into(),
+                    f.normalize.as_ref().map(|n| n.to_text()).into(),
+                ),
+                ("loss".into(), Value::from(loss.name())),
+            ],
+        }
+    }
+
+    /// Whether the targets are floats (regression) rather than class labels.
+    pub fn float_targets(&self) -> bool {
+        matches!(self.targets, TargetData::Values { .. })
+    }
+
+    /// The normalisation in words, for records and metadata: the IDX data sets' as before
+    /// ([`DatasetKind::normalisation_text`]); for a file per channel, e.g.
+    /// `x = (x - 0.5)/0.25` or `x = (byte/255 - [0.4, 0.5])/[0.2, 0.3]`, or `none`.
+    pub fn normalisation_text(&self) -> String {
+        if let Source::Idx(k) = &self.source {
+            return k.normalisation_text();
+        }
+        let bytes = matches!(self.inputs, Inputs::Bytes(_));
+        let x = if bytes { "byte/255" } else { "x" };
+        let identity = self
+            .normalisation
+            .iter()
+            .all(|&(m, s)| m == 0.0 && s == 1.0);
+        if identity {
+            return if bytes {
+                "x = byte/255".into()
+            } else {
+                "none".into()
+            };
+        }
+        let list = |f: fn(&(f64, f64)) -> f64| {
+            let v: Vec<String> = self
+                .normalisation
+                .iter()
+                .map(|p| f(p).to_string())
+                .collect();
+            if v.len() == 1 {
+                v[0].clone()
+            } else {
+                format!("[{}]", v.join(", "))
+            }
+        };
+        format!("x = ({x} - {})/{}", list(|p| p.0), list(|p| p.1))
+    }
+
     pub fn len(&self) -> usize {
-        self.labels.len()
+        match &self.targets {
+            TargetData::Labels(l) => l.len(),
+            TargetData::Values { values, width } => values.len() / (*width).max(1),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
-    /// Pixels per image.
+    /// Values per sample (pixels for images).
     pub fn features(&self) -> usize {
-        self.rows * self.cols
+        self.shape.iter().product()
     }
 
     /// One sample's shape, [channels, height, width] (the IDX images have one channel).
     pub fn sample_shape(&self) -> [usize; 3] {
-        [1, self.rows, self.cols]
+        self.shape
     }
 
     /// Keeps the first `n` samples in file order.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len());
-        self.labels.truncate(n);
-        self.images.truncate(n * self.features());
+        let f = self.features();
+        match &mut self.inputs {
+            Inputs::Bytes(b) => b.truncate(n * f),
+            Inputs::Floats(v) => v.truncate(n * f),
+        }
+        match &mut self.targets {
+            TargetData::Labels(l) => l.truncate(n),
+            TargetData::Values { values, width } => values.truncate(n * *width),
+        }
     }
 
-    /// The 256 normalised values `(b/255 − mean)/std`, each operation rounded in `T` (for `f32` this is
-    /// bit-identical to torchvision's `ToTensor` + `Normalize`; for `f64` it is the float64 formula).
+    /// The byte inputs (IDX images, uint8 files).
+    ///
+    /// **Panics** for float inputs.
+    fn bytes(&self) -> &[u8] {
+        match &self.inputs {
+            Inputs::Bytes(b) => b,
+            Inputs::Floats(_) => panic!("{}: float inputs have no byte table", self.name()),
+        }
+    }
+
+    /// The labels.
+    ///
+    /// **Panics** for float targets.
+    fn labels(&self) -> &[u32] {
+        match &self.targets {
+            TargetData::Labels(l) => l,
+            TargetData::Values { .. } => panic!("{}: float targets are not labels", self.name()),
+        }
+    }
+
+    /// The 256 normalised values `(b/255 − mean)/std` of the first channel, each operation rounded
+    /// in `T` (for `f32` this is bit-identical to torchvision's `ToTensor` + `Normalize`; for `f64`
+    /// it is the float64 formula). For byte inputs of one channel with labels (the IDX data sets),
+    /// with [`Dataset::gather`] and [`Dataset::gather_range`].
     pub fn normalisation_table<T: Real>(&self) -> [T; 256] {
-        let (mean, std) = self.kind.normalisation();
-        let (mean, std, d255) = (T::of_f64(mean), T::of_f64(std), T::of_f64(255.0));
-        std::array::from_fn(|b| (T::of_usize(b) / d255 - mean) / std)
+        byte_table(self.normalisation[0])
     }
 
-    /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`.
+    /// How batches are normalised in `T` ([`Dataset::gather_batch`]).
+    pub fn normaliser<T: Real>(&self) -> Normaliser<T> {
+        let plane = self.shape[1] * self.shape[2];
+        match self.inputs {
+            Inputs::Bytes(_) => Normaliser::Table {
+                tables: self.normalisation.iter().map(|&p| byte_table(p)).collect(),
+                plane,
+            },
+            Inputs::Floats(_) => Normaliser::Affine {
+                channels: self
+                    .normalisation
+                    .iter()
+                    .map(|&(m, s)| (T::of_f64(m), T::of_f64(s)))
+                    .collect(),
+                plane,
+            },
+        }
+    }
+
+    /// Targets buffer for `batch` samples of this data set.
+    pub fn target_buffer<T: Real>(&self, batch: usize) -> TargetBuf<T> {
+        match &self.targets {
+            TargetData::Labels(_) => TargetBuf::Labels(vec![0; batch]),
+            TargetData::Values { width, .. } => TargetBuf::Values {
+                values: vec![T::zero(); batch * width],
+                width: *width,
+            },
+        }
+    }
+
+    /// Sample `i`'s normalised inputs into `dst` (`features` long).
+    fn normalise_row<T: Real>(&self, norm: &Normaliser<T>, i: usize, dst: &mut [T]) {
+        let f = self.features();
+        match (norm, &self.inputs) {
+            (Normaliser::Table { tables, .. }, Inputs::Bytes(b)) if tables.len() == 1 => {
+                let table = &tables[0];
+                for (d, &v) in dst.iter_mut().zip(&b[i * f..(i + 1) * f]) {
+                    *d = table[v as usize];
+                }
+            }
+            (Normaliser::Table { tables, plane }, Inputs::Bytes(b)) => {
+                for ((d, &v), j) in dst.iter_mut().zip(&b[i * f..(i + 1) * f]).zip(0..) {
+                    *d = tables[j / plane][v as usize];
+                }
+            }
+            (Normaliser::Affine { channels, plane }, Inputs::Floats(x)) => {
+                for ((d, &v), j) in dst.iter_mut().zip(&x[i * f..(i + 1) * f]).zip(0..) {
+                    let (m, s) = channels[j / plane];
+                    *d = (T::of_f64(v) - m) / s;
+                }
+            }
+            _ => panic!("{}: normaliser of another data set", self.name()),
+        }
+    }
+
+    /// Sample `i`'s targets into slot `k` of `y`.
+    fn target_into<T: Real>(&self, i: usize, k: usize, y: &mut TargetBuf<T>) {
+        match (&self.targets, y) {
+            (TargetData::Labels(l), TargetBuf::Labels(y)) => y[k] = l[i] as usize,
+            (TargetData::Values { values, width }, TargetBuf::Values { values: y, .. }) => {
+                let w = *width;
+                for (d, &v) in y[k * w..(k + 1) * w]
+                    .iter_mut()
+                    .zip(&values[i * w..(i + 1) * w])
+                {
+                    *d = T::of_f64(v);
+                }
+            }
+            _ => panic!("{}: target buffer of another kind", self.name()),
+        }
+    }
+
+    /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised by `norm`, from
+    /// [`Dataset::normaliser`]) and their targets into `y` (from [`Dataset::target_buffer`]). For
+    /// the IDX data sets the same values as [`Dataset::gather`].
+    pub fn gather_batch<T: Real>(
+        &self,
+        norm: &Normaliser<T>,
+        indices: &[usize],
+        x: &mut [T],
+        y: &mut TargetBuf<T>,
+    ) {
+        let f = self.features();
+        if matches!(self.inputs, Inputs::Bytes(_)) {
+            self.prefetch(indices);
+        }
+        for (k, &i) in indices.iter().enumerate() {
+            self.normalise_row(norm, i, &mut x[k * f..(k + 1) * f]);
+            self.target_into(i, k, y);
+        }
+    }
+
+    /// [`Dataset::gather_batch`] of the contiguous range `start..start+count` (file order).
+    pub fn gather_range_batch<T: Real>(
+        &self,
+        norm: &Normaliser<T>,
+        start: usize,
+        count: usize,
+        x: &mut [T],
+        y: &mut TargetBuf<T>,
+    ) {
+        let f = self.features();
+        for k in 0..count {
+            self.normalise_row(norm, start + k, &mut x[k * f..(k + 1) * f]);
+            self.target_into(start + k, k, y);
+        }
+    }
+
+    /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`: byte
+    /// inputs of one channel with labels (the IDX data sets), normalised by `table`
+    /// ([`Dataset::normalisation_table`]).
+    ///
+    /// **Panics** for float inputs or float targets ([`Dataset::gather_batch`] takes every data set).
     pub fn gather<T: Real>(
         &self,
         table: &[T; 256],
@@ -405,12 +690,13 @@ impl Dataset {
         let f = self.features();
         debug_assert_eq!(x.len(), indices.len() * f);
         self.prefetch(indices);
+        let (images, labels) = (self.bytes(), self.labels());
         for (k, &i) in indices.iter().enumerate() {
-            let src = &self.images[i * f..(i + 1) * f];
+            let src = &images[i * f..(i + 1) * f];
             for (dst, &b) in x[k * f..(k + 1) * f].iter_mut().zip(src) {
                 *dst = table[b as usize];
             }
-            y[k] = self.labels[i] as usize;
+            y[k] = labels[i] as usize;
         }
     }
 
@@ -423,8 +709,9 @@ impl Dataset {
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let f = self.features();
+            let images = self.bytes();
             for &i in indices {
-                let row = &self.images[i * f..(i + 1) * f];
+                let row = &images[i * f..(i + 1) * f];
                 // Every 64-byte line the row touches: one address per 64 bytes, and the last byte.
                 for line in row.chunks(64).chain(row.get(f.saturating_sub(1)..)) {
                     // SAFETY: a prefetch is a hint; the address is inside `row`.
@@ -436,14 +723,20 @@ impl Dataset {
         let _ = indices;
     }
 
-    /// All images normalised once (`len × features`), for fast gathers in hot loops
+    /// All inputs normalised once (`len × features`), for fast gathers in hot loops
     /// ([`Dataset::gather_normalized`]); 188 MB in f32 for the MNIST training set.
     pub fn normalized<T: Real>(&self) -> Vec<T> {
-        let table = self.normalisation_table::<T>();
-        self.images.iter().map(|&b| table[b as usize]).collect()
+        let norm = self.normaliser::<T>();
+        let f = self.features();
+        let mut out = vec![T::zero(); self.len() * f];
+        for (i, row) in out.chunks_exact_mut(f.max(1)).enumerate() {
+            self.normalise_row(&norm, i, row);
+        }
+        out
     }
 
-    /// Gathers samples `indices` from pre-normalised images (row copies, no arithmetic).
+    /// Gathers samples `indices` from pre-normalised inputs (row copies, no arithmetic); labels
+    /// only (**panics** for float targets; [`Dataset::gather_normalized_batch`] takes every data set).
     pub fn gather_normalized<T: Real>(
         &self,
         normalized: &[T],
@@ -452,13 +745,30 @@ impl Dataset {
         y: &mut [usize],
     ) {
         let f = self.features();
+        let labels = self.labels();
         for (k, &i) in indices.iter().enumerate() {
             x[k * f..(k + 1) * f].copy_from_slice(&normalized[i * f..(i + 1) * f]);
-            y[k] = self.labels[i] as usize;
+            y[k] = labels[i] as usize;
         }
     }
 
-    /// Gathers the contiguous range `start..start+count` (file order).
+    /// [`Dataset::gather_normalized`] with any targets.
+    pub fn gather_normalized_batch<T: Real>(
+        &self,
+        normalized: &[T],
+        indices: &[usize],
+        x: &mut [T],
+        y: &mut TargetBuf<T>,
+    ) {
+        let f = self.features();
+        for (k, &i) in indices.iter().enumerate() {
+            x[k * f..(k + 1) * f].copy_from_slice(&normalized[i * f..(i + 1) * f]);
+            self.target_into(i, k, y);
+        }
+    }
+
+    /// Gathers the contiguous range `start..start+count` (file order); IDX-style data as
+    /// [`Dataset::gather`].
     pub fn gather_range<T: Real>(
         &self,
         table: &[T; 256],
@@ -470,22 +780,32 @@ impl Dataset {
         let f = self.features();
         for (dst, &b) in x[..count * f]
             .iter_mut()
-            .zip(&self.images[start * f..(start + count) * f])
+            .zip(&self.bytes()[start * f..(start + count) * f])
         {
             *dst = table[b as usize];
         }
         for (dst, &l) in y[..count]
             .iter_mut()
-            .zip(&self.labels[start..start + count])
+            .zip(&self.labels()[start..start + count])
         {
             *dst = l as usize;
         }
     }
 }
 
+/// The 256 values `(b/255 − mean)/std`, each operation rounded in `T`.
+fn byte_table<T: Real>((mean, std): (f64, f64)) -> [T; 256] {
+    let (mean, std, d255) = (T::of_f64(mean), T::of_f64(std), T::of_f64(255.0));
+    std::array::from_fn(|b| (T::of_usize(b) / d255 - mean) / std)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn label_bytes(d: &Dataset) -> Vec<u8> {
+        d.labels().iter().map(|&l| l as u8).collect()
+    }
 
     fn fixture() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mnist-small")
@@ -496,11 +816,11 @@ mod tests {
         for split in [Split::Train, Split::Test] {
             let d = Dataset::load(DatasetKind::Mnist, &fixture(), split).unwrap();
             assert_eq!(
-                identify(&d.images, 784, false),
+                identify(d.bytes(), 784, false),
                 Some((DatasetKind::Mnist, split))
             );
             assert_eq!(
-                identify(&d.labels, 1, true),
+                identify(&label_bytes(&d), 1, true),
                 Some((DatasetKind::Mnist, split))
             );
             let e = Dataset::load(DatasetKind::FashionMnist, &fixture(), split)
@@ -525,7 +845,7 @@ mod tests {
             Path::new("train-images-idx3-ubyte"),
             DatasetKind::Mnist,
             Split::Train,
-            &test.images,
+            test.bytes(),
             784,
             false,
         )
@@ -542,8 +862,8 @@ mod tests {
         // Synthetic data and files shorter than the fingerprint match nothing.
         assert_eq!(identify(&[7u8; 40 * 784], 784, false), None);
         let d = Dataset::load(DatasetKind::Mnist, &fixture(), Split::Test).unwrap();
-        assert_eq!(identify(&d.images[..31 * 784], 784, false), None);
-        assert_eq!(identify(&d.images[..32 * 784], 28, false), None);
+        assert_eq!(identify(&d.bytes()[..31 * 784], 784, false), None);
+        assert_eq!(identify(&d.bytes()[..32 * 784], 28, false), None);
         check_identity(
             Path::new("x"),
             DatasetKind::FashionMnist,
@@ -564,8 +884,8 @@ mod tests {
                 let Ok(d) = Dataset::load(kind, &data.join(kind.default_folder()), split) else {
                     continue;
                 };
-                assert_eq!(identify(&d.images, 784, false), Some((kind, split)));
-                assert_eq!(identify(&d.labels, 1, true), Some((kind, split)));
+                assert_eq!(identify(d.bytes(), 784, false), Some((kind, split)));
+                assert_eq!(identify(&label_bytes(&d), 1, true), Some((kind, split)));
             }
         }
     }

@@ -1,13 +1,98 @@
-//! Data: IDX files, the MNIST and Fashion-MNIST data sets, normalisation and minibatches.
+//! Data: the MNIST and Fashion-MNIST data sets (IDX files), data files (safetensors), normalisation
+//! and minibatches. A data source is one file here: [`idx`] (with [`dataset`]'s IDX loader) and
+//! [`file`].
 
 mod dataset;
+pub mod file;
 pub(crate) mod idx;
 pub mod synthetic;
 
-pub use dataset::{Dataset, DatasetKind, Split};
+pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
+pub use file::{load_data_file, load_data_file_split, Normalize};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
 
 use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The data a tool reads: a data file (`--data`, normalised by `--normalize`), else the IDX data
+/// set (`--dataset`, `--data-dir`) as before data files existed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DataChoice {
+    pub file: Option<PathBuf>,
+    pub normalize: Option<Normalize>,
+}
+
+impl DataChoice {
+    /// `--data` and `--normalize` (text), checked: `--normalize` needs `--data` (the IDX data sets
+    /// have their fixed normalisation).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `--normalize` without `--data` or a malformed `--normalize`.
+    pub fn new(file: Option<PathBuf>, normalize: Option<&str>) -> Result<Self> {
+        if normalize.is_some() && file.is_none() {
+            return Err(Error::invalid(
+                "--normalize applies to a --data file (MNIST and Fashion-MNIST have their fixed normalisation)",
+            ));
+        }
+        Ok(DataChoice {
+            file,
+            normalize: normalize.map(Normalize::parse).transpose()?,
+        })
+    }
+
+    /// The choice for a checkpoint: `--data` / `--normalize` when given, else the data file its
+    /// metadata records (`data_file`, `data_normalize`), else the IDX data sets.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] for a recorded `data_normalize` that does not parse.
+    pub fn for_checkpoint(&self, checkpoint: &crate::io::Checkpoint, path: &Path) -> Result<Self> {
+        if self.file.is_some() {
+            return Ok(self.clone());
+        }
+        let Some(file) = checkpoint.meta.get("data_file").and_then(|v| v.as_str()) else {
+            return Ok(self.clone());
+        };
+        // Absent, or null (metadata stores it as the text `null`): no normalisation.
+        let recorded = checkpoint
+            .meta
+            .get("data_normalize")
+            .and_then(|v| v.as_str())
+            .filter(|t| *t != "null");
+        let normalize =
+            match recorded {
+                Some(t) => Some(Normalize::parse(t).map_err(|e| {
+                    Error::checkpoint(path, format!("metadata `data_normalize`: {e}"))
+                })?),
+                None => None,
+            };
+        Ok(DataChoice {
+            file: Some(PathBuf::from(file)),
+            normalize,
+        })
+    }
+
+    /// Loads `split`: the data file, else the IDX data set `kind` from `data_dir`.
+    ///
+    /// # Errors
+    /// As [`load_data_file`] and [`Dataset::load`].
+    pub fn load(&self, kind: DatasetKind, data_dir: &Path, split: Split) -> Result<Dataset> {
+        match &self.file {
+            Some(f) => load_data_file(f, split, self.normalize.as_ref()),
+            None => Dataset::load(kind, data_dir, split),
+        }
+    }
+
+    /// The test split, or `None` for a data file without one (x_test, y_test).
+    ///
+    /// # Errors
+    /// As [`DataChoice::load`].
+    pub fn load_test(&self, kind: DatasetKind, data_dir: &Path) -> Result<Option<Dataset>> {
+        match &self.file {
+            Some(f) => load_data_file_split(f, Split::Test, self.normalize.as_ref()),
+            None => Dataset::load(kind, data_dir, Split::Test).map(Some),
+        }
+    }
+}
 
 /// The data set a checkpoint was trained on: its metadata's `dataset`, else `--dataset` (`explicit`),
 /// else MNIST. A `--dataset` naming another data set than the metadata is refused: the tools would

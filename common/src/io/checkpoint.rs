@@ -188,7 +188,13 @@ impl Checkpoint {
 
         let arch = choose_architecture(path, model, &meta, &shapes)?;
         check_tensors_fit(path, &arch, &ordered, &shapes)?;
-        if let Some(why) = crate::model::too_few_classes(arch.classes()) {
+        // A checkpoint trained with the mean squared error (its metadata's `loss`) may have one
+        // output; with cross-entropy (or no record of the loss) it needs two.
+        let loss = match meta.get("loss").and_then(Value::as_str) {
+            Some("mse") => crate::model::Loss::MeanSquaredError,
+            _ => crate::model::Loss::SoftmaxCrossEntropy,
+        };
+        if let Some(why) = crate::model::too_few_classes(arch.classes(), loss) {
             let last = ordered.len() - 2;
             return Err(meta_err(
                 path,
@@ -198,7 +204,8 @@ impl Checkpoint {
                 ),
             ));
         }
-        arch.size().map_err(|e| meta_err(path, e.to_string()))?;
+        arch.size_for(loss)
+            .map_err(|e| meta_err(path, e.to_string()))?;
         for (name, view) in ordered.iter().zip(&views) {
             dtype_width(view.dtype()).map_err(|m| meta_err(path, format!("tensor {name}: {m}")))?;
         }

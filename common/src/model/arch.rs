@@ -508,13 +508,22 @@ impl Architecture {
     ///
     /// [`Network::new`]: super::Network::new
     pub fn size(&self) -> Result<ModelSize> {
+        self.size_for(super::Loss::SoftmaxCrossEntropy)
+    }
+
+    /// [`Architecture::size`] for a model trained with `loss`: the mean squared error takes a single
+    /// output (a scalar regression), cross-entropy at least two.
+    ///
+    /// # Errors
+    /// As [`Architecture::size`].
+    pub fn size_for(&self, loss: super::Loss) -> Result<ModelSize> {
         let overflow = || {
             Error::invalid(format!(
                 "model {} has more parameters than a 64-bit count holds",
                 self.short_name()
             ))
         };
-        if let Some(why) = too_few_classes(self.classes()) {
+        if let Some(why) = too_few_classes(self.classes(), loss) {
             return Err(Error::invalid(why));
         }
         let tensors = self.tensor_count().ok_or_else(overflow)? as u64;
@@ -665,8 +674,11 @@ impl Architecture {
 
 /// Why an output of `classes` classes is refused, if it is: cross-entropy needs at least two (over
 /// one class softmax is 1 and the loss 0 for every input, so training and every measurement of the
-/// loss landscape would be degenerate).
-pub(crate) fn too_few_classes(classes: usize) -> Option<String> {
+/// loss landscape would be degenerate); the mean squared error at least one output.
+pub(crate) fn too_few_classes(classes: usize, loss: super::Loss) -> Option<String> {
+    if loss == super::Loss::MeanSquaredError {
+        return (classes == 0).then(|| "the output layer has 0 outputs".to_string());
+    }
     (classes < 2).then(|| {
         format!(
             "the output layer has {classes} class{} (cross-entropy needs at least 2: over one class \

@@ -26,7 +26,10 @@ pub use layer::{
     Sequential, Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
-pub use loss::{softmax_cross_entropy, HessianFactor, Loss};
+pub use loss::{
+    mean_squared_error, mse_fisher_variance, mse_hessian_root, mse_r_gradient,
+    softmax_cross_entropy, HessianFactor, Loss, TargetBuf, Targets,
+};
 pub use network::{Evaluation, Network, Workspace};
 pub use per_sample::PerSampleScratch;
 pub use size::{

@@ -3,7 +3,7 @@
 use super::arch::Architecture;
 use super::layer::{Layer, LayerOps, Pass, Scratch, Sequential};
 use super::layout::ParamLayout;
-use super::loss::Loss;
+use super::loss::{Loss, Targets};
 use crate::data::Dataset;
 use crate::{Error, Real, Result};
 
@@ -34,7 +34,9 @@ pub struct Workspace<T> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation {
     pub loss: f64,
-    pub accuracy: f64,
+    /// The fraction of samples whose arg-max output is the label; `None` for float targets
+    /// (regression), where accuracy is not defined.
+    pub accuracy: Option<f64>,
     pub samples: usize,
 }
 
@@ -107,7 +109,7 @@ impl Network {
                     &data.folder,
                     format!(
                         "{} images are {} but the model {} expects {}",
-                        data.kind.name(),
+                        data.name(),
                         show(data.sample_shape()),
                         self.arch.name(),
                         show(shape)
@@ -120,27 +122,48 @@ impl Network {
                 &data.folder,
                 format!(
                     "{} images have {}×{} = {} pixels but the model {} expects {} inputs",
-                    data.kind.name(),
-                    data.rows,
-                    data.cols,
+                    data.name(),
+                    data.shape[1],
+                    data.shape[2],
                     data.features(),
                     self.arch.name(),
                     self.input_features()
                 ),
             ));
         }
-        // A label at or past the model's outputs would index past its logits.
-        if self.classes() < data.classes {
-            return Err(Error::data(
-                &data.folder,
-                format!(
-                    "{} has {} classes but the model {} has {} outputs",
-                    data.kind.name(),
+        let refuse = |msg: String| Err(Error::data(&data.folder, msg));
+        match (self.loss.takes_float_targets(), data.float_targets()) {
+            (false, true) => {
+                return refuse(format!(
+                    "the targets `y` are floats (regression) but the loss is {}, which takes integer labels; use --loss mse",
+                    self.loss.name()
+                ))
+            }
+            (true, false) => {
+                return refuse(format!(
+                    "the targets `y` are integer labels but the loss is {}, which takes float targets; use --loss cross_entropy",
+                    self.loss.name()
+                ))
+            }
+            (true, true) if data.classes != self.classes() => {
+                return refuse(format!(
+                    "the targets `y` have width {} but the model {} has {} outputs",
                     data.classes,
                     self.arch.name(),
                     self.classes()
-                ),
-            ));
+                ))
+            }
+            // A label at or past the model's outputs would index past its logits.
+            (false, false) if self.classes() < data.classes => {
+                return refuse(format!(
+                    "{} has {} classes but the model {} has {} outputs",
+                    data.name(),
+                    data.classes,
+                    self.arch.name(),
+                    self.classes()
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -237,36 +260,41 @@ impl Network {
     /// Mean loss L over the batch and its exact gradient ∂L/∂θ (written into `grad`, length P), by
     /// reverse-mode differentiation through every layer. The input gradient of the first layer is
     /// not computed.
-    pub fn loss_and_gradient<T: Real>(
+    ///
+    /// `targets`: the batch's labels (`&[usize]` converts) or float targets ([`Targets`]); the
+    /// batch size is their number of samples.
+    pub fn loss_and_gradient<'a, T: Real>(
         &self,
         params: &[T],
         x: &[T],
-        labels: &[usize],
+        targets: impl Into<Targets<'a, T>>,
         grad: &mut [T],
         ws: &mut Workspace<T>,
     ) -> f64 {
-        let loss = self.forward_loss_cotangent(params, x, labels, ws);
-        self.backward(params, x, labels.len(), Some(grad), ws);
+        let targets = targets.into();
+        let loss = self.forward_loss_cotangent(params, x, targets, ws);
+        self.backward(params, x, targets.len(), Some(grad), ws);
         loss
     }
 
     /// Forward pass and the loss's cotangent ∂L/∂logits in the last layer's delta buffer; returns
     /// the mean loss.
-    pub(crate) fn forward_loss_cotangent<T: Real>(
+    pub(crate) fn forward_loss_cotangent<'a, T: Real>(
         &self,
         params: &[T],
         x: &[T],
-        labels: &[usize],
+        targets: impl Into<Targets<'a, T>>,
         ws: &mut Workspace<T>,
     ) -> f64 {
-        let batch = labels.len();
+        let targets = targets.into();
+        let batch = targets.len();
         self.forward(params, x, batch, ws);
         let last = self.layers.len() - 1;
         let classes = self.classes();
         let scale = T::one() / T::of_usize(batch);
         let (loss_sum, _) = self.loss.evaluate(
             &ws.acts[last][..batch * classes],
-            labels,
+            targets,
             classes,
             scale,
             Some(&mut ws.deltas[last][..batch * classes]),
@@ -298,18 +326,19 @@ impl Network {
         }
     }
 
-    /// Sum of per-sample losses and number correct on a batch (no gradient).
-    pub fn loss_sum<T: Real>(
+    /// Sum of per-sample losses and number correct (0 for float targets) on a batch (no gradient).
+    pub fn loss_sum<'a, T: Real>(
         &self,
         params: &[T],
         x: &[T],
-        labels: &[usize],
+        targets: impl Into<Targets<'a, T>>,
         ws: &mut Workspace<T>,
     ) -> (f64, usize) {
-        let batch = labels.len();
+        let targets = targets.into();
+        let batch = targets.len();
         let logits = self.forward(params, x, batch, ws);
         self.loss
-            .evaluate(logits, labels, self.classes(), T::one(), None)
+            .evaluate(logits, targets, self.classes(), T::one(), None)
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
@@ -320,17 +349,17 @@ impl Network {
         batch: usize,
     ) -> Result<Evaluation> {
         self.check_input(data)?;
-        let table = data.normalisation_table::<T>();
+        let norm = data.normaliser::<T>();
         let mut ws = self.workspace::<T>(batch);
         let f = data.features();
         let mut x = vec![T::zero(); batch * f];
-        let mut y = vec![0usize; batch];
+        let mut y = data.target_buffer::<T>(batch);
         let (mut loss, mut correct) = (0.0, 0);
         let mut start = 0;
         while start < data.len() {
             let count = batch.min(data.len() - start);
-            data.gather_range(&table, start, count, &mut x, &mut y);
-            let (l, c) = self.loss_sum(params, &x[..count * f], &y[..count], &mut ws);
+            data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+            let (l, c) = self.loss_sum(params, &x[..count * f], y.first(count), &mut ws);
             loss += l;
             correct += c;
             start += count;
@@ -338,7 +367,7 @@ impl Network {
         let n = data.len().max(1) as f64;
         Ok(Evaluation {
             loss: loss / n,
-            accuracy: correct as f64 / n,
+            accuracy: (!data.float_targets()).then(|| correct as f64 / n),
             samples: data.len(),
         })
     }

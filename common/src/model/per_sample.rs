@@ -48,15 +48,16 @@ impl Network {
     /// Forward and backward of the mean loss on a batch, leaving in `ws` what the per-sample
     /// products read (layer outputs and their cotangents) without the parameter gradient. Returns
     /// the mean loss.
-    pub fn per_sample_pass<T: Real>(
+    pub fn per_sample_pass<'a, T: Real>(
         &self,
         params: &[T],
         x: &[T],
-        labels: &[usize],
+        targets: impl Into<super::loss::Targets<'a, T>>,
         ws: &mut Workspace<T>,
     ) -> f64 {
-        let loss = self.forward_loss_cotangent(params, x, labels, ws);
-        self.backward(params, x, labels.len(), None, ws);
+        let targets = targets.into();
+        let loss = self.forward_loss_cotangent(params, x, targets, ws);
+        self.backward(params, x, targets.len(), None, ws);
         loss
     }
 

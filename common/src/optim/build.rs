@@ -153,7 +153,7 @@ mod tests {
         let batch = Batch {
             net,
             x: &[],
-            labels: &[],
+            targets: crate::model::Targets::Labels(&[]),
         };
         let mut params = vec![0.1f32; p];
         for k in 0..7 {

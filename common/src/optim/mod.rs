@@ -19,8 +19,8 @@ pub use direction_noise::{add_isotropic_noise, DirectionNoise, DirectionNoiseCon
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
 pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 pub use ngd_exact::{
-    dense_direction, sample_labels, woodbury_direction, Damping, ExactSolve, FisherKind, NgdExact,
-    NgdExactConfig, WoodburyScratch,
+    dense_direction, sample_gaussian_targets, sample_labels, woodbury_direction, Damping,
+    ExactSolve, FisherKind, NgdExact, NgdExactConfig, WoodburyScratch,
 };
 pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};
@@ -40,7 +40,8 @@ pub struct Batch<'a> {
     pub net: &'a Network,
     /// `batch × input_features`, normalised.
     pub x: &'a [f32],
-    pub labels: &'a [usize],
+    /// The batch's targets (labels, or float targets for the mean squared error).
+    pub targets: crate::model::Targets<'a, f32>,
 }
 
 /// A first- or second-order optimiser.

@@ -3,7 +3,10 @@
 //!
 //! F = (1/B) Σₙ gₙgₙᵀ = GᵀG/B over the per-sample gradients gₙ of the batch: with the true labels
 //! (empirical Fisher) or with one label per sample drawn from the model's own predictive distribution
-//! (sampled, i.e. Monte-Carlo true Fisher). The P×P system is never formed: by Woodbury,
+//! (sampled, i.e. Monte-Carlo true Fisher). For the mean squared error the sampled targets are
+//! drawn from N(f(x), σ²·I) with σ² = k/2 (k outputs), the Gaussian whose negative log-likelihood
+//! is the per-sample loss (1/k)‖f − y‖² up to a constant, so that E[gₙgₙᵀ] = Jₙᵀ(2/k)Jₙ, the
+//! Gauss–Newton block ([`sample_gaussian_targets`]). The P×P system is never formed: by Woodbury,
 //!
 //!   (λI + GᵀG/B)⁻¹ g = (g − Gᵀ (λB·I + G Gᵀ)⁻¹ G g) / λ,
 //!
@@ -17,7 +20,7 @@
 
 use super::{Batch, Optimizer, Sgd, SgdConfig, StepRatioStats, EXPLOSION_RATIO};
 use crate::io::finite_or_null;
-use crate::model::{Network, PerSampleScratch, Workspace};
+use crate::model::{mse_fisher_variance, Network, PerSampleScratch, Targets, Workspace};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Real, Result};
 use ndarray::{Array1, Array2};
@@ -178,19 +181,20 @@ impl<T: Real> WoodburyScratch<T> {
 /// # Errors
 /// A Gram matrix that is not finite or not positive definite after damping.
 #[allow(clippy::too_many_arguments)]
-pub fn woodbury_direction<T: Real>(
+pub fn woodbury_direction<'a, T: Real>(
     net: &Network,
     params: &[T],
     x: &[T],
-    fisher_labels: &[usize],
+    fisher_targets: impl Into<Targets<'a, T>>,
     g: Option<&[T]>,
     damping: Damping,
     sc: &mut WoodburyScratch<T>,
     out: &mut [T],
 ) -> Result<ExactSolve> {
-    let b = fisher_labels.len();
+    let fisher_targets = fisher_targets.into();
+    let b = fisher_targets.len();
     let p = net.num_params();
-    net.per_sample_pass(params, x, fisher_labels, &mut sc.ws);
+    net.per_sample_pass(params, x, fisher_targets, &mut sc.ws);
     net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
@@ -258,15 +262,16 @@ pub fn woodbury_direction<T: Real>(
 
 /// The oracle: the same direction by a dense P×P Cholesky solve of (GᵀG/B + λI) d = g, with G from
 /// one backward pass per sample. O(P³): for tiny models in tests only.
-pub fn dense_direction(
+pub fn dense_direction<'a>(
     net: &Network,
     params: &[f64],
     x: &[f64],
-    fisher_labels: &[usize],
+    fisher_targets: impl Into<Targets<'a, f64>>,
     g: Option<&[f64]>,
     damping: Damping,
 ) -> Result<Vec<f64>> {
-    let b = fisher_labels.len();
+    let fisher_targets = fisher_targets.into();
+    let b = fisher_targets.len();
     let p = net.num_params();
     let f = net.input_features();
     let mut ws = net.workspace::<f64>(1);
@@ -276,7 +281,7 @@ pub fn dense_direction(
         net.loss_and_gradient(
             params,
             &x[n * f..(n + 1) * f],
-            &fisher_labels[n..n + 1],
+            fisher_targets.range(n, n + 1),
             &mut row,
             &mut ws,
         );
@@ -328,6 +333,22 @@ pub fn sample_labels(
     }
 }
 
+/// Targets drawn from N(f(x), σ²·I) row by row with σ² = k/2 ([`mse_fisher_variance`]): the
+/// Gaussian whose negative log-likelihood is the per-sample mean squared error, so that the sampled
+/// Fisher is an unbiased estimate of the Gauss–Newton matrix (as labels drawn from the softmax are
+/// for cross-entropy). One standard normal draw per output, in row-major order.
+pub fn sample_gaussian_targets(
+    outputs: &[f64],
+    k: usize,
+    rng: &mut crate::rng::Stream,
+    out: &mut [f64],
+) {
+    let sigma = mse_fisher_variance(k).sqrt();
+    for (o, &f) in out[..outputs.len()].iter_mut().zip(outputs) {
+        *o = f + sigma * rng.normal();
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct ExactStats {
     steps: u64,
@@ -352,6 +373,7 @@ pub struct NgdExact {
     d64: Vec<f64>,
     d32: Vec<f32>,
     labels: Vec<usize>,
+    values: Vec<f64>,
     step: u64,
     stats: ExactStats,
 }
@@ -370,6 +392,7 @@ impl NgdExact {
             d64: Vec::new(),
             d32: Vec::new(),
             labels: Vec::new(),
+            values: Vec::new(),
             step: 0,
             stats: ExactStats::default(),
         })
@@ -388,7 +411,7 @@ impl NgdExact {
         batch: &Batch,
     ) -> Result<ExactSolve> {
         let net = batch.net;
-        let b = batch.labels.len();
+        let b = batch.targets.len();
         let p = net.num_params();
         let step = self.step + 1;
         // A solve that fails after exploded steps (their weights give a zero or non-finite Fisher)
@@ -414,7 +437,7 @@ impl NgdExact {
                     net,
                     params,
                     batch.x,
-                    batch.labels,
+                    batch.targets,
                     None,
                     self.config.damping,
                     sc,
@@ -438,18 +461,29 @@ impl NgdExact {
                 self.x64.extend(batch.x.iter().map(|&v| v as f64));
                 self.g64.clear();
                 self.g64.extend(grad.iter().map(|&v| v as f64));
-                self.labels.clear();
-                self.labels.resize(b, 0);
                 let logits = net
                     .forward(&self.params64, &self.x64, b, &mut sc.ws)
                     .to_vec();
                 let mut rng = stream(self.config.seed, Purpose::Labels, self.step);
-                sample_labels(&logits, net.classes(), &mut rng, &mut self.labels);
+                let targets = if net.loss.takes_float_targets() {
+                    self.values.clear();
+                    self.values.resize(logits.len(), 0.0);
+                    sample_gaussian_targets(&logits, net.classes(), &mut rng, &mut self.values);
+                    Targets::Values {
+                        values: &self.values,
+                        width: net.classes(),
+                    }
+                } else {
+                    self.labels.clear();
+                    self.labels.resize(b, 0);
+                    sample_labels(&logits, net.classes(), &mut rng, &mut self.labels);
+                    Targets::Labels(&self.labels)
+                };
                 woodbury_direction(
                     net,
                     &self.params64,
                     &self.x64,
-                    &self.labels,
+                    targets,
                     Some(&self.g64),
                     self.config.damping,
                     sc,
@@ -581,7 +615,7 @@ mod tests {
         let batch = Batch {
             net: &net,
             x: &x,
-            labels: &labels,
+            targets: crate::model::Targets::Labels(&labels),
         };
         let mut ws = net.workspace::<f32>(b);
         for (preserve_norm, exploded) in [(false, 5), (true, 0)] {

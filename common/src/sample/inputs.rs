@@ -3,7 +3,7 @@
 //! `wbic` sample on the training split; `hessian-trace` measures on either split, in the folder each
 //! record names.
 
-use crate::data::{dataset_for_checkpoint, Dataset, Split};
+use crate::data::{dataset_for_checkpoint, DataChoice, Dataset, Split};
 use crate::io::{require_file, Checkpoint};
 use crate::model::ModelSpec;
 use crate::{Error, Result};
@@ -19,7 +19,12 @@ pub struct DataCache {
     pub train_samples: Option<usize>,
     /// The split loaded: the training set unless [`DataCache::with_split`] chose another.
     pub split: Split,
-    loaded: HashMap<(&'static str, PathBuf), Dataset>,
+    /// `--data` / `--normalize`: a data file instead of the IDX data sets (else the checkpoint's
+    /// recorded data file, if any).
+    pub choice: DataChoice,
+    /// `--loss` (else the checkpoint's metadata `loss`, else the targets').
+    pub loss: Option<String>,
+    loaded: HashMap<(String, PathBuf), Dataset>,
 }
 
 impl DataCache {
@@ -29,8 +34,17 @@ impl DataCache {
             explicit,
             train_samples,
             split: Split::Train,
+            choice: DataChoice::default(),
+            loss: None,
             loaded: HashMap::new(),
         }
+    }
+
+    /// The same cache reading `choice` (a data file) and measuring with `loss` when given.
+    pub fn with_data(mut self, choice: DataChoice, loss: Option<String>) -> Self {
+        self.choice = choice;
+        self.loss = loss;
+        self
     }
 
     /// The same cache loading `split` instead of the training set.
@@ -65,12 +79,32 @@ impl DataCache {
         data_dir: &Path,
     ) -> Result<(Checkpoint, &Dataset)> {
         require_file(path)?;
-        let ck = Checkpoint::load(path, model)?;
+        let mut ck = Checkpoint::load(path, model)?;
         ck.check_finite(path)?;
-        let kind = dataset_for_checkpoint(&ck, self.explicit.as_deref())?;
-        let key = (kind.name(), data_dir.to_path_buf());
+        let choice = self.choice.for_checkpoint(&ck, path)?;
+        let key = match &choice.file {
+            Some(f) => (
+                format!(
+                    "file {}",
+                    choice
+                        .normalize
+                        .as_ref()
+                        .map(|n| n.to_text())
+                        .unwrap_or_default()
+                ),
+                f.clone(),
+            ),
+            None => {
+                let kind = dataset_for_checkpoint(&ck, self.explicit.as_deref())?;
+                (kind.name().to_string(), data_dir.to_path_buf())
+            }
+        };
         if !self.loaded.contains_key(&key) {
-            let mut d = Dataset::load(kind, data_dir, self.split)?;
+            let kind = match choice.file {
+                Some(_) => crate::data::DatasetKind::Mnist,
+                None => dataset_for_checkpoint(&ck, self.explicit.as_deref())?,
+            };
+            let mut d = choice.load(kind, data_dir, self.split)?;
             if let Some(n) = self.train_samples {
                 if n == 0 {
                     return Err(Error::invalid("--train-samples must be at least 1"));
@@ -80,6 +114,11 @@ impl DataCache {
             self.loaded.insert(key.clone(), d);
         }
         let data = &self.loaded[&key];
+        ck.network.loss = crate::model::Loss::resolve(
+            self.loss.as_deref(),
+            ck.meta.get("loss").and_then(|v| v.as_str()),
+            data.float_targets(),
+        )?;
         ck.network
             .check_input(data)
             .map_err(|e| Error::checkpoint(path, e.to_string()))?;

@@ -1,12 +1,13 @@
 //! What a sampler samples: a potential L(w) with a (stochastic) gradient.
 //!
 //! A [`Potential`] is the loss whose tempered, localised Gibbs posterior
-//! p(w) ∝ exp(−nβ·L(w) − (γ/2)‖w − w*‖²) SGLD samples. The network's potential is the mean
-//! cross-entropy on a minibatch drawn from the training set ([`NetworkPotential`]); analytic potentials
+//! p(w) ∝ exp(−nβ·L(w) − (γ/2)‖w − w*‖²) SGLD samples. The network's potential is its mean loss
+//! (cross-entropy, or the mean squared error of [`crate::model::Loss`]) on a minibatch drawn from the
+//! training set ([`NetworkPotential`]); analytic potentials
 //! ([`super::analytic`]) have no data and a known learning coefficient, for verification.
 
-use crate::data::Dataset;
-use crate::model::{Network, Workspace};
+use crate::data::{Dataset, Normaliser};
+use crate::model::{Network, TargetBuf, Workspace};
 use crate::rng::Stream;
 use crate::Result;
 
@@ -38,7 +39,7 @@ pub trait Potential: Sync {
     fn full_loss(&self, w: &[f32]) -> Result<f64>;
 }
 
-/// The mean softmax cross-entropy of a network on minibatches of `batch` samples of a data set.
+/// The mean loss (the network's: softmax cross-entropy or mean squared error) of a network on minibatches of `batch` samples of a data set.
 ///
 /// Minibatches follow PyTorch's `DataLoader(shuffle=True, drop_last=True)`, which devinterp uses: each
 /// epoch is a fresh permutation of the n samples (drawn from the chain's stream), cut into ⌊n/m⌋
@@ -47,7 +48,7 @@ pub struct NetworkPotential<'a> {
     pub net: &'a Network,
     pub data: &'a Dataset,
     pub batch: usize,
-    table: [f32; 256],
+    norm: Normaliser<f32>,
 }
 
 impl<'a> NetworkPotential<'a> {
@@ -65,7 +66,7 @@ impl<'a> NetworkPotential<'a> {
             net,
             data,
             batch,
-            table: data.normalisation_table::<f32>(),
+            norm: data.normaliser::<f32>(),
         })
     }
 
@@ -75,7 +76,7 @@ impl<'a> NetworkPotential<'a> {
             s.cursor = 0;
         }
         let idx = &s.order[s.cursor..s.cursor + self.batch];
-        self.data.gather(&self.table, idx, &mut s.x, &mut s.y);
+        self.data.gather_batch(&self.norm, idx, &mut s.x, &mut s.y);
         s.cursor += self.batch;
     }
 }
@@ -84,7 +85,7 @@ impl<'a> NetworkPotential<'a> {
 pub struct NetworkChainState {
     ws: Workspace<f32>,
     x: Vec<f32>,
-    y: Vec<usize>,
+    y: TargetBuf<f32>,
     order: Vec<usize>,
     cursor: usize,
 }
@@ -105,7 +106,7 @@ impl Potential for NetworkPotential<'_> {
         NetworkChainState {
             ws: self.net.workspace(self.batch),
             x: vec![0.0; self.batch * self.data.features()],
-            y: vec![0; self.batch],
+            y: self.data.target_buffer(self.batch),
             order: Vec::new(),
             cursor: 0,
         }
@@ -118,11 +119,12 @@ impl Potential for NetworkPotential<'_> {
         grad: &mut [f32],
     ) -> f64 {
         self.next_batch(s, rng);
-        self.net.loss_and_gradient(w, &s.x, &s.y, grad, &mut s.ws)
+        self.net
+            .loss_and_gradient(w, &s.x, s.y.view(), grad, &mut s.ws)
     }
     fn minibatch_loss(&self, s: &mut NetworkChainState, rng: &mut Stream, w: &[f32]) -> f64 {
         self.next_batch(s, rng);
-        let (sum, _) = self.net.loss_sum(w, &s.x, &s.y, &mut s.ws);
+        let (sum, _) = self.net.loss_sum(w, &s.x, s.y.view(), &mut s.ws);
         sum / self.batch as f64
     }
     fn full_loss(&self, w: &[f32]) -> Result<f64> {

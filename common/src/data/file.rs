@@ -1,0 +1,785 @@
+//! Data from a safetensors file: any inputs, integer labels or float targets.
+//!
+//! The file holds tensors `x` `[n, …]` (float32, float64 or uint8) and `y` (`[n]` integer labels
+//! for classification; `[n]` or `[n, k]` floats for regression), and optionally `x_test` and
+//! `y_test` of the same kinds (the test split). One sample's shape is x's trailing dimensions:
+//! `[f]` is taken as 1×1×f, `[h, w]` as 1×h×w, `[c, h, w]` as it is (an MLP takes their product,
+//! a LeNet the image). Inputs are normalised per channel as torchvision's `ToTensor` + `Normalize`
+//! would: uint8 values b as `(b/255 − mean)/std`, floats as `(x − mean)/std`; without
+//! `--normalize`, mean 0 and std 1 (floats are used as they are, bytes as b/255).
+//!
+//! A file is checked before anything is allocated in proportion to what its header claims: it
+//! must be a regular file of at most [`MAX_DATA_FILE_BYTES`], its header is parsed and validated by
+//! the safetensors crate (offsets inside the file, sizes that match dtype × shape), and only then are
+//! the tensors converted. Refused, naming the tensor and the file: a missing `x` or `y`, lengths
+//! that disagree, a wrong dtype or rank, NaN or infinite values, negative labels or labels past
+//! [`MAX_CLASSES`], a sample of more than three dimensions or of zero size.
+//!
+//! The fingerprint that records carry is FNV-1a (64 bit) over each used tensor's name, dtype,
+//! shape and bytes, so that it tells data sets apart whatever else the file's header holds.
+
+use super::dataset::{DataFile, Dataset, Inputs, Source, Split, TargetData};
+use crate::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::io::Read;
+use std::path::Path;
+
+/// The largest data file read (4 GiB): the whole file is held in memory while it is converted.
+pub const MAX_DATA_FILE_BYTES: u64 = 1 << 32;
+
+/// The most classes integer labels may announce (a label of 10⁹ would ask for a model with that many
+/// outputs).
+pub const MAX_CLASSES: usize = 1 << 20;
+
+/// `--normalize`: per channel (mean, std), or one pair for every channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Normalize {
+    pub means: Vec<f64>,
+    pub stds: Vec<f64>,
+}
+
+impl Normalize {
+    /// Parses `mean,std` (every channel) or `m₁,…,m_c,s₁,…,s_c` (c channels: the means, then the
+    /// standard deviations, in the order of torchvision's `Normalize(mean, std)`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an odd count, a value that is not a finite number, or a std that is
+    /// not positive.
+    pub fn parse(s: &str) -> Result<Self> {
+        let values: Vec<f64> = s
+            .split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::invalid(format!("--normalize {s}: {e}")))?;
+        if values.is_empty() || !values.len().is_multiple_of(2) {
+            return Err(Error::invalid(format!(
+                "--normalize {s}: expected mean,std or the means then the stds of every channel (an even count)"
+            )));
+        }
+        let c = values.len() / 2;
+        let (means, stds) = (values[..c].to_vec(), values[c..].to_vec());
+        if values.iter().any(|v| !v.is_finite()) || stds.iter().any(|&v| v <= 0.0) {
+            return Err(Error::invalid(format!(
+                "--normalize {s}: values must be finite and every std positive"
+            )));
+        }
+        Ok(Normalize { means, stds })
+    }
+
+    /// The text [`Normalize::parse`] reads back (`m₁,…,s₁,…`), for records and metadata.
+    pub fn to_text(&self) -> String {
+        self.means
+            .iter()
+            .chain(&self.stds)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (mean, std) for each of `channels`.
+    fn per_channel(&self, path: &Path, channels: usize) -> Result<Vec<(f64, f64)>> {
+        match self.means.len() {
+            1 => Ok(vec![(self.means[0], self.stds[0]); channels]),
+            c if c == channels => Ok(self
+                .means
+                .iter()
+                .copied()
+                .zip(self.stds.iter().copied())
+                .collect()),
+            c => Err(Error::data(
+                path,
+                format!("--normalize gives {c} channels but the samples have {channels}"),
+            )),
+        }
+    }
+}
+
+/// Loads `split` (x, y or x_test, y_test) of the data file at `path`, normalised by `normalize`.
+///
+/// # Errors
+/// [`Error::Data`] naming the file (and the tensor) for every refusal in the module doc, and for a
+/// test split the file does not hold.
+pub fn load_data_file(path: &Path, split: Split, normalize: Option<&Normalize>) -> Result<Dataset> {
+    load_data_file_split(path, split, normalize)?
+        .ok_or_else(|| Error::data(path, "has no test split (tensors x_test and y_test)"))
+}
+
+/// [`load_data_file`], with `None` for a test split the file does not hold.
+///
+/// # Errors
+/// As [`load_data_file`].
+pub fn load_data_file_split(
+    path: &Path,
+    split: Split,
+    normalize: Option<&Normalize>,
+) -> Result<Option<Dataset>> {
+    let bytes = read_bounded(path)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::data(path, format!("not a valid safetensors file: {e}")))?;
+    let (xn, yn) = match split {
+        Split::Train => ("x", "y"),
+        Split::Test => ("x_test", "y_test"),
+    };
+    let names = st.names();
+    let has = |n: &str| names.contains(&n);
+    for n in ["x", "y"] {
+        if !has(n) {
+            return Err(Error::data(
+                path,
+                format!("tensor `{n}` is missing (a data file holds x [n, …] and y [n] or [n, k])"),
+            ));
+        }
+    }
+    if has("x_test") != has("y_test") {
+        let (h, m) = if has("x_test") {
+            ("x_test", "y_test")
+        } else {
+            ("y_test", "x_test")
+        };
+        return Err(Error::data(path, format!("tensor `{h}` without `{m}`")));
+    }
+    if split == Split::Test && !has(xn) {
+        return Ok(None);
+    }
+    let x = st
+        .tensor(xn)
+        .map_err(|e| Error::data(path, format!("tensor `{xn}`: {e}")))?;
+    let y = st
+        .tensor(yn)
+        .map_err(|e| Error::data(path, format!("tensor `{yn}`: {e}")))?;
+    // The training tensors fix the sample shape and the kind of targets for both splits.
+    let train_x = st
+        .tensor("x")
+        .map_err(|e| Error::data(path, format!("tensor `x`: {e}")))?;
+    let train_y = st
+        .tensor("y")
+        .map_err(|e| Error::data(path, format!("tensor `y`: {e}")))?;
+    let refuse = |name: &str, msg: String| Error::data(path, format!("tensor `{name}`: {msg}"));
+
+    let n = *x
+        .shape()
+        .first()
+        .ok_or_else(|| refuse(xn, "is a scalar; expected [n, …]".into()))?;
+    if n == 0 {
+        return Err(refuse(xn, "holds no samples".into()));
+    }
+    let shape = sample_shape(&x.shape()[1..]).map_err(|m| refuse(xn, m))?;
+    if xn != "x" && train_x.shape().get(1..) != Some(&x.shape()[1..]) {
+        return Err(refuse(
+            xn,
+            format!(
+                "samples of shape {:?} but x's are {:?}",
+                &x.shape()[1..],
+                train_x.shape().get(1..).unwrap_or(&[])
+            ),
+        ));
+    }
+    if x.dtype() != train_x.dtype() {
+        return Err(refuse(
+            xn,
+            format!("dtype {:?} but x is {:?}", x.dtype(), train_x.dtype()),
+        ));
+    }
+    let inputs = match x.dtype() {
+        Dtype::U8 => Inputs::Bytes(x.data().to_vec()),
+        Dtype::F32 | Dtype::F64 => {
+            let v = floats(x.dtype(), x.data());
+            if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                return Err(refuse(
+                    xn,
+                    format!("value {} at flat index {i} is not finite", v[i]),
+                ));
+            }
+            Inputs::Floats(v)
+        }
+        d => {
+            return Err(refuse(
+                xn,
+                format!("dtype {d:?}; inputs are float32, float64 or uint8"),
+            ))
+        }
+    };
+
+    if y.shape().first() != Some(&n) {
+        return Err(refuse(
+            yn,
+            format!("shape {:?} but {xn} holds {n} samples", y.shape()),
+        ));
+    }
+    let float_y = is_float(train_y.dtype());
+    if is_float(y.dtype()) != float_y {
+        return Err(refuse(
+            yn,
+            format!("dtype {:?} but y is {:?}", y.dtype(), train_y.dtype()),
+        ));
+    }
+    let (targets, classes) = if is_float(y.dtype()) {
+        let width = match y.shape() {
+            [_] => 1,
+            [_, k] if *k > 0 => *k,
+            s => {
+                return Err(refuse(
+                    yn,
+                    format!("shape {s:?}; float targets are [n] or [n, k] with k ≥ 1"),
+                ))
+            }
+        };
+        let train_width = train_y.shape().get(1).copied().unwrap_or(1);
+        if width != train_width {
+            return Err(refuse(
+                yn,
+                format!("width {width} but y's is {train_width}"),
+            ));
+        }
+        let values = floats(y.dtype(), y.data());
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(refuse(
+                yn,
+                format!("value {} at flat index {i} is not finite", values[i]),
+            ));
+        }
+        (TargetData::Values { values, width }, width)
+    } else if is_integer(y.dtype()) {
+        if y.shape().len() != 1 {
+            return Err(refuse(
+                yn,
+                format!("shape {:?}; integer labels are [n]", y.shape()),
+            ));
+        }
+        let labels = labels(y.dtype(), y.data()).map_err(|(i, v)| {
+            refuse(
+                yn,
+                format!("label {v} at index {i} is out of range 0..{MAX_CLASSES}"),
+            )
+        })?;
+        // The classes are fixed by the training labels and the test labels together, so that both
+        // splits give the model the same number of outputs.
+        let mut max = 0;
+        for t in [&train_y]
+            .into_iter()
+            .chain(st.tensor("y_test").ok().as_ref())
+        {
+            let l = labels_max(t.dtype(), t.data());
+            max = max.max(l);
+        }
+        (TargetData::Labels(labels), (max as usize + 1).max(2))
+    } else {
+        return Err(refuse(
+            yn,
+            format!(
+                "dtype {:?}; targets are integer labels [n] or float32/float64 values [n] or [n, k]",
+                y.dtype()
+            ),
+        ));
+    };
+
+    let default = Normalize {
+        means: vec![0.0],
+        stds: vec![1.0],
+    };
+    let normalisation = normalize.unwrap_or(&default).per_channel(path, shape[0])?;
+    let fingerprint = {
+        let mut h = Fnv::default();
+        for name in [xn, yn] {
+            let t = st.tensor(name).expect("checked above");
+            h.write(name.as_bytes());
+            h.write(format!("{:?}", t.dtype()).as_bytes());
+            for d in t.shape() {
+                h.write(&(*d as u64).to_le_bytes());
+            }
+            h.write(t.data());
+        }
+        format!("{:016x}", h.0)
+    };
+    Ok(Some(Dataset {
+        source: Source::File(DataFile {
+            path: path.to_path_buf(),
+            fingerprint,
+            normalize: normalize.cloned(),
+        }),
+        split,
+        folder: path.to_path_buf(),
+        inputs,
+        targets,
+        shape,
+        classes,
+        normalisation,
+    }))
+}
+
+/// The file's bytes, after checking that it is a regular file of at most [`MAX_DATA_FILE_BYTES`]
+/// (a FIFO or device is refused unopened; the read stops at the limit if the file grows).
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(Error::data(
+            path,
+            "is not a regular file; a data file is a .safetensors file",
+        ));
+    }
+    if md.len() > MAX_DATA_FILE_BYTES {
+        return Err(Error::data(
+            path,
+            format!(
+                "is {} bytes, more than the {MAX_DATA_FILE_BYTES} a data file may have",
+                md.len()
+            ),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    file.take(MAX_DATA_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_DATA_FILE_BYTES {
+        return Err(Error::data(
+            path,
+            "grew past the data file limit while it was read",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [c, h, w] from x's trailing dimensions.
+fn sample_shape(dims: &[usize]) -> std::result::Result<[usize; 3], String> {
+    let shape = match *dims {
+        [] => return Err("is [n]; samples need at least one dimension ([n, f])".into()),
+        [f] => [1, 1, f],
+        [h, w] => [1, h, w],
+        [c, h, w] => [c, h, w],
+        _ => {
+            return Err(format!(
+                "samples of {} dimensions {dims:?}; at most 3 ([c, h, w])",
+                dims.len()
+            ))
+        }
+    };
+    if shape.contains(&0) {
+        return Err(format!("samples of shape {dims:?} hold no values"));
+    }
+    Ok(shape)
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F64)
+}
+
+fn is_integer(d: Dtype) -> bool {
+    matches!(
+        d,
+        Dtype::U8
+            | Dtype::I8
+            | Dtype::U16
+            | Dtype::I16
+            | Dtype::U32
+            | Dtype::I32
+            | Dtype::U64
+            | Dtype::I64
+    )
+}
+
+/// Little-endian float32 or float64 values as f64 (float32 exactly).
+fn floats(d: Dtype, bytes: &[u8]) -> Vec<f64> {
+    match d {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        _ => unreachable!("floats of a float dtype"),
+    }
+}
+
+/// Integer labels as i128 values, one per element (little-endian).
+fn integers(d: Dtype, bytes: &[u8]) -> impl Iterator<Item = i128> + '_ {
+    let size = match d {
+        Dtype::U8 | Dtype::I8 => 1,
+        Dtype::U16 | Dtype::I16 => 2,
+        Dtype::U32 | Dtype::I32 => 4,
+        _ => 8,
+    };
+    let signed = matches!(d, Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64);
+    bytes.chunks_exact(size).map(move |c| {
+        let mut b = [0u8; 16];
+        b[..size].copy_from_slice(c);
+        if signed && c[size - 1] & 0x80 != 0 {
+            b[size..].fill(0xff);
+        }
+        i128::from_le_bytes(b)
+    })
+}
+
+/// The labels, or the first (index, value) out of 0..[`MAX_CLASSES`].
+fn labels(d: Dtype, bytes: &[u8]) -> std::result::Result<Vec<u32>, (usize, i128)> {
+    integers(d, bytes)
+        .enumerate()
+        .map(|(i, v)| {
+            if (0..MAX_CLASSES as i128).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err((i, v))
+            }
+        })
+        .collect()
+}
+
+/// The largest label in range (out-of-range labels are refused by [`labels`] for the split loaded;
+/// the other split's are refused when it is loaded).
+fn labels_max(d: Dtype, bytes: &[u8]) -> u32 {
+    integers(d, bytes)
+        .filter(|v| (0..MAX_CLASSES as i128).contains(v))
+        .max()
+        .unwrap_or(0) as u32
+}
+
+/// FNV-1a, 64 bit (Fowler, Noll, Vo).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Normaliser;
+    use crate::model::TargetBuf;
+    use safetensors::tensor::TensorView;
+    use std::path::PathBuf;
+
+    /// A tensor to write: name, dtype, shape, little-endian bytes.
+    type Raw = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn f64s(v: &[f64]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn i64s(v: &[i64]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn write(name: &str, tensors: &[Raw]) -> PathBuf {
+        let views: Vec<(&str, TensorView<'_>)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).expect("view")))
+            .collect();
+        let bytes = safetensors::serialize(views, None).expect("serialize");
+        write_bytes(name, &bytes)
+    }
+
+    fn write_bytes(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ngd-slt-data-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{name}.safetensors"));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// x: 4 samples of 2×1×3 (float32), y: labels 0..3 (int64), a test split of 2.
+    fn classification() -> Vec<Raw> {
+        let x: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        vec![
+            ("x", Dtype::F32, vec![4, 2, 1, 3], f32s(&x)),
+            ("y", Dtype::I64, vec![4], i64s(&[0, 2, 1, 2])),
+            ("x_test", Dtype::F32, vec![2, 2, 1, 3], f32s(&x[..12])),
+            ("y_test", Dtype::I64, vec![2], i64s(&[3, 0])),
+        ]
+    }
+
+    fn load_err(name: &str, tensors: &[Raw]) -> String {
+        load_data_file(&write(name, tensors), Split::Train, None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_classification_file_loads_with_its_shape_classes_and_normalisation() {
+        let p = write("cls", &classification());
+        let norm = Normalize::parse("1,-1,2,0.5").unwrap();
+        let d = load_data_file(&p, Split::Train, Some(&norm)).unwrap();
+        assert_eq!(d.len(), 4);
+        assert_eq!(d.sample_shape(), [2, 1, 3]);
+        // The test split's label 3 counts: both splits give the model 4 outputs.
+        assert_eq!(d.classes, 4);
+        assert!(!d.float_targets());
+        let n: Normaliser<f64> = d.normaliser();
+        let mut x = vec![0.0; 2 * 6];
+        let mut y = d.target_buffer::<f64>(2);
+        d.gather_batch(&n, &[3, 1], &mut x, &mut y);
+        // Sample 3 starts at flat index 18: channel 0 holds x = 18·0.5 − 3 = 6 → (6 − 1)/2; channel 1
+        // (index 21) x = 7.5 → (7.5 + 1)/0.5.
+        assert_eq!(x[0], (6.0 - 1.0) / 2.0);
+        assert_eq!(x[3], (7.5 + 1.0) / 0.5);
+        assert_eq!(y, TargetBuf::Labels(vec![2, 2]));
+        let t = load_data_file(&p, Split::Test, None).unwrap();
+        assert_eq!((t.len(), t.classes), (2, 4));
+        assert_eq!(d.normalisation_text(), "x = (x - [1, -1])/[2, 0.5]");
+    }
+
+    #[test]
+    fn float_targets_are_values_of_their_width_and_the_test_split_is_optional() {
+        let x: Vec<f64> = (0..6).map(|i| i as f64).collect();
+        let p = write(
+            "reg",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                (
+                    "y",
+                    Dtype::F32,
+                    vec![3, 2],
+                    f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                ),
+            ],
+        );
+        let d = load_data_file(&p, Split::Train, None).unwrap();
+        assert_eq!((d.sample_shape(), d.classes), ([1, 1, 2], 2));
+        assert!(d.float_targets());
+        let mut xb = vec![0f32; 2];
+        let mut y = d.target_buffer::<f32>(1);
+        d.gather_batch(&d.normaliser(), &[2], &mut xb, &mut y);
+        assert_eq!(xb, [4.0, 5.0]);
+        assert_eq!(
+            y.view(),
+            crate::model::Targets::Values {
+                values: &[5.0f32, 6.0][..],
+                width: 2
+            }
+        );
+        assert!(load_data_file_split(&p, Split::Test, None)
+            .unwrap()
+            .is_none());
+        let e = load_data_file(&p, Split::Test, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no test split"), "{e}");
+        // [n] floats are one target per sample.
+        let p1 = write(
+            "reg1",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                ("y", Dtype::F64, vec![3], f64s(&[1.0, 2.0, 3.0])),
+            ],
+        );
+        assert_eq!(load_data_file(&p1, Split::Train, None).unwrap().classes, 1);
+    }
+
+    #[test]
+    fn uint8_inputs_are_divided_by_255_as_to_tensor() {
+        let p = write(
+            "bytes",
+            &[
+                ("x", Dtype::U8, vec![2, 1, 1, 2], vec![0, 255, 51, 102]),
+                ("y", Dtype::U8, vec![2], vec![1, 0]),
+            ],
+        );
+        let d = load_data_file(
+            &p,
+            Split::Train,
+            Some(&Normalize::parse("0.5,0.5").unwrap()),
+        )
+        .unwrap();
+        let v: Vec<f32> = d.normalized();
+        let expect = |b: f32| (b / 255.0 - 0.5) / 0.5;
+        assert_eq!(v, [expect(0.0), expect(255.0), expect(51.0), expect(102.0)]);
+        assert_eq!(d.normalisation_text(), "x = (byte/255 - 0.5)/0.5");
+    }
+
+    #[test]
+    fn the_fingerprint_tells_contents_apart() {
+        let a = load_data_file(&write("fa", &classification()), Split::Train, None).unwrap();
+        let b = load_data_file(&write("fb", &classification()), Split::Train, None).unwrap();
+        let mut other = classification();
+        other[1].3[0] = 1; // label 0 → 1
+        let c = load_data_file(&write("fc", &other), Split::Train, None).unwrap();
+        let fp = |d: &Dataset| match &d.source {
+            Source::File(f) => f.fingerprint.clone(),
+            Source::Idx(_) => unreachable!(),
+        };
+        assert_eq!(fp(&a), fp(&b));
+        assert_ne!(fp(&a), fp(&c));
+        assert_eq!(fp(&a).len(), 16);
+    }
+
+    /// Every refusal names the file and the tensor.
+    #[test]
+    fn bad_files_are_refused_naming_the_tensor() {
+        let good = classification();
+        let without = |n: &str| -> Vec<Raw> { good.iter().filter(|t| t.0 != n).cloned().collect() };
+        let with = |i: usize, t: Raw| -> Vec<Raw> {
+            let mut v = good.clone();
+            v[i] = t;
+            v
+        };
+        let cases: Vec<(&str, Vec<Raw>, &str)> = vec![
+            ("no-x", without("x"), "tensor `x` is missing"),
+            ("no-y", without("y"), "tensor `y` is missing"),
+            (
+                "half-test",
+                without("y_test"),
+                "tensor `x_test` without `y_test`",
+            ),
+            (
+                "lengths",
+                with(1, ("y", Dtype::I64, vec![3], i64s(&[0, 1, 1]))),
+                "tensor `y`: shape [3] but x holds 4 samples",
+            ),
+            (
+                "nan",
+                with(
+                    0,
+                    ("x", Dtype::F32, vec![4, 2, 1, 3], f32s(&[f32::NAN; 24])),
+                ),
+                "tensor `x`: value NaN at flat index 0 is not finite",
+            ),
+            (
+                "negative",
+                with(1, ("y", Dtype::I64, vec![4], i64s(&[0, -1, 1, 1]))),
+                "tensor `y`: label -1 at index 1 is out of range",
+            ),
+            (
+                "huge-label",
+                with(1, ("y", Dtype::I64, vec![4], i64s(&[0, 1 << 40, 1, 1]))),
+                "label 1099511627776 at index 1 is out of range 0..1048576",
+            ),
+            (
+                "x-dtype",
+                with(0, ("x", Dtype::I32, vec![4, 6], vec![0; 96])),
+                "tensor `x`: dtype I32; inputs are float32, float64 or uint8",
+            ),
+            (
+                "y-dtype",
+                with(1, ("y", Dtype::BOOL, vec![4], vec![0; 4])),
+                "tensor `y`: dtype BOOL; targets are integer labels",
+            ),
+            (
+                "rank1",
+                with(0, ("x", Dtype::F32, vec![4], f32s(&[0.0; 4]))),
+                "tensor `x`: is [n]; samples need at least one dimension",
+            ),
+            (
+                "rank5",
+                with(0, ("x", Dtype::F32, vec![4, 1, 2, 1, 3], f32s(&[0.0; 24]))),
+                "samples of 4 dimensions",
+            ),
+            (
+                "empty",
+                with(0, ("x", Dtype::F32, vec![0, 6], vec![])),
+                "tensor `x`: holds no samples",
+            ),
+            (
+                "labels-2d",
+                with(1, ("y", Dtype::I64, vec![4, 1], i64s(&[0, 1, 1, 1]))),
+                "integer labels are [n]",
+            ),
+            (
+                "inf-y",
+                vec![
+                    good[0].clone(),
+                    (
+                        "y",
+                        Dtype::F64,
+                        vec![4],
+                        f64s(&[0.0, f64::INFINITY, 1.0, 1.0]),
+                    ),
+                ],
+                "tensor `y`: value inf at flat index 1 is not finite",
+            ),
+        ];
+        for (name, tensors, expect) in cases {
+            let e = load_err(name, &tensors);
+            assert!(e.contains(expect) && e.contains(name), "{name}: {e}");
+        }
+        // The test split is checked against the training one when it is loaded.
+        let mut shape = good.clone();
+        shape[2] = ("x_test", Dtype::F32, vec![2, 6], f32s(&[0.0; 12]));
+        let e = load_data_file(&write("test-shape", &shape), Split::Test, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor `x_test`: samples of shape [6] but x's are [2, 1, 3]"),
+            "{e}"
+        );
+        let mut neg = good.clone();
+        neg[3] = ("y_test", Dtype::I64, vec![2], i64s(&[0, -5]));
+        let e = load_data_file(&write("test-neg", &neg), Split::Test, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor `y_test`: label -5 at index 1"), "{e}");
+        // A --normalize of another channel count.
+        let e = load_data_file(
+            &write("norm", &good),
+            Split::Train,
+            Some(&Normalize::parse("0,0,0,1,1,1").unwrap()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--normalize gives 3 channels but the samples have 2"),
+            "{e}"
+        );
+    }
+
+    /// Headers that claim more than the file holds, truncated bodies and garbage are one-line errors
+    /// (the safetensors crate checks the header against the bytes read; nothing is allocated from a
+    /// claimed size).
+    #[test]
+    fn hostile_headers_are_refused_without_allocating() {
+        let mut huge = (u64::MAX / 2).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let mut lying = Vec::new();
+        let header = br#"{"x":{"dtype":"F32","shape":[1000000000000,1000000],"data_offsets":[0,4]},"y":{"dtype":"I64","shape":[1],"data_offsets":[4,12]}}"#;
+        lying.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        lying.extend_from_slice(header);
+        lying.extend_from_slice(&[0; 12]);
+        let good = std::fs::read(write("good", &classification())).unwrap();
+        for (name, bytes) in [
+            ("huge-header", huge),
+            ("lying-shape", lying),
+            ("truncated", good[..good.len() - 5].to_vec()),
+            ("garbage", b"not a safetensors file at all".to_vec()),
+            ("tiny", vec![1, 2, 3]),
+        ] {
+            let e = load_data_file(&write_bytes(name, &bytes), Split::Train, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("not a valid safetensors file") && e.contains(name),
+                "{name}: {e}"
+            );
+        }
+        let e = load_data_file(Path::new("/dev/null"), Split::Train, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn normalize_parses_pairs_and_refuses_nonsense() {
+        assert_eq!(
+            Normalize::parse("0.5,0.25").unwrap(),
+            Normalize {
+                means: vec![0.5],
+                stds: vec![0.25]
+            }
+        );
+        assert_eq!(Normalize::parse("1,2,3,4").unwrap().to_text(), "1,2,3,4");
+        for bad in ["1", "1,2,3", "0,0", "0,-1", "a,b", "1,nan"] {
+            assert!(Normalize::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
