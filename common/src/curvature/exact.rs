@@ -114,6 +114,7 @@ fn per_sample_sq_norms<T: Real>(
             inputs,
             outputs,
             weight,
+            bias,
         } => {
             let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
             for i in 0..b {
@@ -129,7 +130,9 @@ fn per_sample_sq_norms<T: Real>(
                 b_sum += d2;
             }
             sums[weight] += w_sum;
-            sums[weight + 1] += b_sum;
+            if bias {
+                sums[weight + 1] += b_sum;
+            }
         }
         PerSample::Materialise => {
             let tensors = &net.layout.tensors[layer.tensors()];

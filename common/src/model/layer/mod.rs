@@ -34,11 +34,13 @@ pub enum PerSample {
     /// gₙ = [δₙ·aₙᵀ, δₙ] (weight `[outputs, inputs]`, bias `[outputs]`) for input row aₙ and output
     /// cotangent δₙ, so the products have closed forms: G·Gᵀ = (A·Aᵀ + 1) ⊙ (Δ·Δᵀ),
     /// (G·v)ₙ = δₙᵀ·V·aₙ + δₙ·v_b, Gᵀ·c = [Δᵀ·diag(c)·A, Δᵀ·c] (Goodfellow 2015, "Efficient
-    /// per-example gradient computations"). Tensors `weight`, `weight + 1` of the layout.
+    /// per-example gradient computations"). Tensors `weight`, `weight + 1` of the layout; without a
+    /// bias (`bias: false`) gₙ = δₙ·aₙᵀ and the terms of the bias column drop out (A·Aᵀ ⊙ Δ·Δᵀ).
     OuterProduct {
         inputs: usize,
         outputs: usize,
         weight: usize,
+        bias: bool,
     },
     /// The per-sample gradients are materialised by [`LayerOps::per_sample_gradients`].
     Materialise,
@@ -324,6 +326,9 @@ layer_types! {
     relu: Relu,
     tanh: Tanh,
     gelu: Gelu,
+    gelu_tanh: GeluTanh,
+    sigmoid: Sigmoid,
+    silu: Silu,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

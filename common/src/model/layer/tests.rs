@@ -59,6 +59,40 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            "GELU (tanh)",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| GeluTanh { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "Sigmoid",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Sigmoid { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "SiLU",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Silu { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // Without biases, below and above a ReLU (the closed-form per-sample products without
+            // the bias column; the exact trace).
+            "Linear (bias=False)",
+            network(|s| {
+                s.push(|sc| Linear::with_bias(sc, 5, 6, false));
+                s.push(|_| Relu { features: 6 });
+                s.push(|sc| Linear::with_bias(sc, 6, 3, false));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
@@ -449,4 +483,56 @@ fn tensor_names_follow_the_module_structure() {
     );
     let offsets: Vec<usize> = net.layout.tensors.iter().map(|t| t.offset).collect();
     assert_eq!(offsets, [0, 6, 8, 12, 14, 18, 20, 24]);
+}
+
+/// The activations' values against PyTorch's (torch 2.x, float64): `F.gelu(x, approximate="tanh")`,
+/// `torch.sigmoid`, `F.silu` at x = −3, −0.5, 0, 1, 4 (an independent check of φ; φ′ and φ″ are
+/// checked by the finite differences above).
+#[test]
+fn activation_values_match_pytorch() {
+    let xs = [-3.0, -0.5, 0.0, 1.0, 4.0];
+    let cases: [(&str, [f64; 5], fn(f64) -> f64); 3] = [
+        (
+            "gelu tanh",
+            [
+                -0.003_637_392_081_772_994_3,
+                -0.154_285_990_174_856_06,
+                0.0,
+                0.841_191_990_608_276_8,
+                3.999_929_754_051_807_5,
+            ],
+            |x| GeluTanh { features: 1 }.value(x),
+        ),
+        (
+            "sigmoid",
+            [
+                0.047_425_873_177_566_78,
+                0.377_540_668_798_145_4,
+                0.5,
+                0.731_058_578_630_004_9,
+                0.982_013_790_037_908_5,
+            ],
+            |x| Sigmoid { features: 1 }.value(x),
+        ),
+        (
+            "silu",
+            [
+                -0.142_277_619_532_700_35,
+                -0.188_770_334_399_072_7,
+                0.0,
+                0.731_058_578_630_004_9,
+                3.928_055_160_151_634,
+            ],
+            |x| Silu { features: 1 }.value(x),
+        ),
+    ];
+    for (name, want, f) in cases {
+        for (&x, &w) in xs.iter().zip(&want) {
+            let got = f(x);
+            assert!(
+                (got - w).abs() <= 4e-16 * w.abs().max(1.0),
+                "{name}({x}) = {got}, PyTorch {w}"
+            );
+        }
+    }
 }
