@@ -22,6 +22,7 @@ mod elementwise;
 mod tests;
 
 pub use elementwise::Elementwise;
+pub use layer_norm::Epsilon;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
 use crate::Real;
@@ -329,6 +330,7 @@ layer_types! {
     gelu_tanh: GeluTanh,
     sigmoid: Sigmoid,
     silu: Silu,
+    layer_norm: LayerNorm,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

@@ -93,6 +93,25 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            "LayerNorm",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|sc| LayerNorm::new(sc, 6, 6, 1e-5, true));
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
+            // Two rows of 3 per sample (the last dimension of a [2, 3] sample), no affine part,
+            // then an affine one over all 6 features.
+            "LayerNorm (rows, affine=False)",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|sc| LayerNorm::new(sc, 6, 3, 1e-5, false));
+                s.push(|sc| LayerNorm::new(sc, 6, 6, 0.1, true));
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
