@@ -142,6 +142,7 @@ fn per_sample_sq_norms<T: Real>(
             let mut acc = vec![0.0f64; tensors.len()];
             for i in 0..b {
                 layer.per_sample_gradients(
+                    pass.params,
                     &x[i * fin..(i + 1) * fin],
                     &dy[i * fout..(i + 1) * fout],
                     1,

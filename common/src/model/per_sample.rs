@@ -102,9 +102,11 @@ impl Network {
     }
 
     /// Materialises the per-sample gradients of the layers without a closed form (needed before
-    /// the products below). `ws` holds [`Network::per_sample_pass`] of these `batch` samples.
+    /// the products below). `ws` holds [`Network::per_sample_pass`] of these `batch` samples at
+    /// `params`.
     pub fn per_sample_prepare<T: Real>(
         &self,
+        params: &[T],
         x: &[T],
         batch: usize,
         ws: &Workspace<T>,
@@ -116,6 +118,7 @@ impl Network {
         for b in &sc.blocks {
             let input = self.layer_input(b.layer, x, ws);
             self.layers[b.layer].per_sample_gradients(
+                params,
                 input,
                 &ws.deltas[b.layer],
                 batch,

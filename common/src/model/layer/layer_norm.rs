@@ -339,6 +339,7 @@ impl LayerOps for LayerNorm {
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,

@@ -307,6 +307,7 @@ impl LayerOps for Linear {
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,

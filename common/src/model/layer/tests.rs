@@ -112,6 +112,44 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // y = x + f(x) with a LayerNorm and a GELU inside, between two Linear layers; then a
+            // residual block nested in another (the inner scratch of the level below).
+            "Residual",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.residual("1", 4, |r| {
+                    r.push(|sc| LayerNorm::new(sc, 4, 4, 1e-5, true));
+                    r.push(|sc| Linear::new(sc, 4, 4));
+                    r.push(|_| Gelu { features: 4 });
+                });
+                s.residual("2", 4, |r| {
+                    r.push(|sc| Linear::with_bias(sc, 4, 4, false));
+                    r.push(|_| Tanh { features: 4 });
+                    r.residual("2", 4, |q| q.push(|sc| Linear::new(sc, 4, 4)));
+                });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // Piecewise linear (the exact trace applies), first in the network (R{x} = None), a
+            // convolution inside (the nested im2col scratch), a max-pool after it.
+            "Residual (ReLU, first)",
+            network(|s| {
+                s.residual("0", 8, |r| {
+                    r.push(|sc| Linear::new(sc, 8, 8));
+                    r.push(|_| Relu { features: 8 });
+                    r.push(|sc| Conv2d::new(sc, geometry(2, 2, 3, 1), 2));
+                });
+                s.push(|sc| Conv2d::new(sc, geometry(2, 2, 1, 0), 2));
+                s.functional(MaxPool2d {
+                    channels: 2,
+                    height: 2,
+                    width: 2,
+                });
+                s.push(|sc| Linear::new(sc, 2, 3));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
@@ -341,7 +379,7 @@ fn per_sample_products_match_single_sample_passes() {
         let mut ws = p.net.workspace(b);
         p.net.per_sample_pass(&p.params, &p.x, &p.labels, &mut ws);
         let mut sc = p.net.per_sample_scratch(b);
-        p.net.per_sample_prepare(&p.x, b, &ws, &mut sc);
+        p.net.per_sample_prepare(&p.params, &p.x, b, &ws, &mut sc);
         let mut gram = vec![0.0; b * b];
         p.net.per_sample_gram(&p.x, b, &ws, &mut sc, &mut gram);
         let want: Vec<f64> = (0..b * b)
@@ -382,6 +420,7 @@ fn per_sample_products_match_single_sample_passes() {
             };
             let mut rows = vec![0.0; b * (end - start)];
             layer.per_sample_gradients(
+                &p.params,
                 input,
                 &ws.deltas[i],
                 b,
