@@ -27,12 +27,19 @@ pub struct ExactTrace {
 }
 
 /// Why the exact trace does not apply to a network, if it does not.
+/// A spec model's layer is named by its dotted `state_dict` name (`layer 3.0`), a preset's by its
+/// position.
 pub fn exact_trace_unavailable(net: &Network) -> Option<String> {
     net.not_piecewise_linear().map(|(i, kind)| {
+        let (layer, kind) = match &net.arch {
+            crate::model::Architecture::Spec(spec) => spec
+                .first_curved_layer()
+                .unwrap_or_else(|| ((i + 1).to_string(), kind)),
+            _ => ((i + 1).to_string(), kind),
+        };
         format!(
-            "the exact trace needs a piecewise-linear network (ReLU, identity, max-pool); this one uses {} (layer {}, nn.{kind}), whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)",
+            "the exact trace needs a piecewise-linear network (ReLU, identity, max-pool); this one uses {} (layer {layer}, nn.{kind}), whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)",
             kind.to_lowercase(),
-            i + 1
         )
     })
 }

@@ -14,6 +14,7 @@ mod loss;
 mod network;
 mod per_sample;
 mod size;
+mod spec;
 
 pub(crate) use arch::too_few_classes;
 pub use arch::{
@@ -33,3 +34,4 @@ pub use per_sample::PerSampleScratch;
 pub use size::{
     check_fits_in_memory, format_bytes, group_digits, memory_limit, ModelSize, PARAMETER_COPIES,
 };
+pub use spec::{is_spec_path, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES};

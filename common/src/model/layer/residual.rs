@@ -222,7 +222,7 @@ impl LayerOps for Residual {
     fn tensors(&self) -> Range<usize> {
         let mut with = self.layers.iter().map(|l| l.tensors()).filter(|t| !t.is_empty());
         match with.next() {
-            Some(first) => first.start..with.last().map_or(first.end, |t| t.end),
+            Some(first) => first.start..with.next_back().map_or(first.end, |t| t.end),
             None => 0..0,
         }
     }

@@ -549,7 +549,8 @@ fn tensor_names_follow_the_module_structure() {
 #[test]
 fn activation_values_match_pytorch() {
     let xs = [-3.0, -0.5, 0.0, 1.0, 4.0];
-    let cases: [(&str, [f64; 5], fn(f64) -> f64); 3] = [
+    type Case = (&'static str, [f64; 5], fn(f64) -> f64);
+    let cases: [Case; 3] = [
         (
             "gelu tanh",
             [
