@@ -645,12 +645,14 @@ impl NetSpec {
                         format!("sizes must be integers ≥ 1, got {}", obj["input"]),
                     )
                 })?,
-            Some(other) => return Err(Error::spec(
-                "input",
-                format!(
+            Some(other) => {
+                return Err(Error::spec(
+                    "input",
+                    format!(
                     "must be one sample's shape, 1 to 3 sizes ([784] or [1, 28, 28]), got {other}"
                 ),
-            )),
+                ))
+            }
         };
         features("input", &input)?;
         match obj.get("loss") {
