@@ -217,6 +217,15 @@ impl Architecture {
         }
     }
 
+    /// A spec model's spec as written (what analysis records carry as `model_spec`); `None` for
+    /// the presets.
+    pub fn spec_source(&self) -> Option<&Value> {
+        match self {
+            Architecture::Spec(spec) => Some(spec.source()),
+            _ => None,
+        }
+    }
+
     /// The description stored in checkpoint metadata and records.
     pub fn to_json(&self) -> Value {
         match self {
