@@ -23,9 +23,9 @@ pub use arch::{
 };
 pub use init::initialise;
 pub use layer::{
-    Conv2d, Elementwise, Epsilon, Gelu, GeluTanh, Layer, LayerNorm, LayerOps, Linear, MaxPool2d,
-    Pass, PerSample, RPass, Relu, Residual, Scope, Scratch, Sequential, Sigmoid, Silu, Tanh,
-    LAYER_TYPES,
+    AvgPool2d, Conv2d, Elementwise, Epsilon, Gelu, GeluTanh, Layer, LayerNorm, LayerOps, Linear,
+    MaxPool2d, Pass, PerSample, RPass, Relu, Residual, Scope, Scratch, Sequential, Sigmoid, Silu,
+    Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{softmax_cross_entropy, HessianFactor, Loss};

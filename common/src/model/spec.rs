@@ -22,8 +22,8 @@
 //! against a spec without building it.
 
 use super::layer::{
-    Conv2d, Gelu, GeluTanh, Layer, LayerNorm, Linear, MaxPool2d, Relu, Sequential, Sigmoid, Silu,
-    Tanh,
+    AvgPool2d, Conv2d, Gelu, GeluTanh, Layer, LayerNorm, Linear, MaxPool2d, Relu, Sequential,
+    Sigmoid, Silu, Tanh,
 };
 use super::size::ModelSize;
 use crate::device::cpu::ConvGeometry;
@@ -44,6 +44,7 @@ pub const SPEC_LAYER_TYPES: &[&str] = &[
     "linear",
     "conv2d",
     "maxpool2d",
+    "avgpool2d",
     "flatten",
     "relu",
     "tanh",
@@ -91,6 +92,10 @@ enum Kind {
         padding: usize,
     },
     MaxPool2d,
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+    },
     Flatten,
     Identity,
     Act(Act),
@@ -321,7 +326,7 @@ fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
     Some(match ty {
         "linear" => &["out", "bias"],
         "conv2d" => &["out", "kernel", "stride", "padding", "bias"],
-        "maxpool2d" => &["kernel", "stride"],
+        "maxpool2d" | "avgpool2d" => &["kernel", "stride"],
         "flatten" | "relu" | "tanh" | "sigmoid" | "silu" | "identity" => &[],
         "gelu" => &["approximate"],
         "layernorm" => &["eps", "affine"],
@@ -485,6 +490,25 @@ fn parse_layer(
                 ));
             }
             (Kind::MaxPool2d, vec![c, h / 2, w / 2])
+        }
+        "avgpool2d" => {
+            let [c, h, w] = image("avgpool2d")?;
+            let kernel = uint(obj, at, "kernel", 1, None)?;
+            let stride = uint(obj, at, "stride", 1, Some(kernel as u64))?;
+            if kernel > h || kernel > w {
+                return Err(Error::spec(
+                    at,
+                    format!(
+                        "a {kernel}×{kernel} pooling does not fit the input {}",
+                        shape_str(input)
+                    ),
+                ));
+            }
+            let side = |s: usize| (s - kernel) / stride + 1;
+            (
+                Kind::AvgPool2d { kernel, stride },
+                vec![c, side(h), side(w)],
+            )
         }
         "flatten" => (Kind::Flatten, vec![f as usize]),
         "identity" => (Kind::Identity, input.to_vec()),
@@ -807,6 +831,13 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
                 height: l.input[1],
                 width: l.input[2],
             }),
+            Kind::AvgPool2d { kernel, stride } => seq.functional(AvgPool2d {
+                channels: l.input[0],
+                height: l.input[1],
+                width: l.input[2],
+                kernel: *kernel,
+                stride: *stride,
+            }),
             Kind::Flatten | Kind::Identity => {}
             Kind::Act(a) => seq.functional(a.layer(f)),
             Kind::LayerNorm { eps_bits, affine } => {
@@ -843,6 +874,9 @@ fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) 
                 l.input[0]
             )),
             Kind::MaxPool2d => out.push_str("nn.MaxPool2d(2)"),
+            Kind::AvgPool2d { kernel, stride } => {
+                out.push_str(&format!("nn.AvgPool2d({kernel}, stride={stride})"))
+            }
             Kind::Flatten => out.push_str("nn.Flatten()"),
             Kind::Identity => out.push_str("nn.Identity()"),
             Kind::Act(a) => out.push_str(a.torch()),

@@ -340,6 +340,7 @@ layer_types! {
     silu: Silu,
     layer_norm: LayerNorm,
     residual: Residual,
+    avg_pool2d: AvgPool2d,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

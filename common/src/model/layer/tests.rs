@@ -31,6 +31,22 @@ fn geometry(channels: usize, side: usize, kernel: usize, padding: usize) -> Conv
     }
 }
 
+fn geometry2(
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    padding: usize,
+) -> ConvGeometry {
+    ConvGeometry {
+        channels,
+        height,
+        width,
+        kernel,
+        padding,
+    }
+}
+
 /// One tiny network per layer type, each with the type in a position where its input depends on
 /// θ (so the cross-layer terms of the R-operator are exercised).
 fn networks() -> Vec<(&'static str, Network)> {
@@ -145,6 +161,30 @@ fn networks() -> Vec<(&'static str, Network)> {
                     channels: 2,
                     height: 2,
                     width: 2,
+                });
+                s.push(|sc| Linear::new(sc, 2, 3));
+            }),
+        ),
+        (
+            // Overlapping windows (kernel 3, stride 2) on a 7×6 plane: the floor drops the last
+            // column; then non-overlapping 2×2 after a tanh.
+            "AvgPool2d",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry2(1, 7, 6, 3, 1), 2));
+                s.functional(AvgPool2d {
+                    channels: 2,
+                    height: 7,
+                    width: 6,
+                    kernel: 3,
+                    stride: 2,
+                });
+                s.push(|_| Tanh { features: 12 });
+                s.functional(AvgPool2d {
+                    channels: 2,
+                    height: 3,
+                    width: 2,
+                    kernel: 2,
+                    stride: 2,
                 });
                 s.push(|sc| Linear::new(sc, 2, 3));
             }),
@@ -594,4 +634,26 @@ fn activation_values_match_pytorch() {
             );
         }
     }
+}
+
+/// Average pooling against a hand computation: a 1×3×4 plane, kernel 2, stride 2 (the last row is
+/// dropped) and kernel 2, stride 1 (overlapping).
+#[test]
+fn average_pooling_matches_a_hand_computation() {
+    let x: Vec<f64> = (0..12).map(|v| v as f64).collect();
+    let pool = |kernel, stride| {
+        let l = AvgPool2d {
+            channels: 1,
+            height: 3,
+            width: 4,
+            kernel,
+            stride,
+        };
+        let mut y = vec![0.0; l.out_features()];
+        l.forward(&[], &x, 1, &mut y, &mut [], &mut Scratch::default());
+        y
+    };
+    // Rows 0..4, 4..8, 8..12: windows (0,1,4,5), (2,3,6,7).
+    assert_eq!(pool(2, 2), [2.5, 4.5]);
+    assert_eq!(pool(2, 1), [2.5, 3.5, 4.5, 6.5, 7.5, 8.5]);
 }

@@ -125,20 +125,22 @@ fn convolutional_specs_infer_their_shapes() {
                    {"type": "relu"},
                    {"type": "residual", "layers": [{"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, {"type": "gelu", "approximate": "tanh"}]},
                    {"type": "maxpool2d", "kernel": 2},
+                   {"type": "avgpool2d", "kernel": 2, "stride": 1},
                    {"type": "conv2d", "out": 3, "kernel": 2, "stride": 1},
                    {"type": "layernorm"},
                    {"type": "flatten"},
                    {"type": "linear", "out": 5}]});
     let a = arch(&v);
-    // 9 → 9 (padding 1) → 4 (pooling floors) → 3 (kernel 2); LayerNorm over the last side.
+    // 9 → 9 (padding 1) → 4 (pooling floors) → 3 (average pooling, stride 1) → 2 (kernel 2);
+    // LayerNorm over the last side.
     let shapes: Vec<(String, Vec<usize>)> = (0..a.tensor_count().unwrap())
         .map(|i| a.tensor_spec(i).unwrap())
         .collect();
     assert_eq!(shapes[0], ("0.weight".into(), vec![4, 2, 3, 3]));
     assert_eq!(shapes[2], ("2.0.weight".into(), vec![4, 4, 3, 3]));
-    assert_eq!(shapes[4], ("4.weight".into(), vec![3, 4, 2, 2]));
-    assert_eq!(shapes[6], ("5.weight".into(), vec![3]));
-    assert_eq!(shapes[8], ("7.weight".into(), vec![5, 27]));
+    assert_eq!(shapes[4], ("5.weight".into(), vec![3, 4, 2, 2]));
+    assert_eq!(shapes[6], ("6.weight".into(), vec![2]));
+    assert_eq!(shapes[8], ("8.weight".into(), vec![5, 12]));
     check_against_build(&a);
     assert_eq!(a.size().unwrap().scratch, 4 * 9 * 81);
 }
@@ -252,6 +254,14 @@ fn malformed_specs_are_refused_with_the_json_path() {
         (
             json!({"input": [4], "layers": [{"type": "linear", "out": 1}]}),
             "layers: the model's output is [1], but cross-entropy needs [classes] with at least 2",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 5}]}),
+            "layers[0]: a 5×5 pooling does not fit the input [1, 4, 4]",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 2, "stride": 0}]}),
+            "layers[0].stride: must be an integer ≥ 1, got 0",
         ),
         (
             json!({"input": [2, 4, 4], "layers": [{"type": "relu"}]}),
