@@ -25,6 +25,10 @@ pub enum Error {
     /// An invalid setting (hyperparameter, architecture, flag combination).
     #[error("{0}")]
     Invalid(String),
+    /// A model spec (JSON) that is malformed or describes an impossible model: `at` is the JSON
+    /// path of the problem (`layers[3].layers[0].out`).
+    #[error("{at}: {msg}")]
+    Spec { at: String, msg: String },
     /// Training produced a non-finite loss or parameter.
     #[error("training diverged at epoch {epoch}, step {step}: non-finite {what}")]
     Diverged {
@@ -62,6 +66,12 @@ impl Error {
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn spec(at: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Spec {
+            at: at.into(),
             msg: msg.into(),
         }
     }

@@ -172,7 +172,7 @@ fn gram_check(ck_name: &str, ref_name: &str) {
     let mut g = vec![0.0; p];
     net.loss_and_gradient(&params, &x, &y, &mut g, &mut ws);
     let mut ps = net.per_sample_scratch::<f64>(b);
-    net.per_sample_prepare(&x, b, &ws, &mut ps);
+    net.per_sample_prepare(&params, &x, b, &ws, &mut ps);
     net.per_sample_gram(&x, b, &ws, &mut ps, &mut gram);
     let want_gram: Vec<f64> = gc["GGt"]
         .as_array()

@@ -378,6 +378,9 @@ fn analyse_record(
         analyse::<f32>(args, &ck, data, samples, path, density, density_written)?
     };
     out.insert("model".into(), Value::from(ck.network.arch.name()));
+    if let Some(spec) = ck.network.arch.spec_source() {
+        out.insert("model_spec".into(), spec.clone());
+    }
     out.insert("parameters".into(), Value::from(ck.network.num_params()));
     let mut data_json: Map<String, Value> =
         data.record_fields(ck.network.loss).into_iter().collect();

@@ -304,6 +304,9 @@ fn run(args: Args) -> Result<ExitCode> {
             let pot = NetworkPotential::new(&ck.network, train, args.batch_size)?;
             let mut context = Map::new();
             context.insert("model".into(), Value::from(ck.network.arch.name()));
+            if let Some(spec) = ck.network.arch.spec_source() {
+                context.insert("model_spec".into(), spec.clone());
+            }
             context.extend(train.record_fields(ck.network.loss));
             if train.kind().is_some() {
                 context.insert(

@@ -87,12 +87,18 @@ struct Args {
     /// explicit cuda is refused).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     device: String,
-    /// Model: mlp (widths from --hidden), lenet (--extra-layers), or a name such as mlp_1x128,
-    /// mlp_2x256, mlp_128-64_tanh, lenet_k3. With --init, mlp and lenet take their sizes from the
-    /// checkpoint unless --hidden / --extra-layers is given, and a name must match it exactly
-    /// [default: mlp, or with --init the checkpoint's model].
+    /// Model: mlp (widths from --hidden), lenet (--extra-layers), a name such as mlp_1x128,
+    /// mlp_2x256, mlp_128-64_tanh, lenet_k3, or a JSON spec file (net.json; docs/model-spec.md).
+    /// With --init, mlp and lenet take their sizes from the checkpoint unless --hidden /
+    /// --extra-layers is given, and a name or spec must match it exactly [default: mlp, or with
+    /// --init the checkpoint's model].
     #[arg(long)]
     model: Option<String>,
+    /// Print the PyTorch module of the model (--model, or the --init checkpoint's) and exit: for a
+    /// spec, Python source defining `build()` whose `load_state_dict(strict=True)` takes our
+    /// checkpoints.
+    #[arg(long)]
+    print_torch: bool,
     /// Hidden layer widths of the MLP, comma-separated (e.g. 256,256) [default: 128]. Models whose
     /// parameters, optimiser state and workspace would not fit in this machine's memory are refused.
     #[arg(long, value_delimiter = ',')]
@@ -169,8 +175,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Output folder for checkpoints (epoch-NNNN.safetensors) and the run log (run.jsonl).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "print_torch")]
+    out: Option<PathBuf>,
     /// Run name in records [default: the --out folder's name].
     #[arg(long)]
     run: Option<String>,
@@ -322,6 +328,14 @@ fn run(args: Args) -> Result<()> {
             (Some(ck), arch)
         }
     };
+    if args.print_torch {
+        println!("{}", arch.torch_definition());
+        return Ok(());
+    }
+    let out_dir = args
+        .out
+        .clone()
+        .expect("clap requires --out without --print-torch");
     // The run to continue: checkpoint and sidecar checked to be one pair before any data is read.
     let resume = match (&init, args.resume) {
         (Some(ck), true) => {
@@ -442,7 +456,7 @@ fn run(args: Args) -> Result<()> {
         .clone()
         .or_else(|| resume.as_ref().map(|r| r.settings.run.clone()))
         .unwrap_or_else(|| {
-            args.out
+            out_dir
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "run".to_string())
@@ -475,14 +489,14 @@ fn run(args: Args) -> Result<()> {
         (false, false) => OutputMode::Fresh,
     };
     prepare_output(
-        &args.out,
+        &out_dir,
         mode,
         args.init.as_deref(),
         resume.as_ref().map(|r| (&r.start, &r.settings)),
     )?;
     let cfg = TrainConfig {
         run,
-        out_dir: args.out.clone(),
+        out_dir: out_dir.clone(),
         data_dir: args.data_dir.clone(),
         seed,
         epochs: args.epochs,

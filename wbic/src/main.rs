@@ -248,6 +248,9 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             let mut context = Map::new();
             context.insert("model".into(), Value::from(ck.network.arch.name()));
+            if let Some(spec) = ck.network.arch.spec_source() {
+                context.insert("model_spec".into(), spec.clone());
+            }
             context.extend(train.record_fields(ck.network.loss));
             if train.kind().is_some() {
                 context.insert(

@@ -27,12 +27,19 @@ pub struct ExactTrace {
 }
 
 /// Why the exact trace does not apply to a network, if it does not.
+/// A spec model's layer is named by its dotted `state_dict` name (`layer 3.0`), a preset's by its
+/// position.
 pub fn exact_trace_unavailable(net: &Network) -> Option<String> {
     net.not_piecewise_linear().map(|(i, kind)| {
+        let (layer, kind) = match &net.arch {
+            crate::model::Architecture::Spec(spec) => spec
+                .first_curved_layer()
+                .unwrap_or_else(|| ((i + 1).to_string(), kind)),
+            _ => ((i + 1).to_string(), kind),
+        };
         format!(
-            "the exact trace needs a piecewise-linear network (ReLU, identity, max-pool); this one uses {} (layer {}, nn.{kind}), whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)",
+            "the exact trace needs a piecewise-linear network (ReLU, identity, max-pool); this one uses {} (layer {layer}, nn.{kind}), whose second derivative puts a non-zero term on the Hessian's diagonal, so tr(H) ≠ tr(Gauss-Newton): use Hutchinson (--probes or --rtol)",
             kind.to_lowercase(),
-            i + 1
         )
     })
 }
@@ -114,6 +121,7 @@ fn per_sample_sq_norms<T: Real>(
             inputs,
             outputs,
             weight,
+            bias,
         } => {
             let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
             for i in 0..b {
@@ -129,7 +137,9 @@ fn per_sample_sq_norms<T: Real>(
                 b_sum += d2;
             }
             sums[weight] += w_sum;
-            sums[weight + 1] += b_sum;
+            if bias {
+                sums[weight + 1] += b_sum;
+            }
         }
         PerSample::Materialise => {
             let tensors = &net.layout.tensors[layer.tensors()];
@@ -139,6 +149,7 @@ fn per_sample_sq_norms<T: Real>(
             let mut acc = vec![0.0f64; tensors.len()];
             for i in 0..b {
                 layer.per_sample_gradients(
+                    pass.params,
                     &x[i * fin..(i + 1) * fin],
                     &dy[i * fout..(i + 1) * fout],
                     1,

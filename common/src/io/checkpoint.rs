@@ -13,7 +13,7 @@
 //! model's size is built, so parameters are only allocated for tensors whose bytes are in the file.
 
 use super::atomic::atomic_write;
-use crate::model::{Activation, Architecture, ModelSpec, Network, MNIST_INPUT};
+use crate::model::{Activation, Architecture, ModelSpec, NetSpec, Network, MNIST_INPUT};
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -187,7 +187,24 @@ impl Checkpoint {
         }
 
         let arch = choose_architecture(path, model, &meta, &shapes)?;
-        check_tensors_fit(path, &arch, &ordered, &shapes)?;
+        // A spec model's tensors are matched by name, in whatever order the file lists them.
+        let (ordered, views, shapes) = match &arch {
+            Architecture::Spec(spec) => {
+                let order = match_spec_tensors(path, spec, &ordered, &shapes)?;
+                let ordered: Vec<String> = order.iter().map(|&j| ordered[j].clone()).collect();
+                let views: Vec<safetensors::tensor::TensorView> = ordered
+                    .iter()
+                    .map(|n| st.tensor(n))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| meta_err(path, format!("cannot read tensor: {e}")))?;
+                let shapes = order.iter().map(|&j| shapes[j].clone()).collect();
+                (ordered, views, shapes)
+            }
+            _ => {
+                check_tensors_fit(path, &arch, &ordered, &shapes)?;
+                (ordered, views, shapes)
+            }
+        };
         // A checkpoint trained with the mean squared error (its metadata's `loss`) may have one
         // output; with cross-entropy (or no record of the loss) it needs two.
         let loss = match meta.get("loss").and_then(Value::as_str) {
@@ -195,14 +212,13 @@ impl Checkpoint {
             _ => crate::model::Loss::SoftmaxCrossEntropy,
         };
         if let Some(why) = crate::model::too_few_classes(arch.classes(), loss) {
-            let last = ordered.len() - 2;
-            return Err(meta_err(
-                path,
-                format!(
-                    "tensor {} has shape {:?}: {why}",
-                    ordered[last], shapes[last]
-                ),
-            ));
+            // The output layer's weight, when the file's tensors are weight/bias pairs.
+            let culprit = ordered
+                .len()
+                .checked_sub(2)
+                .map(|i| format!("tensor {} has shape {:?}: ", ordered[i], shapes[i]))
+                .unwrap_or_default();
+            return Err(meta_err(path, format!("{culprit}{why}")));
         }
         arch.size_for(loss)
             .map_err(|e| meta_err(path, e.to_string()))?;
@@ -350,6 +366,63 @@ fn check_tensors_fit(
         }
     }
     Ok(())
+}
+
+/// The most differences listed when a file does not match a spec model.
+const MAX_LISTED_DIFFERENCES: usize = 20;
+
+/// Matches a file's tensors with a spec model's by name: returns, for each of the model's tensors in
+/// `state_dict` order, its index among the file's. Every tensor the model lacks or does not expect,
+/// and every shape that differs, is listed (up to [`MAX_LISTED_DIFFERENCES`]).
+fn match_spec_tensors(
+    path: &Path,
+    spec: &NetSpec,
+    names: &[String],
+    shapes: &[Vec<usize>],
+) -> Result<Vec<usize>> {
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut problems = Vec::new();
+    let mut order = Vec::with_capacity(spec.tensors().len());
+    for (name, shape) in spec.tensors() {
+        match index.get(name.as_str()) {
+            None => problems.push(format!("{name} {shape:?} is missing")),
+            Some(&j) => {
+                if shapes[j] != *shape {
+                    problems.push(format!("{name} is {:?}, expected {shape:?}", shapes[j]));
+                }
+                order.push(j);
+            }
+        }
+    }
+    let expected: std::collections::HashSet<&str> =
+        spec.tensors().iter().map(|(n, _)| n.as_str()).collect();
+    for (name, shape) in names.iter().zip(shapes) {
+        if !expected.contains(name.as_str()) {
+            problems.push(format!("{name} {shape:?} is not in the model"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(order);
+    }
+    let more = problems.len().saturating_sub(MAX_LISTED_DIFFERENCES);
+    problems.truncate(MAX_LISTED_DIFFERENCES);
+    Err(meta_err(
+        path,
+        format!(
+            "the tensors do not match model {}: {}{}",
+            spec.name(),
+            problems.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    ))
 }
 
 /// The model's name for messages, summarised when it would list thousands of widths.
@@ -966,5 +1039,74 @@ mod tests {
             "{e}"
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A spec model's tensors are matched by name: a PyTorch `state_dict` file (no metadata, names
+    /// in any order, `fc` sorting after `block`) loads, each tensor in its place; a file that does
+    /// not match lists every difference.
+    #[test]
+    fn spec_models_match_tensors_by_name() {
+        let spec = serde_json::json!({"input": [3], "layers": [
+            {"type": "linear", "out": 4, "name": "fc"},
+            {"type": "residual", "name": "block", "layers": [{"type": "layernorm"}, {"type": "relu"}]},
+            {"type": "linear", "out": 2, "bias": false}]});
+        let arch = Architecture::Spec(Box::new(NetSpec::from_json("named", &spec).unwrap()));
+        let exact = ModelSpec::Exact(arch);
+        let tensors = [
+            ("block.0.bias", vec![4]),
+            ("2.weight", vec![2, 4]),
+            ("fc.bias", vec![4]),
+            ("block.0.weight", vec![4]),
+            ("fc.weight", vec![4, 3]),
+        ];
+        let data: Vec<Vec<f32>> = (0..tensors.len())
+            .map(|i| {
+                let n: usize = tensors[i].1.iter().product();
+                (0..n).map(|k| (10 * i + k) as f32).collect()
+            })
+            .collect();
+        let named: Vec<(String, Vec<usize>, &[f32])> = tensors
+            .iter()
+            .zip(&data)
+            .map(|((n, s), d)| (n.to_string(), s.clone(), &d[..]))
+            .collect();
+        let bytes = encode_safetensors(&named, &BTreeMap::new());
+        let p = Path::new("torch.safetensors");
+        let ck = Checkpoint::from_bytes(p, &bytes, Some(&exact)).unwrap();
+        let layout = &ck.network.layout;
+        assert_eq!(
+            layout.names(),
+            [
+                "fc.weight",
+                "fc.bias",
+                "block.0.weight",
+                "block.0.bias",
+                "2.weight"
+            ]
+        );
+        for (i, (name, _)) in tensors.iter().enumerate() {
+            assert_eq!(
+                layout.view(&ck.params, name).unwrap(),
+                &data[i][..],
+                "{name}"
+            );
+        }
+        // Without --model the metadata is needed; with it, every difference is listed.
+        let bad = file_with(&[
+            ("fc.weight", vec![4, 5]),
+            ("fc.bias", vec![4]),
+            ("block.0.weight", vec![4]),
+            ("2.weight", vec![2, 4]),
+            ("2.bias", vec![2]),
+        ]);
+        let e = load_err(&bad, Some(&exact));
+        for want in [
+            "the tensors do not match model named",
+            "fc.weight is [4, 5], expected [4, 3]",
+            "block.0.bias [4] is missing",
+            "2.bias [2] is not in the model",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 }

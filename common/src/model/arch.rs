@@ -5,6 +5,7 @@ use super::layer::{
 };
 use super::layout::ParamLayout;
 use super::size::ModelSize;
+use super::spec::{is_spec_path, NetSpec};
 use crate::device::cpu::ConvGeometry;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -75,6 +76,9 @@ pub enum Architecture {
         input: [usize; 3],
         classes: usize,
     },
+    /// A model from a JSON spec (`--model net.json`; see [`NetSpec`] and `docs/model-spec.md`),
+    /// validated, its tensors and sizes known without building it.
+    Spec(Box<NetSpec>),
 }
 
 /// One MNIST or Fashion-MNIST image: 1 channel, 28×28 (the paper's models' input).
@@ -148,6 +152,8 @@ impl Architecture {
                 input,
                 classes,
             },
+            // A spec fixes its input shape and outputs; Network::check_input compares them.
+            spec @ Architecture::Spec(_) => spec,
         }
     }
 
@@ -177,6 +183,7 @@ impl Architecture {
                 extra_layers: 2, ..
             } => "lenet".to_string(),
             Architecture::LeNet { extra_layers, .. } => format!("lenet_k{extra_layers}"),
+            Architecture::Spec(spec) => spec.name().to_string(),
         }
     }
 
@@ -185,6 +192,7 @@ impl Architecture {
         match self {
             Architecture::Mlp { input, .. } => *input,
             Architecture::LeNet { input, .. } => input.iter().fold(1, |a, &d| a.saturating_mul(d)),
+            Architecture::Spec(spec) => spec.input_features(),
         }
     }
 
@@ -194,6 +202,10 @@ impl Architecture {
         match self {
             Architecture::Mlp { .. } => None,
             Architecture::LeNet { input, .. } => Some(*input),
+            Architecture::Spec(spec) => match spec.input() {
+                [c, h, w] => Some([*c, *h, *w]),
+                _ => None,
+            },
         }
     }
 
@@ -201,6 +213,16 @@ impl Architecture {
         match self {
             Architecture::Mlp { classes, .. } => *classes,
             Architecture::LeNet { classes, .. } => *classes,
+            Architecture::Spec(spec) => spec.classes(),
+        }
+    }
+
+    /// A spec model's spec as written (what analysis records carry as `model_spec`); `None` for
+    /// the presets.
+    pub fn spec_source(&self) -> Option<&Value> {
+        match self {
+            Architecture::Spec(spec) => Some(spec.source()),
+            _ => None,
         }
     }
 
@@ -230,6 +252,11 @@ impl Architecture {
                 "extra_layers": extra_layers,
                 "input": input,
                 "classes": classes,
+            }),
+            Architecture::Spec(spec) => json!({
+                "kind": "spec",
+                "name": spec.name(),
+                "spec": spec.source(),
             }),
         }
     }
@@ -292,20 +319,34 @@ impl Architecture {
                     classes,
                 })
             }
+            "spec" => {
+                let name = v.get("name").and_then(Value::as_str).unwrap_or("spec");
+                let spec = v
+                    .get("spec")
+                    .ok_or_else(|| Error::invalid("spec description lacks 'spec'"))?;
+                Ok(Architecture::Spec(Box::new(NetSpec::from_json(
+                    name, spec,
+                )?)))
+            }
             other => Err(Error::invalid(format!(
-                "unknown model kind '{other}' (expected mlp or lenet)"
+                "unknown model kind '{other}' (expected mlp, lenet or spec)"
             ))),
         }
     }
 
     /// Parses a model given on the command line or in foreign metadata: `mlp` (with `hidden` and
-    /// `activation`), `lenet`, or a name like `mlp_1x128`, `mlp_2x256_tanh`, `mlp_128-64`, `lenet_k3`.
+    /// `activation`), `lenet`, a name like `mlp_1x128`, `mlp_2x256_tanh`, `mlp_128-64`, `lenet_k3`,
+    /// or the path of a JSON spec (ending in `.json` or containing a `/`; [`NetSpec::load`]).
     pub fn parse(
         model: &str,
         hidden: &[usize],
         activation: Activation,
         extra: usize,
     ) -> Result<Self> {
+        if is_spec_path(model) {
+            let spec = NetSpec::load(std::path::Path::new(model))?;
+            return Ok(Architecture::Spec(Box::new(spec)));
+        }
         let m = model.to_ascii_lowercase();
         if m == "mlp" {
             return Ok(Architecture::mlp(hidden.to_vec(), activation));
@@ -428,6 +469,7 @@ impl Architecture {
                 seq.functional(Relu { features: 84 });
                 seq.named("fc_3", |s| Linear::new(s, 84, *classes));
             }),
+            Architecture::Spec(spec) => layer::build(|seq| spec.define(seq)),
         }
     }
 
@@ -437,6 +479,7 @@ impl Architecture {
         match self {
             Architecture::Mlp { hidden, .. } => hidden.len().checked_add(1)?.checked_mul(2),
             Architecture::LeNet { extra_layers, .. } => extra_layers.checked_add(5)?.checked_mul(2),
+            Architecture::Spec(spec) => Some(spec.tensors().len()),
         }
     }
 
@@ -446,6 +489,9 @@ impl Architecture {
     pub fn tensor_spec(&self, i: usize) -> Option<(String, Vec<usize>)> {
         if i >= self.tensor_count()? {
             return None;
+        }
+        if let Architecture::Spec(spec) = self {
+            return spec.tensors().get(i).cloned();
         }
         let (pair, is_bias) = (i / 2, i % 2 == 1);
         let (name, weight) = match self {
@@ -481,6 +527,7 @@ impl Architecture {
                     }
                 }
             }
+            Architecture::Spec(_) => unreachable!("answered above"),
         };
         Some(if is_bias {
             (format!("{name}.bias"), vec![weight[0]])
@@ -619,6 +666,8 @@ impl Architecture {
                     scratch: if k == 0 { base.scratch } else { one.scratch },
                 })
             }
+            // Checked when the spec was parsed.
+            Architecture::Spec(spec) => Ok(spec.size()),
         }
     }
 
@@ -668,6 +717,7 @@ impl Architecture {
                  {c}×{h}×{w})",
                 lenet_flat(*h, *w)
             ),
+            Architecture::Spec(spec) => spec.torch_source(),
         }
     }
 }
@@ -725,6 +775,14 @@ impl ModelSpec {
     /// Parses `--model`: `mlp`, `mlp_<activation>`, `lenet`, or an exact name (see
     /// [`Architecture::parse`]), whose sizes are checked ([`Architecture::size`]).
     pub fn parse(model: &str) -> Result<Self> {
+        if is_spec_path(model) {
+            return Ok(ModelSpec::Exact(Architecture::parse(
+                model,
+                &[],
+                Activation::Relu,
+                2,
+            )?));
+        }
         let m = model.to_ascii_lowercase();
         if m == "mlp" {
             return Ok(ModelSpec::Mlp { activation: None });

@@ -9,6 +9,8 @@ use crate::Real;
 /// layers here that is PyTorch's `reset_parameters` of `nn.Linear` / `nn.Conv2d`: weights
 /// Kaiming-uniform with a = √5, i.e. U(−b, b) with b = gain·√(3/fan_in), gain = √(2/(1+a²)), which is
 /// b = 1/√fan_in; biases U(−1/√fan_in, 1/√fan_in). fan_in = in (Linear) or in·kh·kw (Conv2d).
+/// `nn.LayerNorm`'s weight is 1 and its bias 0 (they draw nothing, so the stream of the other
+/// tensors does not depend on them).
 ///
 /// Two runs with the same seed (and an SGD and an NGD run with the same seed) start from identical
 /// weights. They are not PyTorch's random numbers: the distribution is the same, the stream is ours.
@@ -26,6 +28,8 @@ pub fn initialise<T: Real>(net: &Network, seed: u64) -> Vec<T> {
                     *p = T::of_f64(rng.uniform_in(-bound, bound));
                 }
             }
+            Init::Ones => params[t.range()].iter_mut().for_each(|p| *p = T::one()),
+            Init::Zeros => {}
         }
     }
     params

@@ -17,6 +17,10 @@ pub enum Init {
     /// U(−b, b) with b = 1/√fan_in: PyTorch's default for `nn.Linear` and `nn.Conv2d`, weights
     /// (Kaiming-uniform with a = √5, gain·√(3/fan_in) = 1/√fan_in) and biases alike.
     UniformFanIn { fan_in: usize },
+    /// Every element 1 (`nn.LayerNorm`'s weight); draws nothing from the stream.
+    Ones,
+    /// Every element 0 (`nn.LayerNorm`'s bias); draws nothing from the stream.
+    Zeros,
 }
 
 impl Init {

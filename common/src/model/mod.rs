@@ -14,6 +14,7 @@ mod loss;
 mod network;
 mod per_sample;
 mod size;
+mod spec;
 
 pub(crate) use arch::too_few_classes;
 pub use arch::{
@@ -22,8 +23,9 @@ pub use arch::{
 };
 pub use init::initialise;
 pub use layer::{
-    Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
-    Sequential, Tanh, LAYER_TYPES,
+    AvgPool2d, Conv2d, Elementwise, Epsilon, Gelu, GeluTanh, Layer, LayerNorm, LayerOps, Linear,
+    MaxPool2d, Pass, PerSample, RPass, Relu, Residual, Scope, Scratch, Sequential, Sigmoid, Silu,
+    Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{
@@ -35,3 +37,4 @@ pub use per_sample::PerSampleScratch;
 pub use size::{
     check_fits_in_memory, format_bytes, group_digits, memory_limit, ModelSize, PARAMETER_COPIES,
 };
+pub use spec::{is_spec_path, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES};

@@ -89,11 +89,17 @@ impl Network {
 
     /// Why the exact trace tr(H) = tr(G) does not hold for this network, if it does not: a layer
     /// that is not piecewise linear has a second-derivative term on the Hessian's diagonal.
+    /// The layer is the top-level one; its kind is the innermost curved module's (a residual
+    /// block names the layer inside it).
     pub fn not_piecewise_linear(&self) -> Option<(usize, &'static str)> {
-        self.layers
-            .iter()
-            .position(|l| !l.piecewise_linear())
-            .map(|i| (i, self.layers[i].kind()))
+        let i = self.layers.iter().position(|l| !l.piecewise_linear())?;
+        let kind = match &self.layers[i] {
+            Layer::Residual(r) => r
+                .first_not_piecewise_linear()
+                .map_or("Residual", |(_, k)| k),
+            l => l.kind(),
+        };
+        Some((i, kind))
     }
 
     /// Checks that a data set fits the network: as many features per sample as it takes, and no

@@ -103,9 +103,11 @@ impl Network {
     }
 
     /// Materialises the per-sample gradients of the layers without a closed form (needed before
-    /// the products below). `ws` holds [`Network::per_sample_pass`] of these `batch` samples.
+    /// the products below). `ws` holds [`Network::per_sample_pass`] of these `batch` samples at
+    /// `params`.
     pub fn per_sample_prepare<T: Real>(
         &self,
+        params: &[T],
         x: &[T],
         batch: usize,
         ws: &Workspace<T>,
@@ -117,6 +119,7 @@ impl Network {
         for b in &sc.blocks {
             let input = self.layer_input(b.layer, x, ws);
             self.layers[b.layer].per_sample_gradients(
+                params,
                 input,
                 &ws.deltas[b.layer],
                 batch,
@@ -143,9 +146,14 @@ impl Network {
         let s2 = T::of_usize(b * b);
         for (i, l) in self.layers.iter().enumerate() {
             if let PerSample::OuterProduct {
-                inputs, outputs, ..
+                inputs,
+                outputs,
+                bias,
+                ..
             } = l.per_sample()
             {
+                // The bias column's aₙ·aₘ term is 1 (its input is the constant 1).
+                let one = if bias { T::one() } else { T::zero() };
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
                 gemm(
@@ -173,7 +181,7 @@ impl Network {
                     &mut sc.ddt,
                 );
                 for ((k, &aa), &dd) in gram.iter_mut().zip(&sc.aat).zip(&sc.ddt) {
-                    *k += s2 * (aa + T::one()) * dd;
+                    *k += s2 * (aa + one) * dd;
                 }
             }
         }
@@ -202,12 +210,13 @@ impl Network {
                 inputs,
                 outputs,
                 weight,
+                bias,
             } = l.per_sample()
             {
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
                 let vw = &v[self.layout.tensors[weight].range()];
-                let vb = &v[self.layout.tensors[weight + 1].range()];
+                let vb = bias.then(|| &v[self.layout.tensors[weight + 1].range()]);
                 // M = Δ V (B×in); outₙ += s·(Mₙ·aₙ + δₙ·v_b).
                 let m = &mut sc.tmp[..b * inputs];
                 gemm(
@@ -228,11 +237,13 @@ impl Network {
                         .zip(&a[n * inputs..(n + 1) * inputs])
                         .map(|(&p, &q)| p * q)
                         .sum();
-                    let mb: T = d[n * outputs..(n + 1) * outputs]
-                        .iter()
-                        .zip(vb)
-                        .map(|(&p, &q)| p * q)
-                        .sum();
+                    let mb: T = vb.map_or(T::zero(), |vb| {
+                        d[n * outputs..(n + 1) * outputs]
+                            .iter()
+                            .zip(vb)
+                            .map(|(&p, &q)| p * q)
+                            .sum()
+                    });
                     out[n] += s * (mw + mb);
                 }
             }
@@ -274,6 +285,7 @@ impl Network {
                 inputs,
                 outputs,
                 weight,
+                bias,
             } = l.per_sample()
             {
                 let a = self.layer_input(i, x, ws);
@@ -302,11 +314,13 @@ impl Network {
                     T::zero(),
                     &mut out[wr],
                 );
-                let ob = &mut out[self.layout.tensors[weight + 1].range()];
-                ob.iter_mut().for_each(|v| *v = T::zero());
-                for row in dc.chunks_exact(outputs) {
-                    for (o, &v) in ob.iter_mut().zip(row) {
-                        *o += v;
+                if bias {
+                    let ob = &mut out[self.layout.tensors[weight + 1].range()];
+                    ob.iter_mut().for_each(|v| *v = T::zero());
+                    for row in dc.chunks_exact(outputs) {
+                        for (o, &v) in ob.iter_mut().zip(row) {
+                            *o += v;
+                        }
                     }
                 }
             }

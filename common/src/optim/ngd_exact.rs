@@ -195,7 +195,7 @@ pub fn woodbury_direction<'a, T: Real>(
     let b = fisher_targets.len();
     let p = net.num_params();
     net.per_sample_pass(params, x, fisher_targets, &mut sc.ws);
-    net.per_sample_prepare(x, b, &sc.ws, &mut sc.per_sample);
+    net.per_sample_prepare(params, x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
     let trace_fisher = trace_k / b as f64;

@@ -321,6 +321,7 @@ impl LayerOps for Conv2d {
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,

@@ -144,6 +144,7 @@ impl<A: Elementwise> LayerOps for A {
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         _x: &[T],
         _dy: &[T],
         _batch: usize,

@@ -1,4 +1,5 @@
-//! `nn.Linear`: y = x·Wᵀ + b, W `[outputs, inputs]`, b `[outputs]`.
+//! `nn.Linear`: y = x·Wᵀ + b, W `[outputs, inputs]`, b `[outputs]` (or no b: `bias=False`, every
+//! term in b below dropped).
 //!
 //! Backward: ∂W = δᵀ·x, ∂b = Σₙ δₙ, ∂x = δ·W. R-forward: R{y} = x·Vᵀ + R{x}·Wᵀ + v_b. R-backward
 //! (Pearlmutter 1994): (H·v)_W = R{δ}ᵀ·x + δᵀ·R{x}, (H·v)_b = Σₙ R{δ}ₙ, R{∂x} = R{δ}·W + δ·V; the terms
@@ -14,26 +15,40 @@ use std::ops::Range;
 pub struct Linear {
     pub inputs: usize,
     pub outputs: usize,
-    /// Index of the weight in the layout; the bias is the next tensor.
+    /// Index of the weight in the layout; the bias, when there is one, is the next tensor.
     pub weight: usize,
     w: Range<usize>,
-    b: Range<usize>,
+    b: Option<Range<usize>>,
 }
 
 impl Linear {
     /// `weight` `[outputs, inputs]` and `bias` `[outputs]` in `scope`, PyTorch's default
     /// initialisation.
     pub fn new(scope: &mut Scope<'_>, inputs: usize, outputs: usize) -> Self {
+        Linear::with_bias(scope, inputs, outputs, true)
+    }
+
+    /// `nn.Linear(inputs, outputs, bias=bias)`: without a bias only `weight` is added.
+    pub fn with_bias(scope: &mut Scope<'_>, inputs: usize, outputs: usize, bias: bool) -> Self {
         let init = Init::torch_default(inputs);
         let weight = scope.tensor("weight", vec![outputs, inputs], init);
-        let bias = scope.tensor("bias", vec![outputs], init);
+        let w = scope.range(weight);
+        let b = bias.then(|| {
+            let b = scope.tensor("bias", vec![outputs], init);
+            scope.range(b)
+        });
         Linear {
             inputs,
             outputs,
             weight,
-            w: scope.range(weight),
-            b: scope.range(bias),
+            w,
+            b,
         }
+    }
+
+    /// Whether it has a bias.
+    pub fn has_bias(&self) -> bool {
+        self.b.is_some()
     }
 }
 
@@ -48,7 +63,7 @@ impl LayerOps for Linear {
         self.outputs
     }
     fn tensors(&self) -> Range<usize> {
-        self.weight..self.weight + 2
+        self.weight..self.weight + 1 + usize::from(self.b.is_some())
     }
     fn piecewise_linear(&self) -> bool {
         true
@@ -81,7 +96,6 @@ impl LayerOps for Linear {
     ) {
         let (n_in, n_out) = (self.inputs, self.outputs);
         let w = &params[self.w.clone()];
-        let b = &params[self.b.clone()];
         gemm(
             false,
             true,
@@ -94,9 +108,12 @@ impl LayerOps for Linear {
             T::zero(),
             y,
         );
-        for row in y[..batch * n_out].chunks_exact_mut(n_out) {
-            for (v, &bias) in row.iter_mut().zip(b) {
-                *v += bias;
+        if let Some(b) = &self.b {
+            let b = &params[b.clone()];
+            for row in y[..batch * n_out].chunks_exact_mut(n_out) {
+                for (v, &bias) in row.iter_mut().zip(b) {
+                    *v += bias;
+                }
             }
         }
     }
@@ -124,11 +141,13 @@ impl LayerOps for Linear {
                 T::zero(),
                 &mut grad[self.w.clone()],
             );
-            let gb = &mut grad[self.b.clone()];
-            gb.iter_mut().for_each(|v| *v = T::zero());
-            for row in dy.chunks_exact(n_out) {
-                for (o, &v) in gb.iter_mut().zip(row) {
-                    *o += v;
+            if let Some(b) = &self.b {
+                let gb = &mut grad[b.clone()];
+                gb.iter_mut().for_each(|v| *v = T::zero());
+                for row in dy.chunks_exact(n_out) {
+                    for (o, &v) in gb.iter_mut().zip(row) {
+                        *o += v;
+                    }
                 }
             }
         }
@@ -187,10 +206,12 @@ impl LayerOps for Linear {
                 ry,
             );
         }
-        let vb = &v[self.b.clone()];
-        for row in ry[..batch * n_out].chunks_exact_mut(n_out) {
-            for (r, &b) in row.iter_mut().zip(vb) {
-                *r += b;
+        if let Some(b) = &self.b {
+            let vb = &v[b.clone()];
+            for row in ry[..batch * n_out].chunks_exact_mut(n_out) {
+                for (r, &b) in row.iter_mut().zip(vb) {
+                    *r += b;
+                }
             }
         }
     }
@@ -235,10 +256,12 @@ impl LayerOps for Linear {
                 hw,
             );
         }
-        let hb = &mut hv[self.b.clone()];
-        for row in rdy.chunks_exact(n_out) {
-            for (h, &v) in hb.iter_mut().zip(row) {
-                *h += r.alpha * v;
+        if let Some(b) = &self.b {
+            let hb = &mut hv[b.clone()];
+            for row in rdy.chunks_exact(n_out) {
+                for (h, &v) in hb.iter_mut().zip(row) {
+                    *h += r.alpha * v;
+                }
             }
         }
         if let Some(rdx) = rdx {
@@ -278,11 +301,13 @@ impl LayerOps for Linear {
             inputs: self.inputs,
             outputs: self.outputs,
             weight: self.weight,
+            bias: self.b.is_some(),
         }
     }
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,
@@ -292,12 +317,13 @@ impl LayerOps for Linear {
         _sc: &mut Scratch<T>,
     ) {
         let (n_in, n_out) = (self.inputs, self.outputs);
+        let width = n_out * n_in + if self.b.is_some() { n_out } else { 0 };
         for n in 0..batch {
             let (a, d) = (
                 &x[n * n_in..(n + 1) * n_in],
                 &dy[n * n_out..(n + 1) * n_out],
             );
-            let row = &mut rows[n * stride..n * stride + n_out * (n_in + 1)];
+            let row = &mut rows[n * stride..n * stride + width];
             let (gw, gb) = row.split_at_mut(n_out * n_in);
             for (o, g) in gw.chunks_exact_mut(n_in).enumerate() {
                 let f = scale * d[o];

@@ -163,6 +163,7 @@ impl LayerOps for MaxPool2d {
 
     fn per_sample_gradients<T: Real>(
         &self,
+        _params: &[T],
         _x: &[T],
         _dy: &[T],
         _batch: usize,

@@ -22,6 +22,7 @@ mod elementwise;
 mod tests;
 
 pub use elementwise::Elementwise;
+pub use layer_norm::Epsilon;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
 use crate::Real;
@@ -34,11 +35,13 @@ pub enum PerSample {
     /// gₙ = [δₙ·aₙᵀ, δₙ] (weight `[outputs, inputs]`, bias `[outputs]`) for input row aₙ and output
     /// cotangent δₙ, so the products have closed forms: G·Gᵀ = (A·Aᵀ + 1) ⊙ (Δ·Δᵀ),
     /// (G·v)ₙ = δₙᵀ·V·aₙ + δₙ·v_b, Gᵀ·c = [Δᵀ·diag(c)·A, Δᵀ·c] (Goodfellow 2015, "Efficient
-    /// per-example gradient computations"). Tensors `weight`, `weight + 1` of the layout.
+    /// per-example gradient computations"). Tensors `weight`, `weight + 1` of the layout; without a
+    /// bias (`bias: false`) gₙ = δₙ·aₙᵀ and the terms of the bias column drop out (A·Aᵀ ⊙ Δ·Δᵀ).
     OuterProduct {
         inputs: usize,
         outputs: usize,
         weight: usize,
+        bias: bool,
     },
     /// The per-sample gradients are materialised by [`LayerOps::per_sample_gradients`].
     Materialise,
@@ -74,12 +77,14 @@ pub struct RPass<'a, T> {
 }
 
 /// Scratch buffers shared by all layers of a network: an im2col matrix, room for two stacked
-/// convolution outputs in `[out_channels, batch·ho·wo]` layout, and a stacked weight pair.
+/// convolution outputs in `[out_channels, batch·ho·wo]` layout, a stacked weight pair (also
+/// LayerNorm's row buffers), and the inner chain's buffers of residual blocks (grown on first use).
 #[derive(Clone, Debug, Default)]
 pub struct Scratch<T> {
     pub cols: Vec<T>,
     pub conv: Vec<T>,
     pub stack: Vec<T>,
+    pub nested: Option<Box<residual::Nested<T>>>,
 }
 
 impl<T: Real> Scratch<T> {
@@ -94,6 +99,7 @@ impl<T: Real> Scratch<T> {
             cols: vec![T::zero(); cols],
             conv: vec![T::zero(); conv],
             stack: Vec::new(),
+            nested: None,
         }
     }
 }
@@ -178,11 +184,14 @@ pub trait LayerOps {
     fn per_sample(&self) -> PerSample;
 
     /// Per-sample gradients of the layer's parameters, times `scale`, for per-sample output
-    /// cotangents `dy`: row n of `rows` (stride `stride`) receives sample n's gradient over the
-    /// layer's tensors in order. Layers without parameters write nothing.
+    /// cotangents `dy` at the parameters `params` (the whole flat vector; a composite layer
+    /// recomputes its inner activations from them): row n of `rows` (stride `stride`) receives
+    /// sample n's gradient over the layer's tensors in order. Layers without parameters write
+    /// nothing.
     #[allow(clippy::too_many_arguments)]
     fn per_sample_gradients<T: Real>(
         &self,
+        params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,
@@ -299,8 +308,10 @@ macro_rules! layer_types {
             fn per_sample(&self) -> PerSample {
                 match self { $(Layer::$ty(l) => l.per_sample()),* }
             }
+            #[allow(clippy::too_many_arguments)]
             fn per_sample_gradients<T: Real>(
                 &self,
+                params: &[T],
                 x: &[T],
                 dy: &[T],
                 batch: usize,
@@ -310,7 +321,7 @@ macro_rules! layer_types {
                 sc: &mut Scratch<T>,
             ) {
                 match self {
-                    $(Layer::$ty(l) => l.per_sample_gradients(x, dy, batch, scale, rows, stride, sc)),*
+                    $(Layer::$ty(l) => l.per_sample_gradients(params, x, dy, batch, scale, rows, stride, sc)),*
                 }
             }
         }
@@ -324,6 +335,12 @@ layer_types! {
     relu: Relu,
     tanh: Tanh,
     gelu: Gelu,
+    gelu_tanh: GeluTanh,
+    sigmoid: Sigmoid,
+    silu: Silu,
+    layer_norm: LayerNorm,
+    residual: Residual,
+    avg_pool2d: AvgPool2d,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down
@@ -435,6 +452,40 @@ impl Sequential<'_> {
             next: 0,
         };
         define(&mut inner);
+    }
+
+    /// A residual block named `name` over `features` features: `Residual(nn.Sequential)` whose
+    /// forward is `x + super().forward(x)`, its inner modules defined by `define` (named
+    /// `name.0`, `name.1`, … as in any `Sequential`) and kept inside one [`Residual`] layer.
+    pub fn residual(
+        &mut self,
+        name: &str,
+        features: usize,
+        define: impl FnOnce(&mut Sequential<'_>),
+    ) {
+        let mut inner = Vec::new();
+        {
+            let mut seq = Sequential {
+                scope: self.scope.pp(name),
+                layers: &mut inner,
+                next: 0,
+            };
+            define(&mut seq);
+        }
+        let tensors = &*self.scope.tensors;
+        let spans = inner
+            .iter()
+            .map(|l| {
+                let t = l.tensors();
+                if t.is_empty() {
+                    0..0
+                } else {
+                    tensors[t.start].offset..tensors[t.end - 1].range().end
+                }
+            })
+            .collect();
+        self.layers
+            .push(Residual::new(features, inner, spans).into());
     }
 
     /// A named module with parameters (`fc_1 = nn.Linear(…)`).

@@ -31,6 +31,22 @@ fn geometry(channels: usize, side: usize, kernel: usize, padding: usize) -> Conv
     }
 }
 
+fn geometry2(
+    channels: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+    padding: usize,
+) -> ConvGeometry {
+    ConvGeometry {
+        channels,
+        height,
+        width,
+        kernel,
+        padding,
+    }
+}
+
 /// One tiny network per layer type, each with the type in a position where its input depends on
 /// θ (so the cross-layer terms of the R-operator are exercised).
 fn networks() -> Vec<(&'static str, Network)> {
@@ -56,6 +72,121 @@ fn networks() -> Vec<(&'static str, Network)> {
                 s.push(|sc| Linear::new(sc, 5, 4));
                 s.push(|_| Gelu { features: 4 });
                 s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "GELU (tanh)",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| GeluTanh { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "Sigmoid",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Sigmoid { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "SiLU",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|_| Silu { features: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // Without biases, below and above a ReLU (the closed-form per-sample products without
+            // the bias column; the exact trace).
+            "Linear (bias=False)",
+            network(|s| {
+                s.push(|sc| Linear::with_bias(sc, 5, 6, false));
+                s.push(|_| Relu { features: 6 });
+                s.push(|sc| Linear::with_bias(sc, 6, 3, false));
+            }),
+        ),
+        (
+            "LayerNorm",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|sc| LayerNorm::new(sc, 6, 6, 1e-5, true));
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
+            // Two rows of 3 per sample (the last dimension of a [2, 3] sample), no affine part,
+            // then an affine one over all 6 features.
+            "LayerNorm (rows, affine=False)",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|sc| LayerNorm::new(sc, 6, 3, 1e-5, false));
+                s.push(|sc| LayerNorm::new(sc, 6, 6, 0.1, true));
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
+            // y = x + f(x) with a LayerNorm and a GELU inside, between two Linear layers; then a
+            // residual block nested in another (the inner scratch of the level below).
+            "Residual",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.residual("1", 4, |r| {
+                    r.push(|sc| LayerNorm::new(sc, 4, 4, 1e-5, true));
+                    r.push(|sc| Linear::new(sc, 4, 4));
+                    r.push(|_| Gelu { features: 4 });
+                });
+                s.residual("2", 4, |r| {
+                    r.push(|sc| Linear::with_bias(sc, 4, 4, false));
+                    r.push(|_| Tanh { features: 4 });
+                    r.residual("2", 4, |q| q.push(|sc| Linear::new(sc, 4, 4)));
+                });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // Piecewise linear (the exact trace applies), first in the network (R{x} = None), a
+            // convolution inside (the nested im2col scratch), a max-pool after it.
+            "Residual (ReLU, first)",
+            network(|s| {
+                s.residual("0", 8, |r| {
+                    r.push(|sc| Linear::new(sc, 8, 8));
+                    r.push(|_| Relu { features: 8 });
+                    r.push(|sc| Conv2d::new(sc, geometry(2, 2, 3, 1), 2));
+                });
+                s.push(|sc| Conv2d::new(sc, geometry(2, 2, 1, 0), 2));
+                s.functional(MaxPool2d {
+                    channels: 2,
+                    height: 2,
+                    width: 2,
+                });
+                s.push(|sc| Linear::new(sc, 2, 3));
+            }),
+        ),
+        (
+            // Overlapping windows (kernel 3, stride 2) on a 7×6 plane: the floor drops the last
+            // column; then non-overlapping 2×2 after a tanh.
+            "AvgPool2d",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry2(1, 7, 6, 3, 1), 2));
+                s.functional(AvgPool2d {
+                    channels: 2,
+                    height: 7,
+                    width: 6,
+                    kernel: 3,
+                    stride: 2,
+                });
+                s.push(|_| Tanh { features: 12 });
+                s.functional(AvgPool2d {
+                    channels: 2,
+                    height: 3,
+                    width: 2,
+                    kernel: 2,
+                    stride: 2,
+                });
+                s.push(|sc| Linear::new(sc, 2, 3));
             }),
         ),
         (
@@ -288,7 +419,7 @@ fn per_sample_products_match_single_sample_passes() {
         let mut ws = p.net.workspace(b);
         p.net.per_sample_pass(&p.params, &p.x, &p.labels, &mut ws);
         let mut sc = p.net.per_sample_scratch(b);
-        p.net.per_sample_prepare(&p.x, b, &ws, &mut sc);
+        p.net.per_sample_prepare(&p.params, &p.x, b, &ws, &mut sc);
         let mut gram = vec![0.0; b * b];
         p.net.per_sample_gram(&p.x, b, &ws, &mut sc, &mut gram);
         let want: Vec<f64> = (0..b * b)
@@ -329,6 +460,7 @@ fn per_sample_products_match_single_sample_passes() {
             };
             let mut rows = vec![0.0; b * (end - start)];
             layer.per_sample_gradients(
+                &p.params,
                 input,
                 &ws.deltas[i],
                 b,
@@ -449,4 +581,79 @@ fn tensor_names_follow_the_module_structure() {
     );
     let offsets: Vec<usize> = net.layout.tensors.iter().map(|t| t.offset).collect();
     assert_eq!(offsets, [0, 6, 8, 12, 14, 18, 20, 24]);
+}
+
+/// The activations' values against PyTorch's (torch 2.x, float64): `F.gelu(x, approximate="tanh")`,
+/// `torch.sigmoid`, `F.silu` at x = −3, −0.5, 0, 1, 4 (an independent check of φ; φ′ and φ″ are
+/// checked by the finite differences above).
+#[test]
+fn activation_values_match_pytorch() {
+    let xs = [-3.0, -0.5, 0.0, 1.0, 4.0];
+    type Case = (&'static str, [f64; 5], fn(f64) -> f64);
+    let cases: [Case; 3] = [
+        (
+            "gelu tanh",
+            [
+                -0.003_637_392_081_772_994_3,
+                -0.154_285_990_174_856_06,
+                0.0,
+                0.841_191_990_608_276_8,
+                3.999_929_754_051_807_5,
+            ],
+            |x| GeluTanh { features: 1 }.value(x),
+        ),
+        (
+            "sigmoid",
+            [
+                0.047_425_873_177_566_78,
+                0.377_540_668_798_145_4,
+                0.5,
+                0.731_058_578_630_004_9,
+                0.982_013_790_037_908_5,
+            ],
+            |x| Sigmoid { features: 1 }.value(x),
+        ),
+        (
+            "silu",
+            [
+                -0.142_277_619_532_700_35,
+                -0.188_770_334_399_072_7,
+                0.0,
+                0.731_058_578_630_004_9,
+                3.928_055_160_151_634,
+            ],
+            |x| Silu { features: 1 }.value(x),
+        ),
+    ];
+    for (name, want, f) in cases {
+        for (&x, &w) in xs.iter().zip(&want) {
+            let got = f(x);
+            assert!(
+                (got - w).abs() <= 4e-16 * w.abs().max(1.0),
+                "{name}({x}) = {got}, PyTorch {w}"
+            );
+        }
+    }
+}
+
+/// Average pooling against a hand computation: a 1×3×4 plane, kernel 2, stride 2 (the last row is
+/// dropped) and kernel 2, stride 1 (overlapping).
+#[test]
+fn average_pooling_matches_a_hand_computation() {
+    let x: Vec<f64> = (0..12).map(|v| v as f64).collect();
+    let pool = |kernel, stride| {
+        let l = AvgPool2d {
+            channels: 1,
+            height: 3,
+            width: 4,
+            kernel,
+            stride,
+        };
+        let mut y = vec![0.0; l.out_features()];
+        l.forward(&[], &x, 1, &mut y, &mut [], &mut Scratch::default());
+        y
+    };
+    // Rows 0..4, 4..8, 8..12: windows (0,1,4,5), (2,3,6,7).
+    assert_eq!(pool(2, 2), [2.5, 4.5]);
+    assert_eq!(pool(2, 1), [2.5, 3.5, 4.5, 6.5, 7.5, 8.5]);
 }

@@ -1,0 +1,899 @@
+//! Models from a JSON spec (`--model net.json`; the format is documented in `docs/model-spec.md`):
+//!
+//! ```json
+//! {"input": [1, 28, 28],
+//!  "layers": [{"type": "flatten"},
+//!             {"type": "linear", "out": 64},
+//!             {"type": "relu"},
+//!             {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out": 64}, {"type": "gelu"}]},
+//!             {"type": "linear", "out": 10, "bias": false}],
+//!  "loss": "cross_entropy"}
+//! ```
+//!
+//! `input` is one sample's shape; each layer's input shape is the previous layer's output. The
+//! names are PyTorch's `nn.Sequential` names: a layer is named by its index in its parent's list
+//! unless it carries `"name"`, and nested names are joined by dots (`3.0.weight`), so a checkpoint
+//! loads into the module [`NetSpec::torch_source`] prints with `load_state_dict(strict=True)`.
+//!
+//! Everything is checked while parsing, with checked arithmetic and before anything of the model's
+//! size is allocated: unknown or missing fields, impossible shapes and names used twice are refused
+//! with the JSON path of the problem (`layers[3].layers[0].out: missing`). The tensors' names and
+//! shapes and the model's sizes ([`ModelSize`]) are computed here, so a checkpoint is validated
+//! against a spec without building it.
+
+use super::layer::{
+    AvgPool2d, Conv2d, Gelu, GeluTanh, Layer, LayerNorm, Linear, MaxPool2d, Relu, Sequential,
+    Sigmoid, Silu, Tanh,
+};
+use super::size::ModelSize;
+use crate::device::cpu::ConvGeometry;
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The largest spec file read.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+/// The deepest nesting of `residual` / `sequential` blocks.
+pub const MAX_SPEC_DEPTH: usize = 32;
+/// The most features one sample may have at any layer (max-pool winners are kept as `u32`).
+pub const MAX_SPEC_FEATURES: u64 = u32::MAX as u64;
+
+/// The layer types a spec may use, as `"type"` spells them.
+pub const SPEC_LAYER_TYPES: &[&str] = &[
+    "linear",
+    "conv2d",
+    "maxpool2d",
+    "avgpool2d",
+    "flatten",
+    "relu",
+    "tanh",
+    "gelu",
+    "sigmoid",
+    "silu",
+    "identity",
+    "layernorm",
+    "residual",
+    "sequential",
+];
+
+/// A validated model spec: its layers with their inferred input shapes, the tensors it defines and
+/// its sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    name: String,
+    source: Value,
+    input: Vec<usize>,
+    layers: Vec<LayerSpec>,
+    classes: usize,
+    tensors: Vec<(String, Vec<usize>)>,
+    size: ModelSize,
+}
+
+/// One layer of a spec: its name in its parent (index or `"name"`), its full dotted name, the
+/// shape it takes, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LayerSpec {
+    name: String,
+    path: String,
+    input: Vec<usize>,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Linear {
+        out: usize,
+        bias: bool,
+    },
+    Conv2d {
+        out: usize,
+        kernel: usize,
+        padding: usize,
+    },
+    MaxPool2d,
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+    },
+    Flatten,
+    Identity,
+    Act(Act),
+    LayerNorm {
+        eps_bits: u64,
+        affine: bool,
+    },
+    Residual(Vec<LayerSpec>),
+    Sequential(Vec<LayerSpec>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Relu,
+    Tanh,
+    Gelu,
+    GeluTanh,
+    Sigmoid,
+    Silu,
+}
+
+impl Act {
+    fn torch(self) -> &'static str {
+        match self {
+            Act::Relu => "nn.ReLU()",
+            Act::Tanh => "nn.Tanh()",
+            Act::Gelu => "nn.GELU()",
+            Act::GeluTanh => "nn.GELU(approximate=\"tanh\")",
+            Act::Sigmoid => "nn.Sigmoid()",
+            Act::Silu => "nn.SiLU()",
+        }
+    }
+    fn module(self) -> &'static str {
+        match self {
+            Act::Relu => "ReLU",
+            Act::Tanh => "Tanh",
+            Act::Gelu | Act::GeluTanh => "GELU",
+            Act::Sigmoid => "Sigmoid",
+            Act::Silu => "SiLU",
+        }
+    }
+    fn layer(self, features: usize) -> Layer {
+        match self {
+            Act::Relu => Relu { features }.into(),
+            Act::Tanh => Tanh { features }.into(),
+            Act::Gelu => Gelu { features }.into(),
+            Act::GeluTanh => GeluTanh { features }.into(),
+            Act::Sigmoid => Sigmoid { features }.into(),
+            Act::Silu => Silu { features }.into(),
+        }
+    }
+}
+
+/// Whether `--model` names a spec file rather than a preset: it ends in `.json` or contains a path
+/// separator (no preset name does either).
+pub fn is_spec_path(model: &str) -> bool {
+    model.to_ascii_lowercase().ends_with(".json") || model.contains('/') || model.contains('\\')
+}
+
+fn shape_str(s: &[usize]) -> String {
+    format!(
+        "[{}]",
+        s.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What parsing accumulates: the tensors in `state_dict` order and the sizes.
+#[derive(Default)]
+struct Totals {
+    tensors: Vec<(String, Vec<usize>)>,
+    params: u64,
+    activations: u64,
+    scratch: u64,
+}
+
+impl Totals {
+    fn add_params(&mut self, at: &str, n: u64) -> Result<()> {
+        self.params = self.params.checked_add(n).ok_or_else(|| {
+            Error::spec(
+                at,
+                "the model has more parameters than a 64-bit count holds",
+            )
+        })?;
+        Ok(())
+    }
+    fn add_activations(&mut self, at: &str, n: u64) -> Result<()> {
+        self.activations = self
+            .activations
+            .checked_add(n)
+            .ok_or_else(|| Error::spec(at, "the model's activations overflow a 64-bit count"))?;
+        Ok(())
+    }
+    fn tensor(&mut self, at: &str, path: &str, name: &str, shape: Vec<usize>) -> Result<()> {
+        let n = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .filter(|&n| usize::try_from(n).is_ok())
+            .ok_or_else(|| {
+                Error::spec(
+                    at,
+                    format!("tensor {name} of shape {} is too large", shape_str(&shape)),
+                )
+            })?;
+        self.add_params(at, n)?;
+        self.tensors.push((format!("{path}.{name}"), shape));
+        Ok(())
+    }
+}
+
+/// The features of a shape, checked against [`MAX_SPEC_FEATURES`].
+fn features(at: &str, shape: &[usize]) -> Result<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_SPEC_FEATURES)
+        .ok_or_else(|| {
+            Error::spec(
+                at,
+                format!(
+                    "the shape {} has more than {MAX_SPEC_FEATURES} features per sample",
+                    shape_str(shape)
+                ),
+            )
+        })
+}
+
+/// The field `key` of a layer as an integer of at least `min` (`default` when absent, if any).
+fn uint(
+    obj: &Map<String, Value>,
+    at: &str,
+    key: &str,
+    min: u64,
+    default: Option<u64>,
+) -> Result<usize> {
+    let here = format!("{at}.{key}");
+    let v = match obj.get(key) {
+        None => default.ok_or_else(|| Error::spec(&here, "missing"))?,
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n >= min)
+            .ok_or_else(|| Error::spec(&here, format!("must be an integer ≥ {min}, got {v}")))?,
+    };
+    // The features check bounds every size that matters; this keeps the value a usize.
+    usize::try_from(v).map_err(|_| Error::spec(&here, format!("{v} is too large")))
+}
+
+fn boolean(obj: &Map<String, Value>, at: &str, key: &str, default: bool) -> Result<bool> {
+    match obj.get(key) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(Error::spec(
+            format!("{at}.{key}"),
+            format!("must be true or false, got {v}"),
+        )),
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Parses a list of layers at `at` taking `input`, under the dotted `prefix`; returns them, the
+/// output shape and how many layers they build (flatten and identity build none).
+fn parse_layers(
+    v: &Value,
+    at: &str,
+    input: &[usize],
+    prefix: &str,
+    depth: usize,
+    totals: &mut Totals,
+) -> Result<(Vec<LayerSpec>, Vec<usize>, usize)> {
+    if depth > MAX_SPEC_DEPTH {
+        return Err(Error::spec(
+            at,
+            format!("blocks nested more than {MAX_SPEC_DEPTH} deep"),
+        ));
+    }
+    let list = v
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| Error::spec(at, "must be a non-empty list of layers"))?;
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, l) in list.iter().enumerate() {
+        let name = match l.get("name") {
+            None => i.to_string(),
+            Some(Value::String(s)) if !s.is_empty() && !s.contains('.') => s.clone(),
+            Some(other) => {
+                return Err(Error::spec(
+                    format!("{at}[{i}].name"),
+                    format!("must be a non-empty string without dots, got {other}"),
+                ))
+            }
+        };
+        if let Some(j) = names.insert(name.clone(), i) {
+            return Err(Error::spec(
+                format!("{at}[{i}].name"),
+                format!("'{name}' is used twice (also by {at}[{j}])"),
+            ));
+        }
+    }
+    let mut shape = input.to_vec();
+    let mut layers = Vec::with_capacity(list.len());
+    let mut built = 0;
+    for (i, l) in list.iter().enumerate() {
+        let name = match l.get("name").and_then(Value::as_str) {
+            Some(n) => n.to_string(),
+            None => i.to_string(),
+        };
+        let path = join(prefix, &name);
+        let here = format!("{at}[{i}]");
+        let (layer, out, n) = parse_layer(l, &here, &shape, name, path, depth, totals)?;
+        layers.push(layer);
+        shape = out;
+        built += n;
+    }
+    Ok((layers, shape, built))
+}
+
+/// The fields each type takes besides `type` and `name`.
+fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
+    Some(match ty {
+        "linear" => &["out", "bias"],
+        "conv2d" => &["out", "kernel", "stride", "padding", "bias"],
+        "maxpool2d" | "avgpool2d" => &["kernel", "stride"],
+        "flatten" | "relu" | "tanh" | "sigmoid" | "silu" | "identity" => &[],
+        "gelu" => &["approximate"],
+        "layernorm" => &["eps", "affine"],
+        "residual" | "sequential" => &["layers"],
+        _ => return None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_layer(
+    v: &Value,
+    at: &str,
+    input: &[usize],
+    name: String,
+    path: String,
+    depth: usize,
+    totals: &mut Totals,
+) -> Result<(LayerSpec, Vec<usize>, usize)> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::spec(at, format!("must be an object with a \"type\", got {v}")))?;
+    let ty = match obj.get("type") {
+        None => return Err(Error::spec(format!("{at}.type"), "missing")),
+        Some(Value::String(t)) => t.as_str(),
+        Some(other) => {
+            return Err(Error::spec(
+                format!("{at}.type"),
+                format!("must be a string, got {other}"),
+            ))
+        }
+    };
+    let fields = fields_of(ty).ok_or_else(|| {
+        Error::spec(
+            format!("{at}.type"),
+            format!(
+                "unknown layer type '{ty}' (expected one of {})",
+                SPEC_LAYER_TYPES.join(", ")
+            ),
+        )
+    })?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| *k != "type" && *k != "name" && !fields.contains(&k.as_str()))
+    {
+        let expected = if fields.is_empty() {
+            "only type and name".to_string()
+        } else {
+            format!("{}, name", fields.join(", "))
+        };
+        return Err(Error::spec(
+            format!("{at}.{k}"),
+            format!("unknown field for {ty} (it takes {expected})"),
+        ));
+    }
+    let f = features(at, input)?;
+    let flat = |what: &str| -> Result<usize> {
+        match input {
+            [n] => Ok(*n),
+            _ => Err(Error::spec(
+                at,
+                format!(
+                    "{what} takes a flat input but gets {} (add a flatten before it)",
+                    shape_str(input)
+                ),
+            )),
+        }
+    };
+    let image = |what: &str| -> Result<[usize; 3]> {
+        match input {
+            [c, h, w] => Ok([*c, *h, *w]),
+            _ => Err(Error::spec(
+                at,
+                format!(
+                    "{what} takes [channels, height, width] but gets {}",
+                    shape_str(input)
+                ),
+            )),
+        }
+    };
+    let act = |a: Act| Ok((Kind::Act(a), input.to_vec()));
+    let (kind, out) = match ty {
+        "linear" => {
+            let fan_in = flat("linear")?;
+            let out = uint(obj, at, "out", 1, None)?;
+            let bias = boolean(obj, at, "bias", true)?;
+            totals.tensor(at, &path, "weight", vec![out, fan_in])?;
+            if bias {
+                totals.tensor(at, &path, "bias", vec![out])?;
+            }
+            (Kind::Linear { out, bias }, vec![out])
+        }
+        "conv2d" => {
+            let [c, h, w] = image("conv2d")?;
+            let out = uint(obj, at, "out", 1, None)?;
+            let kernel = uint(obj, at, "kernel", 1, None)?;
+            let padding = uint(obj, at, "padding", 0, Some(0))?;
+            if uint(obj, at, "stride", 1, Some(1))? != 1 {
+                return Err(Error::spec(
+                    format!("{at}.stride"),
+                    "conv2d supports stride 1 only",
+                ));
+            }
+            if !boolean(obj, at, "bias", true)? {
+                return Err(Error::spec(
+                    format!("{at}.bias"),
+                    "conv2d without a bias is not supported",
+                ));
+            }
+            let side = |s: usize| {
+                s.checked_add(padding.checked_mul(2)?)?
+                    .checked_add(1)?
+                    .checked_sub(kernel)
+                    .filter(|&o| o >= 1)
+            };
+            let (Some(ho), Some(wo)) = (side(h), side(w)) else {
+                return Err(Error::spec(
+                    at,
+                    format!(
+                        "a {kernel}×{kernel} kernel with padding {padding} does not fit the \
+                         {h}×{w} input {}",
+                        shape_str(input)
+                    ),
+                ));
+            };
+            totals.tensor(at, &path, "weight", vec![out, c, kernel, kernel])?;
+            totals.tensor(at, &path, "bias", vec![out])?;
+            let out_shape = vec![out, ho, wo];
+            features(at, &out_shape)?;
+            // One sample's im2col matrix: (c·k²) × (ho·wo).
+            let cols = [c, kernel, kernel, ho, wo]
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .ok_or_else(|| Error::spec(at, "the convolution's im2col matrix overflows"))?;
+            totals.scratch = totals.scratch.max(cols);
+            (
+                Kind::Conv2d {
+                    out,
+                    kernel,
+                    padding,
+                },
+                out_shape,
+            )
+        }
+        "maxpool2d" => {
+            let [c, h, w] = image("maxpool2d")?;
+            let kernel = uint(obj, at, "kernel", 1, None)?;
+            let stride = uint(obj, at, "stride", 1, Some(kernel as u64))?;
+            if kernel != 2 || stride != 2 {
+                return Err(Error::spec(
+                    at,
+                    format!(
+                        "maxpool2d supports kernel 2 with stride 2 only (got kernel {kernel}, \
+                         stride {stride})"
+                    ),
+                ));
+            }
+            if h < 2 || w < 2 {
+                return Err(Error::spec(
+                    at,
+                    format!("a 2×2 pooling does not fit the input {}", shape_str(input)),
+                ));
+            }
+            (Kind::MaxPool2d, vec![c, h / 2, w / 2])
+        }
+        "avgpool2d" => {
+            let [c, h, w] = image("avgpool2d")?;
+            let kernel = uint(obj, at, "kernel", 1, None)?;
+            let stride = uint(obj, at, "stride", 1, Some(kernel as u64))?;
+            if kernel > h || kernel > w {
+                return Err(Error::spec(
+                    at,
+                    format!(
+                        "a {kernel}×{kernel} pooling does not fit the input {}",
+                        shape_str(input)
+                    ),
+                ));
+            }
+            let side = |s: usize| (s - kernel) / stride + 1;
+            (
+                Kind::AvgPool2d { kernel, stride },
+                vec![c, side(h), side(w)],
+            )
+        }
+        "flatten" => (Kind::Flatten, vec![f as usize]),
+        "identity" => (Kind::Identity, input.to_vec()),
+        "relu" => act(Act::Relu)?,
+        "tanh" => act(Act::Tanh)?,
+        "sigmoid" => act(Act::Sigmoid)?,
+        "silu" => act(Act::Silu)?,
+        "gelu" => match obj.get("approximate") {
+            None => act(Act::Gelu)?,
+            Some(Value::String(s)) if s == "none" => act(Act::Gelu)?,
+            Some(Value::String(s)) if s == "tanh" => act(Act::GeluTanh)?,
+            Some(other) => {
+                return Err(Error::spec(
+                    format!("{at}.approximate"),
+                    format!("must be \"none\" or \"tanh\", got {other}"),
+                ))
+            }
+        },
+        "layernorm" => {
+            let eps = match obj.get("eps") {
+                None => 1e-5,
+                Some(v) => v
+                    .as_f64()
+                    .filter(|e| e.is_finite() && *e > 0.0)
+                    .ok_or_else(|| {
+                        Error::spec(
+                            format!("{at}.eps"),
+                            format!("must be a positive number, got {v}"),
+                        )
+                    })?,
+            };
+            let affine = boolean(obj, at, "affine", true)?;
+            let dim = *input.last().expect("shapes are not empty");
+            if affine {
+                totals.tensor(at, &path, "weight", vec![dim])?;
+                totals.tensor(at, &path, "bias", vec![dim])?;
+            }
+            (
+                Kind::LayerNorm {
+                    eps_bits: eps.to_bits(),
+                    affine,
+                },
+                input.to_vec(),
+            )
+        }
+        "residual" | "sequential" => {
+            let list = obj
+                .get("layers")
+                .ok_or_else(|| Error::spec(format!("{at}.layers"), "missing"))?;
+            let inner_at = format!("{at}.layers");
+            let (inner, out, built) =
+                parse_layers(list, &inner_at, input, &path, depth + 1, totals)?;
+            if ty == "sequential" {
+                return Ok((
+                    LayerSpec {
+                        name,
+                        path,
+                        input: input.to_vec(),
+                        kind: Kind::Sequential(inner),
+                    },
+                    out,
+                    built,
+                ));
+            }
+            if out != input {
+                return Err(Error::spec(
+                    at,
+                    format!(
+                        "the block's output {} differs from its input {} (x + f(x) needs the same \
+                         shape)",
+                        shape_str(&out),
+                        shape_str(input)
+                    ),
+                ));
+            }
+            if built == 0 {
+                return Err(Error::spec(
+                    inner_at,
+                    "a residual block needs a layer other than identity or flatten",
+                ));
+            }
+            (Kind::Residual(inner), out)
+        }
+        _ => unreachable!("fields_of knows the type"),
+    };
+    let builds = !matches!(kind, Kind::Flatten | Kind::Identity);
+    if builds {
+        let out_features = features(at, &out)?;
+        totals.add_activations(at, out_features)?;
+    }
+    Ok((
+        LayerSpec {
+            name,
+            path,
+            input: input.to_vec(),
+            kind,
+        },
+        out,
+        usize::from(builds),
+    ))
+}
+
+impl NetSpec {
+    /// Reads and validates the spec file at `path` (its stem names the model).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when it cannot be read, [`Error::Spec`] (naming the file) when it is not JSON,
+    /// larger than [`MAX_SPEC_BYTES`], or malformed.
+    pub fn load(path: &Path) -> Result<NetSpec> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() || meta.len() > MAX_SPEC_BYTES {
+            return Err(Error::spec(
+                path.display().to_string(),
+                format!("not a regular file of at most {MAX_SPEC_BYTES} bytes"),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::spec(path.display().to_string(), format!("not valid JSON: {e}")))?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("spec")
+            .to_string();
+        NetSpec::from_json(&name, &v)
+    }
+
+    /// Validates the spec `v` (see the module documentation) under the label `name`.
+    ///
+    /// # Errors
+    /// [`Error::Spec`] with the JSON path of the first problem.
+    pub fn from_json(name: &str, v: &Value) -> Result<NetSpec> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::spec("spec", "must be a JSON object with input and layers"))?;
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !["input", "layers", "loss"].contains(&k.as_str()))
+        {
+            return Err(Error::spec(
+                k.as_str(),
+                "unknown field (a spec has input, layers and loss)",
+            ));
+        }
+        let input: Vec<usize> = match obj.get("input") {
+            None => return Err(Error::spec("input", "missing")),
+            Some(Value::Array(a)) if (1..=3).contains(&a.len()) => a
+                .iter()
+                .map(|d| {
+                    d.as_u64()
+                        .filter(|&d| d >= 1)
+                        .and_then(|d| usize::try_from(d).ok())
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    Error::spec(
+                        "input",
+                        format!("sizes must be integers ≥ 1, got {}", obj["input"]),
+                    )
+                })?,
+            Some(other) => {
+                return Err(Error::spec(
+                    "input",
+                    format!(
+                    "must be one sample's shape, 1 to 3 sizes ([784] or [1, 28, 28]), got {other}"
+                ),
+                ))
+            }
+        };
+        features("input", &input)?;
+        match obj.get("loss") {
+            None => {}
+            Some(Value::String(s)) if s == "cross_entropy" => {}
+            Some(other) => {
+                return Err(Error::spec(
+                    "loss",
+                    format!("only \"cross_entropy\" is supported, got {other}"),
+                ))
+            }
+        }
+        let list = obj
+            .get("layers")
+            .ok_or_else(|| Error::spec("layers", "missing"))?;
+        let mut totals = Totals::default();
+        let (layers, out, built) = parse_layers(list, "layers", &input, "", 0, &mut totals)?;
+        if built == 0 {
+            return Err(Error::spec(
+                "layers",
+                "no layer computes anything (only flatten and identity)",
+            ));
+        }
+        let classes = match out[..] {
+            [c] if c >= 2 => c,
+            _ => {
+                return Err(Error::spec(
+                    "layers",
+                    format!(
+                        "the model's output is {}, but cross-entropy needs [classes] with at least \
+                         2 classes",
+                        shape_str(&out)
+                    ),
+                ))
+            }
+        };
+        let size = ModelSize {
+            params: totals.params,
+            tensors: totals.tensors.len() as u64,
+            activations: totals.activations,
+            scratch: totals.scratch,
+        };
+        Ok(NetSpec {
+            name: name.to_string(),
+            source: v.clone(),
+            input,
+            layers,
+            classes,
+            tensors: totals.tensors,
+            size,
+        })
+    }
+
+    /// The model's label (the file's stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The spec as written (what checkpoints and records carry).
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+    /// One sample's shape.
+    pub fn input(&self) -> &[usize] {
+        &self.input
+    }
+    pub fn input_features(&self) -> usize {
+        self.input.iter().product()
+    }
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    pub fn size(&self) -> ModelSize {
+        self.size
+    }
+    /// Tensor names and shapes in `state_dict` order.
+    pub fn tensors(&self) -> &[(String, Vec<usize>)] {
+        &self.tensors
+    }
+
+    /// The first layer (depth first) that is not piecewise linear: its dotted name and module.
+    pub fn first_curved_layer(&self) -> Option<(String, &'static str)> {
+        fn walk(layers: &[LayerSpec]) -> Option<(String, &'static str)> {
+            layers.iter().find_map(|l| match &l.kind {
+                Kind::Act(a) if *a != Act::Relu => Some((l.path.clone(), a.module())),
+                Kind::LayerNorm { .. } => Some((l.path.clone(), "LayerNorm")),
+                Kind::Residual(inner) | Kind::Sequential(inner) => walk(inner),
+                _ => None,
+            })
+        }
+        walk(&self.layers)
+    }
+
+    /// Defines the layers with `seq` (names by construction, as `nn.Sequential`'s).
+    pub(crate) fn define(&self, seq: &mut Sequential<'_>) {
+        define(seq, &self.layers);
+    }
+
+    /// The PyTorch source of the module (float32 by default; `.double()` for float64): an
+    /// `nn.Sequential` of `OrderedDict`s with the spec's names, and the `Residual` class.
+    pub fn torch_source(&self) -> String {
+        let mut body = String::new();
+        torch_list(&mut body, "nn.Sequential", &self.layers, 1);
+        format!(
+            "# The PyTorch module of the model spec '{name}' (input {input}, {classes} classes).\n\
+             # Its state_dict names are those of our checkpoints:\n\
+             #   from safetensors.torch import load_file\n\
+             #   model = build(); model.load_state_dict(load_file(\"run/final.safetensors\"), strict=True)\n\
+             from collections import OrderedDict\n\
+             \n\
+             from torch import nn\n\
+             \n\
+             \n\
+             class Residual(nn.Sequential):\n\
+             \x20   \"\"\"y = x + f(x), f its modules in order.\"\"\"\n\
+             \n\
+             \x20   def forward(self, x):\n\
+             \x20       return x + super().forward(x)\n\
+             \n\
+             \n\
+             def build():\n\
+             \x20   return {body}\n",
+            name = self.name,
+            input = shape_str(&self.input),
+            classes = self.classes,
+        )
+    }
+}
+
+fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
+    for l in layers {
+        let f: usize = l.input.iter().product();
+        match &l.kind {
+            Kind::Linear { out, bias } => {
+                seq.named(&l.name, |s| Linear::with_bias(s, f, *out, *bias));
+            }
+            Kind::Conv2d {
+                out,
+                kernel,
+                padding,
+            } => {
+                let g = ConvGeometry {
+                    channels: l.input[0],
+                    height: l.input[1],
+                    width: l.input[2],
+                    kernel: *kernel,
+                    padding: *padding,
+                };
+                seq.named(&l.name, |s| Conv2d::new(s, g, *out));
+            }
+            Kind::MaxPool2d => seq.functional(MaxPool2d {
+                channels: l.input[0],
+                height: l.input[1],
+                width: l.input[2],
+            }),
+            Kind::AvgPool2d { kernel, stride } => seq.functional(AvgPool2d {
+                channels: l.input[0],
+                height: l.input[1],
+                width: l.input[2],
+                kernel: *kernel,
+                stride: *stride,
+            }),
+            Kind::Flatten | Kind::Identity => {}
+            Kind::Act(a) => seq.functional(a.layer(f)),
+            Kind::LayerNorm { eps_bits, affine } => {
+                let dim = *l.input.last().expect("not empty");
+                let eps = f64::from_bits(*eps_bits);
+                seq.named(&l.name, |s| LayerNorm::new(s, f, dim, eps, *affine));
+            }
+            Kind::Residual(inner) => seq.residual(&l.name, f, |r| define(r, inner)),
+            Kind::Sequential(inner) => seq.sequential(&l.name, |q| define(q, inner)),
+        }
+    }
+}
+
+/// Appends `ctor(OrderedDict([...]))` for `layers`, indented `level` steps inside.
+fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) {
+    let pad = "    ".repeat(level + 1);
+    out.push_str(ctor);
+    out.push_str("(OrderedDict([\n");
+    for l in layers {
+        out.push_str(&pad);
+        out.push_str(&format!("(\"{}\", ", l.name));
+        let f: usize = l.input.iter().product();
+        match &l.kind {
+            Kind::Linear { out: o, bias } => {
+                let tail = if *bias { "" } else { ", bias=False" };
+                out.push_str(&format!("nn.Linear({f}, {o}{tail})"));
+            }
+            Kind::Conv2d {
+                out: o,
+                kernel,
+                padding,
+            } => out.push_str(&format!(
+                "nn.Conv2d({}, {o}, {kernel}, padding={padding})",
+                l.input[0]
+            )),
+            Kind::MaxPool2d => out.push_str("nn.MaxPool2d(2)"),
+            Kind::AvgPool2d { kernel, stride } => {
+                out.push_str(&format!("nn.AvgPool2d({kernel}, stride={stride})"))
+            }
+            Kind::Flatten => out.push_str("nn.Flatten()"),
+            Kind::Identity => out.push_str("nn.Identity()"),
+            Kind::Act(a) => out.push_str(a.torch()),
+            Kind::LayerNorm { eps_bits, affine } => out.push_str(&format!(
+                "nn.LayerNorm({}, eps={:?}, elementwise_affine={})",
+                l.input.last().expect("not empty"),
+                f64::from_bits(*eps_bits),
+                if *affine { "True" } else { "False" }
+            )),
+            Kind::Residual(inner) => torch_list(out, "Residual", inner, level + 1),
+            Kind::Sequential(inner) => torch_list(out, "nn.Sequential", inner, level + 1),
+        }
+        out.push_str("),\n");
+    }
+    out.push_str(&"    ".repeat(level));
+    out.push_str("]))");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+use super::*;
+use crate::model::{Architecture, LayerOps, Network};
+use serde_json::json;
+
+/// The example of issue #15.
+fn example() -> Value {
+    json!({"input": [1, 28, 28],
+           "layers": [{"type": "flatten"},
+                      {"type": "linear", "out": 64},
+                      {"type": "relu"},
+                      {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out": 64}, {"type": "gelu"}]},
+                      {"type": "linear", "out": 10, "bias": false}],
+           "loss": "cross_entropy"})
+}
+
+fn arch(v: &Value) -> Architecture {
+    Architecture::Spec(Box::new(NetSpec::from_json("t", v).unwrap()))
+}
+
+fn err(v: Value) -> String {
+    NetSpec::from_json("t", &v).unwrap_err().to_string()
+}
+
+/// Σ of out_features over every built layer, residual blocks' inner layers included.
+fn activations(layers: &[Layer]) -> u64 {
+    layers
+        .iter()
+        .map(|l| {
+            let inner = match l {
+                Layer::Residual(r) => activations(&r.layers),
+                _ => 0,
+            };
+            l.out_features() as u64 + inner
+        })
+        .sum()
+}
+
+/// The tensors and sizes computed while parsing are those of the layers built (an independent
+/// derivation: the layers take their names from `Scope` as they are built).
+fn check_against_build(a: &Architecture) {
+    let (layers, layout) = a.build();
+    assert_eq!(a.tensor_count(), Some(layout.tensors.len()));
+    for (i, t) in layout.tensors.iter().enumerate() {
+        assert_eq!(a.tensor_spec(i), Some((t.name.clone(), t.shape.clone())));
+    }
+    assert_eq!(a.tensor_spec(layout.tensors.len()), None);
+    let size = a.size().unwrap();
+    assert_eq!(size.params, layout.total() as u64);
+    assert_eq!(size.tensors, layout.tensors.len() as u64);
+    assert_eq!(size.activations, activations(&layers));
+    assert_eq!(layers[0].in_features(), a.input_features());
+    assert_eq!(layers.last().unwrap().out_features(), a.classes());
+}
+
+#[test]
+fn the_issues_example_has_pytorchs_sequential_names() {
+    let a = arch(&example());
+    assert_eq!(
+        a.layout().names(),
+        [
+            "1.weight",
+            "1.bias",
+            "3.0.weight",
+            "3.0.bias",
+            "3.1.weight",
+            "3.1.bias",
+            "4.weight"
+        ]
+    );
+    check_against_build(&a);
+    assert_eq!(a.input_shape(), Some([1, 28, 28]));
+    assert_eq!((a.input_features(), a.classes()), (784, 10));
+    let (layers, _) = a.build();
+    let kinds: Vec<&str> = layers.iter().map(|l| l.kind()).collect();
+    assert_eq!(kinds, ["Linear", "ReLU", "Residual", "Linear"]);
+    let net = Network::new(a.clone());
+    assert_eq!(net.not_piecewise_linear(), Some((2, "LayerNorm")));
+    match &a {
+        Architecture::Spec(s) => {
+            assert_eq!(s.first_curved_layer(), Some(("3.0".into(), "LayerNorm")))
+        }
+        _ => unreachable!(),
+    }
+    // The description round-trips (what checkpoints store).
+    assert_eq!(Architecture::from_json(&a.to_json()).unwrap(), a);
+}
+
+#[test]
+fn names_override_indices_and_nest_with_dots() {
+    let v = json!({"input": [6],
+        "layers": [{"type": "linear", "out": 5, "name": "fc"},
+                   {"type": "tanh"},
+                   {"type": "sequential", "name": "block", "layers": [
+                       {"type": "identity"},
+                       {"type": "linear", "out": 5},
+                       {"type": "residual", "layers": [{"type": "layernorm", "affine": false, "eps": 0.001},
+                                                       {"type": "linear", "out": 5, "name": "inner"},
+                                                       {"type": "silu"}]}]},
+                   {"type": "linear", "out": 3, "name": "head"},
+                   {"type": "sigmoid"},
+                   {"type": "linear", "out": 2}]});
+    let a = arch(&v);
+    assert_eq!(
+        a.layout().names(),
+        [
+            "fc.weight",
+            "fc.bias",
+            "block.1.weight",
+            "block.1.bias",
+            "block.2.inner.weight",
+            "block.2.inner.bias",
+            "head.weight",
+            "head.bias",
+            "5.weight",
+            "5.bias"
+        ]
+    );
+    check_against_build(&a);
+}
+
+#[test]
+fn convolutional_specs_infer_their_shapes() {
+    let v = json!({"input": [2, 9, 9],
+        "layers": [{"type": "conv2d", "out": 4, "kernel": 3, "padding": 1},
+                   {"type": "relu"},
+                   {"type": "residual", "layers": [{"type": "conv2d", "out": 4, "kernel": 3, "padding": 1}, {"type": "gelu", "approximate": "tanh"}]},
+                   {"type": "maxpool2d", "kernel": 2},
+                   {"type": "avgpool2d", "kernel": 2, "stride": 1},
+                   {"type": "conv2d", "out": 3, "kernel": 2, "stride": 1},
+                   {"type": "layernorm"},
+                   {"type": "flatten"},
+                   {"type": "linear", "out": 5}]});
+    let a = arch(&v);
+    // 9 → 9 (padding 1) → 4 (pooling floors) → 3 (average pooling, stride 1) → 2 (kernel 2);
+    // LayerNorm over the last side.
+    let shapes: Vec<(String, Vec<usize>)> = (0..a.tensor_count().unwrap())
+        .map(|i| a.tensor_spec(i).unwrap())
+        .collect();
+    assert_eq!(shapes[0], ("0.weight".into(), vec![4, 2, 3, 3]));
+    assert_eq!(shapes[2], ("2.0.weight".into(), vec![4, 4, 3, 3]));
+    assert_eq!(shapes[4], ("5.weight".into(), vec![3, 4, 2, 2]));
+    assert_eq!(shapes[6], ("6.weight".into(), vec![2]));
+    assert_eq!(shapes[8], ("8.weight".into(), vec![5, 12]));
+    check_against_build(&a);
+    assert_eq!(a.size().unwrap().scratch, 4 * 9 * 81);
+}
+
+#[test]
+fn malformed_specs_are_refused_with_the_json_path() {
+    let cases = [
+        (json!({"layers": []}), "input: missing"),
+        (json!({"input": [784]}), "layers: missing"),
+        (
+            json!({"input": [784], "layers": []}),
+            "layers: must be a non-empty list",
+        ),
+        (
+            json!({"input": [0], "layers": [{"type": "relu"}]}),
+            "input: sizes must be integers ≥ 1",
+        ),
+        (
+            json!({"input": [1, 2, 3, 4], "layers": [{"type": "relu"}]}),
+            "input: must be one sample's shape",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "loss": "mse"}),
+            "loss: only \"cross_entropy\"",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "lyers": 1}),
+            "lyers: unknown field",
+        ),
+        (
+            json!({"input": [4], "layers": [{"out": 2}]}),
+            "layers[0].type: missing",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "dense", "out": 2}]}),
+            "layers[0].type: unknown layer type 'dense' (expected one of linear, conv2d",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "outs": 2}]}),
+            "layers[0].outs: unknown field for linear (it takes out, bias, name)",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear"}]}),
+            "layers[0].out: missing",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": -1}]}),
+            "layers[0].out: must be an integer ≥ 1, got -1",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2, "bias": "no"}]}),
+            "layers[0].bias: must be true or false",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 4}, {"type": "residual", "layers": [{"type": "relu"}, {"type": "linear"}]}, {"type": "linear", "out": 2}]}),
+            "layers[1].layers[1].out: missing",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "residual", "layers": [{"type": "linear", "out": 3}]}, {"type": "linear", "out": 2}]}),
+            "layers[0]: the block's output [3] differs from its input [4]",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "residual", "layers": [{"type": "identity"}]}, {"type": "linear", "out": 2}]}),
+            "layers[0].layers: a residual block needs a layer other than identity or flatten",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 4, "name": "a"}, {"type": "linear", "out": 2, "name": "a"}]}),
+            "layers[1].name: 'a' is used twice (also by layers[0])",
+        ),
+        (
+            // An explicit name equal to another layer's index.
+            json!({"input": [4], "layers": [{"type": "linear", "out": 4, "name": "1"}, {"type": "linear", "out": 2}]}),
+            "layers[1].name: '1' is used twice (also by layers[0])",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2, "name": "a.b"}]}),
+            "layers[0].name: must be a non-empty string without dots",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "linear", "out": 2}]}),
+            "layers[0]: linear takes a flat input but gets [1, 4, 4] (add a flatten before it)",
+        ),
+        (
+            json!({"input": [16], "layers": [{"type": "conv2d", "out": 2, "kernel": 3}]}),
+            "layers[0]: conv2d takes [channels, height, width] but gets [16]",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 5}, {"type": "flatten"}, {"type": "linear", "out": 2}]}),
+            "layers[0]: a 5×5 kernel with padding 0 does not fit the 4×4 input",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 3, "stride": 2}]}),
+            "layers[0].stride: conv2d supports stride 1 only",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "maxpool2d", "kernel": 3}]}),
+            "layers[0]: maxpool2d supports kernel 2 with stride 2 only (got kernel 3, stride 3)",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "gelu", "approximate": "erf"}]}),
+            "layers[0].approximate: must be \"none\" or \"tanh\"",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "layernorm", "eps": 0}]}),
+            "layers[0].eps: must be a positive number",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "flatten"}]}),
+            "layers: no layer computes anything",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 1}]}),
+            "layers: the model's output is [1], but cross-entropy needs [classes] with at least 2",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 5}]}),
+            "layers[0]: a 5×5 pooling does not fit the input [1, 4, 4]",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 2, "stride": 0}]}),
+            "layers[0].stride: must be an integer ≥ 1, got 0",
+        ),
+        (
+            json!({"input": [2, 4, 4], "layers": [{"type": "relu"}]}),
+            "layers: the model's output is [2, 4, 4]",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2}, "relu"]}),
+            "layers[1]: must be an object with a \"type\"",
+        ),
+    ];
+    for (v, want) in cases {
+        let e = err(v.clone());
+        assert!(e.contains(want), "{v}: {e}\n  wanted: {want}");
+    }
+    // Nested too deep.
+    let mut deep = json!({"type": "linear", "out": 4});
+    for _ in 0..40 {
+        deep = json!({"type": "sequential", "layers": [deep]});
+    }
+    let e = err(json!({"input": [4], "layers": [deep, {"type": "linear", "out": 2}]}));
+    assert!(e.contains("blocks nested more than 32 deep"), "{e}");
+}
+
+/// Sizes past 64 bits or past a sample's feature limit are refused by arithmetic alone (building
+/// such a model would abort the test).
+#[test]
+fn huge_specs_are_refused_without_allocating() {
+    let e = err(
+        json!({"input": [1_000_000_000u64], "layers": [{"type": "linear", "out": 1_000_000_000_000u64}]}),
+    );
+    assert!(e.contains("layers[0]"), "{e}");
+    let e = err(
+        json!({"input": [4], "layers": [{"type": "linear", "out": 4_294_967_296u64}, {"type": "linear", "out": 2}]}),
+    );
+    assert!(e.contains("more than 4294967295 features"), "{e}");
+    // Large but countable: sized, not built.
+    let a = arch(
+        &json!({"input": [100_000], "layers": [{"type": "linear", "out": 1_000_000}, {"type": "linear", "out": 10}]}),
+    );
+    assert_eq!(
+        a.size().unwrap().params,
+        100_001 * 1_000_000 + 1_000_001 * 10
+    );
+}
+
+#[test]
+fn the_torch_source_defines_the_same_module() {
+    let src = arch(&example()).torch_definition();
+    let want = r#"def build():
+    return nn.Sequential(OrderedDict([
+        ("0", nn.Flatten()),
+        ("1", nn.Linear(784, 64)),
+        ("2", nn.ReLU()),
+        ("3", Residual(OrderedDict([
+            ("0", nn.LayerNorm(64, eps=1e-5, elementwise_affine=True)),
+            ("1", nn.Linear(64, 64)),
+            ("2", nn.GELU()),
+        ]))),
+        ("4", nn.Linear(64, 10, bias=False)),
+    ]))
+"#;
+    assert!(src.ends_with(want), "{src}");
+    assert!(src.contains("class Residual(nn.Sequential):"));
+    assert!(src.contains("return x + super().forward(x)"));
+}
+
+#[test]
+fn spec_paths_are_told_from_preset_names() {
+    for p in ["net.json", "NET.JSON", "specs/net", "./x"] {
+        assert!(is_spec_path(p), "{p}");
+    }
+    for m in ["mlp", "mlp_1x128", "lenet_k3", "mlp_128-64_tanh"] {
+        assert!(!is_spec_path(m), "{m}");
+    }
+    let e = Architecture::parse(
+        "/nonexistent/net.json",
+        &[],
+        crate::model::Activation::Relu,
+        2,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("/nonexistent/net.json"), "{e}");
+}
