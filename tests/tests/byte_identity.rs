@@ -10,9 +10,13 @@
 //! folders that depend on where the repository is checked out (the scratch folder in checkpoint paths
 //! becomes `<scratch>`, the fixture data folder `<data>`).
 //!
-//! Bit-identity holds on one BLAS build and CPU kind (OpenBLAS picks its kernels per CPU). A
-//! change that moves numbers on purpose records new hashes with
-//! `NGD_SLT_BLESS=1 cargo test --release -p e2e-tests --test byte_identity` and says why in its commit.
+//! Bit-identity holds for one OpenBLAS kernel family (OpenBLAS picks its kernels per CPU, and two
+//! families sum in different orders), so the tools run here with the family pinned
+//! (`OPENBLAS_CORETYPE`) and each family has its own hashes ([`KERNEL_SETS`]): every set whose
+//! instructions this CPU has is checked, and a CPU that runs none fails the test rather than pass
+//! it unchecked. A change that moves numbers on purpose records new hashes with
+//! `NGD_SLT_BLESS=1 cargo test --release -p e2e-tests --test byte_identity` (every set that runs
+//! here) and says why in its commit.
 
 mod support;
 
@@ -22,7 +26,48 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use support::*;
 
-const EXPECTED: &str = "tests/fixtures/byte-identity.sha256";
+/// The kernel families with recorded hashes: the `OPENBLAS_CORETYPE` the tools run with, the CPU
+/// flags (`/proc/cpuinfo`) it needs, the hash file, and the values that moved on purpose with
+/// their values before (see [`MOVED`]).
+struct KernelSet {
+    coretype: &'static str,
+    needs: &'static [&'static str],
+    expected: &'static str,
+    moved: &'static [(&'static str, &'static str, f64, f64)],
+}
+
+/// Cooperlake (AVX-512 with BF16): the family the hashes were first recorded with, before the core
+/// was rebuilt (#14), on a CPU that OpenBLAS ran with these kernels by default. Haswell (AVX2 and
+/// FMA, which nearly every x86-64 CPU in use has): recorded at the commit that added it, whose
+/// Cooperlake hashes were the recorded ones (so the same arithmetic), to check machines without
+/// AVX-512 too; its LeNet traces carry no "before" values (they were never computed with the old
+/// code on these kernels).
+const KERNEL_SETS: [KernelSet; 2] = [
+    KernelSet {
+        coretype: "Cooperlake",
+        needs: &["avx512f", "avx512_bf16"],
+        expected: "tests/fixtures/byte-identity.sha256",
+        moved: &MOVED,
+    },
+    KernelSet {
+        coretype: "Haswell",
+        needs: &["avx2", "fma"],
+        expected: "tests/fixtures/byte-identity-haswell.sha256",
+        moved: &[],
+    },
+];
+
+/// Whether this CPU has every flag in `needs` (Linux's `/proc/cpuinfo`).
+fn cpu_has(needs: &[&str]) -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    needs.iter().all(|n| flags.contains(n))
+}
 
 /// Values that moved in their last bits when the core was rebuilt on the layer trait (#14), with
 /// their values before it: the exact trace of a convolutional network now takes the convolutions'
@@ -133,8 +178,29 @@ fn train(a: &mut Artifacts, name: &str, flags: &[&str], epochs: u32) -> String {
 
 #[test]
 fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
+    let sets: Vec<&KernelSet> = KERNEL_SETS.iter().filter(|k| cpu_has(k.needs)).collect();
+    assert!(
+        !sets.is_empty(),
+        "no kernel family with recorded hashes runs on this CPU (needs one of: {}); record one \
+         with NGD_SLT_BLESS=1 after adding it to KERNEL_SETS",
+        KERNEL_SETS
+            .iter()
+            .map(|k| format!("{} ({})", k.coretype, k.needs.join(" + ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The only test in this binary: setting the environment the tools inherit races with nothing.
+    std::env::remove_var("OPENBLAS_L2_SIZE");
+    for set in sets {
+        std::env::set_var("OPENBLAS_CORETYPE", set.coretype);
+        check_kernel_set(set);
+    }
+}
+
+/// Runs every tool with `set`'s kernels and compares the hashes with its file.
+fn check_kernel_set(set: &KernelSet) {
     let mut a = Artifacts {
-        scratch: scratch("byte-identity"),
+        scratch: scratch(&format!("byte-identity-{}", set.coretype)),
         hashes: BTreeMap::new(),
         records: BTreeMap::new(),
     };
@@ -259,13 +325,14 @@ fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
         a.tool(name, "hessian-trace", &[&trace[..], flags].concat(), input);
     }
 
-    for (name, pointer, before, rtol) in MOVED {
+    for &(name, pointer, before, rtol) in set.moved {
         let record = a.records[name].lines().last().expect("a record");
         let v: Value = serde_json::from_str(record).unwrap();
         let now = v.pointer(pointer).and_then(Value::as_f64).expect(pointer);
         assert!(
             (now - before).abs() <= rtol * before.abs(),
-            "{name}: {pointer} = {now}, before the redesign {before} (relative bound {rtol})"
+            "{} kernels: {name}: {pointer} = {now}, before the redesign {before} (relative bound {rtol})",
+            set.coretype
         );
     }
 
@@ -274,16 +341,19 @@ fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
         .iter()
         .map(|(name, h)| format!("{h}  {name}\n"))
         .collect();
-    let path = repo().join(EXPECTED);
+    let path = repo().join(set.expected);
     if std::env::var_os("NGD_SLT_BLESS").is_some() {
         std::fs::write(&path, &got).expect("write the expected hashes");
         eprintln!(
-            "byte_identity: wrote {} hashes to {EXPECTED}",
-            a.hashes.len()
+            "byte_identity: wrote {} hashes to {} ({} kernels)",
+            a.hashes.len(),
+            set.expected,
+            set.coretype
         );
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{EXPECTED}: {e}"));
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", set.expected));
     let expected: BTreeMap<&str, &str> = expected
         .lines()
         .filter_map(|l| l.split_once("  ").map(|(h, n)| (n, h)))
@@ -309,9 +379,11 @@ fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
     }
     assert!(
         differ.is_empty(),
-        "{} of {} artifacts differ from {EXPECTED}:\n{}",
+        "{} kernels: {} of {} artifacts differ from {}:\n{}",
+        set.coretype,
         differ.len(),
         a.hashes.len(),
+        set.expected,
         differ.join("\n")
     );
 }
