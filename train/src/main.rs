@@ -363,6 +363,10 @@ fn run(args: Args) -> Result<()> {
         Some(_) => arch,
     };
     let net = Network::new(arch);
+    // A spec fixes its input shape and outputs: a data set that does not fit is refused here, before
+    // the run is announced.
+    net.check_input(&train_data)?;
+    net.check_input(&test_data)?;
     if let Some(n) = args.train_samples {
         if n == 0 {
             bail!("--train-samples must be at least 1");
