@@ -230,6 +230,23 @@ fn malformed_specs_are_refused_with_their_json_path() {
             assert!(out.stdout.is_empty());
         }
     }
+    // A spec that does not fit the data: one line naming the data folder and both shapes.
+    let mut rgb = spec();
+    rgb["input"] = json!([3, 28, 28]);
+    rgb["layers"][1]["out"] = json!(16);
+    let p = write_spec(&dir, "rgb.json", &rgb);
+    let out = support::run_tool(
+        "train",
+        &["--model", &p, "--data-dir", &data, "--out", &run_dir],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("mnist images are 1×28×28 but the model rgb expects 3×28×28"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     // Not JSON at all.
     let p = dir.join("broken.json");
     std::fs::write(&p, "{\"input\": [784], ").unwrap();

@@ -396,6 +396,12 @@ fn run(args: Args) -> Result<()> {
     };
     let mut net = Network::new(arch);
     net.loss = loss;
+    // A spec fixes its input shape and outputs: a data set that does not fit is refused here, before
+    // the run is announced.
+    net.check_input(&train_data)?;
+    if let Some(test) = &test_data {
+        net.check_input(test)?;
+    }
     if let Some(n) = args.train_samples {
         if n == 0 {
             bail!("--train-samples must be at least 1");
