@@ -29,6 +29,8 @@ pub enum Purpose {
     Labels,
     /// Noise added to the update direction (`--direction-noise`; index = step).
     DirectionNoise,
+    /// Synthetic data (`datagen`: inputs and target noise; index = which).
+    Data,
 }
 
 impl Purpose {
@@ -40,6 +42,7 @@ impl Purpose {
             Purpose::Probe => 0x4a4b_4c4d_0000_0004,
             Purpose::Labels => 0x5a5b_5c5d_0000_0005,
             Purpose::DirectionNoise => 0x6a6b_6c6d_0000_0006,
+            Purpose::Data => 0x7a7b_7c7d_0000_0007,
         }
     }
 }

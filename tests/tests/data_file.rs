@@ -444,3 +444,124 @@ fn bad_data_and_mismatched_losses_are_refused_in_one_line() {
     );
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `datagen teacher` writes a deep linear network's outputs: the same command gives the same bytes,
+/// the teacher's own weights have loss 0 on its noiseless data (measured by `hessian-trace` through
+/// `--data`), `llc` measures at them, and `train` fits a student on the file.
+#[test]
+fn datagen_teacher_writes_data_its_teacher_fits_exactly() {
+    let dir = scratch("datagen-teacher");
+    let gen = |out: &str, teacher: &str| {
+        run_tool(
+            "datagen",
+            &[
+                "teacher",
+                "--hidden",
+                "4,4",
+                "--activation",
+                "identity",
+                "--inputs",
+                "5",
+                "--outputs",
+                "3",
+                "--samples",
+                "300",
+                "--test-samples",
+                "60",
+                "--input-scale",
+                "3",
+                "--seed",
+                "8",
+                "--out",
+                dir.join(out).to_str().unwrap(),
+                "--teacher-out",
+                dir.join(teacher).to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    for (out, teacher) in [
+        ("a.safetensors", "ta.safetensors"),
+        ("b.safetensors", "tb.safetensors"),
+    ] {
+        let o = gen(out, teacher);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let a = std::fs::read(dir.join("a.safetensors")).unwrap();
+    assert_eq!(a, std::fs::read(dir.join("b.safetensors")).unwrap());
+    let text = String::from_utf8_lossy(&a[..a.len().min(2000)]).into_owned();
+    for key in [
+        "\"seed\":\"8\"",
+        "\"inputs\":\"uniform(-3, 3)\"",
+        "\"noise\":\"0\"",
+        "mlp_2x4_identity",
+    ] {
+        assert!(text.contains(key), "metadata lacks {key}: {text}");
+    }
+    let data = dir.join("a.safetensors");
+    let teacher = dir.join("ta.safetensors");
+    let o = run_tool(
+        "hessian-trace",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--exact",
+            "--f64",
+            "--full",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    let h = &last(&o)["hessian"];
+    let loss = h["loss"].as_f64().unwrap();
+    // Targets rounded to float32: the teacher's loss is the rounding's, ~1e-14 of y².
+    assert!(loss < 1e-10, "teacher loss {loss}");
+    assert_eq!(h["data"]["loss"], "mse");
+    let o = run_tool(
+        "llc",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--draws",
+            "50",
+            "--chains",
+            "1",
+            "--batch-size",
+            "30",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(last(&o)["llc"]["llc"].as_f64().is_some_and(f64::is_finite));
+    let mut c = tool("train");
+    c.arg("--data").arg(&data);
+    c.args([
+        "--model",
+        "mlp_2x4_identity",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "30",
+        "--quiet",
+        "--out",
+    ])
+    .arg(dir.join("student"));
+    let r = last(&run(c));
+    assert_eq!(r["model"]["input"], 5);
+    assert!(r["test_loss"].as_f64().is_some_and(f64::is_finite));
+    // Bad settings: one line.
+    let o = run_tool(
+        "datagen",
+        &[
+            "teacher",
+            "--model",
+            "lenet",
+            "--out",
+            dir.join("x").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_one_line_error(&o, &["the teacher is an MLP"]);
+}

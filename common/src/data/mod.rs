@@ -5,10 +5,12 @@
 mod dataset;
 pub mod file;
 pub(crate) mod idx;
+pub mod teacher;
 
 pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
 pub use file::{load_data_file, load_data_file_split, Normalize};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
+pub use teacher::{teacher_data, InputDistribution, TeacherConfig, TeacherData};
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};

@@ -96,7 +96,7 @@ impl Checkpoint {
         md.insert("num_params".into(), layout.total().to_string());
         md.insert("dtype".into(), "float32".into());
         md.insert("torch_module".into(), self.network.arch.torch_definition());
-        Ok(encode_safetensors(&tensors, &md))
+        Ok(encode_f32_safetensors(&tensors, &md))
     }
 
     /// Writes the checkpoint atomically.
@@ -449,7 +449,7 @@ fn article(noun: &str) -> &'static str {
 /// spaces to a multiple of 8 bytes (as the reference implementation does). The `safetensors` crate's
 /// own serialiser writes the metadata in hash-map order, which would make identical runs produce
 /// different bytes.
-fn encode_safetensors(
+pub fn encode_f32_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
     meta: &BTreeMap<String, String>,
 ) -> Vec<u8> {
@@ -644,7 +644,7 @@ pub fn save_optimizer_state(
             )
         })
         .collect();
-    let out = encode_safetensors(&tensors, &md);
+    let out = encode_f32_safetensors(&tensors, &md);
     atomic_write(path, &out)
 }
 
@@ -756,7 +756,7 @@ mod tests {
     fn tiny_file(arch: &str) -> Vec<u8> {
         let mut md = BTreeMap::new();
         md.insert("arch".to_string(), arch.to_string());
-        encode_safetensors(&[("a".to_string(), vec![1], &[0.5f32][..])], &md)
+        encode_f32_safetensors(&[("a".to_string(), vec![1], &[0.5f32][..])], &md)
     }
 
     /// A file with the given tensors (values 0.01) and no metadata, as PyTorch writes one.
@@ -770,7 +770,7 @@ mod tests {
             .zip(&data)
             .map(|((n, s), d)| (n.to_string(), s.clone(), &d[..]))
             .collect();
-        encode_safetensors(&tensors, &BTreeMap::new())
+        encode_f32_safetensors(&tensors, &BTreeMap::new())
     }
 
     fn load_err(bytes: &[u8], model: Option<&ModelSpec>) -> String {
@@ -864,7 +864,7 @@ mod tests {
         let mut md = BTreeMap::new();
         md.insert("arch".to_string(), "mlp_1x0".to_string());
         let w = vec![0.0f32; 4 * 784];
-        let lied = encode_safetensors(
+        let lied = encode_f32_safetensors(
             &[
                 ("1.weight".into(), vec![4, 784], &w[..]),
                 ("1.bias".into(), vec![4], &w[..4]),
