@@ -565,3 +565,68 @@ fn datagen_teacher_writes_data_its_teacher_fits_exactly() {
     );
     assert_one_line_error(&o, &["the teacher is an MLP"]);
 }
+
+/// A closed form through the whole pipeline: linear regression y = Wx + b is a regular model, so its
+/// learning coefficient is d/2 with d its parameter count. A noiseless teacher `mlp_0` (4 inputs, 2
+/// outputs: d = 10) is its own empirical minimiser; `llc` with the mean squared error at nβ = n/ln n
+/// (n = 10,000) lands within 5% of λ = 5 (measured: 5.06 ± 0.05 s.e.; for 6 inputs and 3 outputs
+/// 10.59 ± 0.11 against 10.5).
+#[test]
+fn llc_of_a_linear_teacher_is_half_its_parameter_count() {
+    let dir = scratch("datagen-linear");
+    let (data, teacher) = (dir.join("lin.safetensors"), dir.join("teacher.safetensors"));
+    let o = run_tool(
+        "datagen",
+        &[
+            "teacher",
+            "--model",
+            "mlp_0",
+            "--inputs",
+            "4",
+            "--outputs",
+            "2",
+            "--samples",
+            "10000",
+            "--seed",
+            "1",
+            "--out",
+            data.to_str().unwrap(),
+            "--teacher-out",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_tool(
+        "llc",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--nbeta",
+            "dataset",
+            "--epsilon",
+            "1e-4",
+            "--gamma",
+            "1",
+            "--draws",
+            "10000",
+            "--burn-in",
+            "2000",
+            "--chains",
+            "8",
+            "--batch-size",
+            "1000",
+            "--seed",
+            "2",
+            "--threads",
+            "2",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    let l = &last(&o)["llc"];
+    let llc = l["llc"].as_f64().unwrap();
+    assert_eq!(l["loss"], "mse");
+    assert!((llc - 5.0).abs() <= 0.25, "λ̂ = {llc}, λ = d/2 = 5: {l}");
+}

@@ -155,6 +155,19 @@ pub fn load_data_file_split(
         .tensor("y")
         .map_err(|e| Error::data(path, format!("tensor `y`: {e}")))?;
     let refuse = |name: &str, msg: String| Error::data(path, format!("tensor `{name}`: {msg}"));
+    // The test targets are of the training targets' kind, whichever split is loaded (the classes
+    // count both splits' labels).
+    if let Ok(yt) = st.tensor("y_test") {
+        let kind = |d: Dtype| (is_float(d), is_integer(d));
+        // (A y of neither kind is refused below, naming y.)
+        let y_usable = kind(train_y.dtype()) != (false, false);
+        if y_usable && kind(yt.dtype()) != kind(train_y.dtype()) {
+            return Err(refuse(
+                "y_test",
+                format!("dtype {:?} but y is {:?}", yt.dtype(), train_y.dtype()),
+            ));
+        }
+    }
 
     let n = *x
         .shape()
@@ -716,6 +729,12 @@ mod tests {
         );
         let mut neg = good.clone();
         neg[3] = ("y_test", Dtype::I64, vec![2], i64s(&[0, -5]));
+        let mut float_test = good.clone();
+        float_test[3] = ("y_test", Dtype::F32, vec![2], f32s(&[0.5, 1.5]));
+        let e = load_data_file(&write("test-float", &float_test), Split::Train, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor `y_test`: dtype F32 but y is I64"), "{e}");
         let e = load_data_file(&write("test-neg", &neg), Split::Test, None)
             .unwrap_err()
             .to_string();
