@@ -630,3 +630,51 @@ fn llc_of_a_linear_teacher_is_half_its_parameter_count() {
     assert_eq!(l["loss"], "mse");
     assert!((llc - 5.0).abs() <= 0.25, "λ̂ = {llc}, λ = d/2 = 5: {l}");
 }
+
+/// Images in a data file: uint8 x [n, 2, 16, 16] builds a LeNet for two-channel 16×16 inputs and the
+/// labels' classes, normalised per channel; its exact Hessian trace runs on it.
+#[test]
+fn a_lenet_is_built_for_the_images_of_a_data_file() {
+    let dir = scratch("data-file-lenet");
+    let n = 24;
+    let mut u = uniform(5);
+    let x: Vec<u8> = (0..n * 2 * 16 * 16)
+        .map(|_| ((u() + 1.0) * 127.5) as u8)
+        .collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 4).collect();
+    let data = dir.join("images.safetensors");
+    write(
+        &data,
+        &[
+            ("x", safetensors::Dtype::U8, vec![n, 2, 16, 16], x),
+            ("y", safetensors::Dtype::I64, vec![n], bytes_i64(&y)),
+        ],
+    );
+    let mut c = tool("train");
+    c.arg("--data").arg(&data);
+    c.args([
+        "--model",
+        "lenet",
+        "--extra-layers",
+        "0",
+        "--normalize",
+        "0.5,0.4,0.25,0.3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--out",
+    ])
+    .arg(dir.join("run"));
+    let o = run(c);
+    let r = last(&o);
+    assert_eq!(r["model"]["input"], serde_json::json!([2, 16, 16]));
+    assert_eq!(r["model"]["classes"], 4);
+    assert_eq!(r["data_normalize"], "0.5,0.4,0.25,0.3");
+    let record = stdout(&o).lines().last().unwrap().to_string() + "\n";
+    let o = run_tool("hessian-trace", &["--exact", "--full", "--quiet"], &record);
+    let h = &last(&o)["hessian"];
+    assert!(h["trace"].as_f64().is_some_and(|t| t > 0.0), "{h}");
+    assert_eq!(h["data"]["samples"], n);
+}
