@@ -279,8 +279,11 @@ fn run(args: Args) -> Result<()> {
     let ck = Checkpoint::load(&args.from, model.as_ref())?;
     ck.check_finite(&args.from)?;
     let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
-    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?
-        .for_checkpoint(&ck, &args.from)?;
+    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?.for_checkpoint(
+        &ck,
+        &args.from,
+        args.dataset.as_deref(),
+    )?;
     let dataset = match choice.file {
         Some(_) => DatasetKind::Mnist,
         None => dataset_for_checkpoint(&ck, args.dataset.as_deref())?,

@@ -241,6 +241,25 @@ fn every_tool_runs_on_a_regression_file_with_the_mean_squared_error() {
         (Some(3), Some("mse"))
     );
 
+    // --dataset for a checkpoint trained on a data file is refused, naming both.
+    let o = run_tool(
+        "llc",
+        &[
+            "--dataset",
+            "mnist",
+            "--draws",
+            "5",
+            "--quiet",
+            from.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        stdout(&o).contains("--dataset mnist: the checkpoint was trained on the data file"),
+        "{}",
+        stdout(&o)
+    );
+
     // train with ngd-exact from scratch, and with the online NGD.
     for opt in ["ngd-exact", "ngd"] {
         let o = train_regression(&dir, &data, opt, &["--optimizer", opt]);

@@ -345,7 +345,7 @@ fn run(args: Args) -> Result<()> {
     };
     let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?;
     let choice = match (&init, &args.init) {
-        (Some(ck), Some(p)) => choice.for_checkpoint(ck, p)?,
+        (Some(ck), Some(p)) => choice.for_checkpoint(ck, p, args.dataset.as_deref())?,
         _ => choice,
     };
     let dataset = match (&init, &args.dataset) {

@@ -45,14 +45,28 @@ impl DataChoice {
     /// metadata records (`data_file`, `data_normalize`), else the IDX data sets.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] for a recorded `data_normalize` that does not parse.
-    pub fn for_checkpoint(&self, checkpoint: &crate::io::Checkpoint, path: &Path) -> Result<Self> {
+    /// [`Error::Checkpoint`] for a recorded `data_normalize` that does not parse, or an explicit
+    /// `--dataset` (`explicit_dataset`) for a checkpoint trained on a data file.
+    pub fn for_checkpoint(
+        &self,
+        checkpoint: &crate::io::Checkpoint,
+        path: &Path,
+        explicit_dataset: Option<&str>,
+    ) -> Result<Self> {
         if self.file.is_some() {
             return Ok(self.clone());
         }
         let Some(file) = checkpoint.meta.get("data_file").and_then(|v| v.as_str()) else {
             return Ok(self.clone());
         };
+        if let Some(d) = explicit_dataset {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "--dataset {d}: the checkpoint was trained on the data file {file} (its metadata's `data_file`); leave --dataset out, or pass --data"
+                ),
+            ));
+        }
         // Absent, or null (metadata stores it as the text `null`): no normalisation.
         let recorded = checkpoint
             .meta

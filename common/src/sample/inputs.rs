@@ -81,7 +81,9 @@ impl DataCache {
         require_file(path)?;
         let mut ck = Checkpoint::load(path, model)?;
         ck.check_finite(path)?;
-        let choice = self.choice.for_checkpoint(&ck, path)?;
+        let choice = self
+            .choice
+            .for_checkpoint(&ck, path, self.explicit.as_deref())?;
         let key = match &choice.file {
             Some(f) => (
                 format!(
