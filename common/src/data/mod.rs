@@ -8,7 +8,7 @@ pub(crate) mod idx;
 pub mod teacher;
 
 pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
-pub use file::{load_data_file, load_data_file_split, Normalize};
+pub use file::{data_from_bytes, load_data_file, load_data_file_split, Normalize};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
 pub use teacher::{teacher_data, InputDistribution, TeacherConfig, TeacherData};
 
