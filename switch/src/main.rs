@@ -276,7 +276,8 @@ fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
-    let ck = Checkpoint::load(&args.from, model.as_ref())?;
+    let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+    let ck = Checkpoint::load_for_loss(&args.from, model.as_ref(), loss)?;
     ck.check_finite(&args.from)?;
     let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
     let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?.for_checkpoint(

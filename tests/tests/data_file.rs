@@ -697,3 +697,83 @@ fn a_lenet_is_built_for_the_images_of_a_data_file() {
     assert!(h["trace"].as_f64().is_some_and(|t| t > 0.0), "{h}");
     assert_eq!(h["data"]["samples"], n);
 }
+
+/// A checkpoint written elsewhere (no metadata) with one output: refused as a cross-entropy model,
+/// measured with `--loss mse`, and the loss `hessian-trace` reports is F.mse_loss of the network
+/// computed here by hand (a ReLU MLP 4-3-1 from the file's own weights).
+#[test]
+fn a_foreign_scalar_regression_checkpoint_is_measured_with_loss_mse() {
+    let dir = scratch("data-file-foreign");
+    let ck = dir.join("foreign.safetensors");
+    let value = |i: usize| ((i * 7 % 11) as f32 - 5.0) * 0.1;
+    write_f32_safetensors(
+        &ck,
+        &[
+            ("1.weight", vec![3, 4]),
+            ("1.bias", vec![3]),
+            ("3.weight", vec![1, 3]),
+            ("3.bias", vec![1]),
+        ],
+        value,
+    );
+    let mut u = uniform(3);
+    let n = 20;
+    let x: Vec<f64> = (0..n * 4).map(|_| u()).collect();
+    let y: Vec<f64> = (0..n).map(|_| u()).collect();
+    let data = dir.join("scalar.safetensors");
+    write(
+        &data,
+        &[
+            ("x", safetensors::Dtype::F32, vec![n, 4], bytes_f32(&x)),
+            ("y", safetensors::Dtype::F32, vec![n], bytes_f32(&y)),
+        ],
+    );
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--data",
+            data.to_str().unwrap(),
+            "--exact",
+            "--f64",
+            "--full",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("--quiet".into());
+        a.push(ck.to_str().unwrap().into());
+        a
+    };
+    let run_ht = |extra: &[&'static str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_tool("hessian-trace", &refs, "")
+    };
+    let o = run_ht(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("1 class (cross-entropy needs at least 2"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_ht(&["--loss", "mse"]);
+    let h = &last(&o)["hessian"];
+    // By hand: the inputs and weights as float32, the arithmetic in f64.
+    let xf: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+    let w = |i: usize| value(i) as f64;
+    let mut sq = 0.0;
+    for s in 0..n {
+        let hidden: Vec<f64> = (0..3)
+            .map(|r| (w(r) + (0..4).map(|c| w(r * 4 + c) * xf[s * 4 + c]).sum::<f64>()).max(0.0))
+            .collect();
+        let out = w(0) + (0..3).map(|c| w(c) * hidden[c]).sum::<f64>();
+        sq += (out - y[s] as f32 as f64).powi(2);
+    }
+    let by_hand = sq / n as f64;
+    let loss = h["loss"].as_f64().unwrap();
+    assert!(
+        (loss - by_hand).abs() <= 1e-12 * by_hand,
+        "{loss} vs {by_hand}"
+    );
+    assert_eq!(h["data"]["loss"], "mse");
+}

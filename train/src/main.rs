@@ -323,7 +323,8 @@ fn run(args: Args) -> Result<()> {
                 }
                 None => None,
             };
-            let ck = Checkpoint::load(p, spec.as_ref())?;
+            let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+            let ck = Checkpoint::load_for_loss(p, spec.as_ref(), loss)?;
             ck.check_finite(p)?;
             let arch = ck.network.arch.clone();
             check_model(&arch, args.batch_size, &format!("--init {}", p.display()))?;

@@ -113,12 +113,36 @@ impl Checkpoint {
     /// truncated or corrupt safetensors, unknown model in the metadata, unsupported dtype, tensors that
     /// do not fit the model (count or shape), an empty layer or an output of fewer than two classes.
     pub fn load(path: &Path, model: Option<&ModelSpec>) -> Result<Checkpoint> {
+        Self::load_for_loss(path, model, None)
+    }
+
+    /// [`Checkpoint::load`] of a model measured with `loss` (`--loss`) when given, else with the
+    /// loss its metadata records, else cross-entropy: the mean squared error takes a model of one
+    /// output (a checkpoint written elsewhere records no loss).
+    ///
+    /// # Errors
+    /// As [`Checkpoint::load`].
+    pub fn load_for_loss(
+        path: &Path,
+        model: Option<&ModelSpec>,
+        loss: Option<crate::model::Loss>,
+    ) -> Result<Checkpoint> {
         let bytes = read_checkpoint_file(path)?;
-        Self::from_bytes(path, &bytes, model)
+        Self::from_bytes_for_loss(path, &bytes, model, loss)
     }
 
     /// [`Checkpoint::load`] from bytes in memory; `path` is only used in messages.
     pub fn from_bytes(path: &Path, bytes: &[u8], model: Option<&ModelSpec>) -> Result<Checkpoint> {
+        Self::from_bytes_for_loss(path, bytes, model, None)
+    }
+
+    /// [`Checkpoint::load_for_loss`] from bytes in memory.
+    pub fn from_bytes_for_loss(
+        path: &Path,
+        bytes: &[u8],
+        model: Option<&ModelSpec>,
+        loss: Option<crate::model::Loss>,
+    ) -> Result<Checkpoint> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -188,12 +212,12 @@ impl Checkpoint {
 
         let arch = choose_architecture(path, model, &meta, &shapes)?;
         check_tensors_fit(path, &arch, &ordered, &shapes)?;
-        // A checkpoint trained with the mean squared error (its metadata's `loss`) may have one
+        // A model measured with the mean squared error (`loss`, else its metadata's) may have one
         // output; with cross-entropy (or no record of the loss) it needs two.
-        let loss = match meta.get("loss").and_then(Value::as_str) {
+        let loss = loss.unwrap_or(match meta.get("loss").and_then(Value::as_str) {
             Some("mse") => crate::model::Loss::MeanSquaredError,
             _ => crate::model::Loss::SoftmaxCrossEntropy,
-        };
+        });
         if let Some(why) = crate::model::too_few_classes(arch.classes(), loss) {
             let last = ordered.len() - 2;
             return Err(meta_err(
