@@ -29,7 +29,7 @@ pub enum Purpose {
     Labels,
     /// Noise added to the update direction (`--direction-noise`; index = step).
     DirectionNoise,
-    /// Synthetic data sets (`datagen`).
+    /// Synthetic data (`datagen`: inputs and target noise; index = which).
     Data,
 }
 

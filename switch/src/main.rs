@@ -276,11 +276,15 @@ fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
-    let ck = Checkpoint::load(&args.from, model.as_ref())?;
+    let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+    let ck = Checkpoint::load_for_loss(&args.from, model.as_ref(), loss)?;
     ck.check_finite(&args.from)?;
     let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
-    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?
-        .for_checkpoint(&ck, &args.from)?;
+    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?.for_checkpoint(
+        &ck,
+        &args.from,
+        args.dataset.as_deref(),
+    )?;
     let dataset = match choice.file {
         Some(_) => DatasetKind::Mnist,
         None => dataset_for_checkpoint(&ck, args.dataset.as_deref())?,

@@ -241,6 +241,25 @@ fn every_tool_runs_on_a_regression_file_with_the_mean_squared_error() {
         (Some(3), Some("mse"))
     );
 
+    // --dataset for a checkpoint trained on a data file is refused, naming both.
+    let o = run_tool(
+        "llc",
+        &[
+            "--dataset",
+            "mnist",
+            "--draws",
+            "5",
+            "--quiet",
+            from.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        stdout(&o).contains("--dataset mnist: the checkpoint was trained on the data file"),
+        "{}",
+        stdout(&o)
+    );
+
     // train with ngd-exact from scratch, and with the online NGD.
     for opt in ["ngd-exact", "ngd"] {
         let o = train_regression(&dir, &data, opt, &["--optimizer", opt]);
@@ -443,4 +462,321 @@ fn bad_data_and_mismatched_losses_are_refused_in_one_line() {
         "",
     );
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `datagen teacher` writes a deep linear network's outputs: the same command gives the same bytes,
+/// the teacher's own weights have loss 0 on its noiseless data (measured by `hessian-trace` through
+/// `--data`), `llc` measures at them, and `train` fits a student on the file.
+#[test]
+fn datagen_teacher_writes_data_its_teacher_fits_exactly() {
+    let dir = scratch("datagen-teacher");
+    let gen = |out: &str, teacher: &str| {
+        run_tool(
+            "datagen",
+            &[
+                "teacher",
+                "--hidden",
+                "4,4",
+                "--activation",
+                "identity",
+                "--inputs",
+                "5",
+                "--outputs",
+                "3",
+                "--samples",
+                "300",
+                "--test-samples",
+                "60",
+                "--input-dist",
+                "uniform:3",
+                "--seed",
+                "8",
+                "--out",
+                dir.join(out).to_str().unwrap(),
+                "--teacher-out",
+                dir.join(teacher).to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    for (out, teacher) in [
+        ("a.safetensors", "ta.safetensors"),
+        ("b.safetensors", "tb.safetensors"),
+    ] {
+        let o = gen(out, teacher);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let a = std::fs::read(dir.join("a.safetensors")).unwrap();
+    assert_eq!(a, std::fs::read(dir.join("b.safetensors")).unwrap());
+    let text = String::from_utf8_lossy(&a[..a.len().min(2000)]).into_owned();
+    // The settings, a JSON object in the metadata's `datagen` string (its quotes escaped).
+    for key in [
+        "\\\"seed\\\":8",
+        "\\\"half_width\\\":3.0",
+        "\\\"noise_sd\\\":0.0",
+        "mlp_2x4_identity",
+    ] {
+        assert!(text.contains(key), "metadata lacks {key}: {text}");
+    }
+    let data = dir.join("a.safetensors");
+    let teacher = dir.join("ta.safetensors");
+    let o = run_tool(
+        "hessian-trace",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--exact",
+            "--f64",
+            "--full",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    let h = &last(&o)["hessian"];
+    let loss = h["loss"].as_f64().unwrap();
+    // Targets rounded to float32: the teacher's loss is the rounding's, ~1e-14 of y².
+    assert!(loss < 1e-10, "teacher loss {loss}");
+    assert_eq!(h["data"]["loss"], "mse");
+    let o = run_tool(
+        "llc",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--draws",
+            "50",
+            "--chains",
+            "1",
+            "--batch-size",
+            "30",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(last(&o)["llc"]["llc"].as_f64().is_some_and(f64::is_finite));
+    let mut c = tool("train");
+    c.arg("--data").arg(&data);
+    c.args([
+        "--model",
+        "mlp_2x4_identity",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "30",
+        "--quiet",
+        "--out",
+    ])
+    .arg(dir.join("student"));
+    let r = last(&run(c));
+    assert_eq!(r["model"]["input"], 5);
+    assert!(r["test_loss"].as_f64().is_some_and(f64::is_finite));
+    // Bad settings: one line.
+    let o = run_tool(
+        "datagen",
+        &[
+            "teacher",
+            "--model",
+            "lenet",
+            "--out",
+            dir.join("x").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_one_line_error(&o, &["a teacher is an MLP"]);
+}
+
+/// A closed form through the whole pipeline: linear regression y = Wx + b is a regular model, so its
+/// learning coefficient is d/2 with d its parameter count. A noiseless teacher `mlp_0` (4 inputs, 2
+/// outputs: d = 10) is its own empirical minimiser; `llc` with the mean squared error at nβ = n/ln n
+/// (n = 10,000) lands within 5% of λ = 5 (measured: 5.06 ± 0.05 s.e.; for 6 inputs and 3 outputs
+/// 10.59 ± 0.11 against 10.5).
+#[test]
+fn llc_of_a_linear_teacher_is_half_its_parameter_count() {
+    let dir = scratch("datagen-linear");
+    let (data, teacher) = (dir.join("lin.safetensors"), dir.join("teacher.safetensors"));
+    let o = run_tool(
+        "datagen",
+        &[
+            "teacher",
+            "--model",
+            "mlp_0",
+            "--inputs",
+            "4",
+            "--outputs",
+            "2",
+            "--samples",
+            "10000",
+            "--input-dist",
+            "uniform:1",
+            "--seed",
+            "1",
+            "--out",
+            data.to_str().unwrap(),
+            "--teacher-out",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run_tool(
+        "llc",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--nbeta",
+            "dataset",
+            "--epsilon",
+            "1e-4",
+            "--gamma",
+            "1",
+            "--draws",
+            "10000",
+            "--burn-in",
+            "2000",
+            "--chains",
+            "8",
+            "--batch-size",
+            "1000",
+            "--seed",
+            "2",
+            "--threads",
+            "2",
+            "--quiet",
+            teacher.to_str().unwrap(),
+        ],
+        "",
+    );
+    let l = &last(&o)["llc"];
+    let llc = l["llc"].as_f64().unwrap();
+    assert_eq!(l["loss"], "mse");
+    assert!((llc - 5.0).abs() <= 0.25, "λ̂ = {llc}, λ = d/2 = 5: {l}");
+}
+
+/// Images in a data file: uint8 x [n, 2, 16, 16] builds a LeNet for two-channel 16×16 inputs and the
+/// labels' classes, normalised per channel; its exact Hessian trace runs on it.
+#[test]
+fn a_lenet_is_built_for_the_images_of_a_data_file() {
+    let dir = scratch("data-file-lenet");
+    let n = 24;
+    let mut u = uniform(5);
+    let x: Vec<u8> = (0..n * 2 * 16 * 16)
+        .map(|_| ((u() + 1.0) * 127.5) as u8)
+        .collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % 4).collect();
+    let data = dir.join("images.safetensors");
+    write(
+        &data,
+        &[
+            ("x", safetensors::Dtype::U8, vec![n, 2, 16, 16], x),
+            ("y", safetensors::Dtype::I64, vec![n], bytes_i64(&y)),
+        ],
+    );
+    let mut c = tool("train");
+    c.arg("--data").arg(&data);
+    c.args([
+        "--model",
+        "lenet",
+        "--extra-layers",
+        "0",
+        "--normalize",
+        "0.5,0.4,0.25,0.3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--out",
+    ])
+    .arg(dir.join("run"));
+    let o = run(c);
+    let r = last(&o);
+    assert_eq!(r["model"]["input"], serde_json::json!([2, 16, 16]));
+    assert_eq!(r["model"]["classes"], 4);
+    assert_eq!(r["data_normalize"], "0.5,0.4,0.25,0.3");
+    let record = stdout(&o).lines().last().unwrap().to_string() + "\n";
+    let o = run_tool("hessian-trace", &["--exact", "--full", "--quiet"], &record);
+    let h = &last(&o)["hessian"];
+    assert!(h["trace"].as_f64().is_some_and(|t| t > 0.0), "{h}");
+    assert_eq!(h["data"]["samples"], n);
+}
+
+/// A checkpoint written elsewhere (no metadata) with one output: refused as a cross-entropy model,
+/// measured with `--loss mse`, and the loss `hessian-trace` reports is F.mse_loss of the network
+/// computed here by hand (a ReLU MLP 4-3-1 from the file's own weights).
+#[test]
+fn a_foreign_scalar_regression_checkpoint_is_measured_with_loss_mse() {
+    let dir = scratch("data-file-foreign");
+    let ck = dir.join("foreign.safetensors");
+    let value = |i: usize| ((i * 7 % 11) as f32 - 5.0) * 0.1;
+    write_f32_safetensors(
+        &ck,
+        &[
+            ("1.weight", vec![3, 4]),
+            ("1.bias", vec![3]),
+            ("3.weight", vec![1, 3]),
+            ("3.bias", vec![1]),
+        ],
+        value,
+    );
+    let mut u = uniform(3);
+    let n = 20;
+    let x: Vec<f64> = (0..n * 4).map(|_| u()).collect();
+    let y: Vec<f64> = (0..n).map(|_| u()).collect();
+    let data = dir.join("scalar.safetensors");
+    write(
+        &data,
+        &[
+            ("x", safetensors::Dtype::F32, vec![n, 4], bytes_f32(&x)),
+            ("y", safetensors::Dtype::F32, vec![n], bytes_f32(&y)),
+        ],
+    );
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--data",
+            data.to_str().unwrap(),
+            "--exact",
+            "--f64",
+            "--full",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push("--quiet".into());
+        a.push(ck.to_str().unwrap().into());
+        a
+    };
+    let run_ht = |extra: &[&'static str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_tool("hessian-trace", &refs, "")
+    };
+    let o = run_ht(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains("1 class (cross-entropy needs at least 2"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_ht(&["--loss", "mse"]);
+    let h = &last(&o)["hessian"];
+    // By hand: the inputs and weights as float32, the arithmetic in f64.
+    let xf: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+    let w = |i: usize| value(i) as f64;
+    let mut sq = 0.0;
+    for s in 0..n {
+        let hidden: Vec<f64> = (0..3)
+            .map(|r| (w(r) + (0..4).map(|c| w(r * 4 + c) * xf[s * 4 + c]).sum::<f64>()).max(0.0))
+            .collect();
+        let out = w(0) + (0..3).map(|c| w(c) * hidden[c]).sum::<f64>();
+        sq += (out - y[s] as f32 as f64).powi(2);
+    }
+    let by_hand = sq / n as f64;
+    let loss = h["loss"].as_f64().unwrap();
+    assert!(
+        (loss - by_hand).abs() <= 1e-12 * by_hand,
+        "{loss} vs {by_hand}"
+    );
+    assert_eq!(h["data"]["loss"], "mse");
 }

@@ -66,12 +66,20 @@ Examples:
   The LeNet, a quick run on the first 5,000 samples in file order:
     $ train --model lenet --train-samples 5000 --no-shuffle --epochs 1 --out runs/lenet-quick
 
+  A regression data file with the mean squared error (the default for float targets):
+    $ train --data teacher.safetensors --hidden 16 --epochs 20 --out runs/student
+
   Continue from a checkpoint with a fresh optimiser, or resume exactly where it stopped:
     $ train --init runs/sgd-1x128/epoch-0010.safetensors --epochs 5 --lr 0.1 --out runs/lr0.1
     $ train --init runs/sgd-1x128/epoch-0010.safetensors --resume --epochs 20 --out runs/sgd-1x128
 
 Data comes from --data-dir (default data/, filled by `make data`); torchvision's MNIST/raw and
-FashionMNIST/raw folders work as they are. Exit status: 0 on success, 1 on error (one line on
+FashionMNIST/raw folders work as they are. Or from a --data file (safetensors: x [n, …], y integer
+labels or float targets, optional x_test, y_test; `datagen teacher` writes one): the model is built
+for its sample shape and outputs, the loss is cross-entropy for labels and the mean squared error
+(PyTorch's F.mse_loss) for float targets unless --loss says otherwise, and records carry the file,
+its fingerprint and the loss (test_acc is null for regression, test_loss and test_acc without a test
+split). Exit status: 0 on success, 1 on error (one line on
 stderr naming the file or setting), 130 when interrupted, 141 when stdout was closed before the run
 finished (`train ... | head -1`); every checkpoint written so far is valid and can be resumed.
 
@@ -321,7 +329,8 @@ fn run(args: Args) -> Result<()> {
                 }
                 None => None,
             };
-            let ck = Checkpoint::load(p, spec.as_ref())?;
+            let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+            let ck = Checkpoint::load_for_loss(p, spec.as_ref(), loss)?;
             ck.check_finite(p)?;
             let arch = ck.network.arch.clone();
             check_model(&arch, args.batch_size, &format!("--init {}", p.display()))?;
@@ -351,7 +360,7 @@ fn run(args: Args) -> Result<()> {
     };
     let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?;
     let choice = match (&init, &args.init) {
-        (Some(ck), Some(p)) => choice.for_checkpoint(ck, p)?,
+        (Some(ck), Some(p)) => choice.for_checkpoint(ck, p, args.dataset.as_deref())?,
         _ => choice,
     };
     let dataset = match (&init, &args.dataset) {

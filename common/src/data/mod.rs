@@ -8,7 +8,7 @@ pub(crate) mod idx;
 pub mod synthetic;
 
 pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
-pub use file::{load_data_file, load_data_file_split, Normalize};
+pub use file::{data_from_bytes, load_data_file, load_data_file_split, Normalize};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
 
 use crate::{Error, Result};
@@ -44,14 +44,28 @@ impl DataChoice {
     /// metadata records (`data_file`, `data_normalize`), else the IDX data sets.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] for a recorded `data_normalize` that does not parse.
-    pub fn for_checkpoint(&self, checkpoint: &crate::io::Checkpoint, path: &Path) -> Result<Self> {
+    /// [`Error::Checkpoint`] for a recorded `data_normalize` that does not parse, or an explicit
+    /// `--dataset` (`explicit_dataset`) for a checkpoint trained on a data file.
+    pub fn for_checkpoint(
+        &self,
+        checkpoint: &crate::io::Checkpoint,
+        path: &Path,
+        explicit_dataset: Option<&str>,
+    ) -> Result<Self> {
         if self.file.is_some() {
             return Ok(self.clone());
         }
         let Some(file) = checkpoint.meta.get("data_file").and_then(|v| v.as_str()) else {
             return Ok(self.clone());
         };
+        if let Some(d) = explicit_dataset {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "--dataset {d}: the checkpoint was trained on the data file {file} (its metadata's `data_file`); leave --dataset out, or pass --data"
+                ),
+            ));
+        }
         // Absent, or null (metadata stores it as the text `null`): no normalisation.
         let recorded = checkpoint
             .meta

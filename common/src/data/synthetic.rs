@@ -13,7 +13,7 @@
 //! Every draw comes from one seeded stream (`rng::stream(seed, Purpose::Data, ·)`), so the same
 //! settings write the same bytes; the settings are recorded in the file's metadata under `datagen`.
 
-use crate::io::encode_safetensors;
+use crate::io::encode_f32_safetensors;
 use crate::model::Network;
 use crate::rng::{stream, Purpose, Stream};
 use crate::{Error, Result};
@@ -126,7 +126,7 @@ impl SyntheticData {
         }
         let mut md = BTreeMap::new();
         md.insert("datagen".to_string(), self.settings.to_string());
-        encode_safetensors(&tensors, &md)
+        encode_f32_safetensors(&tensors, &md)
     }
 }
 

@@ -96,7 +96,7 @@ impl Checkpoint {
         md.insert("num_params".into(), layout.total().to_string());
         md.insert("dtype".into(), "float32".into());
         md.insert("torch_module".into(), self.network.arch.torch_definition());
-        Ok(encode_safetensors(&tensors, &md))
+        Ok(encode_f32_safetensors(&tensors, &md))
     }
 
     /// Writes the checkpoint atomically.
@@ -113,12 +113,36 @@ impl Checkpoint {
     /// truncated or corrupt safetensors, unknown model in the metadata, unsupported dtype, tensors that
     /// do not fit the model (count or shape), an empty layer or an output of fewer than two classes.
     pub fn load(path: &Path, model: Option<&ModelSpec>) -> Result<Checkpoint> {
+        Self::load_for_loss(path, model, None)
+    }
+
+    /// [`Checkpoint::load`] of a model measured with `loss` (`--loss`) when given, else with the
+    /// loss its metadata records, else cross-entropy: the mean squared error takes a model of one
+    /// output (a checkpoint written elsewhere records no loss).
+    ///
+    /// # Errors
+    /// As [`Checkpoint::load`].
+    pub fn load_for_loss(
+        path: &Path,
+        model: Option<&ModelSpec>,
+        loss: Option<crate::model::Loss>,
+    ) -> Result<Checkpoint> {
         let bytes = read_checkpoint_file(path)?;
-        Self::from_bytes(path, &bytes, model)
+        Self::from_bytes_for_loss(path, &bytes, model, loss)
     }
 
     /// [`Checkpoint::load`] from bytes in memory; `path` is only used in messages.
     pub fn from_bytes(path: &Path, bytes: &[u8], model: Option<&ModelSpec>) -> Result<Checkpoint> {
+        Self::from_bytes_for_loss(path, bytes, model, None)
+    }
+
+    /// [`Checkpoint::load_for_loss`] from bytes in memory.
+    pub fn from_bytes_for_loss(
+        path: &Path,
+        bytes: &[u8],
+        model: Option<&ModelSpec>,
+        loss: Option<crate::model::Loss>,
+    ) -> Result<Checkpoint> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| meta_err(path, format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
@@ -205,12 +229,12 @@ impl Checkpoint {
                 (ordered, views, shapes)
             }
         };
-        // A checkpoint trained with the mean squared error (its metadata's `loss`) may have one
+        // A model measured with the mean squared error (`loss`, else its metadata's) may have one
         // output; with cross-entropy (or no record of the loss) it needs two.
-        let loss = match meta.get("loss").and_then(Value::as_str) {
+        let loss = loss.unwrap_or(match meta.get("loss").and_then(Value::as_str) {
             Some("mse") => crate::model::Loss::MeanSquaredError,
             _ => crate::model::Loss::SoftmaxCrossEntropy,
-        };
+        });
         if let Some(why) = crate::model::too_few_classes(arch.classes(), loss) {
             // The output layer's weight, when the file's tensors are weight/bias pairs.
             let culprit = ordered
@@ -522,7 +546,7 @@ fn article(noun: &str) -> &'static str {
 /// spaces to a multiple of 8 bytes (as the reference implementation does). The `safetensors` crate's
 /// own serialiser writes the metadata in hash-map order, which would make identical runs produce
 /// different bytes.
-pub(crate) fn encode_safetensors(
+pub fn encode_f32_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
     meta: &BTreeMap<String, String>,
 ) -> Vec<u8> {
@@ -717,7 +741,7 @@ pub fn save_optimizer_state(
             )
         })
         .collect();
-    let out = encode_safetensors(&tensors, &md);
+    let out = encode_f32_safetensors(&tensors, &md);
     atomic_write(path, &out)
 }
 
@@ -829,7 +853,7 @@ mod tests {
     fn tiny_file(arch: &str) -> Vec<u8> {
         let mut md = BTreeMap::new();
         md.insert("arch".to_string(), arch.to_string());
-        encode_safetensors(&[("a".to_string(), vec![1], &[0.5f32][..])], &md)
+        encode_f32_safetensors(&[("a".to_string(), vec![1], &[0.5f32][..])], &md)
     }
 
     /// A file with the given tensors (values 0.01) and no metadata, as PyTorch writes one.
@@ -843,7 +867,7 @@ mod tests {
             .zip(&data)
             .map(|((n, s), d)| (n.to_string(), s.clone(), &d[..]))
             .collect();
-        encode_safetensors(&tensors, &BTreeMap::new())
+        encode_f32_safetensors(&tensors, &BTreeMap::new())
     }
 
     fn load_err(bytes: &[u8], model: Option<&ModelSpec>) -> String {
@@ -937,7 +961,7 @@ mod tests {
         let mut md = BTreeMap::new();
         md.insert("arch".to_string(), "mlp_1x0".to_string());
         let w = vec![0.0f32; 4 * 784];
-        let lied = encode_safetensors(
+        let lied = encode_f32_safetensors(
             &[
                 ("1.weight".into(), vec![4, 784], &w[..]),
                 ("1.bias".into(), vec![4], &w[..4]),
@@ -1070,7 +1094,7 @@ mod tests {
             .zip(&data)
             .map(|((n, s), d)| (n.to_string(), s.clone(), &d[..]))
             .collect();
-        let bytes = encode_safetensors(&named, &BTreeMap::new());
+        let bytes = encode_f32_safetensors(&named, &BTreeMap::new());
         let p = Path::new("torch.safetensors");
         let ck = Checkpoint::from_bytes(p, &bytes, Some(&exact)).unwrap();
         let layout = &ck.network.layout;

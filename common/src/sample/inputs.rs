@@ -79,9 +79,16 @@ impl DataCache {
         data_dir: &Path,
     ) -> Result<(Checkpoint, &Dataset)> {
         require_file(path)?;
-        let mut ck = Checkpoint::load(path, model)?;
+        let explicit_loss = self
+            .loss
+            .as_deref()
+            .map(crate::model::Loss::parse)
+            .transpose()?;
+        let mut ck = Checkpoint::load_for_loss(path, model, explicit_loss)?;
         ck.check_finite(path)?;
-        let choice = self.choice.for_checkpoint(&ck, path)?;
+        let choice = self
+            .choice
+            .for_checkpoint(&ck, path, self.explicit.as_deref())?;
         let key = match &choice.file {
             Some(f) => (
                 format!(
