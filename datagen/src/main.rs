@@ -80,8 +80,9 @@ struct Common {
 
 #[derive(ClapArgs, Debug)]
 struct TeacherArgs {
-    /// Teacher model: mlp (with --hidden, --activation) or a name such as mlp_2x64,
-    /// mlp_10-10_identity [default: mlp]. Ignored with --init.
+    /// Teacher model: mlp (with --hidden, --activation), a name such as mlp_2x64 or
+    /// mlp_10-10_identity, or a JSON spec file (docs/model-spec.md; its input and outputs are the
+    /// spec's) [default: mlp]. Ignored with --init.
     #[arg(long, default_value = "mlp")]
     model: String,
     /// Hidden widths of an MLP teacher (comma-separated; none for a single linear layer).
@@ -90,12 +91,12 @@ struct TeacherArgs {
     /// Activation of an MLP teacher: relu, tanh, gelu or identity.
     #[arg(long, default_value = "relu")]
     activation: String,
-    /// Input features.
-    #[arg(long, default_value_t = 10)]
-    inputs: usize,
-    /// Outputs (the targets' width).
-    #[arg(long, default_value_t = 1)]
-    outputs: usize,
+    /// Input features of an MLP teacher [default: 10; a spec's own].
+    #[arg(long)]
+    inputs: Option<usize>,
+    /// Outputs (the targets' width) of an MLP teacher [default: 1; a spec's own].
+    #[arg(long)]
+    outputs: Option<usize>,
     /// Teacher weights from this checkpoint (its model and sizes) instead of a fresh initialisation.
     #[arg(long, value_name = "CKPT")]
     init: Option<PathBuf>,
@@ -249,24 +250,35 @@ fn teacher_model(t: &TeacherArgs) -> Result<(Network, Vec<f32>, Vec<Value>)> {
             (ck.network, ck.params)
         }
         None => {
-            if t.inputs == 0 || t.outputs == 0 {
-                bail!("--inputs and --outputs must be at least 1");
-            }
             let activation = Activation::parse(&t.activation).context("--activation")?;
-            let arch = Architecture::parse(&t.model, &t.hidden, activation, 2)
-                .with_context(|| format!("--model {}", t.model))?
-                .for_data([1, 1, t.inputs], t.outputs);
-            if matches!(arch, Architecture::LeNet { .. }) {
-                bail!(
-                    "--model {}: a teacher is an MLP here (a LeNet takes images)",
+            let parsed = Architecture::parse(&t.model, &t.hidden, activation, 2)
+                .with_context(|| format!("--model {}", t.model))?;
+            let arch = match parsed {
+                Architecture::LeNet { .. } => bail!(
+                    "--model {}: a teacher is an MLP or a spec here (a LeNet takes images)",
                     t.model
-                );
-            }
-            // The size check refuses fewer than two outputs (a cross-entropy rule); a regression
-            // teacher may have one, and its size is below that of the same model with two.
-            arch.clone()
-                .for_data([1, 1, t.inputs], t.outputs.max(2))
-                .size()
+                ),
+                spec @ Architecture::Spec(_) => {
+                    for (flag, given, own) in [
+                        ("--inputs", t.inputs, spec.input_features()),
+                        ("--outputs", t.outputs, spec.classes()),
+                    ] {
+                        if let Some(g) = given.filter(|&g| g != own) {
+                            bail!("{flag} {g}: the spec {} has {own}", t.model);
+                        }
+                    }
+                    spec
+                }
+                mlp => {
+                    let (inputs, outputs) = (t.inputs.unwrap_or(10), t.outputs.unwrap_or(1));
+                    if inputs == 0 || outputs == 0 {
+                        bail!("--inputs and --outputs must be at least 1");
+                    }
+                    mlp.for_data([1, 1, inputs], outputs)
+                }
+            };
+            // Any number of outputs: a regression teacher may have one.
+            arch.size_for(common::model::Loss::MeanSquaredError)
                 .with_context(|| format!("--model {}", t.model))?;
             let net = Network::new(arch);
             let params = initialise::<f32>(&net, t.common.seed);

@@ -7,6 +7,7 @@ use common::data::DataChoice;
 use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
+use common::sample::theory::DeepLinearStructure;
 use common::sample::{
     calibrate, estimate_llc, log_spaced, select_tensors, CalibrationAxis, DataCache, InitLoss,
     LlcConfig, NBeta, NetworkPotential, Potential, Restricted, SgldConfig,
@@ -315,15 +316,40 @@ fn run(args: Args) -> Result<ExitCode> {
                 );
             }
             let measured = match &args.only {
-                None => measure(
-                    &pot,
-                    &ck.params,
-                    &cfg,
-                    &calibration,
-                    &args,
-                    path,
-                    &mut trace_text,
-                )?,
+                None => {
+                    let mut m = measure(
+                        &pot,
+                        &ck.params,
+                        &cfg,
+                        &calibration,
+                        &args,
+                        path,
+                        &mut trace_text,
+                    )?;
+                    // A deep linear network: Aoyagi's λ beside λ̂ (exact when w* is a true
+                    // parameter, e.g. a `datagen teacher` checkpoint on its own data).
+                    let structure = DeepLinearStructure::of(&ck.network, &ck.params);
+                    if let (None, Some(s)) = (&calibration, structure) {
+                        let theory = s.theory()?;
+                        if !args.quiet {
+                            log_line(&format!(
+                                "llc: {}: Aoyagi's λ = {} (multiplicity {}) for a deep linear \
+                                 network {} at rank {}, if w* is a true parameter",
+                                path.display(),
+                                theory["lambda"],
+                                theory["multiplicity"],
+                                s.widths
+                                    .iter()
+                                    .map(|w| w.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("-"),
+                                s.rank
+                            ));
+                        }
+                        m.insert("theory".into(), theory);
+                    }
+                    m
+                }
                 Some(patterns) => {
                     let layout = &ck.network.layout;
                     let tensors = select_tensors(layout, patterns)?;
@@ -348,14 +374,7 @@ fn run(args: Args) -> Result<ExitCode> {
                         "params": restricted.dim(),
                         "of_params": layout.total(),
                     });
-                    match m.get_mut(key) {
-                        Some(Value::Object(inner)) => {
-                            inner.insert("only".into(), only);
-                        }
-                        _ => {
-                            m.insert("only".into(), only);
-                        }
-                    }
+                    m.insert("only".into(), only);
                     m
                 }
             };

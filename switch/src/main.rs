@@ -318,7 +318,10 @@ fn run(args: Args) -> Result<()> {
     let test_data = choice.load_test(dataset, &args.data_dir)?;
     net.loss = Loss::resolve(
         args.loss.as_deref(),
-        ck.meta.get("loss").and_then(Value::as_str),
+        ck.meta
+            .get("loss")
+            .and_then(Value::as_str)
+            .or(net.arch.named_loss()),
         train_data.float_targets(),
     )?;
     let net = net;

@@ -384,7 +384,8 @@ fn run(args: Args) -> Result<()> {
         args.loss.as_deref(),
         init.as_ref()
             .and_then(|c| c.meta.get("loss"))
-            .and_then(Value::as_str),
+            .and_then(Value::as_str)
+            .or(arch.named_loss()),
         train_data.float_targets(),
     )?;
     // A new model is built for the data's sample shape and classes, then checked (sizes, memory);

@@ -213,7 +213,11 @@ pub fn teacher(
         y,
         x_test,
         y_test,
-        sample_shape: vec![features],
+        // A spec fixes its sample shape ([c, h, w] for a convolutional one); an MLP takes it flat.
+        sample_shape: match &net.arch {
+            crate::model::Architecture::Spec(spec) => spec.input().to_vec(),
+            _ => vec![features],
+        },
         targets: outputs,
         train,
         test,

@@ -558,6 +558,15 @@ impl Architecture {
         self.size_for(super::Loss::SoftmaxCrossEntropy)
     }
 
+    /// The loss the model's description names (a spec's `loss`), the default when neither `--loss`
+    /// nor a checkpoint's metadata gives one.
+    pub fn named_loss(&self) -> Option<&str> {
+        match self {
+            Architecture::Spec(spec) => spec.loss(),
+            _ => None,
+        }
+    }
+
     /// [`Architecture::size`] for a model trained with `loss`: the mean squared error takes a single
     /// output (a scalar regression), cross-entropy at least two.
     ///

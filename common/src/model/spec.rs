@@ -66,6 +66,8 @@ pub struct NetSpec {
     input: Vec<usize>,
     layers: Vec<LayerSpec>,
     classes: usize,
+    /// The spec's `loss` (`cross_entropy` or `mse`), the tools' default when `--loss` is not given.
+    loss: Option<String>,
     tensors: Vec<(String, Vec<usize>)>,
     size: ModelSize,
 }
@@ -679,16 +681,16 @@ impl NetSpec {
             }
         };
         features("input", &input)?;
-        match obj.get("loss") {
-            None => {}
-            Some(Value::String(s)) if s == "cross_entropy" => {}
+        let loss = match obj.get("loss") {
+            None => None,
+            Some(Value::String(s)) if s == "cross_entropy" || s == "mse" => Some(s.clone()),
             Some(other) => {
                 return Err(Error::spec(
                     "loss",
-                    format!("only \"cross_entropy\" is supported, got {other}"),
+                    format!("must be \"cross_entropy\" or \"mse\", got {other}"),
                 ))
             }
-        }
+        };
         let list = obj
             .get("layers")
             .ok_or_else(|| Error::spec("layers", "missing"))?;
@@ -700,17 +702,26 @@ impl NetSpec {
                 "no layer computes anything (only flatten and identity)",
             ));
         }
+        // Cross-entropy needs [classes] with at least two; the mean squared error [k] with k ≥ 1.
+        // Without a `loss` the tools choose it from the targets, and refuse one output with
+        // cross-entropy then.
+        let least = if loss.as_deref() == Some("cross_entropy") {
+            2
+        } else {
+            1
+        };
         let classes = match out[..] {
-            [c] if c >= 2 => c,
+            [c] if c >= least => c,
             _ => {
+                let needs = if least == 2 {
+                    "cross-entropy needs [classes] with at least 2 classes"
+                } else {
+                    "the loss needs a flat output [k]"
+                };
                 return Err(Error::spec(
                     "layers",
-                    format!(
-                        "the model's output is {}, but cross-entropy needs [classes] with at least \
-                         2 classes",
-                        shape_str(&out)
-                    ),
-                ))
+                    format!("the model's output is {}, but {needs}", shape_str(&out)),
+                ));
             }
         };
         let size = ModelSize {
@@ -725,6 +736,7 @@ impl NetSpec {
             input,
             layers,
             classes,
+            loss,
             tensors: totals.tensors,
             size,
         })
@@ -747,6 +759,10 @@ impl NetSpec {
     }
     pub fn classes(&self) -> usize {
         self.classes
+    }
+    /// The spec's `loss`, if it names one.
+    pub fn loss(&self) -> Option<&str> {
+        self.loss.as_deref()
     }
     pub fn size(&self) -> ModelSize {
         self.size

@@ -123,7 +123,10 @@ impl DataCache {
         let data = &self.loaded[&key];
         ck.network.loss = crate::model::Loss::resolve(
             self.loss.as_deref(),
-            ck.meta.get("loss").and_then(|v| v.as_str()),
+            ck.meta
+                .get("loss")
+                .and_then(|v| v.as_str())
+                .or(ck.network.arch.named_loss()),
             data.float_targets(),
         )?;
         ck.network

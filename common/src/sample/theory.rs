@@ -13,7 +13,9 @@
 //! noise variance). Widths are given from input to output: `[N, H₁, …, H_{L−1}, M]`, so layer ℓ's
 //! weight is `H_ℓ × H_{ℓ−1}` as `nn.Linear(H_{ℓ−1}, H_ℓ, bias=False)` stores it.
 
+use crate::model::{Layer, Network};
 use crate::{Error, Result};
+use serde_json::{json, Value};
 
 /// A learning coefficient λ with its multiplicity m (the order of the pole of the zeta function).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,6 +155,100 @@ pub fn deep_linear_network(widths: &[usize], rank: usize) -> Result<LearningCoef
     })
 }
 
+/// A network that is a deep linear network at given weights: its widths (input to output) and the
+/// numerical rank of W_L ⋯ W_1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeepLinearStructure {
+    pub widths: Vec<usize>,
+    pub rank: usize,
+    /// The singular values of the product, descending.
+    pub singular_values: Vec<f64>,
+    /// Singular values at or below it count as zero: σ_max · max(M, N) · ε_f32 (NumPy's
+    /// `matrix_rank` rule for float32 weights).
+    pub tolerance: f64,
+}
+
+impl DeepLinearStructure {
+    /// The widths and rank of `net` at `params` when every layer is a `Linear` without bias (a
+    /// deep linear network); `None` otherwise. The rank is read from the singular values of the
+    /// product in f64 (the eigenvalues of PᵀP).
+    pub fn of(net: &Network, params: &[f32]) -> Option<Self> {
+        let mut widths = Vec::new();
+        let mut weights = Vec::new();
+        for layer in &net.layers {
+            match layer {
+                Layer::Linear(l) if !l.has_bias() => {
+                    if widths.is_empty() {
+                        widths.push(l.inputs);
+                    }
+                    widths.push(l.outputs);
+                    weights.push(net.layout.tensors[l.weight].range());
+                }
+                _ => return None,
+            }
+        }
+        if weights.is_empty() || params.len() != net.num_params() {
+            return None;
+        }
+        // P = W_L ⋯ W_1 (M × N), accumulated from the input side.
+        let n = widths[0];
+        let mut p: Vec<f64> = (0..n * n)
+            .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+            .collect();
+        for (l, range) in weights.iter().enumerate() {
+            let (rows, inner) = (widths[l + 1], widths[l]);
+            let w = &params[range.clone()];
+            let mut next = vec![0.0; rows * n];
+            for r in 0..rows {
+                for k in 0..inner {
+                    let wrk = w[r * inner + k] as f64;
+                    for c in 0..n {
+                        next[r * n + c] += wrk * p[k * n + c];
+                    }
+                }
+            }
+            p = next;
+        }
+        let m = *widths.last().expect("at least one layer");
+        let mut gram = vec![0.0; n * n];
+        for r in 0..m {
+            for i in 0..n {
+                for j in 0..n {
+                    gram[i * n + j] += p[r * n + i] * p[r * n + j];
+                }
+            }
+        }
+        let mut eig = crate::optim::SymEigen::<f64>::new(n);
+        eig.decompose(&mut gram).ok()?;
+        let mut singular_values: Vec<f64> = eig.values.iter().map(|&v| v.max(0.0).sqrt()).collect();
+        singular_values.reverse();
+        let tolerance = singular_values[0] * m.max(n) as f64 * f32::EPSILON as f64;
+        let rank = singular_values.iter().filter(|&&s| s > tolerance).count();
+        Some(DeepLinearStructure {
+            widths,
+            rank,
+            singular_values,
+            tolerance,
+        })
+    }
+
+    /// Aoyagi's λ for these widths and rank, as the record's `theory` object: what λ̂ estimates when
+    /// the weights are a true parameter (the data realisable by them).
+    pub fn theory(&self) -> Result<Value> {
+        let lc = deep_linear_network(&self.widths, self.rank)?;
+        Ok(json!({
+            "model": "deep linear network",
+            "widths": self.widths,
+            "rank": self.rank,
+            "rank_tolerance": self.tolerance,
+            "lambda": lc.lambda,
+            "multiplicity": lc.multiplicity,
+            "formula": "Aoyagi 2024, Neural Networks 172 (Theorem 1)",
+            "assumes": "the checkpoint is a true parameter: the data are realisable by it (a teacher's own weights)",
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +366,34 @@ mod tests {
         assert!(deep_linear_network(&[5], 0).is_err());
         assert!(deep_linear_network(&[5, 0, 5], 0).is_err());
         assert!(reduced_rank_regression(2, 2, 2, 3).is_err());
+    }
+
+    /// The structure of a bias-free linear spec at a rank-2 teacher: widths, rank 2 from the
+    /// singular values, and λ = 11.5; a network with a bias or a nonlinearity is not one.
+    #[test]
+    fn deep_linear_structure_reads_widths_and_rank() {
+        use crate::model::{Activation, Architecture, NetSpec, Network};
+        let spec = serde_json::json!({"input": [5], "layers": [
+            {"type": "linear", "out": 5, "bias": false},
+            {"type": "linear", "out": 5, "bias": false}], "loss": "mse"});
+        let net = Network::new(Architecture::Spec(Box::new(
+            NetSpec::from_json("dln", &spec).unwrap(),
+        )));
+        let mut params: Vec<f32> = crate::model::initialise(&net, 3);
+        // First weight u₁v₁ᵀ + u₂v₂ᵀ (rank 2); the second is the random initialisation.
+        for r in 0..5 {
+            for c in 0..5 {
+                let (r, c) = (r as f32, c as f32);
+                params[(r * 5.0 + c) as usize] =
+                    0.1 * (r + 1.0) * (c - 2.0) + 0.2 * (r % 2.0) * c * c;
+            }
+        }
+        let s = DeepLinearStructure::of(&net, &params).unwrap();
+        assert_eq!(s.widths, vec![5, 5, 5]);
+        assert_eq!(s.rank, 2, "{:?}", s.singular_values);
+        assert_eq!(s.theory().unwrap()["lambda"], 11.5);
+        let mlp = Network::new(Architecture::mlp(vec![4], Activation::Identity));
+        let p: Vec<f32> = crate::model::initialise(&mlp, 1);
+        assert!(DeepLinearStructure::of(&mlp, &p).is_none());
     }
 }

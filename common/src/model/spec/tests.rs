@@ -163,8 +163,12 @@ fn malformed_specs_are_refused_with_the_json_path() {
             "input: must be one sample's shape",
         ),
         (
-            json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "loss": "mse"}),
-            "loss: only \"cross_entropy\"",
+            json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "loss": "nll"}),
+            "loss: must be \"cross_entropy\" or \"mse\"",
+        ),
+        (
+            json!({"input": [4], "layers": [{"type": "linear", "out": 1}], "loss": "cross_entropy"}),
+            "cross-entropy needs [classes] with at least 2",
         ),
         (
             json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "lyers": 1}),
