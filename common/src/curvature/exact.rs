@@ -143,7 +143,7 @@ fn per_sample_sq_norms<T: Real>(
                     &dy[i * fout..(i + 1) * fout],
                     1,
                     T::one(),
-                    &mut row,
+                    &mut row[..],
                     len,
                     lowering,
                 );

@@ -16,7 +16,7 @@ use crate::Real;
 /// Per-layer buffers of the R-passes: R{y} and R{δ} of every layer's output, what each layer's
 /// R-forward saves for its R-backward, and the shared (whole-batch) scratch.
 #[derive(Clone, Debug)]
-pub(crate) struct RBuffers<T> {
+pub(crate) struct RBuffers<T: Real> {
     pub ry: Vec<Vec<T>>,
     pub rdelta: Vec<Vec<T>>,
     pub saved: Vec<[Vec<T>; 2]>,
@@ -49,7 +49,7 @@ impl<T: Real> RBuffers<T> {
 
 /// A chunk's forward state: every layer's output, the backward's cotangents and the kept indices.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ChunkPass<'a, T> {
+pub(crate) struct ChunkPass<'a, T: Real> {
     pub x: &'a [T],
     pub acts: &'a [Vec<T>],
     pub deltas: &'a [Vec<T>],
@@ -57,7 +57,7 @@ pub(crate) struct ChunkPass<'a, T> {
     pub batch: usize,
 }
 
-impl<'a, T> ChunkPass<'a, T> {
+impl<'a, T: Real> ChunkPass<'a, T> {
     /// What layer `i` sees of it.
     pub fn layer(&self, params: &'a [T], i: usize) -> Pass<'a, T> {
         Pass {
@@ -115,8 +115,8 @@ pub(crate) fn r_pass<T: Real>(
             } else {
                 Some(&bufs.ry[i - 1][..])
             },
-            dy: &chunk.deltas[i],
-            rdy: &rd_rest[0],
+            dy: &chunk.deltas[i][..],
+            rdy: &rd_rest[0][..],
             alpha,
             gauss_newton,
         };

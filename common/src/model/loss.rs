@@ -1,6 +1,7 @@
 //! The loss: the network's last node, with its value, gradient and R-operator with respect to the
 //! logits, and a factor of its Hessian (for the exact trace).
 
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 
 /// The loss a network is trained and measured with.
@@ -49,26 +50,7 @@ impl Loss {
     ) {
         match self {
             Loss::SoftmaxCrossEntropy => {
-                for ((z, r), g) in logits
-                    .chunks_exact(classes)
-                    .zip(rz.chunks_exact(classes))
-                    .zip(rg.chunks_exact_mut(classes))
-                {
-                    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
-                    let mut sum = T::zero();
-                    for (gi, &zi) in g.iter_mut().zip(z) {
-                        *gi = (zi - m).exp();
-                        sum += *gi;
-                    }
-                    let mut pr = T::zero();
-                    for (gi, &ri) in g.iter_mut().zip(r) {
-                        *gi = *gi / sum;
-                        pr += *gi * ri;
-                    }
-                    for (gi, &ri) in g.iter_mut().zip(r) {
-                        *gi = scale * *gi * (ri - pr);
-                    }
-                }
+                CpuBackend.softmax_cross_entropy_r(logits, rz, classes, scale, rg)
             }
         }
     }
@@ -134,43 +116,7 @@ pub fn softmax_cross_entropy<T: Real>(
     labels: &[usize],
     classes: usize,
     scale: T,
-    mut dlogits: Option<&mut [T]>,
+    dlogits: Option<&mut [T]>,
 ) -> (f64, usize) {
-    let mut total = 0.0f64;
-    let mut correct = 0usize;
-    for (n, (z, &y)) in logits.chunks_exact(classes).zip(labels).enumerate() {
-        let mut m = z[0];
-        let mut arg = 0;
-        for (c, &v) in z.iter().enumerate() {
-            if v > m {
-                m = v;
-                arg = c;
-            }
-        }
-        if arg == y {
-            correct += 1;
-        }
-        match dlogits.as_deref_mut() {
-            Some(d) => {
-                // One exp per logit: d ← exp(z − m), then scale to (softmax − onehot)·scale.
-                let d = &mut d[n * classes..(n + 1) * classes];
-                let mut sum = T::zero();
-                for (dv, &v) in d.iter_mut().zip(z) {
-                    *dv = (v - m).exp();
-                    sum += *dv;
-                }
-                total += (m + sum.ln() - z[y]).as_f64();
-                let inv = scale / sum;
-                for dv in d.iter_mut() {
-                    *dv *= inv;
-                }
-                d[y] -= scale;
-            }
-            None => {
-                let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
-                total += (m + sum.ln() - z[y]).as_f64();
-            }
-        }
-    }
-    (total, correct)
+    CpuBackend.softmax_cross_entropy(logits, labels, classes, scale, dlogits)
 }

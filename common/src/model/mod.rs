@@ -22,8 +22,8 @@ pub use arch::{
 };
 pub use init::initialise;
 pub use layer::{
-    Conv2d, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu, Scope, Scratch,
-    Sequential, Tanh, LAYER_TYPES,
+    Conv2d, Elementwise, Gelu, Layer, LayerOps, Linear, MaxPool2d, Pass, PerSample, RPass, Relu,
+    Scope, Scratch, Sequential, Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{softmax_cross_entropy, HessianFactor, Loss};

@@ -20,7 +20,7 @@ pub struct Network {
 /// (max-pool winners) and the convolution scratch. Reused across steps so that a training step
 /// allocates nothing.
 #[derive(Clone, Debug, Default)]
-pub struct Workspace<T> {
+pub struct Workspace<T: Real> {
     pub(crate) batch: usize,
     /// Layer i's output, `batch × out_features`.
     pub(crate) acts: Vec<Vec<T>>,
@@ -289,12 +289,18 @@ impl Network {
             let pass = Pass {
                 params,
                 x: if i == 0 { x } else { &ws.acts[i - 1] },
-                y: &ws.acts[i],
+                y: &ws.acts[i][..],
                 batch,
-                indices: &ws.indices[i],
+                indices: &ws.indices[i][..],
             };
             let dx = dbefore.last_mut().map(|d| &mut d[..]);
-            self.layers[i].backward(&pass, &drest[0], grad.as_deref_mut(), dx, &mut ws.scratch);
+            self.layers[i].backward(
+                &pass,
+                &drest[0][..],
+                grad.as_deref_mut(),
+                dx,
+                &mut ws.scratch,
+            );
         }
     }
 

@@ -330,10 +330,10 @@ fn per_sample_products_match_single_sample_passes() {
             let mut rows = vec![0.0; b * (end - start)];
             layer.per_sample_gradients(
                 input,
-                &ws.deltas[i],
+                &ws.deltas[i][..],
                 b,
                 b as f64,
-                &mut rows,
+                &mut rows[..],
                 end - start,
                 &mut lowering,
             );
@@ -368,13 +368,20 @@ fn sample_wise_layers_forward_each_sample_as_the_batch() {
             );
             let mut y = vec![0f32; batch * fout];
             let mut idx = vec![0u32; batch * nidx];
-            layer.forward(&params, &input, batch, &mut y, &mut idx, &mut sc);
+            layer.forward(
+                &params[..],
+                &input[..],
+                batch,
+                &mut y[..],
+                &mut idx[..],
+                &mut sc,
+            );
             if layer.sample_wise() {
                 for n in 0..batch {
                     let mut yn = vec![0f32; fout];
                     let mut idxn = vec![0u32; nidx];
                     let xn = &input[n * fin..(n + 1) * fin];
-                    layer.forward(&params, xn, 1, &mut yn, &mut idxn, &mut sc);
+                    layer.forward(&params[..], xn, 1, &mut yn[..], &mut idxn[..], &mut sc);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&yn),
