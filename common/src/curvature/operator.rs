@@ -3,6 +3,7 @@
 
 use super::rop::{r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
+use crate::device::CpuBackend;
 use crate::model::{LayerOps, Network, Workspace};
 use crate::{Error, Real, Result};
 
@@ -325,7 +326,7 @@ impl<T: Real> HessianOperator<T> {
                 None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
             let pass = ChunkPass {
-                x: &chunk.x,
+                x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,
@@ -333,7 +334,7 @@ impl<T: Real> HessianOperator<T> {
             };
             let alpha = T::of_f64(b as f64 / n as f64);
             for (v, out) in vs.iter().zip(outs.iter_mut()) {
-                r_pass(
+                r_pass::<CpuBackend, T>(
                     &self.net,
                     &self.params,
                     v,
@@ -366,7 +367,7 @@ impl<T: Real> HessianOperator<T> {
                 None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
             let pass = ChunkPass {
-                x: &chunk.x,
+                x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,

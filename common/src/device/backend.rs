@@ -105,6 +105,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn slice<'a, E: Element>(v: Self::View<'a, E>, r: Range<usize>) -> Self::View<'a, E>;
     /// Elements `r` of a writable view. **Panics** if `r` is out of range.
     fn slice_mut<'a, E: Element>(v: Self::ViewMut<'a, E>, r: Range<usize>) -> Self::ViewMut<'a, E>;
+    /// A view for a shorter lifetime (a slice's covariance, which a generic associated type does
+    /// not have).
+    fn shorten<'b, 'a: 'b, E: Element>(v: Self::View<'a, E>) -> Self::View<'b, E>;
     /// Lends a writable view for a shorter lifetime (`&mut *v` for a slice).
     fn reborrow<'b, E: Element>(v: &'b mut Self::ViewMut<'_, E>) -> Self::ViewMut<'b, E>;
     /// A writable view read only.

@@ -73,6 +73,10 @@ impl Backend for CpuBackend {
         &mut v[r]
     }
     #[inline(always)]
+    fn shorten<'b, 'a: 'b, E: Element>(v: Self::View<'a, E>) -> Self::View<'b, E> {
+        v
+    }
+    #[inline(always)]
     fn reborrow<'b, E: Element>(v: &'b mut &mut [E]) -> &'b mut [E] {
         v
     }

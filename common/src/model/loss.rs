@@ -30,9 +30,22 @@ impl Loss {
         scale: T,
         dlogits: Option<&mut [T]>,
     ) -> (f64, usize) {
+        self.evaluate_on(&CpuBackend, logits, labels, classes, scale, dlogits)
+    }
+
+    /// [`Loss::evaluate`] on backend `be` (logits and their gradient in its memory).
+    pub fn evaluate_on<B: Backend, T: Real>(
+        self,
+        be: &B,
+        logits: B::View<'_, T>,
+        labels: &[usize],
+        classes: usize,
+        scale: T,
+        dlogits: Option<B::ViewMut<'_, T>>,
+    ) -> (f64, usize) {
         match self {
             Loss::SoftmaxCrossEntropy => {
-                softmax_cross_entropy(logits, labels, classes, scale, dlogits)
+                be.softmax_cross_entropy(logits, labels, classes, scale, dlogits)
             }
         }
     }
@@ -48,10 +61,21 @@ impl Loss {
         scale: T,
         rg: &mut [T],
     ) {
+        self.r_gradient_on(&CpuBackend, logits, rz, classes, scale, rg);
+    }
+
+    /// [`Loss::r_gradient`] on backend `be`.
+    pub fn r_gradient_on<B: Backend, T: Real>(
+        self,
+        be: &B,
+        logits: B::View<'_, T>,
+        rz: B::View<'_, T>,
+        classes: usize,
+        scale: T,
+        rg: B::ViewMut<'_, T>,
+    ) {
         match self {
-            Loss::SoftmaxCrossEntropy => {
-                CpuBackend.softmax_cross_entropy_r(logits, rz, classes, scale, rg)
-            }
+            Loss::SoftmaxCrossEntropy => be.softmax_cross_entropy_r(logits, rz, classes, scale, rg),
         }
     }
 
