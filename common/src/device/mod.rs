@@ -110,4 +110,19 @@ mod tests {
             assert!(err.contains("cuda"), "{err}");
         }
     }
+
+    /// The CUDA backend's constructor says why it cannot be used: how to get it in a build without
+    /// the feature; in a build with it, a missing driver or device, or the operations still to come.
+    #[test]
+    fn the_cuda_backend_refuses_with_a_clear_error() {
+        let err = CudaBackend::new(0).unwrap_err().to_string();
+        if cuda_compiled() {
+            assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+        } else {
+            assert!(
+                err.contains("built without CUDA support; rebuild with --features cuda"),
+                "{err}"
+            );
+        }
+    }
 }
