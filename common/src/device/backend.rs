@@ -27,8 +27,8 @@
 //! monomorphised instances are the same loops over the same slices, with the same arithmetic in the
 //! same order, so results stay identical to the bit and no hot path pays for the abstraction.
 //! Host code that is CPU-only (the tools' drivers, the small dense linear algebra that stays on the
-//! host: the r×r eigendecompositions of NGD, the B×B Cholesky of the exact trace) keeps its slices and
-//! passes them as [`CpuBackend`](super::CpuBackend) views without a copy.
+//! host: the r×r eigendecompositions of NGD, the B×B Cholesky of exact NGD's Woodbury solve) keeps
+//! its slices and passes them as [`CpuBackend`](super::CpuBackend) views without a copy.
 //!
 //! Operations take `&self`: a device backend carries its context and stream there (the CPU backend
 //! is a unit struct). What comes back to the host is returned by value (the loss sum, a dot
@@ -39,6 +39,13 @@
 //!
 //! Element-wise activations are passed as their [`Elementwise`] definition; the CPU evaluates its
 //! scalar methods, and a device backend selects its kernel by [`Elementwise::module`].
+//!
+//! Where the backend lives: the layers' scratch (`Scratch<T, B>`), and with it the network's
+//! `Workspace<T, B>` and the R-pass buffers, carry the backend value. The layers
+//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on`, `Loss::evaluate_on` /
+//! `r_gradient_on` and the R-pass are generic over it; the host-slice entry points
+//! (`Network::forward`, `loss_and_gradient`, the Hessian operator, the per-sample products, the
+//! optimisers, the SGLD chains) are these on [`CpuBackend`](super::CpuBackend).
 //!
 //! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
 //! over `B: Backend` and instantiated for each backend compiled in.
