@@ -209,14 +209,14 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
 
     // ---- bias, activations, pooling ------------------------------------------------------------
 
-    /// y[r, j] += b[j] for every row r of the row-major `y` of width `b.len()`.
+    /// `y[r, j] += b[j]` for every row r of the row-major `y` of width `b.len()`.
     fn add_bias_rows<T: Real>(&self, y: Self::ViewMut<'_, T>, bias: Self::View<'_, T>);
-    /// y[c, p] += b[c] for `y` `[b.len(), plane]` (a convolution's bias over its output plane).
+    /// `y[c, p] += b[c]` for `y` `[b.len(), plane]` (a convolution's bias over its output plane).
     fn add_bias_planes<T: Real>(&self, y: Self::ViewMut<'_, T>, bias: Self::View<'_, T>);
-    /// dst[j] += α·src[r, j] for each row r in order (`src` row-major of width `dst.len()`): the
+    /// `dst[j] += α·src[r, j]` for each row r in order (`src` row-major of width `dst.len()`): the
     /// bias gradient of a dense layer.
     fn add_column_sums<T: Real>(&self, alpha: T, src: Self::View<'_, T>, dst: Self::ViewMut<'_, T>);
-    /// dst[r] (+)= α·Σⱼ src[r, j] (`src` `[dst.len(), width]`; the row sum formed first, from zero,
+    /// `dst[r] (+)= α·Σⱼ src[r, j]` (`src` `[dst.len(), width]`; the row sum formed first, from zero,
     /// left to right), added when `accumulate`, else written: a convolution's bias gradient.
     fn row_sums<T: Real>(
         &self,
@@ -278,7 +278,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         y: Self::ViewMut<'_, T>,
         winners: Self::ViewMut<'_, u32>,
     );
-    /// dx ← 0, then dx[n, winner] += d[n, o] for every output o of every sample n (`inputs` and
+    /// dx ← 0, then `dx[n, winner] += d[n, o]` for every output o of every sample n (`inputs` and
     /// `outputs` features per sample): the adjoint of [`Backend::gather`].
     fn scatter_add<T: Real>(
         &self,
@@ -288,7 +288,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         outputs: usize,
         dx: Self::ViewMut<'_, T>,
     );
-    /// y[n, o] ← x[n, winners[n, o]].
+    /// `y[n, o] ← x[n, winners[n, o]]`.
     fn gather<T: Real>(
         &self,
         x: Self::View<'_, T>,
@@ -301,7 +301,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     // ---- the loss ------------------------------------------------------------------------------
 
     /// Softmax cross-entropy of each row of `logits` (`labels.len()` rows of `classes`):
-    /// returns (Σₙ [logsumexp(zₙ) − zₙ[yₙ]] in f64, rows whose first arg-max is the label), and
+    /// returns (`Σₙ logsumexp(zₙ) − zₙ[yₙ]` in f64, rows whose first arg-max is the label), and
     /// with `dlogits`, ∂/∂z = (softmax(zₙ) − onehot(yₙ))·`scale`. See
     /// [`crate::model::softmax_cross_entropy`].
     fn softmax_cross_entropy<T: Real>(
@@ -333,7 +333,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;
-    /// out[i, j] ← (α·x[i])·y[j] for `out` `[x.len(), y.len()]`: a scaled outer product (a
+    /// `out[i, j] ← (α·x[i])·y[j]` for `out` `[x.len(), y.len()]`: a scaled outer product (a
     /// dense layer's per-sample weight gradient).
     fn outer<T: Real>(
         &self,
