@@ -17,6 +17,7 @@ pub trait Real:
     + std::ops::AddAssign
     + std::ops::SubAssign
     + std::ops::MulAssign
+    + crate::device::Element
     + 'static
 {
     /// The name used in records and safetensors (`F32`, `F64`).

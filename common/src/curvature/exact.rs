@@ -16,6 +16,7 @@
 //! fixtures (`tests/fixtures/reference/README.txt`, "trace").
 
 use super::operator::HessianOperator;
+use crate::device::Backend;
 use crate::model::{Layer, LayerOps, Network, Pass, PerSample, Scratch};
 use crate::{Error, Real, Result};
 
@@ -115,6 +116,7 @@ fn per_sample_sq_norms<T: Real>(
     sums: &mut [f64],
 ) {
     let (x, b) = (pass.x, pass.batch);
+    let be = lowering.backend;
     match layer.per_sample() {
         PerSample::None => {}
         PerSample::OuterProduct {
@@ -125,14 +127,9 @@ fn per_sample_sq_norms<T: Real>(
         } => {
             let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
             for i in 0..b {
-                let d2: f64 = dy[i * outputs..(i + 1) * outputs]
-                    .iter()
-                    .map(|v| v.as_f64().powi(2))
-                    .sum();
-                let x2: f64 = x[i * inputs..(i + 1) * inputs]
-                    .iter()
-                    .map(|v| v.as_f64().powi(2))
-                    .sum();
+                let dyi = &dy[i * outputs..(i + 1) * outputs];
+                let xi = &x[i * inputs..(i + 1) * inputs];
+                let (d2, x2) = (be.dot(dyi, dyi), be.dot(xi, xi));
                 w_sum += d2 * x2;
                 b_sum += d2;
             }
@@ -154,16 +151,14 @@ fn per_sample_sq_norms<T: Real>(
                     &dy[i * fout..(i + 1) * fout],
                     1,
                     T::one(),
-                    &mut row,
+                    &mut row[..],
                     len,
                     lowering,
                 );
                 let mut at = 0;
                 for (k, t) in tensors.iter().enumerate() {
-                    let s: f64 = row[at..at + t.numel]
-                        .iter()
-                        .map(|v| v.as_f64().powi(2))
-                        .sum();
+                    let part = &row[at..at + t.numel];
+                    let s = be.dot(part, part);
                     acc[k] += s;
                     at += t.numel;
                 }

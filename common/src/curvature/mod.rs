@@ -17,7 +17,7 @@ mod hutchinson;
 mod lanczos;
 mod operator;
 mod probes;
-mod rop;
+pub(crate) mod rop;
 
 pub use exact::{exact_trace_unavailable, ExactTrace};
 pub use hutchinson::{

@@ -3,6 +3,7 @@
 
 use super::rop::{r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
+use crate::device::CpuBackend;
 use crate::model::{LayerOps, Network, TargetBuf, Targets, Workspace};
 use crate::{Error, Real, Result};
 
@@ -351,7 +352,7 @@ impl<T: Real> HessianOperator<T> {
                 None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
             let pass = ChunkPass {
-                x: &chunk.x,
+                x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,
@@ -359,7 +360,7 @@ impl<T: Real> HessianOperator<T> {
             };
             let alpha = T::of_f64(b as f64 / n as f64);
             for (v, out) in vs.iter().zip(outs.iter_mut()) {
-                r_pass(
+                r_pass::<CpuBackend, T>(
                     &self.net,
                     &self.params,
                     v,
@@ -392,7 +393,7 @@ impl<T: Real> HessianOperator<T> {
                 None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
             };
             let pass = ChunkPass {
-                x: &chunk.x,
+                x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,

@@ -10,26 +10,35 @@
 //! parameters of different layers and make the product the exact Hessian; dropping them
 //! (`gauss_newton = true`) leaves the Gauss–Newton product Jᵀ·A·J·v (Schraudolph 2002).
 
+use crate::device::{Backend, CpuBackend};
 use crate::model::{Layer, LayerOps, Network, Pass, RPass, Scratch};
 use crate::Real;
 
-/// Per-layer buffers of the R-passes: R{y} and R{δ} of every layer's output, what each layer's
-/// R-forward saves for its R-backward, and the shared (whole-batch) scratch.
+/// Per-layer buffers of the R-passes in backend `B`'s memory: R{y} and R{δ} of every layer's
+/// output, what each layer's R-forward saves for its R-backward, and the shared (whole-batch)
+/// scratch, which carries the backend.
 #[derive(Clone, Debug)]
-pub(crate) struct RBuffers<T> {
-    pub ry: Vec<Vec<T>>,
-    pub rdelta: Vec<Vec<T>>,
-    pub saved: Vec<[Vec<T>; 2]>,
-    pub sc: Scratch<T>,
+pub(crate) struct RBuffers<T: Real, B: Backend = CpuBackend> {
+    pub ry: Vec<B::Buffer<T>>,
+    pub rdelta: Vec<B::Buffer<T>>,
+    pub saved: Vec<[B::Buffer<T>; 2]>,
+    pub sc: Scratch<T, B>,
 }
 
 impl<T: Real> RBuffers<T> {
-    /// Buffers for chunks of up to `batch` samples.
+    /// Buffers on the CPU for chunks of up to `batch` samples.
     pub fn new(layers: &[Layer], batch: usize) -> Self {
-        let per_layer = || -> Vec<Vec<T>> {
+        RBuffers::on(CpuBackend, layers, batch)
+    }
+}
+
+impl<T: Real, B: Backend> RBuffers<T, B> {
+    /// Buffers on `be` for chunks of up to `batch` samples.
+    pub fn on(be: B, layers: &[Layer], batch: usize) -> Self {
+        let per_layer = || -> Vec<B::Buffer<T>> {
             layers
                 .iter()
-                .map(|l| vec![T::zero(); batch * l.out_features()])
+                .map(|l| be.zeros(batch * l.out_features()))
                 .collect()
         };
         RBuffers {
@@ -39,89 +48,104 @@ impl<T: Real> RBuffers<T> {
                 .iter()
                 .map(|l| {
                     let n = l.saved_len(batch);
-                    [vec![T::zero(); n], vec![T::zero(); n]]
+                    [be.zeros(n), be.zeros(n)]
                 })
                 .collect(),
-            sc: Scratch::for_layers(layers, batch, true),
+            sc: Scratch::on(be.clone(), layers, batch, true),
         }
     }
 }
 
 /// A chunk's forward state: every layer's output, the backward's cotangents and the kept indices.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ChunkPass<'a, T> {
-    pub x: &'a [T],
-    pub acts: &'a [Vec<T>],
-    pub deltas: &'a [Vec<T>],
-    pub indices: &'a [Vec<u32>],
+pub(crate) struct ChunkPass<'a, T: Real, B: Backend = CpuBackend> {
+    pub x: B::View<'a, T>,
+    pub acts: &'a [B::Buffer<T>],
+    pub deltas: &'a [B::Buffer<T>],
+    pub indices: &'a [B::Buffer<u32>],
     pub batch: usize,
 }
 
-impl<'a, T> ChunkPass<'a, T> {
+impl<'a, T: Real, B: Backend> ChunkPass<'a, T, B> {
     /// What layer `i` sees of it.
-    pub fn layer(&self, params: &'a [T], i: usize) -> Pass<'a, T> {
+    pub fn layer<'p>(&self, params: B::View<'p, T>, i: usize) -> Pass<'p, T, B>
+    where
+        'a: 'p,
+    {
+        let (acts, indices) = (self.acts, self.indices);
         Pass {
             params,
-            x: if i == 0 { self.x } else { &self.acts[i - 1] },
-            y: &self.acts[i],
+            x: B::shorten(if i == 0 {
+                self.x
+            } else {
+                B::view(&acts[i - 1])
+            }),
+            y: B::shorten(B::view(&acts[i])),
             batch: self.batch,
-            indices: &self.indices[i],
+            indices: B::shorten(B::view(&indices[i])),
         }
     }
 }
 
 /// One R-forward, loss R-operator and R-backward over a chunk: out += alpha·M_chunk·v.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn r_pass<T: Real>(
+pub(crate) fn r_pass<B: Backend, T: Real>(
     net: &Network,
-    params: &[T],
-    v: &[T],
-    chunk: &ChunkPass<'_, T>,
+    params: B::View<'_, T>,
+    v: B::View<'_, T>,
+    chunk: &ChunkPass<'_, T, B>,
     alpha: T,
-    out: &mut [T],
+    mut out: B::ViewMut<'_, T>,
     gauss_newton: bool,
-    bufs: &mut RBuffers<T>,
+    bufs: &mut RBuffers<T, B>,
 ) {
     let layers = &net.layers;
     let last = layers.len() - 1;
     let (b, classes) = (chunk.batch, net.classes());
     for (i, layer) in layers.iter().enumerate() {
         let (ry_before, ry_rest) = bufs.ry.split_at_mut(i);
-        let rx = ry_before.last().map(|r| &r[..]);
-        let pass = chunk.layer(params, i);
+        let rx = ry_before.last().map(|r| B::view(r));
+        let pass = chunk.layer(B::shorten(params), i);
         layer.r_forward(
             &pass,
             v,
             rx,
-            &mut ry_rest[0],
+            B::view_mut(&mut ry_rest[0]),
             &mut bufs.saved[i],
             &mut bufs.sc,
         );
     }
     let scale = T::one() / T::of_usize(b);
-    net.loss.r_gradient(
-        &chunk.acts[last][..b * classes],
-        &bufs.ry[last][..b * classes],
+    net.loss.r_gradient_on(
+        &bufs.sc.backend,
+        B::slice(B::view(&chunk.acts[last]), 0..b * classes),
+        B::slice(B::view(&bufs.ry[last]), 0..b * classes),
         classes,
         scale,
-        &mut bufs.rdelta[last][..b * classes],
+        B::slice_mut(B::view_mut(&mut bufs.rdelta[last]), 0..b * classes),
     );
     for i in (0..layers.len()).rev() {
         let (rd_before, rd_rest) = bufs.rdelta.split_at_mut(i);
-        let r = RPass {
-            v,
+        let r = RPass::<T, B> {
+            v: B::shorten(v),
             rx: if i == 0 {
                 None
             } else {
-                Some(&bufs.ry[i - 1][..])
+                Some(B::view(&bufs.ry[i - 1]))
             },
-            dy: &chunk.deltas[i],
-            rdy: &rd_rest[0],
+            dy: B::view(&chunk.deltas[i]),
+            rdy: B::view(&rd_rest[0]),
             alpha,
             gauss_newton,
         };
-        let rdx = rd_before.last_mut().map(|d| &mut d[..]);
-        let pass = chunk.layer(params, i);
-        layers[i].r_backward(&pass, &r, out, rdx, &bufs.saved[i], &mut bufs.sc);
+        let rdx = rd_before.last_mut().map(|d| B::view_mut(d));
+        let pass = chunk.layer(B::shorten(params), i);
+        layers[i].r_backward(
+            &pass,
+            &r,
+            B::reborrow(&mut out),
+            rdx,
+            &bufs.saved[i],
+            &mut bufs.sc,
+        );
     }
 }

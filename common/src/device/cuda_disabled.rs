@@ -2,8 +2,24 @@
 
 use crate::{Error, Result};
 
+fn not_compiled() -> Error {
+    Error::Device("built without CUDA support; rebuild with --features cuda".to_string())
+}
+
 pub fn probe(_ordinal: usize) -> Result<()> {
-    Err(Error::Device(
-        "built without CUDA support; rebuild with `--features cuda`".to_string(),
-    ))
+    Err(not_compiled())
+}
+
+/// The CUDA backend on device `ordinal`. This build has none: it cannot be constructed.
+#[derive(Clone, Debug)]
+pub struct CudaBackend {
+    _none: std::convert::Infallible,
+}
+
+impl CudaBackend {
+    /// # Errors
+    /// Always [`Error::Device`]: "built without CUDA support; rebuild with --features cuda".
+    pub fn new(_ordinal: usize) -> Result<CudaBackend> {
+        Err(not_compiled())
+    }
 }

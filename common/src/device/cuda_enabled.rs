@@ -28,3 +28,23 @@ pub fn probe(ordinal: usize) -> Result<()> {
             .to_string(),
     ))
 }
+
+/// The CUDA backend on device `ordinal`. Its implementation of [`super::Backend`] is issue #17; until
+/// then it cannot be constructed, and its constructor says why after probing the device (so that a
+/// missing driver or device is reported first).
+#[derive(Clone, Debug)]
+pub struct CudaBackend {
+    _none: std::convert::Infallible,
+}
+
+impl CudaBackend {
+    /// # Errors
+    /// [`Error::Device`]: the driver or the device is missing, or (when both are there) the backend
+    /// operations are not yet implemented on CUDA (issue #17).
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        probe(ordinal)?;
+        Err(Error::Device(
+            "not yet implemented on CUDA (issue #17)".to_string(),
+        ))
+    }
+}

@@ -1,11 +1,24 @@
-//! Backend operations and devices.
+//! Backends and devices.
 //!
-//! The models are written over a small set of operations: matrix products ([`cpu::gemm`]), `im2col` /
-//! `col2im` for convolutions, and element-wise maps and reductions, which live in [`cpu`]. The CUDA
-//! path (behind the `cuda` feature) is a second implementation of these operations, not a second copy
-//! of the models.
+//! The models, the curvature code, the optimisers and the samplers are written over the [`Backend`]
+//! trait (its module comment gives the design): the memory a backend owns and the operations on it —
+//! matrix products, convolution lowering, bias and activations, pooling, the loss, reductions, the
+//! optimiser and sampler updates. [`CpuBackend`] runs them on the host (BLAS through [`cpu::gemm`],
+//! `im2col` / `col2im` in [`cpu`], the loops in `cpu_kernels.rs`). The CUDA path (behind the `cuda`
+//! feature, issue #17) is a second implementation of the trait, not a second copy of the models;
+//! until it exists [`CudaBackend::new`] says why it cannot be used.
 
+mod backend;
+#[cfg(test)]
+mod backend_tests;
 pub mod cpu;
+mod cpu_backend;
+mod cpu_kernels;
+
+pub use backend::{Backend, Element, SgdStep};
+pub use cpu::ConvGeometry;
+pub use cpu_backend::CpuBackend;
+pub use cuda::CudaBackend;
 
 #[cfg(feature = "cuda")]
 #[path = "cuda_enabled.rs"]
@@ -95,6 +108,21 @@ mod tests {
         if !cuda_compiled() {
             let err = Device::for_tool("cuda:1", "llc").unwrap_err().to_string();
             assert!(err.contains("cuda"), "{err}");
+        }
+    }
+
+    /// The CUDA backend's constructor says why it cannot be used: how to get it in a build without
+    /// the feature; in a build with it, a missing driver or device, or the operations still to come.
+    #[test]
+    fn the_cuda_backend_refuses_with_a_clear_error() {
+        let err = CudaBackend::new(0).unwrap_err().to_string();
+        if cuda_compiled() {
+            assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+        } else {
+            assert!(
+                err.contains("built without CUDA support; rebuild with --features cuda"),
+                "{err}"
+            );
         }
     }
 }

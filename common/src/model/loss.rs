@@ -20,6 +20,7 @@
 //! nβ. The tools temper the loss exactly as written here; nβ = n/ln n with this L is the setting of
 //! devinterp's MSE examples (which use the same `F.mse_loss`).
 
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 
 /// What a batch's outputs are compared with: integer class labels (one per sample, cross-entropy)
@@ -195,14 +196,28 @@ impl Loss {
         scale: T,
         dlogits: Option<&mut [T]>,
     ) -> (f64, usize) {
+        self.evaluate_on(&CpuBackend, logits, targets, classes, scale, dlogits)
+    }
+
+    /// [`Loss::evaluate`] on backend `be`: the outputs and their gradient in its memory, the
+    /// targets (labels or values) on the host, as the backend's loss operations take them.
+    pub fn evaluate_on<'a, B: Backend, T: Real>(
+        self,
+        be: &B,
+        logits: B::View<'_, T>,
+        targets: impl Into<Targets<'a, T>>,
+        classes: usize,
+        scale: T,
+        dlogits: Option<B::ViewMut<'_, T>>,
+    ) -> (f64, usize) {
         match (self, targets.into()) {
             (Loss::SoftmaxCrossEntropy, Targets::Labels(labels)) => {
-                softmax_cross_entropy(logits, labels, classes, scale, dlogits)
+                be.softmax_cross_entropy(logits, labels, classes, scale, dlogits)
             }
             (Loss::MeanSquaredError, Targets::Values { values, width }) => {
                 assert_eq!(width, classes, "mse targets' width is the output width");
                 (
-                    mean_squared_error(logits, values, classes, scale, dlogits),
+                    be.mean_squared_error(logits, values, classes, scale, dlogits),
                     0,
                 )
             }
@@ -230,30 +245,22 @@ impl Loss {
         scale: T,
         rg: &mut [T],
     ) {
+        self.r_gradient_on(&CpuBackend, logits, rz, classes, scale, rg);
+    }
+
+    /// [`Loss::r_gradient`] on backend `be`.
+    pub fn r_gradient_on<B: Backend, T: Real>(
+        self,
+        be: &B,
+        logits: B::View<'_, T>,
+        rz: B::View<'_, T>,
+        classes: usize,
+        scale: T,
+        rg: B::ViewMut<'_, T>,
+    ) {
         match self {
-            Loss::SoftmaxCrossEntropy => {
-                for ((z, r), g) in logits
-                    .chunks_exact(classes)
-                    .zip(rz.chunks_exact(classes))
-                    .zip(rg.chunks_exact_mut(classes))
-                {
-                    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
-                    let mut sum = T::zero();
-                    for (gi, &zi) in g.iter_mut().zip(z) {
-                        *gi = (zi - m).exp();
-                        sum += *gi;
-                    }
-                    let mut pr = T::zero();
-                    for (gi, &ri) in g.iter_mut().zip(r) {
-                        *gi = *gi / sum;
-                        pr += *gi * ri;
-                    }
-                    for (gi, &ri) in g.iter_mut().zip(r) {
-                        *gi = scale * *gi * (ri - pr);
-                    }
-                }
-            }
-            Loss::MeanSquaredError => mse_r_gradient(rz, classes, scale, rg),
+            Loss::SoftmaxCrossEntropy => be.softmax_cross_entropy_r(logits, rz, classes, scale, rg),
+            Loss::MeanSquaredError => be.mse_r_gradient(rz, classes, scale, rg),
         }
     }
 
@@ -345,49 +352,16 @@ pub fn softmax_cross_entropy<T: Real>(
     labels: &[usize],
     classes: usize,
     scale: T,
-    mut dlogits: Option<&mut [T]>,
+    dlogits: Option<&mut [T]>,
 ) -> (f64, usize) {
-    let mut total = 0.0f64;
-    let mut correct = 0usize;
-    for (n, (z, &y)) in logits.chunks_exact(classes).zip(labels).enumerate() {
-        let mut m = z[0];
-        let mut arg = 0;
-        for (c, &v) in z.iter().enumerate() {
-            if v > m {
-                m = v;
-                arg = c;
-            }
-        }
-        if arg == y {
-            correct += 1;
-        }
-        match dlogits.as_deref_mut() {
-            Some(d) => {
-                // One exp per logit: d ← exp(z − m), then scale to (softmax − onehot)·scale.
-                let d = &mut d[n * classes..(n + 1) * classes];
-                let mut sum = T::zero();
-                for (dv, &v) in d.iter_mut().zip(z) {
-                    *dv = (v - m).exp();
-                    sum += *dv;
-                }
-                total += (m + sum.ln() - z[y]).as_f64();
-                let inv = scale / sum;
-                for dv in d.iter_mut() {
-                    *dv *= inv;
-                }
-                d[y] -= scale;
-            }
-            None => {
-                let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
-                total += (m + sum.ln() - z[y]).as_f64();
-            }
-        }
-    }
-    (total, correct)
+    CpuBackend.softmax_cross_entropy(logits, labels, classes, scale, dlogits)
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Mean squared error (PyTorch's `F.mse_loss`, reduction 'mean'); see the module doc.
+// Mean squared error (PyTorch's `F.mse_loss`, reduction 'mean'); see the module doc. These host
+// functions are the CPU kernels of the backend's `mean_squared_error` / `mse_r_gradient` operations:
+// `CpuBackend` calls them unchanged (so the arithmetic is main's to the bit), and the generic
+// `Loss::evaluate_on` / `r_gradient_on` reach them only through the backend.
 // ---------------------------------------------------------------------------------------------------
 
 /// The per-sample mean squared error ℓₙ = (1/k)·Σⱼ (zₙⱼ − yₙⱼ)² summed over the batch (in f64), for

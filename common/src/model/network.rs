@@ -5,6 +5,7 @@ use super::layer::{Layer, LayerOps, Pass, Scratch, Sequential};
 use super::layout::ParamLayout;
 use super::loss::{Loss, Targets};
 use crate::data::Dataset;
+use crate::device::{Backend, CpuBackend};
 use crate::{Error, Real, Result};
 
 /// An architecture with its layers, parameter layout and loss.
@@ -16,18 +17,42 @@ pub struct Network {
     pub loss: Loss,
 }
 
-/// Buffers for one batch size: every layer's output and its cotangent, the indices layers keep
-/// (max-pool winners) and the convolution scratch. Reused across steps so that a training step
-/// allocates nothing.
-#[derive(Clone, Debug, Default)]
-pub struct Workspace<T> {
+/// Buffers for one batch size in backend `B`'s memory: every layer's output and its cotangent,
+/// the indices layers keep (max-pool winners) and the convolution scratch, which carries the
+/// backend. Reused across steps so that a training step allocates nothing.
+#[derive(Clone, Debug)]
+pub struct Workspace<T: Real, B: Backend = CpuBackend> {
     pub(crate) batch: usize,
     /// Layer i's output, `batch × out_features`.
-    pub(crate) acts: Vec<Vec<T>>,
+    pub(crate) acts: Vec<B::Buffer<T>>,
     /// ∂L/∂(layer i's output) after a backward pass.
-    pub(crate) deltas: Vec<Vec<T>>,
-    pub(crate) indices: Vec<Vec<u32>>,
-    pub(crate) scratch: Scratch<T>,
+    pub(crate) deltas: Vec<B::Buffer<T>>,
+    pub(crate) indices: Vec<B::Buffer<u32>>,
+    pub(crate) scratch: Scratch<T, B>,
+}
+
+impl<T: Real> Default for Workspace<T> {
+    fn default() -> Self {
+        Workspace::empty(CpuBackend)
+    }
+}
+
+impl<T: Real, B: Backend> Workspace<T, B> {
+    /// A workspace on `backend` for no batch yet (sized by the first pass).
+    pub fn empty(backend: B) -> Self {
+        Workspace {
+            batch: 0,
+            acts: Vec::new(),
+            deltas: Vec::new(),
+            indices: Vec::new(),
+            scratch: Scratch::on(backend, &[], 0, false),
+        }
+    }
+
+    /// The backend it lives on.
+    pub fn backend(&self) -> &B {
+        &self.scratch.backend
+    }
 }
 
 /// Mean loss and accuracy over a data set.
@@ -174,34 +199,41 @@ impl Network {
         Ok(())
     }
 
-    /// A workspace sized for `batch` samples.
+    /// A workspace on the CPU sized for `batch` samples.
     pub fn workspace<T: Real>(&self, batch: usize) -> Workspace<T> {
-        let mut ws = Workspace::default();
+        self.workspace_on(CpuBackend, batch)
+    }
+
+    /// A workspace on `backend` sized for `batch` samples.
+    pub fn workspace_on<B: Backend, T: Real>(&self, backend: B, batch: usize) -> Workspace<T, B> {
+        let mut ws = Workspace::empty(backend);
         self.ensure(&mut ws, batch);
         ws
     }
 
-    fn ensure<T: Real>(&self, ws: &mut Workspace<T>, batch: usize) {
+    fn ensure<B: Backend, T: Real>(&self, ws: &mut Workspace<T, B>, batch: usize) {
         if ws.batch >= batch && ws.acts.len() == self.layers.len() {
             return;
         }
+        let be = ws.scratch.backend.clone();
         ws.batch = batch;
         ws.acts = self
             .layers
             .iter()
-            .map(|l| vec![T::zero(); batch * l.out_features()])
+            .map(|l| be.zeros(batch * l.out_features()))
             .collect();
         ws.deltas = ws.acts.clone();
         ws.indices = self
             .layers
             .iter()
-            .map(|l| vec![0; l.index_len(batch)])
+            .map(|l| be.zeros(l.index_len(batch)))
             .collect();
-        ws.scratch = Scratch::for_layers(&self.layers, batch, false);
+        ws.scratch = Scratch::on(be, &self.layers, batch, false);
     }
 
     /// Runs the forward pass on `batch` samples `x` (`batch × input_features`, row-major) and returns
     /// the logits (`batch × classes`), which stay in the workspace with every intermediate output.
+    /// Host slices on the CPU: [`Network::forward_on`] with [`CpuBackend`].
     pub fn forward<'w, T: Real>(
         &self,
         params: &[T],
@@ -209,6 +241,17 @@ impl Network {
         batch: usize,
         ws: &'w mut Workspace<T>,
     ) -> &'w [T] {
+        self.forward_on::<CpuBackend, T>(params, x, batch, ws)
+    }
+
+    /// [`Network::forward`] on any backend: parameters, input and workspace in its memory.
+    pub fn forward_on<'w, B: Backend, T: Real>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        batch: usize,
+        ws: &'w mut Workspace<T, B>,
+    ) -> B::View<'w, T> {
         self.ensure(ws, batch);
         let mut i = 0;
         while i < self.layers.len() {
@@ -232,18 +275,18 @@ impl Network {
             }
         }
         let last = self.layers.len() - 1;
-        &ws.acts[last][..batch * self.classes()]
+        B::slice(B::view(&ws.acts[last]), 0..batch * self.classes())
     }
 
     /// Layer `i`'s forward pass on samples `first..first + count` of the batch.
-    fn forward_layer<T: Real>(
+    fn forward_layer<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         i: usize,
         first: usize,
         count: usize,
-        ws: &mut Workspace<T>,
+        ws: &mut Workspace<T, B>,
     ) {
         let layer = &self.layers[i];
         let (fin, fout, nidx) = (
@@ -252,20 +295,30 @@ impl Network {
             layer.index_len(1),
         );
         let (before, rest) = ws.acts.split_at_mut(i);
-        let input: &[T] = if i == 0 { x } else { &before[i - 1] };
+        let input = if i == 0 {
+            B::shorten(x)
+        } else {
+            B::view(&before[i - 1])
+        };
         layer.forward(
             params,
-            &input[first * fin..(first + count) * fin],
+            B::slice(input, first * fin..(first + count) * fin),
             count,
-            &mut rest[0][first * fout..(first + count) * fout],
-            &mut ws.indices[i][first * nidx..(first + count) * nidx],
+            B::slice_mut(
+                B::view_mut(&mut rest[0]),
+                first * fout..(first + count) * fout,
+            ),
+            B::slice_mut(
+                B::view_mut(&mut ws.indices[i]),
+                first * nidx..(first + count) * nidx,
+            ),
             &mut ws.scratch,
         );
     }
 
     /// Mean loss L over the batch and its exact gradient ∂L/∂θ (written into `grad`, length P), by
     /// reverse-mode differentiation through every layer. The input gradient of the first layer is
-    /// not computed.
+    /// not computed. Host slices on the CPU: [`Network::loss_and_gradient_on`] with [`CpuBackend`].
     ///
     /// `targets`: the batch's labels (`&[usize]` converts) or float targets ([`Targets`]); the
     /// batch size is their number of samples.
@@ -277,6 +330,18 @@ impl Network {
         grad: &mut [T],
         ws: &mut Workspace<T>,
     ) -> f64 {
+        self.loss_and_gradient_on::<CpuBackend, T>(params, x, targets, grad, ws)
+    }
+
+    /// [`Network::loss_and_gradient`] on any backend (the targets stay on the host).
+    pub fn loss_and_gradient_on<'a, B: Backend, T: Real>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        targets: impl Into<Targets<'a, T>>,
+        grad: B::ViewMut<'_, T>,
+        ws: &mut Workspace<T, B>,
+    ) -> f64 {
         let targets = targets.into();
         let loss = self.forward_loss_cotangent(params, x, targets, ws);
         self.backward(params, x, targets.len(), Some(grad), ws);
@@ -285,50 +350,64 @@ impl Network {
 
     /// Forward pass and the loss's cotangent ∂L/∂logits in the last layer's delta buffer; returns
     /// the mean loss.
-    pub(crate) fn forward_loss_cotangent<'a, T: Real>(
+    pub(crate) fn forward_loss_cotangent<'a, B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         targets: impl Into<Targets<'a, T>>,
-        ws: &mut Workspace<T>,
+        ws: &mut Workspace<T, B>,
     ) -> f64 {
         let targets = targets.into();
         let batch = targets.len();
-        self.forward(params, x, batch, ws);
+        self.forward_on(params, x, batch, ws);
         let last = self.layers.len() - 1;
         let classes = self.classes();
         let scale = T::one() / T::of_usize(batch);
-        let (loss_sum, _) = self.loss.evaluate(
-            &ws.acts[last][..batch * classes],
+        let (loss_sum, _) = self.loss.evaluate_on(
+            &ws.scratch.backend,
+            B::slice(B::view(&ws.acts[last]), 0..batch * classes),
             targets,
             classes,
             scale,
-            Some(&mut ws.deltas[last][..batch * classes]),
+            Some(B::slice_mut(
+                B::view_mut(&mut ws.deltas[last]),
+                0..batch * classes,
+            )),
         );
         loss_sum / batch as f64
     }
 
     /// Backpropagates the cotangent already in the last layer's delta buffer into every layer's
     /// delta buffer and, when `grad` is given, the parameter gradient.
-    pub(crate) fn backward<T: Real>(
+    pub(crate) fn backward<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        mut grad: Option<&mut [T]>,
-        ws: &mut Workspace<T>,
+        mut grad: Option<B::ViewMut<'_, T>>,
+        ws: &mut Workspace<T, B>,
     ) {
         for i in (0..self.layers.len()).rev() {
             let (dbefore, drest) = ws.deltas.split_at_mut(i);
-            let pass = Pass {
-                params,
-                x: if i == 0 { x } else { &ws.acts[i - 1] },
-                y: &ws.acts[i],
+            let pass = Pass::<T, B> {
+                params: B::shorten(params),
+                x: if i == 0 {
+                    B::shorten(x)
+                } else {
+                    B::view(&ws.acts[i - 1])
+                },
+                y: B::view(&ws.acts[i]),
                 batch,
-                indices: &ws.indices[i],
+                indices: B::view(&ws.indices[i]),
             };
-            let dx = dbefore.last_mut().map(|d| &mut d[..]);
-            self.layers[i].backward(&pass, &drest[0], grad.as_deref_mut(), dx, &mut ws.scratch);
+            let dx = dbefore.last_mut().map(|d| B::view_mut(d));
+            self.layers[i].backward(
+                &pass,
+                B::view(&drest[0]),
+                grad.as_mut().map(|g| B::reborrow(g)),
+                dx,
+                &mut ws.scratch,
+            );
         }
     }
 
@@ -344,7 +423,7 @@ impl Network {
         let batch = targets.len();
         let logits = self.forward(params, x, batch, ws);
         self.loss
-            .evaluate(logits, targets, self.classes(), T::one(), None)
+            .evaluate_on(&CpuBackend, logits, targets, self.classes(), T::one(), None)
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.

@@ -15,7 +15,7 @@
 
 use super::layer::{LayerOps, PerSample, Scratch};
 use super::network::{Network, Workspace};
-use crate::device::cpu::gemm;
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 
 /// A layer whose per-sample gradients are materialised: (layer index, its first parameter, end),
@@ -30,7 +30,7 @@ struct Block {
 
 /// Buffers for the per-sample products of one batch size.
 #[derive(Clone, Debug, Default)]
-pub struct PerSampleScratch<T> {
+pub struct PerSampleScratch<T: Real> {
     batch: usize,
     /// Per-sample gradients of the materialised layers: `B × P_m`, each row the layers' blocks in
     /// layer order.
@@ -121,7 +121,7 @@ impl Network {
             self.layers[b.layer].per_sample_gradients(
                 params,
                 input,
-                &ws.deltas[b.layer],
+                &ws.deltas[b.layer][..],
                 batch,
                 s,
                 &mut sc.materialised[b.col..],
@@ -140,6 +140,7 @@ impl Network {
         sc: &mut PerSampleScratch<T>,
         gram: &mut [T],
     ) {
+        let be = CpuBackend;
         let b = batch;
         let gram = &mut gram[..b * b];
         gram.iter_mut().for_each(|v| *v = T::zero());
@@ -156,7 +157,7 @@ impl Network {
                 let one = if bias { T::one() } else { T::zero() };
                 let a = self.layer_input(i, x, ws);
                 let d = &ws.deltas[i];
-                gemm(
+                be.gemm(
                     false,
                     true,
                     b,
@@ -168,7 +169,7 @@ impl Network {
                     T::zero(),
                     &mut sc.aat,
                 );
-                gemm(
+                be.gemm(
                     false,
                     true,
                     b,
@@ -180,14 +181,12 @@ impl Network {
                     T::zero(),
                     &mut sc.ddt,
                 );
-                for ((k, &aa), &dd) in gram.iter_mut().zip(&sc.aat).zip(&sc.ddt) {
-                    *k += s2 * (aa + one) * dd;
-                }
+                be.add_gram_hadamard(s2, one, &sc.aat, &sc.ddt, gram);
             }
         }
         if sc.materialised_params > 0 {
             let (g, pm) = (&sc.materialised, sc.materialised_params);
-            gemm(false, true, b, b, pm, T::one(), g, g, T::one(), gram);
+            be.gemm(false, true, b, b, pm, T::one(), g, g, T::one(), gram);
         }
     }
 
@@ -201,6 +200,7 @@ impl Network {
         v: &[T],
         out: &mut [T],
     ) {
+        let be = CpuBackend;
         let b = batch;
         let out = &mut out[..b];
         out.iter_mut().for_each(|o| *o = T::zero());
@@ -219,7 +219,7 @@ impl Network {
                 let vb = bias.then(|| &v[self.layout.tensors[weight + 1].range()]);
                 // M = Δ V (B×in); outₙ += s·(Mₙ·aₙ + δₙ·v_b).
                 let m = &mut sc.tmp[..b * inputs];
-                gemm(
+                be.gemm(
                     false,
                     false,
                     b,
@@ -253,7 +253,7 @@ impl Network {
                 sc.vec_c[bl.col..bl.col + bl.end - bl.start].copy_from_slice(&v[bl.start..bl.end]);
             }
             let (g, pm) = (&sc.materialised, sc.materialised_params);
-            gemm(
+            be.gemm(
                 false,
                 false,
                 b,
@@ -278,6 +278,7 @@ impl Network {
         c: &[T],
         out: &mut [T],
     ) {
+        let be = CpuBackend;
         let b = batch;
         let s = T::of_usize(b);
         for (i, l) in self.layers.iter().enumerate() {
@@ -293,16 +294,12 @@ impl Network {
                 // Δ′ = diag(s·c) Δ; weight block Δ′ᵀ A, bias block column sums of Δ′.
                 let dc = &mut sc.tmp[..b * outputs];
                 for n in 0..b {
-                    let f = s * c[n];
-                    for (p, &q) in dc[n * outputs..(n + 1) * outputs]
-                        .iter_mut()
-                        .zip(&d[n * outputs..(n + 1) * outputs])
-                    {
-                        *p = f * q;
-                    }
+                    let row = &mut dc[n * outputs..(n + 1) * outputs];
+                    be.copy(&d[n * outputs..(n + 1) * outputs], row);
+                    be.scale(s * c[n], row);
                 }
                 let wr = self.layout.tensors[weight].range();
-                gemm(
+                be.gemm(
                     true,
                     false,
                     outputs,
@@ -316,18 +313,14 @@ impl Network {
                 );
                 if bias {
                     let ob = &mut out[self.layout.tensors[weight + 1].range()];
-                    ob.iter_mut().for_each(|v| *v = T::zero());
-                    for row in dc.chunks_exact(outputs) {
-                        for (o, &v) in ob.iter_mut().zip(row) {
-                            *o += v;
-                        }
-                    }
+                    be.fill(&mut ob[..], T::zero());
+                    be.add_column_sums(T::one(), dc, ob);
                 }
             }
         }
         if sc.materialised_params > 0 {
             let (g, pm) = (&sc.materialised, sc.materialised_params);
-            gemm(
+            be.gemm(
                 true,
                 false,
                 pm,

@@ -11,7 +11,7 @@
 //! eigendecomposition).
 
 use super::sym_eigen::{Syevd, SymEigen};
-use crate::device::cpu::gemm;
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 use num_traits::Float;
 
@@ -210,10 +210,10 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         let one = T::one();
         // H = X Wᵀ (N×r); X̂ = X − H W (stored like X: when transposed, X̂ᵀ = Xᵀ − Wᵀ Hᵀ).
         let tr = self.transposed;
-        gemm(tr, true, n, r, dim, one, x, &self.w, T::zero(), &mut self.h);
+        CpuBackend.gemm(tr, true, n, r, dim, one, x, &self.w, T::zero(), &mut self.h);
         self.xhat.copy_from_slice(x);
         if tr {
-            gemm(
+            CpuBackend.gemm(
                 true,
                 true,
                 dim,
@@ -226,7 +226,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 &mut self.xhat,
             );
         } else {
-            gemm(
+            CpuBackend.gemm(
                 false,
                 false,
                 n,
@@ -243,9 +243,9 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             return None;
         }
         // J = Hᵀ X (r×D); L = Hᵀ H (= J Wᵀ, cheaper when N > D); K = J Jᵀ.
-        gemm(true, tr, r, dim, n, one, &self.h, x, T::zero(), &mut self.j);
+        CpuBackend.gemm(true, tr, r, dim, n, one, &self.h, x, T::zero(), &mut self.j);
         if n > dim {
-            gemm(
+            CpuBackend.gemm(
                 false,
                 true,
                 r,
@@ -258,7 +258,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 &mut self.l,
             );
         } else {
-            gemm(
+            CpuBackend.gemm(
                 true,
                 false,
                 r,
@@ -271,7 +271,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 &mut self.l,
             );
         }
-        gemm(
+        CpuBackend.gemm(
             false,
             true,
             r,
@@ -374,7 +374,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             }
         }
         // W ← A B.
-        gemm(
+        CpuBackend.gemm(
             false,
             false,
             r,

@@ -152,7 +152,7 @@ pub struct ExactSolve {
 
 /// Buffers of the Woodbury solve for one batch size.
 #[derive(Clone, Debug)]
-pub struct WoodburyScratch<T> {
+pub struct WoodburyScratch<T: Real> {
     pub ws: Workspace<T>,
     pub per_sample: PerSampleScratch<T>,
     gram: Vec<T>,

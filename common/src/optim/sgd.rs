@@ -1,6 +1,7 @@
 //! Stochastic gradient descent with PyTorch's semantics.
 
 use super::{Batch, DirectionNoise, Optimizer};
+use crate::device::{Backend, CpuBackend, SgdStep};
 use crate::{Error, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -110,39 +111,27 @@ impl Sgd {
         let (lr, mu, wd) = (c.lr as f32, c.momentum as f32, c.weight_decay as f32);
         let one_minus_tau = (1.0 - c.dampening) as f32;
         if wd != 0.0 {
-            for (g, &p) in d.iter_mut().zip(params.iter()) {
-                *g += wd * p;
-            }
+            CpuBackend.axpy(wd, params, d);
         }
+        let step = SgdStep {
+            lr,
+            momentum: mu,
+            one_minus_dampening: one_minus_tau,
+            nesterov: c.nesterov,
+        };
         if mu != 0.0 {
             match &mut self.buffer {
                 // First step: buf ← d, then the update with that buffer.
                 None => {
                     self.buffer = Some(d.to_vec());
                     let buf = self.buffer.as_ref().expect("momentum buffer");
-                    for ((p, &g), &b) in params.iter_mut().zip(d.iter()).zip(buf) {
-                        *p -= lr * if c.nesterov { g + mu * b } else { b };
-                    }
+                    CpuBackend.sgd_first_momentum_step(params, d, buf, &step);
                 }
                 // One fused pass: buf ← μ·buf + (1−τ)·d, then θ ← θ − lr·(d + μ·buf) or θ − lr·buf.
-                Some(buf) => {
-                    if c.nesterov {
-                        for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
-                            *b = *b * mu + one_minus_tau * g;
-                            *p -= lr * (g + mu * *b);
-                        }
-                    } else {
-                        for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
-                            *b = *b * mu + one_minus_tau * g;
-                            *p -= lr * *b;
-                        }
-                    }
-                }
+                Some(buf) => CpuBackend.sgd_step(params, d, Some(buf), &step),
             }
         } else {
-            for (p, &g) in params.iter_mut().zip(d.iter()) {
-                *p -= lr * g;
-            }
+            CpuBackend.sgd_step(params, d, None, &step);
         }
     }
 }

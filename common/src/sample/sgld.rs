@@ -31,6 +31,7 @@
 //! [`super::estimate::DistanceSummary`] for what is made of them.
 
 use super::potential::Potential;
+use crate::device::{Backend, CpuBackend};
 use crate::rng::NoiseSource;
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
@@ -306,9 +307,11 @@ pub struct UpdateSums {
 
 /// One fused pass over the parameters at step t, drawing the noise ξ block by block from `noise`:
 /// h = (ε/2)(nβ·g + γ(w − w*) + δ·w), w ← clamp(w − h + √ε·ξ), `step` ← Δ_{t+1} = (new w) − (old w),
-/// and the sums of [`UpdateSums`] (`step` holds Δ_t on entry).
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
+/// and the sums of [`UpdateSums`] (`step` holds Δ_t on entry). The kernel is the backend's
+/// [`Backend::sgld_update`]: blocks of 512 (a multiple of the noise's round of 16, so the noise
+/// equals one fill of the whole vector), each summed in 8 f32 lanes and added to f64 accumulators.
+/// The chains run on the host ([`CpuBackend`]): their potentials compute on host slices.
+#[inline]
 pub fn update(
     w: &mut [f32],
     step: &mut [f32],
@@ -318,149 +321,7 @@ pub fn update(
     c: &StepCoefficients,
     bound: Option<f32>,
 ) -> UpdateSums {
-    match bound {
-        None => update_blocks::<false>(w, step, w_star, grad, noise, c, 0.0),
-        Some(b) => update_blocks::<true>(w, step, w_star, grad, noise, c, b),
-    }
-}
-
-/// Lanes of the f32 partial sums: lane k sums the elements ≡ k (mod 8).
-const LANES: usize = 8;
-
-/// The f32 partial sums of one block (see [`UpdateSums`]).
-#[derive(Default)]
-struct LaneSums {
-    step_dot_drift: [f32; LANES],
-    next_step_dot_drift: [f32; LANES],
-    drift_norm2: [f32; LANES],
-    localisation: [f32; LANES],
-    distance2: [f32; LANES],
-    clamped: [f32; LANES],
-    check: [f32; LANES],
-}
-
-/// Eight parameters of [`update`]: fixed-size arrays without bounds checks, which the compiler turns
-/// into SIMD.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn update_lanes<const CLAMP: bool>(
-    w: &mut [f32; LANES],
-    step: &mut [f32; LANES],
-    w_star: &[f32; LANES],
-    grad: &[f32; LANES],
-    noise: &[f32; LANES],
-    c: &StepCoefficients,
-    bound: f32,
-    sums: &mut LaneSums,
-) {
-    for k in 0..LANES {
-        let wt = w[k];
-        let ws = w_star[k];
-        let delta = wt - ws;
-        let h = c.half_eps * (c.nbeta * grad[k] + c.gamma * delta + c.decay * wt);
-        let mut next = wt - h + c.sqrt_eps * noise[k];
-        if CLAMP {
-            let free = next;
-            next = next.clamp(ws - bound, ws + bound);
-            sums.clamped[k] += if next != free { 1.0 } else { 0.0 };
-        }
-        let next_step = next - wt;
-        sums.step_dot_drift[k] += step[k] * h;
-        sums.next_step_dot_drift[k] += next_step * h;
-        sums.drift_norm2[k] += h * h;
-        sums.localisation[k] += -next_step * (2.0 * delta + next_step);
-        sums.distance2[k] += delta * delta;
-        sums.check[k] += next;
-        step[k] = next_step;
-        w[k] = next;
-    }
-}
-
-/// [`update`] in blocks of 512 (a multiple of the noise's round of 16, so the noise equals one fill
-/// of the whole vector), each summed in 8 f32 lanes and added to f64 accumulators.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn update_blocks<const CLAMP: bool>(
-    w: &mut [f32],
-    step: &mut [f32],
-    w_star: &[f32],
-    grad: &[f32],
-    noise_source: &mut NoiseSource,
-    c: &StepCoefficients,
-    bound: f32,
-) -> UpdateSums {
-    const BLOCK: usize = 512;
-    let mut total = [0f64; 5];
-    let mut clamped = 0u64;
-    let mut finite = true;
-    let n = w.len();
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        // This block's noise, kept in L1.
-        let mut noise_block = [0f32; BLOCK];
-        noise_source.fill(&mut noise_block[..end - start]);
-        let noise = &noise_block[..end - start];
-        let mut sums = LaneSums::default();
-        let whole = start + (end - start) / LANES * LANES;
-        let mut i = start;
-        while i < whole {
-            let r = i..i + LANES;
-            let o = i - start..i - start + LANES;
-            update_lanes::<CLAMP>(
-                (&mut w[r.clone()]).try_into().expect("8 lanes"),
-                (&mut step[r.clone()]).try_into().expect("8 lanes"),
-                w_star[r.clone()].try_into().expect("8 lanes"),
-                grad[r].try_into().expect("8 lanes"),
-                noise[o].try_into().expect("8 lanes"),
-                c,
-                bound,
-                &mut sums,
-            );
-            i += LANES;
-        }
-        // The tail (fewer than 8 elements): zero-padded copies through the same code (padding
-        // contributes 0 to every sum).
-        if whole < end {
-            let m = end - whole;
-            let mut pad = [[0f32; LANES]; 5];
-            for (j, v) in [
-                &w[whole..end],
-                &step[whole..end],
-                &w_star[whole..end],
-                &grad[whole..end],
-                &noise[whole - start..end - start],
-            ]
-            .iter()
-            .enumerate()
-            {
-                pad[j][..m].copy_from_slice(v);
-            }
-            let [mut pw, mut ps, pstar, pg, pn] = pad;
-            update_lanes::<CLAMP>(&mut pw, &mut ps, &pstar, &pg, &pn, c, bound, &mut sums);
-            w[whole..end].copy_from_slice(&pw[..m]);
-            step[whole..end].copy_from_slice(&ps[..m]);
-        }
-        let add = |lanes: &[f32; LANES]| lanes.iter().map(|&x| x as f64).sum::<f64>();
-        total[0] += add(&sums.step_dot_drift);
-        total[1] += add(&sums.next_step_dot_drift);
-        total[2] += add(&sums.drift_norm2);
-        total[3] += add(&sums.localisation);
-        total[4] += add(&sums.distance2);
-        // At most 512/8 = 64 per lane: exact in f32.
-        clamped += sums.clamped.iter().map(|&x| x as u64).sum::<u64>();
-        finite &= sums.check.iter().all(|x| x.is_finite());
-        start = end;
-    }
-    UpdateSums {
-        step_dot_drift: total[0],
-        next_step_dot_drift: total[1],
-        drift_norm2: total[2],
-        next_localisation_diff: total[3],
-        distance2: total[4],
-        clamped,
-        finite,
-    }
+    CpuBackend.sgld_update(w, step, w_star, grad, noise, c, bound)
 }
 
 /// Runs `cfg.chains` chains on `min(cfg.threads, cfg.chains)` threads (work-stealing by chain index),

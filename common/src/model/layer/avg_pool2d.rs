@@ -7,6 +7,7 @@
 //! R{∂x} = Pᵀ·R{δ}; there is no second-order term and it is piecewise linear (trivially).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
+use crate::device::Backend;
 use crate::Real;
 use std::ops::Range;
 
@@ -26,8 +27,8 @@ impl AvgPool2d {
         (side(self.height), side(self.width))
     }
 
-    /// y ← P·x over `planes` planes.
-    fn pool<T: Real>(&self, x: &[T], planes: usize, y: &mut [T]) {
+    /// y ← P·x over `planes` planes: the CPU kernel of the backend's `avg_pool2d`.
+    pub(crate) fn cpu_pool<T: Real>(&self, x: &[T], planes: usize, y: &mut [T]) {
         let (ho, wo) = self.output_size();
         let (k, s, w) = (self.kernel, self.stride, self.width);
         let scale = T::one() / T::of_usize(k * k);
@@ -46,8 +47,8 @@ impl AvgPool2d {
         }
     }
 
-    /// dx ← Pᵀ·d over `planes` planes.
-    fn spread<T: Real>(&self, d: &[T], planes: usize, dx: &mut [T]) {
+    /// dx ← Pᵀ·d over `planes` planes: the CPU kernel of the backend's `avg_pool2d_adjoint`.
+    pub(crate) fn cpu_spread<T: Real>(&self, d: &[T], planes: usize, dx: &mut [T]) {
         let (ho, wo) = self.output_size();
         let (k, s, w) = (self.kernel, self.stride, self.width);
         let scale = T::one() / T::of_usize(k * k);
@@ -102,59 +103,63 @@ impl LayerOps for AvgPool2d {
         true
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        x: &[T],
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        _sc: &mut Scratch<T>,
+        y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
-        self.pool(x, batch * self.channels, y);
+        sc.backend.avg_pool2d(self, x, batch * self.channels, y);
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        _grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        _grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         if let Some(dx) = dx {
-            self.spread(dy, pass.batch * self.channels, dx);
+            sc.backend
+                .avg_pool2d_adjoint(self, dy, pass.batch * self.channels, dx);
         }
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        _v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        _v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
+        let be = &sc.backend;
         match rx {
-            Some(rx) => self.pool(rx, pass.batch * self.channels, ry),
-            None => ry[..pass.batch * self.out_features()]
-                .iter_mut()
-                .for_each(|r| *r = T::zero()),
+            Some(rx) => be.avg_pool2d(self, rx, pass.batch * self.channels, ry),
+            None => be.fill(
+                B::slice_mut(ry, 0..pass.batch * self.out_features()),
+                T::zero(),
+            ),
         }
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        _hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        _hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         if let Some(rdx) = rdx {
-            self.spread(r.rdy, pass.batch * self.channels, rdx);
+            sc.backend
+                .avg_pool2d_adjoint(self, r.rdy, pass.batch * self.channels, rdx);
         }
     }
 
@@ -162,16 +167,16 @@ impl LayerOps for AvgPool2d {
         PerSample::None
     }
 
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        _x: &[T],
-        _dy: &[T],
+        _params: B::View<'_, T>,
+        _x: B::View<'_, T>,
+        _dy: B::View<'_, T>,
         _batch: usize,
         _scale: T,
-        _rows: &mut [T],
+        _rows: B::ViewMut<'_, T>,
         _stride: usize,
-        _sc: &mut Scratch<T>,
+        _sc: &mut Scratch<T, B>,
     ) {
     }
 }

@@ -9,7 +9,7 @@
 //! whole chunk at once (`[C·k·k, batch·ho·wo]`).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
-use crate::device::cpu::{col2im, gemm, im2col, ConvGeometry};
+use crate::device::{Backend, ConvGeometry};
 use crate::model::layout::Init;
 use crate::Real;
 use std::ops::Range;
@@ -52,23 +52,6 @@ impl Conv2d {
     }
 }
 
-/// NCHW `[batch, channels, plane]` → `[channels, batch·plane]` (the convolution's gemm layout).
-fn nchw_to_channel_major<T: Real>(
-    src: &[T],
-    batch: usize,
-    channels: usize,
-    plane: usize,
-    dst: &mut [T],
-) {
-    let ncols = batch * plane;
-    for n in 0..batch {
-        for o in 0..channels {
-            dst[o * ncols + n * plane..][..plane]
-                .copy_from_slice(&src[(n * channels + o) * plane..][..plane]);
-        }
-    }
-}
-
 impl LayerOps for Conv2d {
     fn kind(&self) -> &'static str {
         "Conv2d"
@@ -107,196 +90,224 @@ impl LayerOps for Conv2d {
         true
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        sc: &mut Scratch<T>,
+        mut y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
         // One sample at a time: its im2col matrix (C·k·k × ho·wo) stays in the L2 cache, and the
         // product W·cols is already that sample's NCHW output block.
         let g = &self.geometry;
         let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
-        let w = &params[self.w.clone()];
-        let b = &params[self.b.clone()];
-        let cols = &mut sc.cols[..r * plane];
+        let w = B::slice(params, self.w.clone());
+        let b = B::slice(params, self.b.clone());
+        let be = &sc.backend;
+        let mut cols = B::slice_mut(B::view_mut(&mut sc.cols), 0..r * plane);
         for n in 0..batch {
-            im2col(&x[n * in_len..(n + 1) * in_len], 1, g, cols);
-            let out = &mut y[n * o * plane..(n + 1) * o * plane];
-            gemm(false, false, o, plane, r, T::one(), w, cols, T::zero(), out);
-            for (row, &bias) in out.chunks_exact_mut(plane).zip(b) {
-                row.iter_mut().for_each(|v| *v += bias);
-            }
+            let xn = B::slice(x, n * in_len..(n + 1) * in_len);
+            be.im2col(xn, 1, g, B::reborrow(&mut cols));
+            let mut out = B::slice_mut(B::reborrow(&mut y), n * o * plane..(n + 1) * o * plane);
+            let c = B::freeze(&cols);
+            be.gemm(false, false, o, plane, r, T::one(), w, c, T::zero(), B::reborrow(&mut out));
+            be.add_bias_planes(out, b);
         }
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        mut grad: Option<&mut [T]>,
-        mut dx: Option<&mut [T]>,
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        mut grad: Option<B::ViewMut<'_, T>>,
+        mut dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         // Per sample n: ∂W += δₙ·colsₙᵀ, ∂b += row sums of δₙ, and ∂xₙ = col2im(Wᵀ·δₙ), with δₙ the
         // sample's [O, ho·wo] block.
         let g = &self.geometry;
         let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
-        let cols = &mut sc.cols[..r * plane];
-        if let Some(grad) = grad.as_deref_mut() {
-            grad[self.b.clone()].iter_mut().for_each(|v| *v = T::zero());
+        let be = &sc.backend;
+        let mut cols = B::slice_mut(B::view_mut(&mut sc.cols), 0..r * plane);
+        if let Some(grad) = grad.as_mut() {
+            be.fill(B::slice_mut(B::reborrow(grad), self.b.clone()), T::zero());
         }
         for n in 0..pass.batch {
-            let dyn_ = &dy[n * o * plane..(n + 1) * o * plane];
-            if let Some(grad) = grad.as_deref_mut() {
-                for (gb, row) in grad[self.b.clone()]
-                    .iter_mut()
-                    .zip(dyn_.chunks_exact(plane))
-                {
-                    *gb += row.iter().copied().sum::<T>();
-                }
-                im2col(&pass.x[n * in_len..(n + 1) * in_len], 1, g, cols);
+            let dyn_ = B::slice(dy, n * o * plane..(n + 1) * o * plane);
+            if let Some(grad) = grad.as_mut() {
+                be.row_sums(
+                    T::one(),
+                    dyn_,
+                    true,
+                    B::slice_mut(B::reborrow(grad), self.b.clone()),
+                );
+                let xn = B::slice(pass.x, n * in_len..(n + 1) * in_len);
+                be.im2col(xn, 1, g, B::reborrow(&mut cols));
                 let beta = if n == 0 { T::zero() } else { T::one() };
-                let gw = &mut grad[self.w.clone()];
-                gemm(false, true, o, r, plane, T::one(), dyn_, cols, beta, gw);
+                let gw = B::slice_mut(B::reborrow(grad), self.w.clone());
+                let c = B::freeze(&cols);
+                be.gemm(false, true, o, r, plane, T::one(), dyn_, c, beta, gw);
             }
-            if let Some(dx) = dx.as_deref_mut() {
-                let w = &pass.params[self.w.clone()];
-                gemm(true, false, r, plane, o, T::one(), w, dyn_, T::zero(), cols);
-                let dxn = &mut dx[n * in_len..(n + 1) * in_len];
-                dxn.iter_mut().for_each(|v| *v = T::zero());
-                col2im(cols, 1, g, dxn);
+            if let Some(dx) = dx.as_mut() {
+                let w = B::slice(pass.params, self.w.clone());
+                be.gemm(
+                    true,
+                    false,
+                    r,
+                    plane,
+                    o,
+                    T::one(),
+                    w,
+                    dyn_,
+                    T::zero(),
+                    B::reborrow(&mut cols),
+                );
+                let mut dxn = B::slice_mut(B::reborrow(dx), n * in_len..(n + 1) * in_len);
+                be.fill(B::reborrow(&mut dxn), T::zero());
+                be.col2im(B::freeze(&cols), 1, g, dxn);
             }
         }
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        saved: &mut [Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let g = &self.geometry;
         let (plane, r, o, batch) = (g.plane(), g.rows(), self.out_channels, pass.batch);
         let ncols = batch * plane;
+        let be = &sc.backend;
         // The im2col matrices of x and R{x} are kept in `saved` for the R-backward.
         let [cols_x, cols_rx] = saved;
-        let cols = &mut cols_x[..r * ncols];
-        let conv = &mut sc.conv[..o * ncols];
-        im2col(pass.x, batch, g, cols);
-        gemm(
+        let mut cols = B::slice_mut(B::view_mut(cols_x), 0..r * ncols);
+        let mut conv = B::slice_mut(B::view_mut(&mut sc.conv), 0..o * ncols);
+        be.im2col(pass.x, batch, g, B::reborrow(&mut cols));
+        be.gemm(
             false,
             false,
             o,
             ncols,
             r,
             T::one(),
-            &v[self.w.clone()],
-            cols,
+            B::slice(v, self.w.clone()),
+            B::freeze(&cols),
             T::zero(),
-            conv,
+            B::reborrow(&mut conv),
         );
         if let Some(rx) = rx {
-            let cols = &mut cols_rx[..r * ncols];
-            im2col(rx, batch, g, cols);
-            let w = &pass.params[self.w.clone()];
-            gemm(false, false, o, ncols, r, T::one(), w, cols, T::one(), conv);
+            let mut cols = B::slice_mut(B::view_mut(cols_rx), 0..r * ncols);
+            be.im2col(rx, batch, g, B::reborrow(&mut cols));
+            let w = B::slice(pass.params, self.w.clone());
+            let c = B::freeze(&cols);
+            be.gemm(false, false, o, ncols, r, T::one(), w, c, T::one(), B::reborrow(&mut conv));
         }
-        let vb = &v[self.b.clone()];
-        for n in 0..batch {
-            for (c, &b) in vb.iter().enumerate() {
-                let src = &conv[c * ncols + n * plane..][..plane];
-                let dst = &mut ry[(n * o + c) * plane..][..plane];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s + b;
-                }
-            }
-        }
+        let vb = B::slice(v, self.b.clone());
+        be.channel_major_to_nchw_add_bias(B::freeze(&conv), vb, batch, plane, ry);
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        rp: &RPass<'_, T>,
-        hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        saved: &[Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        rp: &RPass<'_, T, B>,
+        mut hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let g = &self.geometry;
         let (plane, r, o, batch) = (g.plane(), g.rows(), self.out_channels, pass.batch);
         let ncols = batch * plane;
         let out = batch * o * plane;
         let second_order = !rp.gauss_newton;
+        let Scratch {
+            backend: be,
+            cols,
+            conv,
+            stack,
+            ..
+        } = sc;
         // sc.conv holds [R{δ}; δ] (2·O × ncols) so that R{dcols} = Wᵀ·R{δ} + Vᵀ·δ is one product with
         // the stacked [W; V] (inner dimension 2·O).
-        let (rdconv, dconv) = sc.conv[..2 * o * ncols].split_at_mut(o * ncols);
-        nchw_to_channel_major(&rp.rdy[..out], batch, o, plane, rdconv);
-        for (c, h) in hv[self.b.clone()].iter_mut().enumerate() {
-            let s: T = rdconv[c * ncols..(c + 1) * ncols].iter().copied().sum();
-            *h += rp.alpha * s;
-        }
-        let hw = &mut hv[self.w.clone()];
-        gemm(
-            false,
-            true,
-            o,
-            r,
-            ncols,
-            rp.alpha,
-            rdconv,
-            &saved[0][..r * ncols],
-            T::one(),
-            hw,
-        );
-        if second_order {
-            nchw_to_channel_major(&rp.dy[..out], batch, o, plane, dconv);
-            if rp.rx.is_some() {
-                let cols_rx = &saved[1][..r * ncols];
-                gemm(
-                    false,
-                    true,
+        let mut both = B::slice_mut(B::view_mut(conv), 0..2 * o * ncols);
+        {
+            let (mut rdconv, dconv) = B::split_at_mut(B::reborrow(&mut both), o * ncols);
+            be.to_channel_major(
+                B::slice(rp.rdy, 0..out),
+                batch,
+                o,
+                plane,
+                B::reborrow(&mut rdconv),
+            );
+            let rdconv = B::freeze(&rdconv);
+            be.row_sums(
+                rp.alpha,
+                rdconv,
+                true,
+                B::slice_mut(B::reborrow(&mut hv), self.b.clone()),
+            );
+            let mut hw = B::slice_mut(B::reborrow(&mut hv), self.w.clone());
+            be.gemm(
+                false,
+                true,
+                o,
+                r,
+                ncols,
+                rp.alpha,
+                rdconv,
+                B::slice(B::view(&saved[0]), 0..r * ncols),
+                T::one(),
+                B::reborrow(&mut hw),
+            );
+            if second_order {
+                let mut dconv = dconv;
+                be.to_channel_major(
+                    B::slice(rp.dy, 0..out),
+                    batch,
                     o,
-                    r,
-                    ncols,
-                    rp.alpha,
-                    dconv,
-                    cols_rx,
-                    T::one(),
-                    hw,
+                    plane,
+                    B::reborrow(&mut dconv),
                 );
+                if rp.rx.is_some() {
+                    let cols_rx = B::slice(B::view(&saved[1]), 0..r * ncols);
+                    let d = B::freeze(&dconv);
+                    be.gemm(false, true, o, r, ncols, rp.alpha, d, cols_rx, T::one(), hw);
+                }
             }
         }
         if let Some(rdx) = rdx {
-            let cols = &mut sc.cols[..r * ncols];
-            let w = &pass.params[self.w.clone()];
+            let mut cols = B::slice_mut(B::view_mut(cols), 0..r * ncols);
+            let w = B::slice(pass.params, self.w.clone());
             if second_order {
                 let wlen = o * r;
-                sc.stack.resize(2 * wlen, T::zero());
-                sc.stack[..wlen].copy_from_slice(w);
-                sc.stack[wlen..].copy_from_slice(&rp.v[self.w.clone()]);
-                let stacked = &sc.conv[..2 * o * ncols];
-                gemm(
+                be.ensure_len(stack, 2 * wlen);
+                let mut st = B::slice_mut(B::view_mut(stack), 0..2 * wlen);
+                be.copy(w, B::slice_mut(B::reborrow(&mut st), 0..wlen));
+                be.copy(
+                    B::slice(rp.v, self.w.clone()),
+                    B::slice_mut(B::reborrow(&mut st), wlen..2 * wlen),
+                );
+                be.gemm(
                     true,
                     false,
                     r,
                     ncols,
                     2 * o,
                     T::one(),
-                    &sc.stack,
-                    stacked,
+                    B::freeze(&st),
+                    B::freeze(&both),
                     T::zero(),
-                    cols,
+                    B::reborrow(&mut cols),
                 );
             } else {
-                let rdconv = &sc.conv[..o * ncols];
-                gemm(
+                let rdconv = B::slice(B::freeze(&both), 0..o * ncols);
+                be.gemm(
                     true,
                     false,
                     r,
@@ -306,12 +317,12 @@ impl LayerOps for Conv2d {
                     w,
                     rdconv,
                     T::zero(),
-                    cols,
+                    B::reborrow(&mut cols),
                 );
             }
-            let rdx = &mut rdx[..batch * g.input_len()];
-            rdx.iter_mut().for_each(|d| *d = T::zero());
-            col2im(cols, batch, g, rdx);
+            let mut rdx = B::slice_mut(rdx, 0..batch * g.input_len());
+            be.fill(B::reborrow(&mut rdx), T::zero());
+            be.col2im(B::freeze(&cols), batch, g, rdx);
         }
     }
 
@@ -319,30 +330,35 @@ impl LayerOps for Conv2d {
         PerSample::Materialise
     }
 
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        x: &[T],
-        dy: &[T],
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        dy: B::View<'_, T>,
         batch: usize,
         scale: T,
-        rows: &mut [T],
+        mut rows: B::ViewMut<'_, T>,
         stride: usize,
-        sc: &mut Scratch<T>,
+        sc: &mut Scratch<T, B>,
     ) {
         let g = &self.geometry;
         let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
         let nw = o * r;
+        let be = &sc.backend;
+        let mut cols = B::slice_mut(B::view_mut(&mut sc.cols), 0..r * plane);
         for n in 0..batch {
-            let cols = &mut sc.cols[..r * plane];
-            im2col(&x[n * in_len..(n + 1) * in_len], 1, g, cols);
-            let dyn_ = &dy[n * o * plane..(n + 1) * o * plane];
-            let row = &mut rows[n * stride..n * stride + nw + o];
-            let (gw, gb) = row.split_at_mut(nw);
-            gemm(false, true, o, r, plane, scale, dyn_, cols, T::zero(), gw);
-            for (c, b) in gb.iter_mut().enumerate() {
-                *b = scale * dyn_[c * plane..(c + 1) * plane].iter().copied().sum::<T>();
-            }
+            be.im2col(
+                B::slice(x, n * in_len..(n + 1) * in_len),
+                1,
+                g,
+                B::reborrow(&mut cols),
+            );
+            let dyn_ = B::slice(dy, n * o * plane..(n + 1) * o * plane);
+            let row = B::slice_mut(B::reborrow(&mut rows), n * stride..n * stride + nw + o);
+            let (gw, gb) = B::split_at_mut(row, nw);
+            let c = B::freeze(&cols);
+            be.gemm(false, true, o, r, plane, scale, dyn_, c, T::zero(), gw);
+            be.row_sums(scale, dyn_, false, gb);
         }
     }
 }

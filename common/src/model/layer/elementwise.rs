@@ -2,9 +2,11 @@
 //! (its φ, φ′ and second-order term) and gets every [`LayerOps`] method from here:
 //!
 //! backward ∂x = φ′ ⊙ δ; R-forward R{y} = φ′ ⊙ R{x}; R-backward (Pearlmutter 1994)
-//! R{∂x} = φ′ ⊙ R{δ} + φ″(x) ⊙ R{x} ⊙ δ, the φ″ term dropped for the Gauss–Newton product.
+//! R{∂x} = φ′ ⊙ R{δ} + φ″(x) ⊙ R{x} ⊙ δ, the φ″ term dropped for the Gauss–Newton product. The
+//! loops are the backend's activation operations, which evaluate the scalar methods below.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
+use crate::device::Backend;
 use crate::Real;
 use std::ops::Range;
 
@@ -58,100 +60,98 @@ impl<A: Elementwise> LayerOps for A {
         true
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        x: &[T],
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        _sc: &mut Scratch<T>,
+        y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
         let n = batch * self.features();
-        for (v, &s) in y[..n].iter_mut().zip(&x[..n]) {
-            *v = self.value(s);
-        }
+        sc.backend
+            .activation_forward(self, B::slice(x, 0..n), B::slice_mut(y, 0..n));
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        _grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        _grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         let Some(dx) = dx else { return };
         let n = pass.batch * self.features();
-        let (x, y) = (&pass.x[..n], &pass.y[..n]);
-        for (((d, &g), &xi), &yi) in dx[..n].iter_mut().zip(&dy[..n]).zip(x).zip(y) {
-            *d = self.backward_one(xi, yi, g);
-        }
+        sc.backend.activation_backward(
+            self,
+            B::slice(pass.x, 0..n),
+            B::slice(pass.y, 0..n),
+            B::slice(dy, 0..n),
+            B::slice_mut(dx, 0..n),
+        );
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        _v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        _v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let n = pass.batch * self.features();
-        let Some(rx) = rx else {
-            ry[..n].iter_mut().for_each(|r| *r = T::zero());
-            return;
-        };
-        let (x, y) = (&pass.x[..n], &pass.y[..n]);
-        for (((r, &s), &xi), &yi) in ry[..n].iter_mut().zip(&rx[..n]).zip(x).zip(y) {
-            *r = self.derivative(xi, yi) * s;
-        }
+        sc.backend.activation_r_forward(
+            self,
+            B::slice(pass.x, 0..n),
+            B::slice(pass.y, 0..n),
+            rx.map(|rx| B::slice(rx, 0..n)),
+            B::slice_mut(ry, 0..n),
+        );
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        _hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        _hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let Some(rdx) = rdx else { return };
         let n = pass.batch * self.features();
-        let (x, y) = (&pass.x[..n], &pass.y[..n]);
-        for (((d, &g), &xi), &yi) in rdx[..n].iter_mut().zip(&r.rdy[..n]).zip(x).zip(y) {
-            *d = g * self.derivative(xi, yi);
-        }
-        if let (false, false, Some(rx)) = (self.second_derivative_vanishes(), r.gauss_newton, r.rx)
-        {
-            for ((((d, &xi), &yi), &s), &g) in rdx[..n]
-                .iter_mut()
-                .zip(x)
-                .zip(y)
-                .zip(&rx[..n])
-                .zip(&r.dy[..n])
-            {
-                *d = self.add_second_order(*d, xi, yi, s, g);
-            }
-        }
+        // The φ″ term: dropped where φ″ = 0, for the Gauss–Newton product, and for the first layer.
+        let second = match (self.second_derivative_vanishes(), r.gauss_newton, r.rx) {
+            (false, false, Some(rx)) => Some((B::slice(rx, 0..n), B::slice(r.dy, 0..n))),
+            _ => None,
+        };
+        sc.backend.activation_r_backward(
+            self,
+            B::slice(pass.x, 0..n),
+            B::slice(pass.y, 0..n),
+            B::slice(r.rdy, 0..n),
+            second,
+            B::slice_mut(rdx, 0..n),
+        );
     }
 
     fn per_sample(&self) -> PerSample {
         PerSample::None
     }
 
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        _x: &[T],
-        _dy: &[T],
+        _params: B::View<'_, T>,
+        _x: B::View<'_, T>,
+        _dy: B::View<'_, T>,
         _batch: usize,
         _scale: T,
-        _rows: &mut [T],
+        _rows: B::ViewMut<'_, T>,
         _stride: usize,
-        _sc: &mut Scratch<T>,
+        _sc: &mut Scratch<T, B>,
     ) {
     }
 }

@@ -19,8 +19,13 @@
 //!
 //! Nothing is kept between passes: x̂ and R{x̂} are recomputed from x and R{x} (a few flops per
 //! element against the matrix products around it).
+//!
+//! The passes are the backend's `layer_norm_*` operations (the layer is passed to them as its
+//! definition, as an activation is); the CPU backend's kernels are the host functions of this file
+//! (`cpu_*` below), called through `CpuBackend`, with the row buffers in the scratch's `stack`.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
+use crate::device::Backend;
 use crate::model::layout::Init;
 use crate::Real;
 use std::ops::Range;
@@ -118,58 +123,23 @@ impl LayerNorm {
     }
 }
 
-/// Two row buffers of the layer's dimension from the scratch (grown once).
-fn rows<T: Real>(sc: &mut Scratch<T>, dim: usize, count: usize) -> &mut [T] {
-    if sc.stack.len() < count * dim {
-        sc.stack.resize(count * dim, T::zero());
-    }
-    &mut sc.stack[..count * dim]
+/// `count` row buffers of the layer's dimension from the scratch's `stack` (grown once), with the
+/// backend.
+fn rows<T: Real, B: Backend>(
+    sc: &mut Scratch<T, B>,
+    dim: usize,
+    count: usize,
+) -> (&B, B::ViewMut<'_, T>) {
+    let Scratch { backend, stack, .. } = sc;
+    backend.ensure_len(stack, count * dim);
+    (&*backend, B::slice_mut(B::view_mut(stack), 0..count * dim))
 }
 
-impl LayerOps for LayerNorm {
-    fn kind(&self) -> &'static str {
-        "LayerNorm"
-    }
-    fn in_features(&self) -> usize {
-        self.features
-    }
-    fn out_features(&self) -> usize {
-        self.features
-    }
-    fn tensors(&self) -> Range<usize> {
-        match self.weight {
-            Some(w) => w..w + 2,
-            None => 0..0,
-        }
-    }
-    fn piecewise_linear(&self) -> bool {
-        false
-    }
-    fn scratch_len(&self, _batch: usize, _batched: bool) -> (usize, usize) {
-        (0, 0)
-    }
-    fn index_len(&self, _batch: usize) -> usize {
-        0
-    }
-    fn saved_len(&self, _batch: usize) -> usize {
-        0
-    }
-    fn forward_flops(&self, _batch: usize) -> f64 {
-        0.0
-    }
-    fn sample_wise(&self) -> bool {
-        true
-    }
+/// The CPU kernels of the backend's `layer_norm_*` operations: the layer's passes on host slices,
+/// `work` holding the row buffers (2, 2, 5 and 1 rows of `dim`).
+impl LayerNorm {
 
-    fn forward<T: Real>(
-        &self,
-        params: &[T],
-        x: &[T],
-        batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        _sc: &mut Scratch<T>,
-    ) {
+    pub(crate) fn cpu_forward<T: Real>(&self, params: &[T], x: &[T], batch: usize, y: &mut [T]) {
         let (d, n) = (self.dim, batch * self.features);
         let eps = self.eps();
         let gamma = self.gamma(params);
@@ -184,13 +154,13 @@ impl LayerOps for LayerNorm {
         }
     }
 
-    fn backward<T: Real>(
+    pub(crate) fn cpu_backward<T: Real>(
         &self,
         pass: &Pass<'_, T>,
         dy: &[T],
         grad: Option<&mut [T]>,
         dx: Option<&mut [T]>,
-        sc: &mut Scratch<T>,
+        work: &mut [T],
     ) {
         let (d, n) = (self.dim, pass.batch * self.features);
         let eps = self.eps();
@@ -201,7 +171,7 @@ impl LayerOps for LayerNorm {
             g[self.beta.clone()].iter_mut().for_each(|v| *v = T::zero());
         }
         let mut dx = dx;
-        let buf = rows(sc, d, 2);
+        let buf = &mut work[..2 * d];
         let (xhat, g) = buf.split_at_mut(d);
         for (row, (xr, dr)) in pass.x[..n]
             .chunks_exact(d)
@@ -227,19 +197,18 @@ impl LayerOps for LayerNorm {
         }
     }
 
-    fn r_forward<T: Real>(
+    pub(crate) fn cpu_r_forward<T: Real>(
         &self,
         pass: &Pass<'_, T>,
         v: &[T],
         rx: Option<&[T]>,
         ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        work: &mut [T],
     ) {
         let (d, n) = (self.dim, pass.batch * self.features);
         let eps = self.eps();
         let gamma = self.gamma(pass.params);
-        let buf = rows(sc, d, 2);
+        let buf = &mut work[..2 * d];
         let (xhat, rxhat) = buf.split_at_mut(d);
         for (row, (xr, out)) in pass.x[..n]
             .chunks_exact(d)
@@ -263,14 +232,13 @@ impl LayerOps for LayerNorm {
         }
     }
 
-    fn r_backward<T: Real>(
+    pub(crate) fn cpu_r_backward<T: Real>(
         &self,
         pass: &Pass<'_, T>,
         r: &RPass<'_, T>,
         hv: &mut [T],
         rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        work: &mut [T],
     ) {
         let (d, n) = (self.dim, pass.batch * self.features);
         let eps = self.eps();
@@ -278,7 +246,7 @@ impl LayerOps for LayerNorm {
         let second_order = !r.gauss_newton;
         let dn = T::of_usize(d);
         let mut rdx = rdx;
-        let buf = rows(sc, d, 5);
+        let buf = &mut work[..5 * d];
         let (xhat, rest) = buf.split_at_mut(d);
         let (rxhat, rest) = rest.split_at_mut(d);
         let (g, rest) = rest.split_at_mut(d);
@@ -329,31 +297,23 @@ impl LayerOps for LayerNorm {
         }
     }
 
-    fn per_sample(&self) -> PerSample {
-        if self.affine() {
-            PerSample::Materialise
-        } else {
-            PerSample::None
-        }
-    }
-
-    fn per_sample_gradients<T: Real>(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cpu_per_sample_gradients<T: Real>(
         &self,
-        _params: &[T],
         x: &[T],
         dy: &[T],
         batch: usize,
         scale: T,
         rows_out: &mut [T],
         stride: usize,
-        sc: &mut Scratch<T>,
+        work: &mut [T],
     ) {
         if !self.affine() {
             return;
         }
         let (d, f) = (self.dim, self.features);
         let eps = self.eps();
-        let xhat = rows(sc, d, 1);
+        let xhat = &mut work[..d];
         for n in 0..batch {
             let row = &mut rows_out[n * stride..n * stride + 2 * d];
             row.iter_mut().for_each(|v| *v = T::zero());
@@ -369,6 +329,118 @@ impl LayerOps for LayerNorm {
                 }
             }
         }
+    }
+}
+
+impl LayerOps for LayerNorm {
+    fn kind(&self) -> &'static str {
+        "LayerNorm"
+    }
+    fn in_features(&self) -> usize {
+        self.features
+    }
+    fn out_features(&self) -> usize {
+        self.features
+    }
+    fn tensors(&self) -> Range<usize> {
+        match self.weight {
+            Some(w) => w..w + 2,
+            None => 0..0,
+        }
+    }
+    fn piecewise_linear(&self) -> bool {
+        false
+    }
+    fn scratch_len(&self, _batch: usize, _batched: bool) -> (usize, usize) {
+        (0, 0)
+    }
+    fn index_len(&self, _batch: usize) -> usize {
+        0
+    }
+    fn saved_len(&self, _batch: usize) -> usize {
+        0
+    }
+    fn forward_flops(&self, _batch: usize) -> f64 {
+        0.0
+    }
+    fn sample_wise(&self) -> bool {
+        true
+    }
+
+    fn forward<B: Backend, T: Real>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        batch: usize,
+        y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        sc.backend.layer_norm_forward(self, params, x, batch, y);
+    }
+
+    fn backward<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (be, work) = rows(sc, self.dim, 2);
+        be.layer_norm_backward(self, pass, dy, grad, dx, work);
+    }
+
+    fn r_forward<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (be, work) = rows(sc, self.dim, 2);
+        be.layer_norm_r_forward(self, pass, v, rx, ry, work);
+    }
+
+    fn r_backward<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (be, work) = rows(sc, self.dim, 5);
+        be.layer_norm_r_backward(self, pass, r, hv, rdx, work);
+    }
+
+    fn per_sample(&self) -> PerSample {
+        if self.affine() {
+            PerSample::Materialise
+        } else {
+            PerSample::None
+        }
+    }
+
+    fn per_sample_gradients<B: Backend, T: Real>(
+        &self,
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        dy: B::View<'_, T>,
+        batch: usize,
+        scale: T,
+        rows_out: B::ViewMut<'_, T>,
+        stride: usize,
+        sc: &mut Scratch<T, B>,
+    ) {
+        if !self.affine() {
+            return;
+        }
+        let (be, work) = rows(sc, self.dim, 1);
+        be.layer_norm_per_sample_gradients(self, x, dy, batch, scale, rows_out, stride, work);
     }
 }
 
@@ -396,7 +468,8 @@ mod tests {
             0.023_714_859_287_425_515,
         ];
         let mut y = [0.0f64; 8];
-        ln.forward(&params, &x, 2, &mut y, &mut [], &mut Scratch::default());
+        let mut idx: [u32; 0] = [];
+        ln.forward(&params[..], &x[..], 2, &mut y[..], &mut idx[..], &mut Scratch::default());
         for (g, w) in y.iter().zip(&want) {
             assert!((g - w).abs() < 1e-15, "{y:?}");
         }

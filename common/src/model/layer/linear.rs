@@ -6,7 +6,7 @@
 //! in δ couple this layer's parameters with those below and are dropped for the Gauss–Newton product.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
-use crate::device::cpu::gemm;
+use crate::device::Backend;
 use crate::model::layout::Init;
 use crate::Real;
 use std::ops::Range;
@@ -85,18 +85,19 @@ impl LayerOps for Linear {
         false
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        _sc: &mut Scratch<T>,
+        mut y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
         let (n_in, n_out) = (self.inputs, self.outputs);
-        let w = &params[self.w.clone()];
-        gemm(
+        let be = &sc.backend;
+        let w = B::slice(params, self.w.clone());
+        be.gemm(
             false,
             true,
             batch,
@@ -106,30 +107,26 @@ impl LayerOps for Linear {
             x,
             w,
             T::zero(),
-            y,
+            B::reborrow(&mut y),
         );
         if let Some(b) = &self.b {
-            let b = &params[b.clone()];
-            for row in y[..batch * n_out].chunks_exact_mut(n_out) {
-                for (v, &bias) in row.iter_mut().zip(b) {
-                    *v += bias;
-                }
-            }
+            be.add_bias_rows(B::slice_mut(y, 0..batch * n_out), B::slice(params, b.clone()));
         }
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
-        let dy = &dy[..batch * n_out];
-        if let Some(grad) = grad {
-            gemm(
+        let be = &sc.backend;
+        let dy = B::slice(dy, 0..batch * n_out);
+        if let Some(mut grad) = grad {
+            be.gemm(
                 true,
                 false,
                 n_out,
@@ -139,21 +136,17 @@ impl LayerOps for Linear {
                 dy,
                 pass.x,
                 T::zero(),
-                &mut grad[self.w.clone()],
+                B::slice_mut(B::reborrow(&mut grad), self.w.clone()),
             );
             if let Some(b) = &self.b {
-                let gb = &mut grad[b.clone()];
-                gb.iter_mut().for_each(|v| *v = T::zero());
-                for row in dy.chunks_exact(n_out) {
-                    for (o, &v) in gb.iter_mut().zip(row) {
-                        *o += v;
-                    }
-                }
+                let mut gb = B::slice_mut(grad, b.clone());
+                be.fill(B::reborrow(&mut gb), T::zero());
+                be.add_column_sums(T::one(), dy, gb);
             }
         }
         if let Some(dx) = dx {
-            let w = &pass.params[self.w.clone()];
-            gemm(
+            let w = B::slice(pass.params, self.w.clone());
+            be.gemm(
                 false,
                 false,
                 batch,
@@ -168,18 +161,19 @@ impl LayerOps for Linear {
         }
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        mut ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
-        let vw = &v[self.w.clone()];
-        gemm(
+        let be = &sc.backend;
+        let vw = B::slice(v, self.w.clone());
+        be.gemm(
             false,
             true,
             batch,
@@ -189,11 +183,11 @@ impl LayerOps for Linear {
             pass.x,
             vw,
             T::zero(),
-            ry,
+            B::reborrow(&mut ry),
         );
         if let Some(rx) = rx {
-            let w = &pass.params[self.w.clone()];
-            gemm(
+            let w = B::slice(pass.params, self.w.clone());
+            be.gemm(
                 false,
                 true,
                 batch,
@@ -203,70 +197,53 @@ impl LayerOps for Linear {
                 rx,
                 w,
                 T::one(),
-                ry,
+                B::reborrow(&mut ry),
             );
         }
         if let Some(b) = &self.b {
-            let vb = &v[b.clone()];
-            for row in ry[..batch * n_out].chunks_exact_mut(n_out) {
-                for (r, &b) in row.iter_mut().zip(vb) {
-                    *r += b;
-                }
-            }
+            let vb = B::slice(v, b.clone());
+            be.add_bias_rows(B::slice_mut(ry, 0..batch * n_out), vb);
         }
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        mut hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
+        let be = &sc.backend;
         let out = batch * n_out;
-        let (rdy, dy) = (&r.rdy[..out], &r.dy[..out]);
+        let (rdy, dy) = (B::slice(r.rdy, 0..out), B::slice(r.dy, 0..out));
         let second_order = !r.gauss_newton;
-        let hw = &mut hv[self.w.clone()];
-        gemm(
-            true,
-            false,
-            n_out,
-            n_in,
-            batch,
-            r.alpha,
-            rdy,
-            pass.x,
-            T::one(),
-            hw,
-        );
-        if let (Some(rx), true) = (r.rx, second_order) {
-            gemm(
+        {
+            let mut hw = B::slice_mut(B::reborrow(&mut hv), self.w.clone());
+            be.gemm(
                 true,
                 false,
                 n_out,
                 n_in,
                 batch,
                 r.alpha,
-                dy,
-                rx,
+                rdy,
+                pass.x,
                 T::one(),
-                hw,
+                B::reborrow(&mut hw),
             );
-        }
-        if let Some(b) = &self.b {
-            let hb = &mut hv[b.clone()];
-            for row in rdy.chunks_exact(n_out) {
-                for (h, &v) in hb.iter_mut().zip(row) {
-                    *h += r.alpha * v;
-                }
+            if let (Some(rx), true) = (r.rx, second_order) {
+                be.gemm(true, false, n_out, n_in, batch, r.alpha, dy, rx, T::one(), hw);
             }
         }
-        if let Some(rdx) = rdx {
-            let w = &pass.params[self.w.clone()];
-            gemm(
+        if let Some(b) = &self.b {
+            be.add_column_sums(r.alpha, rdy, B::slice_mut(hv, b.clone()));
+        }
+        if let Some(mut rdx) = rdx {
+            let w = B::slice(pass.params, self.w.clone());
+            be.gemm(
                 false,
                 false,
                 batch,
@@ -276,22 +253,11 @@ impl LayerOps for Linear {
                 rdy,
                 w,
                 T::zero(),
-                rdx,
+                B::reborrow(&mut rdx),
             );
             if second_order {
-                let vw = &r.v[self.w.clone()];
-                gemm(
-                    false,
-                    false,
-                    batch,
-                    n_in,
-                    n_out,
-                    T::one(),
-                    dy,
-                    vw,
-                    T::one(),
-                    rdx,
-                );
+                let vw = B::slice(r.v, self.w.clone());
+                be.gemm(false, false, batch, n_in, n_out, T::one(), dy, vw, T::one(), rdx);
             }
         }
     }
@@ -305,34 +271,35 @@ impl LayerOps for Linear {
         }
     }
 
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        x: &[T],
-        dy: &[T],
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        dy: B::View<'_, T>,
         batch: usize,
         scale: T,
-        rows: &mut [T],
+        mut rows: B::ViewMut<'_, T>,
         stride: usize,
-        _sc: &mut Scratch<T>,
+        sc: &mut Scratch<T, B>,
     ) {
+        // Row n: [scale·δₙ·aₙᵀ, scale·δₙ] (no second part without a bias).
         let (n_in, n_out) = (self.inputs, self.outputs);
         let width = n_out * n_in + if self.b.is_some() { n_out } else { 0 };
+        let be = &sc.backend;
         for n in 0..batch {
             let (a, d) = (
-                &x[n * n_in..(n + 1) * n_in],
-                &dy[n * n_out..(n + 1) * n_out],
+                B::slice(x, n * n_in..(n + 1) * n_in),
+                B::slice(dy, n * n_out..(n + 1) * n_out),
             );
-            let row = &mut rows[n * stride..n * stride + width];
-            let (gw, gb) = row.split_at_mut(n_out * n_in);
-            for (o, g) in gw.chunks_exact_mut(n_in).enumerate() {
-                let f = scale * d[o];
-                for (gi, &ai) in g.iter_mut().zip(a) {
-                    *gi = f * ai;
-                }
-            }
-            for (g, &di) in gb.iter_mut().zip(d) {
-                *g = scale * di;
+            let row = B::slice_mut(
+                B::reborrow(&mut rows),
+                n * stride..n * stride + width,
+            );
+            let (gw, mut gb) = B::split_at_mut(row, n_out * n_in);
+            be.outer(scale, d, a, gw);
+            if self.b.is_some() {
+                be.copy(d, B::reborrow(&mut gb));
+                be.scale(scale, gb);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! R{∂x} scatters R{δ}.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
+use crate::device::Backend;
 use crate::Real;
 use std::ops::Range;
 
@@ -12,21 +13,6 @@ pub struct MaxPool2d {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
-}
-
-/// dx ← 0, then dx[winner] += d for every output; `winners` index into their own sample's input
-/// (`inputs` features), `d` holds `outputs` per sample.
-fn scatter<T: Real>(d: &[T], winners: &[u32], inputs: usize, outputs: usize, dx: &mut [T]) {
-    dx.iter_mut().for_each(|v| *v = T::zero());
-    for ((dxn, dn), wn) in dx
-        .chunks_exact_mut(inputs)
-        .zip(d.chunks_exact(outputs))
-        .zip(winners.chunks_exact(outputs))
-    {
-        for (g, &i) in dn.iter().zip(wn) {
-            dxn[i as usize] += *g;
-        }
-    }
 }
 
 impl LayerOps for MaxPool2d {
@@ -61,99 +47,91 @@ impl LayerOps for MaxPool2d {
         true
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        x: &[T],
+        _params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        indices: &mut [u32],
-        _sc: &mut Scratch<T>,
+        y: B::ViewMut<'_, T>,
+        indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
         // The winners are kept as indices into their sample's input.
-        let (height, width) = (self.height, self.width);
-        let (ho, wo) = (height / 2, width / 2);
-        let plane = height * width;
-        for nc in 0..batch * self.channels {
-            let base = nc * plane;
-            let sample = (nc / self.channels) * self.channels * plane;
-            for i in 0..ho {
-                for j in 0..wo {
-                    let mut best = base + 2 * i * width + 2 * j;
-                    let mut m = x[best];
-                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
-                        let idx = base + (2 * i + di) * width + 2 * j + dj;
-                        let v = x[idx];
-                        if v > m || v.is_nan() {
-                            m = v;
-                            best = idx;
-                        }
-                    }
-                    let o = (nc * ho + i) * wo + j;
-                    y[o] = m;
-                    indices[o] = (best - sample) as u32;
-                }
-            }
-        }
+        sc.backend.max_pool2d(
+            x,
+            batch,
+            self.channels,
+            self.height,
+            self.width,
+            y,
+            indices,
+        );
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        _grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        _grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         if let Some(dx) = dx {
             let (inputs, outputs) = (self.in_features(), self.out_features());
             let out = pass.batch * outputs;
-            let dx = &mut dx[..pass.batch * inputs];
-            scatter(&dy[..out], &pass.indices[..out], inputs, outputs, dx);
+            sc.backend.scatter_add(
+                B::slice(dy, 0..out),
+                B::slice(pass.indices, 0..out),
+                inputs,
+                outputs,
+                B::slice_mut(dx, 0..pass.batch * inputs),
+            );
         }
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        _v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        _v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let (inputs, outputs) = (self.in_features(), self.out_features());
         let out = pass.batch * outputs;
+        let ry = B::slice_mut(ry, 0..out);
         match rx {
-            Some(rx) => {
-                for ((rn, rxn), wn) in ry[..out]
-                    .chunks_exact_mut(outputs)
-                    .zip(rx.chunks_exact(inputs))
-                    .zip(pass.indices[..out].chunks_exact(outputs))
-                {
-                    for (r, &i) in rn.iter_mut().zip(wn) {
-                        *r = rxn[i as usize];
-                    }
-                }
-            }
-            None => ry[..out].iter_mut().for_each(|r| *r = T::zero()),
+            Some(rx) => sc.backend.gather(
+                rx,
+                B::slice(pass.indices, 0..out),
+                inputs,
+                outputs,
+                ry,
+            ),
+            None => sc.backend.fill(ry, T::zero()),
         }
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        _hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        _sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        _hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         if let Some(rdx) = rdx {
             let (inputs, outputs) = (self.in_features(), self.out_features());
             let out = pass.batch * outputs;
-            let rdx = &mut rdx[..pass.batch * inputs];
-            scatter(&r.rdy[..out], &pass.indices[..out], inputs, outputs, rdx);
+            sc.backend.scatter_add(
+                B::slice(r.rdy, 0..out),
+                B::slice(pass.indices, 0..out),
+                inputs,
+                outputs,
+                B::slice_mut(rdx, 0..pass.batch * inputs),
+            );
         }
     }
 
@@ -161,16 +139,16 @@ impl LayerOps for MaxPool2d {
         PerSample::None
     }
 
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        _params: &[T],
-        _x: &[T],
-        _dy: &[T],
+        _params: B::View<'_, T>,
+        _x: B::View<'_, T>,
+        _dy: B::View<'_, T>,
         _batch: usize,
         _scale: T,
-        _rows: &mut [T],
+        _rows: B::ViewMut<'_, T>,
         _stride: usize,
-        _sc: &mut Scratch<T>,
+        _sc: &mut Scratch<T, B>,
     ) {
     }
 }

@@ -25,6 +25,7 @@ pub use elementwise::Elementwise;
 pub use layer_norm::Epsilon;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 
 /// The per-sample gradient route of a layer with parameters.
@@ -49,62 +50,91 @@ pub enum PerSample {
 
 /// What a pass sees of one layer's forward state: the parameters (the whole flat vector), the
 /// layer's input x and output y for `batch` samples, and the indices its forward pass kept (the
-/// max-pool winners).
-#[derive(Clone, Copy, Debug)]
-pub struct Pass<'a, T> {
-    pub params: &'a [T],
-    pub x: &'a [T],
-    pub y: &'a [T],
+/// max-pool winners), as views of backend `B`'s memory.
+pub struct Pass<'a, T: Real, B: Backend = CpuBackend> {
+    pub params: B::View<'a, T>,
+    pub x: B::View<'a, T>,
+    pub y: B::View<'a, T>,
     pub batch: usize,
-    pub indices: &'a [u32],
+    pub indices: B::View<'a, u32>,
 }
 
+impl<T: Real, B: Backend> Clone for Pass<'_, T, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Real, B: Backend> Copy for Pass<'_, T, B> {}
+
 /// The direction and the R-forward's results that the R-backward of a layer needs.
-#[derive(Clone, Copy, Debug)]
-pub struct RPass<'a, T> {
+pub struct RPass<'a, T: Real, B: Backend = CpuBackend> {
     /// v, the direction (full length P).
-    pub v: &'a [T],
+    pub v: B::View<'a, T>,
     /// R{x}; `None` when the input does not depend on θ (the first layer).
-    pub rx: Option<&'a [T]>,
+    pub rx: Option<B::View<'a, T>>,
     /// δ = ∂L/∂y from the ordinary backward pass.
-    pub dy: &'a [T],
+    pub dy: B::View<'a, T>,
     /// R{δ}.
-    pub rdy: &'a [T],
+    pub rdy: B::View<'a, T>,
     /// The block of H·v is added times `alpha` (the chunk's share of the mean).
     pub alpha: T,
     /// Drop the terms in δ (the Gauss–Newton product Jᵀ·A·J·v instead of H·v).
     pub gauss_newton: bool,
 }
 
-/// Scratch buffers shared by all layers of a network: an im2col matrix, room for two stacked
-/// convolution outputs in `[out_channels, batch·ho·wo]` layout, a stacked weight pair (also
-/// LayerNorm's row buffers), and the inner chain's buffers of residual blocks (grown on first use).
-#[derive(Clone, Debug, Default)]
-pub struct Scratch<T> {
-    pub cols: Vec<T>,
-    pub conv: Vec<T>,
-    pub stack: Vec<T>,
-    pub nested: Option<Box<residual::Nested<T>>>,
+impl<T: Real, B: Backend> Clone for RPass<'_, T, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Real, B: Backend> Copy for RPass<'_, T, B> {}
+
+/// The backend a network runs on and the scratch buffers shared by all its layers: an im2col
+/// matrix, room for two stacked convolution outputs in `[out_channels, batch·ho·wo]` layout, a
+/// stacked weight pair (also LayerNorm's row buffers), and the inner chain's buffers of residual
+/// blocks (grown on first use, on the same backend).
+#[derive(Clone, Debug)]
+pub struct Scratch<T: Real, B: Backend = CpuBackend> {
+    pub backend: B,
+    pub cols: B::Buffer<T>,
+    pub conv: B::Buffer<T>,
+    pub stack: B::Buffer<T>,
+    pub nested: Option<Box<residual::Nested<T, B>>>,
 }
 
-impl<T: Real> Scratch<T> {
-    /// Scratch for the largest layer of `layers` at `batch` samples, lowered one sample at a time
-    /// (`batched = false`: training) or the whole batch at once (the R-passes).
-    pub fn for_layers(layers: &[Layer], batch: usize, batched: bool) -> Self {
+impl<T: Real> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch::on(CpuBackend, &[], 0, false)
+    }
+}
+
+impl<T: Real, B: Backend> Scratch<T, B> {
+    /// Scratch on `backend` for the largest layer of `layers` at `batch` samples, lowered one sample
+    /// at a time (`batched = false`: training) or the whole batch at once (the R-passes).
+    pub fn on(backend: B, layers: &[Layer], batch: usize, batched: bool) -> Self {
         let (cols, conv) = layers
             .iter()
             .map(|l| l.scratch_len(batch, batched))
             .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
         Scratch {
-            cols: vec![T::zero(); cols],
-            conv: vec![T::zero(); conv],
-            stack: Vec::new(),
+            cols: backend.zeros(cols),
+            conv: backend.zeros(conv),
+            stack: backend.zeros(0),
             nested: None,
+            backend,
         }
     }
 }
 
-/// One layer type. Every method is required.
+impl<T: Real> Scratch<T> {
+    /// [`Scratch::on`] the CPU.
+    pub fn for_layers(layers: &[Layer], batch: usize, batched: bool) -> Self {
+        Scratch::on(CpuBackend, layers, batch, batched)
+    }
+}
+
+/// One layer type. Every method is required. The passes are generic over the [`Backend`] whose
+/// memory they read and write (`B`) and the scalar type (`T`).
 pub trait LayerOps {
     /// The PyTorch module it is (`Linear`, `Conv2d`, `ReLU`, …), for messages.
     fn kind(&self) -> &'static str;
@@ -135,49 +165,49 @@ pub trait LayerOps {
     fn sample_wise(&self) -> bool;
 
     /// y ← layer(x) for `batch` samples; `indices` receives what the backward needs to recompute.
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        indices: &mut [u32],
-        sc: &mut Scratch<T>,
+        y: B::ViewMut<'_, T>,
+        indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     );
 
     /// Given δ = `dy`, writes the layer's parameter gradients into `grad` (full length P; written,
     /// not accumulated) when it is given and ∂L/∂x into `dx` when it is given.
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     );
 
     /// R-forward: R{y} from R{x} (`rx`, `None` for the first layer) and the direction `v`. Leaves
     /// in `saved` what the R-backward reuses.
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        saved: &mut [Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     );
 
     /// R-backward: adds alpha × the layer's block of H·v (or G·v) into `hv` (full length P) and
     /// writes R{∂L/∂x} into `rdx` when it is given.
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        saved: &[Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     );
 
     /// How its per-sample gradients enter the per-sample products.
@@ -189,16 +219,16 @@ pub trait LayerOps {
     /// sample n's gradient over the layer's tensors in order. Layers without parameters write
     /// nothing.
     #[allow(clippy::too_many_arguments)]
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
-        dy: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        dy: B::View<'_, T>,
         batch: usize,
         scale: T,
-        rows: &mut [T],
+        rows: B::ViewMut<'_, T>,
         stride: usize,
-        sc: &mut Scratch<T>,
+        sc: &mut Scratch<T, B>,
     );
 }
 
@@ -262,46 +292,46 @@ macro_rules! layer_types {
             fn sample_wise(&self) -> bool {
                 match self { $(Layer::$ty(l) => l.sample_wise()),* }
             }
-            fn forward<T: Real>(
+            fn forward<B: Backend, T: Real>(
                 &self,
-                params: &[T],
-                x: &[T],
+                params: B::View<'_, T>,
+                x: B::View<'_, T>,
                 batch: usize,
-                y: &mut [T],
-                indices: &mut [u32],
-                sc: &mut Scratch<T>,
+                y: B::ViewMut<'_, T>,
+                indices: B::ViewMut<'_, u32>,
+                sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.forward(params, x, batch, y, indices, sc)),* }
             }
-            fn backward<T: Real>(
+            fn backward<B: Backend, T: Real>(
                 &self,
-                pass: &Pass<'_, T>,
-                dy: &[T],
-                grad: Option<&mut [T]>,
-                dx: Option<&mut [T]>,
-                sc: &mut Scratch<T>,
+                pass: &Pass<'_, T, B>,
+                dy: B::View<'_, T>,
+                grad: Option<B::ViewMut<'_, T>>,
+                dx: Option<B::ViewMut<'_, T>>,
+                sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.backward(pass, dy, grad, dx, sc)),* }
             }
-            fn r_forward<T: Real>(
+            fn r_forward<B: Backend, T: Real>(
                 &self,
-                pass: &Pass<'_, T>,
-                v: &[T],
-                rx: Option<&[T]>,
-                ry: &mut [T],
-                saved: &mut [Vec<T>; 2],
-                sc: &mut Scratch<T>,
+                pass: &Pass<'_, T, B>,
+                v: B::View<'_, T>,
+                rx: Option<B::View<'_, T>>,
+                ry: B::ViewMut<'_, T>,
+                saved: &mut [B::Buffer<T>; 2],
+                sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.r_forward(pass, v, rx, ry, saved, sc)),* }
             }
-            fn r_backward<T: Real>(
+            fn r_backward<B: Backend, T: Real>(
                 &self,
-                pass: &Pass<'_, T>,
-                r: &RPass<'_, T>,
-                hv: &mut [T],
-                rdx: Option<&mut [T]>,
-                saved: &[Vec<T>; 2],
-                sc: &mut Scratch<T>,
+                pass: &Pass<'_, T, B>,
+                r: &RPass<'_, T, B>,
+                hv: B::ViewMut<'_, T>,
+                rdx: Option<B::ViewMut<'_, T>>,
+                saved: &[B::Buffer<T>; 2],
+                sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.r_backward(pass, r, hv, rdx, saved, sc)),* }
             }
@@ -309,16 +339,16 @@ macro_rules! layer_types {
                 match self { $(Layer::$ty(l) => l.per_sample()),* }
             }
             #[allow(clippy::too_many_arguments)]
-            fn per_sample_gradients<T: Real>(
+            fn per_sample_gradients<B: Backend, T: Real>(
                 &self,
-                params: &[T],
-                x: &[T],
-                dy: &[T],
+                params: B::View<'_, T>,
+                x: B::View<'_, T>,
+                dy: B::View<'_, T>,
                 batch: usize,
                 scale: T,
-                rows: &mut [T],
+                rows: B::ViewMut<'_, T>,
                 stride: usize,
-                sc: &mut Scratch<T>,
+                sc: &mut Scratch<T, B>,
             ) {
                 match self {
                     $(Layer::$ty(l) => l.per_sample_gradients(params, x, dy, batch, scale, rows, stride, sc)),*

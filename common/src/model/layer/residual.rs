@@ -9,9 +9,12 @@
 //! The block keeps nothing between passes: each pass that needs the inner activations (backward,
 //! the R-passes, per-sample gradients) recomputes the inner forward from x (the same arithmetic, so
 //! the same bits), and the R-backward recomputes the inner backward and R-forward too. The buffers
-//! live in the scratch ([`Nested`]), grown on first use and reused afterwards.
+//! live in the scratch ([`Nested`]), on the scratch's backend, grown on first use and reused
+//! afterwards. Everything is the inner layers' passes and the backend's `copy` / `axpy` (the skip
+//! x + f(x) is y ← x, then y ← y + 1·f(x): the same sum to the bit).
 
 use super::{Layer, LayerOps, Pass, PerSample, RPass, Scratch};
+use crate::device::{Backend, CpuBackend};
 use crate::Real;
 use std::ops::Range;
 
@@ -26,74 +29,90 @@ pub struct Residual {
     spans: Vec<Range<usize>>,
 }
 
-/// The inner chain's buffers for one nesting level: every inner layer's output, its cotangent, its
-/// kept indices, R{y}, R{δ}, the R-forward's saved buffers, and the scratch for the level below.
-#[derive(Clone, Debug, Default)]
-pub struct Nested<T> {
-    acts: Vec<Vec<T>>,
-    deltas: Vec<Vec<T>>,
-    indices: Vec<Vec<u32>>,
-    ry: Vec<Vec<T>>,
-    rdelta: Vec<Vec<T>>,
-    saved: Vec<[Vec<T>; 2]>,
-    sc: Scratch<T>,
+/// The inner chain's buffers for one nesting level, in backend `B`'s memory: every inner layer's
+/// output, its cotangent, its kept indices, R{y}, R{δ}, the R-forward's saved buffers, and the
+/// scratch for the level below.
+#[derive(Clone, Debug)]
+pub struct Nested<T: Real, B: Backend = CpuBackend> {
+    acts: Vec<B::Buffer<T>>,
+    deltas: Vec<B::Buffer<T>>,
+    indices: Vec<B::Buffer<u32>>,
+    ry: Vec<B::Buffer<T>>,
+    rdelta: Vec<B::Buffer<T>>,
+    saved: Vec<[B::Buffer<T>; 2]>,
+    sc: Scratch<T, B>,
 }
 
-fn grow<T: Clone>(v: &mut Vec<T>, len: usize, zero: T) {
-    if v.len() < len {
-        v.resize(len, zero);
+impl<T: Real, B: Backend> Nested<T, B> {
+    /// Empty buffers on `backend`.
+    fn new(backend: B) -> Self {
+        Nested {
+            acts: Vec::new(),
+            deltas: Vec::new(),
+            indices: Vec::new(),
+            ry: Vec::new(),
+            rdelta: Vec::new(),
+            saved: Vec::new(),
+            sc: Scratch::on(backend, &[], 0, false),
+        }
     }
-}
 
-impl<T: Real> Nested<T> {
     /// Sizes the buffers for `layers` at `batch` samples (grow only).
     fn ensure(&mut self, layers: &[Layer], batch: usize) {
         let k = layers.len();
+        let be = self.sc.backend.clone();
         for list in [
             &mut self.acts,
             &mut self.deltas,
             &mut self.ry,
             &mut self.rdelta,
         ] {
-            if list.len() < k {
-                list.resize(k, Vec::new());
+            while list.len() < k {
+                list.push(be.zeros(0));
             }
             for (b, l) in list.iter_mut().zip(layers) {
-                grow(b, batch * l.out_features(), T::zero());
+                be.ensure_len(b, batch * l.out_features());
             }
         }
-        if self.indices.len() < k {
-            self.indices.resize(k, Vec::new());
+        while self.indices.len() < k {
+            self.indices.push(be.zeros(0));
         }
-        if self.saved.len() < k {
-            self.saved.resize(k, [Vec::new(), Vec::new()]);
+        while self.saved.len() < k {
+            self.saved.push([be.zeros(0), be.zeros(0)]);
         }
         for ((ix, sv), l) in self.indices.iter_mut().zip(&mut self.saved).zip(layers) {
-            grow(ix, l.index_len(batch), 0);
+            be.ensure_len(ix, l.index_len(batch));
             let n = l.saved_len(batch);
-            grow(&mut sv[0], n, T::zero());
-            grow(&mut sv[1], n, T::zero());
+            be.ensure_len(&mut sv[0], n);
+            be.ensure_len(&mut sv[1], n);
         }
         for l in layers {
             for batched in [false, true] {
                 let (cols, conv) = l.scratch_len(batch, batched);
-                grow(&mut self.sc.cols, cols, T::zero());
-                grow(&mut self.sc.conv, conv, T::zero());
+                be.ensure_len(&mut self.sc.cols, cols);
+                be.ensure_len(&mut self.sc.conv, conv);
             }
         }
     }
 
     /// The inner forward pass from x.
-    fn forward(&mut self, layers: &[Layer], params: &[T], x: &[T], batch: usize) {
+    fn forward(&mut self, layers: &[Layer], params: B::View<'_, T>, x: B::View<'_, T>, batch: usize) {
         for (j, layer) in layers.iter().enumerate() {
             let (before, rest) = self.acts.split_at_mut(j);
-            let input: &[T] = if j == 0 { x } else { &before[j - 1] };
+            let input = if j == 0 {
+                B::shorten(x)
+            } else {
+                B::view(&before[j - 1])
+            };
             layer.forward(
                 params,
                 input,
                 batch,
-                &mut rest[0][..batch * layer.out_features()],
-                &mut self.indices[j][..layer.index_len(batch)],
+                B::slice_mut(B::view_mut(&mut rest[0]), 0..batch * layer.out_features()),
+                B::slice_mut(
+                    B::view_mut(&mut self.indices[j]),
+                    0..layer.index_len(batch),
+                ),
                 &mut self.sc,
             );
         }
@@ -106,30 +125,44 @@ impl<T: Real> Nested<T> {
     fn backward(
         &mut self,
         layers: &[Layer],
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        dy: &[T],
-        mut grad: Option<&mut [T]>,
-        mut dx: Option<&mut [T]>,
+        dy: B::View<'_, T>,
+        mut grad: Option<B::ViewMut<'_, T>>,
+        mut dx: Option<B::ViewMut<'_, T>>,
     ) {
         let k = layers.len();
         let n = batch * layers[k - 1].out_features();
-        self.deltas[k - 1][..n].copy_from_slice(&dy[..n]);
+        let be = self.sc.backend.clone();
+        be.copy(
+            B::slice(dy, 0..n),
+            B::slice_mut(B::view_mut(&mut self.deltas[k - 1]), 0..n),
+        );
         for j in (0..k).rev() {
             let (before, rest) = self.deltas.split_at_mut(j);
-            let pass = Pass {
-                params,
-                x: if j == 0 { x } else { &self.acts[j - 1] },
-                y: &self.acts[j],
+            let pass = Pass::<T, B> {
+                params: B::shorten(params),
+                x: if j == 0 {
+                    B::shorten(x)
+                } else {
+                    B::view(&self.acts[j - 1])
+                },
+                y: B::view(&self.acts[j]),
                 batch,
-                indices: &self.indices[j],
+                indices: B::view(&self.indices[j]),
             };
             let down = match before.last_mut() {
-                Some(d) => Some(&mut d[..]),
-                None => dx.as_deref_mut(),
+                Some(d) => Some(B::view_mut(d)),
+                None => dx.as_mut().map(|d| B::reborrow(d)),
             };
-            layers[j].backward(&pass, &rest[0], grad.as_deref_mut(), down, &mut self.sc);
+            layers[j].backward(
+                &pass,
+                B::view(&rest[0]),
+                grad.as_mut().map(|g| B::reborrow(g)),
+                down,
+                &mut self.sc,
+            );
         }
     }
 
@@ -137,27 +170,38 @@ impl<T: Real> Nested<T> {
     fn r_forward(
         &mut self,
         layers: &[Layer],
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        v: &[T],
-        rx: Option<&[T]>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
     ) {
         for (j, layer) in layers.iter().enumerate() {
             let (before, rest) = self.ry.split_at_mut(j);
-            let pass = Pass {
-                params,
-                x: if j == 0 { x } else { &self.acts[j - 1] },
-                y: &self.acts[j],
+            let pass = Pass::<T, B> {
+                params: B::shorten(params),
+                x: if j == 0 {
+                    B::shorten(x)
+                } else {
+                    B::view(&self.acts[j - 1])
+                },
+                y: B::view(&self.acts[j]),
                 batch,
-                indices: &self.indices[j],
+                indices: B::view(&self.indices[j]),
             };
             let rin = if j == 0 {
-                rx
+                rx.map(|r| B::shorten(r))
             } else {
-                Some(&before[j - 1][..])
+                Some(B::view(&before[j - 1]))
             };
-            layer.r_forward(&pass, v, rin, &mut rest[0], &mut self.saved[j], &mut self.sc);
+            layer.r_forward(
+                &pass,
+                B::shorten(v),
+                rin,
+                B::view_mut(&mut rest[0]),
+                &mut self.saved[j],
+                &mut self.sc,
+            );
         }
     }
 }
@@ -202,8 +246,15 @@ impl Residual {
         })
     }
 
-    fn nested<'s, T: Real>(&self, sc: &'s mut Scratch<T>, batch: usize) -> &'s mut Nested<T> {
-        let n = sc.nested.get_or_insert_with(Default::default);
+    fn nested<'s, T: Real, B: Backend>(
+        &self,
+        sc: &'s mut Scratch<T, B>,
+        batch: usize,
+    ) -> &'s mut Nested<T, B> {
+        let backend = &sc.backend;
+        let n = sc
+            .nested
+            .get_or_insert_with(|| Box::new(Nested::new(backend.clone())));
         n.ensure(&self.layers, batch);
         n
     }
@@ -246,36 +297,38 @@ impl LayerOps for Residual {
         false
     }
 
-    fn forward<T: Real>(
+    fn forward<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
         batch: usize,
-        y: &mut [T],
-        _indices: &mut [u32],
-        sc: &mut Scratch<T>,
+        y: B::ViewMut<'_, T>,
+        _indices: B::ViewMut<'_, u32>,
+        sc: &mut Scratch<T, B>,
     ) {
         let n = batch * self.features;
+        let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
         nest.forward(&self.layers, params, x, batch);
-        let f = &nest.acts[self.layers.len() - 1];
-        for ((o, &a), &b) in y[..n].iter_mut().zip(&x[..n]).zip(&f[..n]) {
-            *o = a + b;
-        }
+        let f = B::slice(B::view(&nest.acts[self.layers.len() - 1]), 0..n);
+        let mut y = B::slice_mut(y, 0..n);
+        be.copy(B::slice(x, 0..n), B::reborrow(&mut y));
+        be.axpy(T::one(), f, y);
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        dy: &[T],
-        grad: Option<&mut [T]>,
-        dx: Option<&mut [T]>,
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        dx: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
     ) {
         let (batch, n) = (pass.batch, pass.batch * self.features);
+        let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
         nest.forward(&self.layers, pass.params, pass.x, batch);
-        let mut dx = dx.map(|d| &mut d[..n]);
+        let mut dx = dx.map(|d| B::slice_mut(d, 0..n));
         nest.backward(
             &self.layers,
             pass.params,
@@ -283,87 +336,99 @@ impl LayerOps for Residual {
             batch,
             dy,
             grad,
-            dx.as_deref_mut(),
+            dx.as_mut().map(|d| B::reborrow(d)),
         );
         if let Some(dx) = dx {
-            for (d, &g) in dx.iter_mut().zip(&dy[..n]) {
-                *d += g;
-            }
+            be.axpy(T::one(), B::slice(dy, 0..n), dx);
         }
     }
 
-    fn r_forward<T: Real>(
+    fn r_forward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        v: &[T],
-        rx: Option<&[T]>,
-        ry: &mut [T],
-        _saved: &mut [Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        v: B::View<'_, T>,
+        rx: Option<B::View<'_, T>>,
+        ry: B::ViewMut<'_, T>,
+        _saved: &mut [B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let (batch, n) = (pass.batch, pass.batch * self.features);
+        let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
         nest.forward(&self.layers, pass.params, pass.x, batch);
         nest.r_forward(&self.layers, pass.params, pass.x, batch, v, rx);
-        let rf = &nest.ry[self.layers.len() - 1][..n];
+        let rf = B::slice(B::view(&nest.ry[self.layers.len() - 1]), 0..n);
+        let mut ry = B::slice_mut(ry, 0..n);
         match rx {
             Some(rx) => {
-                for ((o, &a), &b) in ry[..n].iter_mut().zip(&rx[..n]).zip(rf) {
-                    *o = a + b;
-                }
+                be.copy(B::slice(rx, 0..n), B::reborrow(&mut ry));
+                be.axpy(T::one(), rf, ry);
             }
-            None => ry[..n].copy_from_slice(rf),
+            None => be.copy(rf, ry),
         }
     }
 
-    fn r_backward<T: Real>(
+    fn r_backward<B: Backend, T: Real>(
         &self,
-        pass: &Pass<'_, T>,
-        r: &RPass<'_, T>,
-        hv: &mut [T],
-        rdx: Option<&mut [T]>,
-        _saved: &[Vec<T>; 2],
-        sc: &mut Scratch<T>,
+        pass: &Pass<'_, T, B>,
+        r: &RPass<'_, T, B>,
+        mut hv: B::ViewMut<'_, T>,
+        rdx: Option<B::ViewMut<'_, T>>,
+        _saved: &[B::Buffer<T>; 2],
+        sc: &mut Scratch<T, B>,
     ) {
         let (batch, n, k) = (pass.batch, pass.batch * self.features, self.layers.len());
         let (params, x) = (pass.params, pass.x);
+        let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
         nest.forward(&self.layers, params, x, batch);
         nest.backward(&self.layers, params, x, batch, r.dy, None, None);
         nest.r_forward(&self.layers, params, x, batch, r.v, r.rx);
-        nest.rdelta[k - 1][..n].copy_from_slice(&r.rdy[..n]);
-        let mut rdx = rdx.map(|d| &mut d[..n]);
+        be.copy(
+            B::slice(r.rdy, 0..n),
+            B::slice_mut(B::view_mut(&mut nest.rdelta[k - 1]), 0..n),
+        );
+        let mut rdx = rdx.map(|d| B::slice_mut(d, 0..n));
         for j in (0..k).rev() {
             let (before, rest) = nest.rdelta.split_at_mut(j);
-            let inner = RPass {
-                v: r.v,
+            let inner = RPass::<T, B> {
+                v: B::shorten(r.v),
                 rx: if j == 0 {
-                    r.rx
+                    r.rx.map(|v| B::shorten(v))
                 } else {
-                    Some(&nest.ry[j - 1][..])
+                    Some(B::view(&nest.ry[j - 1]))
                 },
-                dy: &nest.deltas[j],
-                rdy: &rest[0],
+                dy: B::view(&nest.deltas[j]),
+                rdy: B::view(&rest[0]),
                 alpha: r.alpha,
                 gauss_newton: r.gauss_newton,
             };
-            let pass_j = Pass {
-                params,
-                x: if j == 0 { x } else { &nest.acts[j - 1] },
-                y: &nest.acts[j],
+            let pass_j = Pass::<T, B> {
+                params: B::shorten(params),
+                x: if j == 0 {
+                    B::shorten(x)
+                } else {
+                    B::view(&nest.acts[j - 1])
+                },
+                y: B::view(&nest.acts[j]),
                 batch,
-                indices: &nest.indices[j],
+                indices: B::view(&nest.indices[j]),
             };
             let down = match before.last_mut() {
-                Some(d) => Some(&mut d[..]),
-                None => rdx.as_deref_mut(),
+                Some(d) => Some(B::view_mut(d)),
+                None => rdx.as_mut().map(|d| B::reborrow(d)),
             };
-            self.layers[j].r_backward(&pass_j, &inner, hv, down, &nest.saved[j], &mut nest.sc);
+            self.layers[j].r_backward(
+                &pass_j,
+                &inner,
+                B::reborrow(&mut hv),
+                down,
+                &nest.saved[j],
+                &mut nest.sc,
+            );
         }
         if let Some(rdx) = rdx {
-            for (d, &g) in rdx.iter_mut().zip(&r.rdy[..n]) {
-                *d += g;
-            }
+            be.axpy(T::one(), B::slice(r.rdy, 0..n), rdx);
         }
     }
 
@@ -376,16 +441,16 @@ impl LayerOps for Residual {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn per_sample_gradients<T: Real>(
+    fn per_sample_gradients<B: Backend, T: Real>(
         &self,
-        params: &[T],
-        x: &[T],
-        dy: &[T],
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        dy: B::View<'_, T>,
         batch: usize,
         scale: T,
-        rows: &mut [T],
+        mut rows: B::ViewMut<'_, T>,
         stride: usize,
-        sc: &mut Scratch<T>,
+        sc: &mut Scratch<T, B>,
     ) {
         let base = self.param_span().start;
         let nest = self.nested(sc, batch);
@@ -395,14 +460,19 @@ impl LayerOps for Residual {
             if span.is_empty() {
                 continue;
             }
-            let input: &[T] = if j == 0 { x } else { &nest.acts[j - 1] };
+            let input = if j == 0 {
+                B::shorten(x)
+            } else {
+                B::view(&nest.acts[j - 1])
+            };
+            let len = B::len(B::freeze(&rows));
             layer.per_sample_gradients(
                 params,
                 input,
-                &nest.deltas[j],
+                B::view(&nest.deltas[j]),
                 batch,
                 scale,
-                &mut rows[span.start - base..],
+                B::slice_mut(B::reborrow(&mut rows), span.start - base..len),
                 stride,
                 &mut nest.sc,
             );

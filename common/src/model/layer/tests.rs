@@ -3,10 +3,16 @@
 //! finite-difference matrices, its per-sample gradients (the closed form and the materialised
 //! route) against single-sample passes, and the exact trace against the dense Hessian's diagonal
 //! for the piecewise-linear ones. A new layer type gets a tiny network in `networks()`.
+//!
+//! The passes under test run on a [`Backend`]: the bodies that take `be: &B` are written once over
+//! the trait and instantiated by `layer_suite!` for each backend compiled in (the CPU here; the GPU
+//! backend of issue #17 adds one line). Their references (central differences, the dense Jacobian,
+//! single-sample gradients) are computed on the host, independently of the backend under test.
 
 use super::*;
+use crate::curvature::rop::{r_pass, ChunkPass, RBuffers};
 use crate::curvature::HessianOperator;
-use crate::device::cpu::ConvGeometry;
+use crate::device::{ConvGeometry, CpuBackend, Element};
 use crate::model::{Activation, Architecture, Loss, Network};
 use crate::rng::{stream, Purpose};
 
@@ -271,6 +277,62 @@ impl Problem {
     fn operator(&self) -> HessianOperator<f64> {
         HessianOperator::new(&self.net, &self.params, &self.x, &self.labels, 2, 1 << 20).unwrap()
     }
+
+    /// The gradient of the mean loss on `be`.
+    fn gradient_on<B: Backend>(&self, be: &B, params: &[f64]) -> Vec<f64> {
+        let (pb, xb) = (be.upload(params), be.upload(&self.x));
+        let mut ws = self.net.workspace_on(be.clone(), self.labels.len());
+        let mut g = be.zeros::<f64>(params.len());
+        self.net.loss_and_gradient_on(
+            B::view(&pb),
+            B::view(&xb),
+            &self.labels,
+            B::view_mut(&mut g),
+            &mut ws,
+        );
+        down(be, &g)
+    }
+
+    /// H·v (or G·v) on `be`: the forward and backward passes, then one R-pass over the batch.
+    fn product_on<B: Backend>(&self, be: &B, v: &[f64], gauss_newton: bool) -> Vec<f64> {
+        let (b, np) = (self.labels.len(), self.params.len());
+        let (pb, xb, vb) = (be.upload(&self.params), be.upload(&self.x), be.upload(v));
+        let mut ws = self.net.workspace_on(be.clone(), b);
+        let mut g = be.zeros::<f64>(np);
+        self.net.loss_and_gradient_on(
+            B::view(&pb),
+            B::view(&xb),
+            &self.labels,
+            B::view_mut(&mut g),
+            &mut ws,
+        );
+        let mut bufs = RBuffers::on(be.clone(), &self.net.layers, b);
+        let chunk = ChunkPass::<f64, B> {
+            x: B::view(&xb),
+            acts: &ws.acts,
+            deltas: &ws.deltas,
+            indices: &ws.indices,
+            batch: b,
+        };
+        let mut out = be.zeros::<f64>(np);
+        r_pass(
+            &self.net,
+            B::view(&pb),
+            B::view(&vb),
+            &chunk,
+            1.0,
+            B::view_mut(&mut out),
+            gauss_newton,
+            &mut bufs,
+        );
+        down(be, &out)
+    }
+}
+
+fn down<B: Backend, E: Element>(be: &B, buf: &B::Buffer<E>) -> Vec<E> {
+    let mut host = vec![E::default(); B::buffer_len(buf)];
+    be.download(B::view(buf), &mut host);
+    host
 }
 
 fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
@@ -316,11 +378,10 @@ fn every_layer_type_has_a_network_here() {
     }
 }
 
-#[test]
-fn gradients_match_central_differences() {
+fn gradients_match_central_differences<B: Backend>(be: &B) {
     for (name, net) in networks() {
         let p = problem(net, 1);
-        let g = p.gradient(&p.params, &p.x, &p.labels);
+        let g = p.gradient_on(be, &p.params);
         let h = 1e-6;
         let fd: Vec<f64> = (0..p.params.len())
             .map(|j| {
@@ -339,8 +400,8 @@ fn gradients_match_central_differences() {
     }
 }
 
-#[test]
-fn hessian_vector_products_match_the_finite_difference_hessian() {
+/// H·v through the R-pass on the backend and through the (chunked, CPU) Hessian operator.
+fn hessian_vector_products_match_the_finite_difference_hessian<B: Backend>(be: &B) {
     for (name, net) in networks() {
         let p = problem(net, 2);
         let dense = hessian_fd(&p);
@@ -352,16 +413,21 @@ fn hessian_vector_products_match_the_finite_difference_hessian() {
             let want: Vec<f64> = (0..np)
                 .map(|i| (0..np).map(|j| dense[j][i] * v[j]).sum())
                 .collect();
+            let got = p.product_on(be, &v, false);
+            let err = max_rel_err(&got, &want);
+            assert!(err < 1e-6, "{name}: H·v vs finite differences: {err:e}");
             let mut got = vec![0.0; np];
             op.hvp(&v, &mut got);
             let err = max_rel_err(&got, &want);
-            assert!(err < 1e-6, "{name}: H·v vs finite differences: {err:e}");
+            assert!(
+                err < 1e-6,
+                "{name}: operator H·v vs finite differences: {err:e}"
+            );
         }
     }
 }
 
-#[test]
-fn gauss_newton_products_match_the_dense_jacobian() {
+fn gauss_newton_products_match_the_dense_jacobian<B: Backend>(be: &B) {
     for (name, net) in networks() {
         let p = problem(net, 3);
         let (b, c, np) = (p.labels.len(), p.net.classes(), p.params.len());
@@ -400,10 +466,16 @@ fn gauss_newton_products_match_the_dense_jacobian() {
                 *w += (0..c).map(|k| jac[j][n * c + k] * ajv[k]).sum::<f64>() / b as f64;
             }
         }
+        let got = p.product_on(be, &v, true);
+        let err = max_rel_err(&got, &want);
+        assert!(err < 1e-6, "{name}: G·v vs the dense Jacobian: {err:e}");
         let mut got = vec![0.0; np];
         p.operator().gnvp(&v, &mut got);
         let err = max_rel_err(&got, &want);
-        assert!(err < 1e-6, "{name}: G·v vs the dense Jacobian: {err:e}");
+        assert!(
+            err < 1e-6,
+            "{name}: operator G·v vs the dense Jacobian: {err:e}"
+        );
     }
 }
 
@@ -442,9 +514,28 @@ fn per_sample_products_match_single_sample_passes() {
             .map(|j| (0..b).map(|n| c[n] * g[n][j]).sum())
             .collect();
         assert!(max_rel_err(&comb, &want) < 1e-12, "{name}: Gᵀ·c");
+    }
+}
 
-        // The materialised route of every layer with parameters, closed form or not.
-        let mut lowering = Scratch::for_layers(&p.net.layers, 1, false);
+/// The materialised route of every layer with parameters, closed form or not, on the backend.
+fn per_sample_gradients_match_single_sample_passes<B: Backend>(be: &B) {
+    for (name, net) in networks() {
+        let p = problem(net, 4);
+        let (b, np, f) = (p.labels.len(), p.params.len(), p.net.input_features());
+        let g: Vec<Vec<f64>> = (0..b)
+            .map(|n| p.gradient(&p.params, &p.x[n * f..(n + 1) * f], &p.labels[n..n + 1]))
+            .collect();
+        let (pb, xb) = (be.upload(&p.params), be.upload(&p.x));
+        let mut ws = p.net.workspace_on(be.clone(), b);
+        let mut grad = be.zeros::<f64>(np);
+        p.net.loss_and_gradient_on(
+            B::view(&pb),
+            B::view(&xb),
+            &p.labels,
+            B::view_mut(&mut grad),
+            &mut ws,
+        );
+        let mut lowering = Scratch::on(be.clone(), &p.net.layers, 1, false);
         for (i, layer) in p.net.layers.iter().enumerate() {
             let t = layer.tensors();
             if t.is_empty() {
@@ -454,21 +545,22 @@ fn per_sample_products_match_single_sample_passes() {
             let start = p.net.layout.tensors[t.start].offset;
             let end = p.net.layout.tensors[t.end - 1].range().end;
             let input = if i == 0 {
-                &p.x[..]
+                B::view(&xb)
             } else {
-                &ws.acts[i - 1][..]
+                B::view(&ws.acts[i - 1])
             };
-            let mut rows = vec![0.0; b * (end - start)];
+            let mut rows = be.zeros::<f64>(b * (end - start));
             layer.per_sample_gradients(
-                &p.params,
+                B::view(&pb),
                 input,
-                &ws.deltas[i],
+                B::view(&ws.deltas[i]),
                 b,
                 b as f64,
-                &mut rows,
+                B::view_mut(&mut rows),
                 end - start,
                 &mut lowering,
             );
+            let rows = down(be, &rows);
             for n in 0..b {
                 let row = &rows[n * (end - start)..(n + 1) * (end - start)];
                 let err = max_rel_err(row, &g[n][start..end]);
@@ -484,29 +576,44 @@ fn per_sample_products_match_single_sample_passes() {
 /// A layer that says it is sample-wise gives, bit for bit, on a batch what it gives on each sample
 /// alone (the network runs runs of such layers sample by sample); and the network's forward pass
 /// equals the layer-by-layer pass over the whole batch.
-#[test]
-fn sample_wise_layers_forward_each_sample_as_the_batch() {
+fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
     for (name, net) in networks() {
         let p = problem(net, 11);
         let batch = p.labels.len();
         let params: Vec<f32> = p.params.iter().map(|&v| v as f32).collect();
         let mut input: Vec<f32> = p.x.iter().map(|&v| v as f32).collect();
-        let mut sc = Scratch::for_layers(&p.net.layers, batch, false);
+        let mut sc = Scratch::on(be.clone(), &p.net.layers, batch, false);
+        let pb = be.upload(&params);
         for (i, layer) in p.net.layers.iter().enumerate() {
             let (fin, fout, nidx) = (
                 layer.in_features(),
                 layer.out_features(),
                 layer.index_len(1),
             );
-            let mut y = vec![0f32; batch * fout];
-            let mut idx = vec![0u32; batch * nidx];
-            layer.forward(&params, &input, batch, &mut y, &mut idx, &mut sc);
+            let (mut y, mut idx) = (be.zeros::<f32>(batch * fout), be.zeros::<u32>(batch * nidx));
+            let xb = be.upload(&input);
+            layer.forward(
+                B::view(&pb),
+                B::view(&xb),
+                batch,
+                B::view_mut(&mut y),
+                B::view_mut(&mut idx),
+                &mut sc,
+            );
+            let (y, idx) = (down(be, &y), down(be, &idx));
             if layer.sample_wise() {
                 for n in 0..batch {
-                    let mut yn = vec![0f32; fout];
-                    let mut idxn = vec![0u32; nidx];
-                    let xn = &input[n * fin..(n + 1) * fin];
-                    layer.forward(&params, xn, 1, &mut yn, &mut idxn, &mut sc);
+                    let (mut yn, mut idxn) = (be.zeros::<f32>(fout), be.zeros::<u32>(nidx));
+                    let xn = B::slice(B::view(&xb), n * fin..(n + 1) * fin);
+                    layer.forward(
+                        B::view(&pb),
+                        xn,
+                        1,
+                        B::view_mut(&mut yn),
+                        B::view_mut(&mut idxn),
+                        &mut sc,
+                    );
+                    let (yn, idxn) = (down(be, &yn), down(be, &idxn));
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&yn),
@@ -519,12 +626,12 @@ fn sample_wise_layers_forward_each_sample_as_the_batch() {
             }
             input = y;
         }
-        let mut ws = p.net.workspace(batch);
-        let logits = p.net.forward(
-            &params,
-            &p.x.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            batch,
-            &mut ws,
+        let mut ws = p.net.workspace_on(be.clone(), batch);
+        let xb = be.upload(&p.x.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let mut logits = vec![0f32; batch * p.net.classes()];
+        be.download(
+            p.net.forward_on(B::view(&pb), B::view(&xb), batch, &mut ws),
+            &mut logits,
         );
         assert_eq!(
             logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -650,10 +757,49 @@ fn average_pooling_matches_a_hand_computation() {
             stride,
         };
         let mut y = vec![0.0; l.out_features()];
-        l.forward(&[], &x, 1, &mut y, &mut [], &mut Scratch::default());
+        let mut idx: [u32; 0] = [];
+        l.forward(
+            &[][..],
+            &x[..],
+            1,
+            &mut y[..],
+            &mut idx[..],
+            &mut Scratch::default(),
+        );
         y
     };
     // Rows 0..4, 4..8, 8..12: windows (0,1,4,5), (2,3,6,7).
     assert_eq!(pool(2, 2), [2.5, 4.5]);
     assert_eq!(pool(2, 1), [2.5, 3.5, 4.5, 6.5, 7.5, 8.5]);
 }
+
+/// Instantiates the bodies written over the backend for one backend.
+macro_rules! layer_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn gradients_match_central_differences() {
+                super::gradients_match_central_differences(&$make);
+            }
+            #[test]
+            fn hessian_vector_products_match_the_finite_difference_hessian() {
+                super::hessian_vector_products_match_the_finite_difference_hessian(&$make);
+            }
+            #[test]
+            fn gauss_newton_products_match_the_dense_jacobian() {
+                super::gauss_newton_products_match_the_dense_jacobian(&$make);
+            }
+            #[test]
+            fn per_sample_gradients_match_single_sample_passes() {
+                super::per_sample_gradients_match_single_sample_passes(&$make);
+            }
+            #[test]
+            fn sample_wise_layers_forward_each_sample_as_the_batch() {
+                super::sample_wise_layers_forward_each_sample_as_the_batch(&$make);
+            }
+        }
+    };
+}
+
+layer_suite!(cpu, CpuBackend);

@@ -256,8 +256,10 @@ fn malformed_specs_are_refused_with_the_json_path() {
             "layers: no layer computes anything",
         ),
         (
-            json!({"input": [4], "layers": [{"type": "linear", "out": 1}]}),
-            "layers: the model's output is [1], but cross-entropy needs [classes] with at least 2",
+            // Without a `loss` one output is allowed (the mean squared error's [k]; main's 633e584),
+            // but the output must still be flat.
+            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 2}]}),
+            "layers: the model's output is [1, 2, 2], but the loss needs a flat output [k]",
         ),
         (
             json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 5}]}),

@@ -34,6 +34,7 @@ use shadow::Shadow;
 use stats::{EpochStats, TensorStats};
 
 use super::{Batch, Optimizer, Sgd, SgdConfig};
+use crate::device::{Backend, CpuBackend};
 use crate::io::finite_or_null;
 use crate::model::ParamLayout;
 use crate::Result;
@@ -93,9 +94,7 @@ impl Ngd {
     pub fn precondition(&mut self, params: &[f32], grad: &mut [f32]) {
         let wd = self.config.sgd.weight_decay as f32;
         if wd != 0.0 {
-            for (g, &p) in grad.iter_mut().zip(params) {
-                *g += wd * p;
-            }
+            CpuBackend.axpy(wd, params, grad);
         }
         let before = self.stats.nan_fallbacks;
         if let Some(shadow) = &mut self.shadow {

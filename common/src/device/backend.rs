@@ -1,0 +1,491 @@
+//! The backend trait: the operations the models, the curvature code, the optimisers and the samplers
+//! are written over, and the memory they run on.
+//!
+//! # Design
+//!
+//! A backend owns its memory. Device memory cannot be a `&[T]` (dereferencing a CUDA pointer on the
+//! host is undefined), so the trait has three generic associated types (the shape of burn's
+//! `Backend::FloatTensorPrimitive`, candle's `BackendStorage` and cudarc's
+//! `CudaSlice` / `CudaView<'a, T>` / `CudaViewMut<'a, T>`):
+//!
+//! - [`Backend::Buffer`]: owned memory of `len` elements (`Vec<T>` on the CPU, a device allocation
+//!   on a GPU);
+//! - [`Backend::View`]: a borrowed, read-only, contiguous range of a buffer (`&'a [T]` on the CPU),
+//!   `Copy`, so it can be passed to several operations;
+//! - [`Backend::ViewMut`]: a borrowed, writable, contiguous range (`&'a mut [T]` on the CPU).
+//!
+//! Views carry their lifetime, so the borrow checker guards device memory exactly as it guards
+//! slices: an operation cannot read a buffer that another is writing. Ranges are taken with
+//! [`Backend::slice`] / [`Backend::slice_mut`] and a mutable view is lent on with
+//! [`Backend::reborrow`] (what `&mut *v` does for a slice). Code generic over `B: Backend` may only
+//! use these and the operations below; it never indexes memory itself, which is what makes it run
+//! unchanged on a device. Views rather than `(&Buffer, Range)` pairs because a layer receives parts of
+//! larger buffers (one tensor of the flat parameter vector, one sample of a batch) and passes them on:
+//! a view is that part, checked once where it is cut.
+//!
+//! Why the CPU types are plain slices: the CPU backend is today's code moved behind the trait, and its
+//! monomorphised instances are the same loops over the same slices, with the same arithmetic in the
+//! same order, so results stay identical to the bit and no hot path pays for the abstraction.
+//! Host code that is CPU-only (the tools' drivers, the small dense linear algebra that stays on the
+//! host: the r×r eigendecompositions of NGD, the B×B Cholesky of exact NGD's Woodbury solve) keeps
+//! its slices and passes them as [`CpuBackend`](super::CpuBackend) views without a copy.
+//!
+//! Operations take `&self`: a device backend carries its context and stream there (the CPU backend
+//! is a unit struct). What comes back to the host is returned by value (the loss sum, a dot
+//! product, the SGLD step's sums); small host inputs (a batch's labels, the SGLD noise generator's
+//! state) are passed as host values, which a device backend uploads into its own staging memory.
+//! An operation's preconditions (lengths) are checked by slicing on the CPU: a violation is a bug
+//! in the caller and panics, as a slice index does.
+//!
+//! Element-wise activations are passed as their [`Elementwise`] definition; the CPU evaluates its
+//! scalar methods, and a device backend selects its kernel by [`Elementwise::module`].
+//!
+//! Where the backend lives: the layers' scratch (`Scratch<T, B>`), and with it the network's
+//! `Workspace<T, B>` and the R-pass buffers, carry the backend value. The layers
+//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on`, `Loss::evaluate_on` /
+//! `r_gradient_on` and the R-pass are generic over it; the host-slice entry points
+//! (`Network::forward`, `loss_and_gradient`, the Hessian operator, the per-sample products, the
+//! optimisers, the SGLD chains) are these on [`CpuBackend`](super::CpuBackend).
+//!
+//! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
+//! over `B: Backend` and instantiated for each backend compiled in.
+
+use super::ConvGeometry;
+use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
+use crate::rng::NoiseSource;
+use crate::sample::sgld::{StepCoefficients, UpdateSums};
+use crate::Real;
+use std::fmt::Debug;
+use std::ops::Range;
+
+/// What a backend buffer can hold: the two [`Real`] types and `u32` (the max-pool winners).
+pub trait Element: Copy + Default + Debug + PartialEq + Send + Sync + 'static {}
+impl Element for f32 {}
+impl Element for f64 {}
+impl Element for u32 {}
+
+/// The momentum SGD update's scalars (PyTorch's `torch.optim.SGD`): learning rate, momentum μ,
+/// 1 − dampening τ, Nesterov.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub one_minus_dampening: f32,
+    pub nesterov: bool,
+}
+
+/// A place the numerics run, with its memory and its operations. See the module documentation.
+pub trait Backend: Clone + Debug + Send + Sync + 'static {
+    /// Owned memory of elements `E`.
+    type Buffer<E: Element>: Clone + Debug + Send + Sync;
+    /// A read-only contiguous range of a buffer.
+    type View<'a, E: Element>: Copy
+    where
+        E: 'a;
+    /// A writable contiguous range of a buffer.
+    type ViewMut<'a, E: Element>
+    where
+        E: 'a;
+
+    /// The device's name in messages (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+
+    // ---- memory --------------------------------------------------------------------------------
+
+    /// A buffer of `len` zeros.
+    fn zeros<E: Element>(&self, len: usize) -> Self::Buffer<E>;
+    /// A buffer holding a copy of host memory.
+    fn upload<E: Element>(&self, host: &[E]) -> Self::Buffer<E>;
+    /// Copies a view into host memory of the same length.
+    fn download<E: Element>(&self, src: Self::View<'_, E>, host: &mut [E]);
+    /// Grows `buf` to at least `len` elements (new elements are zero; existing ones kept).
+    fn ensure_len<E: Element>(&self, buf: &mut Self::Buffer<E>, len: usize);
+    /// The number of elements of a buffer.
+    fn buffer_len<E: Element>(buf: &Self::Buffer<E>) -> usize;
+    /// The number of elements of a view.
+    fn len<E: Element>(v: Self::View<'_, E>) -> usize;
+    /// The whole buffer as a view.
+    fn view<E: Element>(buf: &Self::Buffer<E>) -> Self::View<'_, E>;
+    /// The whole buffer as a writable view.
+    fn view_mut<E: Element>(buf: &mut Self::Buffer<E>) -> Self::ViewMut<'_, E>;
+    /// Elements `r` of a view. **Panics** if `r` is out of range.
+    fn slice<'a, E: Element>(v: Self::View<'a, E>, r: Range<usize>) -> Self::View<'a, E>;
+    /// Elements `r` of a writable view. **Panics** if `r` is out of range.
+    fn slice_mut<'a, E: Element>(v: Self::ViewMut<'a, E>, r: Range<usize>) -> Self::ViewMut<'a, E>;
+    /// A view for a shorter lifetime (a slice's covariance, which a generic associated type does
+    /// not have).
+    fn shorten<'b, 'a: 'b, E: Element>(v: Self::View<'a, E>) -> Self::View<'b, E>;
+    /// Lends a writable view for a shorter lifetime (`&mut *v` for a slice).
+    fn reborrow<'b, E: Element>(v: &'b mut Self::ViewMut<'_, E>) -> Self::ViewMut<'b, E>;
+    /// A writable view read only.
+    fn freeze<'b, E: Element>(v: &'b Self::ViewMut<'_, E>) -> Self::View<'b, E>;
+    /// Splits a writable view at `mid` into `[0, mid)` and `[mid, len)`.
+    fn split_at_mut<'a, E: Element>(
+        v: Self::ViewMut<'a, E>,
+        mid: usize,
+    ) -> (Self::ViewMut<'a, E>, Self::ViewMut<'a, E>);
+    /// dst ← src (equal lengths).
+    fn copy<E: Element>(&self, src: Self::View<'_, E>, dst: Self::ViewMut<'_, E>);
+    /// dst ← value everywhere.
+    fn fill<E: Element>(&self, dst: Self::ViewMut<'_, E>, value: E);
+
+    // ---- matrix products -----------------------------------------------------------------------
+
+    /// C ← α·op(A)·op(B) + β·C for row-major operands: op(A) is m×k (A stored k×m when `trans_a`),
+    /// op(B) is k×n (B stored n×k when `trans_b`), C is m×n (BLAS `?gemm`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm<T: Real>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: T,
+        a: Self::View<'_, T>,
+        b: Self::View<'_, T>,
+        beta: T,
+        c: Self::ViewMut<'_, T>,
+    );
+
+    /// `count` independent [`Backend::gemm`]s, product i on A + i·`strides.0`, B + i·`strides.1`,
+    /// C + i·`strides.2` (cuBLAS `gemmStridedBatched`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_strided_batched<T: Real>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: T,
+        a: Self::View<'_, T>,
+        b: Self::View<'_, T>,
+        beta: T,
+        c: Self::ViewMut<'_, T>,
+        count: usize,
+        strides: (usize, usize, usize),
+    );
+
+    // ---- convolution lowering ------------------------------------------------------------------
+
+    /// `im2col` over a batch (see [`super::cpu::im2col`]): `x` `[batch, C, H, W]` → `cols`
+    /// `[C·k·k, batch·ho·wo]`, zero outside the image.
+    fn im2col<T: Real>(
+        &self,
+        x: Self::View<'_, T>,
+        batch: usize,
+        g: &ConvGeometry,
+        cols: Self::ViewMut<'_, T>,
+    );
+    /// The adjoint of [`Backend::im2col`], accumulated into `dx` (see [`super::cpu::col2im`]).
+    fn col2im<T: Real>(
+        &self,
+        dcols: Self::View<'_, T>,
+        batch: usize,
+        g: &ConvGeometry,
+        dx: Self::ViewMut<'_, T>,
+    );
+    /// `[batch, channels, plane]` → `[channels, batch·plane]` (NCHW to the convolution's gemm
+    /// layout).
+    fn to_channel_major<T: Real>(
+        &self,
+        src: Self::View<'_, T>,
+        batch: usize,
+        channels: usize,
+        plane: usize,
+        dst: Self::ViewMut<'_, T>,
+    );
+    /// dst `[batch, channels, plane]` ← src `[channels, batch·plane]` + bias `[channels]` (the
+    /// inverse layout change with the bias added on the way).
+    fn channel_major_to_nchw_add_bias<T: Real>(
+        &self,
+        src: Self::View<'_, T>,
+        bias: Self::View<'_, T>,
+        batch: usize,
+        plane: usize,
+        dst: Self::ViewMut<'_, T>,
+    );
+
+    // ---- bias, activations, pooling ------------------------------------------------------------
+
+    /// `y[r, j] += b[j]` for every row r of the row-major `y` of width `b.len()`.
+    fn add_bias_rows<T: Real>(&self, y: Self::ViewMut<'_, T>, bias: Self::View<'_, T>);
+    /// `y[c, p] += b[c]` for `y` `[b.len(), plane]` (a convolution's bias over its output plane).
+    fn add_bias_planes<T: Real>(&self, y: Self::ViewMut<'_, T>, bias: Self::View<'_, T>);
+    /// `dst[j] += α·src[r, j]` for each row r in order (`src` row-major of width `dst.len()`): the
+    /// bias gradient of a dense layer.
+    fn add_column_sums<T: Real>(&self, alpha: T, src: Self::View<'_, T>, dst: Self::ViewMut<'_, T>);
+    /// `dst[r] (+)= α·Σⱼ src[r, j]` (`src` `[dst.len(), width]`; the row sum formed first, from zero,
+    /// left to right), added when `accumulate`, else written: a convolution's bias gradient.
+    fn row_sums<T: Real>(
+        &self,
+        alpha: T,
+        src: Self::View<'_, T>,
+        accumulate: bool,
+        dst: Self::ViewMut<'_, T>,
+    );
+
+    /// y = φ(x) element-wise.
+    fn activation_forward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::ViewMut<'_, T>,
+    );
+    /// ∂x = φ′ ⊙ δ from the layer's input x, output y and δ = `dy`.
+    fn activation_backward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        dx: Self::ViewMut<'_, T>,
+    );
+    /// R{y} = φ′ ⊙ R{x} (0 when `rx` is `None`: the input does not depend on θ).
+    fn activation_r_forward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        rx: Option<Self::View<'_, T>>,
+        ry: Self::ViewMut<'_, T>,
+    );
+    /// R{∂x} = φ′ ⊙ R{δ} + φ″ ⊙ R{x} ⊙ δ (Pearlmutter 1994), the second term only when `second`
+    /// holds `(R{x}, δ)` (it is dropped for the Gauss–Newton product and when φ″ = 0).
+    fn activation_r_backward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        rdy: Self::View<'_, T>,
+        second: Option<(Self::View<'_, T>, Self::View<'_, T>)>,
+        rdx: Self::ViewMut<'_, T>,
+    );
+
+    /// 2×2, stride-2 max-pooling of `x` `[batch·channels, height, width]` (floor: an odd last row or
+    /// column is dropped); `winners` receives each output's arg-max as an index into its sample's
+    /// input (`channels·height·width` per sample). The first maximum in scan order wins ties, a NaN
+    /// wins (PyTorch's CPU kernel).
+    #[allow(clippy::too_many_arguments)]
+    fn max_pool2d<T: Real>(
+        &self,
+        x: Self::View<'_, T>,
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        y: Self::ViewMut<'_, T>,
+        winners: Self::ViewMut<'_, u32>,
+    );
+    /// dx ← 0, then `dx[n, winner] += d[n, o]` for every output o of every sample n (`inputs` and
+    /// `outputs` features per sample): the adjoint of [`Backend::gather`].
+    fn scatter_add<T: Real>(
+        &self,
+        d: Self::View<'_, T>,
+        winners: Self::View<'_, u32>,
+        inputs: usize,
+        outputs: usize,
+        dx: Self::ViewMut<'_, T>,
+    );
+    /// `y[n, o] ← x[n, winners[n, o]]`.
+    fn gather<T: Real>(
+        &self,
+        x: Self::View<'_, T>,
+        winners: Self::View<'_, u32>,
+        inputs: usize,
+        outputs: usize,
+        y: Self::ViewMut<'_, T>,
+    );
+
+    /// Average pooling `y ← P·x` of `planes` planes of `pool`'s `height × width` (windows of
+    /// `kernel`, `stride` apart, floor mode): each output the mean of its window (see
+    /// [`AvgPool2d`]).
+    fn avg_pool2d<T: Real>(
+        &self,
+        pool: &AvgPool2d,
+        x: Self::View<'_, T>,
+        planes: usize,
+        y: Self::ViewMut<'_, T>,
+    );
+    /// Its adjoint `dx ← Pᵀ·d` (dx written: zeroed, then each window's d/kernel² spread over it).
+    fn avg_pool2d_adjoint<T: Real>(
+        &self,
+        pool: &AvgPool2d,
+        d: Self::View<'_, T>,
+        planes: usize,
+        dx: Self::ViewMut<'_, T>,
+    );
+
+    /// LayerNorm's forward pass y = γ ⊙ x̂ + β, x̂ = (x − μ)/√(σ² + ε) per row of `ln.dim` (see
+    /// [`LayerNorm`] for every formula of the five `layer_norm_*` operations).
+    fn layer_norm_forward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        params: Self::View<'_, T>,
+        x: Self::View<'_, T>,
+        batch: usize,
+        y: Self::ViewMut<'_, T>,
+    );
+    /// LayerNorm's backward pass: ∂γ, ∂β into `grad` (full length P, written) and ∂x into `dx`;
+    /// `work` holds 2 rows of `ln.dim`.
+    fn layer_norm_backward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        dy: Self::View<'_, T>,
+        grad: Option<Self::ViewMut<'_, T>>,
+        dx: Option<Self::ViewMut<'_, T>>,
+        work: Self::ViewMut<'_, T>,
+    );
+    /// LayerNorm's R-forward R{y} = γ ⊙ R{x̂} + v_γ ⊙ x̂ + v_β; `work` holds 2 rows.
+    fn layer_norm_r_forward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        v: Self::View<'_, T>,
+        rx: Option<Self::View<'_, T>>,
+        ry: Self::ViewMut<'_, T>,
+        work: Self::ViewMut<'_, T>,
+    );
+    /// LayerNorm's R-backward: adds alpha × its block of H·v (or G·v) into `hv` and writes
+    /// R{∂x} into `rdx`; `work` holds 5 rows.
+    fn layer_norm_r_backward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        r: &RPass<'_, T, Self>,
+        hv: Self::ViewMut<'_, T>,
+        rdx: Option<Self::ViewMut<'_, T>>,
+        work: Self::ViewMut<'_, T>,
+    );
+    /// LayerNorm's per-sample gradients [scale·Σ δ ⊙ x̂, scale·Σ δ] (rows of `stride`); `work`
+    /// holds 1 row.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_per_sample_gradients<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        x: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        batch: usize,
+        scale: T,
+        rows: Self::ViewMut<'_, T>,
+        stride: usize,
+        work: Self::ViewMut<'_, T>,
+    );
+
+    // ---- the loss ------------------------------------------------------------------------------
+
+    /// Softmax cross-entropy of each row of `logits` (`labels.len()` rows of `classes`):
+    /// returns (`Σₙ logsumexp(zₙ) − zₙ[yₙ]` in f64, rows whose first arg-max is the label), and
+    /// with `dlogits`, ∂/∂z = (softmax(zₙ) − onehot(yₙ))·`scale`. See
+    /// [`crate::model::softmax_cross_entropy`].
+    fn softmax_cross_entropy<T: Real>(
+        &self,
+        logits: Self::View<'_, T>,
+        labels: &[usize],
+        classes: usize,
+        scale: T,
+        dlogits: Option<Self::ViewMut<'_, T>>,
+    ) -> (f64, usize);
+    /// The R-operator of the cross-entropy's logit gradient: rg = scale·(diag(p) − p·pᵀ)·rz per
+    /// row, p = softmax(z).
+    fn softmax_cross_entropy_r<T: Real>(
+        &self,
+        logits: Self::View<'_, T>,
+        rz: Self::View<'_, T>,
+        classes: usize,
+        scale: T,
+        rg: Self::ViewMut<'_, T>,
+    );
+
+    /// The mean squared error's per-sample sum Σₙ (1/k)·‖zₙ − yₙ‖² in f64 for `outputs` and host
+    /// `targets` of `batch × k` (`F.mse_loss` is it over B), and with `doutputs`,
+    /// ∂ℓₙ/∂zₙ·`scale` = (2/k)·(zₙ − yₙ)·`scale`. See [`crate::model::mean_squared_error`].
+    fn mean_squared_error<T: Real>(
+        &self,
+        outputs: Self::View<'_, T>,
+        targets: &[T],
+        k: usize,
+        scale: T,
+        doutputs: Option<Self::ViewMut<'_, T>>,
+    ) -> f64;
+    /// The R-operator of the mean squared error's output gradient: rg = (2/k)·`scale`·rz (the
+    /// per-sample Hessian is (2/k)·I). See [`crate::model::mse_r_gradient`].
+    fn mse_r_gradient<T: Real>(
+        &self,
+        rz: Self::View<'_, T>,
+        k: usize,
+        scale: T,
+        rg: Self::ViewMut<'_, T>,
+    );
+
+    // ---- vectors -------------------------------------------------------------------------------
+
+    /// y ← y + α·x.
+    fn axpy<T: Real>(&self, alpha: T, x: Self::View<'_, T>, y: Self::ViewMut<'_, T>);
+    /// x ← α·x.
+    fn scale<T: Real>(&self, alpha: T, x: Self::ViewMut<'_, T>);
+    /// Σᵢ xᵢ·yᵢ, accumulated in f64 left to right.
+    fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
+    /// Σᵢ xᵢ, accumulated in f64 left to right.
+    fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;
+    /// `out[i, j] ← (α·x[i])·y[j]` for `out` `[x.len(), y.len()]`: a scaled outer product (a
+    /// dense layer's per-sample weight gradient).
+    fn outer<T: Real>(
+        &self,
+        alpha: T,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        out: Self::ViewMut<'_, T>,
+    );
+    /// y ← y + α·(a + c) ⊙ d, evaluated as (α·(a + c))·d: the Hadamard step of a dense layer's
+    /// per-sample Gram (A·Aᵀ + c) ⊙ (Δ·Δᵀ) (Goodfellow 2015), c = 1 with a bias (its input is the
+    /// constant 1) and 0 without.
+    fn add_gram_hadamard<T: Real>(
+        &self,
+        alpha: T,
+        c: T,
+        a: Self::View<'_, T>,
+        d: Self::View<'_, T>,
+        y: Self::ViewMut<'_, T>,
+    );
+
+    // ---- optimisers and samplers ---------------------------------------------------------------
+
+    /// One momentum-SGD step (PyTorch's `SGD`): buf ← μ·buf + (1 − τ)·d, then
+    /// θ ← θ − lr·(d + μ·buf) (Nesterov) or θ ← θ − lr·buf; without momentum (`buf` None)
+    /// θ ← θ − lr·d.
+    fn sgd_step(
+        &self,
+        params: Self::ViewMut<'_, f32>,
+        d: Self::View<'_, f32>,
+        buf: Option<Self::ViewMut<'_, f32>>,
+        c: &SgdStep,
+    );
+    /// θ ← θ − lr·(d + μ·b) (Nesterov) or θ ← θ − lr·b: momentum SGD's first step, whose buffer b is
+    /// d itself.
+    fn sgd_first_momentum_step(
+        &self,
+        params: Self::ViewMut<'_, f32>,
+        d: Self::View<'_, f32>,
+        buf: Self::View<'_, f32>,
+        c: &SgdStep,
+    );
+    /// The fused SGLD step with its MALA sums (see [`crate::sample::sgld::update`]): drift
+    /// h = (ε/2)(nβ·g + γ(w − w*) + δ·w), w ← clamp(w − h + √ε·ξ) with ξ drawn from `noise`,
+    /// `step` ← the new w − the old w, and the inner products of [`UpdateSums`].
+    #[allow(clippy::too_many_arguments)]
+    fn sgld_update(
+        &self,
+        w: Self::ViewMut<'_, f32>,
+        step: Self::ViewMut<'_, f32>,
+        w_star: Self::View<'_, f32>,
+        grad: Self::View<'_, f32>,
+        noise: &mut NoiseSource,
+        c: &StepCoefficients,
+        bound: Option<f32>,
+    ) -> UpdateSums;
+    /// out ← standard normal variates, the next `out.len()` of `noise`'s sequence.
+    fn fill_normal(&self, noise: &mut NoiseSource, out: Self::ViewMut<'_, f32>);
+}

@@ -1,0 +1,882 @@
+//! Every [`Backend`] operation against a plain host reference written here from its definition
+//! (not from the CPU kernels), with explicit tolerances. The bodies are generic over the backend;
+//! `backend_suite!` instantiates them for each backend compiled in (the CUDA backend of issue #17
+//! adds one line).
+
+use super::{Backend, ConvGeometry, CpuBackend, SgdStep};
+use crate::model::{AvgPool2d, Elementwise, Gelu, LayerNorm, Relu, Scope, Tanh};
+use crate::rng::{stream, NoiseSource, Purpose};
+use crate::sample::sgld::StepCoefficients;
+
+/// Deterministic test data in [−1, 1].
+fn data(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = stream(seed, Purpose::Init, 7);
+    (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
+}
+
+fn down<B: Backend>(be: &B, buf: &B::Buffer<f64>) -> Vec<f64> {
+    let mut host = vec![0.0; B::buffer_len(buf)];
+    be.download(B::view(buf), &mut host);
+    host
+}
+
+fn down32<B: Backend>(be: &B, buf: &B::Buffer<f32>) -> Vec<f32> {
+    let mut host = vec![0.0; B::buffer_len(buf)];
+    be.download(B::view(buf), &mut host);
+    host
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs reference {w}"
+        );
+    }
+}
+
+pub(super) fn memory<B: Backend>(be: &B) {
+    let x = data(10, 1);
+    let mut buf = be.upload(&x);
+    assert_eq!(down(be, &buf), x);
+    assert_eq!(B::len(B::slice(B::view(&buf), 2..7)), 5);
+    be.fill(B::slice_mut(B::view_mut(&mut buf), 2..4), 3.0);
+    let mut want = x.clone();
+    want[2] = 3.0;
+    want[3] = 3.0;
+    assert_eq!(down(be, &buf), want);
+    let src = be.upload(&[9.0, 8.0]);
+    {
+        let (mut lo, _hi) = B::split_at_mut(B::view_mut(&mut buf), 5);
+        be.copy(B::view(&src), B::slice_mut(B::reborrow(&mut lo), 0..2));
+        assert_eq!(B::len(B::freeze(&lo)), 5);
+    }
+    want[0] = 9.0;
+    want[1] = 8.0;
+    assert_eq!(down(be, &buf), want);
+    be.ensure_len(&mut buf, 12);
+    want.extend([0.0, 0.0]);
+    assert_eq!(down(be, &buf), want);
+    let z = be.zeros::<u32>(3);
+    assert_eq!(B::buffer_len(&z), 3);
+}
+
+/// The naive triple loop.
+#[allow(clippy::too_many_arguments)]
+fn naive_gemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    b: &[f64],
+    beta: f64,
+    c: &mut [f64],
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for l in 0..k {
+                let av = if ta { a[l * m + i] } else { a[i * k + l] };
+                let bv = if tb { b[j * k + l] } else { b[l * n + j] };
+                s += av * bv;
+            }
+            c[i * n + j] = alpha * s + beta * c[i * n + j];
+        }
+    }
+}
+
+pub(super) fn gemm<B: Backend>(be: &B) {
+    let (m, n, k) = (5, 7, 3);
+    let a = be.upload(&data(m * k, 2));
+    let b = be.upload(&data(n * k, 3));
+    for ta in [false, true] {
+        for tb in [false, true] {
+            let c0 = data(m * n, 4);
+            let mut c = be.upload(&c0);
+            let mut want = c0.clone();
+            be.gemm(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                2.0,
+                B::view(&a),
+                B::view(&b),
+                0.5,
+                B::view_mut(&mut c),
+            );
+            naive_gemm(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                2.0,
+                &down(be, &a),
+                &down(be, &b),
+                0.5,
+                &mut want,
+            );
+            assert_close(
+                &down(be, &c),
+                &want,
+                1e-12,
+                &format!("gemm ta={ta} tb={tb}"),
+            );
+        }
+    }
+    // Strided-batched: three products with gaps between the operands.
+    let (count, sa, sb, sc) = (3, m * k + 1, k * n + 2, m * n + 3);
+    let a = data(count * sa, 5);
+    let b = data(count * sb, 6);
+    let c0 = data(count * sc, 7);
+    let mut c = be.upload(&c0);
+    let (ab, bb) = (be.upload(&a), be.upload(&b));
+    be.gemm_strided_batched(
+        false,
+        true,
+        m,
+        n,
+        k,
+        1.5,
+        B::view(&ab),
+        B::view(&bb),
+        -1.0,
+        B::view_mut(&mut c),
+        count,
+        (sa, sb, sc),
+    );
+    let mut want = c0.clone();
+    for i in 0..count {
+        naive_gemm(
+            false,
+            true,
+            m,
+            n,
+            k,
+            1.5,
+            &a[i * sa..],
+            &b[i * sb..],
+            -1.0,
+            &mut want[i * sc..],
+        );
+    }
+    assert_close(&down(be, &c), &want, 1e-12, "gemm_strided_batched");
+}
+
+pub(super) fn convolution_lowering<B: Backend>(be: &B) {
+    let g = ConvGeometry {
+        channels: 3,
+        height: 6,
+        width: 5,
+        kernel: 3,
+        padding: 1,
+    };
+    let batch = 2;
+    let (ho, wo) = g.output_size();
+    let ncols = batch * ho * wo;
+    let x = data(batch * g.input_len(), 8);
+    let mut cols = be.zeros::<f64>(g.rows() * ncols);
+    be.im2col(B::view(&be.upload(&x)), batch, &g, B::view_mut(&mut cols));
+    // The definition: cols[(c,ki,kj), (n,oy,ox)] = x[n, c, oy+ki−pad, ox+kj−pad], 0 outside.
+    let mut want = vec![0.0; g.rows() * ncols];
+    let pad = g.padding as isize;
+    for c in 0..g.channels {
+        for ki in 0..g.kernel {
+            for kj in 0..g.kernel {
+                for n in 0..batch {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let iy = (oy + ki) as isize - pad;
+                            let ix = (ox + kj) as isize - pad;
+                            let row = (c * g.kernel + ki) * g.kernel + kj;
+                            let col = n * ho * wo + oy * wo + ox;
+                            if iy >= 0
+                                && ix >= 0
+                                && (iy as usize) < g.height
+                                && (ix as usize) < g.width
+                            {
+                                want[row * ncols + col] =
+                                    x[((n * g.channels + c) * g.height + iy as usize) * g.width
+                                        + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(down(be, &cols), want, "im2col");
+    // col2im accumulates the adjoint: dx0 + Σ over the positions that read each pixel.
+    let dcols = data(g.rows() * ncols, 9);
+    let dx0 = data(batch * g.input_len(), 10);
+    let mut dx = be.upload(&dx0);
+    be.col2im(B::view(&be.upload(&dcols)), batch, &g, B::view_mut(&mut dx));
+    let mut want = dx0.clone();
+    for (r, row) in dcols.chunks_exact(ncols).enumerate() {
+        let (c, ki, kj) = (
+            r / (g.kernel * g.kernel),
+            (r / g.kernel) % g.kernel,
+            r % g.kernel,
+        );
+        for (col, &v) in row.iter().enumerate() {
+            let (n, p) = (col / (ho * wo), col % (ho * wo));
+            let iy = (p / wo + ki) as isize - pad;
+            let ix = (p % wo + kj) as isize - pad;
+            if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width {
+                want[((n * g.channels + c) * g.height + iy as usize) * g.width + ix as usize] += v;
+            }
+        }
+    }
+    assert_close(&down(be, &dx), &want, 1e-14, "col2im");
+
+    // The layout changes: [batch, channels, plane] ↔ [channels, batch·plane], with a bias.
+    let (channels, plane) = (3, 4);
+    let src = data(batch * channels * plane, 11);
+    let mut cm = be.zeros::<f64>(src.len());
+    be.to_channel_major(
+        B::view(&be.upload(&src)),
+        batch,
+        channels,
+        plane,
+        B::view_mut(&mut cm),
+    );
+    let cm_host = down(be, &cm);
+    let bias = [0.5, -1.0, 2.0];
+    let mut back = be.zeros::<f64>(src.len());
+    be.channel_major_to_nchw_add_bias(
+        B::view(&cm),
+        B::view(&be.upload(&bias)),
+        batch,
+        plane,
+        B::view_mut(&mut back),
+    );
+    let back = down(be, &back);
+    for n in 0..batch {
+        for c in 0..channels {
+            for p in 0..plane {
+                let v = src[(n * channels + c) * plane + p];
+                assert_eq!(cm_host[c * batch * plane + n * plane + p], v);
+                assert_eq!(back[(n * channels + c) * plane + p], v + bias[c]);
+            }
+        }
+    }
+}
+
+pub(super) fn bias_and_sums<B: Backend>(be: &B) {
+    let (rows, width) = (4, 3);
+    let y0 = data(rows * width, 12);
+    let bias = data(width, 13);
+    let bb = be.upload(&bias);
+    let mut y = be.upload(&y0);
+    be.add_bias_rows(B::view_mut(&mut y), B::view(&bb));
+    let want: Vec<f64> = (0..rows * width).map(|i| y0[i] + bias[i % width]).collect();
+    assert_eq!(down(be, &y), want, "add_bias_rows");
+    // Planes: y [width channels, rows positions].
+    let mut y = be.upload(&y0);
+    be.add_bias_planes(B::view_mut(&mut y), B::view(&bb));
+    let want: Vec<f64> = (0..rows * width).map(|i| y0[i] + bias[i / rows]).collect();
+    assert_eq!(down(be, &y), want, "add_bias_planes");
+    // Column sums: dst[j] += α Σ_r src[r, j].
+    let d0 = data(width, 14);
+    let mut d = be.upload(&d0);
+    be.add_column_sums(0.5, B::view(&be.upload(&y0)), B::view_mut(&mut d));
+    let want: Vec<f64> = (0..width)
+        .map(|j| d0[j] + 0.5 * (0..rows).map(|r| y0[r * width + j]).sum::<f64>())
+        .collect();
+    assert_close(&down(be, &d), &want, 1e-14, "add_column_sums");
+    // Row sums, accumulated and written.
+    let r0 = data(rows, 15);
+    for accumulate in [true, false] {
+        let mut r = be.upload(&r0);
+        be.row_sums(
+            -2.0,
+            B::view(&be.upload(&y0)),
+            accumulate,
+            B::view_mut(&mut r),
+        );
+        let want: Vec<f64> = (0..rows)
+            .map(|i| {
+                let s = -2.0 * y0[i * width..(i + 1) * width].iter().sum::<f64>();
+                if accumulate {
+                    r0[i] + s
+                } else {
+                    s
+                }
+            })
+            .collect();
+        assert_close(&down(be, &r), &want, 1e-14, "row_sums");
+    }
+}
+
+/// The activation ops against their definitions from φ, φ′ and φ″ written out here.
+pub(super) fn activations<B: Backend>(be: &B) {
+    fn check<B: Backend, A: Elementwise>(
+        be: &B,
+        act: &A,
+        phi: fn(f64) -> f64,
+        d1: fn(f64) -> f64,
+        d2: fn(f64) -> f64,
+    ) {
+        let n = 11;
+        let x = data(n, 16);
+        let (dy, rx, rdy) = (data(n, 17), data(n, 18), data(n, 19));
+        let xb = be.upload(&x);
+        let mut y = be.zeros::<f64>(n);
+        be.activation_forward(act, B::view(&xb), B::view_mut(&mut y));
+        let what = act.module();
+        assert_close(
+            &down(be, &y),
+            &x.iter().map(|&v| phi(v)).collect::<Vec<_>>(),
+            1e-14,
+            what,
+        );
+        let (dyb, rxb, rdyb) = (be.upload(&dy), be.upload(&rx), be.upload(&rdy));
+        let mut out = be.zeros::<f64>(n);
+        be.activation_backward(
+            act,
+            B::view(&xb),
+            B::view(&y),
+            B::view(&dyb),
+            B::view_mut(&mut out),
+        );
+        let want: Vec<f64> = (0..n).map(|i| d1(x[i]) * dy[i]).collect();
+        assert_close(&down(be, &out), &want, 1e-13, "backward");
+        be.activation_r_forward(
+            act,
+            B::view(&xb),
+            B::view(&y),
+            Some(B::view(&rxb)),
+            B::view_mut(&mut out),
+        );
+        let want: Vec<f64> = (0..n).map(|i| d1(x[i]) * rx[i]).collect();
+        assert_close(&down(be, &out), &want, 1e-13, "r_forward");
+        be.activation_r_forward(act, B::view(&xb), B::view(&y), None, B::view_mut(&mut out));
+        assert_eq!(
+            down(be, &out),
+            vec![0.0; n],
+            "r_forward of a constant input"
+        );
+        for second in [false, true] {
+            be.activation_r_backward(
+                act,
+                B::view(&xb),
+                B::view(&y),
+                B::view(&rdyb),
+                second.then(|| (B::view(&rxb), B::view(&dyb))),
+                B::view_mut(&mut out),
+            );
+            let want: Vec<f64> = (0..n)
+                .map(|i| {
+                    d1(x[i]) * rdy[i]
+                        + if second {
+                            d2(x[i]) * rx[i] * dy[i]
+                        } else {
+                            0.0
+                        }
+                })
+                .collect();
+            assert_close(&down(be, &out), &want, 1e-13, "r_backward");
+        }
+    }
+    check(
+        be,
+        &Relu { features: 11 },
+        |v| v.max(0.0),
+        |v| if v > 0.0 { 1.0 } else { 0.0 },
+        |_| 0.0,
+    );
+    check(
+        be,
+        &Tanh { features: 11 },
+        f64::tanh,
+        |v| 1.0 / v.cosh().powi(2),
+        |v| -2.0 * v.tanh() / v.cosh().powi(2),
+    );
+    // GELU: Φ from statrs's erf, ϕ the normal density; φ′ = Φ + xϕ, φ″ = ϕ(2 − x²).
+    fn cdf(v: f64) -> f64 {
+        0.5 * (1.0 + statrs::function::erf::erf(v / 2f64.sqrt()))
+    }
+    fn pdf(v: f64) -> f64 {
+        (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()
+    }
+    check(
+        be,
+        &Gelu { features: 11 },
+        |v| v * cdf(v),
+        |v| cdf(v) + v * pdf(v),
+        |v| pdf(v) * (2.0 - v * v),
+    );
+}
+
+pub(super) fn pooling<B: Backend>(be: &B) {
+    // Two samples, two channels, 5×4 (the odd last row is dropped); one tie and one NaN.
+    let (batch, channels, h, w) = (2, 2, 5, 4);
+    let inputs = channels * h * w;
+    let outputs = channels * (h / 2) * (w / 2);
+    let mut x = data(batch * inputs, 20);
+    x[0] = 0.9;
+    x[1] = 0.9; // a tie in the first window: the first in scan order wins
+    x[inputs + 2 * w + 3] = f64::NAN; // a NaN wins its window
+    let xb = be.upload(&x);
+    let mut y = be.zeros::<f64>(batch * outputs);
+    let mut win = be.zeros::<u32>(batch * outputs);
+    be.max_pool2d(
+        B::view(&xb),
+        batch,
+        channels,
+        h,
+        w,
+        B::view_mut(&mut y),
+        B::view_mut(&mut win),
+    );
+    let (y, mut winners) = (down(be, &y), vec![0u32; batch * outputs]);
+    be.download(B::view(&win), &mut winners);
+    for n in 0..batch {
+        for c in 0..channels {
+            for i in 0..h / 2 {
+                for j in 0..w / 2 {
+                    let o = n * outputs + (c * (h / 2) + i) * (w / 2) + j;
+                    let cands: Vec<usize> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                        .iter()
+                        .map(|(di, dj)| c * h * w + (2 * i + di) * w + 2 * j + dj)
+                        .collect();
+                    let vals: Vec<f64> = cands.iter().map(|&k| x[n * inputs + k]).collect();
+                    let best = match vals.iter().position(|v| v.is_nan()) {
+                        Some(p) => p,
+                        None => (0..4).fold(0, |b, k| if vals[k] > vals[b] { k } else { b }),
+                    };
+                    assert_eq!(winners[o] as usize, cands[best], "winner of output {o}");
+                    assert!(y[o] == vals[best] || (y[o].is_nan() && vals[best].is_nan()));
+                }
+            }
+        }
+    }
+    // Gather and its adjoint: <gather(x), d> = <x, scatter(d)>, and scatter zeroes first.
+    let xs = data(batch * inputs, 21);
+    let d = data(batch * outputs, 22);
+    let mut g = be.zeros::<f64>(batch * outputs);
+    be.gather(
+        B::view(&be.upload(&xs)),
+        B::view(&win),
+        inputs,
+        outputs,
+        B::view_mut(&mut g),
+    );
+    let g = down(be, &g);
+    for n in 0..batch {
+        for o in 0..outputs {
+            assert_eq!(
+                g[n * outputs + o],
+                xs[n * inputs + winners[n * outputs + o] as usize]
+            );
+        }
+    }
+    let mut s = be.upload(&data(batch * inputs, 23));
+    be.scatter_add(
+        B::view(&be.upload(&d)),
+        B::view(&win),
+        inputs,
+        outputs,
+        B::view_mut(&mut s),
+    );
+    let s = down(be, &s);
+    let lhs: f64 = g.iter().zip(&d).map(|(a, b)| a * b).sum();
+    let rhs: f64 = xs.iter().zip(&s).map(|(a, b)| a * b).sum();
+    assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
+}
+
+pub(super) fn softmax_cross_entropy<B: Backend>(be: &B) {
+    let (batch, classes) = (4, 5);
+    let mut z = data(batch * classes, 24);
+    z[7] = 40.0; // a large logit: the row maximum keeps it finite
+    let labels = [2, 1, 4, 0];
+    let zb = be.upload(&z);
+    let mut d = be.zeros::<f64>(batch * classes);
+    let scale = 0.25;
+    let (total, correct) = be.softmax_cross_entropy(
+        B::view(&zb),
+        &labels,
+        classes,
+        scale,
+        Some(B::view_mut(&mut d)),
+    );
+    let (total_only, correct_only) =
+        be.softmax_cross_entropy(B::view(&zb), &labels, classes, scale, None);
+    let (mut want_total, mut want_correct) = (0.0, 0);
+    let mut want_d = vec![0.0; batch * classes];
+    let mut p = vec![0.0; batch * classes];
+    for n in 0..batch {
+        let row = &z[n * classes..(n + 1) * classes];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        want_total += lse - row[labels[n]];
+        let arg = (0..classes).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+        want_correct += usize::from(arg == labels[n]);
+        for k in 0..classes {
+            p[n * classes + k] = (row[k] - lse).exp();
+            want_d[n * classes + k] =
+                scale * (p[n * classes + k] - if k == labels[n] { 1.0 } else { 0.0 });
+        }
+    }
+    assert!((total - want_total).abs() < 1e-12 * want_total.abs().max(1.0));
+    assert_eq!(total, total_only);
+    assert_eq!((correct, correct_only), (want_correct, want_correct));
+    assert_close(
+        &down(be, &d),
+        &want_d,
+        1e-14,
+        "softmax_cross_entropy gradient",
+    );
+    // R-operator: scale·(diag(p) − p pᵀ)·rz per row.
+    let rz = data(batch * classes, 25);
+    let mut rg = be.zeros::<f64>(batch * classes);
+    be.softmax_cross_entropy_r(
+        B::view(&zb),
+        B::view(&be.upload(&rz)),
+        classes,
+        scale,
+        B::view_mut(&mut rg),
+    );
+    let mut want = vec![0.0; batch * classes];
+    for n in 0..batch {
+        for i in 0..classes {
+            for j in 0..classes {
+                let pi = p[n * classes + i];
+                let h = if i == j { pi } else { 0.0 } - pi * p[n * classes + j];
+                want[n * classes + i] += scale * h * rz[n * classes + j];
+            }
+        }
+    }
+    assert_close(&down(be, &rg), &want, 1e-14, "softmax_cross_entropy_r");
+}
+
+/// The mean squared error (`F.mse_loss`'s per-sample sums), its gradient and its R-operator against
+/// the formulas written out.
+pub(super) fn mean_squared_error<B: Backend>(be: &B) {
+    let (batch, k) = (4, 3);
+    let (z, y) = (data(batch * k, 40), data(batch * k, 41));
+    let zb = be.upload(&z);
+    let mut d = be.zeros::<f64>(batch * k);
+    let scale = 0.25;
+    let total = be.mean_squared_error(B::view(&zb), &y, k, scale, Some(B::view_mut(&mut d)));
+    let total_only = be.mean_squared_error(B::view(&zb), &y, k, scale, None);
+    let want_total: f64 = (0..batch)
+        .map(|n| {
+            (0..k)
+                .map(|j| (z[n * k + j] - y[n * k + j]).powi(2))
+                .sum::<f64>()
+                / k as f64
+        })
+        .sum();
+    assert!((total - want_total).abs() < 1e-14 * want_total.max(1.0));
+    assert_eq!(total, total_only);
+    let want_d: Vec<f64> = (0..batch * k)
+        .map(|i| scale * 2.0 / k as f64 * (z[i] - y[i]))
+        .collect();
+    assert_close(&down(be, &d), &want_d, 1e-15, "mean_squared_error gradient");
+    let rz = data(batch * k, 42);
+    let mut rg = be.zeros::<f64>(batch * k);
+    be.mse_r_gradient(B::view(&be.upload(&rz)), k, scale, B::view_mut(&mut rg));
+    let want: Vec<f64> = rz.iter().map(|r| scale * 2.0 / k as f64 * r).collect();
+    assert_close(&down(be, &rg), &want, 1e-15, "mse_r_gradient");
+}
+
+/// Average pooling and its adjoint against window means written out (overlapping windows on a
+/// 5×4 plane, kernel 3, stride 1), and ⟨P·x, d⟩ = ⟨x, Pᵀ·d⟩.
+pub(super) fn average_pooling<B: Backend>(be: &B) {
+    let pool = AvgPool2d {
+        channels: 2,
+        height: 5,
+        width: 4,
+        kernel: 3,
+        stride: 1,
+    };
+    let (planes, (ho, wo)) = (2 * 2, pool.output_size());
+    let x = data(planes * 20, 43);
+    let mut y = be.zeros::<f64>(planes * ho * wo);
+    be.avg_pool2d(&pool, B::view(&be.upload(&x)), planes, B::view_mut(&mut y));
+    let mut want = vec![0.0; planes * ho * wo];
+    for p in 0..planes {
+        for i in 0..ho {
+            for j in 0..wo {
+                let mut sum = 0.0;
+                for a in 0..3 {
+                    for b in 0..3 {
+                        sum += x[p * 20 + (i + a) * 4 + j + b];
+                    }
+                }
+                want[(p * ho + i) * wo + j] = sum / 9.0;
+            }
+        }
+    }
+    assert_close(&down(be, &y), &want, 1e-15, "avg_pool2d");
+    let d = data(planes * ho * wo, 44);
+    let mut dx = be.upload(&vec![7.0; planes * 20]);
+    be.avg_pool2d_adjoint(&pool, B::view(&be.upload(&d)), planes, B::view_mut(&mut dx));
+    let lhs: f64 = want.iter().zip(&d).map(|(a, b)| a * b).sum();
+    let rhs: f64 = x.iter().zip(&down(be, &dx)).map(|(a, b)| a * b).sum();
+    assert!(
+        (lhs - rhs).abs() < 1e-13,
+        "avg_pool2d_adjoint: {lhs} vs {rhs}"
+    );
+}
+
+/// LayerNorm's forward pass against μ, σ² (biased) and y = γ ⊙ (x − μ)/√(σ² + ε) + β written out.
+pub(super) fn layer_norm<B: Backend>(be: &B) {
+    let mut tensors = Vec::new();
+    let ln = LayerNorm::new(&mut Scope::root(&mut tensors), 6, 3, 1e-3, true);
+    let (batch, d) = (2, 3);
+    let params = data(2 * d, 45);
+    let x = data(batch * 6, 46);
+    let mut y = be.zeros::<f64>(batch * 6);
+    be.layer_norm_forward(
+        &ln,
+        B::view(&be.upload(&params)),
+        B::view(&be.upload(&x)),
+        batch,
+        B::view_mut(&mut y),
+    );
+    let mut want = vec![0.0; batch * 6];
+    for (row, out) in x.chunks(d).zip(want.chunks_mut(d)) {
+        let mu = row.iter().sum::<f64>() / d as f64;
+        let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
+        for j in 0..d {
+            out[j] = params[j] * (row[j] - mu) / (var + 1e-3).sqrt() + params[d + j];
+        }
+    }
+    assert_close(&down(be, &y), &want, 1e-14, "layer_norm_forward");
+}
+
+pub(super) fn vectors<B: Backend>(be: &B) {
+    let (x, y0) = (data(13, 26), data(13, 27));
+    let (xb, mut y) = (be.upload(&x), be.upload(&y0));
+    be.axpy(-0.5, B::view(&xb), B::view_mut(&mut y));
+    let want: Vec<f64> = (0..13).map(|i| y0[i] - 0.5 * x[i]).collect();
+    assert_close(&down(be, &y), &want, 1e-15, "axpy");
+    be.scale(3.0, B::view_mut(&mut y));
+    let want: Vec<f64> = want.iter().map(|v| 3.0 * v).collect();
+    assert_close(&down(be, &y), &want, 1e-15, "scale");
+    let dot: f64 = x.iter().zip(&y0).map(|(a, b)| a * b).sum();
+    assert!((be.dot(B::view(&xb), B::view(&be.upload(&y0))) - dot).abs() < 1e-14);
+    assert!((be.sum(B::view(&xb)) - x.iter().sum::<f64>()).abs() < 1e-14);
+    let (u, w) = (data(3, 37), data(4, 38));
+    let mut o = be.zeros::<f64>(12);
+    be.outer(
+        0.5,
+        B::view(&be.upload(&u)),
+        B::view(&be.upload(&w)),
+        B::view_mut(&mut o),
+    );
+    let want: Vec<f64> = (0..12).map(|k| 0.5 * u[k / 4] * w[k % 4]).collect();
+    assert_close(&down(be, &o), &want, 1e-15, "outer");
+    let (a, d) = (data(13, 28), data(13, 29));
+    for c in [1.0, 0.0] {
+        let mut y = be.upload(&y0);
+        be.add_gram_hadamard(
+            2.0,
+            c,
+            B::view(&be.upload(&a)),
+            B::view(&be.upload(&d)),
+            B::view_mut(&mut y),
+        );
+        let want: Vec<f64> = (0..13).map(|i| y0[i] + 2.0 * (a[i] + c) * d[i]).collect();
+        assert_close(&down(be, &y), &want, 1e-15, "add_gram_hadamard");
+    }
+}
+
+pub(super) fn sgd<B: Backend>(be: &B) {
+    let n = 21;
+    let p0: Vec<f32> = data(n, 30).iter().map(|&v| v as f32).collect();
+    let d: Vec<f32> = data(n, 31).iter().map(|&v| v as f32).collect();
+    let b0: Vec<f32> = data(n, 32).iter().map(|&v| v as f32).collect();
+    let db = be.upload(&d);
+    for nesterov in [false, true] {
+        let c = SgdStep {
+            lr: 0.1,
+            momentum: 0.9,
+            one_minus_dampening: 0.75,
+            nesterov,
+        };
+        // Momentum step, in f64 from its definition.
+        let (mut p, mut b) = (be.upload(&p0), be.upload(&b0));
+        be.sgd_step(
+            B::view_mut(&mut p),
+            B::view(&db),
+            Some(B::view_mut(&mut b)),
+            &c,
+        );
+        let (p, b) = (down32(be, &p), down32(be, &b));
+        for i in 0..n {
+            let nb = 0.9 * b0[i] as f64 + 0.75 * d[i] as f64;
+            let step = if nesterov { d[i] as f64 + 0.9 * nb } else { nb };
+            assert!((b[i] as f64 - nb).abs() < 1e-6);
+            assert!((p[i] as f64 - (p0[i] as f64 - 0.1 * step)).abs() < 1e-6);
+        }
+        // First momentum step (buffer = d) and plain SGD.
+        let mut p = be.upload(&p0);
+        be.sgd_first_momentum_step(B::view_mut(&mut p), B::view(&db), B::view(&db), &c);
+        let p = down32(be, &p);
+        for i in 0..n {
+            let step = if nesterov { 1.9 } else { 1.0 } * d[i] as f64;
+            assert!((p[i] as f64 - (p0[i] as f64 - 0.1 * step)).abs() < 1e-6);
+        }
+        let mut p = be.upload(&p0);
+        be.sgd_step(B::view_mut(&mut p), B::view(&db), None, &c);
+        let p = down32(be, &p);
+        for i in 0..n {
+            assert!((p[i] as f64 - (p0[i] as f64 - 0.1 * d[i] as f64)).abs() < 1e-6);
+        }
+    }
+}
+
+/// The fused SGLD step against its definition in f64 on the same noise (a clone of the generator
+/// filled through `fill_normal`), with and without a bounding box, at a length with a tail.
+pub(super) fn sgld<B: Backend>(be: &B) {
+    let n = 1037;
+    let to32 = |v: Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let w0 = to32(data(n, 33));
+    let ws = to32(data(n, 34).iter().map(|v| 0.9 * v).collect());
+    let g = to32(data(n, 35));
+    let s0 = to32(data(n, 36).iter().map(|v| 0.01 * v).collect());
+    let c = StepCoefficients {
+        half_eps: 0.05,
+        sqrt_eps: 0.1f32.sqrt(),
+        nbeta: 2.0,
+        gamma: 3.0,
+        decay: 0.1,
+    };
+    for bound in [None, Some(0.12f32)] {
+        let mut noise = NoiseSource::from_stream(&mut stream(3, Purpose::Chain, 0));
+        let mut xi = be.zeros::<f32>(n);
+        be.fill_normal(&mut noise.clone(), B::view_mut(&mut xi));
+        let xi = down32(be, &xi);
+        let mean = xi.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = xi.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(
+            mean.abs() < 0.15 && (var - 1.0).abs() < 0.15,
+            "{mean} {var}"
+        );
+        let (mut w, mut step) = (be.upload(&w0), be.upload(&s0));
+        let sums = be.sgld_update(
+            B::view_mut(&mut w),
+            B::view_mut(&mut step),
+            B::view(&be.upload(&ws)),
+            B::view(&be.upload(&g)),
+            &mut noise,
+            &c,
+            bound,
+        );
+        let (w, step) = (down32(be, &w), down32(be, &step));
+        let (mut sdd, mut nsdd, mut dn2, mut loc, mut dist2, mut clamped) =
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0);
+        for i in 0..n {
+            let (wt, wst) = (w0[i] as f64, ws[i] as f64);
+            let h = 0.05 * (2.0 * g[i] as f64 + 3.0 * (wt - wst) + 0.1 * wt);
+            let free = wt - h + (0.1f64).sqrt() * xi[i] as f64;
+            let next = match bound {
+                Some(b) => free.clamp(wst - b as f64, wst + b as f64),
+                None => free,
+            };
+            if bound.is_some() && (free - next).abs() > 1e-6 {
+                clamped += 1;
+            }
+            let ns = next - wt;
+            sdd += s0[i] as f64 * h;
+            nsdd += ns * h;
+            dn2 += h * h;
+            loc += -ns * (2.0 * (wt - wst) + ns);
+            dist2 += (wt - wst).powi(2);
+            assert!((w[i] as f64 - next).abs() < 1e-5, "w[{i}]");
+            assert!((step[i] as f64 - ns).abs() < 1e-5, "step[{i}]");
+        }
+        for (got, want, what) in [
+            (sums.step_dot_drift, sdd, "Δ·h"),
+            (sums.next_step_dot_drift, nsdd, "Δ′·h"),
+            (sums.drift_norm2, dn2, "‖h‖²"),
+            (sums.next_localisation_diff, loc, "localisation"),
+            (sums.distance2, dist2, "‖w − w*‖²"),
+        ] {
+            assert!(
+                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "{what}: {got} vs {want}"
+            );
+        }
+        assert!(sums.finite);
+        if bound.is_some() {
+            assert!(clamped > 0);
+            // Coordinates within float rounding of the box may count either way.
+            assert!((sums.clamped as i64 - clamped as i64).abs() <= 2);
+        } else {
+            assert_eq!(sums.clamped, 0);
+        }
+    }
+}
+
+/// Instantiates every body for one backend.
+macro_rules! backend_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn memory() {
+                super::memory(&$make);
+            }
+            #[test]
+            fn gemm() {
+                super::gemm(&$make);
+            }
+            #[test]
+            fn convolution_lowering() {
+                super::convolution_lowering(&$make);
+            }
+            #[test]
+            fn bias_and_sums() {
+                super::bias_and_sums(&$make);
+            }
+            #[test]
+            fn activations() {
+                super::activations(&$make);
+            }
+            #[test]
+            fn pooling() {
+                super::pooling(&$make);
+            }
+            #[test]
+            fn softmax_cross_entropy() {
+                super::softmax_cross_entropy(&$make);
+            }
+            #[test]
+            fn mean_squared_error() {
+                super::mean_squared_error(&$make);
+            }
+            #[test]
+            fn average_pooling() {
+                super::average_pooling(&$make);
+            }
+            #[test]
+            fn layer_norm() {
+                super::layer_norm(&$make);
+            }
+            #[test]
+            fn vectors() {
+                super::vectors(&$make);
+            }
+            #[test]
+            fn sgd() {
+                super::sgd(&$make);
+            }
+            #[test]
+            fn sgld() {
+                super::sgld(&$make);
+            }
+        }
+    };
+}
+
+backend_suite!(cpu, CpuBackend);

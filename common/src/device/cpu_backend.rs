@@ -1,0 +1,447 @@
+//! [`CpuBackend`]: the [`Backend`] on the host. Buffers are `Vec`s and views are slices; the matrix
+//! products are BLAS through [`super::cpu::gemm`], the convolution lowering is
+//! [`super::cpu::im2col`] / [`super::cpu::col2im`], and the rest are the loops of `cpu_kernels.rs`.
+
+use super::backend::{Backend, Element, SgdStep};
+use super::{cpu, cpu_kernels as k, ConvGeometry};
+use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
+use crate::rng::NoiseSource;
+use crate::sample::sgld::{StepCoefficients, UpdateSums};
+use crate::Real;
+use std::ops::Range;
+
+/// The host: BLAS for the products, plain loops for the rest. A unit value; every instance is the
+/// same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Buffer<E: Element> = Vec<E>;
+    type View<'a, E: Element>
+        = &'a [E]
+    where
+        E: 'a;
+    type ViewMut<'a, E: Element>
+        = &'a mut [E]
+    where
+        E: 'a;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    #[inline]
+    fn zeros<E: Element>(&self, len: usize) -> Vec<E> {
+        vec![E::default(); len]
+    }
+    #[inline]
+    fn upload<E: Element>(&self, host: &[E]) -> Vec<E> {
+        host.to_vec()
+    }
+    #[inline]
+    fn download<E: Element>(&self, src: &[E], host: &mut [E]) {
+        host.copy_from_slice(src);
+    }
+    #[inline]
+    fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
+        if buf.len() < len {
+            buf.resize(len, E::default());
+        }
+    }
+    #[inline(always)]
+    fn buffer_len<E: Element>(buf: &Vec<E>) -> usize {
+        buf.len()
+    }
+    #[inline(always)]
+    fn len<E: Element>(v: &[E]) -> usize {
+        v.len()
+    }
+    #[inline(always)]
+    fn view<E: Element>(buf: &Vec<E>) -> &[E] {
+        buf
+    }
+    #[inline(always)]
+    fn view_mut<E: Element>(buf: &mut Vec<E>) -> &mut [E] {
+        buf
+    }
+    #[inline(always)]
+    fn slice<'a, E: Element>(v: Self::View<'a, E>, r: Range<usize>) -> Self::View<'a, E> {
+        &v[r]
+    }
+    #[inline(always)]
+    fn slice_mut<'a, E: Element>(v: Self::ViewMut<'a, E>, r: Range<usize>) -> Self::ViewMut<'a, E> {
+        &mut v[r]
+    }
+    #[inline(always)]
+    fn shorten<'b, 'a: 'b, E: Element>(v: Self::View<'a, E>) -> Self::View<'b, E> {
+        v
+    }
+    #[inline(always)]
+    fn reborrow<'b, E: Element>(v: &'b mut &mut [E]) -> &'b mut [E] {
+        v
+    }
+    #[inline(always)]
+    fn freeze<'b, E: Element>(v: &'b &mut [E]) -> &'b [E] {
+        v
+    }
+    #[inline(always)]
+    fn split_at_mut<'a, E: Element>(
+        v: Self::ViewMut<'a, E>,
+        mid: usize,
+    ) -> (Self::ViewMut<'a, E>, Self::ViewMut<'a, E>) {
+        v.split_at_mut(mid)
+    }
+    #[inline]
+    fn copy<E: Element>(&self, src: &[E], dst: &mut [E]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn fill<E: Element>(&self, dst: &mut [E], value: E) {
+        dst.iter_mut().for_each(|v| *v = value);
+    }
+
+    #[inline]
+    fn gemm<T: Real>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        kk: usize,
+        alpha: T,
+        a: &[T],
+        b: &[T],
+        beta: T,
+        c: &mut [T],
+    ) {
+        cpu::gemm(trans_a, trans_b, m, n, kk, alpha, a, b, beta, c);
+    }
+
+    fn gemm_strided_batched<T: Real>(
+        &self,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        n: usize,
+        kk: usize,
+        alpha: T,
+        a: &[T],
+        b: &[T],
+        beta: T,
+        c: &mut [T],
+        count: usize,
+        (sa, sb, sc): (usize, usize, usize),
+    ) {
+        for i in 0..count {
+            cpu::gemm(
+                trans_a,
+                trans_b,
+                m,
+                n,
+                kk,
+                alpha,
+                &a[i * sa..],
+                &b[i * sb..],
+                beta,
+                &mut c[i * sc..],
+            );
+        }
+    }
+
+    #[inline]
+    fn im2col<T: Real>(&self, x: &[T], batch: usize, g: &ConvGeometry, cols: &mut [T]) {
+        cpu::im2col(x, batch, g, cols);
+    }
+    #[inline]
+    fn col2im<T: Real>(&self, dcols: &[T], batch: usize, g: &ConvGeometry, dx: &mut [T]) {
+        cpu::col2im(dcols, batch, g, dx);
+    }
+    #[inline]
+    fn to_channel_major<T: Real>(
+        &self,
+        src: &[T],
+        batch: usize,
+        channels: usize,
+        plane: usize,
+        dst: &mut [T],
+    ) {
+        k::to_channel_major(src, batch, channels, plane, dst);
+    }
+    #[inline]
+    fn channel_major_to_nchw_add_bias<T: Real>(
+        &self,
+        src: &[T],
+        bias: &[T],
+        batch: usize,
+        plane: usize,
+        dst: &mut [T],
+    ) {
+        k::channel_major_to_nchw_add_bias(src, bias, batch, plane, dst);
+    }
+
+    #[inline]
+    fn add_bias_rows<T: Real>(&self, y: &mut [T], bias: &[T]) {
+        k::add_bias_rows(y, bias);
+    }
+    #[inline]
+    fn add_bias_planes<T: Real>(&self, y: &mut [T], bias: &[T]) {
+        k::add_bias_planes(y, bias);
+    }
+    #[inline]
+    fn add_column_sums<T: Real>(&self, alpha: T, src: &[T], dst: &mut [T]) {
+        k::add_column_sums(alpha, src, dst);
+    }
+    #[inline]
+    fn row_sums<T: Real>(&self, alpha: T, src: &[T], accumulate: bool, dst: &mut [T]) {
+        k::row_sums(alpha, src, accumulate, dst);
+    }
+
+    #[inline]
+    fn activation_forward<T: Real, A: Elementwise>(&self, act: &A, x: &[T], y: &mut [T]) {
+        k::activation_forward(act, x, y);
+    }
+    #[inline]
+    fn activation_backward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &[T],
+        dy: &[T],
+        dx: &mut [T],
+    ) {
+        k::activation_backward(act, x, y, dy, dx);
+    }
+    #[inline]
+    fn activation_r_forward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &[T],
+        rx: Option<&[T]>,
+        ry: &mut [T],
+    ) {
+        k::activation_r_forward(act, x, y, rx, ry);
+    }
+    #[inline]
+    fn activation_r_backward<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &[T],
+        rdy: &[T],
+        second: Option<(&[T], &[T])>,
+        rdx: &mut [T],
+    ) {
+        k::activation_r_backward(act, x, y, rdy, second, rdx);
+    }
+
+    #[inline]
+    fn max_pool2d<T: Real>(
+        &self,
+        x: &[T],
+        batch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+        y: &mut [T],
+        winners: &mut [u32],
+    ) {
+        k::max_pool2d(x, batch, channels, height, width, y, winners);
+    }
+    #[inline]
+    fn scatter_add<T: Real>(
+        &self,
+        d: &[T],
+        winners: &[u32],
+        inputs: usize,
+        outputs: usize,
+        dx: &mut [T],
+    ) {
+        k::scatter_add(d, winners, inputs, outputs, dx);
+    }
+    #[inline]
+    fn gather<T: Real>(
+        &self,
+        x: &[T],
+        winners: &[u32],
+        inputs: usize,
+        outputs: usize,
+        y: &mut [T],
+    ) {
+        k::gather(x, winners, inputs, outputs, y);
+    }
+
+    #[inline]
+    fn softmax_cross_entropy<T: Real>(
+        &self,
+        logits: &[T],
+        labels: &[usize],
+        classes: usize,
+        scale: T,
+        dlogits: Option<&mut [T]>,
+    ) -> (f64, usize) {
+        k::softmax_cross_entropy(logits, labels, classes, scale, dlogits)
+    }
+    #[inline]
+    fn softmax_cross_entropy_r<T: Real>(
+        &self,
+        logits: &[T],
+        rz: &[T],
+        classes: usize,
+        scale: T,
+        rg: &mut [T],
+    ) {
+        k::softmax_cross_entropy_r(logits, rz, classes, scale, rg);
+    }
+    // Average pooling's and LayerNorm's CPU kernels are host functions of their layer files (the
+    // loops from before the backend existed, unchanged).
+    #[inline]
+    fn avg_pool2d<T: Real>(&self, pool: &AvgPool2d, x: &[T], planes: usize, y: &mut [T]) {
+        pool.cpu_pool(x, planes, y);
+    }
+    #[inline]
+    fn avg_pool2d_adjoint<T: Real>(&self, pool: &AvgPool2d, d: &[T], planes: usize, dx: &mut [T]) {
+        pool.cpu_spread(d, planes, dx);
+    }
+    #[inline]
+    fn layer_norm_forward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        params: &[T],
+        x: &[T],
+        batch: usize,
+        y: &mut [T],
+    ) {
+        ln.cpu_forward(params, x, batch, y);
+    }
+    #[inline]
+    fn layer_norm_backward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        dy: &[T],
+        grad: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
+        work: &mut [T],
+    ) {
+        ln.cpu_backward(pass, dy, grad, dx, work);
+    }
+    #[inline]
+    fn layer_norm_r_forward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        v: &[T],
+        rx: Option<&[T]>,
+        ry: &mut [T],
+        work: &mut [T],
+    ) {
+        ln.cpu_r_forward(pass, v, rx, ry, work);
+    }
+    #[inline]
+    fn layer_norm_r_backward<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        pass: &Pass<'_, T, Self>,
+        r: &RPass<'_, T, Self>,
+        hv: &mut [T],
+        rdx: Option<&mut [T]>,
+        work: &mut [T],
+    ) {
+        ln.cpu_r_backward(pass, r, hv, rdx, work);
+    }
+    #[inline]
+    fn layer_norm_per_sample_gradients<T: Real>(
+        &self,
+        ln: &LayerNorm,
+        x: &[T],
+        dy: &[T],
+        batch: usize,
+        scale: T,
+        rows: &mut [T],
+        stride: usize,
+        work: &mut [T],
+    ) {
+        ln.cpu_per_sample_gradients(x, dy, batch, scale, rows, stride, work);
+    }
+    // The mean squared error's CPU kernels are the host functions of `model::loss` (host code
+    // called through the backend, unchanged from before the backend existed).
+    #[inline]
+    fn mean_squared_error<T: Real>(
+        &self,
+        outputs: &[T],
+        targets: &[T],
+        k: usize,
+        scale: T,
+        doutputs: Option<&mut [T]>,
+    ) -> f64 {
+        crate::model::mean_squared_error(outputs, targets, k, scale, doutputs)
+    }
+    #[inline]
+    fn mse_r_gradient<T: Real>(&self, rz: &[T], k: usize, scale: T, rg: &mut [T]) {
+        crate::model::mse_r_gradient(rz, k, scale, rg);
+    }
+
+    #[inline]
+    fn axpy<T: Real>(&self, alpha: T, x: &[T], y: &mut [T]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o += alpha * v;
+        }
+    }
+    #[inline]
+    fn scale<T: Real>(&self, alpha: T, x: &mut [T]) {
+        x.iter_mut().for_each(|v| *v = alpha * *v);
+    }
+    #[inline]
+    fn dot<T: Real>(&self, x: &[T], y: &[T]) -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(&a, &b)| a.as_f64() * b.as_f64())
+            .sum()
+    }
+    #[inline]
+    fn sum<T: Real>(&self, x: &[T]) -> f64 {
+        x.iter().map(|v| v.as_f64()).sum()
+    }
+    #[inline]
+    fn outer<T: Real>(&self, alpha: T, x: &[T], y: &[T], out: &mut [T]) {
+        for (row, &xi) in out.chunks_exact_mut(y.len()).zip(x) {
+            let f = alpha * xi;
+            for (o, &yj) in row.iter_mut().zip(y) {
+                *o = f * yj;
+            }
+        }
+    }
+    #[inline]
+    fn add_gram_hadamard<T: Real>(&self, alpha: T, c: T, a: &[T], d: &[T], y: &mut [T]) {
+        for ((k, &aa), &dd) in y.iter_mut().zip(a).zip(d) {
+            *k += alpha * (aa + c) * dd;
+        }
+    }
+
+    #[inline]
+    fn sgd_step(&self, params: &mut [f32], d: &[f32], buf: Option<&mut [f32]>, c: &SgdStep) {
+        k::sgd_step(params, d, buf, c);
+    }
+    #[inline]
+    fn sgd_first_momentum_step(&self, params: &mut [f32], d: &[f32], buf: &[f32], c: &SgdStep) {
+        k::sgd_first_momentum_step(params, d, buf, c);
+    }
+    #[inline]
+    fn sgld_update(
+        &self,
+        w: &mut [f32],
+        step: &mut [f32],
+        w_star: &[f32],
+        grad: &[f32],
+        noise: &mut NoiseSource,
+        c: &StepCoefficients,
+        bound: Option<f32>,
+    ) -> UpdateSums {
+        k::sgld_update(w, step, w_star, grad, noise, c, bound)
+    }
+    #[inline]
+    fn fill_normal(&self, noise: &mut NoiseSource, out: &mut [f32]) {
+        noise.fill(out);
+    }
+}

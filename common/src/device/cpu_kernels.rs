@@ -1,0 +1,465 @@
+//! The CPU backend's element-wise, pooling, loss, optimiser and sampler kernels: the loops that were
+//! written inline in the layers, the loss, SGD and SGLD, moved here unchanged (the same arithmetic in
+//! the same order, so every result is the same to the bit). Each is documented on its
+//! [`Backend`](super::Backend) method; the formulas' sources are cited there.
+
+use super::backend::SgdStep;
+use crate::model::Elementwise;
+use crate::rng::NoiseSource;
+use crate::sample::sgld::{StepCoefficients, UpdateSums};
+use crate::Real;
+
+pub(super) fn add_bias_rows<T: Real>(y: &mut [T], bias: &[T]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+pub(super) fn add_bias_planes<T: Real>(y: &mut [T], bias: &[T]) {
+    let plane = y.len() / bias.len().max(1);
+    for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
+        row.iter_mut().for_each(|v| *v += b);
+    }
+}
+
+pub(super) fn add_column_sums<T: Real>(alpha: T, src: &[T], dst: &mut [T]) {
+    for row in src.chunks_exact(dst.len()) {
+        for (o, &v) in dst.iter_mut().zip(row) {
+            *o += alpha * v;
+        }
+    }
+}
+
+pub(super) fn row_sums<T: Real>(alpha: T, src: &[T], accumulate: bool, dst: &mut [T]) {
+    let width = src.len() / dst.len().max(1);
+    for (d, row) in dst.iter_mut().zip(src.chunks_exact(width.max(1))) {
+        let s = row.iter().copied().sum::<T>();
+        if accumulate {
+            *d += alpha * s;
+        } else {
+            *d = alpha * s;
+        }
+    }
+}
+
+pub(super) fn to_channel_major<T: Real>(
+    src: &[T],
+    batch: usize,
+    channels: usize,
+    plane: usize,
+    dst: &mut [T],
+) {
+    let ncols = batch * plane;
+    for n in 0..batch {
+        for o in 0..channels {
+            dst[o * ncols + n * plane..][..plane]
+                .copy_from_slice(&src[(n * channels + o) * plane..][..plane]);
+        }
+    }
+}
+
+pub(super) fn channel_major_to_nchw_add_bias<T: Real>(
+    src: &[T],
+    bias: &[T],
+    batch: usize,
+    plane: usize,
+    dst: &mut [T],
+) {
+    let (o, ncols) = (bias.len(), batch * plane);
+    for n in 0..batch {
+        for (c, &b) in bias.iter().enumerate() {
+            let s = &src[c * ncols + n * plane..][..plane];
+            let d = &mut dst[(n * o + c) * plane..][..plane];
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = s + b;
+            }
+        }
+    }
+}
+
+pub(super) fn activation_forward<T: Real, A: Elementwise>(act: &A, x: &[T], y: &mut [T]) {
+    for (v, &s) in y.iter_mut().zip(x) {
+        *v = act.value(s);
+    }
+}
+
+pub(super) fn activation_backward<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) {
+    for (((d, &g), &xi), &yi) in dx.iter_mut().zip(dy).zip(x).zip(y) {
+        *d = act.backward_one(xi, yi, g);
+    }
+}
+
+pub(super) fn activation_r_forward<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &[T],
+    rx: Option<&[T]>,
+    ry: &mut [T],
+) {
+    let Some(rx) = rx else {
+        ry.iter_mut().for_each(|r| *r = T::zero());
+        return;
+    };
+    for (((r, &s), &xi), &yi) in ry.iter_mut().zip(rx).zip(x).zip(y) {
+        *r = act.derivative(xi, yi) * s;
+    }
+}
+
+pub(super) fn activation_r_backward<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &[T],
+    rdy: &[T],
+    second: Option<(&[T], &[T])>,
+    rdx: &mut [T],
+) {
+    for (((d, &g), &xi), &yi) in rdx.iter_mut().zip(rdy).zip(x).zip(y) {
+        *d = g * act.derivative(xi, yi);
+    }
+    if let Some((rx, dy)) = second {
+        for ((((d, &xi), &yi), &s), &g) in rdx.iter_mut().zip(x).zip(y).zip(rx).zip(dy) {
+            *d = act.add_second_order(*d, xi, yi, s, g);
+        }
+    }
+}
+
+pub(super) fn max_pool2d<T: Real>(
+    x: &[T],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    y: &mut [T],
+    indices: &mut [u32],
+) {
+    let (ho, wo) = (height / 2, width / 2);
+    let plane = height * width;
+    for nc in 0..batch * channels {
+        let base = nc * plane;
+        let sample = (nc / channels) * channels * plane;
+        for i in 0..ho {
+            for j in 0..wo {
+                let mut best = base + 2 * i * width + 2 * j;
+                let mut m = x[best];
+                for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
+                    let idx = base + (2 * i + di) * width + 2 * j + dj;
+                    let v = x[idx];
+                    if v > m || v.is_nan() {
+                        m = v;
+                        best = idx;
+                    }
+                }
+                let o = (nc * ho + i) * wo + j;
+                y[o] = m;
+                indices[o] = (best - sample) as u32;
+            }
+        }
+    }
+}
+
+pub(super) fn scatter_add<T: Real>(
+    d: &[T],
+    winners: &[u32],
+    inputs: usize,
+    outputs: usize,
+    dx: &mut [T],
+) {
+    dx.iter_mut().for_each(|v| *v = T::zero());
+    for ((dxn, dn), wn) in dx
+        .chunks_exact_mut(inputs)
+        .zip(d.chunks_exact(outputs))
+        .zip(winners.chunks_exact(outputs))
+    {
+        for (g, &i) in dn.iter().zip(wn) {
+            dxn[i as usize] += *g;
+        }
+    }
+}
+
+pub(super) fn gather<T: Real>(
+    x: &[T],
+    winners: &[u32],
+    inputs: usize,
+    outputs: usize,
+    y: &mut [T],
+) {
+    for ((rn, rxn), wn) in y
+        .chunks_exact_mut(outputs)
+        .zip(x.chunks_exact(inputs))
+        .zip(winners.chunks_exact(outputs))
+    {
+        for (r, &i) in rn.iter_mut().zip(wn) {
+            *r = rxn[i as usize];
+        }
+    }
+}
+
+pub(super) fn softmax_cross_entropy<T: Real>(
+    logits: &[T],
+    labels: &[usize],
+    classes: usize,
+    scale: T,
+    mut dlogits: Option<&mut [T]>,
+) -> (f64, usize) {
+    let mut total = 0.0f64;
+    let mut correct = 0usize;
+    for (n, (z, &y)) in logits.chunks_exact(classes).zip(labels).enumerate() {
+        let mut m = z[0];
+        let mut arg = 0;
+        for (c, &v) in z.iter().enumerate() {
+            if v > m {
+                m = v;
+                arg = c;
+            }
+        }
+        if arg == y {
+            correct += 1;
+        }
+        match dlogits.as_deref_mut() {
+            Some(d) => {
+                // One exp per logit: d ← exp(z − m), then scale to (softmax − onehot)·scale.
+                let d = &mut d[n * classes..(n + 1) * classes];
+                let mut sum = T::zero();
+                for (dv, &v) in d.iter_mut().zip(z) {
+                    *dv = (v - m).exp();
+                    sum += *dv;
+                }
+                total += (m + sum.ln() - z[y]).as_f64();
+                let inv = scale / sum;
+                for dv in d.iter_mut() {
+                    *dv *= inv;
+                }
+                d[y] -= scale;
+            }
+            None => {
+                let sum: T = z.iter().map(|&v| (v - m).exp()).sum();
+                total += (m + sum.ln() - z[y]).as_f64();
+            }
+        }
+    }
+    (total, correct)
+}
+
+pub(super) fn softmax_cross_entropy_r<T: Real>(
+    logits: &[T],
+    rz: &[T],
+    classes: usize,
+    scale: T,
+    rg: &mut [T],
+) {
+    for ((z, r), g) in logits
+        .chunks_exact(classes)
+        .zip(rz.chunks_exact(classes))
+        .zip(rg.chunks_exact_mut(classes))
+    {
+        let m = z.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut sum = T::zero();
+        for (gi, &zi) in g.iter_mut().zip(z) {
+            *gi = (zi - m).exp();
+            sum += *gi;
+        }
+        let mut pr = T::zero();
+        for (gi, &ri) in g.iter_mut().zip(r) {
+            *gi = *gi / sum;
+            pr += *gi * ri;
+        }
+        for (gi, &ri) in g.iter_mut().zip(r) {
+            *gi = scale * *gi * (ri - pr);
+        }
+    }
+}
+
+pub(super) fn sgd_step(params: &mut [f32], d: &[f32], buf: Option<&mut [f32]>, c: &SgdStep) {
+    let (lr, mu, one_minus_tau) = (c.lr, c.momentum, c.one_minus_dampening);
+    match buf {
+        // One fused pass: buf ← μ·buf + (1−τ)·d, then θ ← θ − lr·(d + μ·buf) or θ − lr·buf.
+        Some(buf) => {
+            if c.nesterov {
+                for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
+                    *b = *b * mu + one_minus_tau * g;
+                    *p -= lr * (g + mu * *b);
+                }
+            } else {
+                for ((p, &g), b) in params.iter_mut().zip(d.iter()).zip(buf.iter_mut()) {
+                    *b = *b * mu + one_minus_tau * g;
+                    *p -= lr * *b;
+                }
+            }
+        }
+        None => {
+            for (p, &g) in params.iter_mut().zip(d.iter()) {
+                *p -= lr * g;
+            }
+        }
+    }
+}
+
+pub(super) fn sgd_first_momentum_step(params: &mut [f32], d: &[f32], buf: &[f32], c: &SgdStep) {
+    let (lr, mu) = (c.lr, c.momentum);
+    for ((p, &g), &b) in params.iter_mut().zip(d.iter()).zip(buf) {
+        *p -= lr * if c.nesterov { g + mu * b } else { b };
+    }
+}
+
+/// Lanes of the f32 partial sums: lane k sums the elements ≡ k (mod 8).
+const LANES: usize = 8;
+
+/// The f32 partial sums of one block (see [`UpdateSums`]).
+#[derive(Default)]
+struct LaneSums {
+    step_dot_drift: [f32; LANES],
+    next_step_dot_drift: [f32; LANES],
+    drift_norm2: [f32; LANES],
+    localisation: [f32; LANES],
+    distance2: [f32; LANES],
+    clamped: [f32; LANES],
+    check: [f32; LANES],
+}
+
+/// Eight parameters of the SGLD update: fixed-size arrays without bounds checks, which the compiler
+/// turns into SIMD.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_lanes<const CLAMP: bool>(
+    w: &mut [f32; LANES],
+    step: &mut [f32; LANES],
+    w_star: &[f32; LANES],
+    grad: &[f32; LANES],
+    noise: &[f32; LANES],
+    c: &StepCoefficients,
+    bound: f32,
+    sums: &mut LaneSums,
+) {
+    for k in 0..LANES {
+        let wt = w[k];
+        let ws = w_star[k];
+        let delta = wt - ws;
+        let h = c.half_eps * (c.nbeta * grad[k] + c.gamma * delta + c.decay * wt);
+        let mut next = wt - h + c.sqrt_eps * noise[k];
+        if CLAMP {
+            let free = next;
+            next = next.clamp(ws - bound, ws + bound);
+            sums.clamped[k] += if next != free { 1.0 } else { 0.0 };
+        }
+        let next_step = next - wt;
+        sums.step_dot_drift[k] += step[k] * h;
+        sums.next_step_dot_drift[k] += next_step * h;
+        sums.drift_norm2[k] += h * h;
+        sums.localisation[k] += -next_step * (2.0 * delta + next_step);
+        sums.distance2[k] += delta * delta;
+        sums.check[k] += next;
+        step[k] = next_step;
+        w[k] = next;
+    }
+}
+
+/// The fused SGLD update in blocks of 512 (a multiple of the noise's round of 16, so the noise
+/// equals one fill of the whole vector), each summed in 8 f32 lanes and added to f64 accumulators.
+#[inline(never)]
+pub(super) fn sgld_update(
+    w: &mut [f32],
+    step: &mut [f32],
+    w_star: &[f32],
+    grad: &[f32],
+    noise: &mut NoiseSource,
+    c: &StepCoefficients,
+    bound: Option<f32>,
+) -> UpdateSums {
+    match bound {
+        None => update_blocks::<false>(w, step, w_star, grad, noise, c, 0.0),
+        Some(b) => update_blocks::<true>(w, step, w_star, grad, noise, c, b),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn update_blocks<const CLAMP: bool>(
+    w: &mut [f32],
+    step: &mut [f32],
+    w_star: &[f32],
+    grad: &[f32],
+    noise_source: &mut NoiseSource,
+    c: &StepCoefficients,
+    bound: f32,
+) -> UpdateSums {
+    const BLOCK: usize = 512;
+    let mut total = [0f64; 5];
+    let mut clamped = 0u64;
+    let mut finite = true;
+    let n = w.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        // This block's noise, kept in L1.
+        let mut noise_block = [0f32; BLOCK];
+        noise_source.fill(&mut noise_block[..end - start]);
+        let noise = &noise_block[..end - start];
+        let mut sums = LaneSums::default();
+        let whole = start + (end - start) / LANES * LANES;
+        let mut i = start;
+        while i < whole {
+            let r = i..i + LANES;
+            let o = i - start..i - start + LANES;
+            update_lanes::<CLAMP>(
+                (&mut w[r.clone()]).try_into().expect("8 lanes"),
+                (&mut step[r.clone()]).try_into().expect("8 lanes"),
+                w_star[r.clone()].try_into().expect("8 lanes"),
+                grad[r].try_into().expect("8 lanes"),
+                noise[o].try_into().expect("8 lanes"),
+                c,
+                bound,
+                &mut sums,
+            );
+            i += LANES;
+        }
+        // The tail (fewer than 8 elements): zero-padded copies through the same code (padding
+        // contributes 0 to every sum).
+        if whole < end {
+            let m = end - whole;
+            let mut pad = [[0f32; LANES]; 5];
+            for (j, v) in [
+                &w[whole..end],
+                &step[whole..end],
+                &w_star[whole..end],
+                &grad[whole..end],
+                &noise[whole - start..end - start],
+            ]
+            .iter()
+            .enumerate()
+            {
+                pad[j][..m].copy_from_slice(v);
+            }
+            let [mut pw, mut ps, pstar, pg, pn] = pad;
+            update_lanes::<CLAMP>(&mut pw, &mut ps, &pstar, &pg, &pn, c, bound, &mut sums);
+            w[whole..end].copy_from_slice(&pw[..m]);
+            step[whole..end].copy_from_slice(&ps[..m]);
+        }
+        let add = |lanes: &[f32; LANES]| lanes.iter().map(|&x| x as f64).sum::<f64>();
+        total[0] += add(&sums.step_dot_drift);
+        total[1] += add(&sums.next_step_dot_drift);
+        total[2] += add(&sums.drift_norm2);
+        total[3] += add(&sums.localisation);
+        total[4] += add(&sums.distance2);
+        // At most 512/8 = 64 per lane: exact in f32.
+        clamped += sums.clamped.iter().map(|&x| x as u64).sum::<u64>();
+        finite &= sums.check.iter().all(|x| x.is_finite());
+        start = end;
+    }
+    UpdateSums {
+        step_dot_drift: total[0],
+        next_step_dot_drift: total[1],
+        drift_norm2: total[2],
+        next_localisation_diff: total[3],
+        distance2: total[4],
+        clamped,
+        finite,
+    }
+}
