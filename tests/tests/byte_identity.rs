@@ -24,24 +24,95 @@ use support::*;
 
 const EXPECTED: &str = "tests/fixtures/byte-identity.sha256";
 
-/// Values that moved in their last bits when the core was rebuilt on the layer trait (#14), with
-/// their values before it: the exact trace of a convolutional network now takes the convolutions'
-/// per-sample gradients from the routine exact NGD uses (bias sums over positions in f32, then
-/// squared in f64; before: summed in f64) and its backward pass lowers one sample at a time as
-/// training does (before: the whole chunk at once), a change of summation order. Their hashes are
-/// the new values'; these bounds tie them to the old ones.
-const MOVED: [(&str, &str, f64, f64); 2] = [
+/// Values that moved on purpose, with their values before and a relative bound on the move.
+///
+/// 1. The layer trait (#14) moved the LeNet's exact and Lanczos traces in their last bits: the exact
+///    trace of a convolutional network takes the convolutions' per-sample gradients from the routine
+///    exact NGD uses (bias sums over positions in f32, then squared in f64; before: summed in f64)
+///    and its backward pass lowers one sample at a time as training does (before: the whole chunk at
+///    once). The "before" values of those two entries are from before that change.
+/// 2. The direct convolution kernels (#14, `common::device::cpu_conv`) replaced im2col + sgemm, a
+///    change of summation order in every convolution (one FMA chain per output in tap order; the
+///    weight gradient in 16 lanes over groups of 4 samples): every LeNet artifact moved, no MLP
+///    artifact did. Their "before" values are those of the im2col code on the machine the hashes
+///    were recorded on. In f32 training the difference starts at rounding level (the first epoch's
+///    mean training loss agrees to 5e-10 relative) and grows about 30-fold per epoch as ReLU and
+///    max-pool decisions flip, so after 120 SGD steps the parameters differ by up to 3.4e-3 of
+///    their tensor's largest value and the losses by 2e-7; the paper's online NGD amplifies
+///    rounding further (README, "it amplifies rounding"), so after 120 NGD steps only its losses
+///    stay close (2e-4). Checkpoints and optimiser sidecars have no scalar of their own: their
+///    runs' records are bounded instead (the records' test loss is evaluated at the checkpoint).
+///    The bounds are about 3–5× the observed moves; the 5-probe Hutchinson estimate moved by 0.09
+///    of its standard error (6 % of its value) and is bounded at 0.1 of its value.
+///
+/// Their hashes are the new values'; these bounds tie them to the old ones.
+const MOVED: [(&str, &str, f64, f64); 12] = [
     (
         "lenet-sgd.trace-exact",
         "/hessian/trace",
         1.786_424_972_424_193_4,
-        1e-10,
+        1e-3,
     ),
     (
         "lenet-sgd.lanczos",
         "/hessian/trace",
         1.784_774_052_158_760_5,
-        1e-10,
+        2e-3,
+    ),
+    (
+        "lenet-sgd.lanczos",
+        "/hessian/top_eigenvalues/0/value",
+        0.754_573_839_739_494_7,
+        1e-2,
+    ),
+    (
+        "lenet-sgd.trace-hutchinson",
+        "/hessian/trace",
+        2.420_917_104_899_183_3,
+        0.1,
+    ),
+    (
+        "lenet-sgd.records",
+        "/train_loss",
+        2.294_382_604_397_833_3,
+        1e-6,
+    ),
+    (
+        "lenet-sgd.records",
+        "/test_loss",
+        2.279_668_060_541_153,
+        1e-6,
+    ),
+    (
+        "lenet-sgd.records",
+        "/update_norm",
+        0.158_044_609_377_870_52,
+        2e-3,
+    ),
+    ("lenet-sgd.llc", "/llc/llc", 0.648_177_187_398_028_7, 1e-3),
+    (
+        "lenet-sgd.llc",
+        "/llc/init_loss",
+        2.291_718_689_724_803,
+        1e-5,
+    ),
+    (
+        "lenet-ngd.records",
+        "/train_loss",
+        2.297_675_030_119_717_3,
+        1e-3,
+    ),
+    (
+        "lenet-ngd.records",
+        "/test_loss",
+        2.289_346_857_070_923,
+        1e-3,
+    ),
+    (
+        "lenet-ngd.records",
+        "/update_norm",
+        0.172_764_432_336_968_8,
+        2e-2,
     ),
 ];
 
@@ -265,7 +336,7 @@ fn checkpoints_and_records_are_bit_identical_to_the_recorded_ones() {
         let now = v.pointer(pointer).and_then(Value::as_f64).expect(pointer);
         assert!(
             (now - before).abs() <= rtol * before.abs(),
-            "{name}: {pointer} = {now}, before the redesign {before} (relative bound {rtol})"
+            "{name}: {pointer} = {now}, before {before} (relative bound {rtol})"
         );
     }
 

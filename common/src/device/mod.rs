@@ -6,6 +6,7 @@
 //! of the models.
 
 pub mod cpu;
+pub mod cpu_conv;
 
 #[cfg(feature = "cuda")]
 #[path = "cuda_enabled.rs"]
