@@ -925,5 +925,44 @@ fn conv2d_weight_grad_on<T: Real>(
     }
 }
 
+/// The bias gradient of [`conv2d_forward`] over a batch, scaled:
+///
+/// `db[o] (+)= alpha · Σ_n Σ_{oy,ox} dy[n, o, oy, ox]`
+///
+/// Shapes: `dy` `[batch, O, plane]` (plane = ho·wo), `db` `[O]`, overwritten or, when `accumulate`,
+/// added to. Summed in 16 lanes (position p of every sample goes to lane p mod 16, in sample order)
+/// reduced by the weight gradient's pairwise tree: a serial sum would be one chain of dependent
+/// additions per channel, slower than the convolution it belongs to.
+///
+/// **Panics** if a buffer is shorter than its shape.
+pub fn conv2d_bias_grad<T: Real>(
+    dy: &[T],
+    batch: usize,
+    out_channels: usize,
+    plane: usize,
+    alpha: T,
+    accumulate: bool,
+    db: &mut [T],
+) {
+    let dy = &dy[..batch * out_channels * plane];
+    for (o, b) in db[..out_channels].iter_mut().enumerate() {
+        let mut acc = [T::zero(); LANES];
+        for n in 0..batch {
+            let row = &dy[(n * out_channels + o) * plane..][..plane];
+            let mut runs = row.chunks_exact(LANES);
+            for run in &mut runs {
+                for (a, &v) in acc.iter_mut().zip(run) {
+                    *a += v;
+                }
+            }
+            for (a, &v) in acc.iter_mut().zip(runs.remainder()) {
+                *a += v;
+            }
+        }
+        let s = alpha * lane_sum(&acc);
+        *b = if accumulate { *b + s } else { s };
+    }
+}
+
 #[cfg(test)]
 mod tests;

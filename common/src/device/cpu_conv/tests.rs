@@ -261,3 +261,30 @@ fn work_len_covers_every_kernel() {
         assert_eq!(work.as_ptr(), ptr, "{spec:?}");
     }
 }
+
+/// The bias gradient against the plain sum, in f64 and f32, with plane sizes that are and are not
+/// multiples of the 16 lanes, accumulating and not.
+#[test]
+fn bias_gradient_matches_the_plain_sum() {
+    for &(batch, o, plane) in &[(1, 1, 1), (3, 6, 576), (9, 16, 64), (2, 5, 35), (4, 3, 17)] {
+        let dy = values(batch * o * plane, 0.377);
+        let alpha = 0.625;
+        let mut want = (vec![0.0; o], vec![0.0; o]);
+        for n in 0..batch {
+            for c in 0..o {
+                for &v in &dy[(n * o + c) * plane..][..plane] {
+                    want.0[c] += alpha * v;
+                    want.1[c] += (alpha * v).abs();
+                }
+            }
+        }
+        let mut db = vec![f64::NAN; o];
+        conv2d_bias_grad(&dy, batch, o, plane, alpha, false, &mut db);
+        assert_close("bias grad f64", &db, &want, 1e-14);
+        let dy32: Vec<f32> = dy.iter().map(|&v| v as f32).collect();
+        let mut db32 = vec![2f32; o];
+        conv2d_bias_grad(&dy32, batch, o, plane, alpha as f32, true, &mut db32);
+        db32.iter_mut().for_each(|v| *v -= 2.0);
+        assert_close("bias grad f32", &db32, &want, 4e-6);
+    }
+}

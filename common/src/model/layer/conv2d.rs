@@ -12,7 +12,7 @@
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
 use crate::device::cpu::ConvGeometry;
 use crate::device::cpu_conv::{
-    conv2d_forward, conv2d_input_grad, conv2d_weight_grad, conv2d_work_len,
+    conv2d_bias_grad, conv2d_forward, conv2d_input_grad, conv2d_weight_grad, conv2d_work_len,
 };
 use crate::model::layout::Init;
 use crate::Real;
@@ -116,11 +116,8 @@ impl LayerOps for Conv2d {
         let (g, o, batch) = (&self.geometry, self.out_channels, pass.batch);
         let plane = g.plane();
         if let Some(grad) = grad {
-            for (c, gb) in grad[self.b.clone()].iter_mut().enumerate() {
-                *gb = (0..batch)
-                    .map(|n| dy[(n * o + c) * plane..][..plane].iter().copied().sum::<T>())
-                    .fold(T::zero(), |a, s| a + s);
-            }
+            let gb = &mut grad[self.b.clone()];
+            conv2d_bias_grad(dy, batch, o, plane, T::one(), false, gb);
             let gw = &mut grad[self.w.clone()];
             conv2d_weight_grad(g, o, pass.x, dy, batch, T::one(), false, gw, &mut sc.cols);
         }
@@ -162,12 +159,8 @@ impl LayerOps for Conv2d {
         let plane = g.plane();
         let second_order = !rp.gauss_newton;
         let (rdy, dy) = (&rp.rdy[..batch * o * plane], &rp.dy[..batch * o * plane]);
-        for (c, h) in hv[self.b.clone()].iter_mut().enumerate() {
-            let s = (0..batch)
-                .map(|n| rdy[(n * o + c) * plane..][..plane].iter().copied().sum::<T>())
-                .fold(T::zero(), |a, s| a + s);
-            *h += rp.alpha * s;
-        }
+        let hb = &mut hv[self.b.clone()];
+        conv2d_bias_grad(rdy, batch, o, plane, rp.alpha, true, hb);
         let hw = &mut hv[self.w.clone()];
         conv2d_weight_grad(g, o, pass.x, rdy, batch, rp.alpha, true, hw, &mut sc.cols);
         if second_order {
@@ -208,9 +201,7 @@ impl LayerOps for Conv2d {
             let (gw, gb) = row.split_at_mut(nw);
             let xn = &x[n * in_len..(n + 1) * in_len];
             conv2d_weight_grad(g, o, xn, dyn_, 1, scale, false, gw, &mut sc.cols);
-            for (c, b) in gb.iter_mut().enumerate() {
-                *b = scale * dyn_[c * plane..(c + 1) * plane].iter().copied().sum::<T>();
-            }
+            conv2d_bias_grad(dyn_, 1, o, plane, scale, false, gb);
         }
     }
 }
