@@ -207,6 +207,65 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         dst: Self::ViewMut<'_, T>,
     );
 
+    // ---- direct convolution ----------------------------------------------------------------------
+
+    /// The direct convolution (no lowering; see [`super::cpu_conv`] for the layout and the fixed
+    /// summation order): y (+)= W ⋆ x (+ bias) for `batch` samples of `g`, W
+    /// `[out_channels, C, k, k]`, added into `y` when `accumulate`, else written. `work` is scratch
+    /// the operation grows as it needs.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_forward<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: Self::View<'_, T>,
+        bias: Option<Self::View<'_, T>>,
+        x: Self::View<'_, T>,
+        batch: usize,
+        accumulate: bool,
+        y: Self::ViewMut<'_, T>,
+        work: &mut Self::Buffer<T>,
+    );
+    /// The input gradient dx (+)= W ⋆ᵀ dy, the adjoint of x ↦ W ⋆ x.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_input_grad<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        batch: usize,
+        accumulate: bool,
+        dx: Self::ViewMut<'_, T>,
+        work: &mut Self::Buffer<T>,
+    );
+    /// The weight gradient dw (+)= α·Σₙ dyₙ ⋆ xₙ.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_weight_grad<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        x: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        batch: usize,
+        alpha: T,
+        accumulate: bool,
+        dw: Self::ViewMut<'_, T>,
+        work: &mut Self::Buffer<T>,
+    );
+    /// The bias gradient db[o] (+)= α·Σ dy over samples and the `plane` positions of channel o.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bias_grad<T: Real>(
+        &self,
+        dy: Self::View<'_, T>,
+        batch: usize,
+        out_channels: usize,
+        plane: usize,
+        alpha: T,
+        accumulate: bool,
+        db: Self::ViewMut<'_, T>,
+    );
+
     // ---- bias, activations, pooling ------------------------------------------------------------
 
     /// `y[r, j] += b[j]` for every row r of the row-major `y` of width `b.len()`.

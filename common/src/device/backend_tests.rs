@@ -268,6 +268,134 @@ pub(super) fn convolution_lowering<B: Backend>(be: &B) {
     }
 }
 
+/// The direct convolution against its definition y[n,o,p] = b[o] + Σ w[o,c,ki,kj]·x[n,c,p+(ki,kj)−pad]
+/// (zero outside), written out here: the forward pass (written and accumulated), the weight and
+/// bias gradients against the same sums, and the input gradient by its adjoint identity
+/// ⟨W ⋆ x, d⟩ = ⟨x, W ⋆ᵀ d⟩, in f64.
+pub(super) fn direct_convolution<B: Backend>(be: &B) {
+    let g = ConvGeometry {
+        channels: 2,
+        height: 7,
+        width: 6,
+        kernel: 3,
+        padding: 1,
+    };
+    let (batch, o) = (5, 3);
+    let (ho, wo) = g.output_size();
+    let (plane, in_len, r) = (ho * wo, g.input_len(), g.rows());
+    let (x, w, b) = (data(batch * in_len, 50), data(o * r, 51), data(o, 52));
+    let d = data(batch * o * plane, 53);
+    let pad = g.padding as isize;
+    // tap(n, c, ki, kj, oy, ox): the input under that tap, 0 outside.
+    let tap = |n: usize, c: usize, ki: usize, kj: usize, oy: usize, ox: usize| {
+        let (iy, ix) = ((oy + ki) as isize - pad, (ox + kj) as isize - pad);
+        if iy < 0 || ix < 0 || iy as usize >= g.height || ix as usize >= g.width {
+            0.0
+        } else {
+            x[n * in_len + (c * g.height + iy as usize) * g.width + ix as usize]
+        }
+    };
+    let mut want_y = vec![0.0; batch * o * plane];
+    let mut want_dw = vec![0.0; o * r];
+    let mut want_db = vec![0.0; o];
+    for n in 0..batch {
+        for oc in 0..o {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let at = (n * o + oc) * plane + oy * wo + ox;
+                    let mut sum = b[oc];
+                    for c in 0..g.channels {
+                        for ki in 0..g.kernel {
+                            for kj in 0..g.kernel {
+                                let wi = oc * r + (c * g.kernel + ki) * g.kernel + kj;
+                                sum += w[wi] * tap(n, c, ki, kj, oy, ox);
+                                want_dw[wi] += 0.5 * d[at] * tap(n, c, ki, kj, oy, ox);
+                            }
+                        }
+                    }
+                    want_y[at] = sum;
+                    want_db[oc] += 0.5 * d[at];
+                }
+            }
+        }
+    }
+    let (xb, wb, bb, db_) = (be.upload(&x), be.upload(&w), be.upload(&b), be.upload(&d));
+    let mut work = be.zeros::<f64>(0);
+    let mut y = be.zeros::<f64>(batch * o * plane);
+    be.conv2d_forward(
+        &g,
+        o,
+        B::view(&wb),
+        Some(B::view(&bb)),
+        B::view(&xb),
+        batch,
+        false,
+        B::view_mut(&mut y),
+        &mut work,
+    );
+    assert_close(&down(be, &y), &want_y, 1e-14, "conv2d_forward");
+    // Accumulated without a bias: y + W ⋆ x.
+    be.conv2d_forward(
+        &g,
+        o,
+        B::view(&wb),
+        None,
+        B::view(&xb),
+        batch,
+        true,
+        B::view_mut(&mut y),
+        &mut work,
+    );
+    let twice: Vec<f64> = (0..want_y.len())
+        .map(|i| 2.0 * want_y[i] - b[(i / plane) % o])
+        .collect();
+    assert_close(&down(be, &y), &twice, 1e-14, "conv2d_forward (accumulate)");
+    let mut dw = be.upload(&vec![9.0; o * r]);
+    be.conv2d_weight_grad(
+        &g,
+        o,
+        B::view(&xb),
+        B::view(&db_),
+        batch,
+        0.5,
+        false,
+        B::view_mut(&mut dw),
+        &mut work,
+    );
+    assert_close(&down(be, &dw), &want_dw, 1e-14, "conv2d_weight_grad");
+    let mut dbias = be.upload(&vec![1.0; o]);
+    be.conv2d_bias_grad(
+        B::view(&db_),
+        batch,
+        o,
+        plane,
+        0.5,
+        true,
+        B::view_mut(&mut dbias),
+    );
+    let want_db1: Vec<f64> = want_db.iter().map(|v| v + 1.0).collect();
+    assert_close(&down(be, &dbias), &want_db1, 1e-14, "conv2d_bias_grad");
+    let mut dx = be.upload(&vec![3.0; batch * in_len]);
+    be.conv2d_input_grad(
+        &g,
+        o,
+        B::view(&wb),
+        B::view(&db_),
+        batch,
+        false,
+        B::view_mut(&mut dx),
+        &mut work,
+    );
+    let lhs: f64 = (0..want_y.len())
+        .map(|i| (want_y[i] - b[(i / plane) % o]) * d[i])
+        .sum();
+    let rhs: f64 = x.iter().zip(&down(be, &dx)).map(|(a, c)| a * c).sum();
+    assert!(
+        (lhs - rhs).abs() < 1e-12,
+        "conv2d_input_grad: {lhs} vs {rhs}"
+    );
+}
+
 pub(super) fn bias_and_sums<B: Backend>(be: &B) {
     let (rows, width) = (4, 3);
     let y0 = data(rows * width, 12);
@@ -834,6 +962,10 @@ macro_rules! backend_suite {
             #[test]
             fn convolution_lowering() {
                 super::convolution_lowering(&$make);
+            }
+            #[test]
+            fn direct_convolution() {
+                super::direct_convolution(&$make);
             }
             #[test]
             fn bias_and_sums() {

@@ -3,7 +3,7 @@
 //! [`super::cpu::im2col`] / [`super::cpu::col2im`], and the rest are the loops of `cpu_kernels.rs`.
 
 use super::backend::{Backend, Element, SgdStep};
-use super::{cpu, cpu_kernels as k, ConvGeometry};
+use super::{cpu, cpu_conv, cpu_kernels as k, ConvGeometry};
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
@@ -292,6 +292,64 @@ impl Backend for CpuBackend {
         rg: &mut [T],
     ) {
         k::softmax_cross_entropy_r(logits, rz, classes, scale, rg);
+    }
+    // The direct convolution: the kernels of `cpu_conv`.
+    #[inline]
+    fn conv2d_forward<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: &[T],
+        bias: Option<&[T]>,
+        x: &[T],
+        batch: usize,
+        accumulate: bool,
+        y: &mut [T],
+        work: &mut Vec<T>,
+    ) {
+        cpu_conv::conv2d_forward(g, out_channels, w, bias, x, batch, accumulate, y, work);
+    }
+    #[inline]
+    fn conv2d_input_grad<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: &[T],
+        dy: &[T],
+        batch: usize,
+        accumulate: bool,
+        dx: &mut [T],
+        work: &mut Vec<T>,
+    ) {
+        cpu_conv::conv2d_input_grad(g, out_channels, w, dy, batch, accumulate, dx, work);
+    }
+    #[inline]
+    fn conv2d_weight_grad<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        x: &[T],
+        dy: &[T],
+        batch: usize,
+        alpha: T,
+        accumulate: bool,
+        dw: &mut [T],
+        work: &mut Vec<T>,
+    ) {
+        cpu_conv::conv2d_weight_grad(g, out_channels, x, dy, batch, alpha, accumulate, dw, work);
+    }
+    #[inline]
+    fn conv2d_bias_grad<T: Real>(
+        &self,
+        dy: &[T],
+        batch: usize,
+        out_channels: usize,
+        plane: usize,
+        alpha: T,
+        accumulate: bool,
+        db: &mut [T],
+    ) {
+        cpu_conv::conv2d_bias_grad(dy, batch, out_channels, plane, alpha, accumulate, db);
     }
     // Average pooling's and LayerNorm's CPU kernels are host functions of their layer files (the
     // loops from before the backend existed, unchanged).

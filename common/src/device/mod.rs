@@ -2,17 +2,20 @@
 //!
 //! The models, the curvature code, the optimisers and the samplers are written over the [`Backend`]
 //! trait (its module comment gives the design): the memory a backend owns and the operations on it —
-//! matrix products, convolution lowering, bias and activations, pooling, the loss, reductions, the
-//! optimiser and sampler updates. [`CpuBackend`] runs them on the host (BLAS through [`cpu::gemm`],
-//! `im2col` / `col2im` in [`cpu`], the loops in `cpu_kernels.rs`). The CUDA path (behind the `cuda`
-//! feature, issue #17) is a second implementation of the trait, not a second copy of the models;
-//! until it exists [`CudaBackend::new`] says why it cannot be used.
+//! matrix products, the direct convolution, convolution lowering, bias and activations, pooling,
+//! the loss, reductions, the optimiser and sampler updates. [`CpuBackend`] runs them on the host
+//! (BLAS through [`cpu::gemm`], the direct convolution kernels of [`cpu_conv`] (forward, input
+//! gradient, weight and bias gradients), `im2col` / `col2im` in [`cpu`], the loops in
+//! `cpu_kernels.rs`). The CUDA path (behind the `cuda` feature, issue #17) is a second
+//! implementation of the trait, not a second copy of the models; until it exists
+//! [`CudaBackend::new`] says why it cannot be used.
 
 mod backend;
 #[cfg(test)]
 mod backend_tests;
 pub mod cpu;
 mod cpu_backend;
+pub mod cpu_conv;
 mod cpu_kernels;
 
 pub use backend::{Backend, Element, SgdStep};
