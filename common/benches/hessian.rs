@@ -205,7 +205,7 @@ fn variance_comparison(ck_path: &Path, data: &Dataset, matvecs: usize, trials: u
 
 fn pyhessian(ck: &Path, model: &str, data_dir: &Path, probes: usize) -> Option<serde_json::Value> {
     let script = root().join("scripts/anchors/pyhessian_trace.py");
-    let out = Command::new("python3")
+    let out = Command::new(common::bench::python())
         .arg(&script)
         .args(["--checkpoint".as_ref(), ck.as_os_str()])
         .args(["--model", model])

@@ -179,7 +179,7 @@ fn main() {
 
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/anchors/torch_ngd_epoch.py");
-    let has_torch = Command::new("python3")
+    let has_torch = Command::new(common::bench::python())
         .args(["-c", "import torch"])
         .output()
         .map(|o| o.status.success())
@@ -188,7 +188,7 @@ fn main() {
         println!("pytorch: not importable, online-NGD anchor skipped");
         return;
     }
-    let out = Command::new("python3")
+    let out = Command::new(common::bench::python())
         .arg(&script)
         .arg(&dir)
         .arg(reps.to_string())

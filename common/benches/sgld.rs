@@ -240,7 +240,7 @@ fn main() {
         return;
     }
     let script = root.join("scripts/anchors/devinterp_llc.py");
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(common::bench::python())
         .arg(&script)
         .args(["--checkpoint", ck_path.to_str().unwrap()])
         .args(["--data-dir", data_dir.to_str().unwrap()])

@@ -42,3 +42,12 @@ pub fn report_peak_sgemm(bench: &str, threads: usize) -> f64 {
     );
     peak
 }
+
+/// The Python interpreter the benchmarks run their anchors (PyTorch, PyHessian, devinterp) with: the
+/// `PYTHON` environment variable (e.g. a venv's `bin/python`), else `python3` on the PATH. The
+/// anchors are optional: a benchmark whose interpreter lacks the packages prints that and goes on.
+pub fn python() -> std::ffi::OsString {
+    std::env::var_os("PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}

@@ -1,11 +1,13 @@
 //! Backend operations and devices.
 //!
-//! The models are written over a small set of operations: matrix products ([`cpu::gemm`]), `im2col` /
-//! `col2im` for convolutions, and element-wise maps and reductions, which live in [`cpu`]. The CUDA
+//! The models are written over a small set of operations: matrix products ([`cpu::gemm`]), the
+//! direct convolution kernels ([`cpu_conv`]: forward, input gradient, weight gradient; `im2col` /
+//! `col2im` remain in [`cpu`]), and element-wise maps and reductions, which live in [`cpu`]. The CUDA
 //! path (behind the `cuda` feature) is a second implementation of these operations, not a second copy
 //! of the models.
 
 pub mod cpu;
+pub mod cpu_conv;
 
 #[cfg(feature = "cuda")]
 #[path = "cuda_enabled.rs"]

@@ -1,15 +1,19 @@
 //! `nn.Conv2d` with stride 1: y = W ⋆ x + b, a zero-padded cross-correlation; W
 //! `[out_channels, in_channels, k, k]`, input `[in_channels, height, width]` per sample.
 //!
-//! Lowered to matrix products by im2col: with cols = im2col(x) (`[C·k·k, ho·wo]` per sample),
-//! y = W·cols + b, ∂W = Σₙ δₙ·colsₙᵀ, ∂b = Σ δ over samples and positions, ∂x = col2im(Wᵀ·δ).
-//! The R-operator is Linear's on the lowered matrices: R{y} = V·cols + W·im2col(R{x}) + v_b,
-//! (H·v)_W = R{δ}·colsᵀ + δ·im2col(R{x})ᵀ, R{∂x} = col2im(Wᵀ·R{δ} + Vᵀ·δ) (Pearlmutter 1994).
-//! Training lowers one sample at a time (its im2col matrix stays in cache); the R-passes lower a
-//! whole chunk at once (`[C·k·k, batch·ho·wo]`).
+//! Computed directly by the kernels of [`crate::device::cpu_conv`] (no im2col matrix): y = W ⋆ x + b,
+//! ∂W = Σₙ δₙ ⋆ xₙ (the weight-gradient correlation), ∂b = Σ δ over samples and positions,
+//! ∂x = W ⋆ᵀ δ (the input-gradient correlation, the adjoint of x ↦ W ⋆ x). All three are linear in
+//! each argument, so the R-operator is Linear's with ⋆ for the product (Pearlmutter 1994):
+//! R{y} = V ⋆ x + W ⋆ R{x} + v_b, (H·v)_W = R{δ} ⋆ x + δ ⋆ R{x}, (H·v)_b = Σ R{δ},
+//! R{∂x} = W ⋆ᵀ R{δ} + V ⋆ᵀ δ. Every pass works one sample at a time, so a sample's padded input
+//! and output stay in L1/L2.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
-use crate::device::cpu::{col2im, gemm, im2col, ConvGeometry};
+use crate::device::cpu::ConvGeometry;
+use crate::device::cpu_conv::{
+    conv2d_bias_grad, conv2d_forward, conv2d_input_grad, conv2d_weight_grad, conv2d_work_len,
+};
 use crate::model::layout::Init;
 use crate::Real;
 use std::ops::Range;
@@ -52,23 +56,6 @@ impl Conv2d {
     }
 }
 
-/// NCHW `[batch, channels, plane]` → `[channels, batch·plane]` (the convolution's gemm layout).
-fn nchw_to_channel_major<T: Real>(
-    src: &[T],
-    batch: usize,
-    channels: usize,
-    plane: usize,
-    dst: &mut [T],
-) {
-    let ncols = batch * plane;
-    for n in 0..batch {
-        for o in 0..channels {
-            dst[o * ncols + n * plane..][..plane]
-                .copy_from_slice(&src[(n * channels + o) * plane..][..plane]);
-        }
-    }
-}
-
 impl LayerOps for Conv2d {
     fn kind(&self) -> &'static str {
         "Conv2d"
@@ -85,25 +72,22 @@ impl LayerOps for Conv2d {
     fn piecewise_linear(&self) -> bool {
         true
     }
-    fn scratch_len(&self, batch: usize, batched: bool) -> (usize, usize) {
-        let (r, plane) = (self.geometry.rows(), self.geometry.plane());
-        if batched {
-            (r * batch * plane, 2 * self.out_channels * batch * plane)
-        } else {
-            (r * plane, 0)
-        }
+    fn scratch_len(&self, _batch: usize, _batched: bool) -> (usize, usize) {
+        // One sample's padded input and flat output, reused for every sample (see cpu_conv).
+        (conv2d_work_len(&self.geometry, self.out_channels), 0)
     }
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
-    fn saved_len(&self, batch: usize) -> usize {
-        self.geometry.rows() * batch * self.geometry.plane()
+    fn saved_len(&self, _batch: usize) -> usize {
+        // The R-backward reads x and R{x} themselves; nothing is lowered and kept.
+        0
     }
     fn forward_flops(&self, batch: usize) -> f64 {
         2.0 * (self.out_channels * self.geometry.rows() * batch * self.geometry.plane()) as f64
     }
     fn sample_wise(&self) -> bool {
-        // The forward lowers and multiplies one sample at a time already.
+        // The kernels work one sample at a time already.
         true
     }
 
@@ -116,60 +100,30 @@ impl LayerOps for Conv2d {
         _indices: &mut [u32],
         sc: &mut Scratch<T>,
     ) {
-        // One sample at a time: its im2col matrix (C·k·k × ho·wo) stays in the L2 cache, and the
-        // product W·cols is already that sample's NCHW output block.
-        let g = &self.geometry;
-        let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
-        let w = &params[self.w.clone()];
-        let b = &params[self.b.clone()];
-        let cols = &mut sc.cols[..r * plane];
-        for n in 0..batch {
-            im2col(&x[n * in_len..(n + 1) * in_len], 1, g, cols);
-            let out = &mut y[n * o * plane..(n + 1) * o * plane];
-            gemm(false, false, o, plane, r, T::one(), w, cols, T::zero(), out);
-            for (row, &bias) in out.chunks_exact_mut(plane).zip(b) {
-                row.iter_mut().for_each(|v| *v += bias);
-            }
-        }
+        let (w, b) = (&params[self.w.clone()], &params[self.b.clone()]);
+        let (g, o) = (&self.geometry, self.out_channels);
+        conv2d_forward(g, o, w, Some(b), x, batch, false, y, &mut sc.cols);
     }
 
     fn backward<T: Real>(
         &self,
         pass: &Pass<'_, T>,
         dy: &[T],
-        mut grad: Option<&mut [T]>,
-        mut dx: Option<&mut [T]>,
+        grad: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
         sc: &mut Scratch<T>,
     ) {
-        // Per sample n: ∂W += δₙ·colsₙᵀ, ∂b += row sums of δₙ, and ∂xₙ = col2im(Wᵀ·δₙ), with δₙ the
-        // sample's [O, ho·wo] block.
-        let g = &self.geometry;
-        let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
-        let cols = &mut sc.cols[..r * plane];
-        if let Some(grad) = grad.as_deref_mut() {
-            grad[self.b.clone()].iter_mut().for_each(|v| *v = T::zero());
+        let (g, o, batch) = (&self.geometry, self.out_channels, pass.batch);
+        let plane = g.plane();
+        if let Some(grad) = grad {
+            let gb = &mut grad[self.b.clone()];
+            conv2d_bias_grad(dy, batch, o, plane, T::one(), false, gb);
+            let gw = &mut grad[self.w.clone()];
+            conv2d_weight_grad(g, o, pass.x, dy, batch, T::one(), false, gw, &mut sc.cols);
         }
-        for n in 0..pass.batch {
-            let dyn_ = &dy[n * o * plane..(n + 1) * o * plane];
-            if let Some(grad) = grad.as_deref_mut() {
-                for (gb, row) in grad[self.b.clone()]
-                    .iter_mut()
-                    .zip(dyn_.chunks_exact(plane))
-                {
-                    *gb += row.iter().copied().sum::<T>();
-                }
-                im2col(&pass.x[n * in_len..(n + 1) * in_len], 1, g, cols);
-                let beta = if n == 0 { T::zero() } else { T::one() };
-                let gw = &mut grad[self.w.clone()];
-                gemm(false, true, o, r, plane, T::one(), dyn_, cols, beta, gw);
-            }
-            if let Some(dx) = dx.as_deref_mut() {
-                let w = &pass.params[self.w.clone()];
-                gemm(true, false, r, plane, o, T::one(), w, dyn_, T::zero(), cols);
-                let dxn = &mut dx[n * in_len..(n + 1) * in_len];
-                dxn.iter_mut().for_each(|v| *v = T::zero());
-                col2im(cols, 1, g, dxn);
-            }
+        if let Some(dx) = dx {
+            let w = &pass.params[self.w.clone()];
+            conv2d_input_grad(g, o, w, dy, batch, false, dx, &mut sc.cols);
         }
     }
 
@@ -179,44 +133,16 @@ impl LayerOps for Conv2d {
         v: &[T],
         rx: Option<&[T]>,
         ry: &mut [T],
-        saved: &mut [Vec<T>; 2],
+        _saved: &mut [Vec<T>; 2],
         sc: &mut Scratch<T>,
     ) {
-        let g = &self.geometry;
-        let (plane, r, o, batch) = (g.plane(), g.rows(), self.out_channels, pass.batch);
-        let ncols = batch * plane;
-        // The im2col matrices of x and R{x} are kept in `saved` for the R-backward.
-        let [cols_x, cols_rx] = saved;
-        let cols = &mut cols_x[..r * ncols];
-        let conv = &mut sc.conv[..o * ncols];
-        im2col(pass.x, batch, g, cols);
-        gemm(
-            false,
-            false,
-            o,
-            ncols,
-            r,
-            T::one(),
-            &v[self.w.clone()],
-            cols,
-            T::zero(),
-            conv,
-        );
+        // R{y} = V ⋆ x + v_b, then + W ⋆ R{x}.
+        let (g, o, batch) = (&self.geometry, self.out_channels, pass.batch);
+        let (vw, vb) = (&v[self.w.clone()], &v[self.b.clone()]);
+        conv2d_forward(g, o, vw, Some(vb), pass.x, batch, false, ry, &mut sc.cols);
         if let Some(rx) = rx {
-            let cols = &mut cols_rx[..r * ncols];
-            im2col(rx, batch, g, cols);
             let w = &pass.params[self.w.clone()];
-            gemm(false, false, o, ncols, r, T::one(), w, cols, T::one(), conv);
-        }
-        let vb = &v[self.b.clone()];
-        for n in 0..batch {
-            for (c, &b) in vb.iter().enumerate() {
-                let src = &conv[c * ncols + n * plane..][..plane];
-                let dst = &mut ry[(n * o + c) * plane..][..plane];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s + b;
-                }
-            }
+            conv2d_forward(g, o, w, None, rx, batch, true, ry, &mut sc.cols);
         }
     }
 
@@ -226,92 +152,29 @@ impl LayerOps for Conv2d {
         rp: &RPass<'_, T>,
         hv: &mut [T],
         rdx: Option<&mut [T]>,
-        saved: &[Vec<T>; 2],
+        _saved: &[Vec<T>; 2],
         sc: &mut Scratch<T>,
     ) {
-        let g = &self.geometry;
-        let (plane, r, o, batch) = (g.plane(), g.rows(), self.out_channels, pass.batch);
-        let ncols = batch * plane;
-        let out = batch * o * plane;
+        let (g, o, batch) = (&self.geometry, self.out_channels, pass.batch);
+        let plane = g.plane();
         let second_order = !rp.gauss_newton;
-        // sc.conv holds [R{δ}; δ] (2·O × ncols) so that R{dcols} = Wᵀ·R{δ} + Vᵀ·δ is one product with
-        // the stacked [W; V] (inner dimension 2·O).
-        let (rdconv, dconv) = sc.conv[..2 * o * ncols].split_at_mut(o * ncols);
-        nchw_to_channel_major(&rp.rdy[..out], batch, o, plane, rdconv);
-        for (c, h) in hv[self.b.clone()].iter_mut().enumerate() {
-            let s: T = rdconv[c * ncols..(c + 1) * ncols].iter().copied().sum();
-            *h += rp.alpha * s;
-        }
+        let (rdy, dy) = (&rp.rdy[..batch * o * plane], &rp.dy[..batch * o * plane]);
+        let hb = &mut hv[self.b.clone()];
+        conv2d_bias_grad(rdy, batch, o, plane, rp.alpha, true, hb);
         let hw = &mut hv[self.w.clone()];
-        gemm(
-            false,
-            true,
-            o,
-            r,
-            ncols,
-            rp.alpha,
-            rdconv,
-            &saved[0][..r * ncols],
-            T::one(),
-            hw,
-        );
+        conv2d_weight_grad(g, o, pass.x, rdy, batch, rp.alpha, true, hw, &mut sc.cols);
         if second_order {
-            nchw_to_channel_major(&rp.dy[..out], batch, o, plane, dconv);
-            if rp.rx.is_some() {
-                let cols_rx = &saved[1][..r * ncols];
-                gemm(
-                    false,
-                    true,
-                    o,
-                    r,
-                    ncols,
-                    rp.alpha,
-                    dconv,
-                    cols_rx,
-                    T::one(),
-                    hw,
-                );
+            if let Some(rx) = rp.rx {
+                conv2d_weight_grad(g, o, rx, dy, batch, rp.alpha, true, hw, &mut sc.cols);
             }
         }
         if let Some(rdx) = rdx {
-            let cols = &mut sc.cols[..r * ncols];
             let w = &pass.params[self.w.clone()];
+            conv2d_input_grad(g, o, w, rdy, batch, false, rdx, &mut sc.cols);
             if second_order {
-                let wlen = o * r;
-                sc.stack.resize(2 * wlen, T::zero());
-                sc.stack[..wlen].copy_from_slice(w);
-                sc.stack[wlen..].copy_from_slice(&rp.v[self.w.clone()]);
-                let stacked = &sc.conv[..2 * o * ncols];
-                gemm(
-                    true,
-                    false,
-                    r,
-                    ncols,
-                    2 * o,
-                    T::one(),
-                    &sc.stack,
-                    stacked,
-                    T::zero(),
-                    cols,
-                );
-            } else {
-                let rdconv = &sc.conv[..o * ncols];
-                gemm(
-                    true,
-                    false,
-                    r,
-                    ncols,
-                    o,
-                    T::one(),
-                    w,
-                    rdconv,
-                    T::zero(),
-                    cols,
-                );
+                let vw = &rp.v[self.w.clone()];
+                conv2d_input_grad(g, o, vw, dy, batch, true, rdx, &mut sc.cols);
             }
-            let rdx = &mut rdx[..batch * g.input_len()];
-            rdx.iter_mut().for_each(|d| *d = T::zero());
-            col2im(cols, batch, g, rdx);
         }
     }
 
@@ -331,18 +194,15 @@ impl LayerOps for Conv2d {
         sc: &mut Scratch<T>,
     ) {
         let g = &self.geometry;
-        let (plane, r, in_len, o) = (g.plane(), g.rows(), g.input_len(), self.out_channels);
-        let nw = o * r;
+        let (plane, in_len, o) = (g.plane(), g.input_len(), self.out_channels);
+        let nw = o * g.rows();
         for n in 0..batch {
-            let cols = &mut sc.cols[..r * plane];
-            im2col(&x[n * in_len..(n + 1) * in_len], 1, g, cols);
             let dyn_ = &dy[n * o * plane..(n + 1) * o * plane];
             let row = &mut rows[n * stride..n * stride + nw + o];
             let (gw, gb) = row.split_at_mut(nw);
-            gemm(false, true, o, r, plane, scale, dyn_, cols, T::zero(), gw);
-            for (c, b) in gb.iter_mut().enumerate() {
-                *b = scale * dyn_[c * plane..(c + 1) * plane].iter().copied().sum::<T>();
-            }
+            let xn = &x[n * in_len..(n + 1) * in_len];
+            conv2d_weight_grad(g, o, xn, dyn_, 1, scale, false, gw, &mut sc.cols);
+            conv2d_bias_grad(dyn_, 1, o, plane, scale, false, gb);
         }
     }
 }

@@ -78,20 +78,25 @@ impl LayerOps for MaxPool2d {
             let base = nc * plane;
             let sample = (nc / self.channels) * self.channels * plane;
             for i in 0..ho {
-                for j in 0..wo {
-                    let mut best = base + 2 * i * width + 2 * j;
-                    let mut m = x[best];
-                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
-                        let idx = base + (2 * i + di) * width + 2 * j + dj;
-                        let v = x[idx];
-                        if v > m || v.is_nan() {
-                            m = v;
-                            best = idx;
-                        }
+                let top = &x[base + 2 * i * width..][..2 * wo];
+                let bottom = &x[base + (2 * i + 1) * width..][..2 * wo];
+                let o = (nc * ho + i) * wo;
+                let (y, indices) = (&mut y[o..o + wo], &mut indices[o..o + wo]);
+                for (j, (y, index)) in y.iter_mut().zip(indices.iter_mut()).enumerate() {
+                    // Selects, not branches: which of the four wins is unpredictable.
+                    let first = (2 * i * width + 2 * j) as u32;
+                    let (mut m, mut best) = (top[2 * j], first);
+                    for (v, at) in [
+                        (top[2 * j + 1], first + 1),
+                        (bottom[2 * j], first + width as u32),
+                        (bottom[2 * j + 1], first + width as u32 + 1),
+                    ] {
+                        let take = v > m || v.is_nan();
+                        m = if take { v } else { m };
+                        best = if take { at } else { best };
                     }
-                    let o = (nc * ho + i) * wo + j;
-                    y[o] = m;
-                    indices[o] = (best - sample) as u32;
+                    *y = m;
+                    *index = best + (base - sample) as u32;
                 }
             }
         }

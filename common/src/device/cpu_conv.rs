@@ -1,0 +1,968 @@
+//! Direct convolution kernels for the CPU: the stride-1, zero-padded 2-D cross-correlation of
+//! [`Conv2d`](crate::model::Conv2d), its input gradient and its weight gradient, without an
+//! im2col matrix.
+//!
+//! Why not im2col and BLAS: LeNet's convolutions have 6 output channels, so the lowered product
+//! `W[6 × C·k·k] · cols[C·k·k × positions]` uses each im2col element only 6 times. Writing the
+//! im2col matrix, and BLAS packing it again, then costs as much as the arithmetic, and a gemm with
+//! 6 rows runs far below the machine's peak whichever way it is transposed. The kernels here keep
+//! a tile of outputs in registers instead and read each input value from L1 once per tile.
+//!
+//! **The flat padded layout.** A sample's input plane is copied, with its zero padding, into a
+//! buffer of width `wp = wo + k − 1` (one padded row per output row plus the window's overhang),
+//! one channel every `cs` elements. With `q = oy·wp + ox`, every output is then a 1-D correlation
+//! of the flat buffer: `y[o, q] = Σ_{c,ki,kj} w[o,c,ki,kj] · xp[c·cs + q + ki·wp + kj]`, so a
+//! run of consecutive `q` reads consecutive memory for every tap. The `k − 1` columns `ox ≥ wo` of
+//! each flat row are computed and thrown away (4 of 28 for LeNet's 24-wide planes).
+//!
+//! **Summation order** (what makes results reproducible): a forward or input-gradient output is one
+//! fused multiply–add chain over the taps in `(c, ki, kj)` order, starting from 0, then the bias is
+//! added. A weight-gradient entry is summed over groups of 4 consecutive samples (the last group of
+//! a batch may be shorter): within a group, position q of every sample goes to lane q mod 16, each
+//! lane an FMA chain over the group's samples in order and increasing q within each; the 16 lanes
+//! are reduced by a fixed pairwise tree and the group's sum times alpha is added to the output, group
+//! after group. Neither depends on the instruction set (AVX-512,
+//! AVX2+FMA or none: the kernels are one generic body compiled three ways, and `mul_add` is fused
+//! in all of them) or on the tile sizes, so every machine computes the same bits.
+
+use super::cpu::ConvGeometry;
+use crate::Real;
+
+/// Flat output positions are computed in runs whose length divides this (the forward tile lengths
+/// 16 and 48, the weight gradient's 16 lanes); the flat output is padded up to a multiple of it.
+const Q_ALIGN: usize = 48;
+/// Lanes of a weight-gradient accumulator: position q goes to lane q mod 16.
+const LANES: usize = 16;
+/// Samples whose weight-gradient sums share one set of lane accumulators (fewer reductions where a
+/// plane is small: LeNet's conv2 has 96 flat positions, 6 runs of 16, per sample).
+const GROUP: usize = 4;
+
+/// Where the flat padded layout puts a correlation with an `oh × ow` output and a `k × k` kernel.
+#[derive(Clone, Copy, Debug)]
+struct Flat {
+    oh: usize,
+    ow: usize,
+    k: usize,
+    /// Padded row width, ow + k − 1.
+    wp: usize,
+    /// Padded rows, oh + k − 1.
+    hp: usize,
+    /// Flat output length oh·wp rounded up to a multiple of [`Q_ALIGN`].
+    nq: usize,
+    /// Elements per input channel in the padded buffer: room for every read of the last flat
+    /// position, nq − 1 + (k − 1)·(wp + 1), so no read leaves its channel (≥ hp·wp).
+    cs: usize,
+}
+
+impl Flat {
+    fn new(oh: usize, ow: usize, k: usize) -> Flat {
+        let wp = ow + k - 1;
+        let hp = oh + k - 1;
+        let nq = (oh * wp).div_ceil(Q_ALIGN) * Q_ALIGN;
+        let cs = nq + (k - 1) * (wp + 1);
+        Flat {
+            oh,
+            ow,
+            k,
+            wp,
+            hp,
+            nq,
+            cs,
+        }
+    }
+}
+
+/// Scratch elements the kernels of this file need for geometry `g` with `out_channels` outputs:
+/// the padded input, the flat output (or flat output gradient) and, for the input gradient, the
+/// flipped weights. The kernels grow a shorter `work` buffer themselves; sizing it with this first
+/// keeps allocation out of the training loop.
+pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
+    let (ho, wo) = g.output_size();
+    let f = Flat::new(ho, wo, g.kernel);
+    let b = Flat::new(g.height, g.width, g.kernel);
+    let forward = g.channels * f.cs + out_channels * f.nq;
+    let input_grad = out_channels * g.rows() + out_channels * b.cs + g.channels * b.nq;
+    forward.max(input_grad).max(GROUP * forward)
+}
+
+/// `dst.copy_from_slice(src)` for the short rows of an image (8 to 28 values here) without a call
+/// to `memmove`, whose call overhead costs more than such a copy: runs of 8, the last one
+/// overlapping the one before.
+#[inline(always)]
+fn copy_row<T: Real>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    assert_eq!(n, src.len());
+    if n < 8 {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s;
+        }
+        return;
+    }
+    let mut i = 0;
+    loop {
+        let at = i.min(n - 8);
+        let run: [T; 8] = src[at..at + 8].try_into().expect("8 values");
+        <&mut [T; 8]>::try_from(&mut dst[at..at + 8])
+            .expect("8 values")
+            .clone_from(&run);
+        if at + 8 == n {
+            break;
+        }
+        i += 8;
+    }
+}
+
+/// Copies a `h × w` plane into a zeroed padded plane of `f.hp × f.wp` at row/column offset `off`
+/// (the padding; negative crops the source).
+#[inline(always)]
+fn place<T: Real>(src: &[T], h: usize, w: usize, off: isize, f: &Flat, dst: &mut [T]) {
+    for sy in 0..h {
+        let dy = sy as isize + off;
+        if dy < 0 || dy >= f.hp as isize {
+            continue;
+        }
+        // Columns sx with 0 ≤ sx + off < wp.
+        let lo = (-off).max(0) as usize;
+        let hi = ((f.wp as isize - off).max(0) as usize).min(w);
+        if lo >= hi {
+            continue;
+        }
+        let d0 = (dy as usize) * f.wp + (lo as isize + off) as usize;
+        copy_row(&mut dst[d0..d0 + hi - lo], &src[sy * w + lo..sy * w + hi]);
+    }
+}
+
+/// Zeroes `xp[..cin·cs]` and places the `cin` channels of one sample (`h × w` each) at offset `off`.
+#[inline(always)]
+fn place_channels<T: Real>(
+    src: &[T],
+    cin: usize,
+    (h, w): (usize, usize),
+    off: isize,
+    f: &Flat,
+    xp: &mut [T],
+) {
+    let xp = &mut xp[..cin * f.cs];
+    xp.iter_mut().for_each(|v| *v = T::zero());
+    for c in 0..cin {
+        place(
+            &src[c * h * w..(c + 1) * h * w],
+            h,
+            w,
+            off,
+            f,
+            &mut xp[c * f.cs..(c + 1) * f.cs],
+        );
+    }
+}
+
+/// `out[o, q0..q0+NP] = Σ_taps w[o, tap]·xp[offset(tap) + q0..]` for `OB` output channels (rows of
+/// `w` with stride `r`), one FMA chain per output in tap order.
+#[inline(always)]
+fn correlate_tile<T: Real, const OB: usize, const NP: usize>(
+    xp: &[T],
+    cin: usize,
+    f: &Flat,
+    w: &[T],
+    r: usize,
+    q0: usize,
+    out: &mut [T],
+) {
+    // Raw pointers after one check of the furthest reads: bounds checks in the tap loop cost as
+    // much as its arithmetic.
+    let last = (cin - 1) * f.cs + (f.k - 1) * (f.wp + 1) + q0 + NP;
+    assert!(last <= xp.len() && OB * r <= w.len() && r == cin * f.k * f.k);
+    let mut acc = [[T::zero(); NP]; OB];
+    for c in 0..cin {
+        for ki in 0..f.k {
+            // SAFETY: every offset below is at most `last` (x) or OB·r (w), checked above.
+            unsafe {
+                let xrow = xp.as_ptr().add(c * f.cs + ki * f.wp + q0);
+                let wrow = w.as_ptr().add((c * f.k + ki) * f.k);
+                for kj in 0..f.k {
+                    let xs = xrow.add(kj);
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let wv = *wrow.add(o * r + kj);
+                        for (p, a) in acc.iter_mut().enumerate() {
+                            *a = wv.mul_add(*xs.add(p), *a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (o, acc) in acc.iter().enumerate() {
+        out[o * f.nq + q0..o * f.nq + q0 + NP].copy_from_slice(acc);
+    }
+}
+
+/// All tiles of one sample: `out[o, q]` for every output channel and flat position.
+#[inline(always)]
+fn correlate_sample<T: Real, const NP: usize>(
+    xp: &[T],
+    cin: usize,
+    f: &Flat,
+    w: &[T],
+    oc: usize,
+    out: &mut [T],
+) {
+    let r = cin * f.k * f.k;
+    let mut o0 = 0;
+    while o0 < oc {
+        let ob = (oc - o0).min(6);
+        let (w, out) = (&w[o0 * r..], &mut out[o0 * f.nq..]);
+        for q0 in (0..f.nq).step_by(NP) {
+            match ob {
+                6 => correlate_tile::<T, 6, NP>(xp, cin, f, w, r, q0, out),
+                5 => correlate_tile::<T, 5, NP>(xp, cin, f, w, r, q0, out),
+                4 => correlate_tile::<T, 4, NP>(xp, cin, f, w, r, q0, out),
+                3 => correlate_tile::<T, 3, NP>(xp, cin, f, w, r, q0, out),
+                2 => correlate_tile::<T, 2, NP>(xp, cin, f, w, r, q0, out),
+                _ => correlate_tile::<T, 1, NP>(xp, cin, f, w, r, q0, out),
+            }
+        }
+        o0 += ob;
+    }
+}
+
+/// The arguments of one batched correlation (forward or input gradient).
+struct Correlation<'a, T> {
+    /// `[batch, cin, sh, sw]`.
+    src: &'a [T],
+    cin: usize,
+    src_hw: (usize, usize),
+    /// Where the source's (0, 0) lands in the padded plane.
+    off: isize,
+    f: Flat,
+    /// `[oc, cin, k, k]`.
+    w: &'a [T],
+    oc: usize,
+    bias: Option<&'a [T]>,
+    batch: usize,
+    accumulate: bool,
+}
+
+#[inline(always)]
+fn correlate_body<T: Real, const NP: usize>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T]) {
+    let f = &a.f;
+    let (xp, flat) = work.split_at_mut(a.cin * f.cs);
+    let flat = &mut flat[..a.oc * f.nq];
+    let in_len = a.cin * a.src_hw.0 * a.src_hw.1;
+    let out_len = a.oc * f.oh * f.ow;
+    for n in 0..a.batch {
+        let src = &a.src[n * in_len..(n + 1) * in_len];
+        place_channels(src, a.cin, a.src_hw, a.off, f, xp);
+        correlate_sample::<T, NP>(xp, a.cin, f, a.w, a.oc, flat);
+        let y = &mut out[n * out_len..(n + 1) * out_len];
+        for o in 0..a.oc {
+            let b = a.bias.map_or(T::zero(), |b| b[o]);
+            for oy in 0..f.oh {
+                let src = &flat[o * f.nq + oy * f.wp..][..f.ow];
+                let dst = &mut y[(o * f.oh + oy) * f.ow..][..f.ow];
+                if a.accumulate {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d += s + b;
+                    }
+                } else {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = s + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The arguments of one batched weight gradient.
+struct WeightGrad<'a, T> {
+    x: &'a [T],
+    dy: &'a [T],
+    g: ConvGeometry,
+    f: Flat,
+    oc: usize,
+    batch: usize,
+    alpha: T,
+}
+
+/// Σ of the 16 lanes by a fixed pairwise tree.
+#[inline(always)]
+fn lane_sum<T: Real>(a: &[T; LANES]) -> T {
+    let mut h = [T::zero(); 8];
+    for i in 0..8 {
+        h[i] = a[i] + a[i + 8];
+    }
+    let q = [h[0] + h[4], h[1] + h[5], h[2] + h[6], h[3] + h[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// The starts of the 16-position runs of a group: `s·stride + 16·i` for each sample s and
+/// `16·i < nq`, in that order (a plain counter: `flat_map` over `step_by` does not compile to one).
+struct Runs {
+    q: usize,
+    end: usize,
+    next_sample: usize,
+    last: usize,
+    stride: usize,
+    nq: usize,
+}
+
+impl Runs {
+    #[inline(always)]
+    fn new(samples: usize, stride: usize, nq: usize) -> Runs {
+        Runs {
+            q: 0,
+            end: if samples == 0 { 0 } else { nq },
+            next_sample: stride,
+            last: samples.saturating_sub(1) * stride,
+            stride,
+            nq,
+        }
+    }
+}
+
+impl Iterator for Runs {
+    type Item = usize;
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        if self.q >= self.end {
+            if self.end == 0 || self.next_sample > self.last {
+                return None;
+            }
+            self.q = self.next_sample;
+            self.end = self.q + self.nq;
+            self.next_sample += self.stride;
+        }
+        let q = self.q;
+        self.q += LANES;
+        Some(q)
+    }
+}
+
+/// The dot products of a weight-gradient tile over a group of `samples` samples: `OB` rows of the
+/// flat output gradient against `TB` shifted windows of the padded input, each `nq` long, sample s's
+/// at `s·stride` further on in every slice; summed in 16 lanes (lane q mod 16, an FMA chain over the
+/// samples in order and increasing q within each) reduced by [`lane_sum`]'s tree. One generic version and, for f32, two
+/// with explicit vector registers (autovectorisation keeps these accumulators on the stack); all
+/// give the same bits.
+trait DotTile<T: Real> {
+    /// # Safety
+    /// The instruction set of the implementation must be available.
+    unsafe fn dots<const OB: usize, const TB: usize>(
+        ds: &[&[T]; OB],
+        xs: &[&[T]; TB],
+        nq: usize,
+        samples: usize,
+        stride: usize,
+    ) -> [[T; TB]; OB];
+}
+
+struct GenericDots;
+
+impl<T: Real> DotTile<T> for GenericDots {
+    #[inline(always)]
+    unsafe fn dots<const OB: usize, const TB: usize>(
+        ds: &[&[T]; OB],
+        xs: &[&[T]; TB],
+        nq: usize,
+        samples: usize,
+        stride: usize,
+    ) -> [[T; TB]; OB] {
+        let mut acc = [[[T::zero(); LANES]; TB]; OB];
+        for q in Runs::new(samples, stride, nq) {
+            for (acc, ds) in acc.iter_mut().zip(ds) {
+                let dv: &[T; LANES] = ds[q..q + LANES].try_into().expect("a full run");
+                for (acc, xs) in acc.iter_mut().zip(xs) {
+                    let xv: &[T; LANES] = xs[q..q + LANES].try_into().expect("a full run");
+                    for ((a, &dl), &xl) in acc.iter_mut().zip(dv).zip(xv) {
+                        *a = dl.mul_add(xl, *a);
+                    }
+                }
+            }
+        }
+        let mut out = [[T::zero(); TB]; OB];
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (o, acc) in out.iter_mut().zip(acc) {
+                *o = lane_sum(acc);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512Dots;
+
+#[cfg(target_arch = "x86_64")]
+impl DotTile<f32> for Avx512Dots {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn dots<const OB: usize, const TB: usize>(
+        ds: &[&[f32]; OB],
+        xs: &[&[f32]; TB],
+        nq: usize,
+        samples: usize,
+        stride: usize,
+    ) -> [[f32; TB]; OB] {
+        use std::arch::x86_64::*;
+        let end = (samples.max(1) - 1) * stride + nq;
+        for s in ds.iter().chain(xs) {
+            assert!(s.len() >= end && nq.is_multiple_of(LANES));
+        }
+        let mut acc = [[_mm512_setzero_ps(); TB]; OB];
+        for q in Runs::new(samples, stride, nq) {
+            let mut xv = [_mm512_setzero_ps(); TB];
+            for (v, xs) in xv.iter_mut().zip(xs) {
+                // SAFETY: q + 16 ≤ end ≤ len, asserted above.
+                *v = unsafe { _mm512_loadu_ps(xs.as_ptr().add(q)) };
+            }
+            for (acc, ds) in acc.iter_mut().zip(ds) {
+                // SAFETY: as above.
+                let dv = unsafe { _mm512_loadu_ps(ds.as_ptr().add(q)) };
+                for (a, &x) in acc.iter_mut().zip(&xv) {
+                    *a = _mm512_fmadd_ps(dv, x, *a);
+                }
+            }
+        }
+        let mut out = [[0f32; TB]; OB];
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                // lane_sum's tree: h[i] = a[i] + a[i+8], then h[j] + h[j+4], then (0+2) + (1+3).
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
+                *o = sum8(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
+            }
+        }
+        out
+    }
+}
+
+/// lane_sum's tree from its second level: `h[j] + h[j+4]`, then `(q0 + q2) + (q1 + q3)`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn sum8(h: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let r = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps::<1>(r, r)))
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2Dots;
+
+#[cfg(target_arch = "x86_64")]
+impl DotTile<f32> for Avx2Dots {
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots<const OB: usize, const TB: usize>(
+        ds: &[&[f32]; OB],
+        xs: &[&[f32]; TB],
+        nq: usize,
+        samples: usize,
+        stride: usize,
+    ) -> [[f32; TB]; OB] {
+        use std::arch::x86_64::*;
+        let end = (samples.max(1) - 1) * stride + nq;
+        for s in ds.iter().chain(xs) {
+            assert!(s.len() >= end && nq.is_multiple_of(LANES));
+        }
+        // Lanes 0..8 in the first register of a pair, 8..16 in the second.
+        let mut acc = [[[_mm256_setzero_ps(); 2]; TB]; OB];
+        for q in Runs::new(samples, stride, nq) {
+            for (acc, ds) in acc.iter_mut().zip(ds) {
+                // SAFETY: q + 16 ≤ end ≤ len, asserted above.
+                let dv = unsafe {
+                    [
+                        _mm256_loadu_ps(ds.as_ptr().add(q)),
+                        _mm256_loadu_ps(ds.as_ptr().add(q + 8)),
+                    ]
+                };
+                for (a, xs) in acc.iter_mut().zip(xs) {
+                    // SAFETY: as above.
+                    let xv = unsafe {
+                        [
+                            _mm256_loadu_ps(xs.as_ptr().add(q)),
+                            _mm256_loadu_ps(xs.as_ptr().add(q + 8)),
+                        ]
+                    };
+                    a[0] = _mm256_fmadd_ps(dv[0], xv[0], a[0]);
+                    a[1] = _mm256_fmadd_ps(dv[1], xv[1], a[1]);
+                }
+            }
+        }
+        let mut out = [[0f32; TB]; OB];
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = sum8(_mm256_add_ps(a[0], a[1]));
+            }
+        }
+        out
+    }
+}
+
+/// `dw[o, tap] += alpha · Σ_q d[o, q]·xp[offset(tap) + q]` for `OB` output channels from `o0` and
+/// `TB` taps from `t0`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_tile<T: Real, K: DotTile<T>, const OB: usize, const TB: usize>(
+    group: &[T],
+    samples: usize,
+    f: &Flat,
+    cin: usize,
+    o0: usize,
+    t0: usize,
+    r: usize,
+    alpha: T,
+    dw: &mut [T],
+) {
+    // Each sample's block of `group`: its padded input (cin·cs), then its flat gradient (O·nq).
+    let (kk, nq, stride) = (f.k * f.k, f.nq, group.len() / GROUP);
+    let mut xs: [&[T]; TB] = [&[]; TB];
+    for (t, xs) in xs.iter_mut().enumerate() {
+        let tap = t0 + t;
+        let off = (tap / kk) * f.cs + ((tap % kk) / f.k) * f.wp + tap % f.k;
+        *xs = &group[off..];
+    }
+    let mut ds: [&[T]; OB] = [&[]; OB];
+    for (o, ds) in ds.iter_mut().enumerate() {
+        *ds = &group[cin * f.cs + (o0 + o) * nq..];
+    }
+    // SAFETY: passed on to the caller.
+    let sums = unsafe { K::dots::<OB, TB>(&ds, &xs, nq, samples, stride) };
+    for (o, sums) in sums.iter().enumerate() {
+        for (t, &s) in sums.iter().enumerate() {
+            let v = &mut dw[(o0 + o) * r + t0 + t];
+            *v = alpha.mul_add(s, *v);
+        }
+    }
+}
+
+/// # Safety
+/// `K`'s instruction set must be available.
+#[inline(always)]
+unsafe fn weight_grad_body<T: Real, K: DotTile<T>, const OBM: usize, const TBM: usize>(
+    a: &WeightGrad<'_, T>,
+    dw: &mut [T],
+    work: &mut [T],
+) {
+    let (g, f) = (&a.g, &a.f);
+    let r = g.rows();
+    let stride = g.channels * f.cs + a.oc * f.nq;
+    let group = &mut work[..GROUP * stride];
+    let in_len = g.input_len();
+    let out_len = a.oc * f.oh * f.ow;
+    for n0 in (0..a.batch).step_by(GROUP) {
+        let samples = GROUP.min(a.batch - n0);
+        for (s, block) in group.chunks_exact_mut(stride).take(samples).enumerate() {
+            let n = n0 + s;
+            let (xp, d) = block.split_at_mut(g.channels * f.cs);
+            let x = &a.x[n * in_len..(n + 1) * in_len];
+            place_channels(
+                x,
+                g.channels,
+                (g.height, g.width),
+                g.padding as isize,
+                f,
+                xp,
+            );
+            // The output gradient on the flat grid, 0 at the thrown-away columns and past the end.
+            d.iter_mut().for_each(|v| *v = T::zero());
+            let dy = &a.dy[n * out_len..(n + 1) * out_len];
+            for o in 0..a.oc {
+                for oy in 0..f.oh {
+                    copy_row(
+                        &mut d[o * f.nq + oy * f.wp..][..f.ow],
+                        &dy[(o * f.oh + oy) * f.ow..][..f.ow],
+                    );
+                }
+            }
+        }
+        let group = &*group;
+        let mut o0 = 0;
+        while o0 < a.oc {
+            // OBM ≤ 3: the blocks are 3, 2 or 1 output channels.
+            let ob = (a.oc - o0).min(OBM);
+            let mut t0 = 0;
+            while t0 < r {
+                let tb = if r - t0 >= TBM { TBM } else { 1 };
+                macro_rules! tile {
+                    ($ob:literal) => {
+                        // SAFETY: passed on to the caller.
+                        unsafe {
+                            if tb == TBM {
+                                weight_grad_tile::<T, K, $ob, TBM>(
+                                    group, samples, f, g.channels, o0, t0, r, a.alpha, dw,
+                                )
+                            } else {
+                                weight_grad_tile::<T, K, $ob, 1>(
+                                    group, samples, f, g.channels, o0, t0, r, a.alpha, dw,
+                                )
+                            }
+                        }
+                    };
+                }
+                match ob {
+                    3 => tile!(3),
+                    2 => tile!(2),
+                    _ => tile!(1),
+                }
+                t0 += tb;
+            }
+            o0 += ob;
+        }
+    }
+}
+
+// One generic body, compiled for AVX-512, for AVX2 with FMA, and for the baseline; the choice is made
+// at run time and does not change the results (see the module comment).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn correlate_avx512<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T]) {
+    correlate_body::<T, 48>(a, out, work)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn correlate_avx2<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T]) {
+    correlate_body::<T, 16>(a, out, work)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
+    // SAFETY: the features are enabled here.
+    unsafe {
+        match f32_view(a, dw, work) {
+            Some((a, dw, work)) => weight_grad_body::<f32, Avx512Dots, 3, 5>(&a, dw, work),
+            None => weight_grad_body::<T, GenericDots, 3, 5>(a, dw, work),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_grad_avx2<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
+    // SAFETY: the features are enabled here.
+    unsafe {
+        match f32_view(a, dw, work) {
+            Some((a, dw, work)) => weight_grad_body::<f32, Avx2Dots, 2, 3>(&a, dw, work),
+            None => weight_grad_body::<T, GenericDots, 2, 3>(a, dw, work),
+        }
+    }
+}
+
+/// The same arguments typed as f32 when T is f32 (for the explicit f32 vector tiles), else `None`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::type_complexity)]
+fn f32_view<'a, T: Real>(
+    a: &WeightGrad<'a, T>,
+    dw: &'a mut [T],
+    work: &'a mut [T],
+) -> Option<(WeightGrad<'a, f32>, &'a mut [f32], &'a mut [f32])> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return None;
+    }
+    // SAFETY: T is f32 (the TypeIds are equal), so these are the same slices with their own type.
+    let cast =
+        |s: &'a [T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
+    let cast_mut = |s: &'a mut [T]| unsafe {
+        std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len())
+    };
+    let view = WeightGrad {
+        x: cast(a.x),
+        dy: cast(a.dy),
+        g: a.g,
+        f: a.f,
+        oc: a.oc,
+        batch: a.batch,
+        alpha: a.alpha.as_f64() as f32,
+    };
+    Some((view, cast_mut(dw), cast_mut(work)))
+}
+
+/// Which compiled copy of the kernels this machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Baseline
+}
+
+fn correlate<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T], isa: Isa) {
+    match isa {
+        // SAFETY: the features were detected on this machine by `isa()`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { correlate_avx512(a, out, work) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { correlate_avx2(a, out, work) },
+        _ => correlate_body::<T, 16>(a, out, work),
+    }
+}
+
+fn grow<T: Real>(work: &mut Vec<T>, len: usize) {
+    if work.len() < len {
+        work.resize(len, T::zero());
+    }
+}
+
+/// The forward pass of a stride-1, zero-padded 2-D convolution (PyTorch's `conv2d`, a
+/// cross-correlation) over a batch, computed directly (no im2col):
+///
+/// `y[n, o, oy, ox] (+)= b[o] + Σ_{c,ki,kj} w[o, c, ki, kj] · x[n, c, oy + ki − pad, ox + kj − pad]`
+///
+/// (x is 0 outside the image). Shapes: `x` `[batch, C, H, W]`, `w` `[O, C, k, k]`, `bias` `[O]`,
+/// `y` `[batch, O, ho, wo]` with `(ho, wo) = g.output_size()`. `y` is overwritten, or added to when
+/// `accumulate`. `work` is scratch, grown to [`conv2d_work_len`] if shorter. Order of the sums: see
+/// the module comment.
+///
+/// **Panics** if a buffer is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    x: &[T],
+    batch: usize,
+    accumulate: bool,
+    y: &mut [T],
+    work: &mut Vec<T>,
+) {
+    conv2d_forward_on(
+        g,
+        out_channels,
+        w,
+        bias,
+        x,
+        batch,
+        accumulate,
+        y,
+        work,
+        isa(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv2d_forward_on<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    x: &[T],
+    batch: usize,
+    accumulate: bool,
+    y: &mut [T],
+    work: &mut Vec<T>,
+    isa: Isa,
+) {
+    let (ho, wo) = g.output_size();
+    let a = Correlation {
+        src: &x[..batch * g.input_len()],
+        cin: g.channels,
+        src_hw: (g.height, g.width),
+        off: g.padding as isize,
+        f: Flat::new(ho, wo, g.kernel),
+        w: &w[..out_channels * g.rows()],
+        oc: out_channels,
+        bias: bias.map(|b| &b[..out_channels]),
+        batch,
+        accumulate,
+    };
+    grow(work, conv2d_work_len(g, out_channels));
+    correlate(&a, &mut y[..batch * out_channels * ho * wo], work, isa);
+}
+
+/// The input gradient of [`conv2d_forward`] (its adjoint in x) over a batch:
+///
+/// `dx[n, c, iy, ix] (+)= Σ_{o,ki,kj} w[o, c, ki, kj] · dy[n, o, iy + pad − ki, ix + pad − kj]`
+///
+/// (dy is 0 outside its `ho × wo` plane). This is itself a correlation, of dy padded by
+/// `k − 1 − pad` with the flipped, transposed kernel `w'[c, o, a, b] = w[o, c, k−1−a, k−1−b]`, and is
+/// computed by the same kernel. Shapes: `w` `[O, C, k, k]`, `dy` `[batch, O, ho, wo]`, `dx`
+/// `[batch, C, H, W]`, overwritten or, when `accumulate`, added to.
+///
+/// **Panics** if a buffer is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_input_grad<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    w: &[T],
+    dy: &[T],
+    batch: usize,
+    accumulate: bool,
+    dx: &mut [T],
+    work: &mut Vec<T>,
+) {
+    conv2d_input_grad_on(g, out_channels, w, dy, batch, accumulate, dx, work, isa())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv2d_input_grad_on<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    w: &[T],
+    dy: &[T],
+    batch: usize,
+    accumulate: bool,
+    dx: &mut [T],
+    work: &mut Vec<T>,
+    isa: Isa,
+) {
+    let (ho, wo) = g.output_size();
+    let (c, o, k) = (g.channels, out_channels, g.kernel);
+    grow(work, conv2d_work_len(g, out_channels));
+    let (flipped, rest) = work.split_at_mut(o * g.rows());
+    let kk = k * k;
+    for oc in 0..o {
+        for ic in 0..c {
+            for t in 0..kk {
+                flipped[(ic * o + oc) * kk + t] = w[(oc * c + ic) * kk + kk - 1 - t];
+            }
+        }
+    }
+    let a = Correlation {
+        src: &dy[..batch * o * ho * wo],
+        cin: o,
+        src_hw: (ho, wo),
+        off: k as isize - 1 - g.padding as isize,
+        f: Flat::new(g.height, g.width, k),
+        w: flipped,
+        oc: c,
+        bias: None,
+        batch,
+        accumulate,
+    };
+    correlate(&a, &mut dx[..batch * g.input_len()], rest, isa);
+}
+
+/// The weight gradient of [`conv2d_forward`] over a batch, scaled:
+///
+/// `dw[o, c, ki, kj] (+)= alpha · Σ_n Σ_{oy,ox} dy[n, o, oy, ox] · x[n, c, oy + ki − pad, ox + kj − pad]`
+///
+/// Shapes: `x` `[batch, C, H, W]`, `dy` `[batch, O, ho, wo]`, `dw` `[O, C, k, k]`, overwritten or,
+/// when `accumulate`, added to. The sum of each group of 4 consecutive samples is added as
+/// `alpha·s`, group after group (one sample with `alpha` = the scale gives a per-sample gradient).
+///
+/// **Panics** if a buffer is shorter than its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_weight_grad<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    x: &[T],
+    dy: &[T],
+    batch: usize,
+    alpha: T,
+    accumulate: bool,
+    dw: &mut [T],
+    work: &mut Vec<T>,
+) {
+    conv2d_weight_grad_on(
+        g,
+        out_channels,
+        x,
+        dy,
+        batch,
+        alpha,
+        accumulate,
+        dw,
+        work,
+        isa(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv2d_weight_grad_on<T: Real>(
+    g: &ConvGeometry,
+    out_channels: usize,
+    x: &[T],
+    dy: &[T],
+    batch: usize,
+    alpha: T,
+    accumulate: bool,
+    dw: &mut [T],
+    work: &mut Vec<T>,
+    isa: Isa,
+) {
+    let (ho, wo) = g.output_size();
+    let dw = &mut dw[..out_channels * g.rows()];
+    if !accumulate {
+        dw.iter_mut().for_each(|v| *v = T::zero());
+    }
+    let a = WeightGrad {
+        x: &x[..batch * g.input_len()],
+        dy: &dy[..batch * out_channels * ho * wo],
+        g: *g,
+        f: Flat::new(ho, wo, g.kernel),
+        oc: out_channels,
+        batch,
+        alpha,
+    };
+    grow(work, conv2d_work_len(g, out_channels));
+    match isa {
+        // SAFETY: the features were detected on this machine by `isa()`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { weight_grad_avx512(&a, dw, work) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { weight_grad_avx2(&a, dw, work) },
+        // SAFETY: the generic tile needs no particular instruction set.
+        _ => unsafe { weight_grad_body::<T, GenericDots, 2, 3>(&a, dw, work) },
+    }
+}
+
+/// The bias gradient of [`conv2d_forward`] over a batch, scaled:
+///
+/// `db[o] (+)= alpha · Σ_n Σ_{oy,ox} dy[n, o, oy, ox]`
+///
+/// Shapes: `dy` `[batch, O, plane]` (plane = ho·wo), `db` `[O]`, overwritten or, when `accumulate`,
+/// added to. Summed in 16 lanes (position p of every sample goes to lane p mod 16, in sample order)
+/// reduced by the weight gradient's pairwise tree: a serial sum would be one chain of dependent
+/// additions per channel, slower than the convolution it belongs to.
+///
+/// **Panics** if a buffer is shorter than its shape.
+pub fn conv2d_bias_grad<T: Real>(
+    dy: &[T],
+    batch: usize,
+    out_channels: usize,
+    plane: usize,
+    alpha: T,
+    accumulate: bool,
+    db: &mut [T],
+) {
+    let dy = &dy[..batch * out_channels * plane];
+    for (o, b) in db[..out_channels].iter_mut().enumerate() {
+        let mut acc = [T::zero(); LANES];
+        for n in 0..batch {
+            let row = &dy[(n * out_channels + o) * plane..][..plane];
+            let mut runs = row.chunks_exact(LANES);
+            for run in &mut runs {
+                for (a, &v) in acc.iter_mut().zip(run) {
+                    *a += v;
+                }
+            }
+            for (a, &v) in acc.iter_mut().zip(runs.remainder()) {
+                *a += v;
+            }
+        }
+        let s = alpha * lane_sum(&acc);
+        *b = if accumulate { *b + s } else { s };
+    }
+}
+
+#[cfg(test)]
+mod tests;
