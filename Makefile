@@ -9,6 +9,8 @@
 #   make fuzz    fuzz the checkpoint reader: FUZZ_INPUTS mutated files (default 1,000,000)
 #   make check-cuda  type-check the CUDA build (no GPU needed)
 #   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
+#   make dln-check   λ̂ of four deep linear networks through datagen + llc against Aoyagi's λ (a minute)
+#   make devinterp-cases  devinterp's accuracy cases (reduced rank regression, ordinality) through the tools
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
 #   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
@@ -25,7 +27,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint fuzz check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# //'
+	@sed -n '3,16p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
@@ -105,6 +107,15 @@ clean:
 # missing: our λ̂ against devinterp's (several seeds, paper settings), and our checkpoints in PyTorch.
 crosscheck: build data crosscheck-torch
 	python3 scripts/crosscheck-llc.py --data-dir $(DATA)
+
+# λ̂ of deep linear networks through the tools against Aoyagi's closed form (results/dln.md).
+.PHONY: dln-check devinterp-cases
+dln-check: build
+	scripts/dln-check.sh $(BIN) $(RUNS)/dln-check
+
+# devinterp's accuracy cases through the tools (results/devinterp-cases.md).
+devinterp-cases: build
+	scripts/devinterp-cases.sh $(BIN) $(RUNS)/devinterp-cases
 
 # Optional: load our checkpoints into PyTorch (strict) and compare losses. Skipped without torch.
 include mk/sweep.mk

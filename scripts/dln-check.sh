@@ -6,21 +6,24 @@
 #
 #   scripts/dln-check.sh [BIN_DIR] [WORK_DIR]
 #
-# Settings (the same for every case, recorded in each llc record): n = 10,000, nβ = n/ln n, ε = EPS
-# (default 1e-6), γ = 1, minibatch 500, CHAINS chains (default 4) × DRAWS draws (default 20,000)
-# after BURN (default 4,000) steps of burn-in, seeds 1 (data and teacher) and 1 (chains).
+# Settings (the same for every case, recorded in each llc record): n = SAMPLES (default 100,000),
+# nβ = n/ln n, ε = EPS (default 2.5e-7, so ε·nβ ≈ 2e-3), γ = GAMMA (default 1), minibatch 500, CHAINS
+# chains (default 4) × DRAWS draws (default 100,000) after BURN (default 20,000) steps of burn-in,
+# seed 1 (data, teacher and chains). CASES lists widths:rank pairs. About a minute on 2 cores.
 set -euo pipefail
 bin=${1:-${CARGO_TARGET_DIR:-target}/release}
 work=${2:-runs/dln-check}
-eps=${EPS:-1e-6}
+eps=${EPS:-2.5e-7}
 gamma=${GAMMA:-1}
 chains=${CHAINS:-4}
-draws=${DRAWS:-20000}
-burn=${BURN:-4000}
+samples=${SAMPLES:-100000}
+cases=${CASES:-5,5,5:2 10,10,10,10:5 8,12,6,10:3 10,20,20,10:5}
+draws=${DRAWS:-100000}
+burn=${BURN:-20000}
 mkdir -p "$work"
 echo "| widths (input → output) | rank | Aoyagi's λ (m) | λ̂ ± sd over $chains chains | λ̂ / λ |"
 echo "| --- | --- | --- | --- | --- |"
-for case in "5,5,5:2" "10,10,10,10:5" "8,12,6,10:3" "10,20,20,10:5"; do
+for case in $cases; do
   widths=${case%%:*}; rank=${case##*:}
   name="dln-${widths//,/-}-r$rank"
   IFS=, read -ra w <<< "$widths"
@@ -30,7 +33,7 @@ for case in "5,5,5:2" "10,10,10,10:5" "8,12,6,10:3" "10,20,20,10:5"; do
   done
   printf '{"input": [%s], "layers": [%s], "loss": "mse"}\n' "${w[0]}" "$layers" > "$work/$name.json"
   rm -f "$work/$name.data.safetensors" "$work/$name.teacher.safetensors"
-  "$bin/datagen" teacher --model "$work/$name.json" --low-rank "0.weight:$rank" --samples 10000 \
+  "$bin/datagen" teacher --model "$work/$name.json" --low-rank "0.weight:$rank" --samples "$samples" \
     --input-dist uniform:10 --seed 1 --out "$work/$name.data.safetensors" \
     --teacher-out "$work/$name.teacher.safetensors" > /dev/null
   "$bin/llc" --data "$work/$name.data.safetensors" --nbeta dataset --epsilon "$eps" --gamma "$gamma" \

@@ -74,7 +74,8 @@ struct Args {
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
     /// (with the checkpoint's extra layers), or an exact name such as mlp_1x128, mlp_2x256_tanh,
-    /// lenet_k3 [default: the metadata's, else inferred from the tensor shapes].
+    /// lenet_k3, or a JSON spec file (docs/model-spec.md) [default: the metadata's, else inferred
+    /// from the tensor shapes].
     #[arg(long)]
     model: Option<String>,
     /// Data set: mnist or fashion-mnist [default: the checkpoint's, else mnist].

@@ -256,10 +256,8 @@ fn malformed_specs_are_refused_with_the_json_path() {
             "layers: no layer computes anything",
         ),
         (
-            // Without a `loss` one output is allowed (the mean squared error's [k]; main's 633e584),
-            // but the output must still be flat.
-            json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 2}]}),
-            "layers: the model's output is [1, 2, 2], but the loss needs a flat output [k]",
+            json!({"input": [4], "layers": [{"type": "linear", "out": 1}], "loss": "cross_entropy"}),
+            "layers: the model's output is [1], but cross-entropy needs [classes] with at least 2",
         ),
         (
             json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 5}]}),
@@ -351,4 +349,26 @@ fn spec_paths_are_told_from_preset_names() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("/nonexistent/net.json"), "{e}");
+}
+
+/// A spec may name the mean squared error and have one output (a scalar regression); without a
+/// `loss` one output parses too and the tools choose the loss from the targets (and refuse
+/// cross-entropy over one class then: `Architecture::size_for`).
+#[test]
+fn specs_name_their_loss_and_may_have_one_output_for_mse() {
+    let one = json!({"input": [4], "layers": [{"type": "linear", "out": 1}], "loss": "mse"});
+    let a = arch(&one);
+    assert_eq!(a.named_loss(), Some("mse"));
+    assert_eq!(a.classes(), 1);
+    assert!(a.size_for(crate::model::Loss::MeanSquaredError).is_ok());
+    let bare = arch(&json!({"input": [4], "layers": [{"type": "linear", "out": 1}]}));
+    assert_eq!(bare.named_loss(), None);
+    let why = bare
+        .size_for(crate::model::Loss::SoftmaxCrossEntropy)
+        .unwrap_err()
+        .to_string();
+    assert!(why.contains("cross-entropy needs at least 2"), "{why}");
+    let ce =
+        json!({"input": [4], "layers": [{"type": "linear", "out": 3}], "loss": "cross_entropy"});
+    assert_eq!(arch(&ce).named_loss(), Some("cross_entropy"));
 }
