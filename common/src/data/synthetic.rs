@@ -345,18 +345,7 @@ pub fn low_rank(w: &mut [f64], rows: usize, cols: usize, rank: usize) -> Result<
     if rank >= rows.min(cols) {
         return Ok(());
     }
-    // G = WᵀW (cols × cols).
-    let mut g = vec![0.0; cols * cols];
-    for r in 0..rows {
-        let row = &w[r * cols..(r + 1) * cols];
-        for i in 0..cols {
-            for j in 0..cols {
-                g[i * cols + j] += row[i] * row[j];
-            }
-        }
-    }
-    let mut eig = crate::optim::SymEigen::<f64>::new(cols);
-    eig.decompose(&mut g)
+    let (_, g) = crate::optim::gram_eigen(w, rows, cols)
         .map_err(|info| Error::invalid(format!("low rank: eigendecomposition failed ({info})")))?;
     // Eigenvalues ascend: the top `rank` eigenvectors are the last rows of g.
     let top: Vec<&[f64]> = (cols - rank..cols)
@@ -380,20 +369,9 @@ mod tests {
     use super::*;
     use crate::model::{Activation, Architecture};
 
-    /// The singular values of a small matrix by the same route, to check the rank: the eigenvalues
-    /// of WᵀW.
+    /// The eigenvalues of WᵀW (A's squared singular values; `gram_eigen` has its own test).
     fn gram_eigenvalues(w: &[f64], rows: usize, cols: usize) -> Vec<f64> {
-        let mut g = vec![0.0; cols * cols];
-        for r in 0..rows {
-            for i in 0..cols {
-                for j in 0..cols {
-                    g[i * cols + j] += w[r * cols + i] * w[r * cols + j];
-                }
-            }
-        }
-        let mut eig = crate::optim::SymEigen::<f64>::new(cols);
-        eig.decompose(&mut g).unwrap();
-        eig.values.clone()
+        crate::optim::gram_eigen(w, rows, cols).unwrap().0
     }
 
     /// The rank-r approximation has rank r, keeps the r largest singular values, and is the closest

@@ -25,7 +25,7 @@ pub use ngd_exact::{
 pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};
 pub use step_ratio::{explosion_warning, StepRatioStats, EXPLOSION_RATIO};
-pub use sym_eigen::{Syevd, SymEigen};
+pub use sym_eigen::{gram_eigen, Syevd, SymEigen};
 
 use crate::model::Network;
 use crate::Result;

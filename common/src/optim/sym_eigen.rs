@@ -120,6 +120,27 @@ impl<T: NgdReal> SymEigen<T> {
     }
 }
 
+/// The eigendecomposition of AᵀA for a `rows × cols` matrix A (row-major, f64): the squared singular
+/// values of A, ascending, and the right singular vectors as the rows of the returned `cols × cols`
+/// matrix (row j belongs to value j). Used where a small matrix's rank or best low-rank
+/// approximation is needed (the numerical rank of a deep linear network's product, Eckart–Young).
+///
+/// # Errors
+/// LAPACK's `info` when it does not converge.
+pub fn gram_eigen(a: &[f64], rows: usize, cols: usize) -> Result<(Vec<f64>, Vec<f64>), i32> {
+    let mut g = vec![0.0; cols * cols];
+    for row in a[..rows * cols].chunks_exact(cols) {
+        for i in 0..cols {
+            for j in 0..cols {
+                g[i * cols + j] += row[i] * row[j];
+            }
+        }
+    }
+    let mut eig = SymEigen::<f64>::new(cols);
+    eig.decompose(&mut g)?;
+    Ok((eig.values, g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +166,15 @@ mod tests {
                 assert!((zu - e.values[j] * u[i]).abs() < 1e-12, "{j} {i}");
             }
         }
+    }
+
+    /// AᵀA's eigenvalues are A's squared singular values: a 3×2 matrix with orthogonal columns of
+    /// norms 2 and 3 gives 4 and 9, with the unit vectors as eigenvectors.
+    #[test]
+    fn gram_eigen_gives_squared_singular_values() {
+        let a = [2.0, 0.0, 0.0, 3.0, 0.0, 0.0];
+        let (values, vectors) = gram_eigen(&a, 3, 2).unwrap();
+        assert!((values[0] - 4.0).abs() < 1e-12 && (values[1] - 9.0).abs() < 1e-12);
+        assert!((vectors[0].abs() - 1.0).abs() < 1e-12 && (vectors[3].abs() - 1.0).abs() < 1e-12);
     }
 }

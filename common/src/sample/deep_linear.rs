@@ -51,6 +51,29 @@ fn identity(rows: usize) -> Vec<f64> {
     e
 }
 
+/// The weights of layer ℓ (1-based) of a network of `widths` within the flat vector `w`.
+fn layer<'w>(widths: &[usize], w: &'w [f64], l: usize) -> &'w [f64] {
+    let start: usize = widths.windows(2).take(l - 1).map(|p| p[0] * p[1]).sum();
+    &w[start..start + widths[l] * widths[l - 1]]
+}
+
+/// W_hi ⋯ W_{lo+1} (`H_hi × H_lo`, row-major) of a network of `widths` with flat weights `w`
+/// (layers in order, each `[H_ℓ, H_{ℓ−1}]`); the identity when hi = lo. With lo = 0 and
+/// hi = L it is the end-to-end matrix x ↦ W_L ⋯ W_1·x.
+pub(crate) fn product(widths: &[usize], w: &[f64], lo: usize, hi: usize) -> Vec<f64> {
+    let mut p = identity(widths[lo]);
+    for l in lo + 1..=hi {
+        p = matmul(
+            layer(widths, w, l),
+            &p,
+            widths[l],
+            widths[l - 1],
+            widths[lo],
+        );
+    }
+    p
+}
+
 impl DeepLinearPotential {
     /// The potential of a network of `widths` around the product of `w_star`'s layers, for inputs of
     /// second moment `input_second_moment` per coordinate.
@@ -85,30 +108,9 @@ impl DeepLinearPotential {
         Ok(pot)
     }
 
-    /// The weights of layer ℓ (1-based) within the flat vector.
-    fn layer<'w>(&self, w: &'w [f64], l: usize) -> &'w [f64] {
-        let start: usize = self
-            .widths
-            .windows(2)
-            .take(l - 1)
-            .map(|p| p[0] * p[1])
-            .sum();
-        &w[start..start + self.widths[l] * self.widths[l - 1]]
-    }
-
     /// W_hi ⋯ W_{lo+1} (`H_hi × H_lo`); the identity when hi = lo.
     fn product(&self, w: &[f64], lo: usize, hi: usize) -> Vec<f64> {
-        let mut p = identity(self.widths[lo]);
-        for l in lo + 1..=hi {
-            p = matmul(
-                self.layer(w, l),
-                &p,
-                self.widths[l],
-                self.widths[l - 1],
-                self.widths[lo],
-            );
-        }
-        p
+        product(&self.widths, w, lo, hi)
     }
 
     /// Q = W_L ⋯ W_1 − P*.

@@ -190,37 +190,15 @@ impl DeepLinearStructure {
         if weights.is_empty() || params.len() != net.num_params() {
             return None;
         }
-        // P = W_L ⋯ W_1 (M × N), accumulated from the input side.
-        let n = widths[0];
-        let mut p: Vec<f64> = (0..n * n)
-            .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        // P = W_L ⋯ W_1 (M × N) in f64, and the eigenvalues of PᵀP (ascending).
+        let w: Vec<f64> = weights
+            .iter()
+            .flat_map(|r| params[r.clone()].iter().map(|&v| v as f64))
             .collect();
-        for (l, range) in weights.iter().enumerate() {
-            let (rows, inner) = (widths[l + 1], widths[l]);
-            let w = &params[range.clone()];
-            let mut next = vec![0.0; rows * n];
-            for r in 0..rows {
-                for k in 0..inner {
-                    let wrk = w[r * inner + k] as f64;
-                    for c in 0..n {
-                        next[r * n + c] += wrk * p[k * n + c];
-                    }
-                }
-            }
-            p = next;
-        }
-        let m = *widths.last().expect("at least one layer");
-        let mut gram = vec![0.0; n * n];
-        for r in 0..m {
-            for i in 0..n {
-                for j in 0..n {
-                    gram[i * n + j] += p[r * n + i] * p[r * n + j];
-                }
-            }
-        }
-        let mut eig = crate::optim::SymEigen::<f64>::new(n);
-        eig.decompose(&mut gram).ok()?;
-        let mut singular_values: Vec<f64> = eig.values.iter().map(|&v| v.max(0.0).sqrt()).collect();
+        let p = super::deep_linear::product(&widths, &w, 0, widths.len() - 1);
+        let (n, m) = (widths[0], *widths.last().expect("at least one layer"));
+        let (values, _) = crate::optim::gram_eigen(&p, m, n).ok()?;
+        let mut singular_values: Vec<f64> = values.iter().map(|&v| v.max(0.0).sqrt()).collect();
         singular_values.reverse();
         let tolerance = singular_values[0] * m.max(n) as f64 * f32::EPSILON as f64;
         let rank = singular_values.iter().filter(|&&s| s > tolerance).count();
