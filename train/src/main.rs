@@ -10,7 +10,7 @@ use common::io::{Checkpoint, RecordWriter};
 use common::model::{
     check_fits_in_memory, initialise, Activation, Architecture, Loss, ModelSpec, Network,
 };
-use common::optim::{Optimizer, SgdConfig};
+use common::optim::{AdamWConfig, Optimizer, SgdConfig};
 use common::train::{
     prepare_output, train, Continuation, OutputMode, Resume, RunSettings, Start, TrainConfig,
 };
@@ -25,7 +25,7 @@ const ABOUT: &str =
 
 const LONG_ABOUT: &str = "\
 Train an MLP or the paper's LeNet on MNIST or Fashion-MNIST with SGD (PyTorch's torch.optim.SGD:
-momentum, dampening, Nesterov, weight decay) or natural gradient descent. --optimizer ngd is the
+momentum, dampening, Nesterov, weight decay), AdamW (torch.optim.AdamW) or natural gradient descent. --optimizer ngd is the
 paper's online natural gradient (Kaldi's OnlineNaturalGradient as in the paper's ngd.py: a low-rank
 Fisher factor per tensor axis, then SGD momentum); --optimizer ngd-exact is the exact damped
 natural gradient (F + λI)⁻¹g of each minibatch's empirical or sampled Fisher, solved through the
@@ -62,6 +62,9 @@ Examples:
     $ train --optimizer ngd --ngd-dtype f64 --ngd-rank 10 --epochs 20 --out runs/ngd-f64-r10
     $ train --optimizer ngd-exact --epochs 20 --out runs/exact
     $ train --optimizer ngd-exact --fisher empirical --damping-relative 1 --no-preserve-norm --out runs/emp
+
+  AdamW as PyTorch's torch.optim.AdamW (weight decay decoupled), e.g. for grokking:
+    $ train --data modular.safetensors --model net.json --optimizer adamw --lr 1e-3 --weight-decay 1 --betas 0.9,0.98 --out runs/grok
 
   The LeNet, a quick run on the first 5,000 samples in file order:
     $ train --model lenet --train-samples 5000 --no-shuffle --epochs 1 --out runs/lenet-quick
@@ -138,13 +141,14 @@ struct Args {
     /// targets].
     #[arg(long)]
     loss: Option<String>,
-    /// Optimiser: sgd, ngd (the paper's online natural gradient, then SGD momentum) or ngd-exact
-    /// (the exact damped natural gradient of each minibatch, then SGD momentum).
+    /// Optimiser: sgd, ngd (the paper's online natural gradient, then SGD momentum), ngd-exact
+    /// (the exact damped natural gradient of each minibatch, then SGD momentum) or adamw
+    /// (torch.optim.AdamW: --betas, --eps, decoupled --weight-decay).
     #[arg(long, default_value = "sgd", value_parser = common::optim::OPTIMIZERS)]
     optimizer: String,
-    /// Learning rate.
-    #[arg(long, default_value_t = 0.01)]
-    lr: f64,
+    /// Learning rate [default: 0.01; adamw: 0.001, PyTorch's].
+    #[arg(long)]
+    lr: Option<f64>,
     /// Momentum factor μ.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
@@ -157,9 +161,22 @@ struct Args {
     /// Plain (heavy-ball) momentum instead of Nesterov.
     #[arg(long)]
     no_nesterov: bool,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    /// Weight decay: L2 added to the gradient (sgd, ngd, ngd-exact), or decoupled θ ← θ(1 − lr·wd)
+    /// before the step (adamw) [default: 0; adamw: 0.01, PyTorch's].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// adamw: β₁,β₂, the decay rates of the gradient's first and second moments.
+    #[arg(
+        long,
+        value_name = "B1,B2",
+        value_delimiter = ',',
+        default_value = "0.9,0.999",
+        allow_negative_numbers = true
+    )]
+    betas: Vec<f64>,
+    /// adamw: ε, added to the second moment's square root.
+    #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
+    eps: f64,
     /// sgd: add isotropic Gaussian noise ξ to each tensor's gradient before the momentum step,
     /// ‖ξ_t‖ = R·‖g_t‖ (seeded by --seed; 0 = none). The noise control for NGD's rounding.
     #[arg(
@@ -423,13 +440,24 @@ fn run(args: Args) -> Result<()> {
     }
 
     let sgd = SgdConfig {
-        lr: args.lr,
+        lr: args.lr.unwrap_or(0.01),
         momentum: args.momentum,
         dampening: args.dampening,
         nesterov: !args.no_nesterov,
-        weight_decay: args.weight_decay,
+        weight_decay: args.weight_decay.unwrap_or(0.0),
     };
     let mut settings = args.ngd.settings(&args.optimizer, sgd, seed)?;
+    let [beta1, beta2] = args.betas[..] else {
+        bail!("--betas takes two values, B1,B2 (e.g. 0.9,0.98)");
+    };
+    let adamw_defaults = AdamWConfig::default();
+    settings.adamw = AdamWConfig {
+        lr: args.lr.unwrap_or(adamw_defaults.lr),
+        beta1,
+        beta2,
+        eps: args.eps,
+        weight_decay: args.weight_decay.unwrap_or(adamw_defaults.weight_decay),
+    };
     settings.noise.relative = args.direction_noise;
     for spec in &args.direction_noise_tensor {
         let parsed = spec

@@ -1,8 +1,8 @@
 //! Building an optimiser from its settings (shared by `train` and `switch`).
 
 use super::{
-    Damping, DirectionNoise, DirectionNoiseConfig, FisherKind, Ngd, NgdConfig, NgdDtype, NgdExact,
-    NgdExactConfig, Optimizer, Sgd, SgdConfig,
+    AdamW, AdamWConfig, Damping, DirectionNoise, DirectionNoiseConfig, FisherKind, Ngd, NgdConfig,
+    NgdDtype, NgdExact, NgdExactConfig, Optimizer, Sgd, SgdConfig,
 };
 use crate::model::Network;
 use crate::{Error, Result};
@@ -10,7 +10,7 @@ use crate::{Error, Result};
 /// Which optimiser and all its hyperparameters (the ones that do not apply are ignored).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerSettings {
-    /// `sgd`, `ngd` or `ngd-exact`.
+    /// `sgd`, `ngd`, `ngd-exact` or `adamw`.
     pub name: String,
     /// The momentum stage (all three optimisers).
     pub sgd: SgdConfig,
@@ -20,6 +20,8 @@ pub struct OptimizerSettings {
     pub exact: NgdExactConfig,
     /// `sgd` only: noise added to the gradient (none when R = 0).
     pub noise: DirectionNoiseConfig,
+    /// `adamw` (PyTorch's defaults unless set).
+    pub adamw: AdamWConfig,
 }
 
 impl Default for OptimizerSettings {
@@ -30,12 +32,13 @@ impl Default for OptimizerSettings {
             ngd: NgdConfig::default(),
             exact: NgdExactConfig::default(),
             noise: DirectionNoiseConfig::default(),
+            adamw: AdamWConfig::default(),
         }
     }
 }
 
 /// The optimiser names [`build`] knows.
-pub const OPTIMIZERS: [&str; 3] = ["sgd", "ngd", "ngd-exact"];
+pub const OPTIMIZERS: [&str; 4] = ["sgd", "ngd", "ngd-exact", "adamw"];
 
 impl OptimizerSettings {
     /// Seeds the optimisers' own streams (sampled Fisher labels, direction noise) with the run seed.
@@ -126,6 +129,7 @@ pub fn build(settings: &OptimizerSettings, net: &Network) -> Result<Box<dyn Opti
             };
             Ok(Box::new(NgdExact::new(cfg)?))
         }
+        "adamw" => Ok(Box::new(AdamW::new(settings.adamw)?)),
         o => Err(Error::invalid(format!(
             "unknown optimiser {o:?} (expected one of {})",
             OPTIMIZERS.join(", ")

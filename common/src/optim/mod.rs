@@ -4,6 +4,7 @@
 //! because natural-gradient methods need more than the mean gradient. Its state can be saved to and
 //! restored from an optimiser sidecar so that training resumes exactly.
 
+mod adamw;
 mod build;
 mod direction_noise;
 mod ngd;
@@ -14,6 +15,7 @@ mod sgd;
 mod step_ratio;
 mod sym_eigen;
 
+pub use adamw::{adamw_step, AdamW, AdamWConfig};
 pub use build::{build, OptimizerSettings, OPTIMIZERS};
 pub use direction_noise::{add_isotropic_noise, DirectionNoise, DirectionNoiseConfig};
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
@@ -46,7 +48,7 @@ pub struct Batch<'a> {
 
 /// A first- or second-order optimiser.
 pub trait Optimizer: Send {
-    /// `sgd`, `ngd`, `ngd-exact`.
+    /// `sgd`, `ngd`, `ngd-exact`, `adamw`.
     fn name(&self) -> &'static str;
     /// Every hyperparameter that shapes the update, for records and checkpoint metadata.
     fn hyperparameters(&self) -> Map<String, Value>;

@@ -4,7 +4,7 @@ use super::{Damping, FisherKind, NgdDtype, OptimizerSettings};
 use crate::{Error, Result};
 
 /// The keys [`OptimizerSettings::set`] knows: `train`'s flag names without the dashes.
-pub const SETTING_KEYS: [&str; 18] = [
+pub const SETTING_KEYS: [&str; 21] = [
     "lr",
     "momentum",
     "dampening",
@@ -23,6 +23,9 @@ pub const SETTING_KEYS: [&str; 18] = [
     "preserve-norm",
     "direction-noise",
     "ngd-shadow-f64",
+    "beta1",
+    "beta2",
+    "eps",
 ];
 
 fn number(key: &str, value: &str) -> Result<f64> {
@@ -48,11 +51,18 @@ impl OptimizerSettings {
     /// An unknown key (the message lists the known ones) or a value that does not parse.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
-            "lr" => self.sgd.lr = number(key, value)?,
+            // The learning rate and weight decay of whichever optimiser the settings name.
+            "lr" => {
+                self.sgd.lr = number(key, value)?;
+                self.adamw.lr = self.sgd.lr;
+            }
             "momentum" => self.sgd.momentum = number(key, value)?,
             "dampening" => self.sgd.dampening = number(key, value)?,
             "nesterov" => self.sgd.nesterov = boolean(key, value)?,
-            "weight-decay" => self.sgd.weight_decay = number(key, value)?,
+            "weight-decay" => {
+                self.sgd.weight_decay = number(key, value)?;
+                self.adamw.weight_decay = self.sgd.weight_decay;
+            }
             "ngd-alpha" => self.ngd.alpha = number(key, value)?,
             "ngd-eta" => self.ngd.eta = number(key, value)?,
             "ngd-epsilon" => self.ngd.epsilon = number(key, value)?,
@@ -76,6 +86,9 @@ impl OptimizerSettings {
             "preserve-norm" => self.exact.preserve_norm = boolean(key, value)?,
             "direction-noise" => self.noise.relative = number(key, value)?,
             "ngd-shadow-f64" => self.ngd.shadow_f64 = boolean(key, value)?,
+            "beta1" => self.adamw.beta1 = number(key, value)?,
+            "beta2" => self.adamw.beta2 = number(key, value)?,
+            "eps" => self.adamw.eps = number(key, value)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown setting '{key}' (known: {})",
@@ -102,6 +115,10 @@ mod tests {
         assert_eq!(s.ngd.alpha, 0.5);
         assert!(!s.sgd.nesterov);
         assert_eq!(s.exact.damping, Damping::Absolute(0.001));
+        assert_eq!(s.adamw.lr, 0.1);
+        s.set("beta2", "0.98").unwrap();
+        s.set("weight-decay", "1").unwrap();
+        assert_eq!((s.adamw.beta2, s.adamw.weight_decay), (0.98, 1.0));
         assert!(s.set("lr", "x").unwrap_err().to_string().contains("lr=x"));
         assert!(s
             .set("bogus", "1")

@@ -1,0 +1,434 @@
+//! AdamW with the semantics of `torch.optim.AdamW` (Loshchilov & Hutter 2019, "Decoupled weight
+//! decay regularization"; Kingma & Ba 2015 for Adam).
+
+use super::ngd::{decode_f64, encode_f64};
+use super::{Batch, Optimizer};
+use crate::{Error, Real, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The hyperparameters of `torch.optim.AdamW` (amsgrad and maximize off).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    fn default() -> Self {
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Checks the settings as PyTorch's constructor does (0 ≤ lr, 0 ≤ eps, 0 ≤ β < 1, 0 ≤ wd).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the flag and the value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: f64, rule: &str| {
+            Err(Error::invalid(format!("invalid {what} {v} ({rule})")))
+        };
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("learning rate --lr", self.lr, "must be >= 0");
+        }
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
+            return bad("--eps", self.eps, "must be >= 0");
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(&format!("--betas {name}"), b, "must be in [0, 1)");
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("--weight-decay", self.weight_decay, "must be >= 0");
+        }
+        Ok(())
+    }
+
+    /// The hyperparameters for records, with PyTorch's names (`betas` as a pair).
+    pub fn to_json(&self) -> Map<String, Value> {
+        match json!({
+            "lr": self.lr,
+            "betas": [self.beta1, self.beta2],
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "amsgrad": false,
+        }) {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// One AdamW step on `params` with gradient `grad`, first and second moments `m`, `v` (updated in
+/// place), `step` the step's number t ≥ 1 (1 on the first step). In PyTorch's order
+/// (`torch/optim/adam.py`, `_single_tensor_adam` with `decoupled_weight_decay=True`):
+///
+/// θ ← θ·(1 − lr·wd);  m ← m + (1 − β₁)(g − m);  v ← v·β₂ + (1 − β₂)·g·g;
+/// θ ← θ − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε).
+///
+/// The scalars are computed in f64 (Python floats) and rounded to `T` once, each elementwise
+/// operation is rounded in `T` in the order of PyTorch's CPU kernels (`lerp` with weight w < ½ as
+/// the fused `fma(w, g − m, m)`, else `fma(m − g, 1 − w, g)`; `addcmul` as `v + (s·g)·g`;
+/// `addcdiv` as `θ + (s·m)/d`), so `T = f64` is PyTorch's float64 AdamW and `T = f32` its float32
+/// one bit for bit (the fixture's float32 run).
+///
+/// **Panics** if the slices differ in length or `step` is 0.
+pub fn adamw_step<T: Real>(
+    cfg: &AdamWConfig,
+    step: u64,
+    params: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    assert!(step >= 1, "AdamW steps count from 1");
+    let n = params.len();
+    assert!(grad.len() == n && m.len() == n && v.len() == n);
+    let t = step as f64;
+    let decay = T::of_f64(1.0 - cfg.lr * cfg.weight_decay);
+    let w1 = 1.0 - cfg.beta1;
+    let lerp_low = w1.abs() < 0.5;
+    let w1t = T::of_f64(w1);
+    let one_minus_w1 = T::one() - w1t;
+    let (beta2, w2) = (T::of_f64(cfg.beta2), T::of_f64(1.0 - cfg.beta2));
+    let bias_correction1 = 1.0 - cfg.beta1.powf(t);
+    let bias_correction2 = 1.0 - cfg.beta2.powf(t);
+    let neg_step_size = T::of_f64(-(cfg.lr / bias_correction1));
+    let bc2_sqrt = T::of_f64(bias_correction2.powf(0.5));
+    let eps = T::of_f64(cfg.eps);
+    for i in 0..n {
+        let g = grad[i];
+        let mut p = params[i];
+        if cfg.weight_decay != 0.0 {
+            p = p * decay;
+        }
+        // ATen's vectorised lerp: the form exact at its nearer end, as one fused multiply-add.
+        m[i] = if lerp_low {
+            w1t.mul_add(g - m[i], m[i])
+        } else {
+            (m[i] - g).mul_add(one_minus_w1, g)
+        };
+        v[i] = v[i] * beta2;
+        v[i] = v[i] + w2 * g * g;
+        let denom = v[i].sqrt() / bc2_sqrt + eps;
+        params[i] = p + neg_step_size * m[i] / denom;
+    }
+}
+
+/// `torch.optim.AdamW` over the flat f32 parameters (its state, as PyTorch's for f32 parameters,
+/// in f32; the step count exact).
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    step: u64,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+}
+
+/// Sidecar names of the state: the moments, and the step count as an f64 in two f32 bit patterns.
+const KEY_EXP_AVG: &str = "adamw.exp_avg";
+const KEY_EXP_AVG_SQ: &str = "adamw.exp_avg_sq";
+const KEY_STEP: &str = "adamw.step";
+
+impl AdamW {
+    /// # Errors
+    /// As [`AdamWConfig::validate`].
+    pub fn new(config: AdamWConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(AdamW {
+            config,
+            step: 0,
+            exp_avg: Vec::new(),
+            exp_avg_sq: Vec::new(),
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+}
+
+impl Optimizer for AdamW {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+    fn hyperparameters(&self) -> Map<String, Value> {
+        self.config.to_json()
+    }
+    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+        if self.step == 0 {
+            // PyTorch's lazy state: zeros of the parameters' shape on the first step.
+            self.exp_avg = vec![0.0; params.len()];
+            self.exp_avg_sq = vec![0.0; params.len()];
+        }
+        if self.exp_avg.len() != params.len() {
+            return Err(Error::invalid(format!(
+                "adamw: the state holds {} values but the model has {} parameters",
+                self.exp_avg.len(),
+                params.len()
+            )));
+        }
+        self.step += 1;
+        adamw_step(
+            &self.config,
+            self.step,
+            params,
+            grad,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+        );
+        Ok(())
+    }
+    fn state(&self) -> BTreeMap<String, Vec<f32>> {
+        let mut s = BTreeMap::new();
+        if self.step > 0 {
+            s.insert(KEY_EXP_AVG.into(), self.exp_avg.clone());
+            s.insert(KEY_EXP_AVG_SQ.into(), self.exp_avg_sq.clone());
+            s.insert(KEY_STEP.into(), encode_f64(&[self.step as f64]));
+        }
+        s
+    }
+    fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
+        let Some(step) = state.get(KEY_STEP) else {
+            // No step taken yet when the sidecar was written.
+            *self = AdamW::new(self.config)?;
+            return Ok(());
+        };
+        let bad = |m: String| Err(Error::invalid(format!("adamw sidecar: {m}")));
+        let step = match decode_f64(step).as_slice() {
+            [t] if t.is_finite() && *t >= 1.0 && t.fract() == 0.0 && *t < 2f64.powi(53) => {
+                *t as u64
+            }
+            other => return bad(format!("`{KEY_STEP}` is {other:?}, not a step count")),
+        };
+        let (Some(m), Some(v)) = (state.get(KEY_EXP_AVG), state.get(KEY_EXP_AVG_SQ)) else {
+            return bad(format!(
+                "`{KEY_STEP}` without `{KEY_EXP_AVG}` and `{KEY_EXP_AVG_SQ}`"
+            ));
+        };
+        if m.len() != v.len() {
+            return bad(format!(
+                "`{KEY_EXP_AVG}` holds {} values but `{KEY_EXP_AVG_SQ}` {}",
+                m.len(),
+                v.len()
+            ));
+        }
+        self.step = step;
+        self.exp_avg = m.clone();
+        self.exp_avg_sq = v.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scripts/fixtures/adamw_torch.py`'s output: PyTorch float64 AdamW on a fixed gradient
+    /// sequence, for two settings.
+    fn fixture() -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/adamw-torch/adamw_f64.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn floats(v: &Value) -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    }
+
+    /// Ours in f64 against PyTorch's float64 AdamW, every step, to 1e-12 (relative to max(1, |θ|)).
+    #[test]
+    fn matches_torch_adamw_float64() {
+        let fx = fixture();
+        let cases = fx["cases"].as_array().unwrap();
+        assert!(cases.len() >= 2);
+        for case in cases {
+            let c = &case["config"];
+            let cfg = AdamWConfig {
+                lr: c["lr"].as_f64().unwrap(),
+                beta1: c["betas"][0].as_f64().unwrap(),
+                beta2: c["betas"][1].as_f64().unwrap(),
+                eps: c["eps"].as_f64().unwrap(),
+                weight_decay: c["weight_decay"].as_f64().unwrap(),
+            };
+            let mut p = floats(&case["init"]);
+            let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+            let grads = case["grads"].as_array().unwrap();
+            let expected = case["params"].as_array().unwrap();
+            assert!(grads.len() >= 10 && grads.len() == expected.len());
+            for (t, (g, want)) in grads.iter().zip(expected).enumerate() {
+                adamw_step(&cfg, t as u64 + 1, &mut p, &floats(g), &mut m, &mut v);
+                for (a, b) in p.iter().zip(floats(want)) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                        "{c} step {}: {a} vs torch {b}",
+                        t + 1
+                    );
+                }
+            }
+            for (a, b) in m.iter().zip(floats(&case["exp_avg"])) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                    "exp_avg {a} vs {b}"
+                );
+            }
+            for (a, b) in v.iter().zip(floats(&case["exp_avg_sq"])) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1e-3),
+                    "exp_avg_sq {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// The f32 optimiser is PyTorch's float32 AdamW on the same sequence (the fixture's f32 run),
+    /// 12 steps, bit for bit.
+    #[test]
+    fn matches_torch_adamw_float32() {
+        let fx = fixture();
+        for case in fx["cases"].as_array().unwrap() {
+            let c = &case["config"];
+            let mut opt = AdamW::new(AdamWConfig {
+                lr: c["lr"].as_f64().unwrap(),
+                beta1: c["betas"][0].as_f64().unwrap(),
+                beta2: c["betas"][1].as_f64().unwrap(),
+                eps: c["eps"].as_f64().unwrap(),
+                weight_decay: c["weight_decay"].as_f64().unwrap(),
+            })
+            .unwrap();
+            let net = crate::model::Network::new(crate::model::Architecture::Mlp {
+                input: 3,
+                hidden: vec![2],
+                classes: 2,
+                activation: crate::model::Activation::Relu,
+            });
+            let batch = Batch {
+                net: &net,
+                x: &[],
+                targets: crate::model::Targets::Labels(&[]),
+            };
+            let mut p: Vec<f32> = floats(&case["init"]).iter().map(|&x| x as f32).collect();
+            for g in case["grads"].as_array().unwrap() {
+                let mut g: Vec<f32> = floats(g).iter().map(|&x| x as f32).collect();
+                opt.step(&mut p, &mut g, &batch).unwrap();
+            }
+            for (a, b) in p.iter().zip(floats(&case["params_f32_last"])) {
+                // The same roundings as PyTorch's kernels: equal bit for bit (an unfused lerp
+                // is 6 ulps away on the second setting).
+                assert_eq!(
+                    a.to_bits(),
+                    (b as f32).to_bits(),
+                    "{c}: {a} vs torch f32 {b}"
+                );
+            }
+        }
+    }
+
+    /// Saving the state after k steps and loading it into a fresh optimiser continues bit for bit.
+    #[test]
+    fn resumes_bit_for_bit_from_its_state() {
+        let cfg = AdamWConfig {
+            lr: 0.05,
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let net = crate::model::Network::new(crate::model::Architecture::Mlp {
+            input: 3,
+            hidden: vec![2],
+            classes: 2,
+            activation: crate::model::Activation::Relu,
+        });
+        let batch = Batch {
+            net: &net,
+            x: &[],
+            targets: crate::model::Targets::Labels(&[]),
+        };
+        let grad = |k: usize| -> Vec<f32> {
+            (0..5)
+                .map(|i| ((i * 7 + k * 3) as f32 * 0.37).sin())
+                .collect()
+        };
+        let mut straight = AdamW::new(cfg).unwrap();
+        let mut p = vec![0.3f32, -0.2, 0.1, 0.9, -1.1];
+        let mut split_p = p.clone();
+        for k in 0..9 {
+            straight.step(&mut p, &mut grad(k), &batch).unwrap();
+        }
+        let mut first = AdamW::new(cfg).unwrap();
+        for k in 0..4 {
+            first.step(&mut split_p, &mut grad(k), &batch).unwrap();
+        }
+        let saved = first.state();
+        assert_eq!(saved.len(), 3);
+        let mut second = AdamW::new(cfg).unwrap();
+        second.load_state(&saved).unwrap();
+        assert_eq!(second.steps(), 4);
+        for k in 4..9 {
+            second.step(&mut split_p, &mut grad(k), &batch).unwrap();
+        }
+        assert_eq!(
+            p.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            split_p.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        // Without the state the continuation differs: the comparison above can fail.
+        let mut q = p.clone();
+        let mut r = p.clone();
+        let mut fresh = AdamW::new(cfg).unwrap();
+        fresh.step(&mut q, &mut grad(9), &batch).unwrap();
+        second.step(&mut r, &mut grad(9), &batch).unwrap();
+        assert_ne!(q, r);
+    }
+
+    #[test]
+    fn refuses_bad_settings_and_state() {
+        for cfg in [
+            AdamWConfig {
+                lr: -1.0,
+                ..AdamWConfig::default()
+            },
+            AdamWConfig {
+                beta1: 1.0,
+                ..AdamWConfig::default()
+            },
+            AdamWConfig {
+                beta2: -0.1,
+                ..AdamWConfig::default()
+            },
+            AdamWConfig {
+                eps: f64::NAN,
+                ..AdamWConfig::default()
+            },
+            AdamWConfig {
+                weight_decay: -0.5,
+                ..AdamWConfig::default()
+            },
+        ] {
+            assert!(AdamW::new(cfg).is_err(), "{cfg:?}");
+        }
+        let mut opt = AdamW::new(AdamWConfig::default()).unwrap();
+        let mut s = BTreeMap::new();
+        s.insert(KEY_STEP.to_string(), encode_f64(&[2.5]));
+        let e = opt.load_state(&s).unwrap_err().to_string();
+        assert!(e.contains("adamw.step"), "{e}");
+        s.insert(KEY_STEP.to_string(), encode_f64(&[3.0]));
+        let e = opt.load_state(&s).unwrap_err().to_string();
+        assert!(e.contains("without"), "{e}");
+    }
+}
