@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use common::data::modular::{modular, ModularOp};
 use common::data::synthetic::{
     low_rank, normal_crossing, random_regression, teacher, InputDistribution, SyntheticData,
 };
@@ -28,6 +29,11 @@ teacher's model) in the metadata under `datagen`. The same settings write the sa
                      deep-linear-network experiments do.
   normal-crossing    devinterp's normal-crossing data: x ~ N(0, s²), y = σ·ξ.
   random-regression  devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+  modular            every pair (a, b) mod p as the tokens [a, b, =] with the label (a ∘ b) mod p,
+                     split seeded into train and test (the grokking data set). x and x_test are
+                     int64 token ids [n, 3] (a, b in 0..p, '=' the id p: p + 1 tokens), y and
+                     y_test int64 labels; the tools read integer inputs as token ids, for a model
+                     whose first layer is an embedding (any other model refuses them).
 
 Examples:
 
@@ -42,6 +48,9 @@ Examples:
 
   devinterp's normal-crossing data set (1000 samples, x ~ N(0, 2²), σ = 0.25):
     $ datagen normal-crossing --samples 1000 --out nc.safetensors
+
+  Modular addition mod 113, 30% of the pairs for training (Power et al.; Nanda et al.):
+    $ datagen modular --p 113 --op add --train-fraction 0.3 --seed 1 --out add113.safetensors
 
 An existing output file is not overwritten (the command fails naming it).";
 
@@ -60,6 +69,27 @@ enum Kind {
     NormalCrossing(NormalCrossingArgs),
     /// devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
     RandomRegression(RandomRegressionArgs),
+    /// Modular arithmetic as token sequences [a, b, =] → (a ∘ b) mod p (grokking).
+    Modular(ModularArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct ModularArgs {
+    /// The modulus p (prime for --op div).
+    #[arg(long, default_value_t = 113)]
+    p: u64,
+    /// The operation: add, sub, mul or div.
+    #[arg(long, default_value = "add")]
+    op: String,
+    /// The fraction of all pairs in the training split (the rest is the test split).
+    #[arg(long, default_value_t = 0.3)]
+    train_fraction: f64,
+    /// Seed of the split.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The data file to write (safetensors).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -160,6 +190,13 @@ fn refuse_existing(path: &Path, what: &str) -> Result<()> {
 
 fn run(args: Args) -> Result<ExitCode> {
     let (data, out) = match args.kind {
+        Kind::Modular(a) => {
+            refuse_existing(&a.out, "--out")?;
+            let op = ModularOp::parse(&a.op)?;
+            let data = modular(a.p, op, a.train_fraction, a.seed)?;
+            write_bytes(&data.to_bytes()?, &data.settings, &a.out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Kind::Teacher(t) => {
             refuse_existing(&t.common.out, "--out")?;
             if let Some(p) = &t.teacher_out {
@@ -229,11 +266,15 @@ fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn write(data: &SyntheticData, out: &Path) -> Result<()> {
-    atomic_write(out, &data.to_bytes()).with_context(|| format!("--out {}", out.display()))?;
+    write_bytes(&data.to_bytes(), &data.settings, out)
+}
+
+fn write_bytes(bytes: &[u8], settings: &Value, out: &Path) -> Result<()> {
+    atomic_write(out, bytes).with_context(|| format!("--out {}", out.display()))?;
     // One record on stdout: what was written.
     let mut rec = Map::new();
     rec.insert("data_file".into(), Value::from(out.display().to_string()));
-    rec.insert("datagen".into(), data.settings.clone());
+    rec.insert("datagen".into(), settings.clone());
     println!("{}", Value::Object(rec));
     Ok(())
 }

@@ -204,3 +204,109 @@ fn llc_of_a_deep_linear_teacher_matches_aoyagi() {
     let llc = l["llc"].as_f64().unwrap();
     assert!((llc - 11.5).abs() < 0.05 * 11.5, "λ̂ {llc} vs Aoyagi's 11.5");
 }
+
+/// `datagen modular`: every pair once as int64 tokens [a, b, =] with its label, the seeded split in
+/// the metadata; the tools read the tokens as token ids and refuse them for a model without an
+/// embedding.
+#[test]
+fn modular_files_hold_every_pair_as_int64_tokens() {
+    let dir = scratch("datagen-modular");
+    let out = dir.join("mul.safetensors");
+    let o = run(
+        "datagen",
+        &[
+            "modular",
+            "--p",
+            "11",
+            "--op",
+            "mul",
+            "--train-fraction",
+            "0.4",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(records(&o)[0]["datagen"]["samples"], 48); // ⌊0.4·121⌋
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> (Vec<i64>, Vec<usize>) {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        (v, t.shape().to_vec())
+    };
+    let mut pairs = std::collections::BTreeSet::new();
+    for (xn, yn) in [("x", "y"), ("x_test", "y_test")] {
+        let ((x, xs), (y, ys)) = (ints(xn), ints(yn));
+        assert_eq!(xs, vec![ys[0], 3]);
+        for (row, &t) in x.chunks(3).zip(&y) {
+            assert_eq!(row[2], 11, "'=' is the token p");
+            assert_eq!(t, row[0] * row[1] % 11);
+            assert!(pairs.insert((row[0], row[1])));
+        }
+    }
+    assert_eq!(pairs.len(), 121);
+    let meta = &header(&out)["__metadata__"]["datagen"];
+    let settings: Value = serde_json::from_str(meta.as_str().unwrap()).unwrap();
+    assert_eq!(settings["kind"], "modular");
+    assert_eq!(settings["vocab"], 12);
+    assert_eq!(settings["seed"], 3);
+    assert_eq!(settings["test_samples"], 73);
+
+    // An MLP would read the ids as numbers: refused, naming the tokens and the embedding.
+    let o = run(
+        "train",
+        &[
+            "--data",
+            out.to_str().unwrap(),
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--out",
+            dir.join("run").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_one_line_error(&o, &["token ids", "embedding", "mul.safetensors"]);
+    let o = run(
+        "train",
+        &[
+            "--data",
+            out.to_str().unwrap(),
+            "--normalize",
+            "0.5,0.5",
+            "--out",
+            dir.join("run2").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_one_line_error(&o, &["`x`", "token ids", "--normalize"]);
+
+    for (args, needle) in [
+        (&["--p", "1"][..], "at least 2"),
+        (&["--p", "12", "--op", "div"][..], "prime"),
+        (&["--op", "pow"][..], "unknown --op"),
+        (&["--train-fraction", "0"][..], "(0, 1]"),
+    ] {
+        let o = run(
+            "datagen",
+            &[
+                &["modular"][..],
+                args,
+                &["--out", dir.join("bad.safetensors").to_str().unwrap()],
+            ]
+            .concat(),
+            "",
+        );
+        assert_one_line_error(&o, &[needle]);
+    }
+}

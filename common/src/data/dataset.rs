@@ -132,6 +132,8 @@ pub struct DataFile {
     pub fingerprint: String,
     /// `--normalize`, if given.
     pub normalize: Option<super::Normalize>,
+    /// `x` holds integer token ids (read exactly, for an embedding layer), not numbers.
+    pub token_ids: bool,
 }
 
 /// One sample's inputs for all samples, `len × features`, as stored.
@@ -462,6 +464,12 @@ impl Dataset {
                 ("loss".into(), Value::from(loss.name())),
             ],
         }
+    }
+
+    /// Whether the inputs are integer token ids (a data file's integer `x`, for an `embedding`),
+    /// not numbers.
+    pub fn token_ids(&self) -> bool {
+        matches!(&self.source, Source::File(f) if f.token_ids)
     }
 
     /// Whether the targets are floats (regression) rather than class labels.

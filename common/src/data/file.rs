@@ -4,7 +4,10 @@
 //! for classification; `[n]` or `[n, k]` floats for regression), and optionally `x_test` and
 //! `y_test` of the same kinds (the test split). One sample's shape is x's trailing dimensions:
 //! `[f]` is taken as 1×1×f, `[h, w]` as 1×h×w, `[c, h, w]` as it is (an MLP takes their product,
-//! a LeNet the image). Inputs are normalised per channel as torchvision's `ToTensor` + `Normalize`
+//! a LeNet the image). Integer inputs of another dtype than uint8 (int64 as PyTorch stores token
+//! ids; `datagen modular` writes them) are token ids in 0..2²⁴: read exactly as numbers, never
+//! normalised, for a model whose first layer is an `embedding` (any other model refuses them,
+//! [`crate::model::Network::check_input`]). Inputs are normalised per channel as torchvision's `ToTensor` + `Normalize`
 //! would: uint8 values b as `(b/255 − mean)/std`, floats as `(x − mean)/std`; without
 //! `--normalize`, mean 0 and std 1 (floats are used as they are, bytes as b/255).
 //!
@@ -26,6 +29,9 @@ use std::path::Path;
 
 /// The largest data file read (4 GiB): the whole file is held in memory while it is converted.
 pub const MAX_DATA_FILE_BYTES: u64 = 1 << 32;
+
+/// Token ids (integer inputs other than uint8) are below this, 2²⁴, so that f32 holds them exactly.
+pub const MAX_TOKEN_ID: usize = 1 << 24;
 
 /// The most classes integer labels may announce (a label of 10⁹ would ask for a model with that many
 /// outputs).
@@ -206,6 +212,7 @@ pub fn data_from_bytes(
             format!("dtype {:?} but x is {:?}", x.dtype(), train_x.dtype()),
         ));
     }
+    let mut token_ids = false;
     let inputs = match x.dtype() {
         Dtype::U8 => Inputs::Bytes(x.data().to_vec()),
         Dtype::F32 | Dtype::F64 => {
@@ -218,10 +225,32 @@ pub fn data_from_bytes(
             }
             Inputs::Floats(v)
         }
+        // Integer inputs other than bytes are token ids (for an embedding): exact values, never
+        // normalised, below 2²⁴ so that the f32 batches hold them exactly.
+        d if is_integer(d) => {
+            if normalize.is_some() {
+                return Err(refuse(
+                    xn,
+                    format!("holds integer token ids ({d:?}), which --normalize does not apply to"),
+                ));
+            }
+            let mut v = Vec::with_capacity(x.shape().iter().product());
+            for (i, t) in integers(d, x.data()).enumerate() {
+                if !(0..MAX_TOKEN_ID as i128).contains(&t) {
+                    return Err(refuse(
+                        xn,
+                        format!("token id {t} at flat index {i} is out of range 0..{MAX_TOKEN_ID}"),
+                    ));
+                }
+                v.push(t as f64);
+            }
+            token_ids = true;
+            Inputs::Floats(v)
+        }
         d => {
             return Err(refuse(
                 xn,
-                format!("dtype {d:?}; inputs are float32, float64 or uint8"),
+                format!("dtype {d:?}; inputs are float32, float64, uint8 or integer token ids"),
             ))
         }
     };
@@ -322,6 +351,7 @@ pub fn data_from_bytes(
             path: path.to_path_buf(),
             fingerprint,
             normalize: normalize.cloned(),
+            token_ids,
         }),
         split,
         folder: path.to_path_buf(),
@@ -604,6 +634,33 @@ mod tests {
         assert_eq!(load_data_file(&p1, Split::Train, None).unwrap().classes, 1);
     }
 
+    /// Integer inputs other than uint8 are token ids: exact, not normalised, marked as tokens.
+    #[test]
+    fn integer_inputs_are_token_ids_read_exactly() {
+        let ids = [0i64, 113, 7, 16_777_215, 5, 0];
+        let tensors: Vec<Raw> = vec![
+            ("x", Dtype::I64, vec![2, 3], i64s(&ids)),
+            ("y", Dtype::I64, vec![2], i64s(&[1, 0])),
+        ];
+        let path = write("tokens", &tensors);
+        let d = load_data_file(&path, Split::Train, None).unwrap();
+        assert!(d.token_ids());
+        assert_eq!(d.shape, [1, 1, 3]);
+        let mut x = vec![0f32; 6];
+        let mut y = d.target_buffer::<f32>(2);
+        d.gather_batch(&d.normaliser::<f32>(), &[1, 0], &mut x, &mut y);
+        assert_eq!(x, [16_777_215.0, 5.0, 0.0, 0.0, 113.0, 7.0]);
+        let float = write("floats", &classification());
+        assert!(!load_data_file(&float, Split::Train, None)
+            .unwrap()
+            .token_ids());
+        let norm = Normalize::parse("0.5,0.5").unwrap();
+        let e = load_data_file(&path, Split::Train, Some(&norm))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token ids") && e.contains("--normalize"), "{e}");
+    }
+
     #[test]
     fn uint8_inputs_are_divided_by_255_as_to_tensor() {
         let p = write(
@@ -684,8 +741,35 @@ mod tests {
             ),
             (
                 "x-dtype",
-                with(0, ("x", Dtype::I32, vec![4, 6], vec![0; 96])),
-                "tensor `x`: dtype I32; inputs are float32, float64 or uint8",
+                with(0, ("x", Dtype::BOOL, vec![4, 6], vec![0; 24])),
+                "tensor `x`: dtype BOOL; inputs are float32, float64, uint8 or integer token ids",
+            ),
+            (
+                "x-token-negative",
+                with(
+                    0,
+                    (
+                        "x",
+                        Dtype::I64,
+                        vec![4, 2],
+                        i64s(&[0, 1, 2, 3, 4, -5, 6, 7]),
+                    ),
+                ),
+                "tensor `x`: token id -5 at flat index 5 is out of range 0..16777216",
+            ),
+            (
+                "x-token-large",
+                with(
+                    0,
+                    ("x", Dtype::I32, vec![4, 1], {
+                        let v: Vec<u8> = [0i32, 1, 1 << 24, 3]
+                            .iter()
+                            .flat_map(|t| t.to_le_bytes())
+                            .collect();
+                        v
+                    }),
+                ),
+                "tensor `x`: token id 16777216 at flat index 2 is out of range",
             ),
             (
                 "y-dtype",

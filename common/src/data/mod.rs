@@ -5,6 +5,7 @@
 mod dataset;
 pub mod file;
 pub(crate) mod idx;
+pub mod modular;
 pub mod synthetic;
 
 pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
