@@ -692,7 +692,12 @@ pub fn train(
     let batch = cfg.batch_size.min(n);
     let steps_per_epoch = n.div_ceil(batch);
     let features = train_data.features();
-    let images = train_data.normalized::<f32>();
+    // In memory, every input normalised once; streamed, each batch as it is read (the same values).
+    let (images, norm) = if train_data.is_streamed() {
+        (Vec::new(), Some(train_data.normaliser::<f32>()))
+    } else {
+        (train_data.normalized::<f32>(), None)
+    };
     let mut ws = net.workspace::<f32>(batch);
     let mut x = vec![0f32; batch * features];
     let mut y = train_data.target_buffer::<f32>(batch);
@@ -745,7 +750,14 @@ pub fn train(
             }
             let idx = &order[k * batch..((k + 1) * batch).min(n)];
             let b = idx.len();
-            train_data.gather_normalized_batch(&images, idx, &mut x[..b * features], &mut y);
+            match &norm {
+                Some(norm) => {
+                    train_data.try_gather_batch(norm, idx, &mut x[..b * features], &mut y)?
+                }
+                None => {
+                    train_data.gather_normalized_batch(&images, idx, &mut x[..b * features], &mut y)
+                }
+            }
             let loss =
                 net.loss_and_gradient(&params, &x[..b * features], y.first(b), &mut grad, &mut ws);
             if !loss.is_finite() {

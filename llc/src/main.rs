@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::DataChoice;
+use common::data::{DataChoice, Streaming};
 use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
@@ -89,6 +89,10 @@ struct Args {
     /// data file the checkpoint's metadata records, if any].
     #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
     data: Option<PathBuf>,
+    /// Read the data file's inputs from disk minibatch by minibatch instead of into memory (files
+    /// over 1 GiB are streamed without it); the same numbers.
+    #[arg(long)]
+    stream: bool,
     /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
     /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
     /// [default: the checkpoint's recorded normalisation].
@@ -283,7 +287,13 @@ fn run(args: Args) -> Result<ExitCode> {
         args.train_samples,
     )
     .with_data(
-        DataChoice::new(args.data.clone(), args.normalize.as_deref())?,
+        DataChoice::new(args.data.clone(), args.normalize.as_deref())?.with_streaming(
+            if args.stream {
+                Streaming::Always
+            } else {
+                Streaming::Auto
+            },
+        ),
         args.loss.clone(),
     );
     let mut trace_text = String::new();

@@ -5,7 +5,7 @@ mod ngd_args;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::{DataChoice, DatasetKind, Split};
+use common::data::{DataChoice, DatasetKind, Split, Streaming};
 use common::io::{Checkpoint, RecordWriter};
 use common::model::{
     check_fits_in_memory, initialise, Activation, Architecture, Loss, ModelSpec, Network,
@@ -132,6 +132,10 @@ struct Args {
     /// --init, the data file the checkpoint records, if any].
     #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
     data: Option<PathBuf>,
+    /// Read the --data file's inputs from disk batch by batch instead of into memory (files over
+    /// 1 GiB are streamed without it): memory stays bounded by a batch, and the numbers are the same.
+    #[arg(long)]
+    stream: bool,
     /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
     /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor).
     #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
@@ -379,7 +383,12 @@ fn run(args: Args) -> Result<()> {
     let choice = match (&init, &args.init) {
         (Some(ck), Some(p)) => choice.for_checkpoint(ck, p, args.dataset.as_deref())?,
         _ => choice,
-    };
+    }
+    .with_streaming(if args.stream {
+        Streaming::Always
+    } else {
+        Streaming::Auto
+    });
     let dataset = match (&init, &args.dataset) {
         _ if choice.file.is_some() => DatasetKind::Mnist,
         (Some(ck), d) => {

@@ -143,6 +143,9 @@ pub enum Inputs {
     Bytes(Vec<u8>),
     /// Floats (float32 values are exact in f64), normalised as `(x − mean)/std` per channel.
     Floats(Vec<f64>),
+    /// Read from the data file row by row as batches are gathered ([`super::stream`]); normalised
+    /// as the in-memory kinds it stores.
+    Streamed(super::stream::StreamedInputs),
 }
 
 /// All samples' targets.
@@ -484,7 +487,7 @@ impl Dataset {
         if let Source::Idx(k) = &self.source {
             return k.normalisation_text();
         }
-        let bytes = matches!(self.inputs, Inputs::Bytes(_));
+        let bytes = self.byte_inputs();
         let x = if bytes { "byte/255" } else { "x" };
         let identity = self
             .normalisation
@@ -510,6 +513,20 @@ impl Dataset {
             }
         };
         format!("x = ({x} - {})/{}", list(|p| p.0), list(|p| p.1))
+    }
+
+    /// Whether the stored inputs are bytes (normalised through a table).
+    fn byte_inputs(&self) -> bool {
+        match &self.inputs {
+            Inputs::Bytes(_) => true,
+            Inputs::Floats(_) => false,
+            Inputs::Streamed(s) => s.is_bytes(),
+        }
+    }
+
+    /// Whether the inputs are streamed from disk rather than held in memory.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.inputs, Inputs::Streamed(_))
     }
 
     pub fn len(&self) -> usize {
@@ -540,6 +557,7 @@ impl Dataset {
         match &mut self.inputs {
             Inputs::Bytes(b) => b.truncate(n * f),
             Inputs::Floats(v) => v.truncate(n * f),
+            Inputs::Streamed(s) => s.truncate(n),
         }
         match &mut self.targets {
             TargetData::Labels(l) => l.truncate(n),
@@ -553,7 +571,12 @@ impl Dataset {
     fn bytes(&self) -> &[u8] {
         match &self.inputs {
             Inputs::Bytes(b) => b,
-            Inputs::Floats(_) => panic!("{}: float inputs have no byte table", self.name()),
+            Inputs::Floats(_) | Inputs::Streamed(_) => {
+                panic!(
+                    "{}: only in-memory byte inputs have a byte table",
+                    self.name()
+                )
+            }
         }
     }
 
@@ -578,12 +601,12 @@ impl Dataset {
     /// How batches are normalised in `T` ([`Dataset::gather_batch`]).
     pub fn normaliser<T: Real>(&self) -> Normaliser<T> {
         let plane = self.shape[1] * self.shape[2];
-        match self.inputs {
-            Inputs::Bytes(_) => Normaliser::Table {
+        match self.byte_inputs() {
+            true => Normaliser::Table {
                 tables: self.normalisation.iter().map(|&p| byte_table(p)).collect(),
                 plane,
             },
-            Inputs::Floats(_) => Normaliser::Affine {
+            false => Normaliser::Affine {
                 channels: self
                     .normalisation
                     .iter()
@@ -650,6 +673,9 @@ impl Dataset {
     /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised by `norm`, from
     /// [`Dataset::normaliser`]) and their targets into `y` (from [`Dataset::target_buffer`]). For
     /// the IDX data sets the same values as [`Dataset::gather`].
+    ///
+    /// **Panics** when a streamed file can no longer be read ([`Dataset::try_gather_batch`]
+    /// returns the error).
     pub fn gather_batch<T: Real>(
         &self,
         norm: &Normaliser<T>,
@@ -657,7 +683,33 @@ impl Dataset {
         x: &mut [T],
         y: &mut TargetBuf<T>,
     ) {
+        if let Err(e) = self.try_gather_batch(norm, indices, x, y) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Dataset::gather_batch`], with the error of a streamed read (a file truncated or removed
+    /// while in use) returned rather than a panic; in-memory data never fail.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file and the sample.
+    pub fn try_gather_batch<T: Real>(
+        &self,
+        norm: &Normaliser<T>,
+        indices: &[usize],
+        x: &mut [T],
+        y: &mut TargetBuf<T>,
+    ) -> Result<()> {
         let f = self.features();
+        if let Inputs::Streamed(s) = &self.inputs {
+            let mut raw = s.row_buffer();
+            for (k, &i) in indices.iter().enumerate() {
+                s.read_row(i, &mut raw)?;
+                s.normalise(norm, &raw, &mut x[k * f..(k + 1) * f]);
+                self.target_into(i, k, y);
+            }
+            return Ok(());
+        }
         if matches!(self.inputs, Inputs::Bytes(_)) {
             self.prefetch(indices);
         }
@@ -665,6 +717,7 @@ impl Dataset {
             self.normalise_row(norm, i, &mut x[k * f..(k + 1) * f]);
             self.target_into(i, k, y);
         }
+        Ok(())
     }
 
     /// [`Dataset::gather_batch`] of the contiguous range `start..start+count` (file order).
@@ -676,11 +729,33 @@ impl Dataset {
         x: &mut [T],
         y: &mut TargetBuf<T>,
     ) {
+        if let Err(e) = self.try_gather_range_batch(norm, start, count, x, y) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Dataset::gather_range_batch`], with a streamed read's error returned.
+    ///
+    /// # Errors
+    /// As [`Dataset::try_gather_batch`].
+    pub fn try_gather_range_batch<T: Real>(
+        &self,
+        norm: &Normaliser<T>,
+        start: usize,
+        count: usize,
+        x: &mut [T],
+        y: &mut TargetBuf<T>,
+    ) -> Result<()> {
+        if self.is_streamed() {
+            let indices: Vec<usize> = (start..start + count).collect();
+            return self.try_gather_batch(norm, &indices, x, y);
+        }
         let f = self.features();
         for k in 0..count {
             self.normalise_row(norm, start + k, &mut x[k * f..(k + 1) * f]);
             self.target_into(start + k, k, y);
         }
+        Ok(())
     }
 
     /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised) and `y`: byte
@@ -733,10 +808,18 @@ impl Dataset {
 
     /// All inputs normalised once (`len × features`), for fast gathers in hot loops
     /// ([`Dataset::gather_normalized`]); 188 MB in f32 for the MNIST training set.
+    ///
+    /// **Panics** when a streamed file can no longer be read (streamed data are gathered per batch
+    /// instead, [`Dataset::try_gather_batch`]).
     pub fn normalized<T: Real>(&self) -> Vec<T> {
         let norm = self.normaliser::<T>();
         let f = self.features();
         let mut out = vec![T::zero(); self.len() * f];
+        if self.is_streamed() {
+            let mut y = self.target_buffer::<T>(self.len());
+            self.gather_range_batch(&norm, 0, self.len(), &mut out, &mut y);
+            return out;
+        }
         for (i, row) in out.chunks_exact_mut(f.max(1)).enumerate() {
             self.normalise_row(&norm, i, row);
         }

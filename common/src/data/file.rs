@@ -22,10 +22,16 @@
 //! shape and bytes, so that it tells data sets apart whatever else the file's header holds.
 
 use super::dataset::{DataFile, Dataset, Inputs, Source, Split, TargetData};
+use super::stream::{Element, StreamedInputs, Streaming};
 use crate::{Error, Result};
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The largest data file read (4 GiB): the whole file is held in memory while it is converted.
 pub const MAX_DATA_FILE_BYTES: u64 = 1 << 32;
@@ -119,6 +125,25 @@ pub fn load_data_file_split(
     split: Split,
     normalize: Option<&Normalize>,
 ) -> Result<Option<Dataset>> {
+    load_data_file_streaming(path, split, normalize, Streaming::Auto)
+}
+
+/// [`load_data_file_split`], reading the inputs from disk as they are used ([`super::stream`])
+/// when `streaming` says so for the file's size; otherwise the whole file into memory.
+///
+/// # Errors
+/// As [`load_data_file`]; a streamed file is refused for the same reasons with the same messages.
+pub fn load_data_file_streaming(
+    path: &Path,
+    split: Split,
+    normalize: Option<&Normalize>,
+    streaming: Streaming,
+) -> Result<Option<Dataset>> {
+    let md = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if md.is_file() && streaming.streams(md.len()) {
+        let src = open_streamed(path, md.len())?;
+        return from_tensors(path, &src, split, normalize);
+    }
     let bytes = read_bounded(path)?;
     data_from_bytes(path, &bytes, split, normalize)
 }
@@ -135,12 +160,154 @@ pub fn data_from_bytes(
 ) -> Result<Option<Dataset>> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::data(path, format!("not a valid safetensors file: {e}")))?;
+    from_tensors(path, &Tensors::Memory(st), split, normalize)
+}
+
+/// Where a data file's tensors are: its bytes in memory, or the file, read as needed (streamed:
+/// the targets are read whole, the inputs row by row).
+enum Tensors<'a> {
+    Memory(SafeTensors<'a>),
+    File {
+        file: Arc<File>,
+        /// The byte offset of the data section (after the header).
+        data_start: u64,
+        meta: Metadata,
+    },
+}
+
+/// A tensor's dtype, shape and, unless it is a streamed input, bytes.
+struct Tensor<'a> {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Cow<'a, [u8]>,
+    /// The absolute file offset of the data (streamed only).
+    offset: u64,
+}
+
+impl Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Tensors<'_> {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Tensors::Memory(st) => st.names().into_iter().map(String::from).collect(),
+            Tensors::File { meta, .. } => meta.tensors().into_keys().collect(),
+        }
+    }
+
+    /// The tensor `name`; a streamed file's bytes are read only when `load` (targets), else left on
+    /// disk (inputs).
+    fn tensor(&self, path: &Path, name: &str, load: bool) -> Result<Tensor<'_>> {
+        let missing = || Error::data(path, format!("tensor `{name}`: not found"));
+        match self {
+            Tensors::Memory(st) => {
+                let t = st
+                    .tensor(name)
+                    .map_err(|e| Error::data(path, format!("tensor `{name}`: {e}")))?;
+                Ok(Tensor {
+                    dtype: t.dtype(),
+                    shape: t.shape().to_vec(),
+                    data: Cow::Borrowed(t.data()),
+                    offset: 0,
+                })
+            }
+            Tensors::File {
+                file,
+                data_start,
+                meta,
+            } => {
+                let info = meta.info(name).ok_or_else(missing)?;
+                let (start, end) = info.data_offsets;
+                let offset = data_start + start as u64;
+                let data = if load {
+                    let len = end - start;
+                    if len as u64 > MAX_DATA_FILE_BYTES {
+                        return Err(Error::data(
+                            path,
+                            format!("tensor `{name}`: {len} bytes, more than the {MAX_DATA_FILE_BYTES} held in memory"),
+                        ));
+                    }
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, offset)
+                        .map_err(|e| Error::io(path, e))?;
+                    Cow::Owned(buf)
+                } else {
+                    Cow::Borrowed(&[][..])
+                };
+                Ok(Tensor {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    data,
+                    offset,
+                })
+            }
+        }
+    }
+}
+
+/// Opens a data file to stream: reads and validates its header only (as the safetensors crate
+/// does: at most 100 MB, offsets contiguous and matching dtype × shape, the data section exactly
+/// the rest of the file).
+fn open_streamed(path: &Path, len: u64) -> Result<Tensors<'static>> {
+    let bad = |m: String| Error::data(path, format!("not a valid safetensors file: {m}"));
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut n = [0u8; 8];
+    file.read_exact_at(&mut n, 0)
+        .map_err(|_| bad("shorter than its header size".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_STREAMED_HEADER_BYTES || n.saturating_add(8) > len {
+        return Err(bad(format!("header of {n} bytes in a file of {len}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8)
+        .map_err(|e| Error::io(path, e))?;
+    let meta: Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let end = meta
+        .tensors()
+        .values()
+        .map(|t| t.data_offsets.1 as u64)
+        .max()
+        .unwrap_or(0);
+    if 8 + n + end != len {
+        return Err(bad(format!(
+            "its header describes {} bytes but the file holds {len}",
+            8 + n + end
+        )));
+    }
+    Ok(Tensors::File {
+        file: Arc::new(file),
+        data_start: 8 + n,
+        meta,
+    })
+}
+
+/// The largest header of a streamed file (the safetensors crate's limit, 100 MB).
+const MAX_STREAMED_HEADER_BYTES: u64 = 100_000_000;
+
+/// The data set `split` from a file's tensors (in memory or streamed).
+fn from_tensors(
+    path: &Path,
+    src: &Tensors<'_>,
+    split: Split,
+    normalize: Option<&Normalize>,
+) -> Result<Option<Dataset>> {
+    let streamed = matches!(src, Tensors::File { .. });
     let (xn, yn) = match split {
         Split::Train => ("x", "y"),
         Split::Test => ("x_test", "y_test"),
     };
-    let names = st.names();
-    let has = |n: &str| names.contains(&n);
+    let names = src.names();
+    let has = |n: &str| names.iter().any(|m| m == n);
     for n in ["x", "y"] {
         if !has(n) {
             return Err(Error::data(
@@ -160,23 +327,20 @@ pub fn data_from_bytes(
     if split == Split::Test && !has(xn) {
         return Ok(None);
     }
-    let x = st
-        .tensor(xn)
-        .map_err(|e| Error::data(path, format!("tensor `{xn}`: {e}")))?;
-    let y = st
-        .tensor(yn)
-        .map_err(|e| Error::data(path, format!("tensor `{yn}`: {e}")))?;
+    let x = src.tensor(path, xn, false)?;
+    let y = src.tensor(path, yn, true)?;
     // The training tensors fix the sample shape and the kind of targets for both splits.
-    let train_x = st
-        .tensor("x")
-        .map_err(|e| Error::data(path, format!("tensor `x`: {e}")))?;
-    let train_y = st
-        .tensor("y")
-        .map_err(|e| Error::data(path, format!("tensor `y`: {e}")))?;
+    let train_x = src.tensor(path, "x", false)?;
+    let train_y = src.tensor(path, "y", true)?;
+    let y_test = if has("y_test") {
+        Some(src.tensor(path, "y_test", true)?)
+    } else {
+        None
+    };
     let refuse = |name: &str, msg: String| Error::data(path, format!("tensor `{name}`: {msg}"));
     // The test targets are of the training targets' kind, whichever split is loaded (the classes
     // count both splits' labels).
-    if let Ok(yt) = st.tensor("y_test") {
+    if let Some(yt) = &y_test {
         let kind = |d: Dtype| (is_float(d), is_integer(d));
         // (A y of neither kind is refused below, naming y.)
         let y_usable = kind(train_y.dtype()) != (false, false);
@@ -213,7 +377,66 @@ pub fn data_from_bytes(
         ));
     }
     let mut token_ids = false;
+    let mut fingerprint = Fnv::default();
+    let hash_header = |h: &mut Fnv, name: &str, t: &Tensor| {
+        h.write(name.as_bytes());
+        h.write(format!("{:?}", t.dtype()).as_bytes());
+        for d in t.shape() {
+            h.write(&(*d as u64).to_le_bytes());
+        }
+    };
+    hash_header(&mut fingerprint, xn, &x);
     let inputs = match x.dtype() {
+        _ if streamed => {
+            let (element, tokens) =
+                match x.dtype() {
+                    Dtype::U8 => (Element::U8, false),
+                    Dtype::F32 => (Element::F32, false),
+                    Dtype::F64 => (Element::F64, false),
+                    d if is_integer(d) => (Element::Token(d), true),
+                    d => return Err(refuse(
+                        xn,
+                        format!(
+                            "dtype {d:?}; inputs are float32, float64, uint8 or integer token ids"
+                        ),
+                    )),
+                };
+            if tokens && normalize.is_some() {
+                return Err(refuse(
+                    xn,
+                    format!(
+                        "holds integer token ids ({:?}), which --normalize does not apply to",
+                        x.dtype()
+                    ),
+                ));
+            }
+            token_ids = tokens;
+            let Tensors::File { file, .. } = src else {
+                unreachable!("streamed")
+            };
+            let rows = StreamedInputs::new(
+                path,
+                file.clone(),
+                element,
+                x.offset,
+                shape.iter().product(),
+                n,
+            );
+            // One pass over the file: the checks of the in-memory path, and the fingerprint.
+            rows.for_each_chunk(|chunk, first| {
+                if let Some((i, v)) = rows.first_bad(chunk, first, MAX_TOKEN_ID as i128) {
+                    let what = if tokens {
+                        format!("token id {v} at flat index {i} is out of range 0..{MAX_TOKEN_ID}")
+                    } else {
+                        format!("value {v} at flat index {i} is not finite")
+                    };
+                    return Err(refuse(xn, what));
+                }
+                fingerprint.write(chunk);
+                Ok(())
+            })?;
+            Inputs::Streamed(rows)
+        }
         Dtype::U8 => Inputs::Bytes(x.data().to_vec()),
         Dtype::F32 | Dtype::F64 => {
             let v = floats(x.dtype(), x.data());
@@ -310,10 +533,7 @@ pub fn data_from_bytes(
         // The classes are fixed by the training labels and the test labels together, so that both
         // splits give the model the same number of outputs.
         let mut max = 0;
-        for t in [&train_y]
-            .into_iter()
-            .chain(st.tensor("y_test").ok().as_ref())
-        {
+        for t in [&train_y].into_iter().chain(y_test.as_ref()) {
             let l = labels_max(t.dtype(), t.data());
             max = max.max(l);
         }
@@ -333,17 +553,15 @@ pub fn data_from_bytes(
         stds: vec![1.0],
     };
     let normalisation = normalize.unwrap_or(&default).per_channel(path, shape[0])?;
+    // FNV-1a over x's name, dtype, shape and bytes (hashed above as they were read when
+    // streamed), then y's.
     let fingerprint = {
-        let mut h = Fnv::default();
-        for name in [xn, yn] {
-            let t = st.tensor(name).expect("checked above");
-            h.write(name.as_bytes());
-            h.write(format!("{:?}", t.dtype()).as_bytes());
-            for d in t.shape() {
-                h.write(&(*d as u64).to_le_bytes());
-            }
-            h.write(t.data());
+        let mut h = fingerprint;
+        if !streamed {
+            h.write(x.data());
         }
+        hash_header(&mut h, yn, &y);
+        h.write(y.data());
         format!("{:016x}", h.0)
     };
     Ok(Some(Dataset {
@@ -468,6 +686,11 @@ fn integers(d: Dtype, bytes: &[u8]) -> impl Iterator<Item = i128> + '_ {
     })
 }
 
+/// One little-endian integer of dtype `d` (its bytes) as i128.
+pub(crate) fn integer_at(d: Dtype, bytes: &[u8]) -> i128 {
+    integers(d, bytes).next().expect("one element")
+}
+
 /// The labels, or the first (index, value) out of 0..[`MAX_CLASSES`].
 fn labels(d: Dtype, bytes: &[u8]) -> std::result::Result<Vec<u32>, (usize, i128)> {
     integers(d, bytes)
@@ -557,10 +780,107 @@ mod tests {
         ]
     }
 
+    /// The error of loading the file, the same whether it is read into memory or streamed.
     fn load_err(name: &str, tensors: &[Raw]) -> String {
-        load_data_file(&write(name, tensors), Split::Train, None)
+        let path = write(name, tensors);
+        let e = load_data_file(&path, Split::Train, None)
             .unwrap_err()
-            .to_string()
+            .to_string();
+        let streamed = load_data_file_streaming(&path, Split::Train, None, Streaming::Always)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, streamed, "in memory and streamed");
+        e
+    }
+
+    /// A streamed data set is the in-memory one: the same fingerprint, sizes, targets, and every
+    /// gathered batch bit for bit, in f32 and f64, for byte, float and token inputs, both splits,
+    /// after truncation too; and its inputs are not held in memory.
+    #[test]
+    fn streamed_data_equal_the_in_memory_data() {
+        let bytes: Vec<u8> = (0..5 * 2 * 2 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let floats: Vec<f64> = (0..5 * 4).map(|i| (i as f64 * 0.37).sin() * 1e3).collect();
+        let files: Vec<(&str, Vec<Raw>, Option<&str>)> = vec![
+            ("s-cls", classification(), Some("1,-1,2,0.5")),
+            (
+                "s-bytes",
+                vec![
+                    ("x", Dtype::U8, vec![5, 2, 2, 3], bytes.clone()),
+                    ("y", Dtype::I64, vec![5], i64s(&[0, 1, 2, 1, 0])),
+                ],
+                Some("0.1,0.2,0.3,0.4"),
+            ),
+            (
+                "s-reg64",
+                vec![
+                    ("x", Dtype::F64, vec![5, 4], f64s(&floats)),
+                    ("y", Dtype::F64, vec![5, 2], f64s(&floats[..10])),
+                    ("x_test", Dtype::F64, vec![1, 4], f64s(&floats[..4])),
+                    ("y_test", Dtype::F64, vec![1, 2], f64s(&floats[..2])),
+                ],
+                None,
+            ),
+            (
+                "s-tokens",
+                vec![
+                    (
+                        "x",
+                        Dtype::I64,
+                        vec![5, 3],
+                        i64s(&[0, 1, 9, 2, 3, 9, 4, 5, 9, 6, 7, 9, 8, 0, 9]),
+                    ),
+                    ("y", Dtype::I64, vec![5], i64s(&[1, 5, 0, 4, 8])),
+                ],
+                None,
+            ),
+        ];
+        for (name, tensors, norm) in files {
+            let path = write(name, &tensors);
+            let norm = norm.map(|n| Normalize::parse(n).unwrap());
+            for split in [Split::Train, Split::Test] {
+                let mem = load_data_file_split(&path, split, norm.as_ref()).unwrap();
+                let st = load_data_file_streaming(&path, split, norm.as_ref(), Streaming::Always)
+                    .unwrap();
+                let (Some(mut mem), Some(mut st)) = (mem, st) else {
+                    continue;
+                };
+                assert!(st.is_streamed() && !mem.is_streamed());
+                assert!(
+                    matches!(st.inputs, Inputs::Streamed(_)),
+                    "{name}: nothing held"
+                );
+                assert_eq!(
+                    (&mem.source, mem.len(), mem.classes, mem.shape, &mem.targets),
+                    (&st.source, st.len(), st.classes, st.shape, &st.targets),
+                    "{name}"
+                );
+                assert_eq!(mem.normalisation_text(), st.normalisation_text());
+                for truncate in [false, true] {
+                    if truncate {
+                        mem.truncate(mem.len() - 1);
+                        st.truncate(st.len() - 1);
+                        assert_eq!(mem.len(), st.len());
+                    }
+                    let n = mem.len();
+                    let idx: Vec<usize> = (0..n).rev().chain(0..n).collect();
+                    let gather32 = |d: &Dataset| {
+                        let mut x = vec![0f32; idx.len() * d.features()];
+                        let mut y = d.target_buffer::<f32>(idx.len());
+                        d.gather_batch(&d.normaliser::<f32>(), &idx, &mut x, &mut y);
+                        (x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y)
+                    };
+                    let gather64 = |d: &Dataset| {
+                        let mut x = vec![0f64; n * d.features()];
+                        let mut y = d.target_buffer::<f64>(n);
+                        d.gather_range_batch(&d.normaliser::<f64>(), 0, n, &mut x, &mut y);
+                        (x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y)
+                    };
+                    assert_eq!(gather32(&mem), gather32(&st), "{name} f32");
+                    assert_eq!(gather64(&mem), gather64(&st), "{name} f64");
+                    assert_eq!(mem.normalized::<f32>(), st.normalized::<f32>(), "{name}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -870,12 +1190,21 @@ mod tests {
             ("garbage", b"not a safetensors file at all".to_vec()),
             ("tiny", vec![1, 2, 3]),
         ] {
-            let e = load_data_file(&write_bytes(name, &bytes), Split::Train, None)
+            let path = write_bytes(name, &bytes);
+            let e = load_data_file(&path, Split::Train, None)
                 .unwrap_err()
                 .to_string();
             assert!(
                 e.contains("not a valid safetensors file") && e.contains(name),
                 "{name}: {e}"
+            );
+            // Streamed: only the header is read, and it is refused as well.
+            let e = load_data_file_streaming(&path, Split::Train, None, Streaming::Always)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("not a valid safetensors file") && e.contains(name),
+                "streamed {name}: {e}"
             );
         }
         let e = load_data_file(Path::new("/dev/null"), Split::Train, None)
@@ -917,6 +1246,19 @@ mod tests {
                     Err(e) => {
                         assert!(e.to_string().starts_with("mutant: "), "{e}");
                         refused += 1;
+                    }
+                }
+            }
+            // One mutant in ten also streamed from a file: loaded or refused, never a panic, and
+            // loaded exactly when the in-memory reader loads it.
+            if rng.below(10) == 0 {
+                let path = write_bytes("mutant-streamed", &b);
+                for split in [Split::Train, Split::Test] {
+                    let mem = data_from_bytes(&path, &b, split, None);
+                    let st = load_data_file_streaming(&path, split, None, Streaming::Always);
+                    assert_eq!(mem.is_ok(), st.is_ok(), "{:?} vs {:?}", mem.err(), st.err());
+                    if let (Ok(Some(m)), Ok(Some(s))) = (&mem, &st) {
+                        assert_eq!((&m.source, &m.targets), (&s.source, &s.targets));
                     }
                 }
             }

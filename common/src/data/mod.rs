@@ -6,11 +6,15 @@ mod dataset;
 pub mod file;
 pub(crate) mod idx;
 pub mod modular;
+pub mod stream;
 pub mod synthetic;
 
 pub use dataset::{DataFile, Dataset, DatasetKind, Inputs, Normaliser, Source, Split, TargetData};
-pub use file::{data_from_bytes, load_data_file, load_data_file_split, Normalize};
+pub use file::{
+    data_from_bytes, load_data_file, load_data_file_split, load_data_file_streaming, Normalize,
+};
 pub use idx::{encode_idx, read_idx, IdxArray, IDX_MAGIC_IMAGES, IDX_MAGIC_LABELS};
+pub use stream::{StreamedInputs, Streaming, STREAM_ABOVE_BYTES};
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,8 @@ use std::path::{Path, PathBuf};
 pub struct DataChoice {
     pub file: Option<PathBuf>,
     pub normalize: Option<Normalize>,
+    /// Whether a data file is streamed from disk ([`stream`]); the numbers are the same either way.
+    pub streaming: Streaming,
 }
 
 impl DataChoice {
@@ -38,7 +44,15 @@ impl DataChoice {
         Ok(DataChoice {
             file,
             normalize: normalize.map(Normalize::parse).transpose()?,
+            streaming: Streaming::Auto,
         })
+    }
+
+    /// The same choice with a data file streamed as `streaming` says (`--stream`: always; the
+    /// IDX data sets are read into memory, and [`DataChoice::load`] refuses `--stream` for them).
+    pub fn with_streaming(mut self, streaming: Streaming) -> Self {
+        self.streaming = streaming;
+        self
     }
 
     /// The choice for a checkpoint: `--data` / `--normalize` when given, else the data file its
@@ -83,7 +97,17 @@ impl DataChoice {
         Ok(DataChoice {
             file: Some(PathBuf::from(file)),
             normalize,
+            streaming: self.streaming,
         })
+    }
+
+    fn check_streaming(&self) -> Result<()> {
+        if self.streaming == Streaming::Always && self.file.is_none() {
+            return Err(Error::invalid(
+                "--stream applies to a data file (--data, or a checkpoint's recorded data file); MNIST and Fashion-MNIST are read into memory",
+            ));
+        }
+        Ok(())
     }
 
     /// Loads `split`: the data file, else the IDX data set `kind` from `data_dir`.
@@ -91,8 +115,10 @@ impl DataChoice {
     /// # Errors
     /// As [`load_data_file`] and [`Dataset::load`].
     pub fn load(&self, kind: DatasetKind, data_dir: &Path, split: Split) -> Result<Dataset> {
+        self.check_streaming()?;
         match &self.file {
-            Some(f) => load_data_file(f, split, self.normalize.as_ref()),
+            Some(f) => load_data_file_streaming(f, split, self.normalize.as_ref(), self.streaming)?
+                .ok_or_else(|| Error::data(f, "has no test split (tensors x_test and y_test)")),
             None => Dataset::load(kind, data_dir, split),
         }
     }
@@ -102,8 +128,11 @@ impl DataChoice {
     /// # Errors
     /// As [`DataChoice::load`].
     pub fn load_test(&self, kind: DatasetKind, data_dir: &Path) -> Result<Option<Dataset>> {
+        self.check_streaming()?;
         match &self.file {
-            Some(f) => load_data_file_split(f, Split::Test, self.normalize.as_ref()),
+            Some(f) => {
+                load_data_file_streaming(f, Split::Test, self.normalize.as_ref(), self.streaming)
+            }
             None => Dataset::load(kind, data_dir, Split::Test).map(Some),
         }
     }

@@ -473,7 +473,7 @@ impl Network {
         let mut start = 0;
         while start < data.len() {
             let count = batch.min(data.len() - start);
-            data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+            data.try_gather_range_batch(&norm, start, count, &mut x, &mut y)?;
             let (l, c) = self.loss_sum(params, &x[..count * f], y.first(count), &mut ws);
             loss += l;
             correct += c;

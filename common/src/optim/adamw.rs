@@ -112,7 +112,7 @@ pub fn adamw_step<T: Real>(
         let g = grad[i];
         let mut p = params[i];
         if cfg.weight_decay != 0.0 {
-            p = p * decay;
+            p *= decay;
         }
         // ATen's vectorised lerp: the form exact at its nearer end, as one fused multiply-add.
         m[i] = if lerp_low {
@@ -120,8 +120,8 @@ pub fn adamw_step<T: Real>(
         } else {
             (m[i] - g).mul_add(one_minus_w1, g)
         };
-        v[i] = v[i] * beta2;
-        v[i] = v[i] + w2 * g * g;
+        v[i] *= beta2;
+        v[i] += w2 * g * g;
         let denom = v[i].sqrt() / bc2_sqrt + eps;
         params[i] = p + neg_step_size * m[i] / denom;
     }
