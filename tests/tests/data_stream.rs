@@ -71,18 +71,7 @@ fn train(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> std::process:
     let mut c = tool("train");
     c.arg("--data").arg(data);
     c.args([
-        "--hidden",
-        "16",
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "32",
-        "--seed",
-        "4",
-        "--quiet",
-        "--run",
-        "r",
-        "--out",
+        "--hidden", "16", "--epochs", epochs, "--seed", "4", "--quiet", "--run", "r", "--out",
     ])
     .arg(out)
     .args(extra);
@@ -119,8 +108,9 @@ fn a_streamed_run_is_the_in_memory_run() {
         classification_file(&data, 300, 12, float);
         let mem_out = dir.join(format!("{name}-mem"));
         let st_out = dir.join(format!("{name}-stream"));
-        let mem = train(&data, &mem_out, "2", extra);
-        let st = train(&data, &st_out, "2", &[extra, &["--stream"]].concat());
+        let extra = [extra, &["--batch-size", "32"]].concat();
+        let mem = train(&data, &mem_out, "2", &extra);
+        let st = train(&data, &st_out, "2", &[&extra[..], &["--stream"]].concat());
         assert_eq!(comparable(&mem), comparable(&st), "{name}: records");
         let files = |d: &PathBuf| -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(d)
@@ -200,7 +190,8 @@ fn a_streamed_run_stays_within_its_memory_budget() {
     let size = std::fs::metadata(&data).unwrap().len();
     assert!(size > 256 << 20, "{size}");
     let before = children_max_rss_kib();
-    let flags = ["--train-samples", "2048"];
+    // The whole set, one epoch in batches of 512: every row is read.
+    let flags = ["--batch-size", "512"];
     let o = train(
         &data,
         &dir.join("streamed"),

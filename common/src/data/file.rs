@@ -18,6 +18,11 @@
 //! that disagree, a wrong dtype or rank, NaN or infinite values, negative labels or labels past
 //! [`MAX_CLASSES`], a sample of more than three dimensions or of zero size.
 //!
+//! Streamed ([`load_data_file_streaming`]; past [`super::STREAM_ABOVE_BYTES`] or with `--stream`):
+//! only the header (validated by the safetensors crate's `Metadata`, the data section exactly the
+//! rest of the file) and the targets are read into memory; the inputs stay in the file
+//! ([`super::stream`]), read once in chunks for the same checks and fingerprint, then row by row.
+//!
 //! The fingerprint that records carry is FNV-1a (64 bit) over each used tensor's name, dtype,
 //! shape and bytes, so that it tells data sets apart whatever else the file's header holds.
 
@@ -388,19 +393,20 @@ fn from_tensors(
     hash_header(&mut fingerprint, xn, &x);
     let inputs = match x.dtype() {
         _ if streamed => {
-            let (element, tokens) =
-                match x.dtype() {
-                    Dtype::U8 => (Element::U8, false),
-                    Dtype::F32 => (Element::F32, false),
-                    Dtype::F64 => (Element::F64, false),
-                    d if is_integer(d) => (Element::Token(d), true),
-                    d => return Err(refuse(
+            let (element, tokens) = match x.dtype() {
+                Dtype::U8 => (Element::U8, false),
+                Dtype::F32 => (Element::F32, false),
+                Dtype::F64 => (Element::F64, false),
+                d if is_integer(d) => (Element::Token(d), true),
+                d => {
+                    return Err(refuse(
                         xn,
                         format!(
                             "dtype {d:?}; inputs are float32, float64, uint8 or integer token ids"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             if tokens && normalize.is_some() {
                 return Err(refuse(
                     xn,
@@ -801,7 +807,7 @@ mod tests {
         let bytes: Vec<u8> = (0..5 * 2 * 2 * 3).map(|i| (i * 37 % 256) as u8).collect();
         let floats: Vec<f64> = (0..5 * 4).map(|i| (i as f64 * 0.37).sin() * 1e3).collect();
         let files: Vec<(&str, Vec<Raw>, Option<&str>)> = vec![
-            ("s-cls", classification(), Some("1,-1,2,0.5")),
+            ("s-cls", classification(), Some("1,-1,0.3,0.7")),
             (
                 "s-bytes",
                 vec![

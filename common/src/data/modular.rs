@@ -94,7 +94,10 @@ fn pow_mod(mut b: u64, mut e: u64, p: u64) -> u64 {
 
 /// Whether n is prime (trial division; n is at most [`MAX_MODULUS`]).
 pub fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The largest modulus: p² pairs of 3 int64 tokens and a label stay under 1 GiB.
