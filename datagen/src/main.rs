@@ -5,7 +5,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use common::data::modular::{modular, ModularOp};
 use common::data::synthetic::{
-    low_rank, normal_crossing, random_regression, teacher, InputDistribution, SyntheticData,
+    icl_regression, low_rank, normal_crossing, random_regression, teacher, InputDistribution,
+    SyntheticData,
 };
 use common::io::{atomic_write, Checkpoint};
 use common::model::{initialise, Activation, Architecture, Network};
@@ -29,6 +30,10 @@ teacher's model) in the metadata under `datagen`. The same settings write the sa
                      deep-linear-network experiments do.
   normal-crossing    devinterp's normal-crossing data: x ~ N(0, s²), y = σ·ξ.
   random-regression  devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+  icl-regression     in-context linear regression: per sequence a task w ~ N(0, I_D) (from a pool
+                     of --tasks M, or fresh), K pairs x ~ N(0, I_D), y = w·x + σξ, stored as 2K
+                     interleaved tokens [0, x] and [y, 0…] of width D + 1 (x [n, 2K, D+1]); targets
+                     y [n, K]; test tasks are fresh draws.
   modular            every pair (a, b) mod p as the tokens [a, b, =] with the label (a ∘ b) mod p,
                      split seeded into train and test (the grokking data set). x and x_test are
                      int64 token ids [n, 3] (a, b in 0..p, '=' the id p: p + 1 tokens), y and
@@ -71,6 +76,26 @@ enum Kind {
     RandomRegression(RandomRegressionArgs),
     /// Modular arithmetic as token sequences [a, b, =] → (a ∘ b) mod p (grokking).
     Modular(ModularArgs),
+    /// In-context linear regression: sequences of (x, y) pairs of a random linear task each.
+    IclRegression(IclRegressionArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct IclRegressionArgs {
+    /// The dimension D of the inputs x (tokens are D + 1 wide).
+    #[arg(long, default_value_t = 4)]
+    dim: usize,
+    /// The pairs K per sequence (2K tokens).
+    #[arg(long, default_value_t = 8)]
+    context: usize,
+    /// The size M of the pool of training tasks (0: a fresh task for every sequence).
+    #[arg(long, default_value_t = 0)]
+    tasks: usize,
+    /// Standard deviation σ of the noise on y.
+    #[arg(long, default_value_t = 0.25)]
+    noise: f64,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -243,6 +268,18 @@ fn run(args: Args) -> Result<ExitCode> {
         Kind::NormalCrossing(a) => (
             normal_crossing(
                 a.x_sd,
+                a.noise,
+                a.common.samples,
+                a.common.test_samples,
+                a.common.seed,
+            )?,
+            a.common.out,
+        ),
+        Kind::IclRegression(a) => (
+            icl_regression(
+                a.dim,
+                a.context,
+                a.tasks,
                 a.noise,
                 a.common.samples,
                 a.common.test_samples,

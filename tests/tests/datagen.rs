@@ -310,3 +310,58 @@ fn modular_files_hold_every_pair_as_int64_tokens() {
         assert_one_line_error(&o, &[needle]);
     }
 }
+
+/// `datagen icl-regression`: [n, 2K, D + 1] interleaved tokens and [n, K] targets, recorded; the
+/// tools read it as a regression data file (an MLP over the flattened sequence trains on it).
+#[test]
+fn icl_regression_files_are_sequences_of_pairs() {
+    let dir = scratch("datagen-icl");
+    let out = dir.join("icl.safetensors");
+    let o = run(
+        "datagen",
+        &[
+            "icl-regression",
+            "--dim",
+            "3",
+            "--context",
+            "4",
+            "--tasks",
+            "16",
+            "--samples",
+            "256",
+            "--test-samples",
+            "32",
+            "--seed",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let h = header(&out);
+    assert_eq!(h["x"]["shape"], serde_json::json!([256, 8, 4]));
+    assert_eq!(h["y"]["shape"], serde_json::json!([256, 4]));
+    assert_eq!(h["x_test"]["shape"], serde_json::json!([32, 8, 4]));
+    let settings: Value =
+        serde_json::from_str(h["__metadata__"]["datagen"].as_str().unwrap()).unwrap();
+    assert_eq!(settings["kind"], "icl-regression");
+    assert_eq!(settings["tasks"], 16);
+    let o = run(
+        "train",
+        &[
+            "--data",
+            out.to_str().unwrap(),
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            dir.join("run").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(records(&o)[0]["loss"], "mse");
+}

@@ -9,6 +9,9 @@
 //! - [`normal_crossing`]: devinterp's data set for its normal-crossing accuracy test: x ~ N(0, s²),
 //!   y = σ·ξ (the model y = w₁^{k₁}w₂^{k₂}·x is then at its true parameter w = 0).
 //! - [`random_regression`]: devinterp's reduced-rank-regression data: x ~ N(0, I_m), y ~ N(0, I_n).
+//! - [`icl_regression`]: in-context linear regression, sequences of (x, y) pairs of a random linear
+//!   task each (Garg et al. 2022; Raventós et al. 2023), as the developmental-interpretability work
+//!   on in-context learning uses.
 //!
 //! Every draw comes from one seeded stream (`rng::stream(seed, Purpose::Data, ·)`), so the same
 //! settings write the same bytes; the settings are recorded in the file's metadata under `datagen`.
@@ -328,6 +331,109 @@ pub fn random_regression(
     })
 }
 
+/// In-context linear regression (Garg et al. 2022; Raventós et al. 2023, "Pretraining task
+/// diversity and the emergence of non-Bayesian in-context learning for regression"): each sequence
+/// has its own task w ~ N(0, I_D) — drawn from a pool of `tasks` tasks fixed up front, or fresh for
+/// every sequence when `tasks` is 0 — and `context` pairs x_k ~ N(0, I_D), y_k = w·x_k + σ·ξ_k.
+///
+/// A sequence is stored as 2K tokens of width D + 1, interleaved as in Garg et al.: the x-token
+/// `[0, x_k]` then the y-token `[y_k, 0, …, 0]`; so `x` is `[n, 2K, D + 1]` and the targets `y`
+/// `[n, K]` are the y_k, which a model predicts at each x-token from the tokens before it. The test
+/// split's tasks are always fresh draws from N(0, I_D) (the true task distribution). The task pool
+/// comes from the stream `(seed, Data, 1)`, everything else from `(seed, Data, 0)`.
+///
+/// # Errors
+/// No training sample, a zero dimension or context, a negative or non-finite σ, or too many values.
+pub fn icl_regression(
+    dim: usize,
+    context: usize,
+    tasks: usize,
+    noise: f64,
+    train: usize,
+    test: usize,
+    seed: u64,
+) -> Result<SyntheticData> {
+    if train == 0 || dim == 0 || context == 0 {
+        return Err(Error::invalid(
+            "icl regression: --samples, --dim and --context must be at least 1",
+        ));
+    }
+    if !(noise.is_finite() && noise >= 0.0) {
+        return Err(Error::invalid(format!(
+            "--noise must be zero or positive (got {noise})"
+        )));
+    }
+    let tokens = 2usize.saturating_mul(context);
+    let width = dim.saturating_add(1);
+    check_size(
+        train.saturating_add(test),
+        tokens.saturating_mul(width).saturating_add(context),
+    )?;
+    check_size(tasks, dim)?;
+    let pool = icl_task_pool(seed, tasks, dim);
+    let mut rng = stream(seed, Purpose::Data, 0);
+    let mut draw = |n: usize, from_pool: bool| -> (Vec<f32>, Vec<f32>) {
+        let mut x = Vec::with_capacity(n * tokens * width);
+        let mut y = Vec::with_capacity(n * context);
+        for _ in 0..n {
+            let w: Vec<f64> = if from_pool && !pool.is_empty() {
+                let t = rng.below(pool.len() as u64) as usize;
+                pool[t].clone()
+            } else {
+                (0..dim).map(|_| rng.normal()).collect()
+            };
+            for _ in 0..context {
+                let xk: Vec<f32> = (0..dim).map(|_| rng.normal() as f32).collect();
+                let yk = (icl_target(&w, &xk) + noise * rng.normal()) as f32;
+                x.push(0.0);
+                x.extend(&xk);
+                x.push(yk);
+                x.extend(std::iter::repeat_n(0.0, dim));
+                y.push(yk);
+            }
+        }
+        (x, y)
+    };
+    let (x, y) = draw(train, true);
+    let (x_test, y_test) = draw(test, false);
+    Ok(SyntheticData {
+        x,
+        y,
+        x_test,
+        y_test,
+        sample_shape: vec![tokens, width],
+        targets: context,
+        train,
+        test,
+        settings: json!({
+            "kind": "icl-regression",
+            "dim": dim,
+            "context": context,
+            "tasks": if tasks == 0 { Value::from("infinite") } else { Value::from(tasks) },
+            "noise_sd": noise,
+            "samples": train,
+            "test_samples": test,
+            "seed": seed,
+            "x": format!("[n, {tokens}, {width}] float32: per pair k the x-token [0, x_k] then the y-token [y_k, 0…]"),
+            "y": format!("[n, {context}] float32: y_k = w·x_k + noise, predicted at x-token k"),
+            "test_tasks": "fresh draws from N(0, I_D)",
+        }),
+    })
+}
+
+/// The pool of `tasks` task vectors w ~ N(0, I_D) of [`icl_regression`] (empty for 0: fresh tasks).
+pub fn icl_task_pool(seed: u64, tasks: usize, dim: usize) -> Vec<Vec<f64>> {
+    let mut rng = stream(seed, Purpose::Data, 1);
+    (0..tasks)
+        .map(|_| (0..dim).map(|_| rng.normal()).collect())
+        .collect()
+}
+
+/// w·x in f64 (x as stored, in f32), summed in index order.
+fn icl_target(w: &[f64], x: &[f32]) -> f64 {
+    w.iter().zip(x).map(|(a, &b)| a * b as f64).sum()
+}
+
 /// Replaces the `rows × cols` matrix `w` (row-major) by its best rank-`rank` approximation in the
 /// Frobenius norm (Eckart–Young): W·V_r·V_rᵀ, with V_r the eigenvectors of WᵀW of the r largest
 /// eigenvalues (the top right singular vectors). A rank at or above min(rows, cols) leaves W as it is.
@@ -487,5 +593,61 @@ mod tests {
         let settings: Value = serde_json::from_str(&md["datagen"]).unwrap();
         assert_eq!(settings["kind"], "random-regression");
         assert_eq!(settings["seed"], 1);
+    }
+
+    /// Every sequence is K interleaved (x, y) tokens of one task of the pool (noise 0): recomputed
+    /// here from the pool; the test split's tasks are fresh; the noise has the asked sd.
+    #[test]
+    fn icl_sequences_follow_their_task() {
+        let (dim, k) = (3, 5);
+        let d = icl_regression(dim, k, 2, 0.0, 40, 10, 9).unwrap();
+        assert_eq!(
+            (d.sample_shape.clone(), d.targets),
+            (vec![2 * k, dim + 1], k)
+        );
+        let pool = icl_task_pool(9, 2, dim);
+        assert_eq!(pool.len(), 2);
+        let fits = |w: &[f64], seq: &[f32], ys: &[f32]| {
+            (0..k).all(|j| {
+                let xt = &seq[2 * j * (dim + 1)..(2 * j + 1) * (dim + 1)];
+                let mut t = 0.0;
+                for i in 0..dim {
+                    t += w[i] * xt[1 + i] as f64;
+                }
+                (t as f32 - ys[j]).abs() <= 1e-6 * (1.0 + ys[j].abs())
+            })
+        };
+        let mut used = [false; 2];
+        for (seq, ys) in d.x.chunks(2 * k * (dim + 1)).zip(d.y.chunks(k)) {
+            for j in 0..k {
+                let (xt, yt) = (
+                    &seq[2 * j * (dim + 1)..(2 * j + 1) * (dim + 1)],
+                    &seq[(2 * j + 1) * (dim + 1)..(2 * j + 2) * (dim + 1)],
+                );
+                assert_eq!(xt[0], 0.0);
+                assert_eq!(yt[0], ys[j]);
+                assert!(yt[1..].iter().all(|&v| v == 0.0));
+            }
+            let which: Vec<usize> = (0..2).filter(|&t| fits(&pool[t], seq, ys)).collect();
+            assert_eq!(which.len(), 1, "one task of the pool explains the sequence");
+            used[which[0]] = true;
+        }
+        assert_eq!(used, [true, true]);
+        let first_test = &d.x_test[..2 * k * (dim + 1)];
+        assert!(!pool.iter().any(|w| fits(w, first_test, &d.y_test[..k])));
+        // The noise: residuals y − w·x of one task with σ = 0.5.
+        let noisy = icl_regression(2, 50, 1, 0.5, 200, 0, 3).unwrap();
+        let w = &icl_task_pool(3, 1, 2)[0];
+        let res: Vec<f64> = noisy
+            .x
+            .chunks(3) // tokens of width D + 1 = 3; every other one is an x-token
+            .step_by(2)
+            .zip(&noisy.y)
+            .map(|(xt, &y)| y as f64 - (w[0] * xt[1] as f64 + w[1] * xt[2] as f64))
+            .collect();
+        let sd = (res.iter().map(|r| r * r).sum::<f64>() / res.len() as f64).sqrt();
+        assert!((sd - 0.5).abs() < 0.02, "{sd}");
+        assert!(icl_regression(0, 5, 0, 0.1, 10, 0, 1).is_err());
+        assert!(icl_regression(2, 5, 0, -0.1, 10, 0, 1).is_err());
     }
 }
