@@ -27,10 +27,12 @@ same checkpoints and records as `train`, plus `branch` and `switched_at` (the so
 epoch, step and path), so `switch ... | llc | hessian-trace` works unchanged. Epochs keep counting
 from the source checkpoint: `--epochs 20` from an epoch-10 checkpoint trains epochs 11 to 20.
 
-A branch is an optimiser (sgd, ngd, ngd-exact) and optional settings with `train`'s flag names:
-`sgd`, `ngd:ngd-alpha=0.1`, `sgd:lr=0.1`, `ngd-exact:damping=0.001,fisher=sampled`,
-`sgd:lr=1,batch-size=256`. `name=...` sets the branch's name (default: the spec with `:`/`,` as `-`).
-Unset settings take the paper's defaults (lr 0.01, momentum 0.9, Nesterov, NGD α 0.01).
+A branch is an optimiser (sgd, ngd, ngd-exact, adamw) and optional settings with `train`'s flag
+names: `sgd`, `ngd:ngd-alpha=0.1`, `sgd:lr=0.1`, `ngd-exact:damping=0.001,fisher=sampled`,
+`sgd:lr=1,batch-size=256`, `adamw:lr=0.001,weight-decay=1,beta2=0.98` (AdamW's betas are `beta1`,
+`beta2`). `name=...` sets the branch's name (default: the spec with `:`/`,` as `-`). Unset settings
+take the paper's defaults (lr 0.01, momentum 0.9, Nesterov, NGD α 0.01; AdamW: PyTorch's, lr 0.001,
+betas 0.9, 0.999, eps 1e-8, weight decay 0.01).
 
 Examples:
 

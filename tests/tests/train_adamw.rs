@@ -118,3 +118,68 @@ fn adamw_takes_pytorchs_defaults_and_refuses_bad_settings() {
         assert_one_line_error(&o, &[needle]);
     }
 }
+
+/// `switch --branch adamw:…` continues a checkpoint with AdamW: its settings by `train`'s flag
+/// names, PyTorch's defaults for the rest, and the same weights as `train --init … --optimizer
+/// adamw` with those settings.
+#[test]
+fn switch_branches_to_adamw_as_train_does() {
+    let dir = scratch("adamw-switch");
+    assert!(train_small(&dir.join("src"), "1", &[]).status.success());
+    let from = dir.join("src/epoch-0001.safetensors");
+    let mut c = tool("switch");
+    c.arg("--from")
+        .arg(&from)
+        .arg("--data-dir")
+        .arg(small_data());
+    // File order in both, so that epoch 2 of the branch and epoch 1 of train see the same batches.
+    c.args(["--epochs", "2", "--no-shuffle", "--quiet", "--out"])
+        .arg(dir.join("b"))
+        .args([
+            "--branch",
+            "adamw:lr=0.002,beta2=0.98,weight-decay=0.1,name=aw",
+        ]);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let opt = &records(&o)[0]["optimizer"];
+    assert_eq!(opt["name"], "adamw");
+    assert_eq!(opt["betas"], serde_json::json!([0.9, 0.98]));
+    assert_eq!(
+        (opt["lr"].as_f64(), opt["eps"].as_f64()),
+        (Some(0.002), Some(1e-8))
+    );
+    assert_eq!(opt["weight_decay"], 0.1);
+    // The same continuation by train.
+    let mut c = tool("train");
+    c.args(["--data-dir"]).arg(small_data());
+    c.args(["--hidden", "32", "--epochs", "1", "--no-shuffle", "--quiet"])
+        .args([
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.002",
+            "--betas",
+            "0.9,0.98",
+        ])
+        .args(["--weight-decay", "0.1", "--init"])
+        .arg(&from)
+        .arg("--out")
+        .arg(dir.join("t"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = |p: std::path::PathBuf| {
+        let bytes = std::fs::read(p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        names
+            .iter()
+            .map(|n| st.tensor(n).unwrap().data().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        weights(dir.join("b/aw/epoch-0002.safetensors")),
+        weights(dir.join("t/epoch-0001.safetensors")),
+        "switch's AdamW branch and train --init --optimizer adamw"
+    );
+}
