@@ -37,4 +37,7 @@ pub use per_sample::PerSampleScratch;
 pub use size::{
     check_fits_in_memory, format_bytes, group_digits, memory_limit, ModelSize, PARAMETER_COPIES,
 };
-pub use spec::{is_spec_path, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES};
+pub use spec::{
+    is_spec_path, transformer_preset, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES,
+    TRANSFORMER_PRESETS,
+};

@@ -166,6 +166,41 @@ impl Act {
     }
 }
 
+/// The transformer presets, for modular addition with p = 113 (Nanda et al. 2023, "Progress measures
+/// for grokking via mechanistic interpretability"; Power et al. 2022): sequences `[a, b, =]` of 3
+/// tokens from a vocabulary of p + 1 (`=` is token p), p classes read at the last position; width
+/// 128, 4 heads, MLP 512, pre-LayerNorm residual blocks, causal attention, a final LayerNorm.
+/// `transformer_1l` has one block pair, `transformer_2l` two.
+pub const TRANSFORMER_PRESETS: &[&str] = &["transformer_1l", "transformer_2l"];
+
+/// The spec of a preset of [`TRANSFORMER_PRESETS`], `None` for another name.
+pub fn transformer_preset(name: &str) -> Option<NetSpec> {
+    let blocks = match name {
+        "transformer_1l" => 1,
+        "transformer_2l" => 2,
+        _ => return None,
+    };
+    let (p, width, heads, mlp) = (113, 128, 4, 512);
+    let mut layers = vec![
+        serde_json::json!({"type": "embedding", "num": p + 1, "dim": width}),
+        serde_json::json!({"type": "positional"}),
+    ];
+    for _ in 0..blocks {
+        layers.push(serde_json::json!({"type": "residual", "layers": [
+            {"type": "layernorm"}, {"type": "attention", "heads": heads, "causal": true}]}));
+        layers.push(serde_json::json!({"type": "residual", "layers": [
+            {"type": "layernorm"}, {"type": "linear", "out": mlp}, {"type": "gelu"},
+            {"type": "linear", "out": width}]}));
+    }
+    layers.extend([
+        serde_json::json!({"type": "layernorm"}),
+        serde_json::json!({"type": "last"}),
+        serde_json::json!({"type": "linear", "out": p}),
+    ]);
+    let v = serde_json::json!({"input": [3], "layers": layers, "loss": "cross_entropy"});
+    Some(NetSpec::from_json(name, &v).expect("the presets are valid specs"))
+}
+
 /// Whether `--model` names a spec file rather than a preset: it ends in `.json` or contains a path
 /// separator (no preset name does either).
 pub fn is_spec_path(model: &str) -> bool {

@@ -503,3 +503,18 @@ fn malformed_sequence_specs_are_refused_with_the_json_path() {
         assert!(e.contains(want), "{e:?} does not contain {want:?}");
     }
 }
+
+/// The transformer presets: their parameter counts as PyTorch counts the same modules
+/// (`sum(p.numel() for p in model.parameters())` of `scripts/fixtures/transformer_torch.py`'s
+/// build: 228,081 and 426,353), and `--model` finds them by name.
+#[test]
+fn the_transformer_presets_have_pytorchs_parameter_counts() {
+    for (name, params) in [("transformer_1l", 228_081u64), ("transformer_2l", 426_353)] {
+        let a = Architecture::parse(name, &[], crate::model::Activation::Relu, 2).unwrap();
+        check_against_build(&a);
+        assert_eq!(a.size().unwrap().params, params, "{name}");
+        assert_eq!(a.name(), name);
+        assert_eq!((a.input_features(), a.classes()), (3, 113), "{name}");
+    }
+    assert!(transformer_preset("transformer_3l").is_none());
+}
