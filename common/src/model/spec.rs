@@ -525,7 +525,7 @@ fn parse_layer(
         "attention" => {
             let [s, d] = sequence("attention")?;
             let heads = uint(obj, at, "heads", 1, None)?;
-            if d % heads != 0 {
+            if !d.is_multiple_of(heads) {
                 return Err(Error::spec(
                     format!("{at}.heads"),
                     format!("{heads} heads do not divide the width {d}"),

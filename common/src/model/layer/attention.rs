@@ -153,7 +153,7 @@ impl Attention {
         causal: bool,
         bias: bool,
     ) -> Self {
-        assert!(heads >= 1 && dim % heads == 0, "heads must divide dim");
+        assert!(heads >= 1 && dim.is_multiple_of(heads), "heads must divide dim");
         let first = scope.tensor(
             "in_proj_weight",
             vec![3 * dim, dim],
