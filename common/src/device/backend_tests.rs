@@ -130,43 +130,62 @@ pub(super) fn gemm<B: Backend>(be: &B) {
             );
         }
     }
-    // Strided-batched: three products with gaps between the operands.
-    let (count, sa, sb, sc) = (3, m * k + 1, k * n + 2, m * n + 3);
-    let a = data(count * sa, 5);
-    let b = data(count * sb, 6);
-    let c0 = data(count * sc, 7);
-    let mut c = be.upload(&c0);
-    let (ab, bb) = (be.upload(&a), be.upload(&b));
-    be.gemm_strided_batched(
-        false,
-        true,
-        m,
-        n,
-        k,
-        1.5,
-        B::view(&ab),
-        B::view(&bb),
-        -1.0,
-        B::view_mut(&mut c),
-        count,
-        (sa, sb, sc),
-    );
-    let mut want = c0.clone();
-    for i in 0..count {
-        naive_gemm(
-            false,
-            true,
-            m,
-            n,
-            k,
-            1.5,
-            &a[i * sa..],
-            &b[i * sb..],
-            -1.0,
-            &mut want[i * sc..],
-        );
+    // Strided-batched: three products with gaps between the operands, in every transpose (the
+    // attention uses all four), small and larger, β = −1 and β = 0 (C overwritten, NaN included).
+    for (m, n, k) in [(m, n, k), (40, 33, 30)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for beta in [-1.0, 0.0] {
+                let (count, sa, sb, sc) = (3, m * k + 1, k * n + 2, m * n + 3);
+                let a = data(count * sa, 5);
+                let b = data(count * sb, 6);
+                let mut c0 = data(count * sc, 7);
+                if beta == 0.0 {
+                    c0[0] = f64::NAN;
+                }
+                let mut c = be.upload(&c0);
+                let (ab, bb) = (be.upload(&a), be.upload(&b));
+                be.gemm_strided_batched(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1.5,
+                    B::view(&ab),
+                    B::view(&bb),
+                    beta,
+                    B::view_mut(&mut c),
+                    count,
+                    (sa, sb, sc),
+                );
+                let mut want = c0.clone();
+                for i in 0..count {
+                    let block = &mut want[i * sc..i * sc + m * n];
+                    if beta == 0.0 {
+                        block.iter_mut().for_each(|v| *v = 0.0);
+                    }
+                    naive_gemm(
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        1.5,
+                        &a[i * sa..],
+                        &b[i * sb..],
+                        beta,
+                        block,
+                    );
+                }
+                assert_close(
+                    &down(be, &c),
+                    &want,
+                    1e-12,
+                    &format!("gemm_strided_batched {m}×{n}×{k} ta={ta} tb={tb} β={beta}"),
+                );
+            }
+        }
     }
-    assert_close(&down(be, &c), &want, 1e-12, "gemm_strided_batched");
 }
 
 pub(super) fn convolution_lowering<B: Backend>(be: &B) {
