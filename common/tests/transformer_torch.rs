@@ -1,6 +1,7 @@
 //! One-layer transformers (`tests/fixtures/transformer-torch/*.json`: embedding, positional,
 //! residual(layernorm, attention), residual(layernorm, linear, gelu, linear), layernorm, last,
-//! linear; one causal with biases, one not causal without) against PyTorch in float64
+//! linear; one causal with biases, one not causal without) and one with a second causal attention
+//! block (where the first block's mask matters) against PyTorch in float64
 //! (`*.torch.json`, written by `scripts/fixtures/transformer_torch.py`, which builds the module
 //! from the format's definition with `nn.MultiheadAttention`'s functional form, independently of
 //! ours): the same `state_dict` names and shapes, and the mean cross-entropy loss, its gradient, a
@@ -93,6 +94,14 @@ fn matches_pytorch(stem: &str) {
 #[test]
 fn a_causal_transformer_matches_pytorch_in_float64() {
     matches_pytorch("transformer");
+}
+
+/// Two causal attention layers: the first one's mask shapes what the second reads at the last
+/// position (with one layer read at the last position, the mask changes nothing: the last query
+/// sees every key either way).
+#[test]
+fn a_two_layer_causal_transformer_matches_pytorch_in_float64() {
+    matches_pytorch("transformer-2l");
 }
 
 #[test]

@@ -808,6 +808,40 @@ fn activation_values_match_pytorch() {
     }
 }
 
+/// Causal attention: the output at position i does not depend on the inputs after i, and without
+/// the mask it does (an independent check of the mask; the finite-difference tests above hold for
+/// any differentiable map, masked or not).
+#[test]
+fn causal_attention_does_not_look_ahead() {
+    let (seq, dim) = (4, 4);
+    for causal in [true, false] {
+        let net = network(|s| s.push(|sc| Attention::new(sc, seq, dim, 2, causal, true)));
+        let p = problem(net, 13);
+        let x: Vec<f64> = p.x[..seq * dim].to_vec();
+        let out = |x: &[f64]| {
+            let mut ws = p.net.workspace(1);
+            p.net.forward(&p.params, x, 1, &mut ws).to_vec()
+        };
+        let y = out(&x);
+        for t in 0..seq {
+            let mut moved = x.clone();
+            moved[t * dim..(t + 1) * dim]
+                .iter_mut()
+                .for_each(|v| *v += 0.5);
+            let ym = out(&moved);
+            for i in 0..seq {
+                let same = (0..dim).all(|j| ym[i * dim + j] == y[i * dim + j]);
+                // Position i reads key t when t ≤ i (or always without the mask).
+                let reads = !causal || t <= i;
+                assert_eq!(
+                    !same, reads,
+                    "causal {causal}: output {i} after moving input {t}"
+                );
+            }
+        }
+    }
+}
+
 /// Average pooling against a hand computation: a 1×3×4 plane, kernel 2, stride 2 (the last row is
 /// dropped) and kernel 2, stride 1 (overlapping).
 #[test]
