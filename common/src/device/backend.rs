@@ -433,6 +433,61 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         work: Self::ViewMut<'_, T>,
     );
 
+    // ---- sequences: attention and tokens -------------------------------------------------------
+
+    /// dst ← src with its axes permuted (`torch.permute(axes).contiguous()`): `src` row-major of
+    /// shape `dims`, `dst` row-major of shape `[dims[axes[0]], dims[axes[1]], …]`, and
+    /// dst[i₀, i₁, …] = src at the index whose axis `axes[k]` is iₖ. Splits the heads of an
+    /// attention layer out of its rows and merges them back.
+    fn permute<T: Real>(
+        &self,
+        src: Self::View<'_, T>,
+        dims: &[usize],
+        axes: &[usize],
+        dst: Self::ViewMut<'_, T>,
+    );
+    /// Row-wise softmax p = softmax(s) of rows of `width` (`Σⱼ p = 1`, the maximum subtracted first);
+    /// with `causal`, row r is a query at position i = r mod `width` and its entries j > i are −∞
+    /// (p = 0): `F.softmax(s.masked_fill(mask, −inf), −1)` with the upper-triangular mask of
+    /// `nn.Transformer.generate_square_subsequent_mask`.
+    fn softmax_rows<T: Real>(
+        &self,
+        scores: Self::View<'_, T>,
+        width: usize,
+        causal: bool,
+        probs: Self::ViewMut<'_, T>,
+    );
+    /// The softmax's Jacobian (symmetric) applied per row: out = p ⊙ (u − ⟨p, u⟩); with
+    /// `second = (R{p}, δ)`, the derivative of that product along R{p} at fixed u = δ is added:
+    /// out += R{p} ⊙ (δ − ⟨p, δ⟩) − p·⟨R{p}, δ⟩ (the R-backward of the softmax, Pearlmutter 1994).
+    fn softmax_rows_jvp<T: Real>(
+        &self,
+        p: Self::View<'_, T>,
+        u: Self::View<'_, T>,
+        width: usize,
+        second: Option<(Self::View<'_, T>, Self::View<'_, T>)>,
+        out: Self::ViewMut<'_, T>,
+    );
+    /// Embedding lookup `y[i, :] ← table[ids[i], :]` for rows of `dim` (`nn.Embedding`); the ids are
+    /// integral floats in range (checked when the data set is loaded, see
+    /// [`crate::model::Network::check_input`]). **Panics** on an id that is not.
+    fn embedding_gather<T: Real>(
+        &self,
+        table: Self::View<'_, T>,
+        ids: Self::View<'_, T>,
+        dim: usize,
+        y: Self::ViewMut<'_, T>,
+    );
+    /// Its adjoint: `table[ids[i], :] += α·d[i, :]` for every row i in order.
+    fn embedding_scatter_add<T: Real>(
+        &self,
+        alpha: T,
+        d: Self::View<'_, T>,
+        ids: Self::View<'_, T>,
+        dim: usize,
+        table: Self::ViewMut<'_, T>,
+    );
+
     // ---- the loss ------------------------------------------------------------------------------
 
     /// Softmax cross-entropy of each row of `logits` (`labels.len()` rows of `classes`):

@@ -130,43 +130,62 @@ pub(super) fn gemm<B: Backend>(be: &B) {
             );
         }
     }
-    // Strided-batched: three products with gaps between the operands.
-    let (count, sa, sb, sc) = (3, m * k + 1, k * n + 2, m * n + 3);
-    let a = data(count * sa, 5);
-    let b = data(count * sb, 6);
-    let c0 = data(count * sc, 7);
-    let mut c = be.upload(&c0);
-    let (ab, bb) = (be.upload(&a), be.upload(&b));
-    be.gemm_strided_batched(
-        false,
-        true,
-        m,
-        n,
-        k,
-        1.5,
-        B::view(&ab),
-        B::view(&bb),
-        -1.0,
-        B::view_mut(&mut c),
-        count,
-        (sa, sb, sc),
-    );
-    let mut want = c0.clone();
-    for i in 0..count {
-        naive_gemm(
-            false,
-            true,
-            m,
-            n,
-            k,
-            1.5,
-            &a[i * sa..],
-            &b[i * sb..],
-            -1.0,
-            &mut want[i * sc..],
-        );
+    // Strided-batched: three products with gaps between the operands, in every transpose (the
+    // attention uses all four), small and larger, β = −1 and β = 0 (C overwritten, NaN included).
+    for (m, n, k) in [(m, n, k), (40, 33, 30)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for beta in [-1.0, 0.0] {
+                let (count, sa, sb, sc) = (3, m * k + 1, k * n + 2, m * n + 3);
+                let a = data(count * sa, 5);
+                let b = data(count * sb, 6);
+                let mut c0 = data(count * sc, 7);
+                if beta == 0.0 {
+                    c0[0] = f64::NAN;
+                }
+                let mut c = be.upload(&c0);
+                let (ab, bb) = (be.upload(&a), be.upload(&b));
+                be.gemm_strided_batched(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1.5,
+                    B::view(&ab),
+                    B::view(&bb),
+                    beta,
+                    B::view_mut(&mut c),
+                    count,
+                    (sa, sb, sc),
+                );
+                let mut want = c0.clone();
+                for i in 0..count {
+                    let block = &mut want[i * sc..i * sc + m * n];
+                    if beta == 0.0 {
+                        block.iter_mut().for_each(|v| *v = 0.0);
+                    }
+                    naive_gemm(
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        1.5,
+                        &a[i * sa..],
+                        &b[i * sb..],
+                        beta,
+                        block,
+                    );
+                }
+                assert_close(
+                    &down(be, &c),
+                    &want,
+                    1e-12,
+                    &format!("gemm_strided_batched {m}×{n}×{k} ta={ta} tb={tb} β={beta}"),
+                );
+            }
+        }
     }
-    assert_close(&down(be, &c), &want, 1e-12, "gemm_strided_batched");
 }
 
 pub(super) fn convolution_lowering<B: Backend>(be: &B) {
@@ -946,6 +965,146 @@ pub(super) fn sgld<B: Backend>(be: &B) {
     }
 }
 
+/// `permute` against index arithmetic on a [2, 3, 4, 5] array for two axis orders (the attention's
+/// head split [B, S, 3, H, d] → [3, B, H, S, d] and its inverse, and a swap of the middle axes).
+pub(super) fn sequences_permute<B: Backend>(be: &B) {
+    let dims = [2usize, 3, 4, 5];
+    let x = data(120, 41);
+    let at = |i: [usize; 4]| ((i[0] * 3 + i[1]) * 4 + i[2]) * 5 + i[3];
+    for axes in [[0usize, 2, 1, 3], [3, 1, 0, 2]] {
+        let out_dims: Vec<usize> = axes.iter().map(|&a| dims[a]).collect();
+        let mut want = Vec::new();
+        for a in 0..out_dims[0] {
+            for b in 0..out_dims[1] {
+                for c in 0..out_dims[2] {
+                    for d in 0..out_dims[3] {
+                        let mut i = [0; 4];
+                        for (k, v) in [a, b, c, d].into_iter().enumerate() {
+                            i[axes[k]] = v;
+                        }
+                        want.push(x[at(i)]);
+                    }
+                }
+            }
+        }
+        let src = be.upload(&x);
+        let mut dst = be.zeros::<f64>(120);
+        be.permute(B::view(&src), &dims, &axes, B::view_mut(&mut dst));
+        assert_eq!(down(be, &dst), want, "permute {axes:?}");
+    }
+    // The head split and merge are inverse permutations.
+    let (dims5, split, merge) = (
+        [2usize, 3, 3, 2, 2],
+        [2usize, 0, 3, 1, 4],
+        [1usize, 3, 0, 2, 4],
+    );
+    let x = data(72, 42);
+    let (src, mut mid, mut back) = (be.upload(&x), be.zeros::<f64>(72), be.zeros::<f64>(72));
+    be.permute(B::view(&src), &dims5, &split, B::view_mut(&mut mid));
+    let mid_dims: Vec<usize> = split.iter().map(|&a| dims5[a]).collect();
+    be.permute(B::view(&mid), &mid_dims, &merge, B::view_mut(&mut back));
+    assert_eq!(down(be, &back), x);
+}
+
+/// The row softmax (causal and not) against exp/sum written out, its Jacobian product against
+/// J = diag(p) − p·pᵀ applied densely, and the second-order term against central differences of
+/// J(s)·u along R{s}.
+pub(super) fn sequences_softmax<B: Backend>(be: &B) {
+    let w = 4;
+    let rows = 8;
+    let s = data(rows * w, 43);
+    let softmax = |s: &[f64], causal: bool| -> Vec<f64> {
+        let mut out = vec![0.0; s.len()];
+        for r in 0..s.len() / w {
+            let live = if causal { r % w + 1 } else { w };
+            let z: f64 = (0..live).map(|j| s[r * w + j].exp()).sum();
+            for j in 0..live {
+                out[r * w + j] = s[r * w + j].exp() / z;
+            }
+        }
+        out
+    };
+    let jvp = |p: &[f64], u: &[f64]| -> Vec<f64> {
+        let mut out = vec![0.0; p.len()];
+        for r in 0..p.len() / w {
+            for i in 0..w {
+                out[r * w + i] = (0..w)
+                    .map(|j| {
+                        let delta = if i == j { p[r * w + i] } else { 0.0 };
+                        (delta - p[r * w + i] * p[r * w + j]) * u[r * w + j]
+                    })
+                    .sum();
+            }
+        }
+        out
+    };
+    let sb = be.upload(&s);
+    for causal in [false, true] {
+        let want = softmax(&s, causal);
+        let mut p = be.zeros::<f64>(rows * w);
+        be.softmax_rows(B::view(&sb), w, causal, B::view_mut(&mut p));
+        assert_close(&down(be, &p), &want, 1e-15, "softmax_rows");
+        let u = data(rows * w, 44);
+        let ub = be.upload(&u);
+        let mut out = be.zeros::<f64>(rows * w);
+        be.softmax_rows_jvp(B::view(&p), B::view(&ub), w, None, B::view_mut(&mut out));
+        assert_close(&down(be, &out), &jvp(&want, &u), 1e-15, "softmax_rows_jvp");
+        // d/dε J(s + ε·t)·u = the second term at R{p} = J(s)·t, δ = u.
+        let t = data(rows * w, 45);
+        let h = 1e-5;
+        let shifted = |e: f64| {
+            let se: Vec<f64> = s.iter().zip(&t).map(|(a, b)| a + e * b).collect();
+            jvp(&softmax(&se, causal), &u)
+        };
+        let (plus, minus) = (shifted(h), shifted(-h));
+        let first = jvp(&want, &data(rows * w, 46));
+        let fd: Vec<f64> = plus
+            .iter()
+            .zip(&minus)
+            .zip(&first)
+            .map(|((a, b), f)| (a - b) / (2.0 * h) + f)
+            .collect();
+        let rp = be.upload(&jvp(&want, &t));
+        let u2 = be.upload(&data(rows * w, 46));
+        be.softmax_rows_jvp(
+            B::view(&p),
+            B::view(&u2),
+            w,
+            Some((B::view(&rp), B::view(&ub))),
+            B::view_mut(&mut out),
+        );
+        assert_close(&down(be, &out), &fd, 1e-8, "softmax_rows_jvp second order");
+    }
+}
+
+/// Embedding lookup and its adjoint against indexing: ⟨gather(T), d⟩ = ⟨T, scatter(d)⟩ and the
+/// rows themselves.
+pub(super) fn sequences_embedding<B: Backend>(be: &B) {
+    let (num, dim) = (4, 3);
+    let table = data(num * dim, 47);
+    let ids = [2.0, 0.0, 3.0, 2.0, 1.0];
+    let tb = be.upload(&table);
+    let ib = be.upload(&ids);
+    let mut y = be.zeros::<f64>(ids.len() * dim);
+    be.embedding_gather(B::view(&tb), B::view(&ib), dim, B::view_mut(&mut y));
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].to_vec())
+        .collect();
+    assert_eq!(down(be, &y), want);
+    let d = data(ids.len() * dim, 48);
+    let db = be.upload(&d);
+    let mut g = be.upload(&vec![1.0; num * dim]);
+    be.embedding_scatter_add(0.5, B::view(&db), B::view(&ib), dim, B::view_mut(&mut g));
+    let mut want = vec![1.0; num * dim];
+    for (r, &i) in ids.iter().enumerate() {
+        for j in 0..dim {
+            want[i as usize * dim + j] += 0.5 * d[r * dim + j];
+        }
+    }
+    assert_close(&down(be, &g), &want, 1e-15, "embedding_scatter_add");
+}
+
 /// Instantiates every body for one backend.
 macro_rules! backend_suite {
     ($name:ident, $make:expr) => {
@@ -998,6 +1157,18 @@ macro_rules! backend_suite {
             #[test]
             fn vectors() {
                 super::vectors(&$make);
+            }
+            #[test]
+            fn sequences_permute() {
+                super::sequences_permute(&$make);
+            }
+            #[test]
+            fn sequences_softmax() {
+                super::sequences_softmax(&$make);
+            }
+            #[test]
+            fn sequences_embedding() {
+                super::sequences_embedding(&$make);
             }
             #[test]
             fn sgd() {

@@ -3,7 +3,7 @@
 //! [`super::cpu::im2col`] / [`super::cpu::col2im`], and the rest are the loops of `cpu_kernels.rs`.
 
 use super::backend::{Backend, Element, SgdStep};
-use super::{cpu, cpu_conv, cpu_kernels as k, ConvGeometry};
+use super::{cpu, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry};
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
@@ -421,6 +421,40 @@ impl Backend for CpuBackend {
         work: &mut [T],
     ) {
         ln.cpu_per_sample_gradients(x, dy, batch, scale, rows, stride, work);
+    }
+    #[inline]
+    fn permute<T: Real>(&self, src: &[T], dims: &[usize], axes: &[usize], dst: &mut [T]) {
+        seq::permute(src, dims, axes, dst);
+    }
+    #[inline]
+    fn softmax_rows<T: Real>(&self, scores: &[T], width: usize, causal: bool, probs: &mut [T]) {
+        seq::softmax_rows(scores, width, causal, probs);
+    }
+    #[inline]
+    fn softmax_rows_jvp<T: Real>(
+        &self,
+        p: &[T],
+        u: &[T],
+        width: usize,
+        second: Option<(&[T], &[T])>,
+        out: &mut [T],
+    ) {
+        seq::softmax_rows_jvp(p, u, width, second, out);
+    }
+    #[inline]
+    fn embedding_gather<T: Real>(&self, table: &[T], ids: &[T], dim: usize, y: &mut [T]) {
+        seq::embedding_gather(table, ids, dim, y);
+    }
+    #[inline]
+    fn embedding_scatter_add<T: Real>(
+        &self,
+        alpha: T,
+        d: &[T],
+        ids: &[T],
+        dim: usize,
+        table: &mut [T],
+    ) {
+        seq::embedding_scatter_add(alpha, d, ids, dim, table);
     }
     // The mean squared error's CPU kernels are the host functions of `model::loss` (host code
     // called through the backend, unchanged from before the backend existed).

@@ -17,6 +17,7 @@ pub mod cpu;
 mod cpu_backend;
 pub mod cpu_conv;
 mod cpu_kernels;
+mod cpu_sequence;
 
 pub use backend::{Backend, Element, SgdStep};
 pub use cpu::ConvGeometry;

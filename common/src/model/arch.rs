@@ -5,7 +5,7 @@ use super::layer::{
 };
 use super::layout::ParamLayout;
 use super::size::ModelSize;
-use super::spec::{is_spec_path, NetSpec};
+use super::spec::{is_spec_path, transformer_preset, NetSpec};
 use crate::device::cpu::ConvGeometry;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -348,6 +348,9 @@ impl Architecture {
             return Ok(Architecture::Spec(Box::new(spec)));
         }
         let m = model.to_ascii_lowercase();
+        if let Some(spec) = transformer_preset(&m) {
+            return Ok(Architecture::Spec(Box::new(spec)));
+        }
         if m == "mlp" {
             return Ok(Architecture::mlp(hidden.to_vec(), activation));
         }
@@ -388,7 +391,7 @@ impl Architecture {
             }
         }
         Err(Error::invalid(format!(
-            "unknown model '{model}' (expected mlp, lenet, or a name like mlp_1x128, mlp_128-64, lenet_k2)"
+            "unknown model '{model}' (expected mlp, lenet, transformer_1l, transformer_2l, or a name like mlp_1x128, mlp_128-64, lenet_k2)"
         )))
     }
 

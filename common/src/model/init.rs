@@ -10,7 +10,8 @@ use crate::Real;
 /// Kaiming-uniform with a = √5, i.e. U(−b, b) with b = gain·√(3/fan_in), gain = √(2/(1+a²)), which is
 /// b = 1/√fan_in; biases U(−1/√fan_in, 1/√fan_in). fan_in = in (Linear) or in·kh·kw (Conv2d).
 /// `nn.LayerNorm`'s weight is 1 and its bias 0 (they draw nothing, so the stream of the other
-/// tensors does not depend on them).
+/// tensors does not depend on them). `nn.Embedding`'s weight is N(0, 1), and
+/// `nn.MultiheadAttention`'s `in_proj_weight` Xavier-uniform with its biases 0.
 ///
 /// Two runs with the same seed (and an SGD and an NGD run with the same seed) start from identical
 /// weights. They are not PyTorch's random numbers: the distribution is the same, the stream is ours.
@@ -30,6 +31,17 @@ pub fn initialise<T: Real>(net: &Network, seed: u64) -> Vec<T> {
             }
             Init::Ones => params[t.range()].iter_mut().for_each(|p| *p = T::one()),
             Init::Zeros => {}
+            Init::StandardNormal => {
+                for p in &mut params[t.range()] {
+                    *p = T::of_f64(rng.normal());
+                }
+            }
+            Init::XavierUniform { fan_in, fan_out } => {
+                let bound = (6.0 / (fan_in + fan_out).max(1) as f64).sqrt();
+                for p in &mut params[t.range()] {
+                    *p = T::of_f64(rng.uniform_in(-bound, bound));
+                }
+            }
         }
     }
     params

@@ -21,6 +21,11 @@ pub enum Init {
     Ones,
     /// Every element 0 (`nn.LayerNorm`'s bias); draws nothing from the stream.
     Zeros,
+    /// N(0, 1): `nn.Embedding`'s default (`init.normal_`).
+    StandardNormal,
+    /// U(−b, b) with b = √(6/(fan_in + fan_out)): `init.xavier_uniform_` (Glorot & Bengio 2010), what
+    /// `nn.MultiheadAttention` draws its `in_proj_weight` from (fan_in = columns, fan_out = rows).
+    XavierUniform { fan_in: usize, fan_out: usize },
 }
 
 impl Init {

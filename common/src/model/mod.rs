@@ -23,9 +23,9 @@ pub use arch::{
 };
 pub use init::initialise;
 pub use layer::{
-    AvgPool2d, Conv2d, Elementwise, Epsilon, Gelu, GeluTanh, Layer, LayerNorm, LayerOps, Linear,
-    MaxPool2d, Pass, PerSample, RPass, Relu, Residual, Scope, Scratch, Sequential, Sigmoid, Silu,
-    Tanh, LAYER_TYPES,
+    token_id, Attention, AvgPool2d, Conv2d, Elementwise, Embedding, Epsilon, Gelu, GeluTanh, Last,
+    Layer, LayerNorm, LayerOps, Linear, MaxPool2d, Pass, PerSample, Positional, RPass, Relu,
+    Residual, Scope, Scratch, Sequential, Sigmoid, Silu, Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{
@@ -37,4 +37,7 @@ pub use per_sample::PerSampleScratch;
 pub use size::{
     check_fits_in_memory, format_bytes, group_digits, memory_limit, ModelSize, PARAMETER_COPIES,
 };
-pub use spec::{is_spec_path, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES};
+pub use spec::{
+    is_spec_path, transformer_preset, NetSpec, MAX_SPEC_BYTES, SPEC_LAYER_TYPES,
+    TRANSFORMER_PRESETS,
+};

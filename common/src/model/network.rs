@@ -1,7 +1,7 @@
 //! A network: layers over a flat parameter vector, with exact forward and backward passes.
 
 use super::arch::Architecture;
-use super::layer::{Layer, LayerOps, Pass, Scratch, Sequential};
+use super::layer::{Embedding, Layer, LayerOps, Pass, Scratch, Sequential};
 use super::layout::ParamLayout;
 use super::loss::{Loss, Targets};
 use crate::data::Dataset;
@@ -191,6 +191,11 @@ impl Network {
                     self.input_features()
                 ),
             ));
+        }
+        if let Some(Layer::Embedding(e)) = self.layers.first() {
+            // The ids as the passes see them, in both precisions: a pass never meets a bad one.
+            check_token_ids::<f32>(e, data)?;
+            check_token_ids::<f64>(e, data)?;
         }
         let refuse = |msg: String| Err(Error::data(&data.folder, msg));
         match (self.loss.takes_float_targets(), data.float_targets()) {
@@ -488,6 +493,40 @@ impl Network {
     }
 }
 
+/// Checks that every input of `data`, normalised in `T` as batches are, is a token id of the
+/// embedding `e` (an integer in 0..num).
+///
+/// # Errors
+/// [`Error::Data`] naming the data, the first bad sample and position, and the layer.
+fn check_token_ids<T: Real>(e: &Embedding, data: &Dataset) -> Result<()> {
+    let (f, len) = (data.features(), data.len());
+    let chunk = len.clamp(1, 1024);
+    let norm = data.normaliser::<T>();
+    let mut x = vec![T::zero(); chunk * f];
+    let mut y = data.target_buffer::<T>(chunk);
+    let mut start = 0;
+    while start < len {
+        let count = chunk.min(len - start);
+        data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+        if let Some((j, v)) = e.first_bad_id(&x[..count * f]) {
+            return Err(Error::data(
+                &data.folder,
+                format!(
+                    "sample {} position {} is {v}, but the model's first layer \
+                     (Embedding({}, {})) takes token ids, integers in 0..{} (stored as floats in x)",
+                    start + j / f,
+                    j % f,
+                    e.num,
+                    e.dim,
+                    e.num
+                ),
+            ));
+        }
+        start += count;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +562,68 @@ mod tests {
             e.contains("400 pixels but the model mlp_1x4 expects 784 inputs"),
             "{e}"
         );
+    }
+
+    /// A model that starts with an embedding takes only token ids: integers in 0..num after the
+    /// data's normalisation, refused naming the sample, the position and the layer.
+    #[test]
+    fn check_input_refuses_what_is_not_a_token_id() {
+        use crate::data::{DataFile, Inputs, Source, TargetData};
+        let spec = serde_json::json!({"input": [3],
+            "layers": [{"type": "embedding", "num": 5, "dim": 4}, {"type": "last"},
+                       {"type": "linear", "out": 5}]});
+        let net = Network::new(Architecture::Spec(Box::new(
+            super::super::NetSpec::from_json("t", &spec).unwrap(),
+        )));
+        let data = |x: Vec<f64>, norm: (f64, f64)| Dataset {
+            source: Source::File(DataFile {
+                path: "toks.safetensors".into(),
+                fingerprint: "0".repeat(16),
+                normalize: None,
+            }),
+            split: Split::Train,
+            folder: "toks.safetensors".into(),
+            inputs: Inputs::Floats(x),
+            targets: TargetData::Labels(vec![0, 1]),
+            shape: [1, 1, 3],
+            classes: 5,
+            normalisation: vec![norm],
+        };
+        assert!(net
+            .check_input(&data(vec![0.0, 4.0, 2.0, 1.0, 3.0, 0.0], (0.0, 1.0)))
+            .is_ok());
+        for (x, norm, want) in [
+            (
+                vec![0.0, 4.0, 2.0, 1.0, 3.0, 5.0],
+                (0.0, 1.0),
+                "sample 1 position 2 is 5, but the model's first layer (Embedding(5, 4)) takes \
+                 token ids, integers in 0..5",
+            ),
+            (
+                vec![0.0, 2.5, 2.0, 1.0, 3.0, 0.0],
+                (0.0, 1.0),
+                "sample 0 position 1 is 2.5",
+            ),
+            (
+                vec![0.0, 4.0, -1.0, 1.0, 3.0, 0.0],
+                (0.0, 1.0),
+                "sample 0 position 2 is -1",
+            ),
+            // Ids are checked as the passes see them: normalised.
+            (
+                vec![1.0, 0.0, 2.0, 1.0, 3.0, 1.0],
+                (1.0, 1.0),
+                "sample 0 position 1 is -1",
+            ),
+            (
+                vec![0.0, 3.0, 2.0, 2.0, 4.0, 0.0],
+                (0.0, 2.0),
+                "sample 0 position 1 is 1.5",
+            ),
+        ] {
+            let e = net.check_input(&data(x, norm)).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     /// A LeNet built for odd-sized two-channel images (pooling floors, dropping the last row and

@@ -22,8 +22,8 @@
 //! against a spec without building it.
 
 use super::layer::{
-    AvgPool2d, Conv2d, Gelu, GeluTanh, Layer, LayerNorm, Linear, MaxPool2d, Relu, Sequential,
-    Sigmoid, Silu, Tanh,
+    Attention, AvgPool2d, Conv2d, Embedding, Gelu, GeluTanh, Last, Layer, LayerNorm, Linear,
+    MaxPool2d, Positional, Relu, Sequential, Sigmoid, Silu, Tanh,
 };
 use super::size::ModelSize;
 use crate::device::cpu::ConvGeometry;
@@ -55,6 +55,10 @@ pub const SPEC_LAYER_TYPES: &[&str] = &[
     "layernorm",
     "residual",
     "sequential",
+    "embedding",
+    "positional",
+    "attention",
+    "last",
 ];
 
 /// A validated model spec: its layers with their inferred input shapes, the tensors it defines and
@@ -107,6 +111,17 @@ enum Kind {
     },
     Residual(Vec<LayerSpec>),
     Sequential(Vec<LayerSpec>),
+    Embedding {
+        num: usize,
+        dim: usize,
+    },
+    Positional,
+    Attention {
+        heads: usize,
+        causal: bool,
+        bias: bool,
+    },
+    Last,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +164,41 @@ impl Act {
             Act::Silu => Silu { features }.into(),
         }
     }
+}
+
+/// The transformer presets, for modular addition with p = 113 (Nanda et al. 2023, "Progress measures
+/// for grokking via mechanistic interpretability"; Power et al. 2022): sequences `[a, b, =]` of 3
+/// tokens from a vocabulary of p + 1 (`=` is token p), p classes read at the last position; width
+/// 128, 4 heads, MLP 512, pre-LayerNorm residual blocks, causal attention, a final LayerNorm.
+/// `transformer_1l` has one block pair, `transformer_2l` two.
+pub const TRANSFORMER_PRESETS: &[&str] = &["transformer_1l", "transformer_2l"];
+
+/// The spec of a preset of [`TRANSFORMER_PRESETS`], `None` for another name.
+pub fn transformer_preset(name: &str) -> Option<NetSpec> {
+    let blocks = match name {
+        "transformer_1l" => 1,
+        "transformer_2l" => 2,
+        _ => return None,
+    };
+    let (p, width, heads, mlp) = (113, 128, 4, 512);
+    let mut layers = vec![
+        serde_json::json!({"type": "embedding", "num": p + 1, "dim": width}),
+        serde_json::json!({"type": "positional"}),
+    ];
+    for _ in 0..blocks {
+        layers.push(serde_json::json!({"type": "residual", "layers": [
+            {"type": "layernorm"}, {"type": "attention", "heads": heads, "causal": true}]}));
+        layers.push(serde_json::json!({"type": "residual", "layers": [
+            {"type": "layernorm"}, {"type": "linear", "out": mlp}, {"type": "gelu"},
+            {"type": "linear", "out": width}]}));
+    }
+    layers.extend([
+        serde_json::json!({"type": "layernorm"}),
+        serde_json::json!({"type": "last"}),
+        serde_json::json!({"type": "linear", "out": p}),
+    ]);
+    let v = serde_json::json!({"input": [3], "layers": layers, "loss": "cross_entropy"});
+    Some(NetSpec::from_json(name, &v).expect("the presets are valid specs"))
 }
 
 /// Whether `--model` names a spec file rather than a preset: it ends in `.json` or contains a path
@@ -315,6 +365,12 @@ fn parse_layers(
         };
         let path = join(prefix, &name);
         let here = format!("{at}[{i}]");
+        if l.get("type").and_then(Value::as_str) == Some("embedding") && (depth > 0 || i > 0) {
+            return Err(Error::spec(
+                here,
+                "an embedding reads token ids, so it must be the model's first layer",
+            ));
+        }
         let (layer, out, n) = parse_layer(l, &here, &shape, name, path, depth, totals)?;
         layers.push(layer);
         shape = out;
@@ -333,6 +389,9 @@ fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
         "gelu" => &["approximate"],
         "layernorm" => &["eps", "affine"],
         "residual" | "sequential" => &["layers"],
+        "embedding" => &["num", "dim"],
+        "positional" | "last" => &[],
+        "attention" => &["heads", "causal", "bias"],
         _ => return None,
     })
 }
@@ -408,17 +467,106 @@ fn parse_layer(
             )),
         }
     };
+    let sequence = |what: &str| -> Result<[usize; 2]> {
+        match input {
+            [s, d] => Ok([*s, *d]),
+            _ => Err(Error::spec(
+                at,
+                format!(
+                    "{what} takes a sequence [positions, dim] but gets {}",
+                    shape_str(input)
+                ),
+            )),
+        }
+    };
     let act = |a: Act| Ok((Kind::Act(a), input.to_vec()));
     let (kind, out) = match ty {
         "linear" => {
-            let fan_in = flat("linear")?;
+            // A flat input, or each position of a sequence (the last axis, as nn.Linear maps it).
+            let (fan_in, positions) = match input {
+                [s, d] => (*d, Some(*s)),
+                _ => (flat("linear")?, None),
+            };
             let out = uint(obj, at, "out", 1, None)?;
             let bias = boolean(obj, at, "bias", true)?;
             totals.tensor(at, &path, "weight", vec![out, fan_in])?;
             if bias {
                 totals.tensor(at, &path, "bias", vec![out])?;
             }
-            (Kind::Linear { out, bias }, vec![out])
+            let shape = match positions {
+                Some(s) => vec![s, out],
+                None => vec![out],
+            };
+            (Kind::Linear { out, bias }, shape)
+        }
+        "embedding" => {
+            let seq = match input {
+                [s] => *s,
+                _ => {
+                    return Err(Error::spec(
+                        at,
+                        format!(
+                            "embedding takes a sequence of token ids [positions] but gets {}",
+                            shape_str(input)
+                        ),
+                    ))
+                }
+            };
+            let num = uint(obj, at, "num", 1, None)?;
+            let dim = uint(obj, at, "dim", 1, None)?;
+            totals.tensor(at, &path, "weight", vec![num, dim])?;
+            (Kind::Embedding { num, dim }, vec![seq, dim])
+        }
+        "positional" => {
+            let [s, d] = sequence("positional")?;
+            totals.tensor(at, &path, "weight", vec![s, d])?;
+            (Kind::Positional, vec![s, d])
+        }
+        "attention" => {
+            let [s, d] = sequence("attention")?;
+            let heads = uint(obj, at, "heads", 1, None)?;
+            if !d.is_multiple_of(heads) {
+                return Err(Error::spec(
+                    format!("{at}.heads"),
+                    format!("{heads} heads do not divide the width {d}"),
+                ));
+            }
+            let causal = boolean(obj, at, "causal", false)?;
+            let bias = boolean(obj, at, "bias", true)?;
+            totals.tensor(at, &path, "in_proj_weight", vec![3 * d, d])?;
+            if bias {
+                totals.tensor(at, &path, "in_proj_bias", vec![3 * d])?;
+            }
+            totals.tensor(at, &path, "out_proj.weight", vec![d, d])?;
+            if bias {
+                totals.tensor(at, &path, "out_proj.bias", vec![d])?;
+            }
+            // One sample's share of the passes' scratch: three blocks of 8·s·d + 2·heads·s².
+            let block = (s as u64)
+                .checked_mul(d as u64)
+                .and_then(|sd| sd.checked_mul(8))
+                .and_then(|a| {
+                    (heads as u64)
+                        .checked_mul(s as u64)?
+                        .checked_mul(s as u64)?
+                        .checked_mul(2)?
+                        .checked_add(a)
+                })
+                .and_then(|b| b.checked_mul(3))
+                .ok_or_else(|| Error::spec(at, "the attention's scratch overflows"))?;
+            totals.scratch = totals.scratch.max(block);
+            (
+                Kind::Attention {
+                    heads,
+                    causal,
+                    bias,
+                },
+                vec![s, d],
+            )
+        }
+        "last" => {
+            let [_, d] = sequence("last")?;
+            (Kind::Last, vec![d])
         }
         "conv2d" => {
             let [c, h, w] = image("conv2d")?;
@@ -778,6 +926,7 @@ impl NetSpec {
             layers.iter().find_map(|l| match &l.kind {
                 Kind::Act(a) if *a != Act::Relu => Some((l.path.clone(), a.module())),
                 Kind::LayerNorm { .. } => Some((l.path.clone(), "LayerNorm")),
+                Kind::Attention { .. } => Some((l.path.clone(), "MultiheadAttention")),
                 Kind::Residual(inner) | Kind::Sequential(inner) => walk(inner),
                 _ => None,
             })
@@ -795,6 +944,20 @@ impl NetSpec {
     pub fn torch_source(&self) -> String {
         let mut body = String::new();
         torch_list(&mut body, "nn.Sequential", &self.layers, 1);
+        fn sequence(layers: &[LayerSpec]) -> bool {
+            layers.iter().any(|l| match &l.kind {
+                Kind::Embedding { .. } | Kind::Positional | Kind::Attention { .. } | Kind::Last => {
+                    true
+                }
+                Kind::Residual(inner) | Kind::Sequential(inner) => sequence(inner),
+                _ => false,
+            })
+        }
+        let (import, modules) = if sequence(&self.layers) {
+            ("import torch\n", TORCH_SEQUENCE_CLASSES)
+        } else {
+            ("", "")
+        };
         format!(
             "# The PyTorch module of the model spec '{name}' (input {input}, {classes} classes).\n\
              # Its state_dict names are those of our checkpoints:\n\
@@ -802,7 +965,7 @@ impl NetSpec {
              #   model = build(); model.load_state_dict(load_file(\"run/final.safetensors\"), strict=True)\n\
              from collections import OrderedDict\n\
              \n\
-             from torch import nn\n\
+             {import}from torch import nn\n\
              \n\
              \n\
              class Residual(nn.Sequential):\n\
@@ -812,7 +975,7 @@ impl NetSpec {
              \x20       return x + super().forward(x)\n\
              \n\
              \n\
-             def build():\n\
+             {modules}def build():\n\
              \x20   return {body}\n",
             name = self.name,
             input = shape_str(&self.input),
@@ -821,13 +984,75 @@ impl NetSpec {
     }
 }
 
+/// The modules of the sequence layers that PyTorch does not have as such: token ids stored as
+/// floats, a learned positional embedding, self-attention called on one input, the last position.
+const TORCH_SEQUENCE_CLASSES: &str = r#"class Embedding(nn.Embedding):
+    """nn.Embedding on token ids stored as floats."""
+
+    def forward(self, x):
+        return super().forward(x.long())
+
+
+class Positional(nn.Module):
+    """y = x + weight, a learned [positions, dim] embedding (N(0, 1) as nn.Embedding's)."""
+
+    def __init__(self, positions, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(positions, dim))
+
+    def forward(self, x):
+        return x + self.weight
+
+
+class SelfAttention(nn.MultiheadAttention):
+    """Self-attention on [batch, positions, dim]; causal: position i attends to 0..i only."""
+
+    def __init__(self, dim, heads, causal=False, bias=True):
+        super().__init__(dim, heads, bias=bias, batch_first=True)
+        self.causal = causal
+
+    def forward(self, x):
+        n = x.shape[1]
+        mask = None
+        if self.causal:
+            mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), 1)
+        return super().forward(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+class Last(nn.Module):
+    """The last position: [batch, positions, dim] -> [batch, dim]."""
+
+    def forward(self, x):
+        return x[:, -1]
+
+
+"#;
+
 fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
     for l in layers {
         let f: usize = l.input.iter().product();
         match &l.kind {
-            Kind::Linear { out, bias } => {
-                seq.named(&l.name, |s| Linear::with_bias(s, f, *out, *bias));
+            Kind::Linear { out, bias } => match l.input[..] {
+                [s, d] => seq.named(&l.name, |sc| Linear::per_position(sc, s, d, *out, *bias)),
+                _ => seq.named(&l.name, |s| Linear::with_bias(s, f, *out, *bias)),
+            },
+            Kind::Embedding { num, dim } => {
+                seq.named(&l.name, |s| Embedding::new(s, *num, *dim, l.input[0]));
             }
+            Kind::Positional => {
+                seq.named(&l.name, |s| Positional::new(s, l.input[0], l.input[1]));
+            }
+            Kind::Attention {
+                heads,
+                causal,
+                bias,
+            } => seq.named(&l.name, |s| {
+                Attention::new(s, l.input[0], l.input[1], *heads, *causal, *bias)
+            }),
+            Kind::Last => seq.functional(Last {
+                seq: l.input[0],
+                dim: l.input[1],
+            }),
             Kind::Conv2d {
                 out,
                 kernel,
@@ -875,12 +1100,27 @@ fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) 
     for l in layers {
         out.push_str(&pad);
         out.push_str(&format!("(\"{}\", ", l.name));
-        let f: usize = l.input.iter().product();
         match &l.kind {
             Kind::Linear { out: o, bias } => {
                 let tail = if *bias { "" } else { ", bias=False" };
-                out.push_str(&format!("nn.Linear({f}, {o}{tail})"));
+                let fan_in = l.input.last().expect("not empty");
+                out.push_str(&format!("nn.Linear({fan_in}, {o}{tail})"));
             }
+            Kind::Embedding { num, dim } => out.push_str(&format!("Embedding({num}, {dim})")),
+            Kind::Positional => {
+                out.push_str(&format!("Positional({}, {})", l.input[0], l.input[1]))
+            }
+            Kind::Attention {
+                heads,
+                causal,
+                bias,
+            } => out.push_str(&format!(
+                "SelfAttention({}, {heads}, causal={}, bias={})",
+                l.input[1],
+                if *causal { "True" } else { "False" },
+                if *bias { "True" } else { "False" },
+            )),
+            Kind::Last => out.push_str("Last()"),
             Kind::Conv2d {
                 out: o,
                 kernel,

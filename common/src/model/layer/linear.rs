@@ -4,6 +4,11 @@
 //! Backward: ∂W = δᵀ·x, ∂b = Σₙ δₙ, ∂x = δ·W. R-forward: R{y} = x·Vᵀ + R{x}·Wᵀ + v_b. R-backward
 //! (Pearlmutter 1994): (H·v)_W = R{δ}ᵀ·x + δᵀ·R{x}, (H·v)_b = Σₙ R{δ}ₙ, R{∂x} = R{δ}·W + δ·V; the terms
 //! in δ couple this layer's parameters with those below and are dropped for the Gauss–Newton product.
+//!
+//! On a sequence (`positions` > 1: a sample is `[positions, inputs]`, as `nn.Linear` maps the last
+//! axis) every pass is the same over B·positions rows; a sample's gradient is then the sum over its
+//! positions, gₙ = [Σₜ δₙₜ·aₙₜᵀ, Σₜ δₙₜ], which has no outer-product form, so its per-sample
+//! gradients are materialised (one gemm per sample).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
 use crate::device::Backend;
@@ -15,6 +20,8 @@ use std::ops::Range;
 pub struct Linear {
     pub inputs: usize,
     pub outputs: usize,
+    /// Rows of `inputs` per sample (1 for a flat input).
+    pub positions: usize,
     /// Index of the weight in the layout; the bias, when there is one, is the next tensor.
     pub weight: usize,
     w: Range<usize>,
@@ -40,9 +47,25 @@ impl Linear {
         Linear {
             inputs,
             outputs,
+            positions: 1,
             weight,
             w,
             b,
+        }
+    }
+
+    /// `nn.Linear(inputs, outputs, bias=bias)` applied to each of `positions` rows of a sample
+    /// (`[positions, inputs]` → `[positions, outputs]`).
+    pub fn per_position(
+        scope: &mut Scope<'_>,
+        positions: usize,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+    ) -> Self {
+        Linear {
+            positions,
+            ..Linear::with_bias(scope, inputs, outputs, bias)
         }
     }
 
@@ -57,10 +80,10 @@ impl LayerOps for Linear {
         "Linear"
     }
     fn in_features(&self) -> usize {
-        self.inputs
+        self.positions * self.inputs
     }
     fn out_features(&self) -> usize {
-        self.outputs
+        self.positions * self.outputs
     }
     fn tensors(&self) -> Range<usize> {
         self.weight..self.weight + 1 + usize::from(self.b.is_some())
@@ -78,7 +101,7 @@ impl LayerOps for Linear {
         0
     }
     fn forward_flops(&self, batch: usize) -> f64 {
-        2.0 * (batch * self.inputs * self.outputs) as f64
+        2.0 * (batch * self.positions * self.inputs * self.outputs) as f64
     }
     fn sample_wise(&self) -> bool {
         // One matrix product over the batch: its blocking, and so its rounding, depend on the batch.
@@ -94,7 +117,7 @@ impl LayerOps for Linear {
         _indices: B::ViewMut<'_, u32>,
         sc: &mut Scratch<T, B>,
     ) {
-        let (n_in, n_out) = (self.inputs, self.outputs);
+        let (n_in, n_out, batch) = (self.inputs, self.outputs, batch * self.positions);
         let be = &sc.backend;
         let w = B::slice(params, self.w.clone());
         be.gemm(
@@ -122,7 +145,7 @@ impl LayerOps for Linear {
         dx: Option<B::ViewMut<'_, T>>,
         sc: &mut Scratch<T, B>,
     ) {
-        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
+        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch * self.positions);
         let be = &sc.backend;
         let dy = B::slice(dy, 0..batch * n_out);
         if let Some(mut grad) = grad {
@@ -170,7 +193,7 @@ impl LayerOps for Linear {
         _saved: &mut [B::Buffer<T>; 2],
         sc: &mut Scratch<T, B>,
     ) {
-        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
+        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch * self.positions);
         let be = &sc.backend;
         let vw = B::slice(v, self.w.clone());
         be.gemm(
@@ -215,7 +238,7 @@ impl LayerOps for Linear {
         _saved: &[B::Buffer<T>; 2],
         sc: &mut Scratch<T, B>,
     ) {
-        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch);
+        let (n_in, n_out, batch) = (self.inputs, self.outputs, pass.batch * self.positions);
         let be = &sc.backend;
         let out = batch * n_out;
         let (rdy, dy) = (B::slice(r.rdy, 0..out), B::slice(r.dy, 0..out));
@@ -263,6 +286,9 @@ impl LayerOps for Linear {
     }
 
     fn per_sample(&self) -> PerSample {
+        if self.positions > 1 {
+            return PerSample::Materialise;
+        }
         PerSample::OuterProduct {
             inputs: self.inputs,
             outputs: self.outputs,
@@ -282,10 +308,31 @@ impl LayerOps for Linear {
         stride: usize,
         sc: &mut Scratch<T, B>,
     ) {
-        // Row n: [scale·δₙ·aₙᵀ, scale·δₙ] (no second part without a bias).
+        // Row n: [scale·δₙ·aₙᵀ, scale·δₙ] (no second part without a bias); over positions,
+        // [scale·Δₙᵀ·Aₙ, scale·Σₜ δₙₜ].
         let (n_in, n_out) = (self.inputs, self.outputs);
         let width = n_out * n_in + if self.b.is_some() { n_out } else { 0 };
         let be = &sc.backend;
+        let t = self.positions;
+        if t > 1 {
+            for n in 0..batch {
+                let (a, d) = (
+                    B::slice(x, n * t * n_in..(n + 1) * t * n_in),
+                    B::slice(dy, n * t * n_out..(n + 1) * t * n_out),
+                );
+                let row = B::slice_mut(
+                    B::reborrow(&mut rows),
+                    n * stride..n * stride + width,
+                );
+                let (gw, mut gb) = B::split_at_mut(row, n_out * n_in);
+                be.gemm(true, false, n_out, n_in, t, scale, d, a, T::zero(), gw);
+                if self.b.is_some() {
+                    be.fill(B::reborrow(&mut gb), T::zero());
+                    be.add_column_sums(scale, d, gb);
+                }
+            }
+            return;
+        }
         for n in 0..batch {
             let (a, d) = (
                 B::slice(x, n * n_in..(n + 1) * n_in),

@@ -22,6 +22,7 @@ mod elementwise;
 mod tests;
 
 pub use elementwise::Elementwise;
+pub use embedding::token_id;
 pub use layer_norm::Epsilon;
 
 use super::layout::{Init, ParamLayout, TensorSpec};
@@ -371,6 +372,10 @@ layer_types! {
     layer_norm: LayerNorm,
     residual: Residual,
     avg_pool2d: AvgPool2d,
+    embedding: Embedding,
+    positional: Positional,
+    attention: Attention,
+    last: Last,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

@@ -196,6 +196,63 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // Token ids in (the problem draws integers for an Embedding first), a learned position
+            // added, piecewise linear throughout (the exact trace applies).
+            "Embedding, Positional",
+            network(|s| {
+                s.push(|sc| Embedding::new(sc, 5, 3, 2));
+                s.push(|sc| Positional::new(sc, 2, 3));
+                s.push(|_| Relu { features: 6 });
+                s.push(|sc| Linear::new(sc, 6, 3));
+            }),
+        ),
+        (
+            // A Linear on each of 2 positions of a [2, 3] sample (materialised per-sample
+            // gradients), then the last position read out.
+            "Linear (per position), Last",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 6));
+                s.push(|sc| Linear::per_position(sc, 2, 3, 4, true));
+                s.push(|_| Gelu { features: 8 });
+                s.push(|sc| Linear::per_position(sc, 2, 4, 4, false));
+                s.push(|_| Last { seq: 2, dim: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // Two heads of 2 over 3 positions, not causal, its input depending on θ.
+            "MultiheadAttention",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 12));
+                s.push(|sc| Attention::new(sc, 3, 4, 2, false, true));
+                s.push(|sc| Attention::new(sc, 3, 4, 1, true, true));
+                s.push(|_| Last { seq: 3, dim: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // A one-layer pre-LayerNorm transformer: causal attention without biases in a residual
+            // block, an MLP block, the last position's read-out.
+            "Transformer (causal, bias=False)",
+            network(|s| {
+                s.push(|sc| Embedding::new(sc, 7, 4, 3));
+                s.push(|sc| Positional::new(sc, 3, 4));
+                s.residual("2", 12, |r| {
+                    r.push(|sc| LayerNorm::new(sc, 12, 4, 1e-5, true));
+                    r.push(|sc| Attention::new(sc, 3, 4, 2, true, false));
+                });
+                s.residual("3", 12, |r| {
+                    r.push(|sc| LayerNorm::new(sc, 12, 4, 1e-5, true));
+                    r.push(|sc| Linear::per_position(sc, 3, 4, 6, true));
+                    r.push(|_| Gelu { features: 18 });
+                    r.push(|sc| Linear::per_position(sc, 3, 6, 4, true));
+                });
+                s.push(|sc| LayerNorm::new(sc, 12, 4, 1e-5, true));
+                s.push(|_| Last { seq: 3, dim: 4 });
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
@@ -242,8 +299,16 @@ fn problem(net: Network, seed: u64) -> Problem {
         .map(|_| rng.uniform_in(-0.8, 0.8))
         .collect();
     let batch = 3;
+    // Token ids for an embedding, else uniform inputs.
+    let vocabulary = match net.layers.first() {
+        Some(Layer::Embedding(e)) => Some(e.num as u64),
+        _ => None,
+    };
     let x: Vec<f64> = (0..batch * net.input_features())
-        .map(|_| rng.uniform_in(-1.0, 1.0))
+        .map(|_| match vocabulary {
+            Some(num) => rng.below(num) as f64,
+            None => rng.uniform_in(-1.0, 1.0),
+        })
         .collect();
     let labels = (0..batch).map(|n| n % net.classes()).collect();
     Problem {
@@ -739,6 +804,40 @@ fn activation_values_match_pytorch() {
                 (got - w).abs() <= 4e-16 * w.abs().max(1.0),
                 "{name}({x}) = {got}, PyTorch {w}"
             );
+        }
+    }
+}
+
+/// Causal attention: the output at position i does not depend on the inputs after i, and without
+/// the mask it does (an independent check of the mask; the finite-difference tests above hold for
+/// any differentiable map, masked or not).
+#[test]
+fn causal_attention_does_not_look_ahead() {
+    let (seq, dim) = (4, 4);
+    for causal in [true, false] {
+        let net = network(|s| s.push(|sc| Attention::new(sc, seq, dim, 2, causal, true)));
+        let p = problem(net, 13);
+        let x: Vec<f64> = p.x[..seq * dim].to_vec();
+        let out = |x: &[f64]| {
+            let mut ws = p.net.workspace(1);
+            p.net.forward(&p.params, x, 1, &mut ws).to_vec()
+        };
+        let y = out(&x);
+        for t in 0..seq {
+            let mut moved = x.clone();
+            moved[t * dim..(t + 1) * dim]
+                .iter_mut()
+                .for_each(|v| *v += 0.5);
+            let ym = out(&moved);
+            for i in 0..seq {
+                let same = (0..dim).all(|j| ym[i * dim + j] == y[i * dim + j]);
+                // Position i reads key t when t ≤ i (or always without the mask).
+                let reads = !causal || t <= i;
+                assert_eq!(
+                    !same, reads,
+                    "causal {causal}: output {i} after moving input {t}"
+                );
+            }
         }
     }
 }

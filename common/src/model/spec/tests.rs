@@ -372,3 +372,149 @@ fn specs_name_their_loss_and_may_have_one_output_for_mse() {
         json!({"input": [4], "layers": [{"type": "linear", "out": 3}], "loss": "cross_entropy"});
     assert_eq!(arch(&ce).named_loss(), Some("cross_entropy"));
 }
+
+/// A one-layer transformer: the sequence layers' shapes, PyTorch's names (nn.MultiheadAttention's
+/// inside the residual block), the sizes computed while parsing against the layers built, and the
+/// printed module.
+#[test]
+fn sequence_specs_infer_their_shapes_and_pytorchs_names() {
+    let v = json!({"input": [3],
+        "layers": [{"type": "embedding", "num": 10, "dim": 8},
+                   {"type": "positional"},
+                   {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "attention", "heads": 2, "causal": true}]},
+                   {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out": 16}, {"type": "gelu"}, {"type": "linear", "out": 8}]},
+                   {"type": "layernorm"},
+                   {"type": "last"},
+                   {"type": "linear", "out": 9}]});
+    let a = arch(&v);
+    check_against_build(&a);
+    assert_eq!(a.input_features(), 3);
+    assert_eq!(a.classes(), 9);
+    let names = a.layout().names();
+    assert_eq!(
+        names[..8],
+        [
+            "0.weight",
+            "1.weight",
+            "2.0.weight",
+            "2.0.bias",
+            "2.1.in_proj_weight",
+            "2.1.in_proj_bias",
+            "2.1.out_proj.weight",
+            "2.1.out_proj.bias"
+        ]
+    );
+    let shapes: Vec<Vec<usize>> = a.layout().tensors.iter().map(|t| t.shape.clone()).collect();
+    assert_eq!(
+        shapes[..5],
+        [vec![10, 8], vec![3, 8], vec![8], vec![8], vec![24, 8]]
+    );
+    // The MLP block's Linear acts per position: [3, 8] → [3, 16], weight [16, 8].
+    assert_eq!(a.layout().get("3.1.weight").unwrap().shape, [16, 8]);
+    let src = a.torch_definition();
+    for line in [
+        "import torch\n",
+        "(\"0\", Embedding(10, 8)),",
+        "(\"1\", Positional(3, 8)),",
+        "(\"1\", SelfAttention(8, 2, causal=True, bias=True)),",
+        "(\"1\", nn.Linear(8, 16)),",
+        "(\"5\", Last()),",
+        "(\"6\", nn.Linear(8, 9)),",
+        "class SelfAttention(nn.MultiheadAttention):",
+    ] {
+        assert!(src.contains(line), "{line} not in {src}");
+    }
+    // Specs without sequence layers print what they printed before.
+    assert!(!arch(&example()).torch_definition().contains("import torch"));
+    let without = json!({"input": [3],
+        "layers": [{"type": "embedding", "num": 4, "dim": 6},
+                   {"type": "attention", "heads": 3, "bias": false},
+                   {"type": "last"}, {"type": "linear", "out": 2}]});
+    let a = arch(&without);
+    check_against_build(&a);
+    assert_eq!(
+        a.layout().names(),
+        [
+            "0.weight",
+            "1.in_proj_weight",
+            "1.out_proj.weight",
+            "3.weight",
+            "3.bias"
+        ]
+    );
+    assert_eq!(
+        NetSpec::from_json("t", &v).unwrap().first_curved_layer(),
+        Some(("2.0".to_string(), "LayerNorm"))
+    );
+    assert_eq!(
+        NetSpec::from_json("t", &without)
+            .unwrap()
+            .first_curved_layer(),
+        Some(("1".to_string(), "MultiheadAttention"))
+    );
+}
+
+#[test]
+fn malformed_sequence_specs_are_refused_with_the_json_path() {
+    let cases = [
+        (
+            json!({"input": [3], "layers": [{"type": "linear", "out": 4}, {"type": "embedding", "num": 5, "dim": 4}]}),
+            "layers[1]: an embedding reads token ids, so it must be the model's first layer",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "residual", "layers": [{"type": "embedding", "num": 5, "dim": 3}]}]}),
+            "layers[0].layers[0]: an embedding reads token ids",
+        ),
+        (
+            json!({"input": [3, 2], "layers": [{"type": "embedding", "num": 5, "dim": 4}]}),
+            "layers[0]: embedding takes a sequence of token ids [positions] but gets [3, 2]",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "dim": 4}]}),
+            "layers[0].num: missing",
+        ),
+        (
+            json!({"input": [6], "layers": [{"type": "positional"}]}),
+            "layers[0]: positional takes a sequence [positions, dim] but gets [6]",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "attention", "heads": 4}]}),
+            "layers[1].heads: 4 heads do not divide the width 6",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "attention", "heads": 2, "causal": 1}]}),
+            "layers[1].causal: must be true or false",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "attention", "heads": 2, "dropout": 0.1}]}),
+            "layers[1].dropout: unknown field for attention",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "last"}, {"type": "last"}]}),
+            "layers[2]: last takes a sequence [positions, dim] but gets [6]",
+        ),
+        (
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "linear", "out": 4}]}),
+            "the model's output is [3, 4]",
+        ),
+    ];
+    for (v, want) in cases {
+        let e = err(v);
+        assert!(e.contains(want), "{e:?} does not contain {want:?}");
+    }
+}
+
+/// The transformer presets: their parameter counts as PyTorch counts the same modules
+/// (`sum(p.numel() for p in model.parameters())` of `scripts/fixtures/transformer_torch.py`'s
+/// build: 228,081 and 426,353), and `--model` finds them by name.
+#[test]
+fn the_transformer_presets_have_pytorchs_parameter_counts() {
+    for (name, params) in [("transformer_1l", 228_081u64), ("transformer_2l", 426_353)] {
+        let a = Architecture::parse(name, &[], crate::model::Activation::Relu, 2).unwrap();
+        check_against_build(&a);
+        assert_eq!(a.size().unwrap().params, params, "{name}");
+        assert_eq!(a.name(), name);
+        assert_eq!((a.input_features(), a.classes()), (3, 113), "{name}");
+    }
+    assert!(transformer_preset("transformer_3l").is_none());
+}
