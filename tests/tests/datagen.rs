@@ -365,3 +365,137 @@ fn icl_regression_files_are_sequences_of_pairs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(records(&o)[0]["loss"], "mse");
 }
+
+/// The pipeline a grokking user runs: `datagen modular` → `train` a small causal transformer (a spec
+/// starting with an `embedding`) with AdamW → `llc` and `hessian-trace` on its checkpoint. The token
+/// file is accepted by the embedding model (and its ids checked against the vocabulary), training
+/// lowers the loss, and both analyses produce finite records; a vocabulary smaller than the ids is
+/// refused naming the layer.
+#[test]
+fn modular_tokens_train_a_transformer_and_are_analysed() {
+    let dir = scratch("datagen-modular-transformer");
+    let data = dir.join("add.safetensors");
+    let o = run(
+        "datagen",
+        &[
+            "modular",
+            "--p",
+            "7",
+            "--train-fraction",
+            "0.6",
+            "--seed",
+            "1",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec = |vocab: usize| {
+        serde_json::json!({
+            "input": [3],
+            "layers": [
+                {"type": "embedding", "num": vocab, "dim": 8},
+                {"type": "positional"},
+                {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "attention", "heads": 2, "causal": true}]},
+                {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out": 16}, {"type": "gelu"}, {"type": "linear", "out": 8}]},
+                {"type": "layernorm"},
+                {"type": "last"},
+                {"type": "linear", "out": 7}
+            ],
+            "loss": "cross_entropy"
+        })
+        .to_string()
+    };
+    let model = dir.join("tiny.json");
+    std::fs::write(&model, spec(8)).unwrap();
+    let out = dir.join("run");
+    let o = run(
+        "train",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.03",
+            "--batch-size",
+            "29",
+            "--epochs",
+            "60",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&o);
+    let losses: Vec<f64> = recs
+        .iter()
+        .filter_map(|r| r["train_loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2, "{recs:?}");
+    assert!(
+        losses[losses.len() - 1] < 0.1 * losses[0],
+        "AdamW did not lower the loss: {losses:?}"
+    );
+    let ckpt = out.join("epoch-0060.safetensors");
+    assert!(ckpt.exists(), "no checkpoint in {}", out.display());
+    let o = run(
+        "llc",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--draws",
+            "40",
+            "--chains",
+            "2",
+            "--batch-size",
+            "16",
+            ckpt.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let llc = &records(&o)[0];
+    assert!(
+        llc["llc"]["llc"].as_f64().is_some_and(f64::is_finite),
+        "{llc:?}"
+    );
+    let o = run(
+        "hessian-trace",
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--probes",
+            "8",
+            ckpt.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let trace = &records(&o)[0]["hessian"]["trace"];
+    assert!(trace.as_f64().is_some_and(f64::is_finite), "{trace}");
+
+    // A vocabulary of 7 cannot read the `=` token (id 7): refused naming the embedding.
+    std::fs::write(&model, spec(7)).unwrap();
+    let o = run(
+        "train",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            dir.join("run-bad").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_one_line_error(&o, &["Embedding(7, 8)", "0..7"]);
+}

@@ -127,23 +127,6 @@ impl Network {
         Some((i, kind))
     }
 
-    /// The `type` of a spec model's first layer (depth first through `sequential`), from the spec's
-    /// JSON; `None` for the built-in MLP and LeNet.
-    fn first_layer_type(&self) -> Option<String> {
-        let Architecture::Spec(spec) = &self.arch else {
-            return None;
-        };
-        let mut layers = spec.source().get("layers")?;
-        loop {
-            let first = layers.get(0)?;
-            let t = first.get("type")?.as_str()?;
-            match t {
-                "sequential" => layers = first.get("layers")?,
-                _ => return Some(t.to_string()),
-            }
-        }
-    }
-
     /// Checks that a data set fits the network: token ids only for a model that starts with an
     /// embedding, as many features per sample as it takes, and no label past its outputs.
     ///
@@ -151,14 +134,13 @@ impl Network {
     /// [`Error::Data`] naming the data folder, its shape and the model's.
     pub fn check_input(&self, data: &Dataset) -> Result<()> {
         if data.token_ids() {
-            let first = self.first_layer_type();
-            if first.as_deref() != Some("embedding") {
+            if !matches!(self.layers.first(), Some(Layer::Embedding(_))) {
                 return Err(Error::data(
                     &data.folder,
                     format!(
                         "`x` holds integer token ids, which only a model whose first layer is an `embedding` reads; the model {} starts with {} and would read the ids as numbers",
                         self.arch.name(),
-                        first.map_or("a linear layer".to_string(), |t| format!("a `{t}` layer"))
+                        self.layers.first().map_or("no layer".to_string(), |l| format!("{}", l.kind()))
                     ),
                 ));
             }
