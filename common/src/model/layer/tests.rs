@@ -312,6 +312,7 @@ impl Problem {
             acts: &ws.acts,
             deltas: &ws.deltas,
             indices: &ws.indices,
+            states: &ws.states,
             batch: b,
         };
         let mut out = be.zeros::<f64>(np);
@@ -591,6 +592,7 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                 layer.index_len(1),
             );
             let (mut y, mut idx) = (be.zeros::<f32>(batch * fout), be.zeros::<u32>(batch * nidx));
+            let mut state = be.zeros::<f32>(layer.state_len(batch));
             let xb = be.upload(&input);
             layer.forward(
                 B::view(&pb),
@@ -598,12 +600,14 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                 batch,
                 B::view_mut(&mut y),
                 B::view_mut(&mut idx),
+                B::view_mut(&mut state),
                 &mut sc,
             );
             let (y, idx) = (down(be, &y), down(be, &idx));
             if layer.sample_wise() {
                 for n in 0..batch {
                     let (mut yn, mut idxn) = (be.zeros::<f32>(fout), be.zeros::<u32>(nidx));
+                    let mut staten = be.zeros::<f32>(layer.state_len(1));
                     let xn = B::slice(B::view(&xb), n * fin..(n + 1) * fin);
                     layer.forward(
                         B::view(&pb),
@@ -611,6 +615,7 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                         1,
                         B::view_mut(&mut yn),
                         B::view_mut(&mut idxn),
+                        B::view_mut(&mut staten),
                         &mut sc,
                     );
                     let (yn, idxn) = (down(be, &yn), down(be, &idxn));
@@ -764,6 +769,7 @@ fn average_pooling_matches_a_hand_computation() {
             1,
             &mut y[..],
             &mut idx[..],
+            &mut [][..],
             &mut Scratch::default(),
         );
         y
