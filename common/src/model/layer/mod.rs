@@ -385,6 +385,7 @@ layer_types! {
     layer_norm: LayerNorm,
     residual: Residual,
     avg_pool2d: AvgPool2d,
+    monomial: Monomial,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

@@ -196,6 +196,23 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // devinterp's Polynomial between two Linear layers (R{x} given), then first in a
+            // network (R{x} = None) with a zero power.
+            "Monomial",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|sc| Monomial::new(sc, 4, vec![1, 2]));
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "Monomial (first)",
+            network(|s| {
+                s.push(|sc| Monomial::new(sc, 5, vec![2, 0, 3]));
+                s.push(|sc| Linear::new(sc, 5, 3));
+            }),
+        ),
+        (
             "ReLU",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
