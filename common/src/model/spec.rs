@@ -845,10 +845,7 @@ impl NetSpec {
         }
         // devinterp's Polynomial test model, under our name and with the same state_dict.
         let monomial = if uses_monomial(&self.layers) {
-            "import torch\n\
-             \n\
-             \n\
-             class Monomial(nn.Module):\n\
+            "class Monomial(nn.Module):\n\
              \x20   \"\"\"y = x * prod(weights ** powers) (devinterp's Polynomial).\"\"\"\n\
              \n\
              \x20   def __init__(self, powers):\n\
@@ -866,6 +863,11 @@ impl NetSpec {
         } else {
             ""
         };
+        let import_torch = if monomial.is_empty() {
+            ""
+        } else {
+            "import torch\n"
+        };
         format!(
             "# The PyTorch module of the model spec '{name}' (input {input}, {classes} classes).\n\
              # Its state_dict names are those of our checkpoints:\n\
@@ -873,7 +875,7 @@ impl NetSpec {
              #   model = build(); model.load_state_dict(load_file(\"run/final.safetensors\"), strict=True)\n\
              from collections import OrderedDict\n\
              \n\
-             from torch import nn\n\
+             {import_torch}from torch import nn\n\
              \n\
              \n\
              {monomial}class Residual(nn.Sequential):\n\
