@@ -10,7 +10,7 @@
 #   make check-cuda  type-check the CUDA build (no GPU needed)
 #   make crosscheck  compare with devinterp and PyTorch where they are installed (optional)
 #   make dln-check   λ̂ of four deep linear networks through datagen + llc against Aoyagi's λ (a minute)
-#   make devinterp-cases  devinterp's accuracy cases (reduced rank regression, ordinality) through the tools
+#   make devinterp-cases  devinterp's accuracy cases (reduced rank regression, ordinality, normal crossings) through the tools
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
 #   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)

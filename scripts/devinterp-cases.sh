@@ -10,6 +10,13 @@
 #    Watanabe (2005) at r = 0. devinterp's tolerance is 30 % relative.
 # 2. Ordinality: a deep linear network (widths 5, 5, 5) at teachers of rank 0 to 4, whose λ increase
 #    (9.5, 10.5, 11.5, 12, 12.5); λ̂ must order them the same way (scripts/dln-check.sh's settings).
+# 3. Normal crossings (devinterp tests/slt/sampler_accuracy_test.py): x ~ N(0, 2²), y = 0.25·ξ
+#    (datagen normal-crossing, 1,000 samples, seed 42), devinterp's Polynomial as a spec
+#    ({"type": "monomial", "powers": [k1, k2]}, MSE) at its weights' zeros (the teacher checkpoint
+#    of datagen teacher, whose monomial weights start at 0), llc with devinterp's settings: ε = 2e-4,
+#    nβ = m/ln m of the full batch (144.8), no localisation (γ = 0), bounding box 1, 10 chains ×
+#    5,000 draws. The loss is a normal crossing Π wᵢ^{2kᵢ}: λ = 1/(2·max kᵢ). devinterp's check: λ
+#    within λ̂ ± 2 sd over the chains.
 #
 #   scripts/devinterp-cases.sh [BIN_DIR] [WORK_DIR]
 set -euo pipefail
@@ -89,3 +96,58 @@ PY
 done
 echo
 echo "λ̂ in the order of λ: $ordered"
+echo
+echo "### Normal crossings (devinterp's sampler_accuracy_test: λ within λ̂ ± 2 sd)"
+echo
+echo "| powers | λ | λ at this nβ (quadrature) | λ̂ ± sd over 10 chains | λ̂ / λ | λ within ± 2 sd |"
+echo "| --- | --- | --- | --- | --- | --- |"
+nc="$work/normal-crossing"
+rm -rf "${nc:?}"; mkdir -p "$nc"
+"$bin/datagen" normal-crossing --samples 1000 --seed 42 --out "$nc/data.safetensors" > /dev/null
+for powers in 0,1 1,1 0,2 1,2 2,2 0,3 1,3 2,3 3,3; do
+  name="nc-${powers/,/-}"
+  mkdir -p "$nc/$name"
+  printf '{"input": [1], "layers": [{"type": "monomial", "powers": [%s]}], "loss": "mse"}\n' "$powers" \
+    > "$nc/$name/model.json"
+  "$bin/datagen" teacher --model "$nc/$name/model.json" --samples 1 --seed 1 \
+    --out "$nc/$name/unused.safetensors" --teacher-out "$nc/$name/zero.safetensors" > /dev/null
+  "$bin/llc" --data "$nc/data.safetensors" --loss mse --nbeta batch --batch-size 1000 --epsilon 2e-4 \
+    --gamma 0 --bounding-box 1 --chains 10 --draws 5000 --seed 42 --quiet \
+    "$nc/$name/zero.safetensors" > "$nc/$name/llc.jsonl"
+  python3 - "$nc/$name/llc.jsonl" "$powers" "$nc/data.safetensors" <<'PY'
+import json, math, struct, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])["llc"]
+powers = [int(k) for k in sys.argv[2].split(",")]
+lam = 1 / (2 * max(powers))
+# The finite-nβ value: nβ·E[L(w) − L(0)] under the tempered posterior exp(−nβ·L(w)) on the
+# bounding box [−1, 1]² (γ = 0: a flat prior), by the midpoint rule on an 800 × 800 grid. With
+# L(w) = mean((y − P·x)²), L(w) − L(0) = P²·mean(x²) − 2P·mean(x·y), P = w1^k1·w2^k2.
+raw = open(sys.argv[3], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+def tensor(name):
+    t = head[name]
+    assert t["dtype"] == "F32", t
+    a, b = t["data_offsets"]
+    return struct.unpack(f"<{(b - a) // 4}f", raw[8 + n + a:8 + n + b])
+x, y = tensor("x"), tensor("y")
+xx = sum(v * v for v in x) / len(x)
+xy = sum(u * v for u, v in zip(x, y)) / len(x)
+nb, g = r["nbeta"], 800
+grid = [-1 + (i + 0.5) * 2 / g for i in range(g)]
+num = den = 0.0
+for a in grid:
+    pa = a ** powers[0]
+    for b in grid:
+        p = pa * b ** powers[1]
+        d = p * p * xx - 2 * p * xy
+        w = math.exp(-nb * d)
+        num += d * w
+        den += w
+finite = nb * num / den
+est, sd = r["llc"], r["llc_sd"]
+inside = est - 2 * sd < lam < est + 2 * sd
+print(f"| [{sys.argv[2]}] | {lam:.4g} | {finite:.3f} | {est:.3f} ± {sd:.3f} | {est / lam:.3f} | "
+      f"{'yes' if inside else 'no'} |")
+PY
+done

@@ -58,12 +58,13 @@ pub enum Curvature {
     GaussNewton,
 }
 
-/// The forward outputs, backward cotangents and kept indices of one chunk of samples.
+/// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples.
 #[derive(Clone, Debug)]
 struct ChunkState<T> {
     acts: Vec<Vec<T>>,
     deltas: Vec<Vec<T>>,
     indices: Vec<Vec<u32>>,
+    states: Vec<Vec<T>>,
 }
 
 #[derive(Clone, Debug)]
@@ -172,8 +173,12 @@ impl<T: Real> HessianOperator<T> {
             }
         }
         let batch = batch_size.min(n);
+        // Outputs and cotangents, indices (counted generously, one per output) and kept values.
         let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
-        let cached = n * per_sample * (2 * std::mem::size_of::<T>() + 4) <= cache_bytes;
+        let kept: usize = net.layers.iter().map(|l| l.state_len(1)).sum();
+        let cached = n
+            * (per_sample * (2 * std::mem::size_of::<T>() + 4) + kept * std::mem::size_of::<T>())
+            <= cache_bytes;
         let chunks = (0..n)
             .step_by(batch)
             .map(|s| {
@@ -237,6 +242,13 @@ impl<T: Real> HessianOperator<T> {
                         .iter()
                         .zip(&op.net.layers)
                         .map(|(a, l)| a[..l.index_len(b)].to_vec())
+                        .collect(),
+                    states: op
+                        .ws
+                        .states
+                        .iter()
+                        .zip(&op.net.layers)
+                        .map(|(a, l)| a[..l.state_len(b)].to_vec())
                         .collect(),
                 });
             }
@@ -347,15 +359,21 @@ impl<T: Real> HessianOperator<T> {
                     &mut self.ws,
                 );
             }
-            let (acts, deltas, indices) = match &chunk.state {
-                Some(s) => (&s.acts, &s.deltas, &s.indices),
-                None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
+            let (acts, deltas, indices, states) = match &chunk.state {
+                Some(s) => (&s.acts, &s.deltas, &s.indices, &s.states),
+                None => (
+                    &self.ws.acts,
+                    &self.ws.deltas,
+                    &self.ws.indices,
+                    &self.ws.states,
+                ),
             };
             let pass = ChunkPass {
                 x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,
+                states,
                 batch: b,
             };
             let alpha = T::of_f64(b as f64 / n as f64);
@@ -388,15 +406,21 @@ impl<T: Real> HessianOperator<T> {
             if chunk.state.is_none() {
                 self.net.forward(&self.params, &chunk.x, b, &mut self.ws);
             }
-            let (acts, deltas, indices) = match &chunk.state {
-                Some(s) => (&s.acts, &s.deltas, &s.indices),
-                None => (&self.ws.acts, &self.ws.deltas, &self.ws.indices),
+            let (acts, deltas, indices, states) = match &chunk.state {
+                Some(s) => (&s.acts, &s.deltas, &s.indices, &s.states),
+                None => (
+                    &self.ws.acts,
+                    &self.ws.deltas,
+                    &self.ws.indices,
+                    &self.ws.states,
+                ),
             };
             let pass = ChunkPass {
                 x: &chunk.x[..],
                 acts,
                 deltas,
                 indices,
+                states,
                 batch: b,
             };
             f(&self.net, &self.params, &pass, &mut self.bufs);

@@ -56,12 +56,14 @@ impl<T: Real, B: Backend> RBuffers<T, B> {
     }
 }
 
-/// A chunk's forward state: every layer's output, the backward's cotangents and the kept indices.
+/// A chunk's forward state: every layer's output, the backward's cotangents, the kept indices and
+/// the kept values.
 pub(crate) struct ChunkPass<'a, T: Real, B: Backend = CpuBackend> {
     pub x: B::View<'a, T>,
     pub acts: &'a [B::Buffer<T>],
     pub deltas: &'a [B::Buffer<T>],
     pub indices: &'a [B::Buffer<u32>],
+    pub states: &'a [B::Buffer<T>],
     pub batch: usize,
 }
 
@@ -71,7 +73,7 @@ impl<'a, T: Real, B: Backend> ChunkPass<'a, T, B> {
     where
         'a: 'p,
     {
-        let (acts, indices) = (self.acts, self.indices);
+        let (acts, indices, states) = (self.acts, self.indices, self.states);
         Pass {
             params,
             x: B::shorten(if i == 0 {
@@ -82,6 +84,7 @@ impl<'a, T: Real, B: Backend> ChunkPass<'a, T, B> {
             y: B::shorten(B::view(&acts[i])),
             batch: self.batch,
             indices: B::shorten(B::view(&indices[i])),
+            state: B::shorten(B::view(&states[i])),
         }
     }
 }

@@ -638,15 +638,37 @@ impl Dataset {
                     *d = table[v as usize];
                 }
             }
+            // One channel's plane at a time (no division per element to find the channel).
             (Normaliser::Table { tables, plane }, Inputs::Bytes(b)) => {
-                for ((d, &v), j) in dst.iter_mut().zip(&b[i * f..(i + 1) * f]).zip(0..) {
-                    *d = tables[j / plane][v as usize];
+                assert_eq!(
+                    tables.len() * plane,
+                    f,
+                    "{}: normaliser's channels",
+                    self.name()
+                );
+                let planes = dst[..f]
+                    .chunks_mut((*plane).max(1))
+                    .zip(b[i * f..(i + 1) * f].chunks((*plane).max(1)));
+                for ((d, src), table) in planes.zip(tables) {
+                    for (d, &v) in d.iter_mut().zip(src) {
+                        *d = table[v as usize];
+                    }
                 }
             }
             (Normaliser::Affine { channels, plane }, Inputs::Floats(x)) => {
-                for ((d, &v), j) in dst.iter_mut().zip(&x[i * f..(i + 1) * f]).zip(0..) {
-                    let (m, s) = channels[j / plane];
-                    *d = (T::of_f64(v) - m) / s;
+                assert_eq!(
+                    channels.len() * plane,
+                    f,
+                    "{}: normaliser's channels",
+                    self.name()
+                );
+                let planes = dst[..f]
+                    .chunks_mut((*plane).max(1))
+                    .zip(x[i * f..(i + 1) * f].chunks((*plane).max(1)));
+                for ((d, src), &(m, s)) in planes.zip(channels) {
+                    for (d, &v) in d.iter_mut().zip(src) {
+                        *d = (T::of_f64(v) - m) / s;
+                    }
                 }
             }
             _ => panic!("{}: normaliser of another data set", self.name()),

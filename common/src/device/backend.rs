@@ -292,6 +292,33 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         x: Self::View<'_, T>,
         y: Self::ViewMut<'_, T>,
     );
+    /// y = φ(x) and d = φ′(x) element-wise, in one evaluation (for activations that keep their
+    /// derivative, [`Elementwise::keeps_derivative`]).
+    fn activation_forward_keep<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::ViewMut<'_, T>,
+        d: Self::ViewMut<'_, T>,
+    );
+    /// out = a ⊙ b element-wise (a kept derivative applied to a cotangent or an R-input).
+    fn multiply<T: Real>(
+        &self,
+        a: Self::View<'_, T>,
+        b: Self::View<'_, T>,
+        out: Self::ViewMut<'_, T>,
+    );
+    /// R{∂x} += φ″ ⊙ R{x} ⊙ δ element-wise (the second term of
+    /// [`Backend::activation_r_backward`], after the first came from a kept φ′).
+    fn activation_add_second_order<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        rx: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        rdx: Self::ViewMut<'_, T>,
+    );
     /// ∂x = φ′ ⊙ δ from the layer's input x, output y and δ = `dy`.
     fn activation_backward<T: Real, A: Elementwise>(
         &self,

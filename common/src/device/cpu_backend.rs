@@ -201,6 +201,32 @@ impl Backend for CpuBackend {
         k::activation_forward(act, x, y);
     }
     #[inline]
+    fn activation_forward_keep<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &mut [T],
+        d: &mut [T],
+    ) {
+        k::activation_forward_keep(act, x, y, d);
+    }
+    #[inline]
+    fn multiply<T: Real>(&self, a: &[T], b: &[T], out: &mut [T]) {
+        k::multiply(a, b, out);
+    }
+    #[inline]
+    fn activation_add_second_order<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &[T],
+        rx: &[T],
+        dy: &[T],
+        rdx: &mut [T],
+    ) {
+        k::activation_add_second_order(act, x, y, rx, dy, rdx);
+    }
+    #[inline]
     fn activation_backward<T: Real, A: Elementwise>(
         &self,
         act: &A,
@@ -370,7 +396,7 @@ impl Backend for CpuBackend {
         batch: usize,
         y: &mut [T],
     ) {
-        ln.cpu_forward(params, x, batch, y);
+        k::vectorised(|| ln.cpu_forward(params, x, batch, y));
     }
     #[inline]
     fn layer_norm_backward<T: Real>(
@@ -382,7 +408,7 @@ impl Backend for CpuBackend {
         dx: Option<&mut [T]>,
         work: &mut [T],
     ) {
-        ln.cpu_backward(pass, dy, grad, dx, work);
+        k::vectorised(|| ln.cpu_backward(pass, dy, grad, dx, work));
     }
     #[inline]
     fn layer_norm_r_forward<T: Real>(
@@ -394,7 +420,7 @@ impl Backend for CpuBackend {
         ry: &mut [T],
         work: &mut [T],
     ) {
-        ln.cpu_r_forward(pass, v, rx, ry, work);
+        k::vectorised(|| ln.cpu_r_forward(pass, v, rx, ry, work));
     }
     #[inline]
     fn layer_norm_r_backward<T: Real>(
@@ -406,7 +432,7 @@ impl Backend for CpuBackend {
         rdx: Option<&mut [T]>,
         work: &mut [T],
     ) {
-        ln.cpu_r_backward(pass, r, hv, rdx, work);
+        k::vectorised(|| ln.cpu_r_backward(pass, r, hv, rdx, work));
     }
     #[inline]
     fn layer_norm_per_sample_gradients<T: Real>(

@@ -79,10 +79,88 @@ pub(super) fn channel_major_to_nchw_add_bias<T: Real>(
     }
 }
 
-pub(super) fn activation_forward<T: Real, A: Elementwise>(act: &A, x: &[T], y: &mut [T]) {
-    for (v, &s) in y.iter_mut().zip(x) {
-        *v = act.value(s);
+/// Runs the element loop `f` compiled for AVX-512 or AVX2 where the processor has it, so that the
+/// loops of activations whose scalar code is branch-free arithmetic (GELU's) use 512- or 256-bit
+/// vectors; else as it is. The operations and their order are the same (Rust contracts no
+/// multiply-add into an FMA), so the results are the same bits either way.
+#[inline(always)]
+pub(super) fn vectorised(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2")]
+        unsafe fn with_avx512(f: impl FnOnce()) {
+            f()
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn with_avx2(f: impl FnOnce()) {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the processor has these (checked above).
+            unsafe { with_avx512(f) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2 (checked above).
+            unsafe { with_avx2(f) };
+            return;
+        }
     }
+    f()
+}
+
+pub(super) fn activation_forward<T: Real, A: Elementwise>(act: &A, x: &[T], y: &mut [T]) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for (v, &s) in y.iter_mut().zip(x) {
+                *v = act.value(s);
+            }
+        },
+    );
+}
+
+pub(super) fn activation_forward_keep<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &mut [T],
+    d: &mut [T],
+) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for ((v, dv), &s) in y.iter_mut().zip(d.iter_mut()).zip(x) {
+                (*v, *dv) = act.value_and_derivative(s);
+            }
+        },
+    );
+}
+
+pub(super) fn multiply<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = a * b;
+    }
+}
+
+pub(super) fn activation_add_second_order<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &[T],
+    rx: &[T],
+    dy: &[T],
+    rdx: &mut [T],
+) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for ((((d, &xi), &yi), &s), &g) in rdx.iter_mut().zip(x).zip(y).zip(rx).zip(dy) {
+                *d = act.add_second_order(*d, xi, yi, s, g);
+            }
+        },
+    );
 }
 
 pub(super) fn activation_backward<T: Real, A: Elementwise>(
@@ -92,9 +170,14 @@ pub(super) fn activation_backward<T: Real, A: Elementwise>(
     dy: &[T],
     dx: &mut [T],
 ) {
-    for (((d, &g), &xi), &yi) in dx.iter_mut().zip(dy).zip(x).zip(y) {
-        *d = act.backward_one(xi, yi, g);
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            for (((d, &g), &xi), &yi) in dx.iter_mut().zip(dy).zip(x).zip(y) {
+                *d = act.backward_one(xi, yi, g);
+            }
+        },
+    );
 }
 
 pub(super) fn activation_r_forward<T: Real, A: Elementwise>(
@@ -108,9 +191,14 @@ pub(super) fn activation_r_forward<T: Real, A: Elementwise>(
         ry.iter_mut().for_each(|r| *r = T::zero());
         return;
     };
-    for (((r, &s), &xi), &yi) in ry.iter_mut().zip(rx).zip(x).zip(y) {
-        *r = act.derivative(xi, yi) * s;
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            for (((r, &s), &xi), &yi) in ry.iter_mut().zip(rx).zip(x).zip(y) {
+                *r = act.derivative(xi, yi) * s;
+            }
+        },
+    );
 }
 
 pub(super) fn activation_r_backward<T: Real, A: Elementwise>(
@@ -121,14 +209,19 @@ pub(super) fn activation_r_backward<T: Real, A: Elementwise>(
     second: Option<(&[T], &[T])>,
     rdx: &mut [T],
 ) {
-    for (((d, &g), &xi), &yi) in rdx.iter_mut().zip(rdy).zip(x).zip(y) {
-        *d = g * act.derivative(xi, yi);
-    }
-    if let Some((rx, dy)) = second {
-        for ((((d, &xi), &yi), &s), &g) in rdx.iter_mut().zip(x).zip(y).zip(rx).zip(dy) {
-            *d = act.add_second_order(*d, xi, yi, s, g);
-        }
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            for (((d, &g), &xi), &yi) in rdx.iter_mut().zip(rdy).zip(x).zip(y) {
+                *d = g * act.derivative(xi, yi);
+            }
+            if let Some((rx, dy)) = second {
+                for ((((d, &xi), &yi), &s), &g) in rdx.iter_mut().zip(x).zip(y).zip(rx).zip(dy) {
+                    *d = act.add_second_order(*d, xi, yi, s, g);
+                }
+            }
+        },
+    );
 }
 
 pub(super) fn max_pool2d<T: Real>(

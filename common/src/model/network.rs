@@ -28,6 +28,8 @@ pub struct Workspace<T: Real, B: Backend = CpuBackend> {
     /// ∂L/∂(layer i's output) after a backward pass.
     pub(crate) deltas: Vec<B::Buffer<T>>,
     pub(crate) indices: Vec<B::Buffer<u32>>,
+    /// The values layers keep (a residual block's inner activations).
+    pub(crate) states: Vec<B::Buffer<T>>,
     pub(crate) scratch: Scratch<T, B>,
 }
 
@@ -45,6 +47,7 @@ impl<T: Real, B: Backend> Workspace<T, B> {
             acts: Vec::new(),
             deltas: Vec::new(),
             indices: Vec::new(),
+            states: Vec::new(),
             scratch: Scratch::on(backend, &[], 0, false),
         }
     }
@@ -245,6 +248,11 @@ impl Network {
             .iter()
             .map(|l| be.zeros(l.index_len(batch)))
             .collect();
+        ws.states = self
+            .layers
+            .iter()
+            .map(|l| be.zeros(l.state_len(batch)))
+            .collect();
         ws.scratch = Scratch::on(be, &self.layers, batch, false);
     }
 
@@ -306,10 +314,11 @@ impl Network {
         ws: &mut Workspace<T, B>,
     ) {
         let layer = &self.layers[i];
-        let (fin, fout, nidx) = (
+        let (fin, fout, nidx, nstate) = (
             layer.in_features(),
             layer.out_features(),
             layer.index_len(1),
+            layer.state_len(1),
         );
         let (before, rest) = ws.acts.split_at_mut(i);
         let input = if i == 0 {
@@ -328,6 +337,10 @@ impl Network {
             B::slice_mut(
                 B::view_mut(&mut ws.indices[i]),
                 first * nidx..(first + count) * nidx,
+            ),
+            B::slice_mut(
+                B::view_mut(&mut ws.states[i]),
+                first * nstate..(first + count) * nstate,
             ),
             &mut ws.scratch,
         );
@@ -416,6 +429,7 @@ impl Network {
                 y: B::view(&ws.acts[i]),
                 batch,
                 indices: B::view(&ws.indices[i]),
+                state: B::view(&ws.states[i]),
             };
             let dx = dbefore.last_mut().map(|d| B::view_mut(d));
             self.layers[i].backward(
@@ -562,6 +576,7 @@ mod tests {
                 path: "toks.safetensors".into(),
                 fingerprint: "0".repeat(16),
                 normalize: None,
+                token_ids: false,
             }),
             split: Split::Train,
             folder: "toks.safetensors".into(),

@@ -23,7 +23,7 @@
 
 use super::layer::{
     Attention, AvgPool2d, Conv2d, Embedding, Gelu, GeluTanh, Last, Layer, LayerNorm, Linear,
-    MaxPool2d, Positional, Relu, Sequential, Sigmoid, Silu, Tanh,
+    MaxPool2d, Monomial, Positional, Relu, Sequential, Sigmoid, Silu, Tanh,
 };
 use super::size::ModelSize;
 use crate::device::cpu::ConvGeometry;
@@ -53,6 +53,7 @@ pub const SPEC_LAYER_TYPES: &[&str] = &[
     "silu",
     "identity",
     "layernorm",
+    "monomial",
     "residual",
     "sequential",
     "embedding",
@@ -60,6 +61,10 @@ pub const SPEC_LAYER_TYPES: &[&str] = &[
     "attention",
     "last",
 ];
+
+/// The largest power of a `monomial` layer and the most parameters it may have.
+pub const MAX_MONOMIAL_POWER: u64 = 64;
+pub const MAX_MONOMIAL_PARAMS: usize = 64;
 
 /// A validated model spec: its layers with their inferred input shapes, the tensors it defines and
 /// its sizes.
@@ -108,6 +113,9 @@ enum Kind {
     LayerNorm {
         eps_bits: u64,
         affine: bool,
+    },
+    Monomial {
+        powers: Vec<u32>,
     },
     Residual(Vec<LayerSpec>),
     Sequential(Vec<LayerSpec>),
@@ -388,6 +396,7 @@ fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
         "flatten" | "relu" | "tanh" | "sigmoid" | "silu" | "identity" => &[],
         "gelu" => &["approximate"],
         "layernorm" => &["eps", "affine"],
+        "monomial" => &["powers"],
         "residual" | "sequential" => &["layers"],
         "embedding" => &["num", "dim"],
         "positional" | "last" => &[],
@@ -704,6 +713,35 @@ fn parse_layer(
                 input.to_vec(),
             )
         }
+        "monomial" => {
+            let at_powers = format!("{at}.powers");
+            let bad = |got: &Value| {
+                Error::spec(
+                    &at_powers,
+                    format!(
+                        "must be a list of 1 to {MAX_MONOMIAL_PARAMS} integers from 0 to \
+                         {MAX_MONOMIAL_POWER}, got {got}"
+                    ),
+                )
+            };
+            let list = obj
+                .get("powers")
+                .ok_or_else(|| Error::spec(&at_powers, "missing"))?;
+            let powers: Vec<u32> = match list.as_array() {
+                Some(a) if (1..=MAX_MONOMIAL_PARAMS).contains(&a.len()) => a
+                    .iter()
+                    .map(|k| {
+                        k.as_u64()
+                            .filter(|&k| k <= MAX_MONOMIAL_POWER)
+                            .map(|k| k as u32)
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad(list))?,
+                _ => return Err(bad(list)),
+            };
+            totals.tensor(at, &path, "weights", vec![powers.len()])?;
+            (Kind::Monomial { powers }, input.to_vec())
+        }
         "residual" | "sequential" => {
             let list = obj
                 .get("layers")
@@ -927,6 +965,9 @@ impl NetSpec {
                 Kind::Act(a) if *a != Act::Relu => Some((l.path.clone(), a.module())),
                 Kind::LayerNorm { .. } => Some((l.path.clone(), "LayerNorm")),
                 Kind::Attention { .. } => Some((l.path.clone(), "MultiheadAttention")),
+                Kind::Monomial { powers } if powers.iter().any(|&k| k > 1) => {
+                    Some((l.path.clone(), "Monomial"))
+                }
                 Kind::Residual(inner) | Kind::Sequential(inner) => walk(inner),
                 _ => None,
             })
@@ -944,19 +985,43 @@ impl NetSpec {
     pub fn torch_source(&self) -> String {
         let mut body = String::new();
         torch_list(&mut body, "nn.Sequential", &self.layers, 1);
-        fn sequence(layers: &[LayerSpec]) -> bool {
+        fn uses(layers: &[LayerSpec], kind: &dyn Fn(&Kind) -> bool) -> bool {
             layers.iter().any(|l| match &l.kind {
-                Kind::Embedding { .. } | Kind::Positional | Kind::Attention { .. } | Kind::Last => {
-                    true
-                }
-                Kind::Residual(inner) | Kind::Sequential(inner) => sequence(inner),
-                _ => false,
+                Kind::Residual(inner) | Kind::Sequential(inner) => uses(inner, kind),
+                k => kind(k),
             })
         }
-        let (import, modules) = if sequence(&self.layers) {
-            ("import torch\n", TORCH_SEQUENCE_CLASSES)
+        let sequence = uses(&self.layers, &|k| {
+            matches!(
+                k,
+                Kind::Embedding { .. } | Kind::Positional | Kind::Attention { .. } | Kind::Last
+            )
+        });
+        let modules = if sequence { TORCH_SEQUENCE_CLASSES } else { "" };
+        // devinterp's Polynomial test model, under our name and with the same state_dict.
+        let monomial = if uses(&self.layers, &|k| matches!(k, Kind::Monomial { .. })) {
+            "class Monomial(nn.Module):\n\
+             \x20   \"\"\"y = x * prod(weights ** powers) (devinterp's Polynomial).\"\"\"\n\
+             \n\
+             \x20   def __init__(self, powers):\n\
+             \x20       super().__init__()\n\
+             \x20       self.powers = list(powers)\n\
+             \x20       self.weights = nn.Parameter(torch.zeros(len(self.powers)))\n\
+             \n\
+             \x20   def forward(self, x):\n\
+             \x20       p = torch.ones((), dtype=self.weights.dtype)\n\
+             \x20       for w, k in zip(self.weights, self.powers):\n\
+             \x20           p = p * w**k\n\
+             \x20       return x * p\n\
+             \n\
+             \n"
         } else {
-            ("", "")
+            ""
+        };
+        let import = if sequence || !monomial.is_empty() {
+            "import torch\n"
+        } else {
+            ""
         };
         format!(
             "# The PyTorch module of the model spec '{name}' (input {input}, {classes} classes).\n\
@@ -968,7 +1033,7 @@ impl NetSpec {
              {import}from torch import nn\n\
              \n\
              \n\
-             class Residual(nn.Sequential):\n\
+             {monomial}class Residual(nn.Sequential):\n\
              \x20   \"\"\"y = x + f(x), f its modules in order.\"\"\"\n\
              \n\
              \x20   def forward(self, x):\n\
@@ -1086,6 +1151,9 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
                 let eps = f64::from_bits(*eps_bits);
                 seq.named(&l.name, |s| LayerNorm::new(s, f, dim, eps, *affine));
             }
+            Kind::Monomial { powers } => {
+                seq.named(&l.name, |s| Monomial::new(s, f, powers.clone()));
+            }
             Kind::Residual(inner) => seq.residual(&l.name, f, |r| define(r, inner)),
             Kind::Sequential(inner) => seq.sequential(&l.name, |q| define(q, inner)),
         }
@@ -1142,6 +1210,7 @@ fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) 
                 f64::from_bits(*eps_bits),
                 if *affine { "True" } else { "False" }
             )),
+            Kind::Monomial { powers } => out.push_str(&format!("Monomial({powers:?})")),
             Kind::Residual(inner) => torch_list(out, "Residual", inner, level + 1),
             Kind::Sequential(inner) => torch_list(out, "nn.Sequential", inner, level + 1),
         }

@@ -544,6 +544,9 @@ impl LayerOps for Attention {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, batch: usize) -> usize {
         let m = self.dims(batch);
         4 * m.n + m.a
@@ -565,6 +568,7 @@ impl LayerOps for Attention {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let m = self.dims(batch);

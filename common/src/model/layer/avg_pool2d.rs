@@ -93,6 +93,9 @@ impl LayerOps for AvgPool2d {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -103,6 +106,7 @@ impl LayerOps for AvgPool2d {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         _params: B::View<'_, T>,
@@ -110,6 +114,7 @@ impl LayerOps for AvgPool2d {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         sc.backend.avg_pool2d(self, x, batch * self.channels, y);

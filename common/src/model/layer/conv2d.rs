@@ -78,6 +78,9 @@ impl LayerOps for Conv2d {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         // The R-backward reads x and R{x} themselves; nothing is lowered and kept.
         0
@@ -90,6 +93,7 @@ impl LayerOps for Conv2d {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
@@ -97,6 +101,7 @@ impl LayerOps for Conv2d {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let (w, b) = (B::slice(params, self.w.clone()), B::slice(params, self.b.clone()));

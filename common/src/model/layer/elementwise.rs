@@ -3,7 +3,10 @@
 //!
 //! backward ∂x = φ′ ⊙ δ; R-forward R{y} = φ′ ⊙ R{x}; R-backward (Pearlmutter 1994)
 //! R{∂x} = φ′ ⊙ R{δ} + φ″(x) ⊙ R{x} ⊙ δ, the φ″ term dropped for the Gauss–Newton product. The
-//! loops are the backend's activation operations, which evaluate the scalar methods below.
+//! loops are the backend's activation operations, which evaluate the scalar methods below. An
+//! activation that keeps its derivative ([`Elementwise::keeps_derivative`]) writes φ′ into its
+//! state in the forward pass, and the other passes multiply by it (the same products, so the same
+//! bits as evaluating φ′ again).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
 use crate::device::Backend;
@@ -17,8 +20,19 @@ pub trait Elementwise {
     fn features(&self) -> usize;
     /// Whether φ″ = 0 almost everywhere (the layer is piecewise linear).
     fn second_derivative_vanishes(&self) -> bool;
+    /// Whether the forward pass keeps φ′(x) (in the layer's state, [`LayerOps::state_len`]) for
+    /// the later passes, which then multiply by it instead of evaluating φ′ again: for activations
+    /// whose φ′ costs more than a load (GELU's erf and exp), not for ReLU or tanh (φ′ from y).
+    fn keeps_derivative(&self) -> bool;
     /// φ(x).
     fn value<T: Real>(&self, x: T) -> T;
+    /// (φ(x), φ′(x)), the same values as [`Elementwise::value`] and [`Elementwise::derivative`];
+    /// an activation that keeps its derivative computes both from one evaluation.
+    #[inline(always)]
+    fn value_and_derivative<T: Real>(&self, x: T) -> (T, T) {
+        let y = self.value(x);
+        (y, self.derivative(x, y))
+    }
     /// φ′ ⊙ g at one element with input x and output y (each type reads what its derivative needs).
     fn backward_one<T: Real>(&self, x: T, y: T, g: T) -> T;
     /// φ′(x) as a factor, for the R-passes.
@@ -50,6 +64,13 @@ impl<A: Elementwise> LayerOps for A {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, batch: usize) -> usize {
+        if self.keeps_derivative() {
+            batch * self.features()
+        } else {
+            0
+        }
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -60,6 +81,7 @@ impl<A: Elementwise> LayerOps for A {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         _params: B::View<'_, T>,
@@ -67,11 +89,21 @@ impl<A: Elementwise> LayerOps for A {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let n = batch * self.features();
-        sc.backend
-            .activation_forward(self, B::slice(x, 0..n), B::slice_mut(y, 0..n));
+        if self.keeps_derivative() {
+            sc.backend.activation_forward_keep(
+                self,
+                B::slice(x, 0..n),
+                B::slice_mut(y, 0..n),
+                B::slice_mut(state, 0..n),
+            );
+        } else {
+            sc.backend
+                .activation_forward(self, B::slice(x, 0..n), B::slice_mut(y, 0..n));
+        }
     }
 
     fn backward<B: Backend, T: Real>(
@@ -84,6 +116,11 @@ impl<A: Elementwise> LayerOps for A {
     ) {
         let Some(dx) = dx else { return };
         let n = pass.batch * self.features();
+        if self.keeps_derivative() {
+            let (d, dy) = (B::slice(pass.state, 0..n), B::slice(dy, 0..n));
+            sc.backend.multiply(dy, d, B::slice_mut(dx, 0..n));
+            return;
+        }
         sc.backend.activation_backward(
             self,
             B::slice(pass.x, 0..n),
@@ -103,6 +140,11 @@ impl<A: Elementwise> LayerOps for A {
         sc: &mut Scratch<T, B>,
     ) {
         let n = pass.batch * self.features();
+        if let (true, Some(rx)) = (self.keeps_derivative(), rx) {
+            let (d, rx) = (B::slice(pass.state, 0..n), B::slice(rx, 0..n));
+            sc.backend.multiply(d, rx, B::slice_mut(ry, 0..n));
+            return;
+        }
         sc.backend.activation_r_forward(
             self,
             B::slice(pass.x, 0..n),
@@ -128,6 +170,22 @@ impl<A: Elementwise> LayerOps for A {
             (false, false, Some(rx)) => Some((B::slice(rx, 0..n), B::slice(r.dy, 0..n))),
             _ => None,
         };
+        if self.keeps_derivative() {
+            let mut rdx = B::slice_mut(rdx, 0..n);
+            let (d, rdy) = (B::slice(pass.state, 0..n), B::slice(r.rdy, 0..n));
+            sc.backend.multiply(rdy, d, B::reborrow(&mut rdx));
+            if let Some((rx, dy)) = second {
+                sc.backend.activation_add_second_order(
+                    self,
+                    B::slice(pass.x, 0..n),
+                    B::slice(pass.y, 0..n),
+                    rx,
+                    dy,
+                    rdx,
+                );
+            }
+            return;
+        }
         sc.backend.activation_r_backward(
             self,
             B::slice(pass.x, 0..n),

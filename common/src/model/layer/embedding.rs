@@ -80,6 +80,9 @@ impl LayerOps for Embedding {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -97,6 +100,7 @@ impl LayerOps for Embedding {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         sc.backend.embedding_gather(

@@ -36,9 +36,20 @@ impl Elementwise for GeluTanh {
     fn second_derivative_vanishes(&self) -> bool {
         false
     }
+    fn keeps_derivative(&self) -> bool {
+        true
+    }
     fn value<T: Real>(&self, x: T) -> T {
         let x = x.as_f64();
         T::of_f64(0.5 * x * (1.0 + parts(x).0))
+    }
+    fn value_and_derivative<T: Real>(&self, x: T) -> (T, T) {
+        let x = x.as_f64();
+        let (t, du, _) = parts(x);
+        (
+            T::of_f64(0.5 * x * (1.0 + t)),
+            T::of_f64(0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du),
+        )
     }
     fn backward_one<T: Real>(&self, x: T, y: T, g: T) -> T {
         g * self.derivative(x, y)

@@ -78,6 +78,9 @@ impl LayerOps for Last {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -95,6 +98,7 @@ impl LayerOps for Last {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         self.select(&sc.backend, x, batch, y);

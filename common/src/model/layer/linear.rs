@@ -97,6 +97,9 @@ impl LayerOps for Linear {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -108,6 +111,7 @@ impl LayerOps for Linear {
         false
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
@@ -115,6 +119,7 @@ impl LayerOps for Linear {
         batch: usize,
         mut y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let (n_in, n_out, batch) = (self.inputs, self.outputs, batch * self.positions);

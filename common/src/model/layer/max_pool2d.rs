@@ -37,6 +37,9 @@ impl LayerOps for MaxPool2d {
     fn index_len(&self, batch: usize) -> usize {
         batch * self.out_features()
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -47,6 +50,7 @@ impl LayerOps for MaxPool2d {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         _params: B::View<'_, T>,
@@ -54,6 +58,7 @@ impl LayerOps for MaxPool2d {
         batch: usize,
         y: B::ViewMut<'_, T>,
         indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         // The winners are kept as indices into their sample's input.

@@ -50,14 +50,16 @@ pub enum PerSample {
 }
 
 /// What a pass sees of one layer's forward state: the parameters (the whole flat vector), the
-/// layer's input x and output y for `batch` samples, and the indices its forward pass kept (the
-/// max-pool winners), as views of backend `B`'s memory.
+/// layer's input x and output y for `batch` samples, the indices its forward pass kept (the
+/// max-pool winners) and the values it kept (a residual block's inner activations), as views of
+/// backend `B`'s memory.
 pub struct Pass<'a, T: Real, B: Backend = CpuBackend> {
     pub params: B::View<'a, T>,
     pub x: B::View<'a, T>,
     pub y: B::View<'a, T>,
     pub batch: usize,
     pub indices: B::View<'a, u32>,
+    pub state: B::View<'a, T>,
 }
 
 impl<T: Real, B: Backend> Clone for Pass<'_, T, B> {
@@ -153,6 +155,9 @@ pub trait LayerOps {
     fn scratch_len(&self, batch: usize, batched: bool) -> (usize, usize);
     /// Indices kept from the forward pass for `batch` samples (max-pool winners).
     fn index_len(&self, batch: usize) -> usize;
+    /// Values kept from the forward pass for `batch` samples, so that the later passes need not
+    /// recompute them (a residual block's inner activations).
+    fn state_len(&self, batch: usize) -> usize;
     /// The R-forward's saved buffers (the im2col matrices of x and R{x}) for `batch` samples.
     fn saved_len(&self, batch: usize) -> usize;
     /// FLOPs of the forward pass's matrix products for `batch` samples (2·m·n·k each; 0 for
@@ -165,7 +170,10 @@ pub trait LayerOps {
     /// the batch).
     fn sample_wise(&self) -> bool;
 
-    /// y ← layer(x) for `batch` samples; `indices` receives what the backward needs to recompute.
+    /// y ← layer(x) for `batch` samples; `indices` (`index_len(batch)` long) and `state`
+    /// (`state_len(batch)` long) receive what the later passes read back as [`Pass::indices`] and
+    /// [`Pass::state`].
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
@@ -173,6 +181,7 @@ pub trait LayerOps {
         batch: usize,
         y: B::ViewMut<'_, T>,
         indices: B::ViewMut<'_, u32>,
+        state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     );
 
@@ -284,6 +293,9 @@ macro_rules! layer_types {
             fn index_len(&self, batch: usize) -> usize {
                 match self { $(Layer::$ty(l) => l.index_len(batch)),* }
             }
+            fn state_len(&self, batch: usize) -> usize {
+                match self { $(Layer::$ty(l) => l.state_len(batch)),* }
+            }
             fn saved_len(&self, batch: usize) -> usize {
                 match self { $(Layer::$ty(l) => l.saved_len(batch)),* }
             }
@@ -293,6 +305,7 @@ macro_rules! layer_types {
             fn sample_wise(&self) -> bool {
                 match self { $(Layer::$ty(l) => l.sample_wise()),* }
             }
+            #[allow(clippy::too_many_arguments)]
             fn forward<B: Backend, T: Real>(
                 &self,
                 params: B::View<'_, T>,
@@ -300,9 +313,10 @@ macro_rules! layer_types {
                 batch: usize,
                 y: B::ViewMut<'_, T>,
                 indices: B::ViewMut<'_, u32>,
+                state: B::ViewMut<'_, T>,
                 sc: &mut Scratch<T, B>,
             ) {
-                match self { $(Layer::$ty(l) => l.forward(params, x, batch, y, indices, sc)),* }
+                match self { $(Layer::$ty(l) => l.forward(params, x, batch, y, indices, state, sc)),* }
             }
             fn backward<B: Backend, T: Real>(
                 &self,
@@ -376,6 +390,7 @@ layer_types! {
     positional: Positional,
     attention: Attention,
     last: Last,
+    monomial: Monomial,
 }
 
 /// Where a layer's tensors come from while a network is built: names are the path of modules down

@@ -62,6 +62,9 @@ impl LayerOps for Positional {
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
+    fn state_len(&self, _batch: usize) -> usize {
+        0
+    }
     fn saved_len(&self, _batch: usize) -> usize {
         0
     }
@@ -79,6 +82,7 @@ impl LayerOps for Positional {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
+        _state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let n = batch * self.features();

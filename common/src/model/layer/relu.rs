@@ -19,6 +19,9 @@ impl Elementwise for Relu {
     fn second_derivative_vanishes(&self) -> bool {
         true
     }
+    fn keeps_derivative(&self) -> bool {
+        false
+    }
     fn value<T: Real>(&self, x: T) -> T {
         zero_unless_positive(x, x)
     }

@@ -6,12 +6,16 @@
 //! the inner layers adding their blocks of H·v (or G·v) as they would in a chain; per-sample
 //! gradients are the inner layers' for the cotangent δ that reaches f's output.
 //!
-//! The block keeps nothing between passes: each pass that needs the inner activations (backward,
-//! the R-passes, per-sample gradients) recomputes the inner forward from x (the same arithmetic, so
-//! the same bits), and the R-backward recomputes the inner backward and R-forward too. The buffers
-//! live in the scratch ([`Nested`]), on the scratch's backend, grown on first use and reused
-//! afterwards. Everything is the inner layers' passes and the backend's `copy` / `axpy` (the skip
-//! x + f(x) is y ← x, then y ← y + 1·f(x): the same sum to the bit).
+//! The forward pass keeps every inner layer's output (and what the inner layer keeps itself) in
+//! the block's state ([`LayerOps::state_len`]), and its inner indices in the block's indices, so the
+//! backward and R-passes read them instead of recomputing the inner forward. The R-forward keeps
+//! the inner R{y} in the block's saved buffer, for the R-backward, unless an inner layer has saved
+//! buffers of its own (a convolution); then the R-backward recomputes the inner R-forward. The
+//! R-backward recomputes the inner cotangents δ (the ordinary backward keeps none). The inner
+//! passes' temporary buffers live in the scratch ([`Nested`]), on the scratch's backend, grown on
+//! first use and reused afterwards; per-sample gradients, which get no state, recompute the inner
+//! forward there. Everything is the inner layers' passes and the backend's `copy` / `axpy` (the
+//! skip x + f(x) is y ← x, then y ← y + 1·f(x): the same sum to the bit).
 
 use super::{Layer, LayerOps, Pass, PerSample, RPass, Scratch};
 use crate::device::{Backend, CpuBackend};
@@ -29,17 +33,17 @@ pub struct Residual {
     spans: Vec<Range<usize>>,
 }
 
-/// The inner chain's buffers for one nesting level, in backend `B`'s memory: every inner layer's
-/// output, its cotangent, its kept indices, R{y}, R{δ}, the R-forward's saved buffers, and the
-/// scratch for the level below.
+/// The inner chain's temporary buffers for one nesting level, in backend `B`'s memory: every inner
+/// layer's cotangent, R{y} and R{δ}, the R-forward's saved buffers, a state and indices for the
+/// passes that get none (per-sample gradients), and the scratch for the level below.
 #[derive(Clone, Debug)]
 pub struct Nested<T: Real, B: Backend = CpuBackend> {
-    acts: Vec<B::Buffer<T>>,
     deltas: Vec<B::Buffer<T>>,
-    indices: Vec<B::Buffer<u32>>,
     ry: Vec<B::Buffer<T>>,
     rdelta: Vec<B::Buffer<T>>,
     saved: Vec<[B::Buffer<T>; 2]>,
+    state: B::Buffer<T>,
+    indices: B::Buffer<u32>,
     sc: Scratch<T, B>,
 }
 
@@ -47,26 +51,22 @@ impl<T: Real, B: Backend> Nested<T, B> {
     /// Empty buffers on `backend`.
     fn new(backend: B) -> Self {
         Nested {
-            acts: Vec::new(),
             deltas: Vec::new(),
-            indices: Vec::new(),
             ry: Vec::new(),
             rdelta: Vec::new(),
             saved: Vec::new(),
+            state: backend.zeros(0),
+            indices: backend.zeros(0),
             sc: Scratch::on(backend, &[], 0, false),
         }
     }
 
-    /// Sizes the buffers for `layers` at `batch` samples (grow only).
-    fn ensure(&mut self, layers: &[Layer], batch: usize) {
+    /// Sizes the buffers for `block` at `batch` samples (grow only).
+    fn ensure(&mut self, block: &Residual, batch: usize) {
+        let layers = &block.layers;
         let k = layers.len();
         let be = self.sc.backend.clone();
-        for list in [
-            &mut self.acts,
-            &mut self.deltas,
-            &mut self.ry,
-            &mut self.rdelta,
-        ] {
+        for list in [&mut self.deltas, &mut self.ry, &mut self.rdelta] {
             while list.len() < k {
                 list.push(be.zeros(0));
             }
@@ -74,18 +74,16 @@ impl<T: Real, B: Backend> Nested<T, B> {
                 be.ensure_len(b, batch * l.out_features());
             }
         }
-        while self.indices.len() < k {
-            self.indices.push(be.zeros(0));
-        }
         while self.saved.len() < k {
             self.saved.push([be.zeros(0), be.zeros(0)]);
         }
-        for ((ix, sv), l) in self.indices.iter_mut().zip(&mut self.saved).zip(layers) {
-            be.ensure_len(ix, l.index_len(batch));
+        for (sv, l) in self.saved.iter_mut().zip(layers) {
             let n = l.saved_len(batch);
             be.ensure_len(&mut sv[0], n);
             be.ensure_len(&mut sv[1], n);
         }
+        be.ensure_len(&mut self.state, block.state_len(batch));
+        be.ensure_len(&mut self.indices, block.index_len(batch));
         for l in layers {
             for batched in [false, true] {
                 let (cols, conv) = l.scratch_len(batch, batched);
@@ -94,116 +92,13 @@ impl<T: Real, B: Backend> Nested<T, B> {
             }
         }
     }
+}
 
-    /// The inner forward pass from x.
-    fn forward(&mut self, layers: &[Layer], params: B::View<'_, T>, x: B::View<'_, T>, batch: usize) {
-        for (j, layer) in layers.iter().enumerate() {
-            let (before, rest) = self.acts.split_at_mut(j);
-            let input = if j == 0 {
-                B::shorten(x)
-            } else {
-                B::view(&before[j - 1])
-            };
-            layer.forward(
-                params,
-                input,
-                batch,
-                B::slice_mut(B::view_mut(&mut rest[0]), 0..batch * layer.out_features()),
-                B::slice_mut(
-                    B::view_mut(&mut self.indices[j]),
-                    0..layer.index_len(batch),
-                ),
-                &mut self.sc,
-            );
-        }
-    }
-
-    /// The inner backward pass of the cotangent `dy` at f's output into every inner delta buffer
-    /// (and the parameter gradients when `grad` is given); ∂L/∂x of the first inner layer into
-    /// `dx` when given.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        layers: &[Layer],
-        params: B::View<'_, T>,
-        x: B::View<'_, T>,
-        batch: usize,
-        dy: B::View<'_, T>,
-        mut grad: Option<B::ViewMut<'_, T>>,
-        mut dx: Option<B::ViewMut<'_, T>>,
-    ) {
-        let k = layers.len();
-        let n = batch * layers[k - 1].out_features();
-        let be = self.sc.backend.clone();
-        be.copy(
-            B::slice(dy, 0..n),
-            B::slice_mut(B::view_mut(&mut self.deltas[k - 1]), 0..n),
-        );
-        for j in (0..k).rev() {
-            let (before, rest) = self.deltas.split_at_mut(j);
-            let pass = Pass::<T, B> {
-                params: B::shorten(params),
-                x: if j == 0 {
-                    B::shorten(x)
-                } else {
-                    B::view(&self.acts[j - 1])
-                },
-                y: B::view(&self.acts[j]),
-                batch,
-                indices: B::view(&self.indices[j]),
-            };
-            let down = match before.last_mut() {
-                Some(d) => Some(B::view_mut(d)),
-                None => dx.as_mut().map(|d| B::reborrow(d)),
-            };
-            layers[j].backward(
-                &pass,
-                B::view(&rest[0]),
-                grad.as_mut().map(|g| B::reborrow(g)),
-                down,
-                &mut self.sc,
-            );
-        }
-    }
-
-    /// The inner R-forward from R{x} (`None`: x does not depend on θ).
-    fn r_forward(
-        &mut self,
-        layers: &[Layer],
-        params: B::View<'_, T>,
-        x: B::View<'_, T>,
-        batch: usize,
-        v: B::View<'_, T>,
-        rx: Option<B::View<'_, T>>,
-    ) {
-        for (j, layer) in layers.iter().enumerate() {
-            let (before, rest) = self.ry.split_at_mut(j);
-            let pass = Pass::<T, B> {
-                params: B::shorten(params),
-                x: if j == 0 {
-                    B::shorten(x)
-                } else {
-                    B::view(&self.acts[j - 1])
-                },
-                y: B::view(&self.acts[j]),
-                batch,
-                indices: B::view(&self.indices[j]),
-            };
-            let rin = if j == 0 {
-                rx.map(|r| B::shorten(r))
-            } else {
-                Some(B::view(&before[j - 1]))
-            };
-            layer.r_forward(
-                &pass,
-                B::shorten(v),
-                rin,
-                B::view_mut(&mut rest[0]),
-                &mut self.saved[j],
-                &mut self.sc,
-            );
-        }
-    }
+/// Where inner layer j's forward state lies in the block's: its output, its own state, its indices.
+struct InnerSpan {
+    act: Range<usize>,
+    state: Range<usize>,
+    indices: Range<usize>,
 }
 
 impl Residual {
@@ -255,8 +150,117 @@ impl Residual {
         let n = sc
             .nested
             .get_or_insert_with(|| Box::new(Nested::new(backend.clone())));
-        n.ensure(&self.layers, batch);
+        n.ensure(self, batch);
         n
+    }
+
+    /// Inner layer j's spans in the block's state and indices for `batch` samples: the outputs
+    /// and own states of the inner layers in order, `[y₀, s₀, y₁, s₁, …]`, and their indices.
+    fn inner_span(&self, j: usize, batch: usize) -> InnerSpan {
+        let (mut at, mut ix) = (0, 0);
+        for l in &self.layers[..j] {
+            at += batch * l.out_features() + l.state_len(batch);
+            ix += l.index_len(batch);
+        }
+        let l = &self.layers[j];
+        let out = batch * l.out_features();
+        InnerSpan {
+            act: at..at + out,
+            state: at + out..at + out + l.state_len(batch),
+            indices: ix..ix + l.index_len(batch),
+        }
+    }
+
+    /// What inner layer j sees of the block's forward state (`state`, `indices`) on input `x`.
+    fn inner_pass<'a, T: Real, B: Backend>(
+        &self,
+        j: usize,
+        outer: &Pass<'a, T, B>,
+        state: B::View<'a, T>,
+        indices: B::View<'a, u32>,
+    ) -> Pass<'a, T, B> {
+        let batch = outer.batch;
+        let span = self.inner_span(j, batch);
+        Pass {
+            params: outer.params,
+            x: if j == 0 {
+                outer.x
+            } else {
+                B::slice(state, self.inner_span(j - 1, batch).act)
+            },
+            y: B::slice(state, span.act),
+            batch,
+            indices: B::slice(indices, span.indices),
+            state: B::slice(state, span.state),
+        }
+    }
+
+    /// Whether the R-forward keeps the inner R{y} in the block's saved buffer (no inner layer has
+    /// saved buffers of its own).
+    fn keeps_r_outputs(&self, batch: usize) -> bool {
+        self.layers.iter().all(|l| l.saved_len(batch) == 0)
+    }
+
+    /// The inner forward pass from x, every inner output and state into `state`, the indices into
+    /// `indices`.
+    #[allow(clippy::too_many_arguments)]
+    fn inner_forward<T: Real, B: Backend>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        batch: usize,
+        indices: B::ViewMut<'_, u32>,
+        state: B::ViewMut<'_, T>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (mut state, mut indices) = (state, indices);
+        let mut previous: Option<B::ViewMut<'_, T>> = None;
+        for layer in &self.layers {
+            let (mut out, rest) = B::split_at_mut(state, batch * layer.out_features());
+            let (own, rest) = B::split_at_mut(rest, layer.state_len(batch));
+            state = rest;
+            let (idx, rest) = B::split_at_mut(indices, layer.index_len(batch));
+            indices = rest;
+            let input = match &previous {
+                None => B::shorten(x),
+                Some(p) => B::freeze(p),
+            };
+            layer.forward(params, input, batch, B::reborrow(&mut out), idx, own, sc);
+            previous = Some(out);
+        }
+    }
+
+    /// The inner backward pass of the cotangent `dy` at f's output, reading the forward state of
+    /// `outer` (`state`, `indices`), into every inner delta buffer but the last (the last inner
+    /// layer's cotangent is `dy`) and the parameter gradients when `grad` is given; ∂L/∂x of the
+    /// first inner layer into `dx` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn inner_backward<'a, T: Real, B: Backend>(
+        &self,
+        outer: &Pass<'a, T, B>,
+        state: B::View<'a, T>,
+        indices: B::View<'a, u32>,
+        dy: B::View<'_, T>,
+        mut grad: Option<B::ViewMut<'_, T>>,
+        mut dx: Option<B::ViewMut<'_, T>>,
+        deltas: &mut [B::Buffer<T>],
+        sc: &mut Scratch<T, B>,
+    ) {
+        let k = self.layers.len();
+        for j in (0..k).rev() {
+            let (before, rest) = deltas.split_at_mut(j);
+            let pass = self.inner_pass(j, outer, state, indices);
+            let down = match before.last_mut() {
+                Some(d) => Some(B::view_mut(d)),
+                None => dx.as_mut().map(|d| B::reborrow(d)),
+            };
+            let dj = if j + 1 == k {
+                B::shorten(dy)
+            } else {
+                B::view(&rest[0])
+            };
+            self.layers[j].backward(&pass, dj, grad.as_mut().map(|g| B::reborrow(g)), down, sc);
+        }
     }
 }
 
@@ -284,11 +288,21 @@ impl LayerOps for Residual {
         // The inner layers use the nested scratch.
         (0, 0)
     }
-    fn index_len(&self, _batch: usize) -> usize {
-        0
+    fn index_len(&self, batch: usize) -> usize {
+        self.layers.iter().map(|l| l.index_len(batch)).sum()
     }
-    fn saved_len(&self, _batch: usize) -> usize {
-        0
+    fn state_len(&self, batch: usize) -> usize {
+        self.layers
+            .iter()
+            .map(|l| batch * l.out_features() + l.state_len(batch))
+            .sum()
+    }
+    fn saved_len(&self, batch: usize) -> usize {
+        if self.keeps_r_outputs(batch) {
+            self.layers.iter().map(|l| batch * l.out_features()).sum()
+        } else {
+            0
+        }
     }
     fn forward_flops(&self, batch: usize) -> f64 {
         self.layers.iter().map(|l| l.forward_flops(batch)).sum()
@@ -297,20 +311,29 @@ impl LayerOps for Residual {
         false
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
         x: B::View<'_, T>,
         batch: usize,
         y: B::ViewMut<'_, T>,
-        _indices: B::ViewMut<'_, u32>,
+        indices: B::ViewMut<'_, u32>,
+        state: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let n = batch * self.features;
         let be = sc.backend.clone();
-        let nest = self.nested(sc, batch);
-        nest.forward(&self.layers, params, x, batch);
-        let f = B::slice(B::view(&nest.acts[self.layers.len() - 1]), 0..n);
+        let mut state = B::slice_mut(state, 0..self.state_len(batch));
+        self.inner_forward(
+            params,
+            x,
+            batch,
+            B::slice_mut(indices, 0..self.index_len(batch)),
+            B::reborrow(&mut state),
+            &mut self.nested(sc, batch).sc,
+        );
+        let f = B::slice(B::freeze(&state), self.inner_span(self.layers.len() - 1, batch).act);
         let mut y = B::slice_mut(y, 0..n);
         be.copy(B::slice(x, 0..n), B::reborrow(&mut y));
         be.axpy(T::one(), f, y);
@@ -327,16 +350,16 @@ impl LayerOps for Residual {
         let (batch, n) = (pass.batch, pass.batch * self.features);
         let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
-        nest.forward(&self.layers, pass.params, pass.x, batch);
         let mut dx = dx.map(|d| B::slice_mut(d, 0..n));
-        nest.backward(
-            &self.layers,
-            pass.params,
-            pass.x,
-            batch,
-            dy,
+        self.inner_backward(
+            pass,
+            pass.state,
+            pass.indices,
+            B::slice(dy, 0..n),
             grad,
             dx.as_mut().map(|d| B::reborrow(d)),
+            &mut nest.deltas,
+            &mut nest.sc,
         );
         if let Some(dx) = dx {
             be.axpy(T::one(), B::slice(dy, 0..n), dx);
@@ -349,16 +372,51 @@ impl LayerOps for Residual {
         v: B::View<'_, T>,
         rx: Option<B::View<'_, T>>,
         ry: B::ViewMut<'_, T>,
-        _saved: &mut [B::Buffer<T>; 2],
+        saved: &mut [B::Buffer<T>; 2],
         sc: &mut Scratch<T, B>,
     ) {
         let (batch, n) = (pass.batch, pass.batch * self.features);
         let be = sc.backend.clone();
         let nest = self.nested(sc, batch);
-        nest.forward(&self.layers, pass.params, pass.x, batch);
-        nest.r_forward(&self.layers, pass.params, pass.x, batch, v, rx);
-        let rf = B::slice(B::view(&nest.ry[self.layers.len() - 1]), 0..n);
+        let Nested {
+            ry: inner_ry,
+            saved: inner_saved,
+            sc: inner_sc,
+            ..
+        } = nest;
         let mut ry = B::slice_mut(ry, 0..n);
+        // Inner R{y}: in the block's saved buffer when it keeps them, else in the scratch.
+        let mut kept = self
+            .keeps_r_outputs(batch)
+            .then(|| B::slice_mut(B::view_mut(&mut saved[0]), 0..self.saved_len(batch)));
+        let mut previous: Option<B::ViewMut<'_, T>> = None;
+        let mut slots = inner_ry.iter_mut();
+        for (j, layer) in self.layers.iter().enumerate() {
+            let inner = self.inner_pass(j, pass, pass.state, pass.indices);
+            let slot = slots.next().expect("a buffer per inner layer");
+            let mut out = match kept.take() {
+                Some(rest) => {
+                    let (out, rest) = B::split_at_mut(rest, batch * layer.out_features());
+                    kept = Some(rest);
+                    out
+                }
+                None => B::slice_mut(B::view_mut(slot), 0..batch * layer.out_features()),
+            };
+            let rin = match &previous {
+                None => rx.map(|r| B::shorten(r)),
+                Some(p) => Some(B::freeze(p)),
+            };
+            layer.r_forward(
+                &inner,
+                B::shorten(v),
+                rin,
+                B::reborrow(&mut out),
+                &mut inner_saved[j],
+                inner_sc,
+            );
+            previous = Some(out);
+        }
+        let rf = B::freeze(previous.as_ref().expect("a residual block has inner layers"));
         match rx {
             Some(rx) => {
                 be.copy(B::slice(rx, 0..n), B::reborrow(&mut ry));
@@ -374,46 +432,83 @@ impl LayerOps for Residual {
         r: &RPass<'_, T, B>,
         mut hv: B::ViewMut<'_, T>,
         rdx: Option<B::ViewMut<'_, T>>,
-        _saved: &[B::Buffer<T>; 2],
+        saved: &[B::Buffer<T>; 2],
         sc: &mut Scratch<T, B>,
     ) {
         let (batch, n, k) = (pass.batch, pass.batch * self.features, self.layers.len());
-        let (params, x) = (pass.params, pass.x);
         let be = sc.backend.clone();
+        let keeps = self.keeps_r_outputs(batch);
         let nest = self.nested(sc, batch);
-        nest.forward(&self.layers, params, x, batch);
-        nest.backward(&self.layers, params, x, batch, r.dy, None, None);
-        nest.r_forward(&self.layers, params, x, batch, r.v, r.rx);
-        be.copy(
-            B::slice(r.rdy, 0..n),
-            B::slice_mut(B::view_mut(&mut nest.rdelta[k - 1]), 0..n),
+        // The inner cotangents (the ordinary backward keeps none), and the inner R{y} when the
+        // R-forward could not keep them.
+        self.inner_backward(
+            pass,
+            pass.state,
+            pass.indices,
+            B::slice(r.dy, 0..n),
+            None,
+            None,
+            &mut nest.deltas,
+            &mut nest.sc,
         );
+        if !keeps {
+            let mut scratch_saved = [be.zeros(0), be.zeros(0)];
+            let mut ry = be.zeros(n);
+            self.r_forward(
+                pass,
+                r.v,
+                r.rx,
+                B::view_mut(&mut ry),
+                &mut scratch_saved,
+                sc,
+            );
+        }
+        let nest = self.nested(sc, batch);
+        let Nested {
+            deltas,
+            ry: inner_ry,
+            rdelta,
+            saved: inner_saved,
+            sc: inner_sc,
+            ..
+        } = nest;
+        let ry_of = |j: usize| -> B::View<'_, T> {
+            let len = batch * self.layers[j].out_features();
+            if keeps {
+                let at: usize = self.layers[..j]
+                    .iter()
+                    .map(|l| batch * l.out_features())
+                    .sum();
+                B::slice(B::view(&saved[0]), at..at + len)
+            } else {
+                B::slice(B::view(&inner_ry[j]), 0..len)
+            }
+        };
         let mut rdx = rdx.map(|d| B::slice_mut(d, 0..n));
         for j in (0..k).rev() {
-            let (before, rest) = nest.rdelta.split_at_mut(j);
+            let (before, rest) = rdelta.split_at_mut(j);
+            let last = j + 1 == k;
             let inner = RPass::<T, B> {
                 v: B::shorten(r.v),
                 rx: if j == 0 {
                     r.rx.map(|v| B::shorten(v))
                 } else {
-                    Some(B::view(&nest.ry[j - 1]))
+                    Some(B::shorten(ry_of(j - 1)))
                 },
-                dy: B::view(&nest.deltas[j]),
-                rdy: B::view(&rest[0]),
+                dy: if last {
+                    B::shorten(B::slice(r.dy, 0..n))
+                } else {
+                    B::view(&deltas[j])
+                },
+                rdy: if last {
+                    B::shorten(B::slice(r.rdy, 0..n))
+                } else {
+                    B::view(&rest[0])
+                },
                 alpha: r.alpha,
                 gauss_newton: r.gauss_newton,
             };
-            let pass_j = Pass::<T, B> {
-                params: B::shorten(params),
-                x: if j == 0 {
-                    B::shorten(x)
-                } else {
-                    B::view(&nest.acts[j - 1])
-                },
-                y: B::view(&nest.acts[j]),
-                batch,
-                indices: B::view(&nest.indices[j]),
-            };
+            let pass_j = self.inner_pass(j, pass, pass.state, pass.indices);
             let down = match before.last_mut() {
                 Some(d) => Some(B::view_mut(d)),
                 None => rdx.as_mut().map(|d| B::reborrow(d)),
@@ -423,8 +518,8 @@ impl LayerOps for Residual {
                 &inner,
                 B::reborrow(&mut hv),
                 down,
-                &nest.saved[j],
-                &mut nest.sc,
+                &inner_saved[j],
+                inner_sc,
             );
         }
         if let Some(rdx) = rdx {
@@ -454,8 +549,33 @@ impl LayerOps for Residual {
     ) {
         let base = self.param_span().start;
         let nest = self.nested(sc, batch);
-        nest.forward(&self.layers, params, x, batch);
-        nest.backward(&self.layers, params, x, batch, dy, None, None);
+        let Nested {
+            deltas,
+            state,
+            indices,
+            sc: inner_sc,
+            ..
+        } = nest;
+        // No forward state comes with this pass: recompute it into the scratch's.
+        self.inner_forward(
+            params,
+            x,
+            batch,
+            B::slice_mut(B::view_mut(indices), 0..self.index_len(batch)),
+            B::slice_mut(B::view_mut(state), 0..self.state_len(batch)),
+            inner_sc,
+        );
+        let (state, indices) = (B::view(state), B::view(indices));
+        let outer = Pass::<T, B> {
+            params: B::shorten(params),
+            x: B::shorten(x),
+            y: B::shorten(x),
+            batch,
+            indices,
+            state,
+        };
+        self.inner_backward(&outer, state, indices, dy, None, None, deltas, inner_sc);
+        let k = self.layers.len();
         for (j, (layer, span)) in self.layers.iter().zip(&self.spans).enumerate() {
             if span.is_empty() {
                 continue;
@@ -463,18 +583,23 @@ impl LayerOps for Residual {
             let input = if j == 0 {
                 B::shorten(x)
             } else {
-                B::view(&nest.acts[j - 1])
+                B::slice(state, self.inner_span(j - 1, batch).act)
+            };
+            let dj = if j + 1 == k {
+                B::shorten(dy)
+            } else {
+                B::view(&deltas[j])
             };
             let len = B::len(B::freeze(&rows));
             layer.per_sample_gradients(
                 params,
                 input,
-                B::view(&nest.deltas[j]),
+                dj,
                 batch,
                 scale,
                 B::slice_mut(B::reborrow(&mut rows), span.start - base..len),
                 stride,
-                &mut nest.sc,
+                inner_sc,
             );
         }
     }

@@ -30,6 +30,9 @@ impl Elementwise for Sigmoid {
     fn second_derivative_vanishes(&self) -> bool {
         false
     }
+    fn keeps_derivative(&self) -> bool {
+        false
+    }
     fn value<T: Real>(&self, x: T) -> T {
         logistic(x)
     }

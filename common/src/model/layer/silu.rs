@@ -21,6 +21,9 @@ impl Elementwise for Silu {
     fn second_derivative_vanishes(&self) -> bool {
         false
     }
+    fn keeps_derivative(&self) -> bool {
+        false
+    }
     fn value<T: Real>(&self, x: T) -> T {
         x * logistic(x)
     }

@@ -20,6 +20,9 @@ impl Elementwise for Tanh {
     fn second_derivative_vanishes(&self) -> bool {
         false
     }
+    fn keeps_derivative(&self) -> bool {
+        false
+    }
     fn value<T: Real>(&self, x: T) -> T {
         x.tanh()
     }

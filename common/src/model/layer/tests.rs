@@ -220,6 +220,16 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // devinterp's Polynomial between two Linear layers (R{x} given), then first in a
+            // network (R{x} = None) with a zero power.
+            "Monomial",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 4));
+                s.push(|sc| Monomial::new(sc, 4, vec![1, 2]));
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
             // Two heads of 2 over 3 positions, not causal, its input depending on θ.
             "MultiheadAttention",
             network(|s| {
@@ -250,6 +260,13 @@ fn networks() -> Vec<(&'static str, Network)> {
                 s.push(|sc| LayerNorm::new(sc, 12, 4, 1e-5, true));
                 s.push(|_| Last { seq: 3, dim: 4 });
                 s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            "Monomial (first)",
+            network(|s| {
+                s.push(|sc| Monomial::new(sc, 5, vec![2, 0, 3]));
+                s.push(|sc| Linear::new(sc, 5, 3));
             }),
         ),
         (
@@ -377,6 +394,7 @@ impl Problem {
             acts: &ws.acts,
             deltas: &ws.deltas,
             indices: &ws.indices,
+            states: &ws.states,
             batch: b,
         };
         let mut out = be.zeros::<f64>(np);
@@ -656,6 +674,7 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                 layer.index_len(1),
             );
             let (mut y, mut idx) = (be.zeros::<f32>(batch * fout), be.zeros::<u32>(batch * nidx));
+            let mut state = be.zeros::<f32>(layer.state_len(batch));
             let xb = be.upload(&input);
             layer.forward(
                 B::view(&pb),
@@ -663,12 +682,14 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                 batch,
                 B::view_mut(&mut y),
                 B::view_mut(&mut idx),
+                B::view_mut(&mut state),
                 &mut sc,
             );
             let (y, idx) = (down(be, &y), down(be, &idx));
             if layer.sample_wise() {
                 for n in 0..batch {
                     let (mut yn, mut idxn) = (be.zeros::<f32>(fout), be.zeros::<u32>(nidx));
+                    let mut staten = be.zeros::<f32>(layer.state_len(1));
                     let xn = B::slice(B::view(&xb), n * fin..(n + 1) * fin);
                     layer.forward(
                         B::view(&pb),
@@ -676,6 +697,7 @@ fn sample_wise_layers_forward_each_sample_as_the_batch<B: Backend>(be: &B) {
                         1,
                         B::view_mut(&mut yn),
                         B::view_mut(&mut idxn),
+                        B::view_mut(&mut staten),
                         &mut sc,
                     );
                     let (yn, idxn) = (down(be, &yn), down(be, &idxn));
@@ -863,6 +885,7 @@ fn average_pooling_matches_a_hand_computation() {
             1,
             &mut y[..],
             &mut idx[..],
+            &mut [][..],
             &mut Scratch::default(),
         );
         y

@@ -518,3 +518,56 @@ fn the_transformer_presets_have_pytorchs_parameter_counts() {
     }
     assert!(transformer_preset("transformer_3l").is_none());
 }
+
+/// devinterp's Polynomial as a `monomial` layer: one tensor `weights` [d] of zeros, the input's
+/// shape out, y = x·Πᵢ wᵢ^{kᵢ}; curved (for the exact trace) only with a power above 1; malformed
+/// powers refused at their JSON path; the PyTorch source defines the module.
+#[test]
+fn monomial_is_devinterps_polynomial() {
+    let v =
+        json!({"input": [1], "layers": [{"type": "monomial", "powers": [1, 2]}], "loss": "mse"});
+    // (The architecture's size check takes two outputs, as for cross-entropy.)
+    check_against_build(&arch(
+        &json!({"input": [2], "layers": [{"type": "monomial", "powers": [3, 0, 1]}]}),
+    ));
+    let a = arch(&v);
+    let spec = NetSpec::from_json("nc", &v).unwrap();
+    assert_eq!(spec.tensors(), [("0.weights".to_string(), vec![2])]);
+    assert_eq!(spec.classes(), 1);
+    assert_eq!(
+        spec.first_curved_layer(),
+        Some(("0".to_string(), "Monomial"))
+    );
+    let flat = json!({"input": [3], "layers": [{"type": "monomial", "powers": [1, 1, 0]}]});
+    assert_eq!(
+        NetSpec::from_json("t", &flat).unwrap().first_curved_layer(),
+        None
+    );
+    let net = Network::new(a);
+    let w: Vec<f64> = crate::model::initialise(&net, 7);
+    assert_eq!(w, [0.0, 0.0]);
+    let mut ws = net.workspace(2);
+    let y = net.forward(&[2.0, -0.5], &[3.0, 5.0], 2, &mut ws).to_vec();
+    assert_eq!(y, [3.0 * 2.0 * 0.25, 5.0 * 2.0 * 0.25]);
+    for (powers, msg) in [
+        (
+            json!([]),
+            "layers[0].powers: must be a list of 1 to 64 integers",
+        ),
+        (json!([1, -1]), "layers[0].powers: must be a list"),
+        (json!([65]), "layers[0].powers: must be a list"),
+        (json!("2"), "layers[0].powers: must be a list"),
+    ] {
+        let e = err(json!({"input": [1], "layers": [{"type": "monomial", "powers": powers}]}));
+        assert!(e.contains(msg), "{e}");
+    }
+    let e = err(json!({"input": [1], "layers": [{"type": "monomial"}]}));
+    assert!(e.contains("layers[0].powers: missing"), "{e}");
+    let src = spec.torch_source();
+    assert!(src.contains("class Monomial(nn.Module):"), "{src}");
+    assert!(src.contains("(\"0\", Monomial([1, 2]))"), "{src}");
+    assert!(!NetSpec::from_json("t", &example())
+        .unwrap()
+        .torch_source()
+        .contains("Monomial"));
+}
