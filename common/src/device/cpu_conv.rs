@@ -1,6 +1,6 @@
 //! Direct convolution kernels for the CPU: the stride-1, zero-padded 2-D cross-correlation of
 //! [`Conv2d`](crate::model::Conv2d), its input gradient and its weight gradient, without an
-//! im2col matrix.
+//! im2col matrix. (A larger stride is lowered by the layer: `im2col` and a product.)
 //!
 //! Why not im2col and BLAS: LeNet's convolutions have 6 output channels, so the lowered product
 //! `W[6 × C·k·k] · cols[C·k·k × positions]` uses each im2col element only 6 times. Writing the
@@ -792,7 +792,7 @@ fn grow<T: Real>(work: &mut Vec<T>, len: usize) {
 /// `accumulate`. `work` is scratch, grown to [`conv2d_work_len`] if shorter. Order of the sums: see
 /// the module comment.
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward<T: Real>(
     g: &ConvGeometry,
@@ -832,6 +832,7 @@ fn conv2d_forward_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let a = Correlation {
         src: &x[..batch * g.input_len()],
@@ -858,7 +859,7 @@ fn conv2d_forward_on<T: Real>(
 /// computed by the same kernel. Shapes: `w` `[O, C, k, k]`, `dy` `[batch, O, ho, wo]`, `dx`
 /// `[batch, C, H, W]`, overwritten or, when `accumulate`, added to.
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_input_grad<T: Real>(
     g: &ConvGeometry,
@@ -885,6 +886,7 @@ fn conv2d_input_grad_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let (c, o, k) = (g.channels, out_channels, g.kernel);
     grow(work, conv2d_work_len(g, out_channels));
@@ -920,7 +922,7 @@ fn conv2d_input_grad_on<T: Real>(
 /// when `accumulate`, added to. The sum of each group of 4 consecutive samples is added as
 /// `alpha·s`, group after group (one sample with `alpha` = the scale gives a per-sample gradient).
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_weight_grad<T: Real>(
     g: &ConvGeometry,
@@ -960,6 +962,7 @@ fn conv2d_weight_grad_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let dw = &mut dw[..out_channels * g.rows()];
     if !accumulate {
