@@ -379,13 +379,6 @@ impl Network {
 
     /// Backpropagates the cotangent already in the last layer's delta buffer into every layer's
     /// delta buffer and, when `grad` is given, the parameter gradient.
-    ///
-    /// A run of sample-wise layers whose only parameters are convolutions (a LeNet's convolutions,
-    /// activations and poolings) is taken in two sweeps: the cotangents one sample at a time, so
-    /// that each sample's stay in cache from one layer to the next, then the convolutions'
-    /// parameter gradients over the whole batch. Every value is the one the layer-by-layer order
-    /// gives: the cotangents are computed sample by sample either way, and the parameter gradients
-    /// are the same batch-wide sums.
     pub(crate) fn backward<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
@@ -394,92 +387,28 @@ impl Network {
         mut grad: Option<B::ViewMut<'_, T>>,
         ws: &mut Workspace<T, B>,
     ) {
-        let mut end = self.layers.len();
-        while end > 0 {
-            let run = self.layers[..end]
-                .iter()
-                .rev()
-                .take_while(|l| {
-                    l.sample_wise() && (l.tensors().is_empty() || matches!(l, Layer::Conv2d(_)))
-                })
-                .count();
-            if run < 2 {
-                end -= 1;
-                let g = grad.as_mut().map(|g| B::reborrow(g));
-                self.backward_layer(params, x, end, (0, batch), g, true, ws);
-                continue;
-            }
-            let start = end - run;
-            for n in 0..batch {
-                for i in (start..end).rev() {
-                    self.backward_layer(params, x, i, (n, 1), None, true, ws);
-                }
-            }
-            if let Some(g) = grad.as_mut() {
-                for i in (start..end).rev() {
-                    if !self.layers[i].tensors().is_empty() {
-                        let g = Some(B::reborrow(g));
-                        self.backward_layer(params, x, i, (0, batch), g, false, ws);
-                    }
-                }
-            }
-            end = start;
+        for i in (0..self.layers.len()).rev() {
+            let (dbefore, drest) = ws.deltas.split_at_mut(i);
+            let pass = Pass::<T, B> {
+                params: B::shorten(params),
+                x: if i == 0 {
+                    B::shorten(x)
+                } else {
+                    B::view(&ws.acts[i - 1])
+                },
+                y: B::view(&ws.acts[i]),
+                batch,
+                indices: B::view(&ws.indices[i]),
+            };
+            let dx = dbefore.last_mut().map(|d| B::view_mut(d));
+            self.layers[i].backward(
+                &pass,
+                B::view(&drest[0]),
+                grad.as_mut().map(|g| B::reborrow(g)),
+                dx,
+                &mut ws.scratch,
+            );
         }
-    }
-
-    /// Layer `i`'s backward pass on samples `first..first + count` of the batch: its parameter
-    /// gradient when `grad` is given, and the cotangent of its input when `input_cotangent` (and
-    /// it is not the first layer).
-    #[allow(clippy::too_many_arguments)]
-    fn backward_layer<B: Backend, T: Real>(
-        &self,
-        params: B::View<'_, T>,
-        x: B::View<'_, T>,
-        i: usize,
-        (first, count): (usize, usize),
-        grad: Option<B::ViewMut<'_, T>>,
-        input_cotangent: bool,
-        ws: &mut Workspace<T, B>,
-    ) {
-        let layer = &self.layers[i];
-        let (fin, fout, nidx) = (
-            layer.in_features(),
-            layer.out_features(),
-            layer.index_len(1),
-        );
-        let (dbefore, drest) = ws.deltas.split_at_mut(i);
-        let input = if i == 0 {
-            B::shorten(x)
-        } else {
-            B::view(&ws.acts[i - 1])
-        };
-        let pass = Pass::<T, B> {
-            params: B::shorten(params),
-            x: B::slice(input, first * fin..(first + count) * fin),
-            y: B::slice(
-                B::view(&ws.acts[i]),
-                first * fout..(first + count) * fout,
-            ),
-            batch: count,
-            indices: B::slice(
-                B::view(&ws.indices[i]),
-                first * nidx..(first + count) * nidx,
-            ),
-        };
-        let dx = if input_cotangent {
-            dbefore
-                .last_mut()
-                .map(|d| B::slice_mut(B::view_mut(d), first * fin..(first + count) * fin))
-        } else {
-            None
-        };
-        layer.backward(
-            &pass,
-            B::slice(B::view(&drest[0]), first * fout..(first + count) * fout),
-            grad,
-            dx,
-            &mut ws.scratch,
-        );
     }
 
     /// Sum of per-sample losses and number correct (0 for float targets) on a batch (no gradient).
