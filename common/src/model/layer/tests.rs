@@ -247,6 +247,23 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // Both geometries in a piecewise-linear network (the exact trace applies): a strided
+            // convolution without a bias, ReLU, then overlapping 3×3 windows with stride 2 on 5×5.
+            "Conv2d (stride 2) and MaxPool2d (kernel 3, stride 2), piecewise linear",
+            network(|s| {
+                s.push(|sc| Conv2d::with_bias(sc, strided(geometry(1, 9, 3, 1), 2), 2, false));
+                s.push(|_| Relu { features: 50 });
+                s.functional(MaxPool2d {
+                    channels: 2,
+                    height: 5,
+                    width: 5,
+                    kernel: 3,
+                    stride: 2,
+                });
+                s.push(|sc| Linear::new(sc, 8, 3));
+            }),
+        ),
+        (
             // An odd side: the pooling floors (F.max_pool2d), so the last row and column are
             // dropped and get no gradient.
             "MaxPool2d",
