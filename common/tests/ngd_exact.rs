@@ -45,15 +45,12 @@ fn tiny_conv() -> Network {
         width: 6,
         kernel: 3,
         padding: 1,
+        stride: 1,
     };
     let net = Network::from_definition(arch, |s| {
         s.named("c", |sc| Conv2d::new(sc, geometry, 2));
         s.functional(Tanh { features: 72 });
-        s.functional(MaxPool2d {
-            channels: 2,
-            height: 6,
-            width: 6,
-        });
+        s.functional(MaxPool2d::two_by_two(2, 6, 6));
         s.named("l", |sc| Linear::new(sc, 18, 3));
     });
     let offsets: Vec<usize> = net.layout.tensors.iter().map(|t| t.offset).collect();

@@ -1,8 +1,10 @@
-//! A spec model with every layer type (`tests/fixtures/spec-torch/every-layer.json`) against
-//! PyTorch in float64 (`every-layer.torch.json`, written by `scripts/fixtures/spec_torch.py`,
-//! which builds the module from the format's definition, independently of ours): the same
-//! `state_dict` names and shapes, and the mean cross-entropy loss, its gradient and a
-//! Hessian-vector product to 1e-10.
+//! Spec models against PyTorch in float64 (`tests/fixtures/spec-torch/<model>.torch.json`, written
+//! by `scripts/fixtures/spec_torch.py`, which builds the module from the format's definition,
+//! independently of ours): a model with every layer type (`every-layer.json`) and one with the
+//! convolution and pooling geometries (`conv-geometry.json`: strided and bias-free convolutions,
+//! overlapping 3×3 max-pooling with stride 2). The same `state_dict` names and shapes, and the mean
+//! cross-entropy loss, its gradient, a Hessian-vector product and the per-sample Gram matrix
+//! G Gᵀ to 1e-10.
 
 mod support;
 
@@ -11,8 +13,8 @@ use common::model::{Architecture, NetSpec, Network};
 use serde_json::Value;
 use support::{f64s, fixtures};
 
-fn fixture() -> Value {
-    let p = fixtures().join("spec-torch/every-layer.torch.json");
+fn fixture(model: &str) -> Value {
+    let p = fixtures().join(format!("spec-torch/{model}.torch.json"));
     serde_json::from_slice(&std::fs::read(p).expect("fixture")).expect("JSON")
 }
 
@@ -28,9 +30,18 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn every_layer_type_matches_pytorch_in_float64() {
-    let fx = fixture();
+    matches_pytorch("every-layer");
+}
+
+#[test]
+fn convolution_and_pooling_geometries_match_pytorch_in_float64() {
+    matches_pytorch("conv-geometry");
+}
+
+fn matches_pytorch(model: &str) {
+    let fx = fixture(model);
     // The committed spec is the one the fixture was made from.
-    let spec_file = fixtures().join("spec-torch/every-layer.json");
+    let spec_file = fixtures().join(format!("spec-torch/{model}.json"));
     let spec = NetSpec::load(&spec_file).unwrap();
     assert_eq!(spec.source(), &fx["spec"]);
     let net = Network::try_new(Architecture::Spec(Box::new(spec))).unwrap();
@@ -78,4 +89,16 @@ fn every_layer_type_matches_pytorch_in_float64() {
     let err = max_rel(&hv, &f64s(&fx["hv"]));
     eprintln!("H·v max rel. error {err:e}");
     assert!(err < 1e-10, "H·v vs PyTorch: {err:e}");
+
+    // K = G Gᵀ of the per-sample gradients of the unscaled per-sample losses.
+    let b = labels.len();
+    let mut ws = net.workspace(b);
+    net.per_sample_pass(&params, &x, &labels, &mut ws);
+    let mut sc = net.per_sample_scratch(b);
+    net.per_sample_prepare(&params, &x, b, &ws, &mut sc);
+    let mut gram = vec![0.0; b * b];
+    net.per_sample_gram(&x, b, &ws, &mut sc, &mut gram);
+    let err = max_rel(&gram, &f64s(&fx["gram"]));
+    eprintln!("per-sample Gram max rel. error {err:e}");
+    assert!(err < 1e-10, "per-sample Gram vs PyTorch: {err:e}");
 }

@@ -51,7 +51,7 @@
 //! over `B: Backend` and instantiated for each backend compiled in.
 
 use super::ConvGeometry;
-use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
+use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -349,18 +349,16 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         rdx: Self::ViewMut<'_, T>,
     );
 
-    /// 2×2, stride-2 max-pooling of `x` `[batch·channels, height, width]` (floor: an odd last row or
-    /// column is dropped); `winners` receives each output's arg-max as an index into its sample's
-    /// input (`channels·height·width` per sample). The first maximum in scan order wins ties, a NaN
-    /// wins (PyTorch's CPU kernel).
-    #[allow(clippy::too_many_arguments)]
+    /// Max-pooling of `x` `[batch, pool.channels, pool.height, pool.width]` with `pool.kernel`-wide
+    /// windows `pool.stride` apart (floor mode: rows and columns past the last whole window are
+    /// dropped); `winners` receives each output's arg-max as an index into its sample's input
+    /// (`channels·height·width` per sample). In scan order a larger value or a NaN takes over, so
+    /// the first maximum wins ties and the last NaN wins (PyTorch's CPU kernel).
     fn max_pool2d<T: Real>(
         &self,
+        pool: &MaxPool2d,
         x: Self::View<'_, T>,
         batch: usize,
-        channels: usize,
-        height: usize,
-        width: usize,
         y: Self::ViewMut<'_, T>,
         winners: Self::ViewMut<'_, u32>,
     );

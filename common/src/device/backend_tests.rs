@@ -4,7 +4,7 @@
 //! adds one line).
 
 use super::{Backend, ConvGeometry, CpuBackend, SgdStep};
-use crate::model::{AvgPool2d, Elementwise, Gelu, LayerNorm, Relu, Scope, Tanh};
+use crate::model::{AvgPool2d, Elementwise, Gelu, LayerNorm, MaxPool2d, Relu, Scope, Tanh};
 use crate::rng::{stream, NoiseSource, Purpose};
 use crate::sample::sgld::StepCoefficients;
 
@@ -195,6 +195,7 @@ pub(super) fn convolution_lowering<B: Backend>(be: &B) {
         width: 5,
         kernel: 3,
         padding: 1,
+        stride: 1,
     };
     let batch = 2;
     let (ho, wo) = g.output_size();
@@ -298,6 +299,7 @@ pub(super) fn direct_convolution<B: Backend>(be: &B) {
         width: 6,
         kernel: 3,
         padding: 1,
+        stride: 1,
     };
     let (batch, o) = (5, 3);
     let (ho, wo) = g.output_size();
@@ -562,10 +564,28 @@ pub(super) fn activations<B: Backend>(be: &B) {
 }
 
 pub(super) fn pooling<B: Backend>(be: &B) {
-    // Two samples, two channels, 5×4 (the odd last row is dropped); one tie and one NaN.
+    // 2×2 windows with stride 2 (the LeNet's), overlapping 3×3 windows with stride 2, 2×2 with
+    // stride 1 and 3×3 with stride 3, all in floor mode.
+    for (kernel, stride) in [(2, 2), (3, 2), (2, 1), (3, 3)] {
+        max_pooling(be, kernel, stride);
+    }
+}
+
+fn max_pooling<B: Backend>(be: &B, kernel: usize, stride: usize) {
+    // Two samples, two channels, 5×4 (rows or columns past the last whole window are dropped);
+    // one tie and one NaN.
     let (batch, channels, h, w) = (2, 2, 5, 4);
+    let pool = MaxPool2d {
+        channels,
+        height: h,
+        width: w,
+        kernel,
+        stride,
+    };
+    let (ho, wo) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+    assert_eq!(pool.output_size(), (ho, wo));
     let inputs = channels * h * w;
-    let outputs = channels * (h / 2) * (w / 2);
+    let outputs = channels * ho * wo;
     let mut x = data(batch * inputs, 20);
     x[0] = 0.9;
     x[1] = 0.9; // a tie in the first window: the first in scan order wins
@@ -574,11 +594,9 @@ pub(super) fn pooling<B: Backend>(be: &B) {
     let mut y = be.zeros::<f64>(batch * outputs);
     let mut win = be.zeros::<u32>(batch * outputs);
     be.max_pool2d(
+        &pool,
         B::view(&xb),
         batch,
-        channels,
-        h,
-        w,
         B::view_mut(&mut y),
         B::view_mut(&mut win),
     );
@@ -586,19 +604,22 @@ pub(super) fn pooling<B: Backend>(be: &B) {
     be.download(B::view(&win), &mut winners);
     for n in 0..batch {
         for c in 0..channels {
-            for i in 0..h / 2 {
-                for j in 0..w / 2 {
-                    let o = n * outputs + (c * (h / 2) + i) * (w / 2) + j;
-                    let cands: Vec<usize> = [(0, 0), (0, 1), (1, 0), (1, 1)]
-                        .iter()
-                        .map(|(di, dj)| c * h * w + (2 * i + di) * w + 2 * j + dj)
+            for i in 0..ho {
+                for j in 0..wo {
+                    let o = n * outputs + (c * ho + i) * wo + j;
+                    let cands: Vec<usize> = (0..kernel * kernel)
+                        .map(|t| (t / kernel, t % kernel))
+                        .map(|(di, dj)| c * h * w + (stride * i + di) * w + stride * j + dj)
                         .collect();
                     let vals: Vec<f64> = cands.iter().map(|&k| x[n * inputs + k]).collect();
                     let best = match vals.iter().position(|v| v.is_nan()) {
                         Some(p) => p,
-                        None => (0..4).fold(0, |b, k| if vals[k] > vals[b] { k } else { b }),
+                        None => {
+                            (0..vals.len()).fold(0, |b, k| if vals[k] > vals[b] { k } else { b })
+                        }
                     };
-                    assert_eq!(winners[o] as usize, cands[best], "winner of output {o}");
+                    let what = format!("winner of output {o}, kernel {kernel} stride {stride}");
+                    assert_eq!(winners[o] as usize, cands[best], "{what}");
                     assert!(y[o] == vals[best] || (y[o].is_nan() && vals[best].is_nan()));
                 }
             }

@@ -41,9 +41,12 @@ pub fn gemm<T: Real>(
     general_mat_mul(alpha, &a, &b, beta, &mut c);
 }
 
-/// The shape of a stride-1, zero-padded 2-D cross-correlation's input and kernel: input
-/// `[channels, height, width]` per sample, a `kernel × kernel` window, `padding` zeros on every side.
-/// The output plane is `ho × wo` with `ho = height + 2·padding − kernel + 1` (likewise `wo`).
+/// The shape of a zero-padded, strided 2-D cross-correlation's input and kernel: input
+/// `[channels, height, width]` per sample, a `kernel × kernel` window moved `stride` pixels at a
+/// time, `padding` zeros on every side. The output plane is `ho × wo` with
+/// `ho = ⌊(height + 2·padding − kernel)/stride⌋ + 1` (likewise `wo`; PyTorch's `nn.Conv2d` with
+/// dilation 1). The caller has checked that the kernel fits: `kernel ≤ height + 2·padding`,
+/// likewise for the width, and `stride ≥ 1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub channels: usize,
@@ -51,15 +54,14 @@ pub struct ConvGeometry {
     pub width: usize,
     pub kernel: usize,
     pub padding: usize,
+    pub stride: usize,
 }
 
 impl ConvGeometry {
     /// (ho, wo), the output plane.
     pub fn output_size(&self) -> (usize, usize) {
-        (
-            self.height + 2 * self.padding + 1 - self.kernel,
-            self.width + 2 * self.padding + 1 - self.kernel,
-        )
+        let side = |s: usize| (s + 2 * self.padding - self.kernel) / self.stride + 1;
+        (side(self.height), side(self.width))
     }
     /// ho·wo.
     pub fn plane(&self) -> usize {
@@ -76,11 +78,11 @@ impl ConvGeometry {
     }
 }
 
-/// `im2col` for a stride-1, zero-padded 2-D cross-correlation over a batch.
+/// `im2col` for a zero-padded, strided 2-D cross-correlation over a batch.
 ///
 /// Input `x` is `[batch, channels, height, width]`; the output `cols` is
 /// `[channels·k·k, batch·ho·wo]` with row `(c, ki, kj)` and column `(n, oy, ox)`, holding
-/// `x[n, c, oy+ki−pad, ox+kj−pad]` (0 outside the image).
+/// `x[n, c, oy·s + ki − pad, ox·s + kj − pad]` (s the stride; 0 outside the image).
 /// The convolution is then one gemm: `Y[o, (n,p)] = Σ_r W[o, r]·cols[r, (n,p)]`.
 pub fn im2col<T: Real>(x: &[T], batch: usize, g: &ConvGeometry, cols: &mut [T]) {
     let ConvGeometry {
@@ -89,6 +91,7 @@ pub fn im2col<T: Real>(x: &[T], batch: usize, g: &ConvGeometry, cols: &mut [T]) 
         width,
         kernel: k,
         padding: pad,
+        stride,
     } = *g;
     let (ho, wo) = g.output_size();
     let plane = ho * wo;
@@ -102,13 +105,24 @@ pub fn im2col<T: Real>(x: &[T], batch: usize, g: &ConvGeometry, cols: &mut [T]) 
                     let src = &x[(n * channels + c) * height * width..][..height * width];
                     let dst = &mut dst_row[n * plane..(n + 1) * plane];
                     for oy in 0..ho {
-                        let iy = oy + ki;
+                        let iy = oy * stride + ki;
                         let d = &mut dst[oy * wo..(oy + 1) * wo];
                         if iy < pad || iy >= height + pad {
                             d.iter_mut().for_each(|v| *v = T::zero());
                             continue;
                         }
                         let srow = &src[(iy - pad) * width..(iy - pad + 1) * width];
+                        if stride > 1 {
+                            for (ox, v) in d.iter_mut().enumerate() {
+                                let ix = ox * stride + kj;
+                                *v = if ix < pad || ix >= width + pad {
+                                    T::zero()
+                                } else {
+                                    srow[ix - pad]
+                                };
+                            }
+                            continue;
+                        }
                         // Valid ox: 0 <= ox + kj - pad < width.
                         let lo = pad.saturating_sub(kj).min(wo);
                         let hi = (width + pad).saturating_sub(kj).min(wo).max(lo);
@@ -141,6 +155,7 @@ pub fn col2im<T: Real>(dcols: &[T], batch: usize, g: &ConvGeometry, dx: &mut [T]
         width,
         kernel: k,
         padding: pad,
+        stride,
     } = *g;
     let (ho, wo) = g.output_size();
     let plane = ho * wo;
@@ -154,16 +169,26 @@ pub fn col2im<T: Real>(dcols: &[T], batch: usize, g: &ConvGeometry, dx: &mut [T]
                     let dst = &mut dx[(n * channels + c) * height * width..][..height * width];
                     let src = &src_row[n * plane..(n + 1) * plane];
                     for oy in 0..ho {
-                        let iy = oy + ki;
+                        let iy = oy * stride + ki;
                         if iy < pad || iy >= height + pad {
+                            continue;
+                        }
+                        let drow = &mut dst[(iy - pad) * width..(iy - pad + 1) * width];
+                        let srow = &src[oy * wo..(oy + 1) * wo];
+                        if stride > 1 {
+                            for (ox, &s) in srow.iter().enumerate() {
+                                let ix = ox * stride + kj;
+                                if ix >= pad && ix < width + pad {
+                                    drow[ix - pad] += s;
+                                }
+                            }
                             continue;
                         }
                         let lo = pad.saturating_sub(kj).min(wo);
                         let hi = (width + pad).saturating_sub(kj).min(wo).max(lo);
-                        let drow = &mut dst[(iy - pad) * width..(iy - pad + 1) * width];
                         for (d, s) in drow[lo + kj - pad..hi + kj - pad]
                             .iter_mut()
-                            .zip(&src[oy * wo + lo..oy * wo + hi])
+                            .zip(&srow[lo..hi])
                         {
                             *d += *s;
                         }
@@ -288,10 +313,16 @@ mod tests {
 
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
+        for stride in [1, 2, 3] {
+            im2col_and_col2im_with_stride(stride);
+        }
+    }
+
+    fn im2col_and_col2im_with_stride(stride: usize) {
         // <im2col(x), c> = <x, col2im(c)> for random x, c.
-        let (b, ch, h, w, k, pad) = (2, 3, 6, 5, 3, 1);
-        let ho = h + 2 * pad + 1 - k;
-        let wo = w + 2 * pad + 1 - k;
+        let (b, ch, h, w, k, pad) = (2, 3, 7, 6, 3, 1);
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
         let x: Vec<f64> = (0..b * ch * h * w)
             .map(|i| (i as f64 * 1.3).sin())
             .collect();
@@ -305,23 +336,28 @@ mod tests {
             width: w,
             kernel: k,
             padding: pad,
+            stride,
         };
+        assert_eq!(g.output_size(), (ho, wo));
         im2col(&x, b, &g, &mut cols);
         let mut dx = vec![0.0; x.len()];
         col2im(&c, b, &g, &mut dx);
         let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-10 * lhs.abs().max(1.0));
-        // Spot-check one entry against the definition.
-        let (cc, ki, kj, n, oy, ox) = (1, 2, 0, 1, 3, 0);
-        let row = (cc * k + ki) * k + kj;
-        let col = n * ho * wo + oy * wo + ox;
-        let (iy, ix) = (oy + ki, ox + kj);
-        let expect = if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
-            0.0
-        } else {
-            x[((n * ch + cc) * h + iy - pad) * w + ix - pad]
-        };
-        assert_eq!(cols[row * b * ho * wo + col], expect);
+        // Every entry against the definition.
+        for (cc, ki, kj) in (0..ch).flat_map(|c| (0..k * k).map(move |t| (c, t / k, t % k))) {
+            for (n, oy, ox) in (0..b).flat_map(|n| (0..ho * wo).map(move |p| (n, p / wo, p % wo))) {
+                let row = (cc * k + ki) * k + kj;
+                let col = n * ho * wo + oy * wo + ox;
+                let (iy, ix) = (oy * stride + ki, ox * stride + kj);
+                let expect = if iy < pad || ix < pad || iy - pad >= h || ix - pad >= w {
+                    0.0
+                } else {
+                    x[((n * ch + cc) * h + iy - pad) * w + ix - pad]
+                };
+                assert_eq!(cols[row * b * ho * wo + col], expect, "stride {stride}");
+            }
+        }
     }
 }

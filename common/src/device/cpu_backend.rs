@@ -4,7 +4,7 @@
 
 use super::backend::{Backend, Element, SgdStep};
 use super::{cpu, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry};
-use crate::model::{AvgPool2d, Elementwise, LayerNorm, Pass, RPass};
+use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -264,15 +264,13 @@ impl Backend for CpuBackend {
     #[inline]
     fn max_pool2d<T: Real>(
         &self,
+        pool: &MaxPool2d,
         x: &[T],
         batch: usize,
-        channels: usize,
-        height: usize,
-        width: usize,
         y: &mut [T],
         winners: &mut [u32],
     ) {
-        k::max_pool2d(x, batch, channels, height, width, y, winners);
+        k::max_pool2d(pool, x, batch, y, winners);
     }
     #[inline]
     fn scatter_add<T: Real>(

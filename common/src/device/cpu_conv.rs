@@ -1,6 +1,6 @@
 //! Direct convolution kernels for the CPU: the stride-1, zero-padded 2-D cross-correlation of
 //! [`Conv2d`](crate::model::Conv2d), its input gradient and its weight gradient, without an
-//! im2col matrix.
+//! im2col matrix. (A larger stride is lowered by the layer: `im2col` and a product.)
 //!
 //! Why not im2col and BLAS: LeNet's convolutions have 6 output channels, so the lowered product
 //! `W[6 × C·k·k] · cols[C·k·k × positions]` uses each im2col element only 6 times. Writing the
@@ -50,7 +50,9 @@ struct Flat {
     /// Flat output length oh·wp rounded up to a multiple of [`Q_ALIGN`].
     nq: usize,
     /// Elements per input channel in the padded buffer: room for every read of the last flat
-    /// position, nq − 1 + (k − 1)·(wp + 1), so no read leaves its channel (≥ hp·wp).
+    /// position, nq − 1 + (k − 1)·(wp + 1), so no read leaves its channel (≥ hp·wp), rounded up to
+    /// a multiple of 16 so that every channel and every block after them starts on a cache line
+    /// when the buffer does.
     cs: usize,
 }
 
@@ -59,7 +61,7 @@ impl Flat {
         let wp = ow + k - 1;
         let hp = oh + k - 1;
         let nq = (oh * wp).div_ceil(Q_ALIGN) * Q_ALIGN;
-        let cs = nq + (k - 1) * (wp + 1);
+        let cs = (nq + (k - 1) * (wp + 1)).next_multiple_of(LANES);
         Flat {
             oh,
             ow,
@@ -73,8 +75,8 @@ impl Flat {
 }
 
 /// Scratch elements the kernels of this file need for geometry `g` with `out_channels` outputs:
-/// the padded input, the flat output (or flat output gradient) and, for the input gradient, the
-/// flipped weights. The kernels grow a shorter `work` buffer themselves; sizing it with this first
+/// the padded input, the flat output (or flat output gradient), for the input gradient the flipped
+/// weights, and for the weight gradient a group's inputs and gradients and 16 lanes per weight. The kernels grow a shorter `work` buffer themselves; sizing it with this first
 /// keeps allocation out of the training loop.
 pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
     let (ho, wo) = g.output_size();
@@ -82,7 +84,9 @@ pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
     let b = Flat::new(g.height, g.width, g.kernel);
     let forward = g.channels * f.cs + out_channels * f.nq;
     let input_grad = out_channels * g.rows() + out_channels * b.cs + g.channels * b.nq;
-    forward.max(input_grad).max(GROUP * forward)
+    // The weight gradient's blocks start on a cache line: up to 15 elements are skipped first.
+    let weight_grad = LANES + GROUP * forward + out_channels * g.rows() * LANES;
+    forward.max(input_grad).max(weight_grad)
 }
 
 /// `dst.copy_from_slice(src)` for the short rows of an image (8 to 28 values here) without a call
@@ -338,22 +342,48 @@ impl Iterator for Runs {
     }
 }
 
-/// The dot products of a weight-gradient tile over a group of `samples` samples: `OB` rows of the
-/// flat output gradient against `TB` shifted windows of the padded input, each `nq` long, sample s's
-/// at `s·stride` further on in every slice; summed in 16 lanes (lane q mod 16, an FMA chain over the
-/// samples in order and increasing q within each) reduced by [`lane_sum`]'s tree. One generic version and, for f32, two
-/// with explicit vector registers (autovectorisation keeps these accumulators on the stack); all
-/// give the same bits.
+/// The lane sums of a weight-gradient tile over a run of `samples` consecutive samples: `OB` rows
+/// of the flat output gradient against `TB` shifted windows of the padded input, each `nq` long,
+/// sample s's at `s·stride` further on in every slice. The 16 lanes of entry (o, t) live in
+/// `lanes[at + o·row + 16·t..][..16]`: they are loaded, continued (lane q mod 16, an FMA chain over
+/// the samples in order and increasing q within each) and stored back, so that calling this for
+/// samples 0..2 and then 2..4 computes the same bits as one call for 0..4, and a group's lanes
+/// can be filled one sample at a time while that sample's input and gradient stay in L1. One
+/// generic version and, for f32, two with explicit vector registers (autovectorisation keeps these
+/// accumulators on the stack); all give the same bits.
 trait DotTile<T: Real> {
     /// # Safety
     /// The instruction set of the implementation must be available.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn dots<const OB: usize, const TB: usize>(
         ds: &[&[T]; OB],
         xs: &[&[T]; TB],
         nq: usize,
         samples: usize,
         stride: usize,
-    ) -> [[T; TB]; OB];
+        lanes: &mut [T],
+        at: usize,
+        row: usize,
+    );
+}
+
+/// Checks that the lanes of an `OB × TB` tile at `at` (rows `row` apart) lie inside `lanes` and
+/// that every slice holds `samples` samples `stride` apart of `nq` positions.
+#[inline(always)]
+fn check_tile<T>(
+    ds: &[&[T]],
+    xs: &[&[T]],
+    nq: usize,
+    samples: usize,
+    stride: usize,
+    lanes: &[T],
+    (at, row, ob, tb): (usize, usize, usize, usize),
+) {
+    let end = (samples.max(1) - 1) * stride + nq;
+    for s in ds.iter().chain(xs) {
+        assert!(s.len() >= end && nq.is_multiple_of(LANES));
+    }
+    assert!(ob >= 1 && tb >= 1 && at + (ob - 1) * row + tb * LANES <= lanes.len());
 }
 
 struct GenericDots;
@@ -366,8 +396,16 @@ impl<T: Real> DotTile<T> for GenericDots {
         nq: usize,
         samples: usize,
         stride: usize,
-    ) -> [[T; TB]; OB] {
+        lanes: &mut [T],
+        at: usize,
+        row: usize,
+    ) {
         let mut acc = [[[T::zero(); LANES]; TB]; OB];
+        for (o, acc) in acc.iter_mut().enumerate() {
+            for (t, acc) in acc.iter_mut().enumerate() {
+                acc.copy_from_slice(&lanes[at + o * row + t * LANES..][..LANES]);
+            }
+        }
         for q in Runs::new(samples, stride, nq) {
             for (acc, ds) in acc.iter_mut().zip(ds) {
                 let dv: &[T; LANES] = ds[q..q + LANES].try_into().expect("a full run");
@@ -379,13 +417,11 @@ impl<T: Real> DotTile<T> for GenericDots {
                 }
             }
         }
-        let mut out = [[T::zero(); TB]; OB];
-        for (out, acc) in out.iter_mut().zip(&acc) {
-            for (o, acc) in out.iter_mut().zip(acc) {
-                *o = lane_sum(acc);
+        for (o, acc) in acc.iter().enumerate() {
+            for (t, acc) in acc.iter().enumerate() {
+                lanes[at + o * row + t * LANES..][..LANES].copy_from_slice(acc);
             }
         }
-        out
     }
 }
 
@@ -402,17 +438,24 @@ impl DotTile<f32> for Avx512Dots {
         nq: usize,
         samples: usize,
         stride: usize,
-    ) -> [[f32; TB]; OB] {
+        lanes: &mut [f32],
+        at: usize,
+        row: usize,
+    ) {
         use std::arch::x86_64::*;
-        let end = (samples.max(1) - 1) * stride + nq;
-        for s in ds.iter().chain(xs) {
-            assert!(s.len() >= end && nq.is_multiple_of(LANES));
-        }
+        check_tile(ds, xs, nq, samples, stride, lanes, (at, row, OB, TB));
+        let lp = lanes.as_mut_ptr();
         let mut acc = [[_mm512_setzero_ps(); TB]; OB];
+        for (o, acc) in acc.iter_mut().enumerate() {
+            for (t, a) in acc.iter_mut().enumerate() {
+                // SAFETY: inside `lanes`, checked above.
+                *a = unsafe { _mm512_loadu_ps(lp.add(at + o * row + t * LANES)) };
+            }
+        }
         for q in Runs::new(samples, stride, nq) {
             let mut xv = [_mm512_setzero_ps(); TB];
             for (v, xs) in xv.iter_mut().zip(xs) {
-                // SAFETY: q + 16 ≤ end ≤ len, asserted above.
+                // SAFETY: q + 16 ≤ end ≤ len, checked above.
                 *v = unsafe { _mm512_loadu_ps(xs.as_ptr().add(q)) };
             }
             for (acc, ds) in acc.iter_mut().zip(ds) {
@@ -423,27 +466,13 @@ impl DotTile<f32> for Avx512Dots {
                 }
             }
         }
-        let mut out = [[0f32; TB]; OB];
-        for (out, acc) in out.iter_mut().zip(&acc) {
-            for (o, &a) in out.iter_mut().zip(acc) {
-                // lane_sum's tree: h[i] = a[i] + a[i+8], then h[j] + h[j+4], then (0+2) + (1+3).
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)));
-                *o = sum8(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
+        for (o, acc) in acc.iter().enumerate() {
+            for (t, &a) in acc.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm512_storeu_ps(lp.add(at + o * row + t * LANES), a) };
             }
         }
-        out
     }
-}
-
-/// lane_sum's tree from its second level: `h[j] + h[j+4]`, then `(q0 + q2) + (q1 + q3)`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn sum8(h: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-    let r = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps::<1>(r, r)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -459,17 +488,25 @@ impl DotTile<f32> for Avx2Dots {
         nq: usize,
         samples: usize,
         stride: usize,
-    ) -> [[f32; TB]; OB] {
+        lanes: &mut [f32],
+        at: usize,
+        row: usize,
+    ) {
         use std::arch::x86_64::*;
-        let end = (samples.max(1) - 1) * stride + nq;
-        for s in ds.iter().chain(xs) {
-            assert!(s.len() >= end && nq.is_multiple_of(LANES));
-        }
+        check_tile(ds, xs, nq, samples, stride, lanes, (at, row, OB, TB));
+        let lp = lanes.as_mut_ptr();
         // Lanes 0..8 in the first register of a pair, 8..16 in the second.
         let mut acc = [[[_mm256_setzero_ps(); 2]; TB]; OB];
+        for (o, acc) in acc.iter_mut().enumerate() {
+            for (t, a) in acc.iter_mut().enumerate() {
+                let l = at + o * row + t * LANES;
+                // SAFETY: inside `lanes`, checked above.
+                *a = unsafe { [_mm256_loadu_ps(lp.add(l)), _mm256_loadu_ps(lp.add(l + 8))] };
+            }
+        }
         for q in Runs::new(samples, stride, nq) {
             for (acc, ds) in acc.iter_mut().zip(ds) {
-                // SAFETY: q + 16 ≤ end ≤ len, asserted above.
+                // SAFETY: q + 16 ≤ end ≤ len, checked above.
                 let dv = unsafe {
                     [
                         _mm256_loadu_ps(ds.as_ptr().add(q)),
@@ -489,52 +526,55 @@ impl DotTile<f32> for Avx2Dots {
                 }
             }
         }
-        let mut out = [[0f32; TB]; OB];
-        for (out, acc) in out.iter_mut().zip(&acc) {
-            for (o, a) in out.iter_mut().zip(acc) {
-                *o = sum8(_mm256_add_ps(a[0], a[1]));
+        for (o, acc) in acc.iter().enumerate() {
+            for (t, a) in acc.iter().enumerate() {
+                let l = at + o * row + t * LANES;
+                // SAFETY: as for the loads.
+                unsafe {
+                    _mm256_storeu_ps(lp.add(l), a[0]);
+                    _mm256_storeu_ps(lp.add(l + 8), a[1]);
+                }
             }
         }
-        out
     }
 }
 
-/// `dw[o, tap] += alpha · Σ_q d[o, q]·xp[offset(tap) + q]` for `OB` output channels from `o0` and
-/// `TB` taps from `t0`.
+/// Continues the lanes of `OB` output channels from `o0` and `TB` taps from `t0` with samples
+/// `s0..s0 + samples` of the group: `lanes[o, tap] += Σ_q d[o, q]·xp[offset(tap) + q]` lane by lane.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn weight_grad_tile<T: Real, K: DotTile<T>, const OB: usize, const TB: usize>(
     group: &[T],
-    samples: usize,
+    (s0, samples): (usize, usize),
     f: &Flat,
     cin: usize,
     o0: usize,
     t0: usize,
     r: usize,
-    alpha: T,
-    dw: &mut [T],
+    lanes: &mut [T],
 ) {
     // Each sample's block of `group`: its padded input (cin·cs), then its flat gradient (O·nq).
     let (kk, nq, stride) = (f.k * f.k, f.nq, group.len() / GROUP);
+    let base = s0 * stride;
     let mut xs: [&[T]; TB] = [&[]; TB];
     for (t, xs) in xs.iter_mut().enumerate() {
         let tap = t0 + t;
         let off = (tap / kk) * f.cs + ((tap % kk) / f.k) * f.wp + tap % f.k;
-        *xs = &group[off..];
+        *xs = &group[base + off..];
     }
     let mut ds: [&[T]; OB] = [&[]; OB];
     for (o, ds) in ds.iter_mut().enumerate() {
-        *ds = &group[cin * f.cs + (o0 + o) * nq..];
+        *ds = &group[base + cin * f.cs + (o0 + o) * nq..];
     }
+    let (at, row) = ((o0 * r + t0) * LANES, r * LANES);
     // SAFETY: passed on to the caller.
-    let sums = unsafe { K::dots::<OB, TB>(&ds, &xs, nq, samples, stride) };
-    for (o, sums) in sums.iter().enumerate() {
-        for (t, &s) in sums.iter().enumerate() {
-            let v = &mut dw[(o0 + o) * r + t0 + t];
-            *v = alpha.mul_add(s, *v);
-        }
-    }
+    unsafe { K::dots::<OB, TB>(&ds, &xs, nq, samples, stride, lanes, at, row) };
 }
+
+/// Flat positions of one sample below which a group's samples are taken together: a larger plane
+/// is taken one sample at a time, so that its gradient rows and input stay in L1 while every tile
+/// passes over them (the same sums in the same order either way; see [`DotTile`]).
+const ONE_SAMPLE_AT_A_TIME: usize = 256;
 
 /// # Safety
 /// `K`'s instruction set must be available.
@@ -547,9 +587,18 @@ unsafe fn weight_grad_body<T: Real, K: DotTile<T>, const OBM: usize, const TBM: 
     let (g, f) = (&a.g, &a.f);
     let r = g.rows();
     let stride = g.channels * f.cs + a.oc * f.nq;
-    let group = &mut work[..GROUP * stride];
+    // Every block of the group (cs and nq are multiples of 16) starts on a cache line, so that the
+    // gradient's loads never straddle two.
+    let skip = work.as_ptr().align_offset(64).min(LANES - 1);
+    let (group, lanes) = work[skip..].split_at_mut(GROUP * stride);
+    let lanes = &mut lanes[..a.oc * r * LANES];
     let in_len = g.input_len();
     let out_len = a.oc * f.oh * f.ow;
+    let chunk = if f.nq >= ONE_SAMPLE_AT_A_TIME {
+        1
+    } else {
+        GROUP
+    };
     for n0 in (0..a.batch).step_by(GROUP) {
         let samples = GROUP.min(a.batch - n0);
         for (s, block) in group.chunks_exact_mut(stride).take(samples).enumerate() {
@@ -577,37 +626,49 @@ unsafe fn weight_grad_body<T: Real, K: DotTile<T>, const OBM: usize, const TBM: 
             }
         }
         let group = &*group;
-        let mut o0 = 0;
-        while o0 < a.oc {
-            // OBM ≤ 3: the blocks are 3, 2 or 1 output channels.
-            let ob = (a.oc - o0).min(OBM);
-            let mut t0 = 0;
-            while t0 < r {
-                let tb = if r - t0 >= TBM { TBM } else { 1 };
-                macro_rules! tile {
-                    ($ob:literal) => {
-                        // SAFETY: passed on to the caller.
-                        unsafe {
-                            if tb == TBM {
-                                weight_grad_tile::<T, K, $ob, TBM>(
-                                    group, samples, f, g.channels, o0, t0, r, a.alpha, dw,
-                                )
-                            } else {
-                                weight_grad_tile::<T, K, $ob, 1>(
-                                    group, samples, f, g.channels, o0, t0, r, a.alpha, dw,
-                                )
+        lanes.iter_mut().for_each(|v| *v = T::zero());
+        for s0 in (0..samples).step_by(chunk) {
+            let run = (s0, chunk.min(samples - s0));
+            let mut o0 = 0;
+            while o0 < a.oc {
+                // OBM ≤ 6: a block is 1 to 6 output channels.
+                let ob = (a.oc - o0).min(OBM);
+                let mut t0 = 0;
+                while t0 < r {
+                    let tb = if r - t0 >= TBM { TBM } else { 1 };
+                    macro_rules! tile {
+                        ($ob:literal) => {
+                            // SAFETY: passed on to the caller.
+                            unsafe {
+                                if tb == TBM {
+                                    weight_grad_tile::<T, K, $ob, TBM>(
+                                        group, run, f, g.channels, o0, t0, r, lanes,
+                                    )
+                                } else {
+                                    weight_grad_tile::<T, K, $ob, 1>(
+                                        group, run, f, g.channels, o0, t0, r, lanes,
+                                    )
+                                }
                             }
-                        }
-                    };
+                        };
+                    }
+                    match ob {
+                        6 => tile!(6),
+                        5 => tile!(5),
+                        4 => tile!(4),
+                        3 => tile!(3),
+                        2 => tile!(2),
+                        _ => tile!(1),
+                    }
+                    t0 += tb;
                 }
-                match ob {
-                    3 => tile!(3),
-                    2 => tile!(2),
-                    _ => tile!(1),
-                }
-                t0 += tb;
+                o0 += ob;
             }
-            o0 += ob;
+        }
+        // The group's sum of each entry, by the fixed tree, times alpha added.
+        for (v, l) in dw.iter_mut().zip(lanes.chunks_exact(LANES)) {
+            let l: &[T; LANES] = l.try_into().expect("16 lanes");
+            *v = a.alpha.mul_add(lane_sum(l), *v);
         }
     }
 }
@@ -632,7 +693,7 @@ unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work:
     // SAFETY: the features are enabled here.
     unsafe {
         match f32_view(a, dw, work) {
-            Some((a, dw, work)) => weight_grad_body::<f32, Avx512Dots, 3, 5>(&a, dw, work),
+            Some((a, dw, work)) => weight_grad_body::<f32, Avx512Dots, 6, 4>(&a, dw, work),
             None => weight_grad_body::<T, GenericDots, 3, 5>(a, dw, work),
         }
     }
@@ -731,7 +792,7 @@ fn grow<T: Real>(work: &mut Vec<T>, len: usize) {
 /// `accumulate`. `work` is scratch, grown to [`conv2d_work_len`] if shorter. Order of the sums: see
 /// the module comment.
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward<T: Real>(
     g: &ConvGeometry,
@@ -771,6 +832,7 @@ fn conv2d_forward_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let a = Correlation {
         src: &x[..batch * g.input_len()],
@@ -797,7 +859,7 @@ fn conv2d_forward_on<T: Real>(
 /// computed by the same kernel. Shapes: `w` `[O, C, k, k]`, `dy` `[batch, O, ho, wo]`, `dx`
 /// `[batch, C, H, W]`, overwritten or, when `accumulate`, added to.
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_input_grad<T: Real>(
     g: &ConvGeometry,
@@ -824,6 +886,7 @@ fn conv2d_input_grad_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let (c, o, k) = (g.channels, out_channels, g.kernel);
     grow(work, conv2d_work_len(g, out_channels));
@@ -859,7 +922,7 @@ fn conv2d_input_grad_on<T: Real>(
 /// when `accumulate`, added to. The sum of each group of 4 consecutive samples is added as
 /// `alpha·s`, group after group (one sample with `alpha` = the scale gives a per-sample gradient).
 ///
-/// **Panics** if a buffer is shorter than its shape.
+/// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_weight_grad<T: Real>(
     g: &ConvGeometry,
@@ -899,6 +962,7 @@ fn conv2d_weight_grad_on<T: Real>(
     work: &mut Vec<T>,
     isa: Isa,
 ) {
+    assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
     let dw = &mut dw[..out_channels * g.rows()];
     if !accumulate {

@@ -4,7 +4,7 @@
 //! [`Backend`](super::Backend) method; the formulas' sources are cited there.
 
 use super::backend::SgdStep;
-use crate::model::Elementwise;
+use crate::model::{Elementwise, MaxPool2d};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -225,6 +225,46 @@ pub(super) fn activation_r_backward<T: Real, A: Elementwise>(
 }
 
 pub(super) fn max_pool2d<T: Real>(
+    pool: &MaxPool2d,
+    x: &[T],
+    batch: usize,
+    y: &mut [T],
+    indices: &mut [u32],
+) {
+    let (channels, height, width) = (pool.channels, pool.height, pool.width);
+    if pool.kernel == 2 && pool.stride == 2 {
+        return max_pool2d_2x2(x, batch, channels, height, width, y, indices);
+    }
+    let (k, s) = (pool.kernel, pool.stride);
+    let (ho, wo) = pool.output_size();
+    let plane = height * width;
+    for nc in 0..batch * channels {
+        let base = nc * plane;
+        let sample = (nc / channels) * channels * plane;
+        for i in 0..ho {
+            for j in 0..wo {
+                let first = i * s * width + j * s;
+                let (mut m, mut best) = (x[base + first], first);
+                for di in 0..k {
+                    for dj in 0..k {
+                        let at = first + di * width + dj;
+                        let v = x[base + at];
+                        let take = v > m || v.is_nan();
+                        m = if take { v } else { m };
+                        best = if take { at } else { best };
+                    }
+                }
+                let o = (nc * ho + i) * wo + j;
+                y[o] = m;
+                indices[o] = (best + base - sample) as u32;
+            }
+        }
+    }
+}
+
+/// [`max_pool2d`] for 2×2 windows with stride 2 (the LeNet's): the same winners, each window's four
+/// values compared without a loop.
+fn max_pool2d_2x2<T: Real>(
     x: &[T],
     batch: usize,
     channels: usize,

@@ -436,6 +436,7 @@ impl Architecture {
                             width,
                             kernel,
                             padding,
+                            stride: 1,
                         };
                         Conv2d::new(s, g, out)
                     }
@@ -455,17 +456,9 @@ impl Architecture {
                         s.sequential(&e.to_string(), |t| conv_relu(t, 6, (hs[0], ws[0]), 5, 2, 6));
                     }
                 });
-                seq.functional(MaxPool2d {
-                    channels: 6,
-                    height: hs[0],
-                    width: ws[0],
-                });
+                seq.functional(MaxPool2d::two_by_two(6, hs[0], ws[0]));
                 seq.sequential("conv2", |s| conv_relu(s, 6, (hs[1], ws[1]), 5, 0, 16));
-                seq.functional(MaxPool2d {
-                    channels: 16,
-                    height: hs[2],
-                    width: ws[2],
-                });
+                seq.functional(MaxPool2d::two_by_two(16, hs[2], ws[2]));
                 seq.named("fc_1", |s| Linear::new(s, lenet_flat(*height, *width), 120));
                 seq.functional(Relu { features: 120 });
                 seq.named("fc_2", |s| Linear::new(s, 120, 84));

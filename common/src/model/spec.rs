@@ -101,8 +101,13 @@ enum Kind {
         out: usize,
         kernel: usize,
         padding: usize,
+        stride: usize,
+        bias: bool,
     },
-    MaxPool2d,
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+    },
     AvgPool2d {
         kernel: usize,
         stride: usize,
@@ -582,23 +587,17 @@ fn parse_layer(
             let out = uint(obj, at, "out", 1, None)?;
             let kernel = uint(obj, at, "kernel", 1, None)?;
             let padding = uint(obj, at, "padding", 0, Some(0))?;
-            if uint(obj, at, "stride", 1, Some(1))? != 1 {
-                return Err(Error::spec(
-                    format!("{at}.stride"),
-                    "conv2d supports stride 1 only",
-                ));
-            }
-            if !boolean(obj, at, "bias", true)? {
-                return Err(Error::spec(
-                    format!("{at}.bias"),
-                    "conv2d without a bias is not supported",
-                ));
-            }
+            let stride = uint(obj, at, "stride", 1, Some(1))?;
+            let bias = boolean(obj, at, "bias", true)?;
+            // PyTorch's ⌊(side + 2·padding − kernel)/stride⌋ + 1, refused where the kernel does not
+            // fit the padded input.
             let side = |s: usize| {
-                s.checked_add(padding.checked_mul(2)?)?
-                    .checked_add(1)?
-                    .checked_sub(kernel)
-                    .filter(|&o| o >= 1)
+                Some(
+                    s.checked_add(padding.checked_mul(2)?)?
+                        .checked_sub(kernel)?
+                        / stride
+                        + 1,
+                )
             };
             let (Some(ho), Some(wo)) = (side(h), side(w)) else {
                 return Err(Error::spec(
@@ -611,7 +610,9 @@ fn parse_layer(
                 ));
             };
             totals.tensor(at, &path, "weight", vec![out, c, kernel, kernel])?;
-            totals.tensor(at, &path, "bias", vec![out])?;
+            if bias {
+                totals.tensor(at, &path, "bias", vec![out])?;
+            }
             let out_shape = vec![out, ho, wo];
             features(at, &out_shape)?;
             // One sample's im2col matrix: (c·k²) × (ho·wo).
@@ -625,6 +626,8 @@ fn parse_layer(
                     out,
                     kernel,
                     padding,
+                    stride,
+                    bias,
                 },
                 out_shape,
             )
@@ -633,22 +636,20 @@ fn parse_layer(
             let [c, h, w] = image("maxpool2d")?;
             let kernel = uint(obj, at, "kernel", 1, None)?;
             let stride = uint(obj, at, "stride", 1, Some(kernel as u64))?;
-            if kernel != 2 || stride != 2 {
+            if kernel > h || kernel > w {
                 return Err(Error::spec(
                     at,
                     format!(
-                        "maxpool2d supports kernel 2 with stride 2 only (got kernel {kernel}, \
-                         stride {stride})"
+                        "a {kernel}×{kernel} pooling does not fit the input {}",
+                        shape_str(input)
                     ),
                 ));
             }
-            if h < 2 || w < 2 {
-                return Err(Error::spec(
-                    at,
-                    format!("a 2×2 pooling does not fit the input {}", shape_str(input)),
-                ));
-            }
-            (Kind::MaxPool2d, vec![c, h / 2, w / 2])
+            let side = |s: usize| (s - kernel) / stride + 1;
+            (
+                Kind::MaxPool2d { kernel, stride },
+                vec![c, side(h), side(w)],
+            )
         }
         "avgpool2d" => {
             let [c, h, w] = image("avgpool2d")?;
@@ -1122,6 +1123,8 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
                 out,
                 kernel,
                 padding,
+                stride,
+                bias,
             } => {
                 let g = ConvGeometry {
                     channels: l.input[0],
@@ -1129,13 +1132,16 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
                     width: l.input[2],
                     kernel: *kernel,
                     padding: *padding,
+                    stride: *stride,
                 };
-                seq.named(&l.name, |s| Conv2d::new(s, g, *out));
+                seq.named(&l.name, |s| Conv2d::with_bias(s, g, *out, *bias));
             }
-            Kind::MaxPool2d => seq.functional(MaxPool2d {
+            Kind::MaxPool2d { kernel, stride } => seq.functional(MaxPool2d {
                 channels: l.input[0],
                 height: l.input[1],
                 width: l.input[2],
+                kernel: *kernel,
+                stride: *stride,
             }),
             Kind::AvgPool2d { kernel, stride } => seq.functional(AvgPool2d {
                 channels: l.input[0],
@@ -1193,11 +1199,26 @@ fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) 
                 out: o,
                 kernel,
                 padding,
-            } => out.push_str(&format!(
-                "nn.Conv2d({}, {o}, {kernel}, padding={padding})",
-                l.input[0]
-            )),
-            Kind::MaxPool2d => out.push_str("nn.MaxPool2d(2)"),
+                stride,
+                bias,
+            } => {
+                let step = if *stride == 1 {
+                    String::new()
+                } else {
+                    format!("stride={stride}, ")
+                };
+                let tail = if *bias { "" } else { ", bias=False" };
+                out.push_str(&format!(
+                    "nn.Conv2d({}, {o}, {kernel}, {step}padding={padding}{tail})",
+                    l.input[0]
+                ))
+            }
+            Kind::MaxPool2d { kernel, stride } if stride == kernel => {
+                out.push_str(&format!("nn.MaxPool2d({kernel})"))
+            }
+            Kind::MaxPool2d { kernel, stride } => {
+                out.push_str(&format!("nn.MaxPool2d({kernel}, stride={stride})"))
+            }
             Kind::AvgPool2d { kernel, stride } => {
                 out.push_str(&format!("nn.AvgPool2d({kernel}, stride={stride})"))
             }

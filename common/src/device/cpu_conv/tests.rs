@@ -29,6 +29,7 @@ fn geometry(
         width: w,
         kernel: k,
         padding: p,
+        stride: 1,
     }
 }
 

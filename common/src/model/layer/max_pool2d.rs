@@ -1,7 +1,9 @@
-//! 2×2 max-pooling with stride 2 (`F.max_pool2d(x, 2)`): each output is the largest of its window
-//! (the first maximum in scan order wins ties, as PyTorch's CPU kernel; a NaN wins). Linear where
-//! the winners do not change: ∂x scatters δ to the winners, R{y} gathers R{x} from them, and
-//! R{∂x} scatters R{δ}.
+//! Max-pooling (`nn.MaxPool2d(kernel, stride)`, no padding, floor mode; the LeNet's is
+//! `F.max_pool2d(x, 2)`): each output is the largest of its `kernel × kernel` window, windows
+//! `stride` apart, so the output side is ⌊(side − kernel)/stride⌋ + 1 (the first maximum in scan
+//! order wins ties, as PyTorch's CPU kernel; a NaN wins). Linear where the winners do not change:
+//! ∂x scatters δ to the winners (adding where overlapping windows share one), R{y} gathers R{x}
+//! from them, and R{∂x} scatters R{δ}.
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
 use crate::device::Backend;
@@ -13,6 +15,27 @@ pub struct MaxPool2d {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl MaxPool2d {
+    /// `F.max_pool2d(x, 2)`: 2×2 windows with stride 2.
+    pub fn two_by_two(channels: usize, height: usize, width: usize) -> Self {
+        MaxPool2d {
+            channels,
+            height,
+            width,
+            kernel: 2,
+            stride: 2,
+        }
+    }
+
+    /// (ho, wo); the caller has checked kernel ≤ each side and stride ≥ 1.
+    pub fn output_size(&self) -> (usize, usize) {
+        let side = |s: usize| (s - self.kernel) / self.stride + 1;
+        (side(self.height), side(self.width))
+    }
 }
 
 impl LayerOps for MaxPool2d {
@@ -23,7 +46,8 @@ impl LayerOps for MaxPool2d {
         self.channels * self.height * self.width
     }
     fn out_features(&self) -> usize {
-        self.channels * (self.height / 2) * (self.width / 2)
+        let (ho, wo) = self.output_size();
+        self.channels * ho * wo
     }
     fn tensors(&self) -> Range<usize> {
         0..0
@@ -62,15 +86,7 @@ impl LayerOps for MaxPool2d {
         sc: &mut Scratch<T, B>,
     ) {
         // The winners are kept as indices into their sample's input.
-        sc.backend.max_pool2d(
-            x,
-            batch,
-            self.channels,
-            self.height,
-            self.width,
-            y,
-            indices,
-        );
+        sc.backend.max_pool2d(self, x, batch, y, indices);
     }
 
     fn backward<B: Backend, T: Real>(

@@ -28,13 +28,12 @@ fn network(define: impl FnOnce(&mut Sequential<'_>)) -> Network {
 }
 
 fn geometry(channels: usize, side: usize, kernel: usize, padding: usize) -> ConvGeometry {
-    ConvGeometry {
-        channels,
-        height: side,
-        width: side,
-        kernel,
-        padding,
-    }
+    geometry2(channels, side, side, kernel, padding)
+}
+
+/// `g` with windows `stride` pixels apart.
+fn strided(g: ConvGeometry, stride: usize) -> ConvGeometry {
+    ConvGeometry { stride, ..g }
 }
 
 fn geometry2(
@@ -50,6 +49,7 @@ fn geometry2(
         width,
         kernel,
         padding,
+        stride: 1,
     }
 }
 
@@ -163,11 +163,7 @@ fn networks() -> Vec<(&'static str, Network)> {
                     r.push(|sc| Conv2d::new(sc, geometry(2, 2, 3, 1), 2));
                 });
                 s.push(|sc| Conv2d::new(sc, geometry(2, 2, 1, 0), 2));
-                s.functional(MaxPool2d {
-                    channels: 2,
-                    height: 2,
-                    width: 2,
-                });
+                s.functional(MaxPool2d::two_by_two(2, 2, 2));
                 s.push(|sc| Linear::new(sc, 2, 3));
             }),
         ),
@@ -287,16 +283,67 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
-            // An odd side: the pooling floors (F.max_pool2d), so the last row and column are
-            // dropped and get no gradient.
-            "MaxPool2d",
+            // Stride 2 (the lowered route) on a 7×6 plane, whose width the floor cuts (5/2), first
+            // in the network (R{x} = None); then a strided 2×2 convolution without a bias whose
+            // input depends on θ.
+            "Conv2d (stride 2, no bias)",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, strided(geometry2(2, 7, 6, 3, 1), 2), 3));
+                s.push(|_| Tanh { features: 36 });
+                s.push(|sc| Conv2d::with_bias(sc, strided(geometry2(3, 4, 3, 2, 0), 2), 2, false));
+                s.push(|sc| Linear::new(sc, 4, 3));
+            }),
+        ),
+        (
+            // The direct kernels without a bias, after a layer (R{x} given).
+            "Conv2d (no bias)",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 4, 18));
+                s.push(|_| Tanh { features: 18 });
+                s.push(|sc| Conv2d::with_bias(sc, geometry(2, 3, 3, 1), 2, false));
+                s.push(|sc| Linear::new(sc, 18, 3));
+            }),
+        ),
+        (
+            // Overlapping windows (kernel 3, stride 2): a pixel may win two windows and gets both
+            // gradients.
+            "MaxPool2d (kernel 3, stride 2)",
             network(|s| {
                 s.push(|sc| Conv2d::new(sc, geometry(1, 7, 3, 1), 2));
                 s.functional(MaxPool2d {
                     channels: 2,
                     height: 7,
                     width: 7,
+                    kernel: 3,
+                    stride: 2,
                 });
+                s.push(|sc| Linear::new(sc, 18, 3));
+            }),
+        ),
+        (
+            // Both geometries in a piecewise-linear network (the exact trace applies): a strided
+            // convolution without a bias, ReLU, then overlapping 3×3 windows with stride 2 on 5×5.
+            "Conv2d (stride 2) and MaxPool2d (kernel 3, stride 2), piecewise linear",
+            network(|s| {
+                s.push(|sc| Conv2d::with_bias(sc, strided(geometry(1, 9, 3, 1), 2), 2, false));
+                s.push(|_| Relu { features: 50 });
+                s.functional(MaxPool2d {
+                    channels: 2,
+                    height: 5,
+                    width: 5,
+                    kernel: 3,
+                    stride: 2,
+                });
+                s.push(|sc| Linear::new(sc, 8, 3));
+            }),
+        ),
+        (
+            // An odd side: the pooling floors (F.max_pool2d), so the last row and column are
+            // dropped and get no gradient.
+            "MaxPool2d",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry(1, 7, 3, 1), 2));
+                s.functional(MaxPool2d::two_by_two(2, 7, 7));
                 s.push(|sc| Linear::new(sc, 18, 3));
             }),
         ),

@@ -145,6 +145,42 @@ fn convolutional_specs_infer_their_shapes() {
     assert_eq!(a.size().unwrap().scratch, 4 * 9 * 81);
 }
 
+/// Issue #15's geometries: a strided convolution (PyTorch's floor: 13 + 2 − 3 = 12 → 7 rows,
+/// 12 + 2 − 3 = 11 → 6 columns), one without a bias (no `bias` tensor, so the next layer's tensors
+/// follow its weight), and overlapping 3×3 max-pooling with stride 2; the PyTorch source says so.
+#[test]
+fn strided_and_bias_free_layers_infer_their_shapes_and_print_as_pytorch() {
+    let v = json!({"input": [2, 13, 12],
+        "layers": [{"type": "conv2d", "out": 3, "kernel": 3, "stride": 2, "padding": 1},
+                   {"type": "relu"},
+                   {"type": "conv2d", "out": 4, "kernel": 2, "bias": false},
+                   {"type": "maxpool2d", "kernel": 3, "stride": 2},
+                   {"type": "maxpool2d", "kernel": 2},
+                   {"type": "flatten"},
+                   {"type": "linear", "out": 5}]});
+    let a = arch(&v);
+    // [3, 7, 6] → [4, 6, 5] → [4, 2, 2] → [4, 1, 1].
+    assert_eq!(
+        a.layout().names(),
+        ["0.weight", "0.bias", "2.weight", "6.weight", "6.bias"]
+    );
+    assert_eq!(a.tensor_spec(2).unwrap().1, vec![4, 3, 2, 2]);
+    assert_eq!(a.tensor_spec(3).unwrap().1, vec![5, 4]);
+    check_against_build(&a);
+    let (layers, _) = a.build();
+    let features: Vec<usize> = layers.iter().map(|l| l.out_features()).collect();
+    assert_eq!(features, [3 * 7 * 6, 3 * 7 * 6, 4 * 6 * 5, 4 * 2 * 2, 4, 5]);
+    let src = a.torch_definition();
+    for want in [
+        r#"("0", nn.Conv2d(2, 3, 3, stride=2, padding=1)),"#,
+        r#"("2", nn.Conv2d(3, 4, 2, padding=0, bias=False)),"#,
+        r#"("3", nn.MaxPool2d(3, stride=2)),"#,
+        r#"("4", nn.MaxPool2d(2)),"#,
+    ] {
+        assert!(src.contains(want), "{want} not in\n{src}");
+    }
+}
+
 #[test]
 fn malformed_specs_are_refused_with_the_json_path() {
     let cases = [
@@ -236,12 +272,24 @@ fn malformed_specs_are_refused_with_the_json_path() {
             "layers[0]: a 5×5 kernel with padding 0 does not fit the 4×4 input",
         ),
         (
-            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 3, "stride": 2}]}),
-            "layers[0].stride: conv2d supports stride 1 only",
+            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 3, "stride": 0}]}),
+            "layers[0].stride: must be an integer ≥ 1, got 0",
         ),
         (
-            json!({"input": [1, 4, 4], "layers": [{"type": "maxpool2d", "kernel": 3}]}),
-            "layers[0]: maxpool2d supports kernel 2 with stride 2 only (got kernel 3, stride 3)",
+            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 7, "stride": 2, "padding": 1}]}),
+            "layers[0]: a 7×7 kernel with padding 1 does not fit the 4×4 input",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "conv2d", "out": 2, "kernel": 3, "bias": 0}]}),
+            "layers[0].bias: must be",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "maxpool2d", "kernel": 5}]}),
+            "layers[0]: a 5×5 pooling does not fit the input [1, 4, 4]",
+        ),
+        (
+            json!({"input": [1, 4, 4], "layers": [{"type": "maxpool2d", "kernel": 2, "stride": 0}]}),
+            "layers[0].stride: must be an integer ≥ 1, got 0",
         ),
         (
             json!({"input": [4], "layers": [{"type": "gelu", "approximate": "erf"}]}),
