@@ -301,10 +301,16 @@ fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architectu
     })
 }
 
-/// Refuses a model that is degenerate (a zero width, one class) or that would not fit in memory, in
-/// one line naming `flag`.
-fn check_model(arch: &Architecture, batch: usize, flag: &str) -> Result<()> {
-    check_model_for(arch, Loss::SoftmaxCrossEntropy, batch, flag)
+/// Refuses a model that is degenerate (a zero width, one class under cross-entropy) or that would
+/// not fit in memory, in one line naming `flag`. Before the data is read the loss is the one
+/// `--loss` or the spec names; with neither it is not known yet (the targets' dtype decides), so
+/// one output passes here and is checked against the loss once it is ([`check_model_for`]).
+fn check_model(arch: &Architecture, loss: Option<&str>, batch: usize, flag: &str) -> Result<()> {
+    let loss = match loss.or(arch.named_loss()) {
+        Some(name) => Loss::parse(name)?,
+        None => Loss::MeanSquaredError,
+    };
+    check_model_for(arch, loss, batch, flag)
 }
 
 /// [`check_model`] for a model trained with `loss` (the mean squared error takes one output).
@@ -327,7 +333,7 @@ fn run(args: Args) -> Result<()> {
             // The flags are checked before any data is read (at the paper's input shape), and the
             // model again once it is built for the data's shape (below).
             let (arch, flag) = model_from_flags(&args, spec.as_ref())?;
-            check_model(&arch, args.batch_size, &flag)?;
+            check_model(&arch, args.loss.as_deref(), args.batch_size, &flag)?;
             (None, arch)
         }
         Some(p) => {
@@ -345,7 +351,7 @@ fn run(args: Args) -> Result<()> {
                 Some(ModelSpec::LeNet) if args.extra_layers.is_none() => Some(ModelSpec::LeNet),
                 Some(s) => {
                     let (arch, flag) = model_from_flags(&args, Some(&s))?;
-                    check_model(&arch, args.batch_size, &flag)?;
+                    check_model(&arch, args.loss.as_deref(), args.batch_size, &flag)?;
                     Some(ModelSpec::Exact(arch))
                 }
                 None => None,
@@ -354,7 +360,12 @@ fn run(args: Args) -> Result<()> {
             let ck = Checkpoint::load_for_loss(p, spec.as_ref(), loss)?;
             ck.check_finite(p)?;
             let arch = ck.network.arch.clone();
-            check_model(&arch, args.batch_size, &format!("--init {}", p.display()))?;
+            check_model(
+                &arch,
+                args.loss.as_deref(),
+                args.batch_size,
+                &format!("--init {}", p.display()),
+            )?;
             (Some(ck), arch)
         }
     };

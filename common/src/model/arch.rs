@@ -546,12 +546,16 @@ impl Architecture {
     ///
     /// # Errors
     /// [`Error::Invalid`] for a layer of width 0, an input of 0 features, an output of fewer than 2
-    /// classes (cross-entropy over one class is 0 for every input: there is nothing to train or
-    /// measure), more than [`MAX_HIDDEN_LAYERS`] hidden layers, or sizes that overflow 64 bits.
+    /// classes under cross-entropy — the spec's named loss, else cross-entropy — (cross-entropy over
+    /// one class is 0 for every input: there is nothing to train or measure), more than [`MAX_HIDDEN_LAYERS`] hidden layers, or sizes that overflow 64 bits.
     ///
     /// [`Network::new`]: super::Network::new
     pub fn size(&self) -> Result<ModelSize> {
-        self.size_for(super::Loss::SoftmaxCrossEntropy)
+        let loss = self
+            .named_loss()
+            .and_then(|name| super::Loss::parse(name).ok())
+            .unwrap_or(super::Loss::SoftmaxCrossEntropy);
+        self.size_for(loss)
     }
 
     /// The loss the model's description names (a spec's `loss`), the default when neither `--loss`
@@ -804,7 +808,10 @@ impl ModelSpec {
             });
         }
         let arch = Architecture::parse(model, &[], Activation::Relu, 2)?;
-        arch.size()?;
+        // The loss is not known yet (`--loss`, the data's targets): the output count is checked
+        // against it where it is (`size_for`); here only what no loss allows (0 outputs, widths 0,
+        // overflow).
+        arch.size_for(super::Loss::MeanSquaredError)?;
         Ok(ModelSpec::Exact(arch))
     }
 }
