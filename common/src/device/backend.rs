@@ -98,6 +98,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn upload<E: Element>(&self, host: &[E]) -> Self::Buffer<E>;
     /// Copies a view into host memory of the same length.
     fn download<E: Element>(&self, src: Self::View<'_, E>, host: &mut [E]);
+    /// Copies host memory into a view of the same length (an upload into an existing buffer: a
+    /// chain's minibatch each step).
+    fn write<E: Element>(&self, host: &[E], dst: Self::ViewMut<'_, E>);
     /// Grows `buf` to at least `len` elements (new elements are zero; existing ones kept).
     fn ensure_len<E: Element>(&self, buf: &mut Self::Buffer<E>, len: usize);
     /// The number of elements of a buffer.
@@ -485,6 +488,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn axpy<T: Real>(&self, alpha: T, x: Self::View<'_, T>, y: Self::ViewMut<'_, T>);
     /// x ← α·x.
     fn scale<T: Real>(&self, alpha: T, x: Self::ViewMut<'_, T>);
+    /// x ← x / d (a true division, not x·(1/d), whose last bit can differ: normalising a vector to
+    /// unit length in the Lanczos and Gram–Schmidt recurrences).
+    fn divide<T: Real>(&self, d: T, x: Self::ViewMut<'_, T>);
+    /// dst ← src converted element by element through f64 (`T::of_f64(s.as_f64())`: exact from
+    /// f32 to f64, round-to-nearest from f64 to f32; a copy when both are the same type). The
+    /// f64 vectors of the trace and eigenvalue estimators meet an f32 operator here.
+    fn convert<S: Real, T: Real>(&self, src: Self::View<'_, S>, dst: Self::ViewMut<'_, T>);
     /// Σᵢ xᵢ·yᵢ, accumulated in f64 left to right.
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
     /// Σᵢ xᵢ, accumulated in f64 left to right.

@@ -43,6 +43,10 @@ impl Backend for CpuBackend {
         host.copy_from_slice(src);
     }
     #[inline]
+    fn write<E: Element>(&self, host: &[E], dst: &mut [E]) {
+        dst.copy_from_slice(host);
+    }
+    #[inline]
     fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
         if buf.len() < len {
             buf.resize(len, E::default());
@@ -449,6 +453,17 @@ impl Backend for CpuBackend {
     #[inline]
     fn scale<T: Real>(&self, alpha: T, x: &mut [T]) {
         x.iter_mut().for_each(|v| *v = alpha * *v);
+    }
+    #[inline]
+    fn divide<T: Real>(&self, d: T, x: &mut [T]) {
+        x.iter_mut().for_each(|v| *v = *v / d);
+    }
+    #[inline]
+    fn convert<S: Real, T: Real>(&self, src: &[S], dst: &mut [T]) {
+        assert_eq!(src.len(), dst.len(), "convert: lengths");
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = T::of_f64(v.as_f64());
+        }
     }
     #[inline]
     fn dot<T: Real>(&self, x: &[T], y: &[T]) -> f64 {
