@@ -42,10 +42,13 @@
 //!
 //! Where the backend lives: the layers' scratch (`Scratch<T, B>`), and with it the network's
 //! `Workspace<T, B>` and the R-pass buffers, carry the backend value. The layers
-//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on`, `Loss::evaluate_on` /
-//! `r_gradient_on` and the R-pass are generic over it; the host-slice entry points
-//! (`Network::forward`, `loss_and_gradient`, the Hessian operator, the per-sample products, the
-//! optimisers, the SGLD chains) are these on [`CpuBackend`](super::CpuBackend).
+//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on` / `loss_sum_on` / `evaluate_on`,
+//! `Loss::evaluate_on` / `r_gradient_on`, the R-pass, the Hessian operator
+//! (`HessianOperator<T, B>`), the trace and eigenvalue estimators over it (`LinearOperator<B>`),
+//! the SGLD chain driver (`run_chain`, on its `Potential::Backend`) and `NetworkPotential<B>` are
+//! generic over it; the host-slice entry points (`Network::forward`, `loss_and_gradient`,
+//! `HessianOperator::new`, `NetworkPotential::new`, the per-sample products, the optimisers) are
+//! these on [`CpuBackend`](super::CpuBackend), and the optimisers are host code still.
 //!
 //! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
 //! over `B: Backend` and instantiated for each backend compiled in.
