@@ -46,6 +46,8 @@ impl DeviceArgs {
 /// `--data`, `--normalize` and `--loss`: a data file instead of the IDX data sets, its
 /// normalisation, and the loss, for every tool that reads data. The tool must also have a
 /// `--dataset` flag (`--data` conflicts with it).
+// The field docs are the tools' help text, where `[n, k]` is a shape, not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct DataArgs {
     /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
