@@ -502,6 +502,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;
+    /// Σᵢ xᵢ² in f64 (‖x‖², the NGD preconditioner's norms). Each backend fixes its own summation
+    /// order; the CPU's is eight lanes over the leading multiple of 8 (lane i mod 8), the lanes
+    /// added in order, then the tail left to right (so that it vectorises).
+    fn sum_squares<T: Real>(&self, x: Self::View<'_, T>) -> f64;
     /// `out[i, j] ← (α·x[i])·y[j]` for `out` `[x.len(), y.len()]`: a scaled outer product (a
     /// dense layer's per-sample weight gradient).
     fn outer<T: Real>(

@@ -797,6 +797,12 @@ pub(super) fn vectors<B: Backend>(be: &B) {
     let dot: f64 = x.iter().zip(&y0).map(|(a, b)| a * b).sum();
     assert!((be.dot(B::view(&xb), B::view(&be.upload(&y0))) - dot).abs() < 1e-14);
     assert!((be.sum(B::view(&xb)) - x.iter().sum::<f64>()).abs() < 1e-14);
+    // 13 entries: one block of eight lanes and a tail of five.
+    let sq: f64 = x.iter().map(|a| a * a).sum();
+    assert!((be.sum_squares(B::view(&xb)) - sq).abs() < 1e-14 * sq);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let sq32: f64 = x32.iter().map(|&a| f64::from(a) * f64::from(a)).sum();
+    assert!((be.sum_squares(B::view(&be.upload(&x32))) - sq32).abs() < 1e-14 * sq32);
     let (u, w) = (data(3, 37), data(4, 38));
     let mut o = be.zeros::<f64>(12);
     be.outer(

@@ -473,6 +473,10 @@ impl Backend for CpuBackend {
             .sum()
     }
     #[inline]
+    fn sum_squares<T: Real>(&self, x: &[T]) -> f64 {
+        k::sum_squares(x)
+    }
+    #[inline]
     fn sum<T: Real>(&self, x: &[T]) -> f64 {
         x.iter().map(|v| v.as_f64()).sum()
     }
