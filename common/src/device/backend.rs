@@ -48,7 +48,9 @@
 //! the SGLD chain driver (`run_chain`, on its `Potential::Backend`) and `NetworkPotential<B>` are
 //! generic over it; the host-slice entry points (`Network::forward`, `loss_and_gradient`,
 //! `HessianOperator::new`, `NetworkPotential::new`, the per-sample products, the optimisers) are
-//! these on [`CpuBackend`](super::CpuBackend), and the optimisers are host code still.
+//! these on [`CpuBackend`](super::CpuBackend). Of the optimisers, the online NGD axis
+//! preconditioner (`AxisPreconditioner<T, B>`) is generic; the `Optimizer` trait and the code on
+//! it are host code still.
 //!
 //! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
 //! over `B: Backend` and instantiated for each backend compiled in.
