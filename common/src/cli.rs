@@ -11,9 +11,86 @@
 //!
 //! A closed stdout is an I/O error of kind `BrokenPipe` anywhere in the chain, or a [`Stopped`]
 //! error with [`Stop::StdoutClosed`].
+//!
+//! The flags several tools share are defined here once and flattened into each tool's arguments
+//! (`#[command(flatten)]`): [`DeviceArgs`] (`--device`) and [`DataArgs`] (`--data`, `--normalize`,
+//! `--loss`).
 
+use crate::data::{DataChoice, Streaming};
+use crate::device::DeviceBackend;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// `--device`, which every computing tool takes.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu, cuda, cuda:N or auto. auto is the CPU when this build has no CUDA,
+    /// no CUDA driver or device answers, or (until the CUDA backend is implemented, issue #17)
+    /// always; an explicit cuda or cuda:N is refused with the reason (built without CUDA, no
+    /// driver or device, or not yet implemented).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+}
+
+impl DeviceArgs {
+    /// The backend for `--device` ([`crate::device::open`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::Device`] as [`crate::device::open`].
+    pub fn open(&self, tool: &str) -> crate::Result<DeviceBackend> {
+        crate::device::open(&self.device, tool)
+    }
+}
+
+/// `--data`, `--normalize` and `--loss`: a data file instead of the IDX data sets, its
+/// normalisation, and the loss, for every tool that reads data. The tool must also have a
+/// `--dataset` flag (`--data` conflicts with it).
+// The field docs are the tools' help text, where `[n, k]` is a shape, not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct DataArgs {
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test (the test
+    /// split) [default: the data file the checkpoint's metadata records, if any (train: the
+    /// --init checkpoint's)].
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    pub data: Option<PathBuf>,
+    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
+    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
+    /// [default: the normalisation the checkpoint records, if any].
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
+    pub normalize: Option<String>,
+    /// Read the --data file's inputs from disk minibatch by minibatch instead of into memory (files
+    /// over 1 GiB are streamed without it): memory stays bounded by a batch, and the numbers are the
+    /// same.
+    #[arg(long)]
+    pub stream: bool,
+    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
+    /// [default: the checkpoint's (train: the --init checkpoint's), else cross_entropy for integer
+    /// labels and mse for float targets].
+    #[arg(long)]
+    pub loss: Option<String>,
+}
+
+impl DataArgs {
+    /// `--data` and `--normalize` checked ([`DataChoice::new`]), streamed with `--stream` (else
+    /// past the size where a file is streamed anyway, [`Streaming::Auto`]).
+    ///
+    /// # Errors
+    /// As [`DataChoice::new`]: `--normalize` without `--data`, or a malformed `--normalize`.
+    pub fn choice(&self) -> crate::Result<DataChoice> {
+        Ok(
+            DataChoice::new(self.data.clone(), self.normalize.as_deref())?.with_streaming(
+                if self.stream {
+                    Streaming::Always
+                } else {
+                    Streaming::Auto
+                },
+            ),
+        )
+    }
+}
 
 /// Exit status of an interrupted run (128 + SIGINT, as a shell reports it).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -181,6 +258,53 @@ mod tests {
             (141, Some("switch: stdout was closed".into()))
         );
         assert_eq!(failure("switch", ClosedStdout::Quiet, &e), (0, None));
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Tool {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    }
+
+    /// The shared flags parse as one tool's own did: `--device` defaults to cpu, `--data`
+    /// conflicts with `--dataset`, `--normalize` takes a leading minus, and `--normalize`
+    /// without `--data` is refused when the choice is made.
+    #[test]
+    fn the_shared_flags_parse_in_a_tool() {
+        use clap::Parser;
+        let t = Tool::try_parse_from(["tool"]).unwrap();
+        assert_eq!(t.device.device, "cpu");
+        assert_eq!(t.data.data, None);
+        let t = Tool::try_parse_from([
+            "tool",
+            "--device",
+            "auto",
+            "--data",
+            "d.safetensors",
+            "--normalize",
+            "-0.5,2",
+            "--loss",
+            "mse",
+        ])
+        .unwrap();
+        assert_eq!(t.device.device, "auto");
+        assert!(matches!(
+            t.device.open("tool"),
+            Ok(crate::device::DeviceBackend::Cpu(_))
+        ));
+        assert_eq!(t.data.data, Some(PathBuf::from("d.safetensors")));
+        assert_eq!(t.data.normalize.as_deref(), Some("-0.5,2"));
+        assert_eq!(t.data.loss.as_deref(), Some("mse"));
+        assert!(t.data.choice().is_ok());
+        let e = Tool::try_parse_from(["tool", "--data", "d", "--dataset", "mnist"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let t = Tool::try_parse_from(["tool", "--normalize", "0.5,0.5"]).unwrap();
+        let e = t.data.choice().unwrap_err().to_string();
+        assert!(e.contains("--normalize applies to a --data file"), "{e}");
     }
 
     #[test]

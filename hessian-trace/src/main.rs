@@ -8,6 +8,7 @@ use common::curvature::{
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
 use common::data::{Dataset, Split};
+use common::device::{CpuBackend, DeviceBackend};
 use common::io::{
     atomic_write, fill_name, finite_or_null, log_line, process_stream, Checkpoint, Record,
 };
@@ -73,10 +74,8 @@ record succeeded, 1 otherwise (one line on stderr per failure, naming the checkp
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hessian-trace", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
-    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
-    /// explicit cuda is refused).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    #[command(flatten)]
+    device: common::cli::DeviceArgs,
     /// Checkpoints (safetensors). Without any, JSON-lines records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -91,21 +90,8 @@ struct Args {
     /// Folder holding the data [default: the record's data_dir, else data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test (--split test)
-    /// [default: the data file the checkpoint's metadata records, if any].
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
-    data: Option<PathBuf>,
-    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
-    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
-    /// [default: the checkpoint's recorded normalisation].
-    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
-    normalize: Option<String>,
-    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
-    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
-    /// targets].
-    #[arg(long)]
-    loss: Option<String>,
+    #[command(flatten)]
+    data_args: common::cli::DataArgs,
     /// Which split the Hessian is taken over.
     #[arg(long, default_value = "train", value_parser = ["train", "test"])]
     split: String,
@@ -265,7 +251,11 @@ fn hutchinson_config(args: &Args, kind: ProbeKind) -> HutchinsonConfig {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    common::device::Device::for_tool(&args.device, "hessian-trace")?;
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached.
+    let backend = match args.device.open("hessian-trace")? {
+        DeviceBackend::Cpu(be) => be,
+        DeviceBackend::Cuda(be) => be.absurd(),
+    };
     common::progress::enable(!args.quiet);
     validate(&args)?;
     common::device::cpu::set_blas_threads(args.threads);
@@ -282,10 +272,7 @@ fn run(args: Args) -> Result<ExitCode> {
     };
     let mut data_cache = DataCache::new(PathBuf::from("data"), args.dataset.clone(), None)
         .with_split(split)
-        .with_data(
-            common::data::DataChoice::new(args.data.clone(), args.normalize.as_deref())?,
-            args.loss.clone(),
-        );
+        .with_data(args.data_args.choice()?, args.data_args.loss.clone());
     let mut density_written: HashSet<PathBuf> = HashSet::new();
     let stdin = std::io::stdin();
     if args.checkpoints.is_empty() && stdin.is_terminal() && !args.quiet {
@@ -300,6 +287,7 @@ fn run(args: Args) -> Result<ExitCode> {
         |record, path| {
             analyse_record(
                 &args,
+                backend,
                 model.as_ref(),
                 record,
                 path,
@@ -323,6 +311,7 @@ fn run(args: Args) -> Result<ExitCode> {
 
 fn analyse_record(
     args: &Args,
+    backend: CpuBackend,
     model: Option<&ModelSpec>,
     record: &Record,
     path: &Path,
@@ -374,9 +363,27 @@ fn analyse_record(
     }
     let density = density_file.as_deref();
     let mut out = if args.f64 {
-        analyse::<f64>(args, &ck, data, samples, path, density, density_written)?
+        analyse::<f64>(
+            args,
+            backend,
+            &ck,
+            data,
+            samples,
+            path,
+            density,
+            density_written,
+        )?
     } else {
-        analyse::<f32>(args, &ck, data, samples, path, density, density_written)?
+        analyse::<f32>(
+            args,
+            backend,
+            &ck,
+            data,
+            samples,
+            path,
+            density,
+            density_written,
+        )?
     };
     out.insert("model".into(), Value::from(ck.network.arch.name()));
     if let Some(spec) = ck.network.arch.spec_source() {
@@ -427,8 +434,12 @@ fn estimate_json(est: &TraceEstimate) -> Map<String, Value> {
     m
 }
 
+/// The exact trace is host code ([`HessianOperator::exact_trace`] on [`CpuBackend`]), so this
+/// takes the CPU backend; the operator and the estimators are generic over the backend.
+#[allow(clippy::too_many_arguments)]
 fn analyse<T: Real>(
     args: &Args,
+    backend: CpuBackend,
     ck: &Checkpoint,
     data: &Dataset,
     samples: usize,
@@ -437,7 +448,8 @@ fn analyse<T: Real>(
     density_written: &mut HashSet<PathBuf>,
 ) -> common::Result<Map<String, Value>> {
     let params: Vec<T> = ck.params.iter().map(|&p| T::of_f64(p as f64)).collect();
-    let mut op = HessianOperator::<T>::from_dataset(
+    let mut op = HessianOperator::<T>::from_dataset_on(
+        backend,
         &ck.network,
         &params,
         data,

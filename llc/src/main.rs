@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::{DataChoice, Streaming};
+use common::device::DeviceBackend;
 use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
@@ -66,10 +66,8 @@ naming the record, and the record is still written with an `llc.error` field).";
 #[derive(Parser, Debug)]
 #[command(name = "llc", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
-    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
-    /// explicit cuda is refused).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    #[command(flatten)]
+    device: common::cli::DeviceArgs,
     /// Checkpoints (safetensors). Without any, JSON records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -84,25 +82,8 @@ struct Args {
     /// Folder holding the data (data/mnist, data/fashion-mnist, or a torchvision root).
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: the
-    /// data file the checkpoint's metadata records, if any].
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
-    data: Option<PathBuf>,
-    /// Read the data file's inputs from disk minibatch by minibatch instead of into memory (files
-    /// over 1 GiB are streamed without it); the same numbers.
-    #[arg(long)]
-    stream: bool,
-    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
-    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
-    /// [default: the checkpoint's recorded normalisation].
-    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
-    normalize: Option<String>,
-    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
-    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
-    /// targets].
-    #[arg(long)]
-    loss: Option<String>,
+    #[command(flatten)]
+    data_args: common::cli::DataArgs,
     /// Use only the first N training samples (n is then N for the nβ rules).
     #[arg(long)]
     train_samples: Option<usize>,
@@ -198,7 +179,11 @@ fn positive_count(v: i64, flag: &str) -> Result<usize> {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    common::device::Device::for_tool(&args.device, "llc")?;
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached.
+    let backend = match args.device.open("llc")? {
+        DeviceBackend::Cpu(be) => be,
+        DeviceBackend::Cuda(be) => be.absurd(),
+    };
     common::progress::enable(!args.quiet);
     let chains = positive_count(args.chains, "--chains")?;
     let draws = positive_count(args.draws, "--draws")?;
@@ -286,16 +271,7 @@ fn run(args: Args) -> Result<ExitCode> {
         args.dataset.clone(),
         args.train_samples,
     )
-    .with_data(
-        DataChoice::new(args.data.clone(), args.normalize.as_deref())?.with_streaming(
-            if args.stream {
-                Streaming::Always
-            } else {
-                Streaming::Auto
-            },
-        ),
-        args.loss.clone(),
-    );
+    .with_data(args.data_args.choice()?, args.data_args.loss.clone());
     let mut trace_text = String::new();
     let key = if calibration.is_some() {
         "llc_calibration"
@@ -313,7 +289,7 @@ fn run(args: Args) -> Result<ExitCode> {
         stdout.lock(),
         |_record, path| {
             let (ck, train) = data.load(path, model.as_ref())?;
-            let pot = NetworkPotential::new(&ck.network, train, args.batch_size)?;
+            let pot = NetworkPotential::new_on(backend, &ck.network, train, args.batch_size)?;
             let mut context = Map::new();
             context.insert("model".into(), Value::from(ck.network.arch.name()));
             if let Some(spec) = ck.network.arch.spec_source() {

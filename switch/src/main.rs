@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::cli::{Stop, Stopped};
-use common::data::{dataset_for_checkpoint, DataChoice, DatasetKind, Split};
+use common::data::{dataset_for_checkpoint, DatasetKind, Split};
+use common::device::{CpuBackend, DeviceBackend};
 use common::io::{Checkpoint, Record, RecordWriter};
 use common::model::Loss;
 use common::model::ModelSpec;
@@ -54,10 +55,8 @@ interrupted, 141 when stdout was closed before the branches finished (`switch ..
 #[derive(Parser, Debug)]
 #[command(name = "switch", version, about = "Continue a checkpoint along several optimiser branches", long_about = LONG_ABOUT)]
 struct Args {
-    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
-    /// explicit cuda is refused).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    #[command(flatten)]
+    device: common::cli::DeviceArgs,
     /// The checkpoint to branch from.
     #[arg(long)]
     from: PathBuf,
@@ -84,21 +83,8 @@ struct Args {
     dataset: Option<String>,
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: the
-    /// data file the checkpoint's metadata records, if any].
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
-    data: Option<PathBuf>,
-    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
-    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
-    /// [default: the checkpoint's recorded normalisation].
-    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
-    normalize: Option<String>,
-    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
-    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
-    /// targets].
-    #[arg(long)]
-    loss: Option<String>,
+    #[command(flatten)]
+    data_args: common::cli::DataArgs,
     /// Seed of the data order (and sampled Fisher) [default: the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
@@ -272,22 +258,31 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    common::device::Device::for_tool(&args.device, "switch")?;
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. Training runs
+    // on the CPU: the optimisers (SGD, the NGD preconditioners, exact NGD) are host code still.
+    let _cpu: CpuBackend = match args.device.open("switch")? {
+        DeviceBackend::Cpu(be) => be,
+        DeviceBackend::Cuda(be) => be.absurd(),
+    };
     common::progress::enable(!args.quiet);
     let model = args
         .model
         .as_deref()
         .map(|m| ModelSpec::parse(m).with_context(|| format!("--model {m}")))
         .transpose()?;
-    let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+    let loss = args
+        .data_args
+        .loss
+        .as_deref()
+        .map(Loss::parse)
+        .transpose()?;
     let ck = Checkpoint::load_for_loss(&args.from, model.as_ref(), loss)?;
     ck.check_finite(&args.from)?;
     let meta_u64 = |k: &str| ck.meta.get(k).and_then(Value::as_u64);
-    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?.for_checkpoint(
-        &ck,
-        &args.from,
-        args.dataset.as_deref(),
-    )?;
+    let choice =
+        args.data_args
+            .choice()?
+            .for_checkpoint(&ck, &args.from, args.dataset.as_deref())?;
     let dataset = match choice.file {
         Some(_) => DatasetKind::Mnist,
         None => dataset_for_checkpoint(&ck, args.dataset.as_deref())?,
@@ -320,7 +315,7 @@ fn run(args: Args) -> Result<()> {
     let mut train_data = choice.load(dataset, &args.data_dir, Split::Train)?;
     let test_data = choice.load_test(dataset, &args.data_dir)?;
     net.loss = Loss::resolve(
-        args.loss.as_deref(),
+        args.data_args.loss.as_deref(),
         ck.meta
             .get("loss")
             .and_then(Value::as_str)

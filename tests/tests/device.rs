@@ -23,10 +23,21 @@ fn a_device_that_cannot_be_used_is_refused_naming_the_flag() {
             );
             assert_one_line_error(&o, &[tool, "--device", spec]);
         }
-        // Without CUDA compiled in, or with it but no CUDA path in the tool yet: refused either way.
-        let mut c = tool_cmd(tool, &out);
-        c.args(["--device", "cuda"]);
-        assert_one_line_error(&run(c), &[tool, "--device cuda"]);
+        // Without CUDA compiled in, or with it but no CUDA backend yet: refused either way, with
+        // the reason and what to use instead.
+        for spec in ["cuda", "cuda:1"] {
+            let mut c = tool_cmd(tool, &out);
+            c.args(["--device", spec]);
+            assert_one_line_error(
+                &run(c),
+                &[
+                    tool,
+                    &format!("--device {spec}"),
+                    &format!("{tool} runs on the CPU until the CUDA backend is implemented"),
+                    "use --device cpu or auto",
+                ],
+            );
+        }
     }
     assert!(
         std::fs::read_dir(&out).unwrap().next().is_none(),
@@ -38,8 +49,9 @@ fn a_device_that_cannot_be_used_is_refused_naming_the_flag() {
 fn cpu_and_auto_run() {
     for spec in ["cpu", "auto"] {
         let out = scratch(&format!("device-{spec}"));
-        let o = train_small(&out.join("run"), "1", &["--device", spec]);
-        assert!(o.status.success(), "train --device {spec}: {}", stderr(&o));
+        let trained = train_small(&out.join("run"), "1", &["--device", spec]);
+        let o = &trained;
+        assert!(o.status.success(), "train --device {spec}: {}", stderr(o));
         let o = run_tool(
             "hessian-trace",
             &[
@@ -49,7 +61,7 @@ fn cpu_and_auto_run() {
                 spec,
                 "--quiet",
             ],
-            &stdout(&o),
+            &stdout(o),
         );
         assert!(
             o.status.success(),
@@ -57,6 +69,45 @@ fn cpu_and_auto_run() {
             stderr(&o)
         );
         assert!(records(&o)[0].contains_key("hessian"));
+        let o = run_tool(
+            "llc",
+            &[
+                "--data-dir",
+                small_data().to_str().unwrap(),
+                "--device",
+                spec,
+                "--chains",
+                "1",
+                "--draws",
+                "20",
+                "--quiet",
+            ],
+            &stdout(&trained),
+        );
+        assert!(o.status.success(), "llc --device {spec}: {}", stderr(&o));
+        assert!(records(&o)[0].contains_key("llc"));
+    }
+}
+
+/// Every tool's `--help` says what `--device` accepts and what `auto` and `cuda` do today.
+#[test]
+fn help_says_what_the_devices_do() {
+    for tool in TOOLS {
+        let o = run_tool(tool, &["--help"], "");
+        assert!(o.status.success(), "{tool} --help: {}", stderr(&o));
+        // Whitespace normalised: clap wraps the help to the terminal's width.
+        let text = stdout(&o).split_whitespace().collect::<Vec<_>>().join(" ");
+        for words in [
+            "--device",
+            "cpu, cuda, cuda:N or auto",
+            "auto is the CPU",
+            "not yet implemented",
+        ] {
+            assert!(
+                text.contains(words),
+                "{tool} --help lacks '{words}':\n{text}"
+            );
+        }
     }
 }
 

@@ -5,7 +5,8 @@ mod ngd_args;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::{DataChoice, DatasetKind, Split, Streaming};
+use common::data::{DatasetKind, Split, Streaming};
+use common::device::{CpuBackend, DeviceBackend};
 use common::io::{Checkpoint, RecordWriter};
 use common::model::{
     check_fits_in_memory, initialise, Activation, Architecture, Loss, ModelSpec, Network,
@@ -94,10 +95,8 @@ and records them).";
 #[derive(Parser, Debug)]
 #[command(name = "train", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
-    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
-    /// explicit cuda is refused).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    #[command(flatten)]
+    device: common::cli::DeviceArgs,
     /// Model: mlp (widths from --hidden), lenet (--extra-layers), a name such as mlp_1x128,
     /// mlp_2x256, mlp_128-64_tanh, lenet_k3, or a JSON spec file (net.json; docs/model-spec.md).
     /// With --init, mlp and lenet take their sizes from the checkpoint unless --hidden /
@@ -127,24 +126,8 @@ struct Args {
     /// Folder holding the data (data/mnist, data/fashion-mnist, or a torchvision root).
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: with
-    /// --init, the data file the checkpoint records, if any].
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
-    data: Option<PathBuf>,
-    /// Read the --data file's inputs from disk batch by batch instead of into memory (files over
-    /// 1 GiB are streamed without it): memory stays bounded by a batch, and the numbers are the same.
-    #[arg(long)]
-    stream: bool,
-    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
-    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor).
-    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
-    normalize: Option<String>,
-    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
-    /// [default: the --init checkpoint's, else cross_entropy for integer labels and mse for float
-    /// targets].
-    #[arg(long)]
-    loss: Option<String>,
+    #[command(flatten)]
+    data_args: common::cli::DataArgs,
     /// Optimiser: sgd, ngd (the paper's online natural gradient, then SGD momentum), ngd-exact
     /// (the exact damped natural gradient of each minibatch, then SGD momentum) or adamw
     /// (torch.optim.AdamW: --betas, --eps, decoupled --weight-decay).
@@ -321,7 +304,12 @@ fn check_model_for(arch: &Architecture, loss: Loss, batch: usize, flag: &str) ->
 }
 
 fn run(args: Args) -> Result<()> {
-    common::device::Device::for_tool(&args.device, "train")?;
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. Training runs
+    // on the CPU: the optimisers (SGD, the NGD preconditioners, exact NGD) are host code still.
+    let _cpu: CpuBackend = match args.device.open("train")? {
+        DeviceBackend::Cpu(be) => be,
+        DeviceBackend::Cuda(be) => be.absurd(),
+    };
     common::progress::enable(!args.quiet);
     let spec = args
         .model
@@ -333,7 +321,12 @@ fn run(args: Args) -> Result<()> {
             // The flags are checked before any data is read (at the paper's input shape), and the
             // model again once it is built for the data's shape (below).
             let (arch, flag) = model_from_flags(&args, spec.as_ref())?;
-            check_model(&arch, args.loss.as_deref(), args.batch_size, &flag)?;
+            check_model(
+                &arch,
+                args.data_args.loss.as_deref(),
+                args.batch_size,
+                &flag,
+            )?;
             (None, arch)
         }
         Some(p) => {
@@ -351,18 +344,28 @@ fn run(args: Args) -> Result<()> {
                 Some(ModelSpec::LeNet) if args.extra_layers.is_none() => Some(ModelSpec::LeNet),
                 Some(s) => {
                     let (arch, flag) = model_from_flags(&args, Some(&s))?;
-                    check_model(&arch, args.loss.as_deref(), args.batch_size, &flag)?;
+                    check_model(
+                        &arch,
+                        args.data_args.loss.as_deref(),
+                        args.batch_size,
+                        &flag,
+                    )?;
                     Some(ModelSpec::Exact(arch))
                 }
                 None => None,
             };
-            let loss = args.loss.as_deref().map(Loss::parse).transpose()?;
+            let loss = args
+                .data_args
+                .loss
+                .as_deref()
+                .map(Loss::parse)
+                .transpose()?;
             let ck = Checkpoint::load_for_loss(p, spec.as_ref(), loss)?;
             ck.check_finite(p)?;
             let arch = ck.network.arch.clone();
             check_model(
                 &arch,
-                args.loss.as_deref(),
+                args.data_args.loss.as_deref(),
                 args.batch_size,
                 &format!("--init {}", p.display()),
             )?;
@@ -390,12 +393,12 @@ fn run(args: Args) -> Result<()> {
             .and_then(|c| c.meta.get(k))
             .and_then(Value::as_u64)
     };
-    let choice = DataChoice::new(args.data.clone(), args.normalize.as_deref())?;
+    let choice = args.data_args.choice()?;
     let choice = match (&init, &args.init) {
         (Some(ck), Some(p)) => choice.for_checkpoint(ck, p, args.dataset.as_deref())?,
         _ => choice,
     }
-    .with_streaming(if args.stream {
+    .with_streaming(if args.data_args.stream {
         Streaming::Always
     } else {
         Streaming::Auto
@@ -418,7 +421,7 @@ fn run(args: Args) -> Result<()> {
     let mut train_data = choice.load(dataset, &args.data_dir, Split::Train)?;
     let test_data = choice.load_test(dataset, &args.data_dir)?;
     let loss = Loss::resolve(
-        args.loss.as_deref(),
+        args.data_args.loss.as_deref(),
         init.as_ref()
             .and_then(|c| c.meta.get("loss"))
             .and_then(Value::as_str)

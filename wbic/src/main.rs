@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::DataChoice;
+use common::device::DeviceBackend;
 use common::io::{atomic_write, log_line, process_stream};
 use common::model::ModelSpec;
 use common::sample::llc::trace_lines;
@@ -51,10 +51,8 @@ Exit status: 0 when every record succeeded; 1 if any failed (reported on stderr 
 #[derive(Parser, Debug)]
 #[command(name = "wbic", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
-    /// Where to compute: cpu, cuda, cuda:N or auto (the CPU until the GPU backend lands; an
-    /// explicit cuda is refused).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    #[command(flatten)]
+    device: common::cli::DeviceArgs,
     /// Checkpoints (safetensors). Without any, JSON records are read from stdin.
     checkpoints: Vec<PathBuf>,
     /// Model of the checkpoints: mlp (an MLP with the checkpoint's widths; mlp_tanh for tanh), lenet
@@ -69,21 +67,8 @@ struct Args {
     /// Folder holding the data.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test [default: the
-    /// data file the checkpoint's metadata records, if any].
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
-    data: Option<PathBuf>,
-    /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then
-    /// the stds of each (uint8 inputs are divided by 255 first, as torchvision's ToTensor)
-    /// [default: the checkpoint's recorded normalisation].
-    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
-    normalize: Option<String>,
-    /// Loss: cross_entropy or mse (PyTorch's F.mse_loss, the mean over all n·k elements)
-    /// [default: the checkpoint's, else cross_entropy for integer labels and mse for float
-    /// targets].
-    #[arg(long)]
-    loss: Option<String>,
+    #[command(flatten)]
+    data_args: common::cli::DataArgs,
     /// Use only the first N training samples (n = N).
     #[arg(long)]
     train_samples: Option<usize>,
@@ -140,7 +125,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
-    common::device::Device::for_tool(&args.device, "wbic")?;
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached.
+    let backend = match args.device.open("wbic")? {
+        DeviceBackend::Cpu(be) => be,
+        DeviceBackend::Cuda(be) => be.absurd(),
+    };
     common::progress::enable(!args.quiet);
     if args.chains < 1 {
         bail!("--chains must be at least 1 (got {})", args.chains);
@@ -196,10 +185,7 @@ fn run(args: Args) -> Result<ExitCode> {
         args.dataset.clone(),
         args.train_samples,
     )
-    .with_data(
-        DataChoice::new(args.data.clone(), args.normalize.as_deref())?,
-        args.loss.clone(),
-    );
+    .with_data(args.data_args.choice()?, args.data_args.loss.clone());
     let mut trace_text = String::new();
     let key = if args.devinterp {
         "wbic_devinterp"
@@ -217,7 +203,7 @@ fn run(args: Args) -> Result<ExitCode> {
         stdout.lock(),
         |_record, path| {
             let (ck, train) = data.load(path, model.as_ref())?;
-            let pot = NetworkPotential::new(&ck.network, train, args.batch_size)?;
+            let pot = NetworkPotential::new_on(backend, &ck.network, train, args.batch_size)?;
             let n = pot.samples();
             let mut sgld = base.clone();
             let mode = if args.devinterp {

@@ -1,8 +1,12 @@
 //! Stochastic trace estimators: Hutchinson (fixed or adaptive probe count), PyHessian's stopping
 //! rule (for like-for-like comparisons), and Hutch++.
+//!
+//! They run on the operator's backend: each probe is drawn on the host and uploaded once, and the
+//! products, inner products and projections stay in the backend's memory.
 
 use super::operator::LinearOperator;
-use super::probes::{axpy, dot, probe, ProbeKind, HUTCHPP_OFFSET};
+use super::probes::{probe, ProbeKind, HUTCHPP_OFFSET};
+use crate::device::Backend;
 use crate::{Error, Result};
 use std::ops::Range;
 
@@ -106,13 +110,14 @@ pub fn mean_se(xs: &[f64]) -> (f64, f64) {
 ///
 /// # Errors
 /// Invalid settings ([`HutchinsonConfig::validate`]).
-pub fn hutchinson(
-    op: &mut dyn LinearOperator,
+pub fn hutchinson<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
     cfg: &HutchinsonConfig,
     tensors: &[(String, Range<usize>)],
 ) -> Result<TraceEstimate> {
     cfg.validate()?;
     let dim = op.dim();
+    let be = op.backend().clone();
     let limit = match cfg.rtol {
         Some(_) => cfg.max_probes,
         None => cfg.probes,
@@ -131,15 +136,16 @@ pub fn hutchinson(
     );
     while samples.len() < limit {
         let k = cfg.block.min(limit - samples.len());
-        let vs: Vec<Vec<f64>> = (0..k)
-            .map(|j| probe(dim, cfg.kind, cfg.seed, (samples.len() + j) as u64))
+        let vs: Vec<B::Buffer<f64>> = (0..k)
+            .map(|j| be.upload(&probe(dim, cfg.kind, cfg.seed, (samples.len() + j) as u64)))
             .collect();
         let avs = op.apply_many(&vs);
         progress.tick(k as u64, String::new);
         for (v, av) in vs.iter().zip(&avs) {
-            samples.push(dot(v, av));
+            let (v, av) = (B::view(v), B::view(av));
+            samples.push(be.dot(v, av));
             for (acc, (_, r)) in per_tensor.iter_mut().zip(tensors) {
-                acc.push(dot(&v[r.clone()], &av[r.clone()]));
+                acc.push(be.dot(B::slice(v, r.clone()), B::slice(av, r.clone())));
             }
         }
         if let Some(rtol) = cfg.rtol {
@@ -179,8 +185,8 @@ pub fn hutchinson(
 ///
 /// # Errors
 /// [`Error::Invalid`] for zero `max_iter` or `repeats`, or a `tol` that is negative or not finite.
-pub fn pyhessian_trace(
-    op: &mut dyn LinearOperator,
+pub fn pyhessian_trace<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
     seed: u64,
     max_iter: usize,
     tol: f64,
@@ -197,6 +203,7 @@ pub fn pyhessian_trace(
         )));
     }
     let dim = op.dim();
+    let be = op.backend().clone();
     let mut samples = Vec::new();
     let mut counts = Vec::new();
     let progress = crate::progress::begin(
@@ -208,11 +215,16 @@ pub fn pyhessian_trace(
         let mut vhv: Vec<f64> = Vec::new();
         let mut trace = 0.0;
         for i in 0..max_iter {
-            let v = probe(dim, ProbeKind::Rademacher, seed, (r * max_iter + i) as u64);
-            let mut av = vec![0.0; dim];
-            op.apply(&v, &mut av);
+            let v = be.upload(&probe(
+                dim,
+                ProbeKind::Rademacher,
+                seed,
+                (r * max_iter + i) as u64,
+            ));
+            let mut av = be.zeros::<f64>(dim);
+            op.apply(B::view(&v), B::view_mut(&mut av));
             progress.tick(1, String::new);
-            vhv.push(dot(&v, &av));
+            vhv.push(be.dot(B::view(&v), B::view(&av)));
             let mean = vhv.iter().sum::<f64>() / vhv.len() as f64;
             if (mean - trace).abs() / (trace.abs() + 1e-6) < tol {
                 break;
@@ -236,21 +248,22 @@ pub fn pyhessian_trace(
     })
 }
 
-/// Orthonormalises the columns `ys` in place (modified Gram–Schmidt, twice for stability), dropping
-/// columns that are numerically dependent.
-pub(crate) fn orthonormalise(ys: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
-    let mut q: Vec<Vec<f64>> = Vec::new();
+/// Orthonormalises the columns `ys` in place on `be` (modified Gram–Schmidt, twice for stability:
+/// y ← y − (qⱼ·y)·qⱼ for each kept qⱼ, then y / ‖y‖), dropping columns that are numerically
+/// dependent (‖y‖ ≤ 1e-10 of its norm before the projections).
+pub(crate) fn orthonormalise<B: Backend>(be: &B, ys: Vec<B::Buffer<f64>>) -> Vec<B::Buffer<f64>> {
+    let mut q: Vec<B::Buffer<f64>> = Vec::new();
     for mut y in ys {
-        let norm0 = dot(&y, &y).sqrt();
+        let norm0 = be.dot(B::view(&y), B::view(&y)).sqrt();
         for _ in 0..2 {
             for qj in &q {
-                let c = dot(qj, &y);
-                axpy(-c, qj, &mut y);
+                let c = be.dot(B::view(qj), B::view(&y));
+                be.axpy(-c, B::view(qj), B::view_mut(&mut y));
             }
         }
-        let norm = dot(&y, &y).sqrt();
+        let norm = be.dot(B::view(&y), B::view(&y)).sqrt();
         if norm > 1e-10 * norm0 && norm > 0.0 {
-            y.iter_mut().for_each(|v| *v /= norm);
+            be.divide(norm, B::view_mut(&mut y));
             q.push(y);
         }
     }
@@ -264,8 +277,8 @@ pub(crate) fn orthonormalise(ys: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
 ///
 /// # Errors
 /// [`Error::Invalid`] for fewer than 3 products.
-pub fn hutchpp(
-    op: &mut dyn LinearOperator,
+pub fn hutchpp<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
     matvecs: usize,
     kind: ProbeKind,
     seed: u64,
@@ -277,25 +290,34 @@ pub fn hutchpp(
     }
     let k = matvecs / 3;
     let dim = op.dim();
-    let s: Vec<Vec<f64>> = (0..k)
-        .map(|j| probe(dim, kind, seed, HUTCHPP_OFFSET + j as u64))
+    let be = op.backend().clone();
+    let s: Vec<B::Buffer<f64>> = (0..k)
+        .map(|j| be.upload(&probe(dim, kind, seed, HUTCHPP_OFFSET + j as u64)))
         .collect();
     let y = op.apply_many(&s);
-    let q = orthonormalise(y);
+    let q = orthonormalise(&be, y);
     let aq = op.apply_many(&q);
-    let top: f64 = q.iter().zip(&aq).map(|(a, b)| dot(a, b)).sum();
-    let g: Vec<Vec<f64>> = (0..k)
+    let top: f64 = q
+        .iter()
+        .zip(&aq)
+        .map(|(a, b)| be.dot(B::view(a), B::view(b)))
+        .sum();
+    let g: Vec<B::Buffer<f64>> = (0..k)
         .map(|j| {
-            let mut g = probe(dim, kind, seed, HUTCHPP_OFFSET + (k + j) as u64);
+            let mut g = be.upload(&probe(dim, kind, seed, HUTCHPP_OFFSET + (k + j) as u64));
             for qi in &q {
-                let c = dot(qi, &g);
-                axpy(-c, qi, &mut g);
+                let c = be.dot(B::view(qi), B::view(&g));
+                be.axpy(-c, B::view(qi), B::view_mut(&mut g));
             }
             g
         })
         .collect();
     let ag = op.apply_many(&g);
-    let rest: Vec<f64> = g.iter().zip(&ag).map(|(a, b)| dot(a, b)).collect();
+    let rest: Vec<f64> = g
+        .iter()
+        .zip(&ag)
+        .map(|(a, b)| be.dot(B::view(a), B::view(b)))
+        .collect();
     let (mean_rest, se) = mean_se(&rest);
     Ok(TraceEstimate {
         method: "hutch++",

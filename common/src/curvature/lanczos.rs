@@ -1,22 +1,38 @@
 //! Lanczos with full reorthogonalisation: the largest eigenvalues with their residuals, and the
 //! eigenvalue density by stochastic Lanczos quadrature.
 
+//!
+//! The recurrence runs on the operator's backend (the Krylov basis and the Ritz vectors are its
+//! buffers; `dot`, `axpy` and `divide` its operations); the tridiagonal T and its m×m
+//! eigendecomposition stay on the host.
+
 use super::eigen::symmetric_eigen;
 use super::operator::LinearOperator;
-use super::probes::{axpy, dot, probe, ProbeKind, LANCZOS_OFFSET, SLQ_OFFSET};
+use super::probes::{probe, ProbeKind, LANCZOS_OFFSET, SLQ_OFFSET};
+use crate::device::{Backend, CpuBackend};
 use crate::{Error, Result};
 
 /// The Lanczos recurrence of a symmetric operator from a start vector.
-#[derive(Clone, Debug, Default)]
-pub struct LanczosRun {
+#[derive(Clone, Debug)]
+pub struct LanczosRun<B: Backend = CpuBackend> {
     /// Diagonal αⱼ and off-diagonal βⱼ of the tridiagonal T (βⱼ couples steps j and j+1).
     pub alphas: Vec<f64>,
     pub betas: Vec<f64>,
-    /// The orthonormal Krylov basis q₀, q₁, … (one per α).
-    pub basis: Vec<Vec<f64>>,
+    /// The orthonormal Krylov basis q₀, q₁, … (one per α), in the backend's memory.
+    pub basis: Vec<B::Buffer<f64>>,
 }
 
-impl LanczosRun {
+impl<B: Backend> Default for LanczosRun<B> {
+    fn default() -> Self {
+        LanczosRun {
+            alphas: Vec::new(),
+            betas: Vec::new(),
+            basis: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> LanczosRun<B> {
     /// T (m×m, row-major).
     pub fn tridiagonal(&self) -> Vec<f64> {
         let m = self.alphas.len();
@@ -37,40 +53,48 @@ impl LanczosRun {
 /// reorthogonalisation, so no spurious copies of converged eigenvalues appear). `done(run)` is asked
 /// after each step whether to stop; the run also stops after `max_steps` steps or when βⱼ vanishes (an
 /// invariant subspace: T's eigenvalues are then exact eigenvalues of A).
-pub fn lanczos(
-    op: &mut dyn LinearOperator,
-    start: &[f64],
+pub fn lanczos<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
+    start: B::View<'_, f64>,
     max_steps: usize,
-    mut done: impl FnMut(&LanczosRun) -> bool,
-) -> LanczosRun {
+    mut done: impl FnMut(&LanczosRun<B>) -> bool,
+) -> LanczosRun<B> {
+    let be = op.backend().clone();
     let mut run = LanczosRun::default();
-    let norm = dot(start, start).sqrt();
-    let mut q: Vec<f64> = start.iter().map(|x| x / norm).collect();
+    let norm = be.dot(start, start).sqrt();
     let dim = op.dim();
+    let mut q = be.zeros::<f64>(dim);
+    be.copy(start, B::view_mut(&mut q));
+    be.divide(norm, B::view_mut(&mut q));
     let mut scale: f64 = 0.0;
     for j in 0..max_steps.min(dim) {
-        let mut w = vec![0.0; dim];
-        op.apply(&q, &mut w);
+        let mut w = be.zeros::<f64>(dim);
+        op.apply(B::view(&q), B::view_mut(&mut w));
         if j > 0 {
-            axpy(-run.betas[j - 1], &run.basis[j - 1], &mut w);
+            be.axpy(
+                -run.betas[j - 1],
+                B::view(&run.basis[j - 1]),
+                B::view_mut(&mut w),
+            );
         }
-        let alpha = dot(&q, &w);
-        axpy(-alpha, &q, &mut w);
+        let alpha = be.dot(B::view(&q), B::view(&w));
+        be.axpy(-alpha, B::view(&q), B::view_mut(&mut w));
         run.basis.push(q);
         run.alphas.push(alpha);
         for _ in 0..2 {
             for b in &run.basis {
-                let c = dot(b, &w);
-                axpy(-c, b, &mut w);
+                let c = be.dot(B::view(b), B::view(&w));
+                be.axpy(-c, B::view(b), B::view_mut(&mut w));
             }
         }
-        let beta = dot(&w, &w).sqrt();
+        let beta = be.dot(B::view(&w), B::view(&w)).sqrt();
         scale = scale.max(alpha.abs()).max(beta);
         run.betas.push(beta);
         if done(&run) || j + 1 == max_steps.min(dim) || beta <= 1e-12 * scale {
             break;
         }
-        q = w.iter().map(|x| x / beta).collect();
+        be.divide(beta, B::view_mut(&mut w));
+        q = w;
     }
     run
 }
@@ -102,8 +126,8 @@ pub struct TopEigen {
 /// # Errors
 /// [`Error::Invalid`] when k is 0, exceeds the dimension, or exceeds `max_steps`, or when `tol` is
 /// not a positive finite number (NaN never converged: every run took `max_steps`).
-pub fn top_eigenvalues(
-    op: &mut dyn LinearOperator,
+pub fn top_eigenvalues<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
     k: usize,
     max_steps: usize,
     tol: f64,
@@ -126,9 +150,10 @@ pub fn top_eigenvalues(
             "--top-k {k} needs at least {k} Lanczos steps, allowed {max_steps}"
         )));
     }
-    let start = probe(dim, ProbeKind::Gaussian, seed, LANCZOS_OFFSET);
+    let be = op.backend().clone();
+    let start = be.upload(&probe(dim, ProbeKind::Gaussian, seed, LANCZOS_OFFSET));
     // After step m, βₘ·|sₘⱼ| bounds the residual of Ritz pair j (βₘ is the last entry of `betas`).
-    let converged_at = |run: &LanczosRun| {
+    let converged_at = |run: &LanczosRun<B>| {
         let m = run.alphas.len();
         if m < k {
             return false;
@@ -140,40 +165,36 @@ pub fn top_eigenvalues(
             beta * s[(m - 1) * m + col].abs() <= tol * theta[col].abs().max(1e-300)
         })
     };
-    let run = lanczos(op, &start, max_steps, |run| {
+    let run = lanczos(op, B::view(&start), max_steps, |run| {
         // Checking costs an m×m eigen-decomposition: do it every 4 steps.
         run.alphas.len() % 4 == 0 && converged_at(run)
     });
     let m = run.alphas.len();
     let converged = converged_at(&run) || run.betas[m - 1] == 0.0;
     let (theta, s) = symmetric_eigen(&run.tridiagonal(), m);
-    let ritz: Vec<(f64, Vec<f64>)> = (0..k.min(m))
+    let ritz: Vec<(f64, B::Buffer<f64>)> = (0..k.min(m))
         .map(|j| {
             let col = m - 1 - j;
-            let mut y = vec![0.0; dim];
+            let mut y = be.zeros::<f64>(dim);
             for (i, qi) in run.basis.iter().enumerate() {
-                axpy(s[i * m + col], qi, &mut y);
+                be.axpy(s[i * m + col], B::view(qi), B::view_mut(&mut y));
             }
-            let norm = dot(&y, &y).sqrt();
-            y.iter_mut().for_each(|v| *v /= norm);
+            let norm = be.dot(B::view(&y), B::view(&y)).sqrt();
+            be.divide(norm, B::view_mut(&mut y));
             (theta[col], y)
         })
         .collect();
-    let ys: Vec<Vec<f64>> = ritz.iter().map(|(_, y)| y.clone()).collect();
-    let ays = op.apply_many(&ys);
+    let ys: Vec<B::Buffer<f64>> = ritz.iter().map(|(_, y)| y.clone()).collect();
+    let mut ays = op.apply_many(&ys);
+    // ‖A·y − θ·y‖: A·y + (−θ)·y is A·y − θ·y to the bit (negation is exact).
     let pairs = ritz
         .iter()
-        .zip(&ays)
+        .zip(ays.iter_mut())
         .map(|((t, y), ay)| {
-            let r: f64 = ay
-                .iter()
-                .zip(y)
-                .map(|(a, b)| (a - t * b).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            be.axpy(-*t, B::view(y), B::view_mut(ay));
             Eigenpair {
                 value: *t,
-                residual: r,
+                residual: be.dot(B::view(ay), B::view(ay)).sqrt(),
             }
         })
         .collect();
@@ -212,8 +233,8 @@ pub struct Density {
 /// # Errors
 /// [`Error::Invalid`] for zero runs or steps, more steps than parameters, or a `sigma_fraction`
 /// that is not a positive finite number (NaN gave a density of nulls, 0 a division by zero).
-pub fn slq_density(
-    op: &mut dyn LinearOperator,
+pub fn slq_density<B: Backend>(
+    op: &mut dyn LinearOperator<B>,
     runs: usize,
     steps: usize,
     seed: u64,
@@ -236,10 +257,16 @@ pub fn slq_density(
             "the density asks for {steps} Lanczos steps but the model has only {dim} parameters"
         )));
     }
+    let be = op.backend().clone();
     let mut out = Vec::new();
     for r in 0..runs {
-        let start = probe(dim, ProbeKind::Rademacher, seed, SLQ_OFFSET + r as u64);
-        let run = lanczos(op, &start, steps, |_| false);
+        let start = be.upload(&probe(
+            dim,
+            ProbeKind::Rademacher,
+            seed,
+            SLQ_OFFSET + r as u64,
+        ));
+        let run = lanczos(op, B::view(&start), steps, |_| false);
         let m = run.alphas.len();
         let (theta, s) = symmetric_eigen(&run.tridiagonal(), m);
         out.push(DensityRun {

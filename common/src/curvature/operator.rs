@@ -1,25 +1,35 @@
 //! The Hessian (and Gauss–Newton matrix) of the mean cross-entropy over a fixed sample set, as a
 //! matrix-free linear operator: v ↦ H·v by the R-operator of [`super::rop`].
+//!
+//! Both the operator and the estimators over it are generic over the [`Backend`]: the samples, the
+//! cached passes, the parameters and every vector the estimators keep (probes, Krylov bases, Ritz
+//! vectors) live in the backend's memory, and the estimators' vector arithmetic is the backend's
+//! `dot` / `axpy` / `divide`. What stays on the host: drawing the probes (the counter-based
+//! [`crate::rng::stream`], uploaded once per probe), the small tridiagonal eigenproblems of
+//! Lanczos, the per-probe scalars, and the exact trace (its per-sample norms read host slices).
 
 use super::rop::{r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
-use crate::device::CpuBackend;
+use crate::device::{Backend, CpuBackend};
 use crate::model::{LayerOps, Network, TargetBuf, Targets, Workspace};
 use crate::{Error, Real, Result};
 
-/// A symmetric linear operator on ℝᴾ in f64, as the trace and eigenvalue estimators see it.
-pub trait LinearOperator {
+/// A symmetric linear operator on ℝᴾ in f64 on backend `B`, as the trace and eigenvalue
+/// estimators see it: its vectors are `B`'s buffers (host `Vec<f64>`s on the CPU).
+pub trait LinearOperator<B: Backend = CpuBackend> {
+    /// The backend its vectors live on (the estimators do their vector arithmetic there).
+    fn backend(&self) -> &B;
     /// P, the dimension.
     fn dim(&self) -> usize;
     /// out ← A·v.
-    fn apply(&mut self, v: &[f64], out: &mut [f64]);
+    fn apply(&mut self, v: B::View<'_, f64>, out: B::ViewMut<'_, f64>);
     /// A·vⱼ for several vectors; implementations may share work between them (one pass through the
     /// data for all of them).
-    fn apply_many(&mut self, vs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    fn apply_many(&mut self, vs: &[B::Buffer<f64>]) -> Vec<B::Buffer<f64>> {
         vs.iter()
             .map(|v| {
-                let mut out = vec![0.0; v.len()];
-                self.apply(v, &mut out);
+                let mut out = self.backend().zeros(B::buffer_len(v));
+                self.apply(B::view(v), B::view_mut(&mut out));
                 out
             })
             .collect()
@@ -34,6 +44,9 @@ pub struct DenseOperator {
 }
 
 impl LinearOperator for DenseOperator {
+    fn backend(&self) -> &CpuBackend {
+        &CpuBackend
+    }
     fn dim(&self) -> usize {
         self.dim
     }
@@ -60,18 +73,30 @@ pub enum Curvature {
 
 /// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples.
 #[derive(Clone, Debug)]
-struct ChunkState<T> {
-    acts: Vec<Vec<T>>,
-    deltas: Vec<Vec<T>>,
-    indices: Vec<Vec<u32>>,
-    states: Vec<Vec<T>>,
+struct ChunkState<T: Real, B: Backend> {
+    acts: Vec<B::Buffer<T>>,
+    deltas: Vec<B::Buffer<T>>,
+    indices: Vec<B::Buffer<u32>>,
+    states: Vec<B::Buffer<T>>,
 }
 
+/// One chunk's samples (in the backend's memory) and targets (on the host, as the loss takes them).
 #[derive(Clone, Debug)]
-struct Chunk<T> {
-    x: Vec<T>,
+struct Chunk<T: Real, B: Backend> {
+    x: B::Buffer<T>,
     targets: TargetBuf<T>,
-    state: Option<ChunkState<T>>,
+    state: Option<ChunkState<T, B>>,
+}
+
+/// A copy of the first `len` elements of `buf` in a buffer of its own.
+fn prefix_copy<B: Backend, E: crate::device::Element>(
+    be: &B,
+    buf: &B::Buffer<E>,
+    len: usize,
+) -> B::Buffer<E> {
+    let mut out = be.zeros(len);
+    be.copy(B::slice(B::view(buf), 0..len), B::view_mut(&mut out));
+    out
 }
 
 /// Memory the operator may spend on caching every chunk's forward and backward pass (so that each
@@ -83,30 +108,77 @@ pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
 ///
 /// The samples are processed in chunks of `batch_size` (the result does not depend on it beyond
 /// rounding): chunk c of bᶜ samples contributes (bᶜ/n)·H_c·v. Products run in `T` (f32 as PyTorch, or
-/// f64); the [`LinearOperator`] interface converts to and from f64.
+/// f64); the [`LinearOperator`] interface converts to and from f64. Everything it holds (θ, the
+/// samples, the cached passes, the R-pass buffers) lives on backend `B`.
 #[derive(Clone, Debug)]
-pub struct HessianOperator<T: Real> {
+pub struct HessianOperator<T: Real, B: Backend = CpuBackend> {
+    be: B,
     net: Network,
-    params: Vec<T>,
-    chunks: Vec<Chunk<T>>,
+    params: B::Buffer<T>,
+    chunks: Vec<Chunk<T, B>>,
     samples: usize,
-    ws: Workspace<T>,
-    pub(crate) bufs: RBuffers<T>,
+    ws: Workspace<T, B>,
+    pub(crate) bufs: RBuffers<T, B>,
     loss: f64,
-    grad: Vec<T>,
+    grad: B::Buffer<T>,
     mode: Curvature,
     matvecs: usize,
     cached: bool,
 }
 
 impl<T: Real> HessianOperator<T> {
-    /// Builds the operator on samples `x` (`n × input_features`, normalised, row-major) with labels,
-    /// running one forward and backward pass (the loss and gradient are kept).
+    /// Builds the operator on the CPU on samples `x` (`n × input_features`, normalised, row-major)
+    /// with labels, running one forward and backward pass (the loss and gradient are kept):
+    /// [`HessianOperator::new_on`] with [`CpuBackend`].
     ///
     /// # Errors
     /// [`Error::Invalid`] for no samples, a zero batch size, mismatched lengths, non-finite parameters
     /// or a non-finite loss.
     pub fn new<'a>(
+        net: &Network,
+        params: &[T],
+        x: &[T],
+        targets: impl Into<Targets<'a, T>>,
+        batch_size: usize,
+        cache_bytes: usize,
+    ) -> Result<Self> {
+        Self::new_on(CpuBackend, net, params, x, targets, batch_size, cache_bytes)
+    }
+
+    /// [`HessianOperator::new`] on the first `samples` samples of `data` in file order (normalised
+    /// as the data set prescribes, in `T`).
+    ///
+    /// # Errors
+    /// As [`HessianOperator::new`], and [`Error::Data`] when the images do not fit the model.
+    pub fn from_dataset(
+        net: &Network,
+        params: &[T],
+        data: &Dataset,
+        samples: usize,
+        batch_size: usize,
+        cache_bytes: usize,
+    ) -> Result<Self> {
+        Self::from_dataset_on(
+            CpuBackend,
+            net,
+            params,
+            data,
+            samples,
+            batch_size,
+            cache_bytes,
+        )
+    }
+}
+
+impl<T: Real, B: Backend> HessianOperator<T, B> {
+    /// [`HessianOperator::new`] on backend `be`: the host parameters, samples and targets are
+    /// checked on the host, then θ and the samples are uploaded.
+    ///
+    /// # Errors
+    /// As [`HessianOperator::new`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_on<'a>(
+        be: B,
         net: &Network,
         params: &[T],
         x: &[T],
@@ -184,71 +256,55 @@ impl<T: Real> HessianOperator<T> {
             .map(|s| {
                 let e = (s + batch).min(n);
                 Chunk {
-                    x: x[s * f..e * f].to_vec(),
+                    x: be.upload(&x[s * f..e * f]),
                     targets: TargetBuf::copy_of(targets.range(s, e)),
                     state: None,
                 }
             })
             .collect();
-        let bufs = RBuffers::new(&net.layers, batch);
+        let bufs = RBuffers::on(be.clone(), &net.layers, batch);
         let mut op = HessianOperator {
+            be: be.clone(),
             net: net.clone(),
-            params: params.to_vec(),
+            params: be.upload(params),
             chunks,
             samples: n,
-            ws: net.workspace(batch),
+            ws: net.workspace_on(be.clone(), batch),
             bufs,
             loss: 0.0,
-            grad: vec![T::zero(); net.num_params()],
+            grad: be.zeros(net.num_params()),
             mode: Curvature::Hessian,
             matvecs: 0,
             cached,
         };
-        let mut g = vec![T::zero(); net.num_params()];
+        let mut g = be.zeros::<T>(net.num_params());
         let mut loss = 0.0;
         for c in 0..op.chunks.len() {
             let chunk = &mut op.chunks[c];
             let b = chunk.targets.len();
-            loss += op.net.loss_and_gradient(
-                &op.params,
-                &chunk.x,
+            loss += op.net.loss_and_gradient_on(
+                B::view(&op.params),
+                B::view(&chunk.x),
                 chunk.targets.view(),
-                &mut g,
+                B::view_mut(&mut g),
                 &mut op.ws,
             ) * b as f64;
             let w = T::of_f64(b as f64 / n as f64);
-            for (a, &gi) in op.grad.iter_mut().zip(&g) {
-                *a += w * gi;
-            }
+            be.axpy(w, B::view(&g), B::view_mut(&mut op.grad));
             if cached {
+                let layers = &op.net.layers;
                 chunk.state = Some(ChunkState {
-                    acts: op
-                        .ws
-                        .acts
-                        .iter()
-                        .zip(&op.net.layers)
-                        .map(|(a, l)| a[..b * l.out_features()].to_vec())
+                    acts: (op.ws.acts.iter().zip(layers))
+                        .map(|(a, l)| prefix_copy(&be, a, b * l.out_features()))
                         .collect(),
-                    deltas: op
-                        .ws
-                        .deltas
-                        .iter()
-                        .zip(&op.net.layers)
-                        .map(|(a, l)| a[..b * l.out_features()].to_vec())
+                    deltas: (op.ws.deltas.iter().zip(layers))
+                        .map(|(a, l)| prefix_copy(&be, a, b * l.out_features()))
                         .collect(),
-                    indices: op
-                        .ws
-                        .indices
-                        .iter()
-                        .zip(&op.net.layers)
-                        .map(|(a, l)| a[..l.index_len(b)].to_vec())
+                    indices: (op.ws.indices.iter().zip(layers))
+                        .map(|(a, l)| prefix_copy(&be, a, l.index_len(b)))
                         .collect(),
-                    states: op
-                        .ws
-                        .states
-                        .iter()
-                        .zip(&op.net.layers)
-                        .map(|(a, l)| a[..l.state_len(b)].to_vec())
+                    states: (op.ws.states.iter().zip(layers))
+                        .map(|(a, l)| prefix_copy(&be, a, l.state_len(b)))
                         .collect(),
                 });
             }
@@ -263,12 +319,14 @@ impl<T: Real> HessianOperator<T> {
         Ok(op)
     }
 
-    /// [`HessianOperator::new`] on the first `samples` samples of `data` in file order (normalised
-    /// as the data set prescribes, in `T`).
+    /// [`HessianOperator::from_dataset`] on backend `be` (the samples are gathered on the host and
+    /// uploaded).
     ///
     /// # Errors
-    /// As [`HessianOperator::new`], and [`Error::Data`] when the images do not fit the model.
-    pub fn from_dataset(
+    /// As [`HessianOperator::from_dataset`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_dataset_on(
+        be: B,
         net: &Network,
         params: &[T],
         data: &Dataset,
@@ -282,14 +340,19 @@ impl<T: Real> HessianOperator<T> {
         let mut x = vec![T::zero(); n * data.features()];
         let mut y = data.target_buffer::<T>(n);
         data.gather_range_batch(&norm, 0, n, &mut x, &mut y);
-        Self::new(net, params, &x, y.view(), batch_size, cache_bytes)
+        Self::new_on(be, net, params, &x, y.view(), batch_size, cache_bytes)
     }
 
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
     pub fn network(&self) -> &Network {
         &self.net
     }
-    pub fn params(&self) -> &[T] {
-        &self.params
+    /// θ, in the backend's memory.
+    pub fn params(&self) -> B::View<'_, T> {
+        B::view(&self.params)
     }
     /// n, the number of samples.
     pub fn samples(&self) -> usize {
@@ -299,9 +362,9 @@ impl<T: Real> HessianOperator<T> {
     pub fn loss(&self) -> f64 {
         self.loss
     }
-    /// ∂L/∂θ at θ.
-    pub fn gradient(&self) -> &[T] {
-        &self.grad
+    /// ∂L/∂θ at θ, in the backend's memory.
+    pub fn gradient(&self) -> B::View<'_, T> {
+        B::view(&self.grad)
     }
     /// Products computed so far (each vector of a batch counts once).
     pub fn matvecs(&self) -> usize {
@@ -322,40 +385,41 @@ impl<T: Real> HessianOperator<T> {
     /// `out` ← H·v with H = ∂²L/∂θ², exact (Pearlmutter 1994: forward-mode differentiation of the
     /// forward and backward pass, see [`super::rop`]); v and out have length P. Cost: the R-passes
     /// only (about one gradient) when the forward/backward passes are cached.
-    pub fn hvp(&mut self, v: &[T], out: &mut [T]) {
+    pub fn hvp(&mut self, v: B::View<'_, T>, out: B::ViewMut<'_, T>) {
         self.products(&[v], &mut [out], Curvature::Hessian);
     }
 
     /// `out` ← G·v with G = (1/n)·Σᵢ Jᵢᵀ·Aᵢ·Jᵢ, Aᵢ = diag(pᵢ) − pᵢ·pᵢᵀ (Schraudolph 2002): the R-forward
     /// gives J·v, the loss R-operator A·J·v, and an ordinary backward pass Jᵀ·(A·J·v).
-    pub fn gnvp(&mut self, v: &[T], out: &mut [T]) {
+    pub fn gnvp(&mut self, v: B::View<'_, T>, out: B::ViewMut<'_, T>) {
         self.products(&[v], &mut [out], Curvature::GaussNewton);
     }
 
     /// outⱼ ← M·vⱼ for k vectors (M = H or G) in one pass through the data: each chunk's forward
     /// and backward pass is made (or loaded) once for all k.
-    pub fn products(&mut self, vs: &[&[T]], outs: &mut [&mut [T]], mode: Curvature) {
+    pub fn products(
+        &mut self,
+        vs: &[B::View<'_, T>],
+        outs: &mut [B::ViewMut<'_, T>],
+        mode: Curvature,
+    ) {
         let p = self.net.num_params();
         assert_eq!(vs.len(), outs.len());
         for o in outs.iter_mut() {
-            assert_eq!(o.len(), p);
-            o.iter_mut().for_each(|x| *x = T::zero());
+            assert_eq!(B::len(B::freeze(o)), p);
+            self.be.fill(B::reborrow(o), T::zero());
         }
         let n = self.samples;
-        let mut gscratch = if self.cached {
-            Vec::new()
-        } else {
-            vec![T::zero(); p]
-        };
+        let mut gscratch = self.be.zeros::<T>(if self.cached { 0 } else { p });
         for c in 0..self.chunks.len() {
             let chunk = &self.chunks[c];
             let b = chunk.targets.len();
             if chunk.state.is_none() {
-                self.net.loss_and_gradient(
-                    &self.params,
-                    &chunk.x,
+                self.net.loss_and_gradient_on(
+                    B::view(&self.params),
+                    B::view(&chunk.x),
                     chunk.targets.view(),
-                    &mut gscratch,
+                    B::view_mut(&mut gscratch),
                     &mut self.ws,
                 );
             }
@@ -368,8 +432,8 @@ impl<T: Real> HessianOperator<T> {
                     &self.ws.states,
                 ),
             };
-            let pass = ChunkPass {
-                x: &chunk.x[..],
+            let pass = ChunkPass::<T, B> {
+                x: B::view(&chunk.x),
                 acts,
                 deltas,
                 indices,
@@ -378,13 +442,13 @@ impl<T: Real> HessianOperator<T> {
             };
             let alpha = T::of_f64(b as f64 / n as f64);
             for (v, out) in vs.iter().zip(outs.iter_mut()) {
-                r_pass::<CpuBackend, T>(
+                r_pass::<B, T>(
                     &self.net,
-                    &self.params,
-                    v,
+                    B::view(&self.params),
+                    *v,
                     &pass,
                     alpha,
-                    out,
+                    B::reborrow(out),
                     mode == Curvature::GaussNewton,
                     &mut self.bufs,
                 );
@@ -398,13 +462,14 @@ impl<T: Real> HessianOperator<T> {
     /// by the exact trace, which reads the outputs and indices).
     pub(crate) fn for_each_chunk(
         &mut self,
-        mut f: impl FnMut(&Network, &[T], &ChunkPass<'_, T>, &mut RBuffers<T>),
+        mut f: impl FnMut(&Network, B::View<'_, T>, &ChunkPass<'_, T, B>, &mut RBuffers<T, B>),
     ) {
         for c in 0..self.chunks.len() {
             let chunk = &self.chunks[c];
             let b = chunk.targets.len();
             if chunk.state.is_none() {
-                self.net.forward(&self.params, &chunk.x, b, &mut self.ws);
+                self.net
+                    .forward_on(B::view(&self.params), B::view(&chunk.x), b, &mut self.ws);
             }
             let (acts, deltas, indices, states) = match &chunk.state {
                 Some(s) => (&s.acts, &s.deltas, &s.indices, &s.states),
@@ -415,42 +480,59 @@ impl<T: Real> HessianOperator<T> {
                     &self.ws.states,
                 ),
             };
-            let pass = ChunkPass {
-                x: &chunk.x[..],
+            let pass = ChunkPass::<T, B> {
+                x: B::view(&chunk.x),
                 acts,
                 deltas,
                 indices,
                 states,
                 batch: b,
             };
-            f(&self.net, &self.params, &pass, &mut self.bufs);
+            f(&self.net, B::view(&self.params), &pass, &mut self.bufs);
         }
     }
 }
 
-impl<T: Real> LinearOperator for HessianOperator<T> {
+impl<T: Real, B: Backend> LinearOperator<B> for HessianOperator<T, B> {
+    fn backend(&self) -> &B {
+        &self.be
+    }
     fn dim(&self) -> usize {
         self.net.num_params()
     }
-    fn apply(&mut self, v: &[f64], out: &mut [f64]) {
-        let r = self.apply_many(&[v.to_vec()]);
-        out.copy_from_slice(&r[0]);
-    }
-    fn apply_many(&mut self, vs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    fn apply(&mut self, v: B::View<'_, f64>, out: B::ViewMut<'_, f64>) {
         let p = self.net.num_params();
-        let vt: Vec<Vec<T>> = vs
+        let (mut vt, mut ot) = (self.be.zeros::<T>(p), self.be.zeros::<T>(p));
+        self.be.convert(v, B::view_mut(&mut vt));
+        let mode = self.mode;
+        self.products(&[B::view(&vt)], &mut [B::view_mut(&mut ot)], mode);
+        self.be.convert(B::view(&ot), out);
+    }
+    fn apply_many(&mut self, vs: &[B::Buffer<f64>]) -> Vec<B::Buffer<f64>> {
+        let p = self.net.num_params();
+        let be = self.be.clone();
+        let vt: Vec<B::Buffer<T>> = vs
             .iter()
-            .map(|v| v.iter().map(|&x| T::of_f64(x)).collect())
+            .map(|v| {
+                let mut t = be.zeros::<T>(p);
+                be.convert(B::view(v), B::view_mut(&mut t));
+                t
+            })
             .collect();
-        let mut outs: Vec<Vec<T>> = vs.iter().map(|_| vec![T::zero(); p]).collect();
+        let mut outs: Vec<B::Buffer<T>> = vs.iter().map(|_| be.zeros(p)).collect();
         {
-            let vrefs: Vec<&[T]> = vt.iter().map(|v| &v[..]).collect();
-            let mut orefs: Vec<&mut [T]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+            let vrefs: Vec<B::View<'_, T>> = vt.iter().map(|v| B::view(v)).collect();
+            let mut orefs: Vec<B::ViewMut<'_, T>> =
+                outs.iter_mut().map(|o| B::view_mut(o)).collect();
             let mode = self.mode;
             self.products(&vrefs, &mut orefs, mode);
         }
-        outs.into_iter()
-            .map(|o| o.into_iter().map(|x| x.as_f64()).collect())
+        outs.iter()
+            .map(|o| {
+                let mut r = be.zeros::<f64>(p);
+                be.convert(B::view(o), B::view_mut(&mut r));
+                r
+            })
             .collect()
     }
 }

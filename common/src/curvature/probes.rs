@@ -45,13 +45,3 @@ pub fn probe(dim: usize, kind: ProbeKind, seed: u64, index: u64) -> Vec<f64> {
         ProbeKind::Gaussian => (0..dim).map(|_| s.normal()).collect(),
     }
 }
-
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-pub(crate) fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}

@@ -25,13 +25,6 @@ pub(crate) struct RBuffers<T: Real, B: Backend = CpuBackend> {
     pub sc: Scratch<T, B>,
 }
 
-impl<T: Real> RBuffers<T> {
-    /// Buffers on the CPU for chunks of up to `batch` samples.
-    pub fn new(layers: &[Layer], batch: usize) -> Self {
-        RBuffers::on(CpuBackend, layers, batch)
-    }
-}
-
 impl<T: Real, B: Backend> RBuffers<T, B> {
     /// Buffers on `be` for chunks of up to `batch` samples.
     pub fn on(be: B, layers: &[Layer], batch: usize) -> Self {

@@ -42,10 +42,15 @@
 //!
 //! Where the backend lives: the layers' scratch (`Scratch<T, B>`), and with it the network's
 //! `Workspace<T, B>` and the R-pass buffers, carry the backend value. The layers
-//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on`, `Loss::evaluate_on` /
-//! `r_gradient_on` and the R-pass are generic over it; the host-slice entry points
-//! (`Network::forward`, `loss_and_gradient`, the Hessian operator, the per-sample products, the
-//! optimisers, the SGLD chains) are these on [`CpuBackend`](super::CpuBackend).
+//! (`LayerOps`), `Network::forward_on` / `loss_and_gradient_on` / `loss_sum_on` / `evaluate_on`,
+//! `Loss::evaluate_on` / `r_gradient_on`, the R-pass, the Hessian operator
+//! (`HessianOperator<T, B>`), the trace and eigenvalue estimators over it (`LinearOperator<B>`),
+//! the SGLD chain driver (`run_chain`, on its `Potential::Backend`) and `NetworkPotential<B>` are
+//! generic over it; the host-slice entry points (`Network::forward`, `loss_and_gradient`,
+//! `HessianOperator::new`, `NetworkPotential::new`, the per-sample products, the optimisers) are
+//! these on [`CpuBackend`](super::CpuBackend). Of the optimisers, the online NGD axis
+//! preconditioner (`AxisPreconditioner<T, B>`) is generic; the `Optimizer` trait and the code on
+//! it are host code still.
 //!
 //! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
 //! over `B: Backend` and instantiated for each backend compiled in.
@@ -98,6 +103,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn upload<E: Element>(&self, host: &[E]) -> Self::Buffer<E>;
     /// Copies a view into host memory of the same length.
     fn download<E: Element>(&self, src: Self::View<'_, E>, host: &mut [E]);
+    /// Copies host memory into a view of the same length (an upload into an existing buffer: a
+    /// chain's minibatch each step).
+    fn write<E: Element>(&self, host: &[E], dst: Self::ViewMut<'_, E>);
     /// Grows `buf` to at least `len` elements (new elements are zero; existing ones kept).
     fn ensure_len<E: Element>(&self, buf: &mut Self::Buffer<E>, len: usize);
     /// The number of elements of a buffer.
@@ -565,10 +573,21 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn axpy<T: Real>(&self, alpha: T, x: Self::View<'_, T>, y: Self::ViewMut<'_, T>);
     /// x ← α·x.
     fn scale<T: Real>(&self, alpha: T, x: Self::ViewMut<'_, T>);
+    /// x ← x / d (a true division, not x·(1/d), whose last bit can differ: normalising a vector to
+    /// unit length in the Lanczos and Gram–Schmidt recurrences).
+    fn divide<T: Real>(&self, d: T, x: Self::ViewMut<'_, T>);
+    /// dst ← src converted element by element through f64 (`T::of_f64(s.as_f64())`: exact from
+    /// f32 to f64, round-to-nearest from f64 to f32; a copy when both are the same type). The
+    /// f64 vectors of the trace and eigenvalue estimators meet an f32 operator here.
+    fn convert<S: Real, T: Real>(&self, src: Self::View<'_, S>, dst: Self::ViewMut<'_, T>);
     /// Σᵢ xᵢ·yᵢ, accumulated in f64 left to right.
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;
+    /// Σᵢ xᵢ² in f64 (‖x‖², the NGD preconditioner's norms). Each backend fixes its own summation
+    /// order; the CPU's is eight lanes over the leading multiple of 8 (lane i mod 8), the lanes
+    /// added in order, then the tail left to right (so that it vectorises).
+    fn sum_squares<T: Real>(&self, x: Self::View<'_, T>) -> f64;
     /// `out[i, j] ← (α·x[i])·y[j]` for `out` `[x.len(), y.len()]`: a scaled outer product (a
     /// dense layer's per-sample weight gradient).
     fn outer<T: Real>(

@@ -60,6 +60,10 @@ pub(super) fn memory<B: Backend>(be: &B) {
     assert_eq!(down(be, &buf), want);
     let z = be.zeros::<u32>(3);
     assert_eq!(B::buffer_len(&z), 3);
+    be.write(&[7.0, 6.0], B::slice_mut(B::view_mut(&mut buf), 10..12));
+    want[10] = 7.0;
+    want[11] = 6.0;
+    assert_eq!(down(be, &buf), want, "write");
 }
 
 /// The naive triple loop.
@@ -833,6 +837,12 @@ pub(super) fn vectors<B: Backend>(be: &B) {
     let dot: f64 = x.iter().zip(&y0).map(|(a, b)| a * b).sum();
     assert!((be.dot(B::view(&xb), B::view(&be.upload(&y0))) - dot).abs() < 1e-14);
     assert!((be.sum(B::view(&xb)) - x.iter().sum::<f64>()).abs() < 1e-14);
+    // 13 entries: one block of eight lanes and a tail of five.
+    let sq: f64 = x.iter().map(|a| a * a).sum();
+    assert!((be.sum_squares(B::view(&xb)) - sq).abs() < 1e-14 * sq);
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let sq32: f64 = x32.iter().map(|&a| f64::from(a) * f64::from(a)).sum();
+    assert!((be.sum_squares(B::view(&be.upload(&x32))) - sq32).abs() < 1e-14 * sq32);
     let (u, w) = (data(3, 37), data(4, 38));
     let mut o = be.zeros::<f64>(12);
     be.outer(
@@ -1126,6 +1136,34 @@ pub(super) fn sequences_embedding<B: Backend>(be: &B) {
     assert_close(&down(be, &g), &want, 1e-15, "embedding_scatter_add");
 }
 
+/// `divide` is a true division (its result to the bit, which x·(1/d) misses on some of these
+/// entries), and `convert` rounds f64 to f32 to nearest, widens f32 exactly, and copies f64.
+pub(super) fn divide_and_convert<B: Backend>(be: &B) {
+    let x = data(64, 41);
+    let d = 0.7f64;
+    assert!(
+        x.iter().any(|v| v / d != v * (1.0 / d)),
+        "the data must tell a division from a multiplication by the reciprocal"
+    );
+    let mut y = be.upload(&x);
+    be.divide(d, B::view_mut(&mut y));
+    let want: Vec<f64> = x.iter().map(|v| v / d).collect();
+    assert_eq!(down(be, &y), want, "divide");
+
+    let xb = be.upload(&x);
+    let mut narrow = be.zeros::<f32>(x.len());
+    be.convert(B::view(&xb), B::view_mut(&mut narrow));
+    let want32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    assert_eq!(down32(be, &narrow), want32, "convert f64 → f32");
+    let mut wide = be.zeros::<f64>(x.len());
+    be.convert(B::view(&narrow), B::view_mut(&mut wide));
+    let want64: Vec<f64> = want32.iter().map(|&v| f64::from(v)).collect();
+    assert_eq!(down(be, &wide), want64, "convert f32 → f64");
+    let mut same = be.zeros::<f64>(x.len());
+    be.convert(B::view(&xb), B::view_mut(&mut same));
+    assert_eq!(down(be, &same), x, "convert f64 → f64");
+}
+
 /// Instantiates every body for one backend.
 macro_rules! backend_suite {
     ($name:ident, $make:expr) => {
@@ -1190,6 +1228,10 @@ macro_rules! backend_suite {
             #[test]
             fn sequences_embedding() {
                 super::sequences_embedding(&$make);
+            }
+            #[test]
+            fn divide_and_convert() {
+                super::divide_and_convert(&$make);
             }
             #[test]
             fn sgd() {

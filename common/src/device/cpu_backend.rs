@@ -43,6 +43,10 @@ impl Backend for CpuBackend {
         host.copy_from_slice(src);
     }
     #[inline]
+    fn write<E: Element>(&self, host: &[E], dst: &mut [E]) {
+        dst.copy_from_slice(host);
+    }
+    #[inline]
     fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
         if buf.len() < len {
             buf.resize(len, E::default());
@@ -509,11 +513,26 @@ impl Backend for CpuBackend {
         x.iter_mut().for_each(|v| *v = alpha * *v);
     }
     #[inline]
+    fn divide<T: Real>(&self, d: T, x: &mut [T]) {
+        x.iter_mut().for_each(|v| *v = *v / d);
+    }
+    #[inline]
+    fn convert<S: Real, T: Real>(&self, src: &[S], dst: &mut [T]) {
+        assert_eq!(src.len(), dst.len(), "convert: lengths");
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = T::of_f64(v.as_f64());
+        }
+    }
+    #[inline]
     fn dot<T: Real>(&self, x: &[T], y: &[T]) -> f64 {
         x.iter()
             .zip(y)
             .map(|(&a, &b)| a.as_f64() * b.as_f64())
             .sum()
+    }
+    #[inline]
+    fn sum_squares<T: Real>(&self, x: &[T]) -> f64 {
+        k::sum_squares(x)
     }
     #[inline]
     fn sum<T: Real>(&self, x: &[T]) -> f64 {

@@ -601,3 +601,20 @@ fn update_blocks<const CLAMP: bool>(
         finite,
     }
 }
+
+/// Σ vᵢ² accumulated in f64, eight lanes at a time (so that it vectorises): lane l sums the
+/// squares of vᵢ with i ≡ l (mod 8) over the leading multiple of 8, the lanes are added in order,
+/// then the tail left to right.
+pub(super) fn sum_squares<T: Real>(v: &[T]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let x = x.as_f64();
+            *a += x * x;
+        }
+    }
+    let tail: f64 = rest.iter().map(|&x| x.as_f64() * x.as_f64()).sum();
+    acc.iter().sum::<f64>() + tail
+}

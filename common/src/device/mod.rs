@@ -9,6 +9,10 @@
 //! `cpu_kernels.rs`). The CUDA path (behind the `cuda` feature, issue #17) is a second
 //! implementation of the trait, not a second copy of the models; until it exists
 //! [`CudaBackend::new`] says why it cannot be used.
+//!
+//! The tools choose the backend at run time: `--device cpu|cuda|cuda:N|auto` goes through
+//! [`open`] ([`Device::select`], then [`Device::backend`]) to a [`DeviceBackend`] value, which the
+//! tool matches on and passes down to the generic library code.
 
 mod backend;
 #[cfg(test)]
@@ -33,7 +37,7 @@ mod cuda;
 
 use crate::{Error, Result};
 
-/// Where the numerics run. The tools take it as `--device cpu|cuda|cuda:N|auto` ([`Device::for_tool`]).
+/// Where the numerics run. The tools take it as `--device cpu|cuda|cuda:N|auto` ([`open`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
@@ -71,26 +75,57 @@ impl Device {
     }
 }
 
+/// A backend chosen at run time: what a tool holds after [`open`] and passes down to the code
+/// generic over [`Backend`]. Until the CUDA backend is implemented (issue #17) its arm cannot be
+/// reached ([`CudaBackend::absurd`]).
+#[derive(Clone, Debug)]
+pub enum DeviceBackend {
+    Cpu(CpuBackend),
+    Cuda(CudaBackend),
+}
+
 impl Device {
-    /// The device a tool runs on for `--device SPEC`: [`Device::select`], then what the tool can use
-    /// today. Every computation has a CPU path; the CUDA path is issue #17, so until it lands `auto`
-    /// means the CPU and an explicit `cuda` / `cuda:N` is refused naming the tool.
+    /// The backend value for this device: [`CpuBackend`], or [`CudaBackend::new`].
     ///
     /// # Errors
-    /// [`Error::Device`] as [`Device::select`], and for a CUDA device the tool cannot use.
-    pub fn for_tool(spec: &str, tool: &str) -> Result<Device> {
-        let selected = Device::select(spec).map_err(|e| match e {
-            Error::Device(why) => Error::Device(format!("--device {spec}: {why}")),
-            other => other,
-        })?;
-        match (spec, selected) {
-            (_, Device::Cpu) | ("auto", _) => Ok(Device::Cpu),
-            (_, d @ Device::Cuda(_)) => Err(Error::Device(format!(
-                "--device {spec}: {} is there, but {tool} has no CUDA path yet (the GPU backend is \
-                 still to come); use --device cpu or auto",
-                d.name()
-            ))),
+    /// [`Error::Device`] from [`CudaBackend::new`] (no CUDA in this build, no driver or device, or
+    /// the backend not yet implemented).
+    pub fn backend(self) -> Result<DeviceBackend> {
+        match self {
+            Device::Cpu => Ok(DeviceBackend::Cpu(CpuBackend)),
+            Device::Cuda(i) => CudaBackend::new(i).map(DeviceBackend::Cuda),
         }
+    }
+}
+
+/// The backend a tool runs on for `--device SPEC`: [`Device::select`], then [`Device::backend`].
+/// `auto` is the CPU unless a CUDA device answers and its backend can be built (so, until issue
+/// #17, always the CPU); an explicit `cuda` / `cuda:N` that cannot be used is an error naming the
+/// tool and the reason.
+///
+/// # Errors
+/// [`Error::Device`] for an unknown name, or a CUDA device that cannot be used: a build without
+/// CUDA, a missing driver or device, or the CUDA backend not yet implemented.
+pub fn open(spec: &str, tool: &str) -> Result<DeviceBackend> {
+    let refuse = |e: Error| match e {
+        Error::Device(why) => Error::Device(format!(
+            "--device {spec}: {why}; {tool} runs on the CPU until the CUDA backend is implemented \
+             (issue #17): use --device cpu or auto"
+        )),
+        other => other,
+    };
+    let names_cuda = spec == "cuda"
+        || spec
+            .strip_prefix("cuda:")
+            .is_some_and(|i| i.parse::<usize>().is_ok());
+    let device = Device::select(spec).map_err(|e| match e {
+        Error::Device(why) if !names_cuda => Error::Device(format!("--device {spec}: {why}")),
+        other => refuse(other),
+    })?;
+    match device.backend() {
+        Ok(backend) => Ok(backend),
+        Err(_) if spec == "auto" => Ok(DeviceBackend::Cpu(CpuBackend)),
+        Err(e) => Err(refuse(e)),
     }
 }
 
@@ -103,15 +138,32 @@ pub fn cuda_compiled() -> bool {
 mod tests {
     use super::*;
 
+    /// `cpu` and (with no usable CUDA backend, which is every build until issue #17) `auto` open
+    /// the CPU backend; an unknown name is refused as such, and an explicit CUDA device with the
+    /// reason it cannot be used, the tool, and what to use instead.
     #[test]
-    fn the_cpu_and_auto_select_the_cpu_and_unknown_names_are_refused() {
-        assert_eq!(Device::for_tool("cpu", "llc").unwrap(), Device::Cpu);
-        assert_eq!(Device::for_tool("auto", "llc").unwrap(), Device::Cpu);
-        let err = Device::for_tool("tpu", "llc").unwrap_err().to_string();
-        assert!(err.contains("unknown device 'tpu'"), "{err}");
-        if !cuda_compiled() {
-            let err = Device::for_tool("cuda:1", "llc").unwrap_err().to_string();
-            assert!(err.contains("cuda"), "{err}");
+    fn the_cpu_and_auto_open_the_cpu_and_cuda_is_refused_naming_the_tool() {
+        assert!(matches!(open("cpu", "llc"), Ok(DeviceBackend::Cpu(_))));
+        assert!(matches!(open("auto", "llc"), Ok(DeviceBackend::Cpu(_))));
+        for bad in ["tpu", "cuda:x"] {
+            let err = open(bad, "llc").unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--device {bad}: unknown device '{bad}'")),
+                "{err}"
+            );
+            assert!(!err.contains("issue #17"), "{err}");
+        }
+        for spec in ["cuda", "cuda:1"] {
+            let err = open(spec, "llc").unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--device {spec}: ")), "{err}");
+            assert!(
+                err.contains("llc runs on the CPU until the CUDA backend is implemented"),
+                "{err}"
+            );
+            assert!(err.contains("use --device cpu or auto"), "{err}");
+            if !cuda_compiled() {
+                assert!(err.contains("built without CUDA support"), "{err}");
+            }
         }
     }
 

@@ -136,17 +136,15 @@ impl Network {
     /// # Errors
     /// [`Error::Data`] naming the data folder, its shape and the model's.
     pub fn check_input(&self, data: &Dataset) -> Result<()> {
-        if data.token_ids() {
-            if !matches!(self.layers.first(), Some(Layer::Embedding(_))) {
-                return Err(Error::data(
-                    &data.folder,
-                    format!(
-                        "`x` holds integer token ids, which only a model whose first layer is an `embedding` reads; the model {} starts with {} and would read the ids as numbers",
-                        self.arch.name(),
-                        self.layers.first().map_or("no layer".to_string(), |l| format!("{}", l.kind()))
-                    ),
-                ));
-            }
+        if data.token_ids() && !matches!(self.layers.first(), Some(Layer::Embedding(_))) {
+            return Err(Error::data(
+                &data.folder,
+                format!(
+                    "`x` holds integer token ids, which only a model whose first layer is an `embedding` reads; the model {} starts with {} and would read the ids as numbers",
+                    self.arch.name(),
+                    self.layers.first().map_or("no layer", |l| l.kind())
+                ),
+            ));
         }
         if let Some(shape) = self.arch.input_shape() {
             if shape != data.sample_shape() {
@@ -450,11 +448,23 @@ impl Network {
         targets: impl Into<Targets<'a, T>>,
         ws: &mut Workspace<T>,
     ) -> (f64, usize) {
+        self.loss_sum_on::<CpuBackend, T>(params, x, targets, ws)
+    }
+
+    /// [`Network::loss_sum`] on any backend (the targets stay on the host).
+    pub fn loss_sum_on<'a, B: Backend, T: Real>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        targets: impl Into<Targets<'a, T>>,
+        ws: &mut Workspace<T, B>,
+    ) -> (f64, usize) {
         let targets = targets.into();
         let batch = targets.len();
-        let logits = self.forward(params, x, batch, ws);
+        let be = ws.backend().clone();
+        let logits = self.forward_on(params, x, batch, ws);
         self.loss
-            .evaluate_on(&CpuBackend, logits, targets, self.classes(), T::one(), None)
+            .evaluate_on(&be, logits, targets, self.classes(), T::one(), None)
     }
 
     /// Mean loss and accuracy over a whole data set in file order, in batches of `batch`.
@@ -476,6 +486,51 @@ impl Network {
             let count = batch.min(data.len() - start);
             data.try_gather_range_batch(&norm, start, count, &mut x, &mut y)?;
             let (l, c) = self.loss_sum(params, &x[..count * f], y.first(count), &mut ws);
+            loss += l;
+            correct += c;
+            start += count;
+        }
+        let n = data.len().max(1) as f64;
+        Ok(Evaluation {
+            loss: loss / n,
+            accuracy: (!data.float_targets()).then(|| correct as f64 / n),
+            samples: data.len(),
+        })
+    }
+
+    /// [`Network::evaluate`] on backend `be`: θ is uploaded once, each batch gathered on the host
+    /// and written into the backend's memory.
+    ///
+    /// # Errors
+    /// As [`Network::evaluate`].
+    pub fn evaluate_on<B: Backend, T: Real>(
+        &self,
+        be: &B,
+        params: &[T],
+        data: &Dataset,
+        batch: usize,
+    ) -> Result<Evaluation> {
+        self.check_input(data)?;
+        let norm = data.normaliser::<T>();
+        let mut ws = self.workspace_on::<B, T>(be.clone(), batch);
+        let theta = be.upload(params);
+        let f = data.features();
+        let mut x = vec![T::zero(); batch * f];
+        let mut xb = be.zeros::<T>(batch * f);
+        let mut y = data.target_buffer::<T>(batch);
+        let (mut loss, mut correct) = (0.0, 0);
+        let mut start = 0;
+        while start < data.len() {
+            let count = batch.min(data.len() - start);
+            data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+            let xv = B::slice_mut(B::view_mut(&mut xb), 0..count * f);
+            be.write(&x[..count * f], xv);
+            let (l, c) = self.loss_sum_on(
+                B::view(&theta),
+                B::slice(B::view(&xb), 0..count * f),
+                y.first(count),
+                &mut ws,
+            );
             loss += l;
             correct += c;
             start += count;

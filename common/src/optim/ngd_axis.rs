@@ -9,6 +9,11 @@
 //! X̂ = X − X Wᵀ W, and every few calls W, d ∈ R^r and ρ are refreshed from this minibatch's
 //! statistics by the closed-form update of the paper (a power-method step through an r×r symmetric
 //! eigendecomposition).
+//!
+//! The N×D and r×D matrices (X, X̂, H = X Wᵀ, J, W) and their products live on a [`Backend`] and
+//! go through its gemm, copy, axpy, scale and sum of squares; the r×r part of the refresh (the
+//! scalars, Z, its eigendecomposition, A) stays on the host, as the issue allows: L and K come
+//! down (r×r each) and A goes up once per refresh.
 
 use super::sym_eigen::{Syevd, SymEigen};
 use crate::device::{Backend, CpuBackend};
@@ -46,9 +51,11 @@ pub struct AxisOutcome {
     pub floor_fraction: Option<f64>,
 }
 
-/// State and scratch of the preconditioner for one (tensor, axis) with a fixed N×D view.
+/// State and scratch of the preconditioner for one (tensor, axis) with a fixed N×D view, on
+/// backend `B`.
 #[derive(Clone, Debug)]
-pub struct AxisPreconditioner<T: NgdReal> {
+pub struct AxisPreconditioner<T: NgdReal, B: Backend = CpuBackend> {
+    be: B,
     pub dim: usize,
     pub rank: usize,
     pub rows: usize,
@@ -58,13 +65,16 @@ pub struct AxisPreconditioner<T: NgdReal> {
     /// Number of real calls so far (0 = not initialised).
     pub t: u64,
     pub rho: f64,
-    /// d ∈ R^r.
+    /// d ∈ R^r (on the host).
     pub d: Vec<T>,
-    /// W ∈ R^{r×D}, row-major.
-    pub w: Vec<T>,
-    h: Vec<T>,
-    xhat: Vec<T>,
-    j: Vec<T>,
+    /// W ∈ R^{r×D}, row-major, in the backend's memory.
+    pub w: B::Buffer<T>,
+    h: B::Buffer<T>,
+    xhat: B::Buffer<T>,
+    j: B::Buffer<T>,
+    l_dev: B::Buffer<T>,
+    k_dev: B::Buffer<T>,
+    a_dev: B::Buffer<T>,
     l: Vec<T>,
     k: Vec<T>,
     /// Z, row-major r×r (a fresh C-layout view is handed to the eigensolver on every update so that
@@ -82,26 +92,25 @@ pub fn default_rank(dim: usize) -> usize {
     dim.div_ceil(2).min(80)
 }
 
-/// Σ vᵢ² accumulated in f64, eight lanes at a time (so that it vectorises).
-fn sum_sq<T: Real>(v: &[T]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            let x = x.as_f64();
-            *a += x * x;
-        }
-    }
-    let tail: f64 = rest.iter().map(|&x| x.as_f64() * x.as_f64()).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
 impl<T: NgdReal> AxisPreconditioner<T> {
     /// A preconditioner for an N×D view (`rows` = N, `dim` = D ≥ 2) with factor rank `rank`
     /// (1 ≤ r < D), X stored N×D row-major, or D×N when `transposed`. State is set on the first
-    /// call.
+    /// call. On the CPU: [`AxisPreconditioner::new_on`] with [`CpuBackend`].
     pub fn new(
+        rows: usize,
+        dim: usize,
+        rank: usize,
+        transposed: bool,
+        settings: AxisSettings,
+    ) -> Self {
+        Self::new_on(CpuBackend, rows, dim, rank, transposed, settings)
+    }
+}
+
+impl<T: NgdReal, B: Backend> AxisPreconditioner<T, B> {
+    /// [`AxisPreconditioner::new`] with its matrices on backend `be`.
+    pub fn new_on(
+        be: B,
         rows: usize,
         dim: usize,
         rank: usize,
@@ -122,10 +131,14 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             t: 0,
             rho: settings.epsilon,
             d: vec![T::of_f64(settings.epsilon); r],
-            w: vec![T::zero(); r * dim],
-            h: vec![T::zero(); rows * r],
-            xhat: vec![T::zero(); rows * dim],
-            j: vec![T::zero(); r * dim],
+            w: be.zeros(r * dim),
+            h: be.zeros(rows * r),
+            xhat: be.zeros(rows * dim),
+            j: be.zeros(r * dim),
+            l_dev: be.zeros(r * r),
+            k_dev: be.zeros(r * r),
+            a_dev: be.zeros(r * r),
+            be,
             l: vec![T::zero(); r * r],
             k: vec![T::zero(); r * r],
             z: vec![T::zero(); r * r],
@@ -149,7 +162,7 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         let scale = e0.sqrt();
         let num_cols = dim / r;
         let remainder = dim % r;
-        self.w.iter_mut().for_each(|v| *v = T::zero());
+        let mut w = vec![T::zero(); r * dim];
         for i in 0..r {
             let extra = if i < remainder {
                 num_cols
@@ -157,32 +170,33 @@ impl<T: NgdReal> AxisPreconditioner<T> {
                 num_cols - 1
             };
             let k = 1.0 / (1.21 + extra as f64).sqrt();
-            self.w[i * dim + i] = T::of_f64(scale * 1.1 * k);
+            w[i * dim + i] = T::of_f64(scale * 1.1 * k);
             let mut c = i + r;
             while c < dim {
-                self.w[i * dim + c] = T::of_f64(scale * k);
+                w[i * dim + c] = T::of_f64(scale * k);
                 c += r;
             }
         }
+        self.be.write(&w, B::view_mut(&mut self.w));
     }
 
     /// Preconditions X (N×D, row-major, overwritten with the result): on the first call the state is
     /// initialised and refined by three updates on this X; then X ← X̂·‖X‖/‖X̂‖ with
     /// X̂ = X − X Wᵀ W, or X unchanged when ‖X̂‖² is NaN (counted in the outcome).
-    pub fn precondition(&mut self, x: &mut [T]) -> AxisOutcome {
-        let x = &mut x[..self.rows * self.dim];
+    pub fn precondition(&mut self, x: B::ViewMut<'_, T>) -> AxisOutcome {
+        let mut x = B::slice_mut(x, 0..self.rows * self.dim);
         if self.t == 0 {
             self.init_default();
             self.t = 1;
             for _ in 0..3 {
-                let tr = sum_sq(x);
-                self.step(x, tr);
+                let tr = self.be.sum_squares(B::freeze(&x));
+                self.step(B::freeze(&x), tr);
             }
             self.t = 0;
         }
-        let tr = sum_sq(x);
-        let floor_fraction = self.step(x, tr);
-        let fin = sum_sq(&self.xhat);
+        let tr = self.be.sum_squares(B::freeze(&x));
+        let floor_fraction = self.step(B::freeze(&x), tr);
+        let fin = self.be.sum_squares(B::view(&self.xhat));
         let mut out = AxisOutcome {
             norm_ratio: (fin / tr).sqrt(),
             nan_fallback: false,
@@ -192,17 +206,18 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             out.nan_fallback = true;
             return out;
         }
+        // x ← scale·x̂ (scale·v is v·scale to the bit: IEEE multiplication commutes).
         let scale = T::of_f64((tr / (fin + 1e-30)).sqrt());
-        for (o, &v) in x.iter_mut().zip(&self.xhat) {
-            *o = v * scale;
-        }
+        self.be.copy(B::view(&self.xhat), B::reborrow(&mut x));
+        self.be.scale(scale, x);
         out
     }
 
     /// One call of the core algorithm: X̂ = X − (X Wᵀ) W into `xhat`, and on updating calls
     /// (t < 10 or t mod period = 0, t read before incrementing) the refresh of W, d, ρ. Returns the
     /// floor fraction when it refreshed.
-    fn step(&mut self, x: &[T], tr_xx: f64) -> Option<f64> {
+    fn step(&mut self, x: B::View<'_, T>, tr_xx: f64) -> Option<f64> {
+        let be = self.be.clone();
         let s = self.settings;
         let updating = self.t < 10 || self.t.is_multiple_of(s.update_period);
         self.t += 1;
@@ -210,79 +225,75 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         let one = T::one();
         // H = X Wᵀ (N×r); X̂ = X − H W (stored like X: when transposed, X̂ᵀ = Xᵀ − Wᵀ Hᵀ).
         let tr = self.transposed;
-        CpuBackend.gemm(tr, true, n, r, dim, one, x, &self.w, T::zero(), &mut self.h);
-        self.xhat.copy_from_slice(x);
+        let (w, h) = (&self.w, &mut self.h);
+        be.gemm(
+            tr,
+            true,
+            n,
+            r,
+            dim,
+            one,
+            x,
+            B::view(w),
+            T::zero(),
+            B::view_mut(h),
+        );
+        be.copy(x, B::view_mut(&mut self.xhat));
         if tr {
-            CpuBackend.gemm(
+            be.gemm(
                 true,
                 true,
                 dim,
                 n,
                 r,
                 -one,
-                &self.w,
-                &self.h,
+                B::view(&self.w),
+                B::view(&self.h),
                 one,
-                &mut self.xhat,
+                B::view_mut(&mut self.xhat),
             );
         } else {
-            CpuBackend.gemm(
+            be.gemm(
                 false,
                 false,
                 n,
                 dim,
                 r,
                 -one,
-                &self.h,
-                &self.w,
+                B::view(&self.h),
+                B::view(&self.w),
                 one,
-                &mut self.xhat,
+                B::view_mut(&mut self.xhat),
             );
         }
         if !updating {
             return None;
         }
         // J = Hᵀ X (r×D); L = Hᵀ H (= J Wᵀ, cheaper when N > D); K = J Jᵀ.
-        CpuBackend.gemm(true, tr, r, dim, n, one, &self.h, x, T::zero(), &mut self.j);
+        let zero = T::zero();
+        let (h, j) = (B::view(&self.h), &mut self.j);
+        be.gemm(true, tr, r, dim, n, one, h, x, zero, B::view_mut(j));
+        let (j, w, l) = (B::view(&self.j), B::view(&self.w), &mut self.l_dev);
         if n > dim {
-            CpuBackend.gemm(
-                false,
-                true,
-                r,
-                r,
-                dim,
-                one,
-                &self.j,
-                &self.w,
-                T::zero(),
-                &mut self.l,
-            );
+            be.gemm(false, true, r, r, dim, one, j, w, zero, B::view_mut(l));
         } else {
-            CpuBackend.gemm(
-                true,
-                false,
-                r,
-                r,
-                n,
-                one,
-                &self.h,
-                &self.h,
-                T::zero(),
-                &mut self.l,
-            );
+            be.gemm(true, false, r, r, n, one, h, h, zero, B::view_mut(l));
         }
-        CpuBackend.gemm(
+        be.gemm(
             false,
             true,
             r,
             r,
             dim,
             one,
-            &self.j,
-            &self.j,
-            T::zero(),
-            &mut self.k,
+            j,
+            j,
+            zero,
+            B::view_mut(&mut self.k_dev),
         );
+        // The r×r refresh runs on the host.
+        be.download(B::view(&self.l_dev), &mut self.l);
+        be.download(B::view(&self.k_dev), &mut self.k);
 
         let (alpha, eta) = (s.alpha, s.eta);
         let rho = self.rho;
@@ -359,10 +370,12 @@ impl<T: NgdReal> AxisPreconditioner<T> {
         let coeff = (1.0 - eta) / eta_n;
         for i in 0..r {
             let c = T::of_f64(coeff) * (self.d[i] + rho_t);
-            let wrow = &self.w[i * dim..(i + 1) * dim];
-            for (b, &wv) in self.j[i * dim..(i + 1) * dim].iter_mut().zip(wrow) {
-                *b += c * wv;
-            }
+            let row = i * dim..(i + 1) * dim;
+            be.axpy(
+                c,
+                B::slice(B::view(&self.w), row.clone()),
+                B::slice_mut(B::view_mut(&mut self.j), row),
+            );
         }
         // A = diag((η/N)·√e′ᵢ / sᵢ) Uᵀ diag(e^{-½}); U's columns in descending eigenvalue order.
         for i in 0..r {
@@ -374,17 +387,18 @@ impl<T: NgdReal> AxisPreconditioner<T> {
             }
         }
         // W ← A B.
-        CpuBackend.gemm(
+        be.write(&self.a, B::view_mut(&mut self.a_dev));
+        be.gemm(
             false,
             false,
             r,
             dim,
             r,
             one,
-            &self.a,
-            &self.j,
-            T::zero(),
-            &mut self.w,
+            B::view(&self.a_dev),
+            B::view(&self.j),
+            zero,
+            B::view_mut(&mut self.w),
         );
         self.d.copy_from_slice(&self.d_new);
         self.rho = rho_new;

@@ -6,6 +6,7 @@
 //! deterministic: the "minibatch" loss is L itself and its gradient exact.
 
 use super::potential::Potential;
+use crate::device::CpuBackend;
 use crate::rng::Stream;
 use crate::Result;
 
@@ -83,7 +84,12 @@ pub struct AnalyticChainState {
 }
 
 impl Potential for AnalyticPotential {
+    type Backend = CpuBackend;
     type ChainState = AnalyticChainState;
+
+    fn backend(&self) -> &CpuBackend {
+        &CpuBackend
+    }
 
     fn dim(&self) -> usize {
         match self {

@@ -14,6 +14,7 @@
 //! "minibatch" loss is L itself and its gradient exact, so a chain's λ̂ measures the sampler alone.
 
 use super::potential::Potential;
+use crate::device::CpuBackend;
 use crate::rng::Stream;
 use crate::{Error, Result};
 
@@ -171,7 +172,12 @@ pub struct DeepLinearChainState {
 }
 
 impl Potential for DeepLinearPotential {
+    type Backend = CpuBackend;
     type ChainState = DeepLinearChainState;
+
+    fn backend(&self) -> &CpuBackend {
+        &CpuBackend
+    }
 
     fn dim(&self) -> usize {
         self.widths.windows(2).map(|p| p[0] * p[1]).sum()

@@ -13,6 +13,7 @@ use super::estimate::{mean_sd, settings_json, with_spread, ChainDiagnostics};
 use super::nbeta::NBeta;
 use super::potential::Potential;
 use super::sgld::{run_chains, ChainTrace, SgldConfig};
+use crate::device::Backend;
 use crate::io::finite_or_null;
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
@@ -93,9 +94,16 @@ pub fn init_loss<P: Potential>(
         InitLoss::Minibatches { count } => {
             let mut rng = stream(seed, Purpose::Chain, INIT_LOSS_STREAM);
             let mut state = potential.chain_state();
+            let w = potential.backend().upload(w_star);
             let count = count.max(1);
             let sum: f64 = (0..count)
-                .map(|_| potential.minibatch_loss(&mut state, &mut rng, w_star))
+                .map(|_| {
+                    potential.minibatch_loss(
+                        &mut state,
+                        &mut rng,
+                        <P::Backend as Backend>::view(&w),
+                    )
+                })
                 .sum();
             Ok(sum / count as f64)
         }

@@ -7,15 +7,29 @@
 //! ([`super::analytic`]) have no data and a known learning coefficient, for verification.
 
 use crate::data::{Dataset, Normaliser};
+use crate::device::{Backend, CpuBackend};
 use crate::model::{Network, TargetBuf, Workspace};
 use crate::rng::Stream;
 use crate::Result;
 
+/// A read-only f32 view on a potential's backend.
+pub type PView<'a, P> = <<P as Potential>::Backend as Backend>::View<'a, f32>;
+/// A writable f32 view on a potential's backend.
+pub type PViewMut<'a, P> = <<P as Potential>::Backend as Backend>::ViewMut<'a, f32>;
+
 /// A loss over flat f32 parameters that a chain evaluates with its own state and random stream.
+///
+/// The chain's weights and gradient live on the potential's backend ([`Potential::Backend`]): the
+/// chain driver ([`super::run_chain`]) keeps w, Δ and the gradient there and runs the fused update
+/// with it. Potentials without a network (the analytic ones) are host code on [`CpuBackend`].
 pub trait Potential: Sync {
+    /// The backend the chains run on.
+    type Backend: Backend;
     /// Per-chain buffers (workspace, minibatch order); created once per chain.
     type ChainState: Send;
 
+    /// The backend value the chains use.
+    fn backend(&self) -> &Self::Backend;
     /// The number of parameters.
     fn dim(&self) -> usize;
     /// n, the number of training samples (1 for an analytic potential).
@@ -30,12 +44,17 @@ pub trait Potential: Sync {
         &self,
         state: &mut Self::ChainState,
         rng: &mut Stream,
-        w: &[f32],
-        grad: &mut [f32],
+        w: PView<'_, Self>,
+        grad: PViewMut<'_, Self>,
     ) -> f64;
     /// Draws the next minibatch from `rng` and returns L_m(w) without a gradient.
-    fn minibatch_loss(&self, state: &mut Self::ChainState, rng: &mut Stream, w: &[f32]) -> f64;
-    /// L_n(w), the loss on the whole training set.
+    fn minibatch_loss(
+        &self,
+        state: &mut Self::ChainState,
+        rng: &mut Stream,
+        w: PView<'_, Self>,
+    ) -> f64;
+    /// L_n(w), the loss on the whole training set, at host weights (asked once per run).
     fn full_loss(&self, w: &[f32]) -> Result<f64>;
 }
 
@@ -43,18 +62,32 @@ pub trait Potential: Sync {
 ///
 /// Minibatches follow PyTorch's `DataLoader(shuffle=True, drop_last=True)`, which devinterp uses: each
 /// epoch is a fresh permutation of the n samples (drawn from the chain's stream), cut into ⌊n/m⌋
-/// batches of m; the remainder is dropped.
-pub struct NetworkPotential<'a> {
+/// batches of m; the remainder is dropped. The minibatch is gathered on the host and written into
+/// the backend's memory; the passes run on backend `B`.
+pub struct NetworkPotential<'a, B: Backend = CpuBackend> {
     pub net: &'a Network,
     pub data: &'a Dataset,
     pub batch: usize,
     norm: Normaliser<f32>,
+    be: B,
 }
 
 impl<'a> NetworkPotential<'a> {
+    /// The potential on the CPU: [`NetworkPotential::new_on`] with [`CpuBackend`].
+    ///
     /// # Errors
     /// When the data do not fit the network's input, or the batch is 0 or larger than the data set.
     pub fn new(net: &'a Network, data: &'a Dataset, batch: usize) -> Result<Self> {
+        Self::new_on(CpuBackend, net, data, batch)
+    }
+}
+
+impl<'a, B: Backend> NetworkPotential<'a, B> {
+    /// The potential with its chains on backend `be`.
+    ///
+    /// # Errors
+    /// As [`NetworkPotential::new`].
+    pub fn new_on(be: B, net: &'a Network, data: &'a Dataset, batch: usize) -> Result<Self> {
         net.check_input(data)?;
         if batch == 0 || batch > data.len() {
             return Err(crate::Error::invalid(format!(
@@ -67,32 +100,41 @@ impl<'a> NetworkPotential<'a> {
             data,
             batch,
             norm: data.normaliser::<f32>(),
+            be,
         })
     }
 
-    fn next_batch(&self, s: &mut NetworkChainState, rng: &mut Stream) {
+    fn next_batch(&self, s: &mut NetworkChainState<B>, rng: &mut Stream) {
         if s.cursor + self.batch > s.order.len() {
             s.order = rng.permutation(self.data.len());
             s.cursor = 0;
         }
         let idx = &s.order[s.cursor..s.cursor + self.batch];
-        self.data.gather_batch(&self.norm, idx, &mut s.x, &mut s.y);
+        self.data
+            .gather_batch(&self.norm, idx, &mut s.x_host, &mut s.y);
+        self.be.write(&s.x_host, B::view_mut(&mut s.x));
         s.cursor += self.batch;
     }
 }
 
-/// A chain's buffers for [`NetworkPotential`].
-pub struct NetworkChainState {
-    ws: Workspace<f32>,
-    x: Vec<f32>,
+/// A chain's buffers for [`NetworkPotential`]: the minibatch on the host (as gathered) and on the
+/// backend, its workspace.
+pub struct NetworkChainState<B: Backend = CpuBackend> {
+    ws: Workspace<f32, B>,
+    x_host: Vec<f32>,
+    x: B::Buffer<f32>,
     y: TargetBuf<f32>,
     order: Vec<usize>,
     cursor: usize,
 }
 
-impl Potential for NetworkPotential<'_> {
-    type ChainState = NetworkChainState;
+impl<B: Backend> Potential for NetworkPotential<'_, B> {
+    type Backend = B;
+    type ChainState = NetworkChainState<B>;
 
+    fn backend(&self) -> &B {
+        &self.be
+    }
     fn dim(&self) -> usize {
         self.net.num_params()
     }
@@ -102,10 +144,12 @@ impl Potential for NetworkPotential<'_> {
     fn batch_size(&self) -> usize {
         self.batch
     }
-    fn chain_state(&self) -> NetworkChainState {
+    fn chain_state(&self) -> NetworkChainState<B> {
+        let features = self.batch * self.data.features();
         NetworkChainState {
-            ws: self.net.workspace(self.batch),
-            x: vec![0.0; self.batch * self.data.features()],
+            ws: self.net.workspace_on(self.be.clone(), self.batch),
+            x_host: vec![0.0; features],
+            x: self.be.zeros(features),
             y: self.data.target_buffer(self.batch),
             order: Vec::new(),
             cursor: 0,
@@ -113,21 +157,28 @@ impl Potential for NetworkPotential<'_> {
     }
     fn loss_and_gradient(
         &self,
-        s: &mut NetworkChainState,
+        s: &mut NetworkChainState<B>,
         rng: &mut Stream,
-        w: &[f32],
-        grad: &mut [f32],
+        w: B::View<'_, f32>,
+        grad: B::ViewMut<'_, f32>,
     ) -> f64 {
         self.next_batch(s, rng);
         self.net
-            .loss_and_gradient(w, &s.x, s.y.view(), grad, &mut s.ws)
+            .loss_and_gradient_on(w, B::view(&s.x), s.y.view(), grad, &mut s.ws)
     }
-    fn minibatch_loss(&self, s: &mut NetworkChainState, rng: &mut Stream, w: &[f32]) -> f64 {
+    fn minibatch_loss(
+        &self,
+        s: &mut NetworkChainState<B>,
+        rng: &mut Stream,
+        w: B::View<'_, f32>,
+    ) -> f64 {
         self.next_batch(s, rng);
-        let (sum, _) = self.net.loss_sum(w, &s.x, s.y.view(), &mut s.ws);
+        let (sum, _) = self
+            .net
+            .loss_sum_on(w, B::view(&s.x), s.y.view(), &mut s.ws);
         sum / self.batch as f64
     }
     fn full_loss(&self, w: &[f32]) -> Result<f64> {
-        Ok(self.net.evaluate(w, self.data, 1000)?.loss)
+        Ok(self.net.evaluate_on(&self.be, w, self.data, 1000)?.loss)
     }
 }

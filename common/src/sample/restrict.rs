@@ -8,7 +8,8 @@
 //! devinterp does when the optimiser is given a subset of the parameters (the others get no update
 //! and no noise). λ̂ = nβ·(E[L] − L(w*)) is then the restricted learning coefficient.
 
-use super::potential::Potential;
+use super::potential::{PView, PViewMut, Potential};
+use crate::device::Backend;
 use crate::model::ParamLayout;
 use crate::rng::Stream;
 use crate::{Error, Result};
@@ -83,11 +84,12 @@ pub struct Restricted<'a, P> {
     dim: usize,
 }
 
-/// A chain's inner state and the full-length weights and gradient it scatters into.
-pub struct RestrictedChainState<S> {
+/// A chain's inner state and the full-length weights and gradient it scatters into (on the
+/// inner potential's backend `B`).
+pub struct RestrictedChainState<S, B: Backend> {
     inner: S,
-    w: Vec<f32>,
-    grad: Vec<f32>,
+    w: B::Buffer<f32>,
+    grad: B::Buffer<f32>,
 }
 
 impl<'a, P: Potential> Restricted<'a, P> {
@@ -136,19 +138,37 @@ impl<'a, P: Potential> Restricted<'a, P> {
             .collect()
     }
 
-    /// Writes `u` into the selected blocks of `full`.
-    fn scatter(&self, u: &[f32], full: &mut [f32]) {
+    /// Writes `u` into the selected blocks of `full` (host vectors).
+    fn scatter_host(&self, u: &[f32], full: &mut [f32]) {
         let mut at = 0;
         for r in &self.free {
             full[r.clone()].copy_from_slice(&u[at..at + r.len()]);
             at += r.len();
         }
     }
+
+    /// Writes `u` into the selected blocks of `full` on the backend.
+    fn scatter(&self, u: PView<'_, P>, full: &mut <P::Backend as Backend>::Buffer<f32>) {
+        let be = self.inner.backend();
+        let mut at = 0;
+        for r in &self.free {
+            let dst = <P::Backend as Backend>::slice_mut(
+                <P::Backend as Backend>::view_mut(full),
+                r.clone(),
+            );
+            be.copy(<P::Backend as Backend>::slice(u, at..at + r.len()), dst);
+            at += r.len();
+        }
+    }
 }
 
 impl<P: Potential> Potential for Restricted<'_, P> {
-    type ChainState = RestrictedChainState<P::ChainState>;
+    type Backend = P::Backend;
+    type ChainState = RestrictedChainState<P::ChainState, P::Backend>;
 
+    fn backend(&self) -> &P::Backend {
+        self.inner.backend()
+    }
     fn dim(&self) -> usize {
         self.dim
     }
@@ -159,37 +179,52 @@ impl<P: Potential> Potential for Restricted<'_, P> {
         self.inner.batch_size()
     }
     fn chain_state(&self) -> Self::ChainState {
+        let be = self.inner.backend();
         RestrictedChainState {
             inner: self.inner.chain_state(),
-            w: self.w_star.clone(),
-            grad: vec![0.0; self.w_star.len()],
+            w: be.upload(&self.w_star),
+            grad: be.zeros(self.w_star.len()),
         }
     }
     fn loss_and_gradient(
         &self,
         s: &mut Self::ChainState,
         rng: &mut Stream,
-        u: &[f32],
-        grad: &mut [f32],
+        u: PView<'_, Self>,
+        mut grad: PViewMut<'_, Self>,
     ) -> f64 {
+        type B<P> = <P as Potential>::Backend;
         self.scatter(u, &mut s.w);
-        let loss = self
-            .inner
-            .loss_and_gradient(&mut s.inner, rng, &s.w, &mut s.grad);
+        let loss = self.inner.loss_and_gradient(
+            &mut s.inner,
+            rng,
+            B::<P>::view(&s.w),
+            B::<P>::view_mut(&mut s.grad),
+        );
+        let be = self.inner.backend();
         let mut at = 0;
         for r in &self.free {
-            grad[at..at + r.len()].copy_from_slice(&s.grad[r.clone()]);
+            be.copy(
+                B::<P>::slice(B::<P>::view(&s.grad), r.clone()),
+                B::<P>::slice_mut(B::<P>::reborrow(&mut grad), at..at + r.len()),
+            );
             at += r.len();
         }
         loss
     }
-    fn minibatch_loss(&self, s: &mut Self::ChainState, rng: &mut Stream, u: &[f32]) -> f64 {
+    fn minibatch_loss(
+        &self,
+        s: &mut Self::ChainState,
+        rng: &mut Stream,
+        u: PView<'_, Self>,
+    ) -> f64 {
         self.scatter(u, &mut s.w);
-        self.inner.minibatch_loss(&mut s.inner, rng, &s.w)
+        self.inner
+            .minibatch_loss(&mut s.inner, rng, <P::Backend as Backend>::view(&s.w))
     }
     fn full_loss(&self, u: &[f32]) -> Result<f64> {
         let mut w = self.w_star.clone();
-        self.scatter(u, &mut w);
+        self.scatter_host(u, &mut w);
         self.inner.full_loss(&w)
     }
 }

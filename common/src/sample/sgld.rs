@@ -156,7 +156,9 @@ impl ChainTrace {
     }
 }
 
-/// Runs one chain from w* (see the module documentation).
+/// Runs one chain from w* (see the module documentation) on the potential's backend: w, Δ and the
+/// gradient live there and the fused update is its [`Backend::sgld_update`]; the per-step scalars
+/// (loss, sums, acceptance) come back to the host, and w comes back once, for the final distance.
 pub fn run_chain<P: Potential>(
     potential: &P,
     w_star: &[f32],
@@ -166,15 +168,18 @@ pub fn run_chain<P: Potential>(
     let start = std::time::Instant::now();
     let dim = potential.dim();
     assert_eq!(w_star.len(), dim, "w* has the potential's dimension");
+    let be = potential.backend();
+    type B<P> = <P as Potential>::Backend;
     let mut rng = stream(cfg.seed, Purpose::Chain, chain as u64);
     // The noise generator takes its state from the chain's stream first; the minibatch order then
     // continues the same stream.
     let mut noise_source = NoiseSource::from_stream(&mut rng);
     let mut state = potential.chain_state();
-    let mut w = w_star.to_vec();
+    let w_star_b = be.upload(w_star);
+    let mut w = be.upload(w_star);
     // Δ_t = w_t − w_{t−1} (zero before the first step).
-    let mut step_taken = vec![0f32; dim];
-    let mut grad = vec![0f32; dim];
+    let mut step_taken = be.zeros::<f32>(dim);
+    let mut grad = be.zeros::<f32>(dim);
     let coef = StepCoefficients {
         half_eps: 0.5 * cfg.step_size as f32,
         sqrt_eps: cfg.step_size.sqrt() as f32,
@@ -194,7 +199,12 @@ pub fn run_chain<P: Potential>(
 
     for step in 0..cfg.steps() {
         crate::progress::tick(1);
-        let loss = potential.loss_and_gradient(&mut state, &mut rng, &w, &mut grad);
+        let loss = potential.loss_and_gradient(
+            &mut state,
+            &mut rng,
+            B::<P>::view(&w),
+            B::<P>::view_mut(&mut grad),
+        );
         let sampling = step >= cfg.burn_in;
         let draw = if sampling && (step - cfg.burn_in).is_multiple_of(cfg.thin) {
             Some((step - cfg.burn_in) / cfg.thin)
@@ -208,11 +218,11 @@ pub fn run_chain<P: Potential>(
         if draw.is_some() {
             losses.push(loss);
         }
-        let sums = update(
-            &mut w,
-            &mut step_taken,
-            w_star,
-            &grad,
+        let sums = be.sgld_update(
+            B::<P>::view_mut(&mut w),
+            B::<P>::view_mut(&mut step_taken),
+            B::<P>::view(&w_star_b),
+            B::<P>::view(&grad),
             &mut noise_source,
             &coef,
             cfg.bounding_box.map(|b| b as f32),
@@ -244,7 +254,9 @@ pub fn run_chain<P: Potential>(
         // Diverged on the very last update: every draw was recorded and is finite.
         diverged_at = None;
     }
-    let final_distance = w
+    let mut w_host = vec![0f32; dim];
+    be.download(B::<P>::view(&w), &mut w_host);
+    let final_distance = w_host
         .iter()
         .zip(w_star)
         .map(|(a, b)| ((a - b) as f64).powi(2))
@@ -310,7 +322,7 @@ pub struct UpdateSums {
 /// and the sums of [`UpdateSums`] (`step` holds Δ_t on entry). The kernel is the backend's
 /// [`Backend::sgld_update`]: blocks of 512 (a multiple of the noise's round of 16, so the noise
 /// equals one fill of the whole vector), each summed in 8 f32 lanes and added to f64 accumulators.
-/// The chains run on the host ([`CpuBackend`]): their potentials compute on host slices.
+/// This is the update on host slices ([`CpuBackend`]); [`run_chain`] calls its potential's backend.
 #[inline]
 pub fn update(
     w: &mut [f32],
