@@ -133,17 +133,15 @@ impl Network {
     /// # Errors
     /// [`Error::Data`] naming the data folder, its shape and the model's.
     pub fn check_input(&self, data: &Dataset) -> Result<()> {
-        if data.token_ids() {
-            if !matches!(self.layers.first(), Some(Layer::Embedding(_))) {
-                return Err(Error::data(
-                    &data.folder,
-                    format!(
-                        "`x` holds integer token ids, which only a model whose first layer is an `embedding` reads; the model {} starts with {} and would read the ids as numbers",
-                        self.arch.name(),
-                        self.layers.first().map_or("no layer".to_string(), |l| format!("{}", l.kind()))
-                    ),
-                ));
-            }
+        if data.token_ids() && !matches!(self.layers.first(), Some(Layer::Embedding(_))) {
+            return Err(Error::data(
+                &data.folder,
+                format!(
+                    "`x` holds integer token ids, which only a model whose first layer is an `embedding` reads; the model {} starts with {} and would read the ids as numbers",
+                    self.arch.name(),
+                    self.layers.first().map_or("no layer".to_string(), |l| l.kind().to_string())
+                ),
+            ));
         }
         if let Some(shape) = self.arch.input_shape() {
             if shape != data.sample_shape() {
@@ -562,6 +560,7 @@ mod tests {
                 path: "toks.safetensors".into(),
                 fingerprint: "0".repeat(16),
                 normalize: None,
+                token_ids: false,
             }),
             split: Split::Train,
             folder: "toks.safetensors".into(),
