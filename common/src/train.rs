@@ -43,6 +43,10 @@ pub struct TrainConfig {
     pub extra: Map<String, Value>,
     /// Report the steps of each epoch on stderr (when the process has [`crate::progress::enable`]d it).
     pub progress: bool,
+    /// Also evaluate the whole training set at each checkpoint, as the test set is: records gain
+    /// `train_eval_loss` and `train_acc` (the training loss in `train_loss` is the mean over the
+    /// epoch's minibatches before each step, not at the checkpoint). Off, records are as before.
+    pub eval_train: bool,
 }
 
 /// Where training starts.
@@ -812,6 +816,10 @@ pub fn train(
                 let test = test_data
                     .map(|d| net.evaluate(&params, d, eval_batch(net)))
                     .transpose()?;
+                let train_eval = cfg
+                    .eval_train
+                    .then(|| net.evaluate(&params, train_data, eval_batch(net)))
+                    .transpose()?;
                 let update_norm = params
                     .iter()
                     .zip(&epoch_start_params)
@@ -888,6 +896,10 @@ pub fn train(
                     "test_acc".into(),
                     Value::from(test.and_then(|t| t.accuracy)),
                 );
+                if let Some(t) = &train_eval {
+                    r.insert("train_eval_loss".into(), Value::from(t.loss));
+                    r.insert("train_acc".into(), Value::from(t.accuracy));
+                }
                 r.insert("update_norm".into(), Value::from(update_norm));
                 for (k2, v) in optimizer.take_epoch_stats() {
                     r.insert(k2, v);

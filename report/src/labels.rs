@@ -35,6 +35,14 @@ pub fn quantity(pointer: &str) -> Quantity {
         "/hessian/trace" => q("Tr(H) (Hessian trace of the loss)", "Tr(H)"),
         "/test_loss" => q("test loss (cross-entropy, nats)", "test loss"),
         "/train_loss" => q("training loss (cross-entropy, nats)", "training loss"),
+        "/train_eval_loss" => q(
+            "training loss at the checkpoint (cross-entropy, nats)",
+            "training loss",
+        ),
+        "/train_acc" => Quantity {
+            scale: 100.0,
+            ..q("training accuracy (%)", "training accuracy")
+        },
         "/test_acc" => Quantity {
             scale: 100.0,
             ..q("test accuracy (%)", "test accuracy")

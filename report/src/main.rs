@@ -95,8 +95,10 @@ enum Command {
     },
     /// The metric against x per label: mean over seeds with a ±1 sd band.
     Curves {
-        #[arg(long)]
-        metric: String,
+        /// JSON pointer of the number plotted; repeat for several metrics of the same unit in one
+        /// figure (e.g. /train_acc and /test_acc), each curve then named by its metric.
+        #[arg(long, required = true)]
+        metric: Vec<String>,
         /// JSON pointer of the x value.
         #[arg(long, default_value = "/epoch")]
         x: String,
@@ -115,6 +117,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         files: Vec<PathBuf>,
+    },
+    /// Stack the figures of curves JSONs that `report curves` wrote into one figure, one panel
+    /// each, top to bottom, on a shared x axis (e.g. accuracies and the LLC against the epoch).
+    Stack {
+        /// Title above the panels [default: none].
+        #[arg(long)]
+        title: Option<String>,
+        /// Output path without extension (writes .svg, .png).
+        #[arg(long)]
+        out: PathBuf,
+        /// The curves JSON files, top panel first.
+        #[arg(required = true)]
+        json: Vec<PathBuf>,
     },
     /// Redraw the figure of a table or curves JSON that `report` wrote (OUT.svg / OUT.png).
     Replot {
@@ -308,13 +323,10 @@ fn run(args: Args) -> Result<()> {
             files,
         } => {
             let records = load(&files)?;
-            let curves = summarise_curves(&records, &metric, &x, &label);
-            let bands = band
-                .as_ref()
-                .map(|b| summarise_curves(&records, b, &x, &label));
+            let (curves, bands) = metric_curves(&records, &metric, &x, &label, band.as_deref())?;
             create_parent(&out)?;
             let mut j = json!({
-                "metric": metric, "x": x, "label_by": label,
+                "metric": metric[0], "x": x, "label_by": label,
                 "curves": curves.iter().map(|c| {
                     let band_of = |xv: f64| bands.as_ref().and_then(|bs| {
                         bs.iter().find(|b| b.label == c.label)?.points.iter().find(|p| p.0 == xv).map(|p| p.1)
@@ -334,6 +346,19 @@ fn run(args: Args) -> Result<()> {
             if let Some(b) = &band {
                 j["band"] = json!(b);
             }
+            if metric.len() > 1 {
+                j["metrics"] = json!(metric);
+            }
+            // The words given are kept, so that `replot` and `stack` draw the same figure.
+            for (key, given) in [
+                ("title", &words.title),
+                ("ylabel", &words.ylabel),
+                ("xlabel", &words.xlabel),
+            ] {
+                if let Some(w) = given {
+                    j[key] = json!(w);
+                }
+            }
             common::io::atomic_write(
                 &out.with_extension("json"),
                 serde_json::to_string_pretty(&j)?.as_bytes(),
@@ -341,6 +366,24 @@ fn run(args: Args) -> Result<()> {
             let (curves, texts) = curves_figure(&j, log_x, &words)?;
             plot::line_chart(&curves, &texts, log_x, &out)?;
             eprintln!("report: wrote {}.{{json,svg,png}}", out.display());
+        }
+        Command::Stack { title, out, json } => {
+            let mut panels = Vec::new();
+            for path in &json {
+                let j: Value = serde_json::from_slice(
+                    &std::fs::read(path).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| path.display().to_string())?;
+                if j.get("curves").is_none() {
+                    bail!("{}: not a curves JSON (no \"curves\")", path.display());
+                }
+                let (curves, texts) = curves_figure(&j, false, &Words::default())
+                    .with_context(|| path.display().to_string())?;
+                panels.push((curves, texts));
+            }
+            create_parent(&out)?;
+            plot::stacked_line_charts(&panels, title.as_deref(), &out)?;
+            eprintln!("report: wrote {}.{{svg,png}}", out.display());
         }
         Command::Replot {
             json: path,
@@ -467,6 +510,54 @@ fn table_figure(j: &Value, words: &Words) -> Result<(plot::BarSet, plot::Texts)>
 
 /// The curves and words of a curves figure, from the curves JSON (what `curves` writes). Points at
 /// x ≤ 0 are left off a log axis (said on stderr; they stay in the JSON).
+/// The curves of each metric per label (and the band's, for one metric). With several metrics
+/// (which must share a unit: the figure has one y axis) each curve is named by its metric, and by
+/// its label too where the records have more than one.
+fn metric_curves(
+    records: &[Record],
+    metrics: &[String],
+    x: &str,
+    label: &[String],
+    band: Option<&str>,
+) -> Result<(
+    Vec<common::summary::Curve>,
+    Option<Vec<common::summary::Curve>>,
+)> {
+    if metrics.len() == 1 {
+        let curves = summarise_curves(records, &metrics[0], x, label);
+        let bands = band.map(|b| summarise_curves(records, b, x, label));
+        return Ok((curves, bands));
+    }
+    if band.is_some() {
+        bail!("--band takes a single --metric (it is the error of that metric)");
+    }
+    let scale = labels::quantity(&metrics[0]).scale;
+    if let Some(m) = metrics[1..]
+        .iter()
+        .find(|m| labels::quantity(m).scale != scale)
+    {
+        bail!(
+            "--metric {} and {m} are shown in different units; one figure has one y axis",
+            metrics[0]
+        );
+    }
+    let mut curves = Vec::new();
+    for m in metrics {
+        let short = labels::quantity(m).short;
+        let mine = summarise_curves(records, m, x, label);
+        let single = mine.len() == 1;
+        curves.extend(mine.into_iter().map(|mut c| {
+            c.label = if single {
+                short.clone()
+            } else {
+                format!("{short} · {}", c.label)
+            };
+            c
+        }));
+    }
+    Ok((curves, None))
+}
+
 fn curves_figure(
     j: &Value,
     log_x: bool,
@@ -503,8 +594,30 @@ fn curves_figure(
         }
         curves.push(common::summary::Curve { label, points });
     }
-    let qy = labels::quantity(metric);
+    let metrics: Vec<&str> = match j.get("metrics").and_then(Value::as_array) {
+        Some(ms) => ms.iter().filter_map(Value::as_str).collect(),
+        None => vec![metric],
+    };
+    let mut qy = labels::quantity(metric);
+    if metrics.len() > 1 {
+        let qs: Vec<labels::Quantity> = metrics.iter().map(|m| labels::quantity(m)).collect();
+        qy.label = qs
+            .iter()
+            .map(|q| q.label.as_str())
+            .collect::<Vec<_>>()
+            .join(" / ");
+        qy.short = qs
+            .iter()
+            .map(|q| q.short.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ");
+    }
     let qx = labels::quantity(x);
+    // A word given now, else the one the JSON kept.
+    let given = |now: &Option<String>, key: &str| {
+        now.clone()
+            .or_else(|| j.get(key).and_then(Value::as_str).map(str::to_string))
+    };
     let ns = curves.iter().flat_map(|c| c.points.iter().map(|p| p.3));
     let seeds = labels::seeds_phrase(ns.clone());
     let one_run = ns.clone().all(|n| n <= 1);
@@ -519,12 +632,10 @@ fn curves_figure(
         None => format!("{lines}; bands: ±1 sd over seeds."),
     };
     let texts = plot::Texts {
-        title: words
-            .title
-            .clone()
+        title: given(&words.title, "title")
             .unwrap_or_else(|| format!("{} against {}", qy.short, qx.short)),
-        x_label: words.xlabel.clone().unwrap_or(qx.label),
-        y_label: words.ylabel.clone().unwrap_or(qy.label),
+        x_label: given(&words.xlabel, "xlabel").unwrap_or(qx.label),
+        y_label: given(&words.ylabel, "ylabel").unwrap_or(qy.label),
         legend_title: labels::names(&pointers(j.get("label_by"))),
         note,
         y_scale: qy.scale,

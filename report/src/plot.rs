@@ -313,6 +313,10 @@ struct Lines<'a> {
     texts: &'a Texts,
     log_x: bool,
     labels: Vec<String>,
+    /// The x axis's range instead of the points' (panels stacked on a shared axis).
+    x_range: Option<(f64, f64)>,
+    /// The legend's width instead of this figure's own (stacked panels' axes line up).
+    legend_w: Option<u32>,
 }
 
 impl Figure for Lines<'_> {
@@ -327,8 +331,10 @@ impl Figure for Lines<'_> {
         let s = self.texts.y_scale;
         let pts = || self.curves.iter().flat_map(|c| c.points.iter());
         let tx = |x: f64| if self.log_x { x.max(1e-300).log10() } else { x };
-        let (mut x0, mut x1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(tx(p.0)), b.max(tx(p.0)))
+        let (mut x0, mut x1) = self.x_range.unwrap_or_else(|| {
+            pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(tx(p.0)), b.max(tx(p.0)))
+            })
         });
         let band = |p: &(f64, f64, f64, usize)| if p.2.is_finite() { p.2 } else { 0.0 };
         let (mut y0, mut y1) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -341,7 +347,9 @@ impl Figure for Lines<'_> {
         let pad = ((y1 - y0) * 0.08).max(1e-9);
         y0 -= pad;
         y1 += pad;
-        let legend_w = legend_width(&self.labels, &self.texts.legend_title);
+        let legend_w = self
+            .legend_w
+            .unwrap_or_else(|| legend_width(&self.labels, &self.texts.legend_title));
         let (chart_area, legend) = layout(area, legend_w, &self.texts.note)?;
         let mut chart = ChartBuilder::on(&chart_area)
             .caption(&self.texts.title, ("sans-serif", TITLE_FONT))
@@ -432,6 +440,96 @@ pub fn line_chart(curves: &[Curve], texts: &Texts, log_x: bool, out: &Path) -> R
             texts,
             log_x,
             labels,
+            x_range: None,
+            legend_w: None,
+        },
+        out,
+    )
+}
+
+/// Panels of curves stacked top to bottom, one figure, with the x axis's range shared (the union
+/// of the panels' x values) and each panel's own y axis, legend and note.
+struct Stacked<'a> {
+    panels: Vec<Lines<'a>>,
+    title: Option<&'a str>,
+}
+
+const STACK_TITLE_H: u32 = 40;
+
+impl Figure for Stacked<'_> {
+    fn size(&self) -> (u32, u32) {
+        let w = self.panels.iter().map(|p| p.size().0).max().unwrap_or(680);
+        let h: u32 = self.panels.iter().map(|p| p.size().1).sum();
+        (
+            w,
+            h + if self.title.is_some() {
+                STACK_TITLE_H
+            } else {
+                0
+            },
+        )
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let mut rest = area.clone();
+        if let Some(t) = self.title {
+            let (top, below) = rest.split_vertically(STACK_TITLE_H);
+            top.titled(t, ("sans-serif", TITLE_FONT))?;
+            rest = below;
+        }
+        for p in &self.panels {
+            let (top, below) = rest.split_vertically(p.size().1);
+            p.draw(&top)?;
+            rest = below;
+        }
+        Ok(())
+    }
+}
+
+/// Several curve figures (curves and their words) stacked into one, on a shared x range.
+pub fn stacked_line_charts(
+    panels: &[(Vec<Curve>, Texts)],
+    title: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    if panels
+        .iter()
+        .any(|(curves, _)| curves.iter().all(|c| c.points.is_empty()))
+    {
+        bail!("nothing to plot in a panel: no point");
+    }
+    let (x0, x1) = panels
+        .iter()
+        .flat_map(|(curves, _)| curves.iter().flat_map(|c| c.points.iter()))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let x_range = if x1 > x0 {
+        (x0, x1)
+    } else {
+        (x0 - 0.5, x1 + 0.5)
+    };
+    let labels = |curves: &[Curve]| curves.iter().map(|c| c.label.clone()).collect::<Vec<_>>();
+    let legend_w = panels
+        .iter()
+        .map(|(curves, texts)| legend_width(&labels(curves), &texts.legend_title))
+        .max();
+    render(
+        &Stacked {
+            panels: panels
+                .iter()
+                .map(|(curves, texts)| Lines {
+                    curves,
+                    texts,
+                    log_x: false,
+                    labels: labels(curves),
+                    x_range: Some(x_range),
+                    legend_w,
+                })
+                .collect(),
+            title,
         },
         out,
     )

@@ -417,6 +417,7 @@ fn run(args: Args) -> Result<()> {
                         threads: 1,
                         extra,
                         progress: !args.quiet,
+                        eval_train: false,
                     };
                     let start = plan.start.clone();
                     let quiet = args.quiet;

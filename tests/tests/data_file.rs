@@ -780,3 +780,93 @@ fn a_foreign_scalar_regression_checkpoint_is_measured_with_loss_mse() {
     );
     assert_eq!(h["data"]["loss"], "mse");
 }
+
+#[test]
+fn eval_train_reports_the_training_set_as_the_test_set_is() {
+    // A test split that is the training set itself: `--eval-train` must report exactly the test
+    // split's loss and accuracy at every checkpoint (the same evaluation of the same samples), which
+    // differ from the epoch's running train_loss (taken before each step).
+    let dir = scratch("data-file-eval-train");
+    let mut u = uniform(5);
+    let n = 60;
+    let x: Vec<f64> = (0..n * 4).map(|_| u()).collect();
+    let y: Vec<i64> = x.chunks(4).map(|r| i64::from(r[0] + r[2] > 0.0)).collect();
+    let data = dir.join("cls.safetensors");
+    let xb = bytes_f32(&x);
+    write(
+        &data,
+        &[
+            ("x", safetensors::Dtype::F32, vec![n, 4], xb.clone()),
+            ("y", safetensors::Dtype::I64, vec![n], bytes_i64(&y)),
+            ("x_test", safetensors::Dtype::F32, vec![n, 4], xb),
+            ("y_test", safetensors::Dtype::I64, vec![n], bytes_i64(&y)),
+        ],
+    );
+    // The same training split with another test split: the same training run (the test split only
+    // is evaluated), so the training set's numbers are those above and not this test split's.
+    let other = dir.join("other.safetensors");
+    let xo: Vec<f64> = (0..n * 4).map(|_| u()).collect();
+    let yo: Vec<i64> = xo.chunks(4).map(|r| i64::from(r[1] > 0.0)).collect();
+    write(
+        &other,
+        &[
+            ("x", safetensors::Dtype::F32, vec![n, 4], bytes_f32(&x)),
+            ("y", safetensors::Dtype::I64, vec![n], bytes_i64(&y)),
+            (
+                "x_test",
+                safetensors::Dtype::F32,
+                vec![n, 4],
+                bytes_f32(&xo),
+            ),
+            ("y_test", safetensors::Dtype::I64, vec![n], bytes_i64(&yo)),
+        ],
+    );
+    let train_on = |data: &Path, name: &str, extra: &[&str]| {
+        let mut c = tool("train");
+        c.arg("--data").arg(data);
+        c.args([
+            "--hidden",
+            "8",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.1",
+            "--quiet",
+            "--out",
+        ])
+        .arg(dir.join(name));
+        c.args(extra);
+        let o = run(c);
+        assert!(o.status.success(), "{}", stderr(&o));
+        records(&o)
+    };
+    let train = |name: &str, extra: &[&str]| train_on(&data, name, extra);
+    let with = train("with", &["--eval-train"]);
+    assert_eq!(with.len(), 3);
+    for r in &with {
+        assert_eq!(r["train_eval_loss"], r["test_loss"], "{r:?}");
+        assert_eq!(r["train_acc"], r["test_acc"], "{r:?}");
+        assert_ne!(r["train_eval_loss"], r["train_loss"], "{r:?}");
+        let acc = r["train_acc"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&acc) && (acc * n as f64).fract() == 0.0,
+            "{acc}"
+        );
+    }
+    // Without the flag the records have neither field, and the run's numbers are the same.
+    let without = train("without", &[]);
+    for (a, b) in with.iter().zip(&without) {
+        assert!(!b.contains_key("train_acc") && !b.contains_key("train_eval_loss"));
+        assert_eq!(a["train_loss"], b["train_loss"]);
+        assert_eq!(a["test_loss"], b["test_loss"]);
+    }
+    let apart = train_on(&other, "other", &["--eval-train"]);
+    for (a, b) in with.iter().zip(&apart) {
+        assert_eq!(a["train_loss"], b["train_loss"]);
+        assert_eq!(a["train_eval_loss"], b["train_eval_loss"]);
+        assert_eq!(a["train_acc"], b["train_acc"]);
+        assert_ne!(b["train_eval_loss"], b["test_loss"], "{b:?}");
+    }
+}

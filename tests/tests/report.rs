@@ -219,3 +219,118 @@ fn figures_read_as_words_and_replot_from_json() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("other.json"), "{}", stderr(&o));
 }
+
+#[test]
+fn several_metrics_share_a_figure_and_panels_stack_on_one_x_axis() {
+    let dir = scratch("report-stack");
+    // One run: accuracies at epochs 1-4, the LLC at epochs 2 and 4 only.
+    let mut acc = String::new();
+    let mut llc = String::new();
+    for epoch in 1..=4 {
+        let (tr, te) = (0.25 * epoch as f64, 0.1 * epoch as f64);
+        acc += &format!("{{\"run\":\"g\",\"epoch\":{epoch},\"train_acc\":{tr},\"test_acc\":{te},\"test_loss\":1.5}}\n");
+        if epoch % 2 == 0 {
+            llc += &format!(
+                "{{\"run\":\"g\",\"epoch\":{epoch},\"llc\":{{\"llc\":{},\"llc_sd\":0.5}}}}\n",
+                10 * epoch
+            );
+        }
+    }
+    std::fs::write(dir.join("acc.jsonl"), acc).unwrap();
+    std::fs::write(dir.join("llc.jsonl"), llc).unwrap();
+    let curves = |out: &str, file: &str, args: &[&str]| {
+        let mut c = tool("report");
+        c.arg("curves")
+            .args(args)
+            .args(["--label", "/run", "--out"]);
+        c.arg(dir.join(out)).arg(dir.join(file));
+        run(c)
+    };
+    let o = curves(
+        "acc",
+        "acc.jsonl",
+        &[
+            "--metric",
+            "/train_acc",
+            "--metric",
+            "/test_acc",
+            "--ylabel",
+            "accuracy (%)",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("acc.json")).unwrap()).unwrap();
+    assert_eq!(j["metrics"], serde_json::json!(["/train_acc", "/test_acc"]));
+    assert_eq!(j["ylabel"], "accuracy (%)");
+    let c = j["curves"].as_array().unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0]["label"], "training accuracy");
+    assert_eq!(c[1]["label"], "test accuracy");
+    assert_eq!(c[0]["points"][3]["mean"], 1.0);
+    assert_eq!(c[1]["points"][1]["mean"], 0.2);
+    let svg = std::fs::read_to_string(dir.join("acc.svg")).unwrap();
+    assert!(
+        svg.contains("\naccuracy (%)\n") && svg.contains("\n100.0\n"),
+        "{svg}"
+    );
+    // Different units in one figure, and a band with several metrics, are refused in one line.
+    let o = curves(
+        "bad",
+        "acc.jsonl",
+        &["--metric", "/train_acc", "--metric", "/test_loss"],
+    );
+    assert_one_line_error(&o, &["/test_loss", "different units"]);
+    let o = curves(
+        "bad",
+        "acc.jsonl",
+        &[
+            "--metric",
+            "/train_acc",
+            "--metric",
+            "/test_acc",
+            "--band",
+            "/test_loss",
+        ],
+    );
+    assert_one_line_error(&o, &["--band", "single --metric"]);
+    let o = curves(
+        "llc",
+        "llc.jsonl",
+        &["--metric", "/llc/llc", "--band", "/llc/llc_sd"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Alone, the LLC's axis spans epochs 2-4; stacked under the accuracies it spans 1-4, so the tick
+    // "1" is drawn in both panels.
+    let ticks = |svg: &str, t: &str| svg.matches(&format!("\n{t}\n")).count();
+    let alone = std::fs::read_to_string(dir.join("llc.svg")).unwrap();
+    assert_eq!(ticks(&alone, "1"), 0, "{alone}");
+    let mut c = tool("report");
+    c.args(["stack", "--title", "Grokking", "--out"])
+        .arg(dir.join("both"))
+        .arg(dir.join("acc.json"))
+        .arg(dir.join("llc.json"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("both.svg")).unwrap();
+    assert_eq!(ticks(&svg, "1"), 2, "{svg}");
+    assert_eq!(ticks(&svg, "4"), 2, "{svg}");
+    for words in [
+        "Grokking",
+        "accuracy (%)",
+        "LLC (local learning coefficient)",
+        "test accuracy",
+    ] {
+        assert!(svg.contains(words), "{words} missing: {svg}");
+    }
+    assert!(dir.join("both.png").exists());
+    // A file that is not a curves JSON is named.
+    let mut c = tool("report");
+    c.args(["stack", "--out"])
+        .arg(dir.join("bad"))
+        .arg(dir.join("acc.json"))
+        .arg(dir.join("acc.jsonl"));
+    let o = run(c);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("acc.jsonl"), "{}", stderr(&o));
+}

@@ -218,6 +218,11 @@ struct Args {
     /// Use only the first N training samples.
     #[arg(long)]
     train_samples: Option<usize>,
+    /// Also evaluate the whole training set at each checkpoint: records gain train_eval_loss and
+    /// train_acc (null for float targets), the loss and accuracy at the checkpoint (train_loss is
+    /// the mean over the epoch's minibatches, each before its step).
+    #[arg(long)]
+    eval_train: bool,
     /// Also write a checkpoint and record every N steps.
     #[arg(long)]
     save_every: Option<usize>,
@@ -574,6 +579,7 @@ fn run(args: Args) -> Result<()> {
         threads: args.threads,
         extra,
         progress: !args.quiet,
+        eval_train: args.eval_train,
     };
 
     let interrupted = Arc::new(AtomicBool::new(false));
