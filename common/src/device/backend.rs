@@ -106,6 +106,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Copies host memory into a view of the same length (an upload into an existing buffer: a
     /// chain's minibatch each step).
     fn write<E: Element>(&self, host: &[E], dst: Self::ViewMut<'_, E>);
+    /// The view as host memory, where the backend's memory is the host's (the CPU), so that host
+    /// code can fill it in place instead of through a staging copy and [`Backend::write`]; `None`
+    /// for device memory.
+    fn host_mut<'a, E: Element>(_dst: Self::ViewMut<'a, E>) -> Option<&'a mut [E]> {
+        None
+    }
     /// Grows `buf` to at least `len` elements (new elements are zero; existing ones kept).
     fn ensure_len<E: Element>(&self, buf: &mut Self::Buffer<E>, len: usize);
     /// The number of elements of a buffer.

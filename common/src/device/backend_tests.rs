@@ -64,6 +64,14 @@ pub(super) fn memory<B: Backend>(be: &B) {
     want[10] = 7.0;
     want[11] = 6.0;
     assert_eq!(down(be, &buf), want, "write");
+    // Where the memory is the host's, writing through it is writing the buffer.
+    if let Some(host) = B::host_mut(B::slice_mut(B::view_mut(&mut buf), 4..6)) {
+        assert_eq!(host.len(), 2);
+        host.copy_from_slice(&[5.0, 4.0]);
+        want[4] = 5.0;
+        want[5] = 4.0;
+    }
+    assert_eq!(down(be, &buf), want, "host_mut");
 }
 
 /// The naive triple loop.

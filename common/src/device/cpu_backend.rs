@@ -47,6 +47,10 @@ impl Backend for CpuBackend {
         dst.copy_from_slice(host);
     }
     #[inline]
+    fn host_mut<'a, E: Element>(dst: Self::ViewMut<'a, E>) -> Option<&'a mut [E]> {
+        Some(dst)
+    }
+    #[inline]
     fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
         if buf.len() < len {
             buf.resize(len, E::default());

@@ -110,15 +110,22 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
             s.cursor = 0;
         }
         let idx = &s.order[s.cursor..s.cursor + self.batch];
-        self.data
-            .gather_batch(&self.norm, idx, &mut s.x_host, &mut s.y);
-        self.be.write(&s.x_host, B::view_mut(&mut s.x));
+        // In place where the backend's memory is the host's; else staged on the host and written.
+        match B::host_mut(B::view_mut(&mut s.x)) {
+            Some(x) => self.data.gather_batch(&self.norm, idx, x, &mut s.y),
+            None => {
+                s.x_host.resize(B::buffer_len(&s.x), 0.0);
+                self.data
+                    .gather_batch(&self.norm, idx, &mut s.x_host, &mut s.y);
+                self.be.write(&s.x_host, B::view_mut(&mut s.x));
+            }
+        }
         s.cursor += self.batch;
     }
 }
 
-/// A chain's buffers for [`NetworkPotential`]: the minibatch on the host (as gathered) and on the
-/// backend, its workspace.
+/// A chain's buffers for [`NetworkPotential`]: the minibatch on the backend (and, for a backend
+/// whose memory is not the host's, the host copy it is gathered into first), its workspace.
 pub struct NetworkChainState<B: Backend = CpuBackend> {
     ws: Workspace<f32, B>,
     x_host: Vec<f32>,
@@ -148,7 +155,7 @@ impl<B: Backend> Potential for NetworkPotential<'_, B> {
         let features = self.batch * self.data.features();
         NetworkChainState {
             ws: self.net.workspace_on(self.be.clone(), self.batch),
-            x_host: vec![0.0; features],
+            x_host: Vec::new(),
             x: self.be.zeros(features),
             y: self.data.target_buffer(self.batch),
             order: Vec::new(),
