@@ -50,7 +50,8 @@ impl DeviceArgs {
 #[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct DataArgs {
-    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8),
+    /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8
+    /// numbers; other integer types are token ids, for a model whose first layer is an embedding),
     /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test (the test
     /// split) [default: the data file the checkpoint's metadata records, if any (train: the
     /// --init checkpoint's)].
