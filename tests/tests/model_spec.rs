@@ -280,3 +280,42 @@ fn print_torch_prints_the_module_of_a_spec() {
         "nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))\n"
     );
 }
+
+/// A regression spec with one output: accepted before any data is read when its loss (or
+/// `--loss`) is the mean squared error, or when no loss is named yet; refused under cross-entropy
+/// naming the one class; a bad `--loss` names the flag.
+#[test]
+fn one_output_is_refused_only_under_cross_entropy() {
+    let dir = support::scratch("model-spec-one-output");
+    let layers =
+        json!([{"type": "linear", "out": 4}, {"type": "tanh"}, {"type": "linear", "out": 1}]);
+    let mse = write_spec(
+        &dir,
+        "mse.json",
+        &json!({"input": [3], "layers": layers, "loss": "mse"}),
+    );
+    let bare = write_spec(&dir, "bare.json", &json!({"input": [3], "layers": layers}));
+    for (p, extra) in [
+        (&mse, &[][..]),
+        (&bare, &[][..]),
+        (&bare, &["--loss", "mse"][..]),
+    ] {
+        let args = [&["--model", p.as_str(), "--print-torch"][..], extra].concat();
+        let out = support::run_tool("train", &args, "");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let src = String::from_utf8(out.stdout).unwrap();
+        assert!(src.contains("(input [3], 1 outputs)"), "{src}");
+    }
+    let out = support::run_tool(
+        "train",
+        &["--model", &bare, "--loss", "cross_entropy", "--print-torch"],
+        "",
+    );
+    support::assert_one_line_error(&out, &["1 class (cross-entropy needs at least 2"]);
+    let out = support::run_tool(
+        "train",
+        &["--model", &mse, "--loss", "foo", "--print-torch"],
+        "",
+    );
+    support::assert_one_line_error(&out, &["--loss", "unknown loss 'foo'"]);
+}

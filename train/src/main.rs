@@ -5,7 +5,7 @@ mod ngd_args;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use common::data::{DatasetKind, Split, Streaming};
+use common::data::{DatasetKind, Split};
 use common::device::{CpuBackend, DeviceBackend};
 use common::io::{Checkpoint, RecordWriter};
 use common::model::{
@@ -294,9 +294,10 @@ fn model_from_flags(args: &Args, spec: Option<&ModelSpec>) -> Result<(Architectu
 /// `--loss` or the spec names; with neither it is not known yet (the targets' dtype decides), so
 /// one output passes here and is checked against the loss once it is ([`check_model_for`]).
 fn check_model(arch: &Architecture, loss: Option<&str>, batch: usize, flag: &str) -> Result<()> {
-    let loss = match loss.or(arch.named_loss()) {
-        Some(name) => Loss::parse(name)?,
-        None => Loss::MeanSquaredError,
+    let loss = match (loss, arch.named_loss()) {
+        (Some(name), _) => Loss::parse(name).context("--loss")?,
+        (None, Some(name)) => Loss::parse(name).with_context(|| flag.to_string())?,
+        (None, None) => Loss::MeanSquaredError,
     };
     check_model_for(arch, loss, batch, flag)
 }
@@ -402,12 +403,7 @@ fn run(args: Args) -> Result<()> {
     let choice = match (&init, &args.init) {
         (Some(ck), Some(p)) => choice.for_checkpoint(ck, p, args.dataset.as_deref())?,
         _ => choice,
-    }
-    .with_streaming(if args.data_args.stream {
-        Streaming::Always
-    } else {
-        Streaming::Auto
-    });
+    };
     let dataset = match (&init, &args.dataset) {
         _ if choice.file.is_some() => DatasetKind::Mnist,
         (Some(ck), d) => {

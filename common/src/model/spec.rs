@@ -1025,7 +1025,7 @@ impl NetSpec {
             ""
         };
         format!(
-            "# The PyTorch module of the model spec '{name}' (input {input}, {classes} classes).\n\
+            "# The PyTorch module of the model spec '{name}' (input {input}, {classes} outputs).\n\
              # Its state_dict names are those of our checkpoints:\n\
              #   from safetensors.torch import load_file\n\
              #   model = build(); model.load_state_dict(load_file(\"run/final.safetensors\"), strict=True)\n\
