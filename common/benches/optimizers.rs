@@ -31,7 +31,7 @@ fn epoch(net: &Network, data: &Dataset, settings: &OptimizerSettings, seed: u64)
     let batch = 128;
     let mut params: Vec<f32> = initialise(net, seed);
     let mut opt = build(settings, net).expect("optimiser");
-    let table = data.normalized::<f32>();
+    let table = data.normalized::<f32>().expect("in memory");
     let f = data.features();
     let mut ws = net.workspace::<f32>(batch);
     let mut x = vec![0f32; batch * f];

@@ -87,7 +87,7 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
     } else {
         net.loss = common::model::Loss::MeanSquaredError;
     }
-    let x: Vec<f32> = ds.normalized();
+    let x: Vec<f32> = ds.normalized().expect("in memory");
     let (p, f) = (net.num_params(), net.input_features());
     let labels: Vec<usize>;
     let values: Vec<f32>;

@@ -31,7 +31,7 @@ fn data_dir() -> PathBuf {
 fn epoch(net: &Network, data: &Dataset, batch: usize, seed: u64) -> f64 {
     let mut params: Vec<f32> = initialise(net, seed);
     let mut opt = Sgd::new(SgdConfig::default()).expect("sgd");
-    let table = data.normalized::<f32>();
+    let table = data.normalized::<f32>().expect("in memory");
     let f = data.features();
     let mut ws = net.workspace::<f32>(batch);
     let mut x = vec![0f32; batch * f];

@@ -700,7 +700,7 @@ pub fn train(
     let (images, norm) = if train_data.is_streamed() {
         (Vec::new(), Some(train_data.normaliser::<f32>()))
     } else {
-        (train_data.normalized::<f32>(), None)
+        (train_data.normalized::<f32>()?, None)
     };
     let mut ws = net.workspace::<f32>(batch);
     let mut x = vec![0f32; batch * features];
@@ -755,9 +755,7 @@ pub fn train(
             let idx = &order[k * batch..((k + 1) * batch).min(n)];
             let b = idx.len();
             match &norm {
-                Some(norm) => {
-                    train_data.try_gather_batch(norm, idx, &mut x[..b * features], &mut y)?
-                }
+                Some(norm) => train_data.gather_batch(norm, idx, &mut x[..b * features], &mut y)?,
                 None => {
                     train_data.gather_normalized_batch(&images, idx, &mut x[..b * features], &mut y)
                 }

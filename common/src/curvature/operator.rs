@@ -339,7 +339,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
         let norm = data.normaliser::<T>();
         let mut x = vec![T::zero(); n * data.features()];
         let mut y = data.target_buffer::<T>(n);
-        data.gather_range_batch(&norm, 0, n, &mut x, &mut y);
+        data.gather_range_batch(&norm, 0, n, &mut x, &mut y)?;
         Self::new_on(be, net, params, &x, y.view(), batch_size, cache_bytes)
     }
 

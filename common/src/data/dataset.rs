@@ -694,28 +694,12 @@ impl Dataset {
 
     /// Gathers samples `indices` into `x` (`indices.len() × features`, normalised by `norm`, from
     /// [`Dataset::normaliser`]) and their targets into `y` (from [`Dataset::target_buffer`]). For
-    /// the IDX data sets the same values as [`Dataset::gather`].
-    ///
-    /// **Panics** when a streamed file can no longer be read ([`Dataset::try_gather_batch`]
-    /// returns the error).
-    pub fn gather_batch<T: Real>(
-        &self,
-        norm: &Normaliser<T>,
-        indices: &[usize],
-        x: &mut [T],
-        y: &mut TargetBuf<T>,
-    ) {
-        if let Err(e) = self.try_gather_batch(norm, indices, x, y) {
-            panic!("{e}");
-        }
-    }
-
-    /// [`Dataset::gather_batch`], with the error of a streamed read (a file truncated or removed
-    /// while in use) returned rather than a panic; in-memory data never fail.
+    /// the IDX data sets the same values as [`Dataset::gather`]. In-memory data never fail.
     ///
     /// # Errors
-    /// [`Error::Io`] naming the file and the sample.
-    pub fn try_gather_batch<T: Real>(
+    /// [`Error::Io`] naming the file and the sample, when a streamed file can no longer be read
+    /// (truncated or removed while in use).
+    pub fn gather_batch<T: Real>(
         &self,
         norm: &Normaliser<T>,
         indices: &[usize],
@@ -743,24 +727,10 @@ impl Dataset {
     }
 
     /// [`Dataset::gather_batch`] of the contiguous range `start..start+count` (file order).
-    pub fn gather_range_batch<T: Real>(
-        &self,
-        norm: &Normaliser<T>,
-        start: usize,
-        count: usize,
-        x: &mut [T],
-        y: &mut TargetBuf<T>,
-    ) {
-        if let Err(e) = self.try_gather_range_batch(norm, start, count, x, y) {
-            panic!("{e}");
-        }
-    }
-
-    /// [`Dataset::gather_range_batch`], with a streamed read's error returned.
     ///
     /// # Errors
-    /// As [`Dataset::try_gather_batch`].
-    pub fn try_gather_range_batch<T: Real>(
+    /// As [`Dataset::gather_batch`].
+    pub fn gather_range_batch<T: Real>(
         &self,
         norm: &Normaliser<T>,
         start: usize,
@@ -770,7 +740,7 @@ impl Dataset {
     ) -> Result<()> {
         if self.is_streamed() {
             let indices: Vec<usize> = (start..start + count).collect();
-            return self.try_gather_batch(norm, &indices, x, y);
+            return self.gather_batch(norm, &indices, x, y);
         }
         let f = self.features();
         for k in 0..count {
@@ -831,21 +801,24 @@ impl Dataset {
     /// All inputs normalised once (`len × features`), for fast gathers in hot loops
     /// ([`Dataset::gather_normalized`]); 188 MB in f32 for the MNIST training set.
     ///
-    /// **Panics** when a streamed file can no longer be read (streamed data are gathered per batch
-    /// instead, [`Dataset::try_gather_batch`]).
-    pub fn normalized<T: Real>(&self) -> Vec<T> {
+    /// Streamed data are read whole here; hot loops on them gather per batch instead
+    /// ([`Dataset::gather_batch`]).
+    ///
+    /// # Errors
+    /// As [`Dataset::gather_batch`] (only streamed data can fail).
+    pub fn normalized<T: Real>(&self) -> Result<Vec<T>> {
         let norm = self.normaliser::<T>();
         let f = self.features();
         let mut out = vec![T::zero(); self.len() * f];
         if self.is_streamed() {
             let mut y = self.target_buffer::<T>(self.len());
-            self.gather_range_batch(&norm, 0, self.len(), &mut out, &mut y);
-            return out;
+            self.gather_range_batch(&norm, 0, self.len(), &mut out, &mut y)?;
+            return Ok(out);
         }
         for (i, row) in out.chunks_exact_mut(f.max(1)).enumerate() {
             self.normalise_row(&norm, i, row);
         }
-        out
+        Ok(out)
     }
 
     /// Gathers samples `indices` from pre-normalised inputs (row copies, no arithmetic); labels

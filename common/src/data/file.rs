@@ -872,20 +872,96 @@ mod tests {
                     let gather32 = |d: &Dataset| {
                         let mut x = vec![0f32; idx.len() * d.features()];
                         let mut y = d.target_buffer::<f32>(idx.len());
-                        d.gather_batch(&d.normaliser::<f32>(), &idx, &mut x, &mut y);
+                        d.gather_batch(&d.normaliser::<f32>(), &idx, &mut x, &mut y)
+                            .unwrap();
                         (x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y)
                     };
                     let gather64 = |d: &Dataset| {
                         let mut x = vec![0f64; n * d.features()];
                         let mut y = d.target_buffer::<f64>(n);
-                        d.gather_range_batch(&d.normaliser::<f64>(), 0, n, &mut x, &mut y);
+                        d.gather_range_batch(&d.normaliser::<f64>(), 0, n, &mut x, &mut y)
+                            .unwrap();
                         (x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y)
                     };
                     assert_eq!(gather32(&mem), gather32(&st), "{name} f32");
                     assert_eq!(gather64(&mem), gather64(&st), "{name} f64");
-                    assert_eq!(mem.normalized::<f32>(), st.normalized::<f32>(), "{name}");
+                    assert_eq!(
+                        mem.normalized::<f32>().unwrap(),
+                        st.normalized::<f32>().unwrap(),
+                        "{name}"
+                    );
                 }
             }
+        }
+    }
+
+    /// A streamed file truncated while a tool uses it: every reader of its batches (the SGLD
+    /// chains, L_init, the evaluation, the Hessian operator, reading it whole) returns an error
+    /// naming the file; none panics.
+    #[test]
+    fn a_streamed_file_truncated_in_use_is_an_error_naming_it_not_a_panic() {
+        use crate::curvature::HessianOperator;
+        use crate::model::{Architecture, NetSpec, Network};
+        use crate::sample::llc::init_loss;
+        use crate::sample::{run_chains, InitLoss, NetworkPotential, SgldConfig};
+        let p = write("truncated-in-use", &classification());
+        let d = load_data_file_streaming(&p, Split::Train, None, Streaming::Always)
+            .unwrap()
+            .expect("a train split");
+        let spec = serde_json::json!({"input": [2, 1, 3],
+            "layers": [{"type": "flatten"}, {"type": "linear", "out": 4}]});
+        let net = Network::new(Architecture::Spec(Box::new(
+            NetSpec::from_json("t", &spec).unwrap(),
+        )));
+        let w: Vec<f32> = crate::model::initialise(&net, 1);
+        let pot = NetworkPotential::new(&net, &d, 2).unwrap();
+        let cfg = SgldConfig {
+            step_size: 1e-4,
+            nbeta: 10.0,
+            localization: 100.0,
+            weight_decay: 0.0,
+            bounding_box: None,
+            draws: 20,
+            burn_in: 0,
+            thin: 1,
+            chains: 3,
+            threads: 2,
+            seed: 5,
+        };
+        // Readable: the chains run.
+        assert_eq!(run_chains(&pot, &w, &cfg).unwrap().len(), 3);
+        // Cut inside the first sample's inputs (the header stays readable).
+        let header = 8 + u64::from_le_bytes(std::fs::read(&p).unwrap()[..8].try_into().unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(header + 4)
+            .unwrap();
+        let name = p.display().to_string();
+        let errors = [
+            run_chains(&pot, &w, &cfg).err().map(|e| e.to_string()),
+            init_loss(&pot, &w, InitLoss::Minibatches { count: 2 }, 1)
+                .err()
+                .map(|e| e.to_string()),
+            net.evaluate(&w, &d, 2).err().map(|e| e.to_string()),
+            HessianOperator::<f32>::from_dataset(&net, &w, &d, 4, 2, 1 << 20)
+                .err()
+                .map(|e| e.to_string()),
+            d.normalized::<f32>().err().map(|e| e.to_string()),
+        ];
+        for (what, e) in [
+            "chains",
+            "L_init",
+            "evaluate",
+            "Hessian operator",
+            "normalized",
+        ]
+        .iter()
+        .zip(errors)
+        {
+            let e = e.unwrap_or_else(|| panic!("{what}: no error on a truncated file"));
+            assert!(e.contains(&name), "{what}: {e}");
         }
     }
 
@@ -902,7 +978,7 @@ mod tests {
         let n: Normaliser<f64> = d.normaliser();
         let mut x = vec![0.0; 2 * 6];
         let mut y = d.target_buffer::<f64>(2);
-        d.gather_batch(&n, &[3, 1], &mut x, &mut y);
+        d.gather_batch(&n, &[3, 1], &mut x, &mut y).unwrap();
         // Sample 3 starts at flat index 18: channel 0 holds x = 18·0.5 − 3 = 6 → (6 − 1)/2; channel 1
         // (index 21) x = 7.5 → (7.5 + 1)/0.5.
         assert_eq!(x[0], (6.0 - 1.0) / 2.0);
@@ -933,7 +1009,8 @@ mod tests {
         assert!(d.float_targets());
         let mut xb = vec![0f32; 2];
         let mut y = d.target_buffer::<f32>(1);
-        d.gather_batch(&d.normaliser(), &[2], &mut xb, &mut y);
+        d.gather_batch(&d.normaliser(), &[2], &mut xb, &mut y)
+            .unwrap();
         assert_eq!(xb, [4.0, 5.0]);
         assert_eq!(
             y.view(),
@@ -974,7 +1051,8 @@ mod tests {
         assert_eq!(d.shape, [1, 1, 3]);
         let mut x = vec![0f32; 6];
         let mut y = d.target_buffer::<f32>(2);
-        d.gather_batch(&d.normaliser::<f32>(), &[1, 0], &mut x, &mut y);
+        d.gather_batch(&d.normaliser::<f32>(), &[1, 0], &mut x, &mut y)
+            .unwrap();
         assert_eq!(x, [16_777_215.0, 5.0, 0.0, 0.0, 113.0, 7.0]);
         let float = write("floats", &classification());
         assert!(!load_data_file(&float, Split::Train, None)
@@ -1002,7 +1080,7 @@ mod tests {
             Some(&Normalize::parse("0.5,0.5").unwrap()),
         )
         .unwrap();
-        let v: Vec<f32> = d.normalized();
+        let v: Vec<f32> = d.normalized().unwrap();
         let expect = |b: f32| (b / 255.0 - 0.5) / 0.5;
         assert_eq!(v, [expect(0.0), expect(255.0), expect(51.0), expect(102.0)]);
         assert_eq!(d.normalisation_text(), "x = (byte/255 - 0.5)/0.5");

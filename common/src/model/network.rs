@@ -484,7 +484,7 @@ impl Network {
         let mut start = 0;
         while start < data.len() {
             let count = batch.min(data.len() - start);
-            data.try_gather_range_batch(&norm, start, count, &mut x, &mut y)?;
+            data.gather_range_batch(&norm, start, count, &mut x, &mut y)?;
             let (l, c) = self.loss_sum(params, &x[..count * f], y.first(count), &mut ws);
             loss += l;
             correct += c;
@@ -522,7 +522,7 @@ impl Network {
         let mut start = 0;
         while start < data.len() {
             let count = batch.min(data.len() - start);
-            data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+            data.gather_range_batch(&norm, start, count, &mut x, &mut y)?;
             let xv = B::slice_mut(B::view_mut(&mut xb), 0..count * f);
             be.write(&x[..count * f], xv);
             let (l, c) = self.loss_sum_on(
@@ -558,7 +558,7 @@ fn check_token_ids<T: Real>(e: &Embedding, data: &Dataset) -> Result<()> {
     let mut start = 0;
     while start < len {
         let count = chunk.min(len - start);
-        data.gather_range_batch(&norm, start, count, &mut x, &mut y);
+        data.gather_range_batch(&norm, start, count, &mut x, &mut y)?;
         if let Some((j, v)) = e.first_bad_id(&x[..count * f]) {
             return Err(Error::data(
                 &data.folder,

@@ -115,7 +115,7 @@ impl Potential for AnalyticPotential {
         _rng: &mut Stream,
         w: &[f32],
         grad: &mut [f32],
-    ) -> f64 {
+    ) -> Result<f64> {
         for (a, &b) in s.w.iter_mut().zip(w) {
             *a = b as f64;
         }
@@ -123,13 +123,18 @@ impl Potential for AnalyticPotential {
         for (a, &b) in grad.iter_mut().zip(&s.g) {
             *a = b as f32;
         }
-        self.value(&s.w)
+        Ok(self.value(&s.w))
     }
-    fn minibatch_loss(&self, s: &mut AnalyticChainState, _rng: &mut Stream, w: &[f32]) -> f64 {
+    fn minibatch_loss(
+        &self,
+        s: &mut AnalyticChainState,
+        _rng: &mut Stream,
+        w: &[f32],
+    ) -> Result<f64> {
         for (a, &b) in s.w.iter_mut().zip(w) {
             *a = b as f64;
         }
-        self.value(&s.w)
+        Ok(self.value(&s.w))
     }
     fn full_loss(&self, w: &[f32]) -> Result<f64> {
         let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();

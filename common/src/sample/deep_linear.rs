@@ -200,15 +200,20 @@ impl Potential for DeepLinearPotential {
         _rng: &mut Stream,
         w: &[f32],
         grad: &mut [f32],
-    ) -> f64 {
+    ) -> Result<f64> {
         s.w.iter_mut().zip(w).for_each(|(a, &b)| *a = b as f64);
         self.gradient(&s.w, &mut s.g);
         grad.iter_mut().zip(&s.g).for_each(|(a, &b)| *a = b as f32);
-        self.value(&s.w)
+        Ok(self.value(&s.w))
     }
-    fn minibatch_loss(&self, s: &mut DeepLinearChainState, _rng: &mut Stream, w: &[f32]) -> f64 {
+    fn minibatch_loss(
+        &self,
+        s: &mut DeepLinearChainState,
+        _rng: &mut Stream,
+        w: &[f32],
+    ) -> Result<f64> {
         s.w.iter_mut().zip(w).for_each(|(a, &b)| *a = b as f64);
-        self.value(&s.w)
+        Ok(self.value(&s.w))
     }
     fn full_loss(&self, w: &[f32]) -> Result<f64> {
         let w: Vec<f64> = w.iter().map(|&x| x as f64).collect();

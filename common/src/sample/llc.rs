@@ -96,15 +96,14 @@ pub fn init_loss<P: Potential>(
             let mut state = potential.chain_state();
             let w = potential.backend().upload(w_star);
             let count = count.max(1);
-            let sum: f64 = (0..count)
-                .map(|_| {
-                    potential.minibatch_loss(
-                        &mut state,
-                        &mut rng,
-                        <P::Backend as Backend>::view(&w),
-                    )
-                })
-                .sum();
+            let mut sum = 0.0;
+            for _ in 0..count {
+                sum += potential.minibatch_loss(
+                    &mut state,
+                    &mut rng,
+                    <P::Backend as Backend>::view(&w),
+                )?;
+            }
             Ok(sum / count as f64)
         }
     }

@@ -40,20 +40,26 @@ pub trait Potential: Sync {
     fn chain_state(&self) -> Self::ChainState;
     /// Draws the next minibatch from `rng` and returns L_m(w), writing ∇L_m(w) (length `dim`) into
     /// `grad`.
+    ///
+    /// # Errors
+    /// When the minibatch cannot be read (a streamed data file truncated or removed while in use).
     fn loss_and_gradient(
         &self,
         state: &mut Self::ChainState,
         rng: &mut Stream,
         w: PView<'_, Self>,
         grad: PViewMut<'_, Self>,
-    ) -> f64;
+    ) -> Result<f64>;
     /// Draws the next minibatch from `rng` and returns L_m(w) without a gradient.
+    ///
+    /// # Errors
+    /// As [`Potential::loss_and_gradient`].
     fn minibatch_loss(
         &self,
         state: &mut Self::ChainState,
         rng: &mut Stream,
         w: PView<'_, Self>,
-    ) -> f64;
+    ) -> Result<f64>;
     /// L_n(w), the loss on the whole training set, at host weights (asked once per run).
     fn full_loss(&self, w: &[f32]) -> Result<f64>;
 }
@@ -104,7 +110,7 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
         })
     }
 
-    fn next_batch(&self, s: &mut NetworkChainState<B>, rng: &mut Stream) {
+    fn next_batch(&self, s: &mut NetworkChainState<B>, rng: &mut Stream) -> Result<()> {
         if s.cursor + self.batch > s.order.len() {
             s.order = rng.permutation(self.data.len());
             s.cursor = 0;
@@ -112,15 +118,16 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
         let idx = &s.order[s.cursor..s.cursor + self.batch];
         // In place where the backend's memory is the host's; else staged on the host and written.
         match B::host_mut(B::view_mut(&mut s.x)) {
-            Some(x) => self.data.gather_batch(&self.norm, idx, x, &mut s.y),
+            Some(x) => self.data.gather_batch(&self.norm, idx, x, &mut s.y)?,
             None => {
                 s.x_host.resize(B::buffer_len(&s.x), 0.0);
                 self.data
-                    .gather_batch(&self.norm, idx, &mut s.x_host, &mut s.y);
+                    .gather_batch(&self.norm, idx, &mut s.x_host, &mut s.y)?;
                 self.be.write(&s.x_host, B::view_mut(&mut s.x));
             }
         }
         s.cursor += self.batch;
+        Ok(())
     }
 }
 
@@ -168,22 +175,23 @@ impl<B: Backend> Potential for NetworkPotential<'_, B> {
         rng: &mut Stream,
         w: B::View<'_, f32>,
         grad: B::ViewMut<'_, f32>,
-    ) -> f64 {
-        self.next_batch(s, rng);
-        self.net
-            .loss_and_gradient_on(w, B::view(&s.x), s.y.view(), grad, &mut s.ws)
+    ) -> Result<f64> {
+        self.next_batch(s, rng)?;
+        Ok(self
+            .net
+            .loss_and_gradient_on(w, B::view(&s.x), s.y.view(), grad, &mut s.ws))
     }
     fn minibatch_loss(
         &self,
         s: &mut NetworkChainState<B>,
         rng: &mut Stream,
         w: B::View<'_, f32>,
-    ) -> f64 {
-        self.next_batch(s, rng);
+    ) -> Result<f64> {
+        self.next_batch(s, rng)?;
         let (sum, _) = self
             .net
             .loss_sum_on(w, B::view(&s.x), s.y.view(), &mut s.ws);
-        sum / self.batch as f64
+        Ok(sum / self.batch as f64)
     }
     fn full_loss(&self, w: &[f32]) -> Result<f64> {
         Ok(self.net.evaluate_on(&self.be, w, self.data, 1000)?.loss)

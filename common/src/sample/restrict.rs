@@ -192,7 +192,7 @@ impl<P: Potential> Potential for Restricted<'_, P> {
         rng: &mut Stream,
         u: PView<'_, Self>,
         mut grad: PViewMut<'_, Self>,
-    ) -> f64 {
+    ) -> Result<f64> {
         type B<P> = <P as Potential>::Backend;
         self.scatter(u, &mut s.w);
         let loss = self.inner.loss_and_gradient(
@@ -200,7 +200,7 @@ impl<P: Potential> Potential for Restricted<'_, P> {
             rng,
             B::<P>::view(&s.w),
             B::<P>::view_mut(&mut s.grad),
-        );
+        )?;
         let be = self.inner.backend();
         let mut at = 0;
         for r in &self.free {
@@ -210,14 +210,14 @@ impl<P: Potential> Potential for Restricted<'_, P> {
             );
             at += r.len();
         }
-        loss
+        Ok(loss)
     }
     fn minibatch_loss(
         &self,
         s: &mut Self::ChainState,
         rng: &mut Stream,
         u: PView<'_, Self>,
-    ) -> f64 {
+    ) -> Result<f64> {
         self.scatter(u, &mut s.w);
         self.inner
             .minibatch_loss(&mut s.inner, rng, <P::Backend as Backend>::view(&s.w))
@@ -310,7 +310,9 @@ mod tests {
         let mut s = pot.chain_state();
         let mut rng = crate::rng::stream(1, crate::rng::Purpose::Chain, 0);
         let mut g = [0.0f32];
-        let loss = pot.loss_and_gradient(&mut s, &mut rng, &[0.5], &mut g);
+        let loss = pot
+            .loss_and_gradient(&mut s, &mut rng, &[0.5], &mut g)
+            .unwrap();
         assert_eq!((loss, g[0]), (0.25, 1.0));
         assert_eq!(s.w, vec![0.5, 1.0]);
         assert_eq!(pot.full_loss(&[0.5]).unwrap(), 0.25);

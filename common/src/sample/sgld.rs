@@ -35,7 +35,7 @@ use crate::device::{Backend, CpuBackend};
 use crate::rng::NoiseSource;
 use crate::rng::{stream, Purpose};
 use crate::{Error, Result};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The most trace values (chains × draws × (1 + thin), 8 bytes each) a run may keep in memory: 2³² − 1,
@@ -159,12 +159,16 @@ impl ChainTrace {
 /// Runs one chain from w* (see the module documentation) on the potential's backend: w, Δ and the
 /// gradient live there and the fused update is its [`Backend::sgld_update`]; the per-step scalars
 /// (loss, sums, acceptance) come back to the host, and w comes back once, for the final distance.
+///
+/// # Errors
+/// When the potential cannot read a minibatch (a streamed data file truncated or removed while the
+/// chain runs): the chain stops and its draws are not returned.
 pub fn run_chain<P: Potential>(
     potential: &P,
     w_star: &[f32],
     cfg: &SgldConfig,
     chain: usize,
-) -> ChainTrace {
+) -> Result<ChainTrace> {
     let start = std::time::Instant::now();
     let dim = potential.dim();
     assert_eq!(w_star.len(), dim, "w* has the potential's dimension");
@@ -204,7 +208,7 @@ pub fn run_chain<P: Potential>(
             &mut rng,
             B::<P>::view(&w),
             B::<P>::view_mut(&mut grad),
-        );
+        )?;
         let sampling = step >= cfg.burn_in;
         let draw = if sampling && (step - cfg.burn_in).is_multiple_of(cfg.thin) {
             Some((step - cfg.burn_in) / cfg.thin)
@@ -265,7 +269,7 @@ pub fn run_chain<P: Potential>(
     let box_contact = cfg
         .bounding_box
         .map(|_| box_contact_sum / (distances.len().max(1) * dim.max(1)) as f64);
-    ChainTrace {
+    Ok(ChainTrace {
         chain,
         losses,
         acceptance,
@@ -274,7 +278,7 @@ pub fn run_chain<P: Potential>(
         distances,
         box_contact,
         seconds: start.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 /// The scalars of one SGLD step (see [`update`]).
@@ -364,23 +368,40 @@ pub fn run_chains<P: Potential>(
     );
     let threads = cfg.threads.min(cfg.chains).max(1);
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<ChainTrace>>> = Mutex::new(vec![None; cfg.chains]);
+    // A chain that fails (its data cannot be read) stops the others from starting new chains.
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<ChainTrace>>>> =
+        Mutex::new((0..cfg.chains).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
-                if c >= cfg.chains {
+                if c >= cfg.chains || failed.load(Ordering::Relaxed) {
                     break;
                 }
                 let trace = run_chain(potential, w_star, cfg, c);
+                if trace.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
                 results.lock().expect("no poisoned lock")[c] = Some(trace);
             });
         }
     });
-    Ok(results
-        .into_inner()
-        .expect("no poisoned lock")
-        .into_iter()
-        .map(|t| t.expect("every chain ran"))
-        .collect())
+    // The first error in chain order; chains never started after it are not reported.
+    let mut traces = Vec::with_capacity(cfg.chains);
+    for t in results.into_inner().expect("no poisoned lock") {
+        match t {
+            Some(Ok(t)) => traces.push(t),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    if traces.len() != cfg.chains {
+        return Err(Error::invalid(format!(
+            "only {} of {} chains ran",
+            traces.len(),
+            cfg.chains
+        )));
+    }
+    Ok(traces)
 }
