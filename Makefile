@@ -14,6 +14,7 @@
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
 #   make transformer-quick  grokking (modular addition, AdamW) tracked by λ̂, in minutes; -plot: redraw only
+#   make transformer-study  SGD vs NGD (f32, f64) vs AdamW on a transformer, 10 seeds; -report: tables from the records
 #   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
 
 SHELL := bash
@@ -28,7 +29,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint fuzz check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,17p' Makefile | sed 's/^# //'
+	@sed -n '3,18p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
@@ -123,6 +124,7 @@ include mk/sweep.mk
 include mk/paper.mk
 include mk/beyond.mk
 include mk/grokking.mk
+include mk/transformers.mk
 
 crosscheck-torch: build
 	@if ! python3 -c 'import torch, safetensors' 2>/dev/null; then echo "crosscheck-torch: torch or safetensors not importable; skipped"; exit 0; fi; \
