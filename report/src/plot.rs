@@ -317,6 +317,15 @@ struct Lines<'a> {
     x_range: Option<(f64, f64)>,
     /// The legend's width instead of this figure's own (stacked panels' axes line up).
     legend_w: Option<u32>,
+    /// Each curve's palette index instead of its position (stacked panels give a label the same
+    /// colour in every panel).
+    colors: Option<Vec<usize>>,
+}
+
+impl Lines<'_> {
+    fn color(&self, curve: usize) -> RGBColor {
+        palette(self.colors.as_ref().map_or(curve, |c| c[curve]))
+    }
 }
 
 impl Figure for Lines<'_> {
@@ -386,7 +395,7 @@ impl Figure for Lines<'_> {
             })
             .draw()?;
         for (i, c) in self.curves.iter().enumerate() {
-            let color = palette(i);
+            let color = self.color(i);
             if c.points.iter().any(|p| p.2.is_finite() && p.2 > 0.0) {
                 let mut poly: Vec<(f64, f64)> = c
                     .points
@@ -417,7 +426,7 @@ impl Figure for Lines<'_> {
             &self.labels,
             70,
             |i, x, y| {
-                let c = palette(i);
+                let c = self.color(i);
                 vec![
                     PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)).into_dyn(),
                     Circle::new((x + 8, y), 3, c.filled()).into_dyn(),
@@ -442,6 +451,7 @@ pub fn line_chart(curves: &[Curve], texts: &Texts, log_x: bool, out: &Path) -> R
             labels,
             x_range: None,
             legend_w: None,
+            colors: None,
         },
         out,
     )
@@ -488,6 +498,26 @@ impl Figure for Stacked<'_> {
     }
 }
 
+/// Each panel's curves' palette indices: one colour per label across all panels, in order of first
+/// appearance, so a label has the same colour in every panel whatever the others hold.
+fn panel_colors(panels: &[(Vec<Curve>, Texts)]) -> Vec<Vec<usize>> {
+    let mut every_label: Vec<&str> = Vec::new();
+    for c in panels.iter().flat_map(|(curves, _)| curves) {
+        if !every_label.contains(&c.label.as_str()) {
+            every_label.push(&c.label);
+        }
+    }
+    panels
+        .iter()
+        .map(|(curves, _)| {
+            curves
+                .iter()
+                .map(|c| every_label.iter().position(|l| *l == c.label).unwrap_or(0))
+                .collect()
+        })
+        .collect()
+}
+
 /// Several curve figures (curves and their words) stacked into one, on a shared x range.
 pub fn stacked_line_charts(
     panels: &[(Vec<Curve>, Texts)],
@@ -512,6 +542,7 @@ pub fn stacked_line_charts(
         (x0 - 0.5, x1 + 0.5)
     };
     let labels = |curves: &[Curve]| curves.iter().map(|c| c.label.clone()).collect::<Vec<_>>();
+    let mut colors = panel_colors(panels).into_iter();
     let legend_w = panels
         .iter()
         .map(|(curves, texts)| legend_width(&labels(curves), &texts.legend_title))
@@ -527,10 +558,47 @@ pub fn stacked_line_charts(
                     labels: labels(curves),
                     x_range: Some(x_range),
                     legend_w,
+                    colors: colors.next(),
                 })
                 .collect(),
             title,
         },
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn curve(label: &str) -> Curve {
+        Curve {
+            label: label.into(),
+            points: vec![(1.0, 1.0, 0.0, 1)],
+        }
+    }
+    fn texts() -> Texts {
+        Texts {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            legend_title: String::new(),
+            note: String::new(),
+            y_scale: 1.0,
+        }
+    }
+
+    /// A label keeps its colour in every stacked panel, whichever labels a panel leaves out.
+    #[test]
+    fn stacked_panels_give_a_label_one_colour() {
+        let panels = vec![
+            (vec![curve("adamw"), curve("ngd"), curve("sgd")], texts()),
+            (vec![curve("ngd"), curve("sgd")], texts()),
+            (vec![curve("sgd"), curve("new")], texts()),
+        ];
+        assert_eq!(
+            panel_colors(&panels),
+            vec![vec![0, 1, 2], vec![1, 2], vec![2, 3]]
+        );
+    }
 }
