@@ -8,6 +8,9 @@
 //! are on [`Backend::attention_forward`](super::Backend::attention_forward) and its siblings, and
 //! on [`crate::model::Attention`].
 //!
+//! The backend runs them compiled for AVX-512 or AVX2 where the processor has it
+//! (`cpu_kernels::vectorised`: the same operations in the same order, so the same bits).
+//!
 //! Summation orders (fixed, independent of the batch, so a batch's numbers are each sample's): a
 //! dot product over the head width in 8 lanes (lane e mod 8), the lanes added in order, then the
 //! tail; a sum over keys j or queries i in increasing order.
@@ -127,6 +130,7 @@ fn softmax_jvp_row<T: Real>(p: &[T], u: &[T], live: usize, out: &mut [T]) {
     }
 }
 
+#[inline(always)]
 pub(super) fn forward<T: Real>(g: &AttentionHeads, qkv: &[T], probs: &mut [T], o: &mut [T]) {
     let l = Layout::of(g);
     let (s, hd) = (l.s, l.hd);
@@ -195,6 +199,7 @@ fn scatter_query<T: Real>(
     }
 }
 
+#[inline(always)]
 pub(super) fn backward<T: Real>(
     g: &AttentionHeads,
     qkv: &[T],
@@ -224,6 +229,7 @@ pub(super) fn backward<T: Real>(
     }
 }
 
+#[inline(always)]
 pub(super) fn r_forward<T: Real>(
     g: &AttentionHeads,
     qkv: &[T],
@@ -272,6 +278,7 @@ pub(super) struct SecondOrder<'a, T> {
 }
 
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn r_backward<T: Real>(
     g: &AttentionHeads,
     qkv: &[T],

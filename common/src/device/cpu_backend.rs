@@ -483,7 +483,7 @@ impl Backend for CpuBackend {
         probs: &mut [T],
         o: &mut [T],
     ) {
-        attn::forward(g, qkv, probs, o);
+        k::vectorised(|| attn::forward(g, qkv, probs, o));
     }
     #[inline]
     fn attention_backward<T: Real>(
@@ -494,7 +494,7 @@ impl Backend for CpuBackend {
         dout: &[T],
         dqkv: &mut [T],
     ) {
-        attn::backward(g, qkv, probs, dout, dqkv);
+        k::vectorised(|| attn::backward(g, qkv, probs, dout, dqkv));
     }
     #[inline]
     fn attention_r_forward<T: Real>(
@@ -506,7 +506,7 @@ impl Backend for CpuBackend {
         rprobs: &mut [T],
         ro: &mut [T],
     ) {
-        attn::r_forward(g, qkv, probs, rqkv, rprobs, ro);
+        k::vectorised(|| attn::r_forward(g, qkv, probs, rqkv, rprobs, ro));
     }
     #[inline]
     fn attention_r_backward<T: Real>(
@@ -521,7 +521,7 @@ impl Backend for CpuBackend {
         rdqkv: &mut [T],
     ) {
         let second = second.map(|(dout, dqkv)| attn::SecondOrder { dout, dqkv });
-        attn::r_backward(g, qkv, probs, rqkv, rprobs, rdout, second, rdqkv);
+        k::vectorised(|| attn::r_backward(g, qkv, probs, rqkv, rprobs, rdout, second, rdqkv));
     }
     #[inline]
     fn embedding_gather<T: Real>(&self, table: &[T], ids: &[T], dim: usize, y: &mut [T]) {
