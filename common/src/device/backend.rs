@@ -79,6 +79,17 @@ pub struct SgdStep {
     pub nesterov: bool,
 }
 
+/// The shape of a multi-head attention pass (see [`Backend::attention_forward`]): `batch` samples
+/// of `seq` tokens, `heads` heads of `head_dim` columns each, causal or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionHeads {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
 /// A place the numerics run, with its memory and its operations. See the module documentation.
 pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Owned memory of elements `E`.
@@ -506,6 +517,62 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         width: usize,
         second: Option<(Self::View<'_, T>, Self::View<'_, T>)>,
         out: Self::ViewMut<'_, T>,
+    );
+    /// The per-head core of multi-head self-attention for `g.batch` samples (Vaswani et al. 2017;
+    /// PyTorch's `F.multi_head_attention_forward` between its two projections). `qkv` holds the rows
+    /// of x·W_inᵀ + b_in, `[batch, seq, 3·dim]` with dim = heads·head_dim: Q in columns 0..dim, K in
+    /// dim..2·dim, V in 2·dim..3·dim, head h in columns h·head_dim..(h + 1)·head_dim of each. Per
+    /// sample and head, with c = 1/√head_dim: S = c·Q·Kᵀ, P = softmax(S) by rows (with `g.causal`,
+    /// query i sees keys 0..=i and P is 0 after them), O = P·V. Writes P into `probs`
+    /// `[batch, heads, seq, seq]` and O into `o` `[batch, seq, dim]` (head h in its columns).
+    fn attention_forward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: Self::View<'_, T>,
+        probs: Self::ViewMut<'_, T>,
+        o: Self::ViewMut<'_, T>,
+    );
+    /// The backward pass of [`Backend::attention_forward`] for ∂O = `dout` `[batch, seq, dim]`:
+    /// ∂P = ∂O·Vᵀ, ∂V = Pᵀ·∂O, ∂S = P ⊙ (∂P − rowsum(P ⊙ ∂P)), ∂Q = c·∂S·K, ∂K = c·∂Sᵀ·Q, written
+    /// into `dqkv` in the layout of `qkv`.
+    fn attention_backward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: Self::View<'_, T>,
+        probs: Self::View<'_, T>,
+        dout: Self::View<'_, T>,
+        dqkv: Self::ViewMut<'_, T>,
+    );
+    /// The R-forward of [`Backend::attention_forward`] along R{[Q K V]} = `rqkv` (layout of `qkv`):
+    /// R{S} = c·(R{Q}·Kᵀ + Q·R{K}ᵀ), R{P} = P ⊙ (R{S} − rowsum(P ⊙ R{S})) into `rprobs`,
+    /// R{O} = R{P}·V + P·R{V} into `ro` (Pearlmutter 1994).
+    fn attention_r_forward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: Self::View<'_, T>,
+        probs: Self::View<'_, T>,
+        rqkv: Self::View<'_, T>,
+        rprobs: Self::ViewMut<'_, T>,
+        ro: Self::ViewMut<'_, T>,
+    );
+    /// The R-backward of [`Backend::attention_backward`] for R{∂O} = `rdout` into `rdqkv`:
+    /// R{∂P} = R{∂O}·Vᵀ + [∂O·R{V}ᵀ], R{∂V} = Pᵀ·R{∂O} + [R{P}ᵀ·∂O],
+    /// R{∂S} = J_P·R{∂P} + [R{P} ⊙ (∂P − rowsum(P ⊙ ∂P)) − P ⊙ rowsum(R{P} ⊙ ∂P)],
+    /// R{∂Q} = c·(R{∂S}·K + [∂S·R{K}]), R{∂K} = c·(R{∂S}ᵀ·Q + [∂Sᵀ·R{Q}]). The bracketed terms (in
+    /// ∂O) come only with `second = (∂O, ∂[Q K V])`, whose second view then receives
+    /// [`Backend::attention_backward`]'s result for ∂O; without it they are dropped (the
+    /// Gauss–Newton product).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_r_backward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: Self::View<'_, T>,
+        probs: Self::View<'_, T>,
+        rqkv: Self::View<'_, T>,
+        rprobs: Self::View<'_, T>,
+        rdout: Self::View<'_, T>,
+        second: Option<(Self::View<'_, T>, Self::ViewMut<'_, T>)>,
+        rdqkv: Self::ViewMut<'_, T>,
     );
     /// Embedding lookup `y[i, :] ← table[ids[i], :]` for rows of `dim` (`nn.Embedding`); the ids are
     /// integral floats in range (checked when the data set is loaded, see

@@ -3,7 +3,7 @@
 //! `backend_suite!` instantiates them for each backend compiled in (the CUDA backend of issue #17
 //! adds one line).
 
-use super::{Backend, ConvGeometry, CpuBackend, SgdStep};
+use super::{AttentionHeads, Backend, ConvGeometry, CpuBackend, SgdStep};
 use crate::model::{AvgPool2d, Elementwise, Gelu, LayerNorm, MaxPool2d, Relu, Scope, Tanh};
 use crate::rng::{stream, NoiseSource, Purpose};
 use crate::sample::sgld::StepCoefficients;
@@ -1116,6 +1116,174 @@ pub(super) fn sequences_softmax<B: Backend>(be: &B) {
     }
 }
 
+/// Attention's per-head core from its definition, in f64: for each sample b and head h, with Q, K,
+/// V the head's columns of the rows of `qkv` and c = 1/√head_dim, P = softmax(c·Q·Kᵀ) by rows (keys
+/// after the query masked when causal) and O = P·V. Returns (P `[batch, heads, seq, seq]`,
+/// O `[batch, seq, dim]`).
+fn attention_reference(g: &AttentionHeads, qkv: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (s, hd, h) = (g.seq, g.head_dim, g.heads);
+    let d = h * hd;
+    let c = 1.0 / (hd as f64).sqrt();
+    let at = |b: usize, i: usize, t: usize, head: usize, e: usize| {
+        qkv[(b * s + i) * 3 * d + t * d + head * hd + e]
+    };
+    let mut p = vec![0.0; g.batch * h * s * s];
+    let mut o = vec![0.0; g.batch * s * d];
+    for b in 0..g.batch {
+        for head in 0..h {
+            for i in 0..s {
+                let live = if g.causal { i + 1 } else { s };
+                let scores: Vec<f64> = (0..live)
+                    .map(|j| {
+                        c * (0..hd)
+                            .map(|e| at(b, i, 0, head, e) * at(b, j, 1, head, e))
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let z: f64 = scores.iter().map(|v| v.exp()).sum();
+                for j in 0..live {
+                    p[((b * h + head) * s + i) * s + j] = scores[j].exp() / z;
+                }
+                for e in 0..hd {
+                    o[(b * s + i) * d + head * hd + e] = (0..live)
+                        .map(|j| p[((b * h + head) * s + i) * s + j] * at(b, j, 2, head, e))
+                        .sum();
+                }
+            }
+        }
+    }
+    (p, o)
+}
+
+/// The fused attention operations: the forward pass against [`attention_reference`], the backward
+/// pass against central differences of ⟨∂O, O(qkv)⟩ in every coordinate, the R-forward against
+/// central differences of P and O along R{[Q K V]}, and the R-backward against central differences
+/// of the backward pass along (R{[Q K V]}, R{∂O}); without its second-order terms it is the
+/// backward pass of R{∂O}. A head width of 9 takes the dot products through their 8 lanes and their
+/// tail.
+pub(super) fn sequences_attention<B: Backend>(be: &B) {
+    for causal in [false, true] {
+        let g = AttentionHeads {
+            batch: 2,
+            seq: 4,
+            heads: 2,
+            head_dim: 9,
+            causal,
+        };
+        let n = g.batch * g.seq * g.heads * g.head_dim;
+        let a = g.batch * g.heads * g.seq * g.seq;
+        let qkv = data(3 * n, 60);
+        let (rqkv, dout, rdout) = (data(3 * n, 61), data(n, 62), data(n, 63));
+        let up = |v: &[f64]| be.upload(v);
+        let forward = |q: &[f64]| {
+            let (mut p, mut o) = (be.zeros::<f64>(a), be.zeros::<f64>(n));
+            be.attention_forward(
+                &g,
+                B::view(&up(q)),
+                B::view_mut(&mut p),
+                B::view_mut(&mut o),
+            );
+            (down(be, &p), down(be, &o))
+        };
+        let backward = |q: &[f64], p: &[f64], dout: &[f64]| {
+            let mut dq = be.zeros::<f64>(3 * n);
+            be.attention_backward(
+                &g,
+                B::view(&up(q)),
+                B::view(&up(p)),
+                B::view(&up(dout)),
+                B::view_mut(&mut dq),
+            );
+            down(be, &dq)
+        };
+        let (p, o) = forward(&qkv);
+        let (want_p, want_o) = attention_reference(&g, &qkv);
+        assert_close(&p, &want_p, 1e-14, "attention_forward P");
+        assert_close(&o, &want_o, 1e-14, "attention_forward O");
+        let shifted = |dir: &[f64], e: f64| -> Vec<f64> {
+            qkv.iter().zip(dir).map(|(x, r)| x + e * r).collect()
+        };
+        let h = 1e-5;
+
+        // ∂[Q K V] = ∇⟨∂O, O(qkv)⟩.
+        let dqkv = backward(&qkv, &p, &dout);
+        let value = |q: &[f64]| -> f64 {
+            let (_, o) = attention_reference(&g, q);
+            o.iter().zip(&dout).map(|(a, b)| a * b).sum()
+        };
+        let fd: Vec<f64> = (0..3 * n)
+            .map(|i| {
+                let mut e = vec![0.0; 3 * n];
+                e[i] = 1.0;
+                (value(&shifted(&e, h)) - value(&shifted(&e, -h))) / (2.0 * h)
+            })
+            .collect();
+        assert_close(&dqkv, &fd, 1e-8, "attention_backward");
+
+        // R{P}, R{O}.
+        let (mut rp, mut ro) = (be.zeros::<f64>(a), be.zeros::<f64>(n));
+        let (qb, pb, rb) = (up(&qkv), up(&p), up(&rqkv));
+        be.attention_r_forward(
+            &g,
+            B::view(&qb),
+            B::view(&pb),
+            B::view(&rb),
+            B::view_mut(&mut rp),
+            B::view_mut(&mut ro),
+        );
+        let (rp, ro) = (down(be, &rp), down(be, &ro));
+        let ((pp, op), (pm, om)) = (
+            attention_reference(&g, &shifted(&rqkv, h)),
+            attention_reference(&g, &shifted(&rqkv, -h)),
+        );
+        let central = |plus: &[f64], minus: &[f64]| -> Vec<f64> {
+            plus.iter()
+                .zip(minus)
+                .map(|(a, b)| (a - b) / (2.0 * h))
+                .collect()
+        };
+        assert_close(&rp, &central(&pp, &pm), 1e-8, "attention_r_forward R{P}");
+        assert_close(&ro, &central(&op, &om), 1e-8, "attention_r_forward R{O}");
+
+        // R{∂[Q K V]} = d/dε of the backward pass at (qkv + ε·R{qkv}, ∂O + ε·R{∂O}).
+        let r_backward = |second: bool| {
+            let (mut rdq, mut dq) = (be.zeros::<f64>(3 * n), be.zeros::<f64>(3 * n));
+            let (rpb, rdb, db) = (up(&rp), up(&rdout), up(&dout));
+            be.attention_r_backward(
+                &g,
+                B::view(&qb),
+                B::view(&pb),
+                B::view(&rb),
+                B::view(&rpb),
+                B::view(&rdb),
+                second.then(|| (B::view(&db), B::view_mut(&mut dq))),
+                B::view_mut(&mut rdq),
+            );
+            (down(be, &rdq), down(be, &dq))
+        };
+        let at = |e: f64| {
+            let q = shifted(&rqkv, e);
+            let dout: Vec<f64> = dout.iter().zip(&rdout).map(|(a, b)| a + e * b).collect();
+            backward(&q, &attention_reference(&g, &q).0, &dout)
+        };
+        let (rdq, dq) = r_backward(true);
+        assert_close(
+            &rdq,
+            &central(&at(h), &at(-h)),
+            1e-8,
+            "attention_r_backward",
+        );
+        assert_close(&dq, &dqkv, 1e-14, "attention_r_backward's ∂[Q K V]");
+        let (rdq_gn, _) = r_backward(false);
+        assert_close(
+            &rdq_gn,
+            &backward(&qkv, &p, &rdout),
+            1e-14,
+            "attention_r_backward without second-order terms",
+        );
+    }
+}
+
 /// Embedding lookup and its adjoint against indexing: ⟨gather(T), d⟩ = ⟨T, scatter(d)⟩ and the
 /// rows themselves.
 pub(super) fn sequences_embedding<B: Backend>(be: &B) {
@@ -1232,6 +1400,10 @@ macro_rules! backend_suite {
             #[test]
             fn sequences_softmax() {
                 super::sequences_softmax(&$make);
+            }
+            #[test]
+            fn sequences_attention() {
+                super::sequences_attention(&$make);
             }
             #[test]
             fn sequences_embedding() {

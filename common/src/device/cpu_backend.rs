@@ -2,8 +2,10 @@
 //! products are BLAS through [`super::cpu::gemm`], the convolution lowering is
 //! [`super::cpu::im2col`] / [`super::cpu::col2im`], and the rest are the loops of `cpu_kernels.rs`.
 
-use super::backend::{Backend, Element, SgdStep};
-use super::{cpu, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry};
+use super::backend::{AttentionHeads, Backend, Element, SgdStep};
+use super::{
+    cpu, cpu_attention as attn, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry,
+};
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
@@ -472,6 +474,54 @@ impl Backend for CpuBackend {
         out: &mut [T],
     ) {
         seq::softmax_rows_jvp(p, u, width, second, out);
+    }
+    #[inline]
+    fn attention_forward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: &[T],
+        probs: &mut [T],
+        o: &mut [T],
+    ) {
+        k::vectorised(|| attn::forward(g, qkv, probs, o));
+    }
+    #[inline]
+    fn attention_backward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: &[T],
+        probs: &[T],
+        dout: &[T],
+        dqkv: &mut [T],
+    ) {
+        k::vectorised(|| attn::backward(g, qkv, probs, dout, dqkv));
+    }
+    #[inline]
+    fn attention_r_forward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: &[T],
+        probs: &[T],
+        rqkv: &[T],
+        rprobs: &mut [T],
+        ro: &mut [T],
+    ) {
+        k::vectorised(|| attn::r_forward(g, qkv, probs, rqkv, rprobs, ro));
+    }
+    #[inline]
+    fn attention_r_backward<T: Real>(
+        &self,
+        g: &AttentionHeads,
+        qkv: &[T],
+        probs: &[T],
+        rqkv: &[T],
+        rprobs: &[T],
+        rdout: &[T],
+        second: Option<(&[T], &mut [T])>,
+        rdqkv: &mut [T],
+    ) {
+        let second = second.map(|(dout, dqkv)| attn::SecondOrder { dout, dqkv });
+        k::vectorised(|| attn::r_backward(g, qkv, probs, rqkv, rprobs, rdout, second, rdqkv));
     }
     #[inline]
     fn embedding_gather<T: Real>(&self, table: &[T], ids: &[T], dim: usize, y: &mut [T]) {

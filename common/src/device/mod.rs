@@ -18,12 +18,13 @@ mod backend;
 #[cfg(test)]
 mod backend_tests;
 pub mod cpu;
+mod cpu_attention;
 mod cpu_backend;
 pub mod cpu_conv;
 mod cpu_kernels;
 mod cpu_sequence;
 
-pub use backend::{Backend, Element, SgdStep};
+pub use backend::{AttentionHeads, Backend, Element, SgdStep};
 pub use cpu::ConvGeometry;
 pub use cpu_backend::CpuBackend;
 pub use cuda::CudaBackend;

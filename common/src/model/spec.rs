@@ -555,18 +555,18 @@ fn parse_layer(
             if bias {
                 totals.tensor(at, &path, "out_proj.bias", vec![d])?;
             }
-            // One sample's share of the passes' scratch: three blocks of 8·s·d + 2·heads·s².
+            // One sample's share of the passes' scratch (the R-backward's ∂O, R{∂O}, ∂[Q K V] and
+            // R{∂[Q K V]}: 8·s·d) and of the forward state it keeps ([Q K V], O and P:
+            // 4·s·d + heads·s²).
             let block = (s as u64)
                 .checked_mul(d as u64)
-                .and_then(|sd| sd.checked_mul(8))
+                .and_then(|sd| sd.checked_mul(12))
                 .and_then(|a| {
                     (heads as u64)
                         .checked_mul(s as u64)?
                         .checked_mul(s as u64)?
-                        .checked_mul(2)?
                         .checked_add(a)
                 })
-                .and_then(|b| b.checked_mul(3))
                 .ok_or_else(|| Error::spec(at, "the attention's scratch overflows"))?;
             totals.scratch = totals.scratch.max(block);
             (

@@ -25,15 +25,18 @@
 //! (H·v)_Win = R{∂[QKV]}ᵀ·x + [∂[QKV]ᵀ·R{x}], (H·v)_bin = Σ R{∂[QKV]},
 //! R{∂x} = R{∂[QKV]}·W_in + [∂[QKV]·V_in].
 //!
-//! The heads are split out with the backend's `permute` (`[B, seq, 3, heads, d]` →
-//! `[3, B, heads, seq, d]`), so that each of Q·Kᵀ, P·V and their adjoints is one strided batched
-//! gemm over the B·heads blocks. Nothing is kept between passes: each pass recomputes the forward
-//! state from x in the scratch (`cols`), and the R-forward leaves R{[Q K V]}, R{P} and R{O} in its
-//! saved buffer for the R-backward. Per-sample gradients are materialised by the backward pass of
-//! one sample at a time. Not piecewise linear (the softmax and the products Q·Kᵀ, P·V).
+//! The projections are gemms over the batch's rows; the per-head part (S, P, O and their adjoints
+//! and R{·}) is the backend's fused attention operation ([`Backend::attention_forward`] and its
+//! siblings), which reads Q, K, V from the rows of x·W_inᵀ + b_in and writes O by rows, so no head
+//! is split out or merged back. The forward pass keeps its state ([`LayerOps::state_len`]): the rows
+//! of [Q K V] `[B, seq, 3·dim]`, P `[B, heads, seq, seq]` and O `[B, seq, dim]`, which the backward
+//! and R-passes read instead of recomputing; the R-forward leaves R{[Q K V]}, R{P} and R{O} in its
+//! saved buffer for the R-backward. Per-sample gradients (which get no state) recompute one sample's
+//! state at a time and run its backward pass. Not piecewise linear (the softmax and the products
+//! Q·Kᵀ, P·V).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scope, Scratch};
-use crate::device::Backend;
+use crate::device::{AttentionHeads, Backend};
 use crate::model::layout::Init;
 use crate::Real;
 use std::ops::Range;
@@ -52,39 +55,15 @@ pub struct Attention {
     out_b: Option<Range<usize>>,
 }
 
-/// The sizes of one pass: batch, sequence, model and head widths, heads, and the element counts
-/// N = B·seq·dim (one of Q, K, V, O) and A = B·heads·seq² (the scores).
+/// The sizes of one pass: batch, sequence, model width, and the element counts N = B·seq·dim (one
+/// of Q, K, V, O) and A = B·heads·seq² (the probabilities).
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
     s: usize,
     d: usize,
-    h: usize,
-    hd: usize,
     n: usize,
     a: usize,
-}
-
-/// The forward state of a batch: x·W_inᵀ + b_in `[B, seq, 3·dim]`, the same as
-/// `[3, B, heads, seq, d]`, the scores, P, O per head `[B, heads, seq, d]` and O `[B, seq, dim]`.
-struct State<'a, T: Real, B: Backend> {
-    rows3: B::ViewMut<'a, T>,
-    qkv: B::ViewMut<'a, T>,
-    scores: B::ViewMut<'a, T>,
-    p: B::ViewMut<'a, T>,
-    o: B::ViewMut<'a, T>,
-    o2: B::ViewMut<'a, T>,
-}
-
-/// The cotangents of the forward state: ∂O `[B, seq, dim]` and per head, ∂P, ∂S, ∂[Q K V] per head
-/// and by rows.
-struct Grads<'a, T: Real, B: Backend> {
-    do2: B::ViewMut<'a, T>,
-    dout: B::ViewMut<'a, T>,
-    dp: B::ViewMut<'a, T>,
-    ds: B::ViewMut<'a, T>,
-    dqkv: B::ViewMut<'a, T>,
-    drows3: B::ViewMut<'a, T>,
 }
 
 /// Cuts `v` into consecutive views of `lens`. **Panics** if it is shorter than their sum.
@@ -105,40 +84,28 @@ fn carve<'a, B: Backend, T: Real, const K: usize>(
     }
 }
 
-fn state<B: Backend, T: Real>(v: B::ViewMut<'_, T>, m: Dims) -> State<'_, T, B> {
-    let [rows3, qkv, scores, p, o, o2] =
-        carve::<B, T, 6>(v, [3 * m.n, 3 * m.n, m.a, m.a, m.n, m.n]);
+/// The forward state of a batch, as views: the rows of [Q K V] `[B, seq, 3·dim]`, P
+/// `[B, heads, seq, seq]`, O `[B, seq, dim]`.
+#[derive(Clone, Copy)]
+struct State<'a, T: Real, B: Backend> {
+    qkv: B::View<'a, T>,
+    p: B::View<'a, T>,
+    o: B::View<'a, T>,
+}
+
+/// `st` (at least [`state_len`] long) cut into a [`State`].
+fn state<B: Backend, T: Real>(st: B::View<'_, T>, m: Dims) -> State<'_, T, B> {
+    let (n, a) = (m.n, m.a);
     State {
-        rows3,
-        qkv,
-        scores,
-        p,
-        o,
-        o2,
+        qkv: B::slice(st, 0..3 * n),
+        p: B::slice(st, 3 * n..3 * n + a),
+        o: B::slice(st, 3 * n + a..4 * n + a),
     }
 }
 
-fn grads<B: Backend, T: Real>(v: B::ViewMut<'_, T>, m: Dims) -> Grads<'_, T, B> {
-    let [do2, dout, dp, ds, dqkv, drows3] =
-        carve::<B, T, 6>(v, [m.n, m.n, m.a, m.a, 3 * m.n, 3 * m.n]);
-    Grads {
-        do2,
-        dout,
-        dp,
-        ds,
-        dqkv,
-        drows3,
-    }
-}
-
-/// The i-th of the three blocks of n (Q, K, V) of `w`.
-fn part<B: Backend, T: Real>(w: B::View<'_, T>, i: usize, n: usize) -> B::View<'_, T> {
-    B::slice(w, i * n..(i + 1) * n)
-}
-
-/// Elements of a [`State`] or a [`Grads`]: 8N + 2A.
-fn block_len(m: Dims) -> usize {
-    8 * m.n + 2 * m.a
+/// Elements of a [`State`]: 4N + A.
+fn state_len(m: Dims) -> usize {
+    4 * m.n + m.a
 }
 
 impl Attention {
@@ -193,112 +160,59 @@ impl Attention {
     }
 
     fn dims(&self, batch: usize) -> Dims {
-        let (s, d, h) = (self.seq, self.dim, self.heads);
+        let (s, d) = (self.seq, self.dim);
         Dims {
             b: batch,
             s,
             d,
-            h,
-            hd: d / h,
             n: batch * s * d,
-            a: batch * h * s * s,
+            a: batch * self.heads * s * s,
+        }
+    }
+
+    fn heads(&self, m: Dims) -> AttentionHeads {
+        AttentionHeads {
+            batch: m.b,
+            seq: m.s,
+            heads: self.heads,
+            head_dim: self.dim / self.heads,
+            causal: self.causal,
         }
     }
 
     /// The span of the flat vector its tensors occupy.
     fn span(&self) -> Range<usize> {
-        let end = self
-            .out_b
-            .as_ref()
-            .map_or(self.out_w.end, |r| r.end);
+        let end = self.out_b.as_ref().map_or(self.out_w.end, |r| r.end);
         self.in_w.start..end
     }
 
-    fn scale<T: Real>(m: Dims) -> T {
-        T::of_f64(1.0 / (m.hd as f64).sqrt())
-    }
-
-    /// Computes the forward state of `x` (`m.b` samples) into `st`.
+    /// Computes the forward state of `x` (`m.b` samples) into `st` ([`state_len`] long): the rows
+    /// of [Q K V], then P and O by the backend's attention.
     fn forward_state<B: Backend, T: Real>(
         &self,
         be: &B,
         params: B::View<'_, T>,
         x: B::View<'_, T>,
         m: Dims,
-        st: &mut State<'_, T, B>,
+        st: B::ViewMut<'_, T>,
     ) {
-        let (bs, d, s, hd, bh) = (m.b * m.s, m.d, m.s, m.hd, m.b * m.h);
-        let c = Self::scale::<T>(m);
-        let w_in = B::slice(params, self.in_w.clone());
-        let x = B::slice(x, 0..m.n);
+        let [mut qkv, p, o] = carve::<B, T, 3>(st, [3 * m.n, m.a, m.n]);
         be.gemm(
             false,
             true,
-            bs,
-            3 * d,
-            d,
+            m.b * m.s,
+            3 * m.d,
+            m.d,
             T::one(),
-            x,
-            w_in,
+            B::slice(x, 0..m.n),
+            B::slice(params, self.in_w.clone()),
             T::zero(),
-            B::reborrow(&mut st.rows3),
+            B::reborrow(&mut qkv),
         );
         if let Some(b) = &self.in_b {
-            be.add_bias_rows(B::reborrow(&mut st.rows3), B::slice(params, b.clone()));
+            be.add_bias_rows(B::reborrow(&mut qkv), B::slice(params, b.clone()));
         }
-        be.permute(
-            B::freeze(&st.rows3),
-            &[m.b, s, 3, m.h, hd],
-            &[2, 0, 3, 1, 4],
-            B::reborrow(&mut st.qkv),
-        );
-        let qkv = B::freeze(&st.qkv);
-        let (q, k, v) = (
-            B::slice(qkv, 0..m.n),
-            B::slice(qkv, m.n..2 * m.n),
-            B::slice(qkv, 2 * m.n..3 * m.n),
-        );
-        let (sd, ss) = (s * hd, s * s);
-        be.gemm_strided_batched(
-            false,
-            true,
-            s,
-            s,
-            hd,
-            c,
-            q,
-            k,
-            T::zero(),
-            B::reborrow(&mut st.scores),
-            bh,
-            (sd, sd, ss),
-        );
-        be.softmax_rows(
-            B::freeze(&st.scores),
-            s,
-            self.causal,
-            B::reborrow(&mut st.p),
-        );
-        be.gemm_strided_batched(
-            false,
-            false,
-            s,
-            hd,
-            s,
-            T::one(),
-            B::freeze(&st.p),
-            v,
-            T::zero(),
-            B::reborrow(&mut st.o),
-            bh,
-            (ss, sd, sd),
-        );
-        be.permute(
-            B::freeze(&st.o),
-            &[m.b, m.h, s, hd],
-            &[0, 2, 1, 3],
-            B::reborrow(&mut st.o2),
-        );
+        be.attention_forward(&self.heads(m), B::freeze(&qkv), p, o);
     }
 
     /// y ← O·W_oᵀ + b_o (from `w`, `b`: the parameters or the direction), `beta` times y added.
@@ -333,7 +247,7 @@ impl Attention {
 
     /// The backward pass through the state `st` for δ = `dy`: the gradients of its tensors into
     /// `grad` (a view whose element 0 is flat index `grad_offset`: the full vector, or a
-    /// per-sample row of the layer's span), ∂x into `dx`, the intermediate cotangents in `g`.
+    /// per-sample row of the layer's span), ∂x into `dx`; `work` (4N) holds ∂O and ∂[Q K V].
     #[allow(clippy::too_many_arguments)]
     fn backward_core<B: Backend, T: Real>(
         &self,
@@ -342,15 +256,15 @@ impl Attention {
         x: B::View<'_, T>,
         dy: B::View<'_, T>,
         m: Dims,
-        st: &State<'_, T, B>,
-        g: &mut Grads<'_, T, B>,
+        st: State<'_, T, B>,
+        work: B::ViewMut<'_, T>,
         grad: Option<(B::ViewMut<'_, T>, usize)>,
         dx: Option<B::ViewMut<'_, T>>,
     ) {
         let (bs, d) = (m.b * m.s, m.d);
-        let c = Self::scale::<T>(m);
         let dy = B::slice(dy, 0..m.n);
         let x = B::slice(x, 0..m.n);
+        let [mut dout, mut dqkv] = carve::<B, T, 2>(work, [m.n, 3 * m.n]);
         let shift = |r: &Range<usize>, off: usize| r.start - off..r.end - off;
         let mut grad = grad;
         if let Some((gv, off)) = grad.as_mut() {
@@ -362,7 +276,7 @@ impl Attention {
                 bs,
                 T::one(),
                 dy,
-                B::freeze(&st.o2),
+                st.o,
                 T::zero(),
                 B::slice_mut(B::reborrow(gv), shift(&self.out_w, *off)),
             );
@@ -372,57 +286,6 @@ impl Attention {
                 be.add_column_sums(T::one(), dy, gb);
             }
         }
-        self.delta_chain(be, params, dy, m, st, g, c);
-        if let Some((gv, off)) = grad.as_mut() {
-            let drows3 = B::freeze(&g.drows3);
-            be.gemm(
-                true,
-                false,
-                3 * d,
-                d,
-                bs,
-                T::one(),
-                drows3,
-                x,
-                T::zero(),
-                B::slice_mut(B::reborrow(gv), shift(&self.in_w, *off)),
-            );
-            if let Some(b) = &self.in_b {
-                let mut gb = B::slice_mut(B::reborrow(gv), shift(b, *off));
-                be.fill(B::reborrow(&mut gb), T::zero());
-                be.add_column_sums(T::one(), drows3, gb);
-            }
-        }
-        if let Some(dx) = dx {
-            be.gemm(
-                false,
-                false,
-                bs,
-                d,
-                3 * d,
-                T::one(),
-                B::freeze(&g.drows3),
-                B::slice(params, self.in_w.clone()),
-                T::zero(),
-                B::slice_mut(dx, 0..m.n),
-            );
-        }
-    }
-
-    /// From δ = `dy` to ∂[Q K V] by rows (`g.drows3`), through ∂O, ∂P, ∂S.
-    #[allow(clippy::too_many_arguments)]
-    fn delta_chain<B: Backend, T: Real>(
-        &self,
-        be: &B,
-        params: B::View<'_, T>,
-        dy: B::View<'_, T>,
-        m: Dims,
-        st: &State<'_, T, B>,
-        g: &mut Grads<'_, T, B>,
-        c: T,
-    ) {
-        let (bs, d, s, hd, bh) = (m.b * m.s, m.d, m.s, m.hd, m.b * m.h);
-        let (sd, ss) = (s * hd, s * s);
         be.gemm(
             false,
             false,
@@ -433,90 +296,49 @@ impl Attention {
             dy,
             B::slice(params, self.out_w.clone()),
             T::zero(),
-            B::reborrow(&mut g.do2),
+            B::reborrow(&mut dout),
         );
-        be.permute(
-            B::freeze(&g.do2),
-            &[m.b, s, m.h, hd],
-            &[0, 2, 1, 3],
-            B::reborrow(&mut g.dout),
+        be.attention_backward(
+            &self.heads(m),
+            st.qkv,
+            st.p,
+            B::freeze(&dout),
+            B::reborrow(&mut dqkv),
         );
-        let qkv = B::freeze(&st.qkv);
-        let (q, k, v) = (
-            B::slice(qkv, 0..m.n),
-            B::slice(qkv, m.n..2 * m.n),
-            B::slice(qkv, 2 * m.n..3 * m.n),
-        );
-        let p = B::freeze(&st.p);
-        let dout = B::freeze(&g.dout);
-        be.gemm_strided_batched(
-            false,
-            true,
-            s,
-            s,
-            hd,
-            T::one(),
-            dout,
-            v,
-            T::zero(),
-            B::reborrow(&mut g.dp),
-            bh,
-            (sd, sd, ss),
-        );
-        {
-        let (mut dq, rest) = B::split_at_mut(B::reborrow(&mut g.dqkv), m.n);
-        let (mut dk, mut dv) = B::split_at_mut(rest, m.n);
-        be.gemm_strided_batched(
-            true,
-            false,
-            s,
-            hd,
-            s,
-            T::one(),
-            p,
-            dout,
-            T::zero(),
-            B::reborrow(&mut dv),
-            bh,
-            (ss, sd, sd),
-        );
-        be.softmax_rows_jvp(p, B::freeze(&g.dp), s, None, B::reborrow(&mut g.ds));
-        let ds = B::freeze(&g.ds);
-        be.gemm_strided_batched(
-            false,
-            false,
-            s,
-            hd,
-            s,
-            c,
-            ds,
-            k,
-            T::zero(),
-            B::reborrow(&mut dq),
-            bh,
-            (ss, sd, sd),
-        );
-        be.gemm_strided_batched(
-            true,
-            false,
-            s,
-            hd,
-            s,
-            c,
-            ds,
-            q,
-            T::zero(),
-            B::reborrow(&mut dk),
-            bh,
-            (ss, sd, sd),
-        );
+        let dqkv = B::freeze(&dqkv);
+        if let Some((gv, off)) = grad.as_mut() {
+            be.gemm(
+                true,
+                false,
+                3 * d,
+                d,
+                bs,
+                T::one(),
+                dqkv,
+                x,
+                T::zero(),
+                B::slice_mut(B::reborrow(gv), shift(&self.in_w, *off)),
+            );
+            if let Some(b) = &self.in_b {
+                let mut gb = B::slice_mut(B::reborrow(gv), shift(b, *off));
+                be.fill(B::reborrow(&mut gb), T::zero());
+                be.add_column_sums(T::one(), dqkv, gb);
+            }
         }
-        be.permute(
-            B::freeze(&g.dqkv),
-            &[3, m.b, m.h, s, hd],
-            &[1, 3, 0, 2, 4],
-            B::reborrow(&mut g.drows3),
-        );
+        if let Some(dx) = dx {
+            be.gemm(
+                false,
+                false,
+                bs,
+                d,
+                3 * d,
+                T::one(),
+                dqkv,
+                B::slice(params, self.in_w.clone()),
+                T::zero(),
+                B::slice_mut(dx, 0..m.n),
+            );
+        }
     }
 }
 
@@ -538,16 +360,22 @@ impl LayerOps for Attention {
         false
     }
     fn scratch_len(&self, batch: usize, _batched: bool) -> (usize, usize) {
-        // The R-backward's: the state, the cotangents and their R{·}.
-        (3 * block_len(self.dims(batch)), 0)
+        // The R-backward's ∂O, R{∂O}, ∂[Q K V] and R{∂[Q K V]}; per-sample gradients need one
+        // sample's state and its backward's ∂O and ∂[Q K V].
+        let one = self.dims(1);
+        (
+            (8 * self.dims(batch).n).max(state_len(one) + 4 * one.n),
+            0,
+        )
     }
     fn index_len(&self, _batch: usize) -> usize {
         0
     }
-    fn state_len(&self, _batch: usize) -> usize {
-        0
+    fn state_len(&self, batch: usize) -> usize {
+        state_len(self.dims(batch))
     }
     fn saved_len(&self, batch: usize) -> usize {
+        // R{[Q K V]}, R{P}, R{O}.
         let m = self.dims(batch);
         4 * m.n + m.a
     }
@@ -568,17 +396,16 @@ impl LayerOps for Attention {
         batch: usize,
         y: B::ViewMut<'_, T>,
         _indices: B::ViewMut<'_, u32>,
-        _state: B::ViewMut<'_, T>,
+        kept: B::ViewMut<'_, T>,
         sc: &mut Scratch<T, B>,
     ) {
         let m = self.dims(batch);
-        let Scratch { backend, cols, .. } = sc;
-        backend.ensure_len(cols, block_len(m));
-        let mut st = state::<B, T>(B::view_mut(cols), m);
-        self.forward_state(backend, params, x, m, &mut st);
+        let be = &sc.backend;
+        let mut st = B::slice_mut(kept, 0..state_len(m));
+        self.forward_state(be, params, x, m, B::reborrow(&mut st));
         self.project_out(
-            backend,
-            B::freeze(&st.o2),
+            be,
+            state::<B, T>(B::freeze(&st), m).o,
             B::slice(params, self.out_w.clone()),
             self.out_b.as_ref().map(|b| B::slice(params, b.clone())),
             T::zero(),
@@ -597,18 +424,15 @@ impl LayerOps for Attention {
     ) {
         let m = self.dims(pass.batch);
         let Scratch { backend, cols, .. } = sc;
-        backend.ensure_len(cols, 2 * block_len(m));
-        let (a, b) = B::split_at_mut(B::view_mut(cols), block_len(m));
-        let (mut st, mut g) = (state::<B, T>(a, m), grads::<B, T>(b, m));
-        self.forward_state(backend, pass.params, pass.x, m, &mut st);
+        backend.ensure_len(cols, 4 * m.n);
         self.backward_core(
             backend,
             pass.params,
             pass.x,
             dy,
             m,
-            &st,
-            &mut g,
+            state::<B, T>(pass.state, m),
+            B::view_mut(cols),
             grad.map(|g| (g, 0)),
             dx,
         );
@@ -624,19 +448,12 @@ impl LayerOps for Attention {
         sc: &mut Scratch<T, B>,
     ) {
         let m = self.dims(pass.batch);
-        let (bs, d, s, hd, bh) = (m.b * m.s, m.d, m.s, m.hd, m.b * m.h);
-        let (sd, ss) = (s * hd, s * s);
-        let c = Self::scale::<T>(m);
-        let Scratch { backend: be, cols, .. } = sc;
-        be.ensure_len(cols, 2 * block_len(m));
+        let (bs, d) = (m.b * m.s, m.d);
+        let be = &sc.backend;
+        let st = state::<B, T>(pass.state, m);
         be.ensure_len(&mut saved[0], self.saved_len(pass.batch));
-        let (a, b) = B::split_at_mut(B::view_mut(cols), block_len(m));
-        let mut st = state::<B, T>(a, m);
-        self.forward_state(be, pass.params, pass.x, m, &mut st);
-        let [mut rrows3, mut rs, mut ro, _] = carve::<B, T, 4>(b, [3 * m.n, m.a, m.n, 0]);
-        let [mut rqkv, mut rp, mut ro2] =
+        let [mut rqkv, rp, mut ro] =
             carve::<B, T, 3>(B::view_mut(&mut saved[0]), [3 * m.n, m.a, m.n]);
-        let x = B::slice(pass.x, 0..m.n);
         be.gemm(
             false,
             true,
@@ -644,10 +461,10 @@ impl LayerOps for Attention {
             3 * d,
             d,
             T::one(),
-            x,
+            B::slice(pass.x, 0..m.n),
             B::slice(v, self.in_w.clone()),
             T::zero(),
-            B::reborrow(&mut rrows3),
+            B::reborrow(&mut rqkv),
         );
         if let Some(rx) = rx {
             be.gemm(
@@ -660,90 +477,24 @@ impl LayerOps for Attention {
                 B::slice(rx, 0..m.n),
                 B::slice(pass.params, self.in_w.clone()),
                 T::one(),
-                B::reborrow(&mut rrows3),
+                B::reborrow(&mut rqkv),
             );
         }
         if let Some(b) = &self.in_b {
-            be.add_bias_rows(B::reborrow(&mut rrows3), B::slice(v, b.clone()));
+            be.add_bias_rows(B::reborrow(&mut rqkv), B::slice(v, b.clone()));
         }
-        be.permute(
-            B::freeze(&rrows3),
-            &[m.b, s, 3, m.h, hd],
-            &[2, 0, 3, 1, 4],
-            B::reborrow(&mut rqkv),
-        );
-        let (qkv, rqkv_v) = (B::freeze(&st.qkv), B::freeze(&rqkv));
-        let part = |w, i: usize| part::<B, T>(w, i, m.n);
-        let (q, k, val) = (part(qkv, 0), part(qkv, 1), part(qkv, 2));
-        let (rq, rk, rv) = (part(rqkv_v, 0), part(rqkv_v, 1), part(rqkv_v, 2));
-        be.gemm_strided_batched(
-            false,
-            true,
-            s,
-            s,
-            hd,
-            c,
-            rq,
-            k,
-            T::zero(),
-            B::reborrow(&mut rs),
-            bh,
-            (sd, sd, ss),
-        );
-        be.gemm_strided_batched(
-            false,
-            true,
-            s,
-            s,
-            hd,
-            c,
-            q,
-            rk,
-            T::one(),
-            B::reborrow(&mut rs),
-            bh,
-            (sd, sd, ss),
-        );
-        let p = B::freeze(&st.p);
-        be.softmax_rows_jvp(p, B::freeze(&rs), s, None, B::reborrow(&mut rp));
-        be.gemm_strided_batched(
-            false,
-            false,
-            s,
-            hd,
-            s,
-            T::one(),
-            B::freeze(&rp),
-            val,
-            T::zero(),
+        be.attention_r_forward(
+            &self.heads(m),
+            st.qkv,
+            st.p,
+            B::freeze(&rqkv),
+            rp,
             B::reborrow(&mut ro),
-            bh,
-            (ss, sd, sd),
-        );
-        be.gemm_strided_batched(
-            false,
-            false,
-            s,
-            hd,
-            s,
-            T::one(),
-            p,
-            rv,
-            T::one(),
-            B::reborrow(&mut ro),
-            bh,
-            (ss, sd, sd),
-        );
-        be.permute(
-            B::freeze(&ro),
-            &[m.b, m.h, s, hd],
-            &[0, 2, 1, 3],
-            B::reborrow(&mut ro2),
         );
         let mut ry = B::slice_mut(ry, 0..m.n);
         self.project_out(
             be,
-            B::freeze(&ro2),
+            B::freeze(&ro),
             B::slice(pass.params, self.out_w.clone()),
             None,
             T::zero(),
@@ -752,7 +503,7 @@ impl LayerOps for Attention {
         );
         self.project_out(
             be,
-            B::freeze(&st.o2),
+            st.o,
             B::slice(v, self.out_w.clone()),
             self.out_b.as_ref().map(|b| B::slice(v, b.clone())),
             T::one(),
@@ -771,37 +522,23 @@ impl LayerOps for Attention {
         sc: &mut Scratch<T, B>,
     ) {
         let m = self.dims(pass.batch);
-        let (bs, d, s, hd, bh) = (m.b * m.s, m.d, m.s, m.hd, m.b * m.h);
-        let (sd, ss) = (s * hd, s * s);
-        let c = Self::scale::<T>(m);
+        let (bs, d) = (m.b * m.s, m.d);
         let second_order = !r.gauss_newton;
-        let Scratch { backend: be, cols, .. } = sc;
-        be.ensure_len(cols, 3 * block_len(m));
-        let [a, b, rest] = carve::<B, T, 3>(
-            B::view_mut(cols),
-            [block_len(m), block_len(m), block_len(m)],
-        );
-        let (mut st, mut g, mut rg) = (
-            state::<B, T>(a, m),
-            grads::<B, T>(b, m),
-            grads::<B, T>(rest, m),
-        );
-        self.forward_state(be, pass.params, pass.x, m, &mut st);
+        let Scratch {
+            backend: be, cols, ..
+        } = sc;
+        be.ensure_len(cols, 8 * m.n);
+        let [mut dout, mut rdout, mut dqkv, mut rdqkv] =
+            carve::<B, T, 4>(B::view_mut(cols), [m.n, m.n, 3 * m.n, 3 * m.n]);
+        let st = state::<B, T>(pass.state, m);
         let (dy, rdy) = (B::slice(r.dy, 0..m.n), B::slice(r.rdy, 0..m.n));
-        if second_order {
-            self.delta_chain(be, pass.params, dy, m, &st, &mut g, c);
-        }
         let sv = B::view(&saved[0]);
-        let (rqkv, rp, ro2) = (
+        let (rqkv, rp, ro) = (
             B::slice(sv, 0..3 * m.n),
             B::slice(sv, 3 * m.n..3 * m.n + m.a),
             B::slice(sv, 3 * m.n + m.a..4 * m.n + m.a),
         );
-        let part = |w, i: usize| part::<B, T>(w, i, m.n);
-        let (rq, rk, rv) = (part(rqkv, 0), part(rqkv, 1), part(rqkv, 2));
-        let qkv = B::freeze(&st.qkv);
-        let (q, k, val) = (part(qkv, 0), part(qkv, 1), part(qkv, 2));
-        let p = B::freeze(&st.p);
+        let w_out = B::slice(pass.params, self.out_w.clone());
         // (H·v)_Wo, (H·v)_bo.
         {
             let mut hw = B::slice_mut(B::reborrow(&mut hv), self.out_w.clone());
@@ -813,18 +550,18 @@ impl LayerOps for Attention {
                 bs,
                 r.alpha,
                 rdy,
-                B::freeze(&st.o2),
+                st.o,
                 T::one(),
                 B::reborrow(&mut hw),
             );
             if second_order {
-                be.gemm(true, false, d, d, bs, r.alpha, dy, ro2, T::one(), hw);
+                be.gemm(true, false, d, d, bs, r.alpha, dy, ro, T::one(), hw);
             }
         }
         if let Some(b) = &self.out_b {
             be.add_column_sums(r.alpha, rdy, B::slice_mut(B::reborrow(&mut hv), b.clone()));
         }
-        // R{∂O}, per head.
+        // ∂O = δ·W_o, R{∂O} = R{δ}·W_o + [δ·V_o].
         be.gemm(
             false,
             false,
@@ -833,9 +570,9 @@ impl LayerOps for Attention {
             d,
             T::one(),
             rdy,
-            B::slice(pass.params, self.out_w.clone()),
+            w_out,
             T::zero(),
-            B::reborrow(&mut rg.do2),
+            B::reborrow(&mut rdout),
         );
         if second_order {
             be.gemm(
@@ -846,155 +583,35 @@ impl LayerOps for Attention {
                 d,
                 T::one(),
                 dy,
+                w_out,
+                T::zero(),
+                B::reborrow(&mut dout),
+            );
+            be.gemm(
+                false,
+                false,
+                bs,
+                d,
+                d,
+                T::one(),
+                dy,
                 B::slice(r.v, self.out_w.clone()),
                 T::one(),
-                B::reborrow(&mut rg.do2),
+                B::reborrow(&mut rdout),
             );
         }
-        be.permute(
-            B::freeze(&rg.do2),
-            &[m.b, s, m.h, hd],
-            &[0, 2, 1, 3],
-            B::reborrow(&mut rg.dout),
+        // R{∂[Q K V]}, and ∂[Q K V] for the second-order terms.
+        be.attention_r_backward(
+            &self.heads(m),
+            st.qkv,
+            st.p,
+            rqkv,
+            rp,
+            B::freeze(&rdout),
+            second_order.then(|| (B::freeze(&dout), B::reborrow(&mut dqkv))),
+            B::reborrow(&mut rdqkv),
         );
-        let rdout = B::freeze(&rg.dout);
-        // R{∂P} = R{∂O}·Vᵀ + [∂O·R{V}ᵀ].
-        be.gemm_strided_batched(
-            false,
-            true,
-            s,
-            s,
-            hd,
-            T::one(),
-            rdout,
-            val,
-            T::zero(),
-            B::reborrow(&mut rg.dp),
-            bh,
-            (sd, sd, ss),
-        );
-        if second_order {
-            be.gemm_strided_batched(
-                false,
-                true,
-                s,
-                s,
-                hd,
-                T::one(),
-                B::freeze(&g.dout),
-                rv,
-                T::one(),
-                B::reborrow(&mut rg.dp),
-                bh,
-                (sd, sd, ss),
-            );
-        }
-        {
-        let (mut rdq, tail) = B::split_at_mut(B::reborrow(&mut rg.dqkv), m.n);
-        let (mut rdk, mut rdv) = B::split_at_mut(tail, m.n);
-        // R{∂V} = Pᵀ·R{∂O} + [R{P}ᵀ·∂O].
-        be.gemm_strided_batched(
-            true,
-            false,
-            s,
-            hd,
-            s,
-            T::one(),
-            p,
-            rdout,
-            T::zero(),
-            B::reborrow(&mut rdv),
-            bh,
-            (ss, sd, sd),
-        );
-        if second_order {
-            be.gemm_strided_batched(
-                true,
-                false,
-                s,
-                hd,
-                s,
-                T::one(),
-                rp,
-                B::freeze(&g.dout),
-                T::one(),
-                B::reborrow(&mut rdv),
-                bh,
-                (ss, sd, sd),
-            );
-        }
-        // R{∂S}.
-        let second = second_order.then(|| (rp, B::freeze(&g.dp)));
-        be.softmax_rows_jvp(p, B::freeze(&rg.dp), s, second, B::reborrow(&mut rg.ds));
-        let rds = B::freeze(&rg.ds);
-        // R{∂Q} = c·(R{∂S}·K + [∂S·R{K}]), R{∂K} = c·(R{∂S}ᵀ·Q + [∂Sᵀ·R{Q}]).
-        be.gemm_strided_batched(
-            false,
-            false,
-            s,
-            hd,
-            s,
-            c,
-            rds,
-            k,
-            T::zero(),
-            B::reborrow(&mut rdq),
-            bh,
-            (ss, sd, sd),
-        );
-        be.gemm_strided_batched(
-            true,
-            false,
-            s,
-            hd,
-            s,
-            c,
-            rds,
-            q,
-            T::zero(),
-            B::reborrow(&mut rdk),
-            bh,
-            (ss, sd, sd),
-        );
-        if second_order {
-            let ds = B::freeze(&g.ds);
-            be.gemm_strided_batched(
-                false,
-                false,
-                s,
-                hd,
-                s,
-                c,
-                ds,
-                rk,
-                T::one(),
-                B::reborrow(&mut rdq),
-                bh,
-                (ss, sd, sd),
-            );
-            be.gemm_strided_batched(
-                true,
-                false,
-                s,
-                hd,
-                s,
-                c,
-                ds,
-                rq,
-                T::one(),
-                B::reborrow(&mut rdk),
-                bh,
-                (ss, sd, sd),
-            );
-        }
-        }
-        be.permute(
-            B::freeze(&rg.dqkv),
-            &[3, m.b, m.h, s, hd],
-            &[1, 3, 0, 2, 4],
-            B::reborrow(&mut rg.drows3),
-        );
-        let rdrows3 = B::freeze(&rg.drows3);
+        let (dqkv, rdqkv) = (B::freeze(&dqkv), B::freeze(&rdqkv));
         // (H·v)_Win, (H·v)_bin.
         {
             let mut hw = B::slice_mut(B::reborrow(&mut hv), self.in_w.clone());
@@ -1005,7 +622,7 @@ impl LayerOps for Attention {
                 d,
                 bs,
                 r.alpha,
-                rdrows3,
+                rdqkv,
                 B::slice(pass.x, 0..m.n),
                 T::one(),
                 B::reborrow(&mut hw),
@@ -1018,7 +635,7 @@ impl LayerOps for Attention {
                     d,
                     bs,
                     r.alpha,
-                    B::freeze(&g.drows3),
+                    dqkv,
                     B::slice(rx, 0..m.n),
                     T::one(),
                     hw,
@@ -1026,7 +643,7 @@ impl LayerOps for Attention {
             }
         }
         if let Some(b) = &self.in_b {
-            be.add_column_sums(r.alpha, rdrows3, B::slice_mut(hv, b.clone()));
+            be.add_column_sums(r.alpha, rdqkv, B::slice_mut(hv, b.clone()));
         }
         if let Some(rdx) = rdx {
             let mut rdx = B::slice_mut(rdx, 0..m.n);
@@ -1037,7 +654,7 @@ impl LayerOps for Attention {
                 d,
                 3 * d,
                 T::one(),
-                rdrows3,
+                rdqkv,
                 B::slice(pass.params, self.in_w.clone()),
                 T::zero(),
                 B::reborrow(&mut rdx),
@@ -1050,7 +667,7 @@ impl LayerOps for Attention {
                     d,
                     3 * d,
                     T::one(),
-                    B::freeze(&g.drows3),
+                    dqkv,
                     B::slice(r.v, self.in_w.clone()),
                     T::one(),
                     rdx,
@@ -1074,17 +691,19 @@ impl LayerOps for Attention {
         stride: usize,
         sc: &mut Scratch<T, B>,
     ) {
-        // One sample at a time: its backward pass writes its gradient into its row.
+        // One sample at a time: its forward state, then its backward pass writes its gradient into
+        // its row.
         let m = self.dims(1);
         let span = self.span();
         let f = self.in_features();
-        let Scratch { backend: be, cols, .. } = sc;
-        be.ensure_len(cols, 2 * block_len(m));
+        let Scratch {
+            backend: be, cols, ..
+        } = sc;
+        be.ensure_len(cols, state_len(m) + 4 * m.n);
         for n in 0..batch {
-            let (a, b) = B::split_at_mut(B::view_mut(cols), block_len(m));
-            let (mut st, mut g) = (state::<B, T>(a, m), grads::<B, T>(b, m));
+            let (mut st, work) = B::split_at_mut(B::view_mut(cols), state_len(m));
             let xn = B::slice(x, n * f..(n + 1) * f);
-            self.forward_state(be, params, xn, m, &mut st);
+            self.forward_state(be, params, xn, m, B::reborrow(&mut st));
             let mut row = B::slice_mut(
                 B::reborrow(&mut rows),
                 n * stride..n * stride + span.len(),
@@ -1095,8 +714,8 @@ impl LayerOps for Attention {
                 xn,
                 B::slice(dy, n * f..(n + 1) * f),
                 m,
-                &st,
-                &mut g,
+                state::<B, T>(B::freeze(&st), m),
+                work,
                 Some((B::reborrow(&mut row), span.start)),
                 None,
             );
