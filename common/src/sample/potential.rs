@@ -6,11 +6,11 @@
 //! training set ([`NetworkPotential`]); analytic potentials
 //! ([`super::analytic`]) have no data and a known learning coefficient, for verification.
 
-use crate::data::{Dataset, Inputs, Normaliser};
+use crate::data::{Dataset, Inputs, Normaliser, TargetData};
 use crate::device::{Backend, CpuBackend};
 use crate::model::{Network, TargetBuf, Workspace};
 use crate::rng::Stream;
-use crate::Result;
+use crate::{Real, Result};
 
 /// A read-only f32 view on a potential's backend.
 pub type PView<'a, P> = <<P as Potential>::Backend as Backend>::View<'a, f32>;
@@ -75,10 +75,14 @@ pub struct NetworkPotential<'a, B: Backend = CpuBackend> {
     /// lookup per byte reads a quarter of the bytes), for streamed inputs and for float inputs of
     /// more than [`NORMALIZED_LIMIT`] bytes in f32.
     normalized: Option<Vec<f32>>,
+    /// Float targets in f32 (the values `gather_batch` converts per batch), kept with
+    /// `normalized`, so that the targets of a minibatch are row copies too.
+    values: Option<Vec<f32>>,
     be: B,
 }
 
-/// The most bytes of f32 inputs that [`NetworkPotential`] normalises once and keeps: 1 GiB.
+/// The most bytes of f32 inputs (and float targets) that [`NetworkPotential`] normalises once and
+/// keeps: 1 GiB.
 pub const NORMALIZED_LIMIT: usize = 1 << 30;
 
 impl<'a> NetworkPotential<'a> {
@@ -105,17 +109,29 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
             )));
         }
         let floats = matches!(data.inputs, Inputs::Floats(_));
+        let width = match &data.targets {
+            TargetData::Values { width, .. } => *width,
+            TargetData::Labels(_) => 0,
+        };
         let fits = data
             .len()
-            .checked_mul(data.features())
+            .checked_mul(data.features().saturating_add(width))
             .and_then(|v| v.checked_mul(std::mem::size_of::<f32>()))
             .is_some_and(|bytes| bytes <= NORMALIZED_LIMIT);
+        let keep = floats && fits;
+        let values = match &data.targets {
+            TargetData::Values { values, .. } if keep => {
+                Some(values.iter().map(|&v| f32::of_f64(v)).collect())
+            }
+            _ => None,
+        };
         Ok(NetworkPotential {
             net,
             data,
             batch,
             norm: data.normaliser::<f32>(),
-            normalized: (floats && fits).then(|| data.normalized::<f32>()),
+            normalized: keep.then(|| data.normalized::<f32>()),
+            values,
             be,
         })
     }
@@ -127,9 +143,17 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
         }
         let idx = &s.order[s.cursor..s.cursor + self.batch];
         // In place where the backend's memory is the host's; else staged on the host and written.
-        let gather = |x: &mut [f32], y: &mut TargetBuf<f32>| match &self.normalized {
-            Some(all) => self.data.gather_normalized_batch(all, idx, x, y),
-            None => self.data.gather_batch(&self.norm, idx, x, y),
+        let gather = |x: &mut [f32], y: &mut TargetBuf<f32>| match (&self.normalized, y) {
+            (Some(all), TargetBuf::Values { values: yv, width }) if self.values.is_some() => {
+                let (f, w) = (self.data.features(), *width);
+                let kept = self.values.as_deref().unwrap_or_default();
+                for (k, &i) in idx.iter().enumerate() {
+                    x[k * f..(k + 1) * f].copy_from_slice(&all[i * f..(i + 1) * f]);
+                    yv[k * w..(k + 1) * w].copy_from_slice(&kept[i * w..(i + 1) * w]);
+                }
+            }
+            (Some(all), y) => self.data.gather_normalized_batch(all, idx, x, y),
+            (None, y) => self.data.gather_batch(&self.norm, idx, x, y),
         };
         match B::host_mut(B::view_mut(&mut s.x)) {
             Some(x) => gather(x, &mut s.y),
@@ -212,12 +236,19 @@ impl<B: Backend> Potential for NetworkPotential<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{DataFile, Source, Split, TargetData};
-    use crate::model::{initialise, Architecture, NetSpec};
+    use crate::data::{DataFile, Source, Split};
+    use crate::model::{initialise, Architecture, Loss, NetSpec};
     use crate::rng::{stream, Purpose};
 
-    fn float_data(n: usize, f: usize, norm: (f64, f64)) -> Dataset {
+    fn float_data(n: usize, f: usize, norm: (f64, f64), width: Option<usize>) -> Dataset {
         let mut rng = stream(3, Purpose::Chain, 7);
+        let targets = match width {
+            None => TargetData::Labels((0..n).map(|i| (i % 3) as u32).collect()),
+            Some(w) => TargetData::Values {
+                values: (0..n * w).map(|i| (i as f64 * 0.37).sin() / 3.0).collect(),
+                width: w,
+            },
+        };
         Dataset {
             source: Source::File(DataFile {
                 path: "x.safetensors".into(),
@@ -232,48 +263,58 @@ mod tests {
                     .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0)
                     .collect(),
             ),
-            targets: TargetData::Labels((0..n).map(|i| (i % 3) as u32).collect()),
+            targets,
             shape: [1, 1, f],
             classes: 3,
             normalisation: vec![norm],
         }
     }
 
-    /// The minibatches of float inputs come from the inputs normalised once, and a chain's losses
-    /// and gradients are those of batches normalised as they are gathered, bit for bit (a
-    /// normalisation whose mean and standard deviation round, so that the division matters).
+    /// The minibatches of float inputs come from the inputs normalised once (and float targets
+    /// converted once), and a chain's losses and gradients are those of batches normalised as
+    /// they are gathered, bit for bit (a normalisation whose mean and standard deviation round,
+    /// so that the division matters), under cross-entropy and the mean squared error.
     #[test]
     fn float_inputs_normalised_once_give_the_gathered_batches_bits() {
-        let spec = serde_json::json!({"input": [5],
-            "layers": [{"type": "linear", "out": 4}, {"type": "gelu"}, {"type": "linear", "out": 3}],
-            "loss": "cross_entropy"});
-        let net = Network::new(Architecture::Spec(Box::new(
-            NetSpec::from_json("t", &spec).unwrap(),
-        )));
-        let w: Vec<f32> = initialise(&net, 1);
-        let data = float_data(23, 5, (0.3, 1.7));
-        let cached = NetworkPotential::new(&net, &data, 4).unwrap();
-        assert!(
-            cached.normalized.is_some(),
-            "float inputs in memory are kept"
-        );
-        let mut plain = NetworkPotential::new(&net, &data, 4).unwrap();
-        plain.normalized = None;
-        let (mut sa, mut sb) = (cached.chain_state(), plain.chain_state());
-        let (mut ra, mut rb) = (stream(1, Purpose::Chain, 0), stream(1, Purpose::Chain, 0));
-        let (mut ga, mut gb) = (vec![0f32; w.len()], vec![0f32; w.len()]);
-        // Three epochs of five batches (the remainder of 3 dropped each time).
-        for step in 0..15 {
-            let la = cached.loss_and_gradient(&mut sa, &mut ra, &w, &mut ga);
-            let lb = plain.loss_and_gradient(&mut sb, &mut rb, &w, &mut gb);
-            assert_eq!(la.to_bits(), lb.to_bits(), "loss at step {step}");
-            assert_eq!(
-                sa.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                sb.x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "batch at step {step}"
+        for width in [None, Some(3)] {
+            let spec = serde_json::json!({"input": [5],
+                "layers": [{"type": "linear", "out": 4}, {"type": "gelu"},
+                           {"type": "linear", "out": 3}]});
+            let mut net = Network::new(Architecture::Spec(Box::new(
+                NetSpec::from_json("t", &spec).unwrap(),
+            )));
+            if width.is_some() {
+                net.loss = Loss::MeanSquaredError;
+            }
+            let w: Vec<f32> = initialise(&net, 1);
+            let data = float_data(23, 5, (0.3, 1.7), width);
+            let cached = NetworkPotential::new(&net, &data, 4).unwrap();
+            assert!(
+                cached.normalized.is_some(),
+                "float inputs in memory are kept"
             );
-            assert_eq!(ga, gb, "gradient at step {step}");
+            assert_eq!(
+                cached.values.is_some(),
+                width.is_some(),
+                "float targets kept"
+            );
+            let mut plain = NetworkPotential::new(&net, &data, 4).unwrap();
+            plain.normalized = None;
+            plain.values = None;
+            let (mut sa, mut sb) = (cached.chain_state(), plain.chain_state());
+            let (mut ra, mut rb) = (stream(1, Purpose::Chain, 0), stream(1, Purpose::Chain, 0));
+            let (mut ga, mut gb) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+            // Three epochs of five batches (the remainder of 3 dropped each time).
+            for step in 0..15 {
+                let la = cached.loss_and_gradient(&mut sa, &mut ra, &w, &mut ga);
+                let lb = plain.loss_and_gradient(&mut sb, &mut rb, &w, &mut gb);
+                assert_eq!(la.to_bits(), lb.to_bits(), "{width:?}: loss at step {step}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&sa.x), bits(&sb.x), "{width:?}: batch at step {step}");
+                assert_eq!(sa.y, sb.y, "{width:?}: targets at step {step}");
+                assert_eq!(bits(&ga), bits(&gb), "{width:?}: gradient at step {step}");
+            }
+            assert!(sa.x.iter().any(|&v| v != 0.0), "the batch was gathered");
         }
-        assert!(sa.x.iter().any(|&v| v != 0.0), "the batch was gathered");
     }
 }
