@@ -5,7 +5,10 @@
 //! (gradient + the fused update), and a Hessian–vector product over 1,280 samples, each next to its
 //! compute floor: the FLOPs of its matrix products ÷ the machine's peak sgemm rate, measured in the
 //! same run at 2048³ ([`common::bench`]). Element-wise work (LayerNorm, GELU, the residual adds) has
-//! no floor of its own, so its cost shows as the ratio above 1. Medians of repeated runs, 1 thread.
+//! no floor of its own, so its cost shows as the ratio above 1. Beside them, the SGLD step's parts
+//! (the minibatch gather, the fused update and the normals alone) and the gradient's matrix products
+//! alone (the same sgemm calls on zeros), so that what each part costs can be read off one run.
+//! Medians of repeated runs, 1 thread.
 //!
 //! Run with `cargo bench -p common --bench spec_models` (or `make bench`).
 
@@ -234,9 +237,8 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
             .collect(),
     );
 
-    // The SGLD step's parts besides the gradient: the minibatch gather (normalised into the
-    // chain's buffer), the N(0, 1) noise alone, and the fused update with its noise.
-    let norm = ds.normaliser::<f32>();
+    // The SGLD step's parts besides the gradient: the minibatch gather (as the chain gathers it),
+    // the N(0, 1) noise alone, and the fused update with its noise.
     let order = stream(1, Purpose::Chain, 0).permutation(ds.len());
     let mut xg = vec![0f32; batch * f];
     let mut yg = ds.target_buffer::<f32>(batch);
@@ -246,7 +248,7 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
             .map(|_| {
                 at = (at + batch) % (ds.len() / batch * batch);
                 let t = Instant::now();
-                ds.gather_batch(&norm, &order[at..at + batch], &mut xg, &mut yg);
+                pot.gather(&order[at..at + batch], &mut xg, &mut yg);
                 t.elapsed().as_secs_f64()
             })
             .collect(),

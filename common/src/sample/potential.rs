@@ -136,14 +136,11 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
         })
     }
 
-    fn next_batch(&self, s: &mut NetworkChainState<B>, rng: &mut Stream) {
-        if s.cursor + self.batch > s.order.len() {
-            s.order = rng.permutation(self.data.len());
-            s.cursor = 0;
-        }
-        let idx = &s.order[s.cursor..s.cursor + self.batch];
-        // In place where the backend's memory is the host's; else staged on the host and written.
-        let gather = |x: &mut [f32], y: &mut TargetBuf<f32>| match (&self.normalized, y) {
+    /// Samples `idx` as a chain's minibatch on the host: normalised inputs into `x`
+    /// (`idx.len() × features`), targets into `y` (from [`Dataset::target_buffer`]); row copies
+    /// where the inputs were normalised once, else [`Dataset::gather_batch`] (the same values).
+    pub fn gather(&self, idx: &[usize], x: &mut [f32], y: &mut TargetBuf<f32>) {
+        match (&self.normalized, y) {
             (Some(all), TargetBuf::Values { values: yv, width }) if self.values.is_some() => {
                 let (f, w) = (self.data.features(), *width);
                 let kept = self.values.as_deref().unwrap_or_default();
@@ -154,12 +151,21 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
             }
             (Some(all), y) => self.data.gather_normalized_batch(all, idx, x, y),
             (None, y) => self.data.gather_batch(&self.norm, idx, x, y),
-        };
+        }
+    }
+
+    fn next_batch(&self, s: &mut NetworkChainState<B>, rng: &mut Stream) {
+        if s.cursor + self.batch > s.order.len() {
+            s.order = rng.permutation(self.data.len());
+            s.cursor = 0;
+        }
+        let idx = &s.order[s.cursor..s.cursor + self.batch];
+        // In place where the backend's memory is the host's; else staged on the host and written.
         match B::host_mut(B::view_mut(&mut s.x)) {
-            Some(x) => gather(x, &mut s.y),
+            Some(x) => self.gather(idx, x, &mut s.y),
             None => {
                 s.x_host.resize(B::buffer_len(&s.x), 0.0);
-                gather(&mut s.x_host, &mut s.y);
+                self.gather(idx, &mut s.x_host, &mut s.y);
                 self.be.write(&s.x_host, B::view_mut(&mut s.x));
             }
         }
