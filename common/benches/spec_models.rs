@@ -5,7 +5,10 @@
 //! (gradient + the fused update), and a Hessian–vector product over 1,280 samples, each next to its
 //! compute floor: the FLOPs of its matrix products ÷ the machine's peak sgemm rate, measured in the
 //! same run at 2048³ ([`common::bench`]). Element-wise work (LayerNorm, GELU, the residual adds) has
-//! no floor of its own, so its cost shows as the ratio above 1. Medians of repeated runs, 1 thread.
+//! no floor of its own, so its cost shows as the ratio above 1. Beside them, the SGLD step's parts
+//! (the minibatch gather, the fused update and the normals alone) and the gradient's matrix products
+//! alone (the same sgemm calls on zeros), so that what each part costs can be read off one run.
+//! Medians of repeated runs, 1 thread.
 //!
 //! Run with `cargo bench -p common --bench spec_models` (or `make bench`).
 
@@ -16,7 +19,10 @@ use common::curvature::HessianOperator;
 use common::data::synthetic::{teacher, InputDistribution};
 use common::data::{data_from_bytes, Split};
 use common::device::cpu::set_blas_threads;
-use common::model::{initialise, Architecture, LayerOps, NetSpec, Network, Targets};
+use common::device::{Backend, CpuBackend};
+use common::model::{initialise, Architecture, Layer, LayerOps, NetSpec, Network, Targets};
+use common::rng::{stream, NoiseSource, Purpose};
+use common::sample::sgld::{update, StepCoefficients};
 use common::sample::{run_chains, NetworkPotential, SgldConfig};
 use serde_json::json;
 use std::path::Path;
@@ -42,6 +48,88 @@ fn flops(net: &Network, n: usize) -> (f64, f64) {
         first = false;
     }
     (grad, hvp)
+}
+
+/// The `(m, n, k)` of every linear layer's forward product `[m, k]·[k, n]` for `batch` samples, in
+/// network order (residual blocks' inner layers included), and whether it is the first layer (whose
+/// backward forms no ∂x).
+fn linear_shapes(layers: &[Layer], batch: usize, out: &mut Vec<(usize, usize, usize)>) {
+    for l in layers {
+        match l {
+            Layer::Linear(lin) => out.push((batch * lin.positions, lin.outputs, lin.inputs)),
+            Layer::Residual(r) => linear_shapes(&r.layers, batch, out),
+            _ => {}
+        }
+    }
+}
+
+/// The gradient's matrix products alone, as the layers call them (forward `x·Wᵀ`, then `δᵀ·x`
+/// and, after the first layer, `δ·W`), on zeros: the time the sgemm takes at these shapes, to
+/// set against the floor (the peak rate at 2048³) and against the whole gradient.
+fn products_alone(net: &Network, batch: usize) -> f64 {
+    let mut shapes = Vec::new();
+    linear_shapes(&net.layers, batch, &mut shapes);
+    let be = CpuBackend;
+    let big = shapes
+        .iter()
+        .map(|&(m, n, k)| m * n + n * k + m * k)
+        .max()
+        .unwrap_or(0);
+    let (a, b, mut c) = (vec![0f32; big], vec![0f32; big], vec![0f32; big]);
+    let mut once = || {
+        for &(m, n, k) in &shapes {
+            be.gemm(
+                false,
+                true,
+                m,
+                n,
+                k,
+                1.0,
+                &a[..m * k],
+                &b[..n * k],
+                0.0,
+                &mut c[..m * n],
+            );
+        }
+        for (i, &(m, n, k)) in shapes.iter().enumerate().rev() {
+            be.gemm(
+                true,
+                false,
+                n,
+                k,
+                m,
+                1.0,
+                &a[..m * n],
+                &b[..m * k],
+                0.0,
+                &mut c[..n * k],
+            );
+            if i > 0 {
+                be.gemm(
+                    false,
+                    false,
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    &a[..m * n],
+                    &b[..n * k],
+                    0.0,
+                    &mut c[..m * k],
+                );
+            }
+        }
+    };
+    once();
+    median(
+        (0..30)
+            .map(|_| {
+                let t = Instant::now();
+                once();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn bench(name: &str, spec: serde_json::Value, peak: f64) {
@@ -121,6 +209,7 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
             .collect(),
     );
     let (grad_flops, _) = flops(&net, batch);
+    let products_s = products_alone(&net, batch);
     let grad_floor = grad_flops / (peak * 1e9);
 
     // Whole SGLD steps: one chain of 400 draws on minibatches of 128 (devinterp's step).
@@ -144,6 +233,52 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
                 let t = Instant::now();
                 run_chains(&pot, &params, &cfg).expect("chain");
                 t.elapsed().as_secs_f64() / cfg.draws as f64
+            })
+            .collect(),
+    );
+
+    // The SGLD step's parts besides the gradient: the minibatch gather (as the chain gathers it),
+    // the N(0, 1) noise alone, and the fused update with its noise.
+    let order = stream(1, Purpose::Chain, 0).permutation(ds.len());
+    let mut xg = vec![0f32; batch * f];
+    let mut yg = ds.target_buffer::<f32>(batch);
+    let mut at = 0;
+    let gather_s = median(
+        (0..200)
+            .map(|_| {
+                at = (at + batch) % (ds.len() / batch * batch);
+                let t = Instant::now();
+                pot.gather(&order[at..at + batch], &mut xg, &mut yg)
+                    .expect("in memory");
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let mut noise = NoiseSource::from_stream(&mut stream(1, Purpose::Chain, 0));
+    let mut xi = vec![0f32; p];
+    let noise_s = median(
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                noise.fill(&mut xi);
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let coef = StepCoefficients {
+        half_eps: 0.5 * cfg.step_size as f32,
+        sqrt_eps: cfg.step_size.sqrt() as f32,
+        nbeta: cfg.nbeta as f32,
+        gamma: cfg.localization as f32,
+        decay: 0.0,
+    };
+    let (mut w, mut step) = (params.clone(), vec![0f32; p]);
+    let update_s = median(
+        (0..200)
+            .map(|_| {
+                let t = Instant::now();
+                update(&mut w, &mut step, &params, &g, &mut noise, &coef, None);
+                t.elapsed().as_secs_f64()
             })
             .collect(),
     );
@@ -180,6 +315,16 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
         sgld_s * 1e3,
         grad_floor * 1e3,
         sgld_s / grad_floor
+    );
+    println!(
+        "    its parts: gradient {:.3} ms (its products alone {:.3} ms), minibatch gather {:.3} ms, \
+         update {:.3} ms (of which the {p} normals {:.3} ms), the rest {:.3} ms",
+        grad_s * 1e3,
+        products_s * 1e3,
+        gather_s * 1e3,
+        update_s * 1e3,
+        noise_s * 1e3,
+        (sgld_s - grad_s - gather_s - update_s) * 1e3
     );
     println!(
         "  HVP, 1,280 samples:      {:8.3} ms  floor {:8.3} ms  ({:.2}× the floor)",

@@ -233,7 +233,8 @@ impl Residual {
     /// The inner backward pass of the cotangent `dy` at f's output, reading the forward state of
     /// `outer` (`state`, `indices`), into every inner delta buffer but the last (the last inner
     /// layer's cotangent is `dy`) and the parameter gradients when `grad` is given; ∂L/∂x of the
-    /// first inner layer into `dx` when given.
+    /// first inner layer into `dx` when given (without `grad` and `dx` the first inner layer's
+    /// backward is not run: it would write nothing).
     #[allow(clippy::too_many_arguments)]
     fn inner_backward<'a, T: Real, B: Backend>(
         &self,
@@ -248,6 +249,11 @@ impl Residual {
     ) {
         let k = self.layers.len();
         for j in (0..k).rev() {
+            if j == 0 && grad.is_none() && dx.is_none() {
+                // The first inner layer's backward would write nothing (the R-backward and the
+                // per-sample gradients want only the cotangents above it).
+                break;
+            }
             let (before, rest) = deltas.split_at_mut(j);
             let pass = self.inner_pass(j, outer, state, indices);
             let down = match before.last_mut() {
