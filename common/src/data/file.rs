@@ -498,17 +498,27 @@ fn from_tensors(
         ));
     }
     let (targets, classes) = if is_float(y.dtype()) {
+        // [n, positions, k] (a per-position output [positions, k]) is a sample's positions·k
+        // values in order: the mean squared error is the mean over all of them either way.
         let width = match y.shape() {
             [_] => 1,
             [_, k] if *k > 0 => *k,
+            [_, s, k] if *s > 0 && *k > 0 => s.saturating_mul(*k),
             s => {
                 return Err(refuse(
                     yn,
-                    format!("shape {s:?}; float targets are [n] or [n, k] with k ≥ 1"),
+                    format!(
+                        "shape {s:?}; float targets are [n], [n, k] or [n, positions, k] with k ≥ 1"
+                    ),
                 ))
             }
         };
-        let train_width = train_y.shape().get(1).copied().unwrap_or(1);
+        let train_width = train_y
+            .shape()
+            .get(1..)
+            .unwrap_or(&[])
+            .iter()
+            .product::<usize>();
         if width != train_width {
             return Err(refuse(
                 yn,
@@ -524,16 +534,43 @@ fn from_tensors(
         }
         (TargetData::Values { values, width }, width)
     } else if is_integer(y.dtype()) {
-        if y.shape().len() != 1 {
+        // [n]: one label per sample; [n, positions]: one per position (cross-entropy averaged
+        // over positions, for a per-position output [positions, classes]).
+        let positions = match y.shape() {
+            [_] => 1,
+            [_, t] if *t > 0 => *t,
+            s => {
+                return Err(refuse(
+                    yn,
+                    format!(
+                        "shape {s:?}; integer labels are [n] or [n, positions] (one per position)"
+                    ),
+                ))
+            }
+        };
+        let train_positions = match train_y.shape() {
+            [_, t] => *t,
+            _ => 1,
+        };
+        if positions != train_positions {
             return Err(refuse(
                 yn,
-                format!("shape {:?}; integer labels are [n]", y.shape()),
+                format!(
+                    "shape {:?} but y is {:?} (labels at {train_positions} position(s) per sample)",
+                    y.shape(),
+                    train_y.shape()
+                ),
             ));
         }
         let labels = labels(y.dtype(), y.data()).map_err(|(i, v)| {
+            let at = if positions > 1 {
+                format!("sample {} position {}", i / positions, i % positions)
+            } else {
+                format!("index {i}")
+            };
             refuse(
                 yn,
-                format!("label {v} at index {i} is out of range 0..{MAX_CLASSES}"),
+                format!("label {v} at {at} is out of range 0..{MAX_CLASSES}"),
             )
         })?;
         // The classes are fixed by the training labels and the test labels together, so that both
@@ -543,7 +580,12 @@ fn from_tensors(
             let l = labels_max(t.dtype(), t.data());
             max = max.max(l);
         }
-        (TargetData::Labels(labels), (max as usize + 1).max(2))
+        let classes = (max as usize + 1).max(2);
+        if y.shape().len() == 2 {
+            (TargetData::Tokens { labels, positions }, classes)
+        } else {
+            (TargetData::Labels(labels), classes)
+        }
     } else {
         return Err(refuse(
             yn,
