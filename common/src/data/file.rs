@@ -355,6 +355,17 @@ fn from_tensors(
                 format!("dtype {:?} but y is {:?}", yt.dtype(), train_y.dtype()),
             ));
         }
+        // Labels per position: as many positions in both splits.
+        let per_position =
+            |t: &Tensor| is_integer(t.dtype()) && matches!(t.shape(), [_, p] if *p > 1);
+        if (per_position(&train_y) || per_position(yt))
+            && yt.shape().get(1..) != train_y.shape().get(1..)
+        {
+            return Err(refuse(
+                "y_test",
+                format!("shape {:?} but y is {:?}", yt.shape(), train_y.shape()),
+            ));
+        }
     }
 
     let n = *x
@@ -538,12 +549,12 @@ fn from_tensors(
         // over positions, for a per-position output [positions, classes]).
         let positions = match y.shape() {
             [_] => 1,
-            [_, t] if *t > 0 => *t,
+            [_, t] if *t > 1 => *t,
             s => {
                 return Err(refuse(
                     yn,
                     format!(
-                        "shape {s:?}; integer labels are [n] or [n, positions] (one per position)"
+                        "shape {s:?}; integer labels are [n], or [n, positions] with at least 2 positions (one per position)"
                     ),
                 ))
             }
@@ -955,6 +966,81 @@ mod tests {
         assert_eq!(d.normalisation_text(), "x = (x - [1, -1])/[2, 0.5]");
     }
 
+    /// Integer labels `[n, T]` are labels at every position (for a per-position output): gathered
+    /// T per sample; the classes count both splits; float targets `[n, T, k]` are T·k values per
+    /// sample, in order.
+    #[test]
+    fn labels_and_targets_per_position_load_with_their_positions() {
+        let x: Vec<f64> = (0..6).map(|i| i as f64).collect();
+        let p = write(
+            "tokens",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                ("y", Dtype::I64, vec![3, 2], i64s(&[0, 1, 2, 3, 1, 1])),
+                ("x_test", Dtype::F64, vec![1, 2], f64s(&x[..2])),
+                ("y_test", Dtype::I64, vec![1, 2], i64s(&[5, 0])),
+            ],
+        );
+        for streamed in [false, true] {
+            let d = if streamed {
+                load_data_file_streaming(&p, Split::Train, None, Streaming::Always)
+                    .unwrap()
+                    .unwrap()
+            } else {
+                load_data_file(&p, Split::Train, None).unwrap()
+            };
+            assert_eq!((d.len(), d.label_positions(), d.classes), (3, 2, 6));
+            assert_eq!(d.labels_flat(), [0, 1, 2, 3, 1, 1]);
+            assert_eq!(d.target_tensor_name(), "y");
+            let mut xb = vec![0f64; 4];
+            let mut y = d.target_buffer::<f64>(2);
+            d.gather_batch(&d.normaliser(), &[2, 0], &mut xb, &mut y);
+            assert_eq!(
+                y,
+                TargetBuf::Tokens {
+                    labels: vec![1, 1, 0, 1],
+                    positions: 2
+                }
+            );
+            assert_eq!(y.len(), 2);
+            assert_eq!(
+                y.view().range(1, 2),
+                crate::model::Targets::Tokens {
+                    labels: &[0, 1][..],
+                    positions: 2
+                }
+            );
+        }
+        let t = load_data_file(&p, Split::Test, None).unwrap();
+        assert_eq!((t.len(), t.label_positions(), t.classes), (1, 2, 6));
+        assert_eq!(t.target_tensor_name(), "y_test");
+
+        let p3 = write(
+            "values3d",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                (
+                    "y",
+                    Dtype::F64,
+                    vec![3, 2, 2],
+                    f64s(&(0..12).map(|i| i as f64).collect::<Vec<_>>()),
+                ),
+            ],
+        );
+        let d = load_data_file(&p3, Split::Train, None).unwrap();
+        assert_eq!((d.classes, d.label_positions()), (4, 1));
+        let mut xb = vec![0f32; 2];
+        let mut y = d.target_buffer::<f32>(1);
+        d.gather_batch(&d.normaliser(), &[1], &mut xb, &mut y);
+        assert_eq!(
+            y.view(),
+            crate::model::Targets::Values {
+                values: &[4.0f32, 5.0, 6.0, 7.0][..],
+                width: 4
+            }
+        );
+    }
+
     #[test]
     fn float_targets_are_values_of_their_width_and_the_test_split_is_optional() {
         let x: Vec<f64> = (0..6).map(|i| i as f64).collect();
@@ -1076,7 +1162,8 @@ mod tests {
             v[i] = t;
             v
         };
-        let cases: Vec<(&str, Vec<Raw>, &str)> = vec![
+        let cases: Vec<(&str, Vec<Raw>, &str)> =
+            vec![
             ("no-x", without("x"), "tensor `x` is missing"),
             ("no-y", without("y"), "tensor `y` is missing"),
             (
@@ -1101,6 +1188,29 @@ mod tests {
                 "negative",
                 with(1, ("y", Dtype::I64, vec![4], i64s(&[0, -1, 1, 1]))),
                 "tensor `y`: label -1 at index 1 is out of range",
+            ),
+            (
+                "negative-token",
+                vec![
+                    good[0].clone(),
+                    ("y", Dtype::I64, vec![4, 2], i64s(&[0, 1, 1, 0, 2, -3, 1, 1])),
+                ],
+                "tensor `y`: label -3 at sample 2 position 1 is out of range",
+            ),
+            (
+                "token-positions",
+                vec![
+                    good[0].clone(),
+                    ("y", Dtype::I64, vec![4, 2], i64s(&[0; 8])),
+                    good[2].clone(),
+                    ("y_test", Dtype::I64, vec![2, 3], i64s(&[0; 6])),
+                ],
+                "tensor `y_test`: shape [2, 3] but y is [4, 2]",
+            ),
+            (
+                "float-3d-zero",
+                vec![good[0].clone(), ("y", Dtype::F32, vec![4, 0, 2], vec![])],
+                "float targets are [n], [n, k] or [n, positions, k] with k ≥ 1",
             ),
             (
                 "huge-label",
