@@ -301,5 +301,5 @@ fn float_targets_per_position_train_with_the_mean_squared_error() {
         ],
         "",
     );
-    assert_one_line_error(&o, &["width 6", "9 outputs"]);
+    assert_one_line_error(&o, &["width 6", "9 outputs", "per position [3, 3]"]);
 }

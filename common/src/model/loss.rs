@@ -19,6 +19,19 @@
 //! L ↦ cL), but the tempered posterior is not, and so neither is a finite-sample estimate at a given
 //! nβ. The tools temper the loss exactly as written here; nβ = n/ln n with this L is the setting of
 //! devinterp's MSE examples (which use the same `F.mse_loss`).
+//!
+//! **Loss at every position.** For a per-position output `[T, C]` (a sequence model without
+//! `last`) and labels `[B, T]` ([`Targets::Tokens`]) the cross-entropy is averaged over positions,
+//!
+//! L = (1/(B·T)) Σₙ Σₜ [logsumexp(zₙₜ) − zₙₜ[yₙₜ]],  ℓₙ = (1/T) Σₜ CE(zₙₜ, yₙₜ),
+//!
+//! PyTorch's `F.cross_entropy(z.reshape(-1, C), y.reshape(-1))`: L is again the mean of the
+//! per-sample losses ℓₙ, n counts sequences, and nβ tempers that mean. The sum over positions
+//! (the joint negative log-likelihood of a sequence's T labels) is T·ℓₙ, the same posterior at
+//! nβ/T — by the argument above λ is unchanged, a finite-nβ estimate is the sum's at nβ/T. The
+//! gradient and R-operator act per position with scale/T ([`crate::model::Network::loss_rows`]);
+//! the Hessian of ℓₙ in the sample's T·C logits is (1/T)·blockdiag(A₁ … A_T). The mean squared
+//! error needs nothing new: over a `[T, k]` output it is already the mean over all T·k values.
 
 use crate::device::{Backend, CpuBackend};
 use crate::Real;

@@ -216,12 +216,23 @@ impl Network {
                 ))
             }
             (true, true) if data.classes != self.classes() => {
+                let t = self.positions();
+                let per_position = if t > 1 {
+                    format!(
+                        " (per position [{t}, {}]: targets [n, {t}, {}] or [n, {}])",
+                        self.classes() / t,
+                        self.classes() / t,
+                        self.classes()
+                    )
+                } else {
+                    String::new()
+                };
                 return refuse(format!(
-                    "the targets `y` have width {} but the model {} has {} outputs",
+                    "the targets `y` have width {} but the model {} has {} outputs{per_position}",
                     data.classes,
                     self.arch.name(),
                     self.classes()
-                ))
+                ));
             }
             (true, true) => {}
             (false, false) => self.check_label_positions(data)?,
