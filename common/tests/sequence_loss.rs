@@ -446,3 +446,51 @@ fn the_sampled_fisher_is_the_gauss_newton_matrix_over_t() {
         );
     }
 }
+
+/// `Network::evaluate` over a data set of labels `[n, T]` (what `train` records as test_acc and
+/// train_acc): the loss is the mean over every token and the accuracy the fraction of the n·T
+/// tokens whose arg-max is the label, in batches that split the set unevenly.
+#[test]
+fn evaluation_is_per_token() {
+    use common::data::{DataFile, Dataset, Inputs, Source, Split, TargetData};
+    let p = problem(transformer(), 5, 8);
+    let data = Dataset {
+        source: Source::File(DataFile {
+            path: "tokens.safetensors".into(),
+            fingerprint: "0".repeat(16),
+            normalize: None,
+            token_ids: true,
+        }),
+        split: Split::Test,
+        folder: "tokens.safetensors".into(),
+        inputs: Inputs::Floats(p.x.clone()),
+        targets: TargetData::Tokens {
+            labels: p.y.iter().map(|&l| l as u32).collect(),
+            positions: T,
+        },
+        shape: [1, 1, T],
+        classes: C,
+        normalisation: vec![(0.0, 1.0)],
+    };
+    let z = p.logits(&p.params);
+    let argmax = |zt: &[f64]| (0..C).fold(0, |a, c| if zt[c] > zt[a] { c } else { a });
+    let correct = z
+        .chunks_exact(C)
+        .zip(&p.y)
+        .filter(|(zt, &y)| argmax(zt) == y)
+        .count();
+    let loss: f64 = z
+        .chunks_exact(C)
+        .zip(&p.y)
+        .map(|(zt, &y)| -softmax(zt)[y].ln())
+        .sum::<f64>()
+        / (5 * T) as f64;
+    let e = p.net.evaluate(&p.params, &data, 2).unwrap();
+    assert_eq!(e.samples, 5);
+    assert!((e.loss - loss).abs() < 1e-14, "{} vs {loss}", e.loss);
+    assert_eq!(e.accuracy, Some(correct as f64 / (5 * T) as f64));
+    assert!(
+        correct > 0 && correct < 5 * T,
+        "{correct}: a test that can tell"
+    );
+}
