@@ -992,9 +992,12 @@ mod tests {
             assert_eq!((d.len(), d.label_positions(), d.classes), (3, 2, 6));
             assert_eq!(d.labels_flat(), [0, 1, 2, 3, 1, 1]);
             assert_eq!(d.target_tensor_name(), "y");
+            // (The inputs do not matter here: the gather of pre-normalised rows, whose targets
+            // are gathered as every gather's.)
+            let rows = vec![0f64; d.len() * d.features()];
             let mut xb = vec![0f64; 4];
             let mut y = d.target_buffer::<f64>(2);
-            d.gather_batch(&d.normaliser(), &[2, 0], &mut xb, &mut y);
+            d.gather_normalized_batch(&rows, &[2, 0], &mut xb, &mut y);
             assert_eq!(
                 y,
                 TargetBuf::Tokens {
@@ -1029,9 +1032,10 @@ mod tests {
         );
         let d = load_data_file(&p3, Split::Train, None).unwrap();
         assert_eq!((d.classes, d.label_positions()), (4, 1));
+        let rows = vec![0f32; d.len() * d.features()];
         let mut xb = vec![0f32; 2];
         let mut y = d.target_buffer::<f32>(1);
-        d.gather_batch(&d.normaliser(), &[1], &mut xb, &mut y);
+        d.gather_normalized_batch(&rows, &[1], &mut xb, &mut y);
         assert_eq!(
             y.view(),
             crate::model::Targets::Values {
