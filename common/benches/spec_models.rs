@@ -184,6 +184,16 @@ fn bench(name: &str, spec: serde_json::Value, peak: f64) {
             labels = l.iter().map(|&v| v as usize).collect();
             Targets::Labels(&labels)
         }
+        common::data::TargetData::Tokens {
+            labels: l,
+            positions,
+        } => {
+            labels = l.iter().map(|&v| v as usize).collect();
+            Targets::Tokens {
+                labels: &labels,
+                positions: *positions,
+            }
+        }
         common::data::TargetData::Values { values: v, width } => {
             values = v.iter().map(|&a| a as f32).collect();
             Targets::Values {

@@ -52,9 +52,10 @@ impl DeviceArgs {
 pub struct DataArgs {
     /// A data file instead of --dataset: safetensors with x [n, …] (float32, float64 or uint8
     /// numbers; other integer types are token ids, for a model whose first layer is an embedding),
-    /// y [n] integer labels or [n] / [n, k] float targets, optional x_test, y_test (the test
-    /// split) [default: the data file the checkpoint's metadata records, if any (train: the
-    /// --init checkpoint's)].
+    /// y [n] integer labels (or [n, T], a label at every position, for a model whose output is
+    /// per position [T, classes]: cross-entropy averaged over positions, accuracy per token) or
+    /// [n] / [n, k] / [n, T, k] float targets, optional x_test, y_test (the test split) [default:
+    /// the data file the checkpoint's metadata records, if any (train: the --init checkpoint's)].
     #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
     pub data: Option<PathBuf>,
     /// Normalise a --data file's inputs per channel: MEAN,STD for every channel, or the means then

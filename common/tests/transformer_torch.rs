@@ -6,11 +6,13 @@
 //! from the format's definition with `nn.MultiheadAttention`'s functional form, independently of
 //! ours): the same `state_dict` names and shapes, and the mean cross-entropy loss, its gradient, a
 //! Hessian-vector product and the per-sample Gram matrix to 1e-8 (measured ≤ 5e-12: the loss to 5e-13).
+//! One more is read out at every position (no `last`, output `[4, 7]`) with labels `[6, 4]` and
+//! cross-entropy averaged over positions, `F.cross_entropy(z.reshape(-1, 7), y.reshape(-1))`.
 
 mod support;
 
 use common::curvature::HessianOperator;
-use common::model::{Architecture, NetSpec, Network};
+use common::model::{Architecture, NetSpec, Network, Targets};
 use serde_json::Value;
 use support::{f64s, fixtures};
 
@@ -53,25 +55,35 @@ fn matches_pytorch(stem: &str) {
     let params = f64s(&fx["params"]);
     let x = f64s(&fx["x"]);
     let labels: Vec<usize> = f64s(&fx["labels"]).iter().map(|&l| l as usize).collect();
+    // Labels at every position for a per-position output (`positions` in the fixture).
+    let positions = fx["positions"].as_u64().map_or(1, |t| t as usize);
+    assert_eq!(net.positions(), positions, "{stem}: the output's positions");
+    let labels = match positions {
+        1 => Targets::Labels(&labels),
+        t => Targets::Tokens {
+            labels: &labels,
+            positions: t,
+        },
+    };
     let b = labels.len();
     assert_eq!(params.len(), net.num_params());
     assert_eq!(x.len(), b * net.input_features());
 
     let mut ws = net.workspace(b);
     let mut grad = vec![0.0; params.len()];
-    let loss = net.loss_and_gradient(&params, &x, &labels, &mut grad, &mut ws);
+    let loss = net.loss_and_gradient(&params, &x, labels, &mut grad, &mut ws);
     let torch_loss = fx["loss"].as_f64().unwrap();
     let loss_err = ((loss - torch_loss) / torch_loss).abs();
     let grad_err = max_rel(&grad, &f64s(&fx["grad"]));
 
-    let mut op = HessianOperator::new(&net, &params, &x, &labels, 2, 1 << 20).unwrap();
+    let mut op = HessianOperator::new(&net, &params, &x, labels, 2, 1 << 20).unwrap();
     let v = f64s(&fx["v"]);
     let mut hv = vec![0.0; params.len()];
     op.hvp(&v, &mut hv);
     let hv_err = max_rel(&hv, &f64s(&fx["hv"]));
 
     let mut ws = net.workspace(b);
-    net.per_sample_pass(&params, &x, &labels, &mut ws);
+    net.per_sample_pass(&params, &x, labels, &mut ws);
     let mut sc = net.per_sample_scratch(b);
     net.per_sample_prepare(&params, &x, b, &ws, &mut sc);
     let mut gram = vec![0.0; b * b];
@@ -107,4 +119,10 @@ fn a_two_layer_causal_transformer_matches_pytorch_in_float64() {
 #[test]
 fn a_transformer_without_biases_or_mask_matches_pytorch_in_float64() {
     matches_pytorch("transformer-noncausal");
+}
+
+/// Read out at every position: cross-entropy averaged over the 4 positions of each of 6 sequences.
+#[test]
+fn a_transformer_read_out_at_every_position_matches_pytorch_in_float64() {
+    matches_pytorch("transformer-per-position");
 }

@@ -39,6 +39,9 @@ teacher's model) in the metadata under `datagen`. The same settings write the sa
                      int64 token ids [n, 3] (a, b in 0..p, '=' the id p: p + 1 tokens), y and
                      y_test int64 labels; the tools read integer inputs as token ids, for a model
                      whose first layer is an embedding (any other model refuses them).
+                     --targets next-token labels every position with the next token instead,
+                     y [n, 3] = [b, =, (a ∘ b) mod p] in 0..p+1, for a model whose output is per
+                     position [3, p + 1] (no `last`; cross-entropy averaged over positions).
 
 Examples:
 
@@ -112,6 +115,12 @@ struct ModularArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The targets: `last` (the label (a ∘ b) mod p, y [n], for a model read out at its last
+    /// position) or `next-token` (labels at every position, y [n, 3] = [b, =, (a ∘ b) mod p] in
+    /// 0..p+1, for a model whose output is per position [3, p + 1]: cross-entropy averaged over
+    /// positions).
+    #[arg(long, default_value = "last")]
+    targets: String,
     /// The data file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -219,6 +228,11 @@ fn run(args: Args) -> Result<ExitCode> {
             refuse_existing(&a.out, "--out")?;
             let op = ModularOp::parse(&a.op)?;
             let data = modular(a.p, op, a.train_fraction, a.seed)?;
+            let data = match a.targets.as_str() {
+                "last" => data,
+                "next-token" => data.next_token_targets(),
+                t => bail!("--targets {t:?}: expected last or next-token"),
+            };
             write_bytes(&data.to_bytes()?, &data.settings, &a.out)?;
             return Ok(ExitCode::SUCCESS);
         }

@@ -219,8 +219,9 @@ struct Args {
     #[arg(long)]
     train_samples: Option<usize>,
     /// Also evaluate the whole training set at each checkpoint: records gain train_eval_loss and
-    /// train_acc (null for float targets), the loss and accuracy at the checkpoint (train_loss is
-    /// the mean over the epoch's minibatches, each before its step).
+    /// train_acc (null for float targets; per token for labels at every position), the loss and
+    /// accuracy at the checkpoint (train_loss is the mean over the epoch's minibatches, each before
+    /// its step).
     #[arg(long)]
     eval_train: bool,
     /// Also write a checkpoint and record every N steps.

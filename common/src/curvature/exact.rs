@@ -65,11 +65,27 @@ impl<T: Real> HessianOperator<T> {
             let last = layers.len() - 1;
             let classes = net.classes();
             let b = chunk.batch;
+            // Per position for cross-entropy over a per-position output [T, C]: the per-sample
+            // Hessian (1/T)·blockdiag(A₁ … A_T) has the factor (1/√T)·blockdiag(M₁ … M_T), whose
+            // T·C columns are column c of every row's M at position t only (T = 1: as before).
+            let (rows, width) = net.loss_rows();
             let factor = net
                 .loss
-                .hessian_factor(&chunk.acts[last][..b * classes], classes);
-            for c in 0..classes {
-                factor.column(c, &mut bufs.rdelta[last][..b * classes]);
+                .hessian_factor(&chunk.acts[last][..b * classes], width);
+            let root = (rows as f64).sqrt().recip();
+            for col in 0..rows * width {
+                let (t, c) = (col / width, col % width);
+                let out = &mut bufs.rdelta[last][..b * classes];
+                factor.column(c, out);
+                if rows > 1 {
+                    for (r, row) in out.chunks_exact_mut(width).enumerate() {
+                        if r % rows == t {
+                            row.iter_mut().for_each(|v| *v *= T::of_f64(root));
+                        } else {
+                            row.iter_mut().for_each(|v| *v = T::zero());
+                        }
+                    }
+                }
                 for i in (0..layers.len()).rev() {
                     let (before, rest) = bufs.rdelta.split_at_mut(i);
                     let dx = before.last_mut().map(|d| &mut d[..]);

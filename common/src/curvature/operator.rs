@@ -217,11 +217,33 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             )));
         }
         match (net.loss.takes_float_targets(), targets) {
-            (false, Targets::Labels(labels)) => {
+            (false, Targets::Labels(labels)) if net.positions() == 1 => {
                 if let Some(l) = labels.iter().find(|&&l| l >= net.classes()) {
                     return Err(Error::invalid(format!(
                         "label {l} out of range 0..{}",
                         net.classes()
+                    )));
+                }
+            }
+            (false, Targets::Labels(_)) => {
+                let (t, c) = net.loss_rows();
+                return Err(Error::invalid(format!(
+                    "one label per sample for a model whose output is per position [{t}, {c}] (it takes labels [n, {t}])"
+                )));
+            }
+            (false, Targets::Tokens { labels, positions }) => {
+                let (t, c) = net.loss_rows();
+                if positions != t || labels.len() != n * t {
+                    return Err(Error::invalid(format!(
+                        "labels at {positions} position(s) per sample for a model whose output is [{t}, {c}]"
+                    )));
+                }
+                if let Some(i) = labels.iter().position(|&l| l >= c) {
+                    return Err(Error::invalid(format!(
+                        "label {} at sample {} position {} out of range 0..{c}",
+                        labels[i],
+                        i / t,
+                        i % t
                     )));
                 }
             }

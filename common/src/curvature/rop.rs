@@ -110,12 +110,15 @@ pub(crate) fn r_pass<B: Backend, T: Real>(
             &mut bufs.sc,
         );
     }
-    let scale = T::one() / T::of_usize(b);
+    // Row by row as the loss takes the outputs: per position for cross-entropy over a
+    // per-position output, with scale 1/(B·T) (the per-sample loss is the mean over positions).
+    let (rows, width) = net.loss_rows();
+    let scale = T::one() / T::of_usize(b) / T::of_usize(rows);
     net.loss.r_gradient_on(
         &bufs.sc.backend,
         B::slice(B::view(&chunk.acts[last]), 0..b * classes),
         B::slice(B::view(&bufs.ry[last]), 0..b * classes),
-        classes,
+        width,
         scale,
         B::slice_mut(B::view_mut(&mut bufs.rdelta[last]), 0..b * classes),
     );

@@ -153,6 +153,9 @@ pub enum Inputs {
 pub enum TargetData {
     /// Class labels in 0..classes.
     Labels(Vec<u32>),
+    /// Class labels in 0..classes at every position of a sequence, `len × positions`, row-major
+    /// (`y` `[n, positions]`): the targets of cross-entropy averaged over positions.
+    Tokens { labels: Vec<u32>, positions: usize },
     /// Float targets, `len × width`, row-major.
     Values { values: Vec<f64>, width: usize },
 }
@@ -168,7 +171,8 @@ pub struct Dataset {
     pub targets: TargetData,
     /// One sample's shape, [channels, height, width].
     pub shape: [usize; 3],
-    /// Classes (labels), or the targets' width (float targets): the outputs the model needs.
+    /// Classes (labels; per position for labels at every position), or the targets' width (float
+    /// targets, all positions' values for `[n, positions, k]`): the outputs the model needs.
     pub classes: usize,
     /// Per channel (mean, std) of the normalisation (one pair for every IDX image).
     pub normalisation: Vec<(f64, f64)>,
@@ -465,7 +469,14 @@ impl Dataset {
                     f.normalize.as_ref().map(|n| n.to_text()).into(),
                 ),
                 ("loss".into(), Value::from(loss.name())),
-            ],
+            ]
+            .into_iter()
+            // Labels at every position: the loss is averaged over them, the accuracy per token.
+            .chain(
+                (self.label_positions() > 1)
+                    .then(|| ("loss_positions".into(), Value::from(self.label_positions()))),
+            )
+            .collect(),
         }
     }
 
@@ -532,7 +543,34 @@ impl Dataset {
     pub fn len(&self) -> usize {
         match &self.targets {
             TargetData::Labels(l) => l.len(),
+            TargetData::Tokens { labels, positions } => labels.len() / (*positions).max(1),
             TargetData::Values { values, width } => values.len() / (*width).max(1),
+        }
+    }
+
+    /// Labels per sample: the positions of labels `[n, positions]`, else 1.
+    pub fn label_positions(&self) -> usize {
+        match &self.targets {
+            TargetData::Tokens { positions, .. } => *positions,
+            _ => 1,
+        }
+    }
+
+    /// Every label in order (`len × label_positions`); empty for float targets.
+    pub fn labels_flat(&self) -> &[u32] {
+        match &self.targets {
+            TargetData::Labels(l) | TargetData::Tokens { labels: l, .. } => l,
+            TargetData::Values { .. } => &[],
+        }
+    }
+
+    /// The name of the targets in messages: a data file's tensor (`y`, `y_test`), an IDX data
+    /// set's labels file.
+    pub fn target_tensor_name(&self) -> String {
+        match (&self.source, self.split) {
+            (Source::File(_), Split::Train) => "y".into(),
+            (Source::File(_), Split::Test) => "y_test".into(),
+            (Source::Idx(_), split) => format!("{} labels", split.name()),
         }
     }
 
@@ -561,6 +599,7 @@ impl Dataset {
         }
         match &mut self.targets {
             TargetData::Labels(l) => l.truncate(n),
+            TargetData::Tokens { labels, positions } => labels.truncate(n * *positions),
             TargetData::Values { values, width } => values.truncate(n * *width),
         }
     }
@@ -586,7 +625,9 @@ impl Dataset {
     fn labels(&self) -> &[u32] {
         match &self.targets {
             TargetData::Labels(l) => l,
-            TargetData::Values { .. } => panic!("{}: float targets are not labels", self.name()),
+            TargetData::Tokens { .. } | TargetData::Values { .. } => {
+                panic!("{}: not one label per sample", self.name())
+            }
         }
     }
 
@@ -621,6 +662,10 @@ impl Dataset {
     pub fn target_buffer<T: Real>(&self, batch: usize) -> TargetBuf<T> {
         match &self.targets {
             TargetData::Labels(_) => TargetBuf::Labels(vec![0; batch]),
+            TargetData::Tokens { positions, .. } => TargetBuf::Tokens {
+                labels: vec![0; batch * positions],
+                positions: *positions,
+            },
             TargetData::Values { width, .. } => TargetBuf::Values {
                 values: vec![T::zero(); batch * width],
                 width: *width,
@@ -679,6 +724,15 @@ impl Dataset {
     fn target_into<T: Real>(&self, i: usize, k: usize, y: &mut TargetBuf<T>) {
         match (&self.targets, y) {
             (TargetData::Labels(l), TargetBuf::Labels(y)) => y[k] = l[i] as usize,
+            (TargetData::Tokens { labels, positions }, TargetBuf::Tokens { labels: y, .. }) => {
+                let t = *positions;
+                for (d, &l) in y[k * t..(k + 1) * t]
+                    .iter_mut()
+                    .zip(&labels[i * t..(i + 1) * t])
+                {
+                    *d = l as usize;
+                }
+            }
             (TargetData::Values { values, width }, TargetBuf::Values { values: y, .. }) => {
                 let w = *width;
                 for (d, &v) in y[k * w..(k + 1) * w]

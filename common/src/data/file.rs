@@ -355,6 +355,17 @@ fn from_tensors(
                 format!("dtype {:?} but y is {:?}", yt.dtype(), train_y.dtype()),
             ));
         }
+        // Labels per position: as many positions in both splits.
+        let per_position =
+            |t: &Tensor| is_integer(t.dtype()) && matches!(t.shape(), [_, p] if *p > 1);
+        if (per_position(&train_y) || per_position(yt))
+            && yt.shape().get(1..) != train_y.shape().get(1..)
+        {
+            return Err(refuse(
+                "y_test",
+                format!("shape {:?} but y is {:?}", yt.shape(), train_y.shape()),
+            ));
+        }
     }
 
     let n = *x
@@ -498,17 +509,27 @@ fn from_tensors(
         ));
     }
     let (targets, classes) = if is_float(y.dtype()) {
+        // [n, positions, k] (a per-position output [positions, k]) is a sample's positions·k
+        // values in order: the mean squared error is the mean over all of them either way.
         let width = match y.shape() {
             [_] => 1,
             [_, k] if *k > 0 => *k,
+            [_, s, k] if *s > 0 && *k > 0 => s.saturating_mul(*k),
             s => {
                 return Err(refuse(
                     yn,
-                    format!("shape {s:?}; float targets are [n] or [n, k] with k ≥ 1"),
+                    format!(
+                        "shape {s:?}; float targets are [n], [n, k] or [n, positions, k] with k ≥ 1"
+                    ),
                 ))
             }
         };
-        let train_width = train_y.shape().get(1).copied().unwrap_or(1);
+        let train_width = train_y
+            .shape()
+            .get(1..)
+            .unwrap_or(&[])
+            .iter()
+            .product::<usize>();
         if width != train_width {
             return Err(refuse(
                 yn,
@@ -524,16 +545,43 @@ fn from_tensors(
         }
         (TargetData::Values { values, width }, width)
     } else if is_integer(y.dtype()) {
-        if y.shape().len() != 1 {
+        // [n]: one label per sample; [n, positions]: one per position (cross-entropy averaged
+        // over positions, for a per-position output [positions, classes]).
+        let positions = match y.shape() {
+            [_] => 1,
+            [_, t] if *t > 1 => *t,
+            s => {
+                return Err(refuse(
+                    yn,
+                    format!(
+                        "shape {s:?}; integer labels are [n], or [n, positions] with at least 2 positions (one per position)"
+                    ),
+                ))
+            }
+        };
+        let train_positions = match train_y.shape() {
+            [_, t] => *t,
+            _ => 1,
+        };
+        if positions != train_positions {
             return Err(refuse(
                 yn,
-                format!("shape {:?}; integer labels are [n]", y.shape()),
+                format!(
+                    "shape {:?} but y is {:?} (labels at {train_positions} position(s) per sample)",
+                    y.shape(),
+                    train_y.shape()
+                ),
             ));
         }
         let labels = labels(y.dtype(), y.data()).map_err(|(i, v)| {
+            let at = if positions > 1 {
+                format!("sample {} position {}", i / positions, i % positions)
+            } else {
+                format!("index {i}")
+            };
             refuse(
                 yn,
-                format!("label {v} at index {i} is out of range 0..{MAX_CLASSES}"),
+                format!("label {v} at {at} is out of range 0..{MAX_CLASSES}"),
             )
         })?;
         // The classes are fixed by the training labels and the test labels together, so that both
@@ -543,7 +591,12 @@ fn from_tensors(
             let l = labels_max(t.dtype(), t.data());
             max = max.max(l);
         }
-        (TargetData::Labels(labels), (max as usize + 1).max(2))
+        let classes = (max as usize + 1).max(2);
+        if y.shape().len() == 2 {
+            (TargetData::Tokens { labels, positions }, classes)
+        } else {
+            (TargetData::Labels(labels), classes)
+        }
     } else {
         return Err(refuse(
             yn,
@@ -989,6 +1042,85 @@ mod tests {
         assert_eq!(d.normalisation_text(), "x = (x - [1, -1])/[2, 0.5]");
     }
 
+    /// Integer labels `[n, T]` are labels at every position (for a per-position output): gathered
+    /// T per sample; the classes count both splits; float targets `[n, T, k]` are T·k values per
+    /// sample, in order.
+    #[test]
+    fn labels_and_targets_per_position_load_with_their_positions() {
+        let x: Vec<f64> = (0..6).map(|i| i as f64).collect();
+        let p = write(
+            "tokens",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                ("y", Dtype::I64, vec![3, 2], i64s(&[0, 1, 2, 3, 1, 1])),
+                ("x_test", Dtype::F64, vec![1, 2], f64s(&x[..2])),
+                ("y_test", Dtype::I64, vec![1, 2], i64s(&[5, 0])),
+            ],
+        );
+        for streamed in [false, true] {
+            let d = if streamed {
+                load_data_file_streaming(&p, Split::Train, None, Streaming::Always)
+                    .unwrap()
+                    .unwrap()
+            } else {
+                load_data_file(&p, Split::Train, None).unwrap()
+            };
+            assert_eq!((d.len(), d.label_positions(), d.classes), (3, 2, 6));
+            assert_eq!(d.labels_flat(), [0, 1, 2, 3, 1, 1]);
+            assert_eq!(d.target_tensor_name(), "y");
+            // (The inputs do not matter here: the gather of pre-normalised rows, whose targets
+            // are gathered as every gather's.)
+            let rows = vec![0f64; d.len() * d.features()];
+            let mut xb = vec![0f64; 4];
+            let mut y = d.target_buffer::<f64>(2);
+            d.gather_normalized_batch(&rows, &[2, 0], &mut xb, &mut y);
+            assert_eq!(
+                y,
+                TargetBuf::Tokens {
+                    labels: vec![1, 1, 0, 1],
+                    positions: 2
+                }
+            );
+            assert_eq!(y.len(), 2);
+            assert_eq!(
+                y.view().range(1, 2),
+                crate::model::Targets::Tokens {
+                    labels: &[0, 1][..],
+                    positions: 2
+                }
+            );
+        }
+        let t = load_data_file(&p, Split::Test, None).unwrap();
+        assert_eq!((t.len(), t.label_positions(), t.classes), (1, 2, 6));
+        assert_eq!(t.target_tensor_name(), "y_test");
+
+        let p3 = write(
+            "values3d",
+            &[
+                ("x", Dtype::F64, vec![3, 2], f64s(&x)),
+                (
+                    "y",
+                    Dtype::F64,
+                    vec![3, 2, 2],
+                    f64s(&(0..12).map(|i| i as f64).collect::<Vec<_>>()),
+                ),
+            ],
+        );
+        let d = load_data_file(&p3, Split::Train, None).unwrap();
+        assert_eq!((d.classes, d.label_positions()), (4, 1));
+        let rows = vec![0f32; d.len() * d.features()];
+        let mut xb = vec![0f32; 2];
+        let mut y = d.target_buffer::<f32>(1);
+        d.gather_normalized_batch(&rows, &[1], &mut xb, &mut y);
+        assert_eq!(
+            y.view(),
+            crate::model::Targets::Values {
+                values: &[4.0f32, 5.0, 6.0, 7.0][..],
+                width: 4
+            }
+        );
+    }
+
     #[test]
     fn float_targets_are_values_of_their_width_and_the_test_split_is_optional() {
         let x: Vec<f64> = (0..6).map(|i| i as f64).collect();
@@ -1112,7 +1244,8 @@ mod tests {
             v[i] = t;
             v
         };
-        let cases: Vec<(&str, Vec<Raw>, &str)> = vec![
+        let cases: Vec<(&str, Vec<Raw>, &str)> =
+            vec![
             ("no-x", without("x"), "tensor `x` is missing"),
             ("no-y", without("y"), "tensor `y` is missing"),
             (
@@ -1137,6 +1270,29 @@ mod tests {
                 "negative",
                 with(1, ("y", Dtype::I64, vec![4], i64s(&[0, -1, 1, 1]))),
                 "tensor `y`: label -1 at index 1 is out of range",
+            ),
+            (
+                "negative-token",
+                vec![
+                    good[0].clone(),
+                    ("y", Dtype::I64, vec![4, 2], i64s(&[0, 1, 1, 0, 2, -3, 1, 1])),
+                ],
+                "tensor `y`: label -3 at sample 2 position 1 is out of range",
+            ),
+            (
+                "token-positions",
+                vec![
+                    good[0].clone(),
+                    ("y", Dtype::I64, vec![4, 2], i64s(&[0; 8])),
+                    good[2].clone(),
+                    ("y_test", Dtype::I64, vec![2, 3], i64s(&[0; 6])),
+                ],
+                "tensor `y_test`: shape [2, 3] but y is [4, 2]",
+            ),
+            (
+                "float-3d-zero",
+                vec![good[0].clone(), ("y", Dtype::F32, vec![4, 0, 2], vec![])],
+                "float targets are [n], [n, k] or [n, positions, k] with k ≥ 1",
             ),
             (
                 "huge-label",

@@ -196,15 +196,50 @@ pub fn modular(p: u64, op: ModularOp, train_fraction: f64, seed: u64) -> Result<
 }
 
 impl ModularData {
-    /// The data file's bytes: int64 `x` `[n, 3]`, `y` `[n]`, and `x_test`, `y_test` when there is a
-    /// test split; the settings under `datagen` in the metadata.
+    /// The same pairs with next-token targets at every position, as a language model is trained:
+    /// the sequence `[a, b, =]` gets the labels `[b, =, c]` (c = (a ∘ b) mod p), so `y` is
+    /// `[n, 3]` with labels in the vocabulary 0..p+1, for a model whose output is per position
+    /// `[3, p + 1]` trained with cross-entropy averaged over positions. Position 0's target b is
+    /// independent of a (the loss there is at least ln p for any model) and position 1's is always
+    /// `=`; only the last position carries the task.
+    pub fn next_token_targets(mut self) -> ModularData {
+        let p = self.settings["p"].as_i64().unwrap_or(0);
+        let shift = |x: &[i64], y: &[i64]| -> Vec<i64> {
+            x.chunks_exact(3)
+                .zip(y)
+                .flat_map(|(row, &c)| [row[1], row[2], c])
+                .collect()
+        };
+        self.y = shift(&self.x, &self.y);
+        self.y_test = shift(&self.x_test, &self.y_test);
+        let s = &mut self.settings;
+        s["targets"] = json!("next-token");
+        s["y"] = json!(format!(
+            "int64 labels [n, 3] per position: the next token [b, =, (a ∘ b) mod {p}], in 0..{}",
+            p + 1
+        ));
+        s["classes"] = json!(p + 1);
+        self
+    }
+
+    /// Labels per sample: 1, or 3 after [`ModularData::next_token_targets`].
+    fn label_positions(&self) -> usize {
+        self.y.len().checked_div(self.x.len() / 3).unwrap_or(1)
+    }
+
+    /// The data file's bytes: int64 `x` `[n, 3]`, `y` `[n]` (or `[n, 3]` for next-token targets),
+    /// and `x_test`, `y_test` when there is a test split; the settings under `datagen` in the
+    /// metadata.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let le = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|t| t.to_le_bytes()).collect() };
-        let mut tensors = vec![("x", le(&self.x), vec![self.y.len(), 3])];
-        tensors.push(("y", le(&self.y), vec![self.y.len()]));
-        if !self.y_test.is_empty() {
-            tensors.push(("x_test", le(&self.x_test), vec![self.y_test.len(), 3]));
-            tensors.push(("y_test", le(&self.y_test), vec![self.y_test.len()]));
+        let t = self.label_positions();
+        let y_shape = |n: usize| if t == 1 { vec![n] } else { vec![n, t] };
+        let (n, n_test) = (self.x.len() / 3, self.x_test.len() / 3);
+        let mut tensors = vec![("x", le(&self.x), vec![n, 3])];
+        tensors.push(("y", le(&self.y), y_shape(n)));
+        if n_test > 0 {
+            tensors.push(("x_test", le(&self.x_test), vec![n_test, 3]));
+            tensors.push(("y_test", le(&self.y_test), y_shape(n_test)));
         }
         let views = tensors
             .iter()
@@ -245,6 +280,28 @@ mod tests {
         assert_ne!(modular(7, ModularOp::Sub, 0.3, 6).unwrap().x, d.x);
         assert_eq!(d.settings["vocab"], 8);
         assert_eq!(d.settings["target"], "(a - b) mod 7");
+    }
+
+    /// Next-token targets: `[a, b, =]` is labelled `[b, =, c]`, written as `[n, 3]`.
+    #[test]
+    fn next_token_targets_shift_the_sequence() {
+        let d = modular(5, ModularOp::Add, 0.4, 2).unwrap();
+        let n = d.y.len();
+        let nt = d.clone().next_token_targets();
+        assert_eq!((nt.x.clone(), nt.y.len()), (d.x.clone(), 3 * n));
+        for ((row, labels), &c) in d.x.chunks(3).zip(nt.y.chunks(3)).zip(&d.y) {
+            assert_eq!(labels, [row[1], 5, (row[0] + row[1]) % 5]);
+            assert_eq!(labels[2], c);
+        }
+        assert_eq!(nt.y_test.len(), 3 * d.y_test.len());
+        assert_eq!(nt.settings["classes"], 6);
+        let bytes = nt.to_bytes().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("y").unwrap().shape(), &[n, 3]);
+        assert_eq!(st.tensor("y_test").unwrap().shape(), &[d.y_test.len(), 3]);
+        let plain = d.to_bytes().unwrap();
+        let st = safetensors::SafeTensors::deserialize(&plain).unwrap();
+        assert_eq!(st.tensor("y").unwrap().shape(), &[n]);
     }
 
     #[test]

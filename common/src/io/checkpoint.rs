@@ -235,7 +235,7 @@ impl Checkpoint {
             Some("mse") => crate::model::Loss::MeanSquaredError,
             _ => crate::model::Loss::SoftmaxCrossEntropy,
         });
-        if let Some(why) = crate::model::too_few_classes(arch.classes(), loss) {
+        if let Some(why) = crate::model::too_few_classes(arch.classes_per_position(), loss) {
             // The output layer's weight, when the file's tensors are weight/bias pairs.
             let culprit = ordered
                 .len()

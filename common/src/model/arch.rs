@@ -209,12 +209,27 @@ impl Architecture {
         }
     }
 
+    /// The outputs per sample (for a per-position output `[positions, classes]`, their product).
     pub fn classes(&self) -> usize {
         match self {
             Architecture::Mlp { classes, .. } => *classes,
             Architecture::LeNet { classes, .. } => *classes,
             Architecture::Spec(spec) => spec.classes(),
         }
+    }
+
+    /// The positions of a per-position output `[positions, classes]` (a transformer without
+    /// `last`), whose loss is the mean over positions; 1 for a flat output.
+    pub fn positions(&self) -> usize {
+        match self {
+            Architecture::Spec(spec) => spec.positions(),
+            _ => 1,
+        }
+    }
+
+    /// The classes at each position: `classes() / positions()`.
+    pub fn classes_per_position(&self) -> usize {
+        self.classes() / self.positions().max(1)
     }
 
     /// A spec model's spec as written (what analysis records carry as `model_spec`); `None` for
@@ -579,7 +594,7 @@ impl Architecture {
                 self.short_name()
             ))
         };
-        if let Some(why) = too_few_classes(self.classes(), loss) {
+        if let Some(why) = too_few_classes(self.classes_per_position(), loss) {
             return Err(Error::invalid(why));
         }
         let tensors = self.tensor_count().ok_or_else(overflow)? as u64;

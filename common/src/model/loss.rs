@@ -19,16 +19,38 @@
 //! L ↦ cL), but the tempered posterior is not, and so neither is a finite-sample estimate at a given
 //! nβ. The tools temper the loss exactly as written here; nβ = n/ln n with this L is the setting of
 //! devinterp's MSE examples (which use the same `F.mse_loss`).
+//!
+//! **Loss at every position.** For a per-position output `[T, C]` (a sequence model without
+//! `last`) and labels `[B, T]` ([`Targets::Tokens`]) the cross-entropy is averaged over positions,
+//!
+//! L = (1/(B·T)) Σₙ Σₜ [logsumexp(zₙₜ) − zₙₜ[yₙₜ]],  ℓₙ = (1/T) Σₜ CE(zₙₜ, yₙₜ),
+//!
+//! PyTorch's `F.cross_entropy(z.reshape(-1, C), y.reshape(-1))`: L is again the mean of the
+//! per-sample losses ℓₙ, n counts sequences, and nβ tempers that mean. The sum over positions
+//! (the joint negative log-likelihood of a sequence's T labels) is T·ℓₙ, the same posterior at
+//! nβ/T — by the argument above λ is unchanged, a finite-nβ estimate is the sum's at nβ/T. The
+//! gradient and R-operator act per position with scale/T ([`crate::model::Network::loss_rows`]);
+//! the Hessian of ℓₙ in the sample's T·C logits is (1/T)·blockdiag(A₁ … A_T). The mean squared
+//! error needs nothing new: over a `[T, k]` output it is already the mean over all T·k values.
 
 use crate::device::{Backend, CpuBackend};
 use crate::Real;
 
-/// What a batch's outputs are compared with: integer class labels (one per sample, cross-entropy)
-/// or a `batch × width` float matrix, row-major (mean squared error).
+/// What a batch's outputs are compared with: integer class labels (one per sample, cross-entropy),
+/// integer labels at every position (`batch × positions`, row-major: cross-entropy averaged over
+/// positions, for a per-position output `[positions, classes]`), or a `batch × width` float matrix,
+/// row-major (mean squared error).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Targets<'a, T> {
     Labels(&'a [usize]),
-    Values { values: &'a [T], width: usize },
+    Tokens {
+        labels: &'a [usize],
+        positions: usize,
+    },
+    Values {
+        values: &'a [T],
+        width: usize,
+    },
 }
 
 impl<'a, T> Targets<'a, T> {
@@ -36,6 +58,7 @@ impl<'a, T> Targets<'a, T> {
     pub fn len(&self) -> usize {
         match self {
             Targets::Labels(l) => l.len(),
+            Targets::Tokens { labels, positions } => labels.len() / (*positions).max(1),
             Targets::Values { values, width } => values.len() / (*width).max(1),
         }
     }
@@ -48,6 +71,10 @@ impl<'a, T> Targets<'a, T> {
     pub fn range(&self, start: usize, end: usize) -> Targets<'a, T> {
         match *self {
             Targets::Labels(l) => Targets::Labels(&l[start..end]),
+            Targets::Tokens { labels, positions } => Targets::Tokens {
+                labels: &labels[start * positions..end * positions],
+                positions,
+            },
             Targets::Values { values, width } => Targets::Values {
                 values: &values[start * width..end * width],
                 width,
@@ -78,7 +105,14 @@ impl<'a, T, const N: usize> From<&'a [usize; N]> for Targets<'a, T> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetBuf<T> {
     Labels(Vec<usize>),
-    Values { values: Vec<T>, width: usize },
+    Tokens {
+        labels: Vec<usize>,
+        positions: usize,
+    },
+    Values {
+        values: Vec<T>,
+        width: usize,
+    },
 }
 
 impl<T: Copy> TargetBuf<T> {
@@ -86,6 +120,10 @@ impl<T: Copy> TargetBuf<T> {
     pub fn copy_of(targets: Targets<'_, T>) -> Self {
         match targets {
             Targets::Labels(l) => TargetBuf::Labels(l.to_vec()),
+            Targets::Tokens { labels, positions } => TargetBuf::Tokens {
+                labels: labels.to_vec(),
+                positions,
+            },
             Targets::Values { values, width } => TargetBuf::Values {
                 values: values.to_vec(),
                 width,
@@ -101,6 +139,10 @@ impl<T: Copy> TargetBuf<T> {
     pub fn view(&self) -> Targets<'_, T> {
         match self {
             TargetBuf::Labels(l) => Targets::Labels(l),
+            TargetBuf::Tokens { labels, positions } => Targets::Tokens {
+                labels,
+                positions: *positions,
+            },
             TargetBuf::Values { values, width } => Targets::Values {
                 values,
                 width: *width,
@@ -185,6 +227,12 @@ impl Loss {
     /// `dlogits`, also ∂L/∂z·`scale`-weighted per sample (scale = 1/B for the mean). See
     /// [`softmax_cross_entropy`] and [`mean_squared_error`].
     ///
+    /// With [`Targets::Tokens`] (labels at each of T positions, `classes` = T·C outputs per sample)
+    /// the per-sample loss is the cross-entropy averaged over the sample's positions,
+    /// ℓₙ = (1/T)·Σₜ [logsumexp(zₙₜ) − zₙₜ[yₙₜ]], so that (1/B)·Σₙ ℓₙ is PyTorch's
+    /// `F.cross_entropy(z.reshape(-1, C), y.reshape(-1))` (the mean over all B·T tokens); the
+    /// count is of tokens (B·T of them) whose arg-max is the label.
+    ///
     /// **Panics** if the targets are not the loss's kind (labels for cross-entropy, values of width
     /// `classes` for the mean squared error): [`crate::model::Network::check_input`] refuses such
     /// data before any batch is formed.
@@ -214,6 +262,19 @@ impl Loss {
             (Loss::SoftmaxCrossEntropy, Targets::Labels(labels)) => {
                 be.softmax_cross_entropy(logits, labels, classes, scale, dlogits)
             }
+            // The mean over positions: ℓₙ = (1/T)·Σₜ CE(zₙₜ, yₙₜ), each position a row of
+            // `classes / T` logits; the gradient rows carry scale/T, the count is of tokens.
+            (Loss::SoftmaxCrossEntropy, Targets::Tokens { labels, positions }) => {
+                let positions = positions.max(1);
+                let (sum, correct) = be.softmax_cross_entropy(
+                    logits,
+                    labels,
+                    classes / positions,
+                    scale / T::of_usize(positions),
+                    dlogits,
+                );
+                (sum / positions as f64, correct)
+            }
             (Loss::MeanSquaredError, Targets::Values { values, width }) => {
                 assert_eq!(width, classes, "mse targets' width is the output width");
                 (
@@ -224,10 +285,10 @@ impl Loss {
             (loss, t) => panic!(
                 "{} was given {} targets (refused when the data were checked)",
                 loss.name(),
-                if matches!(t, Targets::Labels(_)) {
-                    "integer"
-                } else {
+                if matches!(t, Targets::Values { .. }) {
                     "float"
+                } else {
+                    "integer"
                 }
             ),
         }

@@ -110,6 +110,27 @@ impl Network {
         self.layers.last().map_or(0, |l| l.out_features())
     }
 
+    /// The positions of a per-position output `[positions, classes]` (1 for a flat output): the
+    /// cross-entropy is then averaged over them ([`Targets::Tokens`]).
+    pub fn positions(&self) -> usize {
+        self.arch.positions()
+    }
+
+    /// How the loss splits a sample's outputs: (rows per sample, outputs per row). Cross-entropy
+    /// takes one softmax per position, (T, C) for a `[T, C]` output; the mean squared error is
+    /// the mean over all of a sample's k outputs whatever their shape, (1, k). The loss's gradient
+    /// and R-operator act row by row with `scale / rows` (the per-sample loss is the mean of its
+    /// rows' losses).
+    pub fn loss_rows(&self) -> (usize, usize) {
+        match self.loss {
+            Loss::SoftmaxCrossEntropy => {
+                let t = self.positions().max(1);
+                (t, self.classes() / t)
+            }
+            Loss::MeanSquaredError => (1, self.classes()),
+        }
+    }
+
     /// The features per sample the first layer takes.
     pub fn input_features(&self) -> usize {
         self.layers.first().map_or(0, |l| l.in_features())
@@ -195,14 +216,51 @@ impl Network {
                 ))
             }
             (true, true) if data.classes != self.classes() => {
+                let t = self.positions();
+                let per_position = if t > 1 {
+                    format!(
+                        " (per position [{t}, {}]: targets [n, {t}, {}] or [n, {}])",
+                        self.classes() / t,
+                        self.classes() / t,
+                        self.classes()
+                    )
+                } else {
+                    String::new()
+                };
                 return refuse(format!(
-                    "the targets `y` have width {} but the model {} has {} outputs",
+                    "the targets `y` have width {} but the model {} has {} outputs{per_position}",
                     data.classes,
                     self.arch.name(),
                     self.classes()
-                ))
+                ));
             }
+            (true, true) => {}
+            (false, false) => self.check_label_positions(data)?,
+        }
+        match (self.loss.takes_float_targets(), data.float_targets()) {
             // A label at or past the model's outputs would index past its logits.
+            (false, false) if data.label_positions() > 1 && self.loss_rows().1 < data.classes => {
+                let c = self.loss_rows().1;
+                let t = data.label_positions();
+                let name = self.arch.name();
+                // The classes count both splits' labels: the culprit may be in the other split.
+                return refuse(
+                    match data.labels_flat().iter().position(|&l| l as usize >= c) {
+                        Some(i) => format!(
+                            "tensor `{}`: sample {} position {} is label {}, but the model {name} has {c} classes per position (its output is [{t}, {c}])",
+                            data.target_tensor_name(),
+                            i / t,
+                            i % t,
+                            data.labels_flat()[i]
+                        ),
+                        None => format!(
+                            "{} has {} classes per position (train and test labels together) but the model {name} has {c} (its output is [{t}, {c}])",
+                            data.name(),
+                            data.classes
+                        ),
+                    },
+                );
+            }
             (false, false) if self.classes() < data.classes => {
                 return refuse(format!(
                     "{} has {} classes but the model {} has {} outputs",
@@ -215,6 +273,34 @@ impl Network {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Labels per sample against the model's output: one label per sample for a flat output, one
+    /// per position (`y` `[n, T]`) for a per-position output `[T, C]`.
+    fn check_label_positions(&self, data: &Dataset) -> Result<()> {
+        let (t, c) = self.loss_rows();
+        let have = data.label_positions();
+        if have == t {
+            return Ok(());
+        }
+        let y = data.target_tensor_name();
+        let msg = if t == 1 {
+            format!(
+                "the targets `{y}` are labels at {have} positions ([n, {have}]) but the model {} has a flat output [{c}] (one label per sample, [n]); labels per position need a model whose output is [positions, classes] (no `last`)",
+                self.arch.name()
+            )
+        } else if have == 1 {
+            format!(
+                "the targets `{y}` are one label per sample ([n]) but the model {} gives an output per position [{t}, {c}], whose cross-entropy is averaged over positions and takes labels [n, {t}] (or end the model with `last` for one label per sample)",
+                self.arch.name()
+            )
+        } else {
+            format!(
+                "the targets `{y}` are labels at {have} positions ([n, {have}]) but the model {} gives an output per position [{t}, {c}], which takes labels [n, {t}]",
+                self.arch.name()
+            )
+        };
+        Err(Error::data(&data.folder, msg))
     }
 
     /// A workspace on the CPU sized for `batch` samples.
@@ -493,7 +579,9 @@ impl Network {
         let n = data.len().max(1) as f64;
         Ok(Evaluation {
             loss: loss / n,
-            accuracy: (!data.float_targets()).then(|| correct as f64 / n),
+            // Per token for labels at every position.
+            accuracy: (!data.float_targets())
+                .then(|| correct as f64 / (n * data.label_positions() as f64)),
             samples: data.len(),
         })
     }
@@ -538,7 +626,9 @@ impl Network {
         let n = data.len().max(1) as f64;
         Ok(Evaluation {
             loss: loss / n,
-            accuracy: (!data.float_targets()).then(|| correct as f64 / n),
+            // Per token for labels at every position.
+            accuracy: (!data.float_targets())
+                .then(|| correct as f64 / (n * data.label_positions() as f64)),
             samples: data.len(),
         })
     }

@@ -74,7 +74,12 @@ pub struct NetSpec {
     source: Value,
     input: Vec<usize>,
     layers: Vec<LayerSpec>,
+    /// The outputs per sample: `classes` for a flat output `[classes]`, `positions · classes` for a
+    /// per-position output `[positions, classes]`.
     classes: usize,
+    /// 1 for a flat output; the sequence length of a per-position output `[positions, classes]`,
+    /// whose loss is the mean over positions (cross-entropy per token, see [`super::loss`]).
+    positions: usize,
     /// The spec's `loss` (`cross_entropy` or `mse`), the tools' default when `--loss` is not given.
     loss: Option<String>,
     tensors: Vec<(String, Vec<usize>)>,
@@ -889,21 +894,22 @@ impl NetSpec {
                 "no layer computes anything (only flatten and identity)",
             ));
         }
-        // Cross-entropy needs [classes] with at least two; the mean squared error [k] with k ≥ 1.
-        // Without a `loss` the tools choose it from the targets, and refuse one output with
-        // cross-entropy then.
+        // Cross-entropy needs [classes] or [positions, classes] with at least two classes; the
+        // mean squared error [k] or [positions, k] with k ≥ 1. Without a `loss` the tools choose it
+        // from the targets, and refuse one output with cross-entropy then.
         let least = if loss.as_deref() == Some("cross_entropy") {
             2
         } else {
             1
         };
-        let classes = match out[..] {
-            [c] if c >= least => c,
+        let (positions, per_position) = match out[..] {
+            [c] if c >= least => (1, c),
+            [s, c] if c >= least => (s, c),
             _ => {
                 let needs = if least == 2 {
-                    "cross-entropy needs [classes] with at least 2 classes"
+                    "cross-entropy needs [classes] or [positions, classes] with at least 2 classes"
                 } else {
-                    "the loss needs a flat output [k]"
+                    "the loss needs a flat output [k] or one per position [positions, k]"
                 };
                 return Err(Error::spec(
                     "layers",
@@ -911,6 +917,8 @@ impl NetSpec {
                 ));
             }
         };
+        // (The features check bounds the product.)
+        let classes = positions * per_position;
         let size = ModelSize {
             params: totals.params,
             tensors: totals.tensors.len() as u64,
@@ -923,6 +931,7 @@ impl NetSpec {
             input,
             layers,
             classes,
+            positions,
             loss,
             tensors: totals.tensors,
             size,
@@ -944,8 +953,13 @@ impl NetSpec {
     pub fn input_features(&self) -> usize {
         self.input.iter().product()
     }
+    /// The outputs per sample (`positions · classes` for a per-position output).
     pub fn classes(&self) -> usize {
         self.classes
+    }
+    /// The positions of a per-position output `[positions, classes]`; 1 for a flat output.
+    pub fn positions(&self) -> usize {
+        self.positions
     }
     /// The spec's `loss`, if it names one.
     pub fn loss(&self) -> Option<&str> {
@@ -1045,7 +1059,15 @@ impl NetSpec {
              \x20   return {body}\n",
             name = self.name,
             input = shape_str(&self.input),
-            classes = self.classes,
+            classes = if self.positions > 1 {
+                format!(
+                    "{} = {}",
+                    self.classes,
+                    shape_str(&[self.positions, self.classes / self.positions])
+                )
+            } else {
+                self.classes.to_string()
+            },
         )
     }
 }

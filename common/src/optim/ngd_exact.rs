@@ -6,7 +6,14 @@
 //! (sampled, i.e. Monte-Carlo true Fisher). For the mean squared error the sampled targets are
 //! drawn from N(f(x), σ²·I) with σ² = k/2 (k outputs), the Gaussian whose negative log-likelihood
 //! is the per-sample loss (1/k)‖f − y‖² up to a constant, so that E[gₙgₙᵀ] = Jₙᵀ(2/k)Jₙ, the
-//! Gauss–Newton block ([`sample_gaussian_targets`]). The P×P system is never formed: by Woodbury,
+//! Gauss–Newton block ([`sample_gaussian_targets`]). For cross-entropy averaged over the T
+//! positions of a per-position output, one label is drawn per position from its softmax
+//! (independently): gₙ = (1/T)·Σₜ Jₙₜᵀ(pₙₜ − e_yₙₜ), so E[gₙgₙᵀ] = (1/T²)·Σₜ JₙₜᵀAₙₜJₙₜ = Gₙ/T, the
+//! Gauss–Newton block Gₙ = (1/T)·Σₜ JₙₜᵀAₙₜJₙₜ of the per-sample loss over T (the cross terms
+//! vanish as the positions' draws are independent with mean pₙₜ). Relative damping (the default)
+//! scales with F, so the damped direction only shrinks by T, which the norm preservation (the
+//! default) undoes; with absolute damping λ weighs T times more against this F.
+//! The P×P system is never formed: by Woodbury,
 //!
 //!   (λI + GᵀG/B)⁻¹ g = (g − Gᵀ (λB·I + G Gᵀ)⁻¹ G g) / λ,
 //!
@@ -472,6 +479,16 @@ impl NgdExact {
                     Targets::Values {
                         values: &self.values,
                         width: net.classes(),
+                    }
+                } else if net.positions() > 1 {
+                    // One label per position, each from its position's softmax.
+                    let (t, c) = net.loss_rows();
+                    self.labels.clear();
+                    self.labels.resize(b * t, 0);
+                    sample_labels(&logits, c, &mut rng, &mut self.labels);
+                    Targets::Tokens {
+                        labels: &self.labels,
+                        positions: t,
                     }
                 } else {
                     self.labels.clear();

@@ -204,7 +204,7 @@ fn malformed_specs_are_refused_with_the_json_path() {
         ),
         (
             json!({"input": [4], "layers": [{"type": "linear", "out": 1}], "loss": "cross_entropy"}),
-            "cross-entropy needs [classes] with at least 2",
+            "cross-entropy needs [classes] or [positions, classes] with at least 2",
         ),
         (
             json!({"input": [4], "layers": [{"type": "linear", "out": 2}], "lyers": 1}),
@@ -305,7 +305,7 @@ fn malformed_specs_are_refused_with_the_json_path() {
         ),
         (
             json!({"input": [4], "layers": [{"type": "linear", "out": 1}], "loss": "cross_entropy"}),
-            "layers: the model's output is [1], but cross-entropy needs [classes] with at least 2",
+            "layers: the model's output is [1], but cross-entropy needs [classes] or [positions, classes] with at least 2",
         ),
         (
             json!({"input": [1, 4, 4], "layers": [{"type": "avgpool2d", "kernel": 5}]}),
@@ -544,8 +544,9 @@ fn malformed_sequence_specs_are_refused_with_the_json_path() {
             "layers[2]: last takes a sequence [positions, dim] but gets [6]",
         ),
         (
-            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "linear", "out": 4}]}),
-            "the model's output is [3, 4]",
+            json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6}, {"type": "linear", "out": 1}],
+                   "loss": "cross_entropy"}),
+            "the model's output is [3, 1], but cross-entropy needs [classes] or [positions, classes] with at least 2 classes",
         ),
     ];
     for (v, want) in cases {
@@ -620,4 +621,30 @@ fn monomial_is_devinterps_polynomial() {
         .unwrap()
         .torch_source()
         .contains("Monomial"));
+}
+
+/// A model without `last` has an output per position `[positions, classes]`: its outputs per
+/// sample are their product, its loss rows the positions (cross-entropy averaged over them).
+#[test]
+fn an_output_per_position_is_accepted_with_its_positions() {
+    let v = json!({"input": [3], "layers": [{"type": "embedding", "num": 5, "dim": 6},
+                                             {"type": "linear", "out": 4}]});
+    let a = arch(&v);
+    check_against_build(&a);
+    assert_eq!(
+        (a.classes(), a.positions(), a.classes_per_position()),
+        (12, 3, 4)
+    );
+    let net = Network::new(a);
+    assert_eq!((net.positions(), net.loss_rows()), (3, (3, 4)));
+    let mut mse = net.clone();
+    mse.loss = crate::model::Loss::MeanSquaredError;
+    assert_eq!(mse.loss_rows(), (1, 12));
+    assert!(NetSpec::from_json("t", &v)
+        .unwrap()
+        .torch_source()
+        .contains("12 = [3, 4] outputs"));
+    // A flat output has one position.
+    let flat = arch(&example());
+    assert_eq!((flat.positions(), flat.classes_per_position()), (1, 10));
 }
