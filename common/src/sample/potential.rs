@@ -117,7 +117,7 @@ impl<'a, B: Backend> NetworkPotential<'a, B> {
         let floats = matches!(data.inputs, Inputs::Floats(_));
         let width = match &data.targets {
             TargetData::Values { width, .. } => *width,
-            TargetData::Labels(_) => 0,
+            TargetData::Labels(_) | TargetData::Tokens { .. } => 0,
         };
         let fits = data
             .len()
