@@ -1172,6 +1172,101 @@ pub(super) fn divide_and_convert<B: Backend>(be: &B) {
     assert_eq!(down(be, &same), x, "convert f64 → f64");
 }
 
+/// `add_scaled_noise` against its definition (f64 sum, rounded to f32; the returned sum of squared
+/// changes in f64) at a length with a tail, and `host`: the CPU's views are host memory, a device's
+/// are not.
+pub(super) fn scaled_noise<B: Backend>(be: &B) {
+    let n = 37;
+    let g0: Vec<f32> = data(n, 40).iter().map(|&v| v as f32).collect();
+    let z: Vec<f32> = data(n, 41).iter().map(|&v| (3.0 * v) as f32).collect();
+    let s = 0.3125f64 / 3.0;
+    let mut g = be.upload(&g0);
+    let got = be.add_scaled_noise(s, B::view(&be.upload(&z)), B::view_mut(&mut g));
+    let g = down32(be, &g);
+    let mut want_sq = 0.0;
+    for i in 0..n {
+        let want = (g0[i] as f64 + s * z[i] as f64) as f32;
+        assert_eq!(g[i], want, "add_scaled_noise[{i}]");
+        want_sq += (want as f64 - g0[i] as f64).powi(2);
+    }
+    assert!(
+        (got - want_sq).abs() <= 1e-15 * want_sq,
+        "{got} vs {want_sq}"
+    );
+    assert!(got > 0.0);
+    let buf = be.upload(&g0);
+    if let Some(h) = B::host(B::view(&buf)) {
+        assert_eq!(h, &g0[..], "host view");
+    }
+    assert_eq!(
+        B::host(B::view(&buf)).is_some(),
+        be.name() == "cpu",
+        "host memory exactly on the CPU"
+    );
+}
+
+/// Three AdamW steps in f64 against the update written from `torch.optim.AdamW`'s documented
+/// algorithm (plain lerp and addcmul, no fused forms), with and without weight decay, and with
+/// β₁ > ½ and β₁ < ½ (the two forms of the lerp).
+pub(super) fn adamw<B: Backend>(be: &B) {
+    let n = 19;
+    let p0 = data(n, 42);
+    for (beta1, wd) in [(0.9, 0.01), (0.3, 0.0)] {
+        let cfg = crate::optim::AdamWConfig {
+            lr: 0.05,
+            beta1,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: wd,
+        };
+        let (mut p, mut m, mut v) = (be.upload(&p0), be.zeros::<f64>(n), be.zeros::<f64>(n));
+        let (mut pe, mut me, mut ve) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+        for t in 1..=3u64 {
+            let g = data(n, 43 + t);
+            be.adamw_step(
+                &cfg,
+                t,
+                B::view_mut(&mut p),
+                B::view(&be.upload(&g)),
+                B::view_mut(&mut m),
+                B::view_mut(&mut v),
+            );
+            let tf = t as f64;
+            for i in 0..n {
+                pe[i] *= 1.0 - cfg.lr * wd;
+                me[i] += (1.0 - beta1) * (g[i] - me[i]);
+                ve[i] = ve[i] * cfg.beta2 + (1.0 - cfg.beta2) * g[i] * g[i];
+                let denom = (ve[i] / (1.0 - cfg.beta2.powf(tf))).sqrt() + cfg.eps;
+                pe[i] -= cfg.lr / (1.0 - beta1.powf(tf)) * me[i] / denom;
+            }
+        }
+        assert_close(&down(be, &m), &me, 1e-14, "adamw m");
+        assert_close(&down(be, &v), &ve, 1e-14, "adamw v");
+        assert_close(&down(be, &p), &pe, 1e-12, "adamw params");
+        assert!(pe.iter().zip(&p0).all(|(a, b)| a != b));
+    }
+}
+
+/// `dot_norms` against the three sums in f64 from their definition, for f32 against f64 (mixed
+/// types) at a length with a tail; and on empty views.
+pub(super) fn dot_norms<B: Backend>(be: &B) {
+    let n = 29;
+    let x: Vec<f32> = data(n, 50).iter().map(|&v| v as f32).collect();
+    let y = data(n, 51);
+    let (xb, yb) = (be.upload(&x), be.upload(&y));
+    let (xy, xx, yy) = be.dot_norms(B::view(&xb), B::view(&yb));
+    let (mut wxy, mut wxx, mut wyy) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        wxy += x[i] as f64 * y[i];
+        wxx += x[i] as f64 * x[i] as f64;
+        wyy += y[i] * y[i];
+    }
+    assert_close(&[xy, xx, yy], &[wxy, wxx, wyy], 1e-15, "dot_norms");
+    assert!(xx > 0.0 && yy > 0.0 && xy != 0.0);
+    let e = be.dot_norms(B::slice(B::view(&xb), 0..0), B::slice(B::view(&yb), 3..3));
+    assert_eq!(e, (0.0, 0.0, 0.0));
+}
+
 /// Instantiates every body for one backend.
 macro_rules! backend_suite {
     ($name:ident, $make:expr) => {
@@ -1248,6 +1343,18 @@ macro_rules! backend_suite {
             #[test]
             fn sgld() {
                 super::sgld(&$make);
+            }
+            #[test]
+            fn scaled_noise() {
+                super::scaled_noise(&$make);
+            }
+            #[test]
+            fn adamw() {
+                super::adamw(&$make);
+            }
+            #[test]
+            fn dot_norms() {
+                super::dot_norms(&$make);
             }
         }
     };

@@ -5,6 +5,7 @@
 use super::backend::{Backend, Element, SgdStep};
 use super::{cpu, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry};
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
+use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -49,6 +50,10 @@ impl Backend for CpuBackend {
     #[inline]
     fn host_mut<'a, E: Element>(dst: Self::ViewMut<'a, E>) -> Option<&'a mut [E]> {
         Some(dst)
+    }
+    #[inline]
+    fn host<'a, E: Element>(src: Self::View<'a, E>) -> Option<&'a [E]> {
+        Some(src)
     }
     #[inline]
     fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
@@ -539,6 +544,18 @@ impl Backend for CpuBackend {
         k::sum_squares(x)
     }
     #[inline]
+    fn dot_norms<S: Real, T: Real>(&self, x: &[S], y: &[T]) -> (f64, f64, f64) {
+        assert_eq!(x.len(), y.len(), "dot_norms: lengths");
+        let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+        for (a, b) in x.iter().zip(y) {
+            let (a, b) = (a.as_f64(), b.as_f64());
+            xy += a * b;
+            xx += a * a;
+            yy += b * b;
+        }
+        (xy, xx, yy)
+    }
+    #[inline]
     fn sum<T: Real>(&self, x: &[T]) -> f64 {
         x.iter().map(|v| v.as_f64()).sum()
     }
@@ -582,5 +599,21 @@ impl Backend for CpuBackend {
     #[inline]
     fn fill_normal(&self, noise: &mut NoiseSource, out: &mut [f32]) {
         noise.fill(out);
+    }
+    #[inline]
+    fn add_scaled_noise(&self, s: f64, z: &[f32], g: &mut [f32]) -> f64 {
+        k::add_scaled_noise(s, z, g)
+    }
+    #[inline]
+    fn adamw_step<T: Real>(
+        &self,
+        cfg: &AdamWConfig,
+        step: u64,
+        params: &mut [T],
+        grad: &[T],
+        m: &mut [T],
+        v: &mut [T],
+    ) {
+        k::adamw_step(cfg, step, params, grad, m, v);
     }
 }
