@@ -157,7 +157,7 @@ impl<B: Backend> Optimizer<B> for Ngd<B> {
         mut grad: B::ViewMut<'_, f32>,
         _batch: &Batch<'_, B>,
     ) -> Result<()> {
-        // ‖g‖ as step_ratio::norm: Σ g² in f64 left to right (Backend::dot), then the root.
+        // ‖g‖: Σ g² in f64 left to right (Backend::dot, the host loop it replaced), then the root.
         let norm = |be: &B, g: B::View<'_, f32>| be.dot(g, g).sqrt();
         let grad_norm = norm(&self.be, B::freeze(&grad));
         self.precondition(B::freeze(&params), B::reborrow(&mut grad));
