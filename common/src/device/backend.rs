@@ -597,13 +597,14 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn convert<S: Real, T: Real>(&self, src: Self::View<'_, S>, dst: Self::ViewMut<'_, T>);
     /// Σᵢ xᵢ·yᵢ, accumulated in f64 left to right.
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
-    /// (Σᵢ xᵢ·yᵢ, Σᵢ xᵢ², Σᵢ yᵢ²) of two vectors of equal length and possibly different element
-    /// types, each term widened to f64 and each sum accumulated in f64 left to right, in one pass:
-    /// the cosine between online NGD's direction and its gradient.
-    fn dot_norms<S: Real, T: Real>(
+    /// Returns (Σᵢ sᵢ·dᵢ, Σᵢ sᵢ², Σᵢ dᵢ²) of `src` and the old values of `dst` (equal lengths,
+    /// possibly different element types; each term widened to f64, each sum accumulated in f64 left
+    /// to right), and writes dst ← src converted as [`Backend::convert`] does, in one pass: online
+    /// NGD's direction handed back to the f32 gradient it replaces, with the cosine between the two.
+    fn convert_dot_norms<S: Real, T: Real>(
         &self,
-        x: Self::View<'_, S>,
-        y: Self::View<'_, T>,
+        src: Self::View<'_, S>,
+        dst: Self::ViewMut<'_, T>,
     ) -> (f64, f64, f64);
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;

@@ -1247,23 +1247,34 @@ pub(super) fn adamw<B: Backend>(be: &B) {
     }
 }
 
-/// `dot_norms` against the three sums in f64 from their definition, for f32 against f64 (mixed
-/// types) at a length with a tail; and on empty views.
-pub(super) fn dot_norms<B: Backend>(be: &B) {
+/// `convert_dot_norms` against the three sums in f64 from their definition and the conversion,
+/// f64 into f32 (mixed types, rounding) at a length with a tail; and on empty views.
+pub(super) fn convert_dot_norms<B: Backend>(be: &B) {
     let n = 29;
-    let x: Vec<f32> = data(n, 50).iter().map(|&v| v as f32).collect();
-    let y = data(n, 51);
-    let (xb, yb) = (be.upload(&x), be.upload(&y));
-    let (xy, xx, yy) = be.dot_norms(B::view(&xb), B::view(&yb));
-    let (mut wxy, mut wxx, mut wyy) = (0.0, 0.0, 0.0);
+    let src: Vec<f64> = data(n, 50).iter().map(|v| v / 3.0).collect();
+    let old: Vec<f32> = data(n, 51).iter().map(|&v| v as f32).collect();
+    let sb = be.upload(&src);
+    let mut db = be.upload(&old);
+    let (sd, ss, dd) = be.convert_dot_norms(B::view(&sb), B::view_mut(&mut db));
+    let (mut wsd, mut wss, mut wdd) = (0.0, 0.0, 0.0);
     for i in 0..n {
-        wxy += x[i] as f64 * y[i];
-        wxx += x[i] as f64 * x[i] as f64;
-        wyy += y[i] * y[i];
+        wsd += src[i] * old[i] as f64;
+        wss += src[i] * src[i];
+        wdd += old[i] as f64 * old[i] as f64;
     }
-    assert_close(&[xy, xx, yy], &[wxy, wxx, wyy], 1e-15, "dot_norms");
-    assert!(xx > 0.0 && yy > 0.0 && xy != 0.0);
-    let e = be.dot_norms(B::slice(B::view(&xb), 0..0), B::slice(B::view(&yb), 3..3));
+    assert_close(
+        &[sd, ss, dd],
+        &[wsd, wss, wdd],
+        1e-15,
+        "convert_dot_norms sums",
+    );
+    assert!(ss > 0.0 && dd > 0.0 && sd != 0.0 && ss != dd);
+    let want: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+    assert_eq!(down32(be, &db), want, "convert_dot_norms conversion");
+    let e = be.convert_dot_norms(
+        B::slice(B::view(&sb), 0..0),
+        B::slice_mut(B::view_mut(&mut db), 3..3),
+    );
     assert_eq!(e, (0.0, 0.0, 0.0));
 }
 
@@ -1353,8 +1364,8 @@ macro_rules! backend_suite {
                 super::adamw(&$make);
             }
             #[test]
-            fn dot_norms() {
-                super::dot_norms(&$make);
+            fn convert_dot_norms() {
+                super::convert_dot_norms(&$make);
             }
         }
     };

@@ -544,16 +544,17 @@ impl Backend for CpuBackend {
         k::sum_squares(x)
     }
     #[inline]
-    fn dot_norms<S: Real, T: Real>(&self, x: &[S], y: &[T]) -> (f64, f64, f64) {
-        assert_eq!(x.len(), y.len(), "dot_norms: lengths");
-        let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
-        for (a, b) in x.iter().zip(y) {
-            let (a, b) = (a.as_f64(), b.as_f64());
-            xy += a * b;
-            xx += a * a;
-            yy += b * b;
+    fn convert_dot_norms<S: Real, T: Real>(&self, src: &[S], dst: &mut [T]) -> (f64, f64, f64) {
+        assert_eq!(src.len(), dst.len(), "convert_dot_norms: lengths");
+        let (mut sd, mut ss, mut dd) = (0.0, 0.0, 0.0);
+        for (s, d) in src.iter().zip(dst.iter_mut()) {
+            let (a, b) = (s.as_f64(), d.as_f64());
+            sd += a * b;
+            ss += a * a;
+            dd += b * b;
+            *d = T::of_f64(a);
         }
-        (xy, xx, yy)
+        (sd, ss, dd)
     }
     #[inline]
     fn sum<T: Real>(&self, x: &[T]) -> f64 {

@@ -168,8 +168,8 @@ impl<T: NgdReal, B: Backend> Preconditioners<T, B> {
             let ts = &mut stats.tensors[ti];
             ts.floor_sum += floor_sum;
             ts.floor_count += floor_count;
-            let (dot, nd, ng) = be.dot_norms(B::view(&cur), B::freeze(&g));
-            be.convert(B::view(&cur), B::reborrow(&mut g));
+            // The cosine's sums and g ← cur rounded to f32, in one pass.
+            let (dot, nd, ng) = be.convert_dot_norms(B::view(&cur), B::reborrow(&mut g));
             if nd > 0.0 && ng > 0.0 {
                 ts.cosine_sum += dot / (nd * ng).sqrt();
                 ts.cosine_count += 1;
