@@ -6,6 +6,7 @@
 //! checkpoint and its optimiser sidecar atomically, and emits one record.
 
 use crate::data::Dataset;
+use crate::device::{Backend, CpuBackend};
 use crate::io::{
     load_optimizer_state, optimizer_sidecar_path, save_optimizer_state, Checkpoint, OptimizerState,
     Record,
@@ -419,9 +420,9 @@ impl Continuation {
     ///
     /// # Errors
     /// The optimiser's, for a state that does not fit it.
-    pub fn apply(
+    pub fn apply<B: Backend>(
         &self,
-        optimizer: &mut dyn Optimizer,
+        optimizer: &mut dyn Optimizer<B>,
         extra: &mut Map<String, Value>,
     ) -> Result<()> {
         if let Some(state) = &self.optimizer_state {
@@ -681,6 +682,40 @@ pub fn train(
     interrupted: &AtomicBool,
     emit: &mut dyn FnMut(&Record) -> Result<()>,
 ) -> Result<Summary> {
+    train_on(
+        CpuBackend,
+        cfg,
+        net,
+        train_data,
+        test_data,
+        start,
+        optimizer,
+        interrupted,
+        emit,
+    )
+}
+
+/// [`train`] on backend `be`: θ, the gradient, the minibatch and the network's workspace live in
+/// its memory, the forward and backward passes and the optimiser's step (`optimizer` must be built
+/// on the same backend, [`crate::optim::build_on`]) run there. The minibatch is gathered on the
+/// host (in place where the backend's memory is the host's, else staged and written); θ comes to
+/// the host at each checkpoint (and once per epoch for the update norm), where the finiteness
+/// check, the evaluation's upload and the checkpoint read it.
+///
+/// # Errors
+/// As [`train`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_on<B: Backend>(
+    be: B,
+    cfg: &TrainConfig,
+    net: &Network,
+    train_data: &Dataset,
+    test_data: Option<&Dataset>,
+    start: Start,
+    optimizer: &mut dyn Optimizer<B>,
+    interrupted: &AtomicBool,
+    emit: &mut dyn FnMut(&Record) -> Result<()>,
+) -> Result<Summary> {
     net.check_input(train_data)?;
     if let Some(test_data) = test_data {
         net.check_input(test_data)?;
@@ -702,11 +737,15 @@ pub fn train(
     } else {
         (train_data.normalized::<f32>()?, None)
     };
-    let mut ws = net.workspace::<f32>(batch);
-    let mut x = vec![0f32; batch * features];
+    let mut ws = net.workspace_on::<B, f32>(be.clone(), batch);
+    let mut x = be.zeros::<f32>(batch * features);
+    // The host copy the minibatch is gathered into on a backend whose memory is not the host's.
+    let mut x_host = Vec::new();
     let mut y = train_data.target_buffer::<f32>(batch);
-    let mut grad = vec![0f32; net.num_params()];
-    let mut params = start.params;
+    let mut grad = be.zeros::<f32>(net.num_params());
+    let mut params = be.upload(&start.params);
+    // θ on the host (a device's copy, refreshed where it is read; unused on the CPU).
+    let mut params_host = Vec::new();
     let mut step = start.step;
     let mut records = Vec::new();
     let mut last_checkpoint = None;
@@ -745,7 +784,8 @@ pub fn train(
         } else {
             0
         };
-        let epoch_start_params = params.clone();
+        let epoch_start_params =
+            crate::optim::host_view(&be, B::view(&params), &mut params_host).to_vec();
         let (mut loss_sum, mut seen) = (0.0f64, 0usize);
         for k in first_step..steps_per_epoch {
             if interrupted.load(Ordering::Relaxed) {
@@ -754,14 +794,32 @@ pub fn train(
             }
             let idx = &order[k * batch..((k + 1) * batch).min(n)];
             let b = idx.len();
-            match &norm {
-                Some(norm) => train_data.gather_batch(norm, idx, &mut x[..b * features], &mut y)?,
-                None => {
-                    train_data.gather_normalized_batch(&images, idx, &mut x[..b * features], &mut y)
+            {
+                // In place where the backend's memory is the host's; else staged and written.
+                let xb = B::slice_mut(B::view_mut(&mut x), 0..b * features);
+                let (dst, staged) = match B::host_mut(xb) {
+                    Some(h) => (h, false),
+                    None => {
+                        x_host.resize(b * features, 0.0);
+                        (&mut x_host[..], true)
+                    }
+                };
+                match &norm {
+                    Some(norm) => train_data.gather_batch(norm, idx, dst, &mut y)?,
+                    None => train_data.gather_normalized_batch(&images, idx, dst, &mut y),
+                }
+                if staged {
+                    be.write(&x_host, B::slice_mut(B::view_mut(&mut x), 0..b * features));
                 }
             }
-            let loss =
-                net.loss_and_gradient(&params, &x[..b * features], y.first(b), &mut grad, &mut ws);
+            let xb = B::slice(B::view(&x), 0..b * features);
+            let loss = net.loss_and_gradient_on(
+                B::view(&params),
+                xb,
+                y.first(b),
+                B::view_mut(&mut grad),
+                &mut ws,
+            );
             if !loss.is_finite() {
                 progress.clear();
                 return Err(diverged(
@@ -773,11 +831,11 @@ pub fn train(
                 ));
             }
             optimizer.step(
-                &mut params,
-                &mut grad,
+                B::view_mut(&mut params),
+                B::view_mut(&mut grad),
                 &Batch {
                     net,
-                    x: &x[..b * features],
+                    x: B::slice(B::view(&x), 0..b * features),
                     targets: y.first(b),
                 },
             )?;
@@ -796,6 +854,7 @@ pub fn train(
                 .save_every
                 .is_some_and(|s| s > 0 && step.is_multiple_of(s));
             if end_of_epoch || periodic {
+                let params = crate::optim::host_view(&be, B::view(&params), &mut params_host);
                 if let Some(i) = params.iter().position(|v| !v.is_finite()) {
                     progress.clear();
                     return Err(diverged(
@@ -812,11 +871,11 @@ pub fn train(
                     step_checkpoint_path(&cfg.out_dir, step)
                 };
                 let test = test_data
-                    .map(|d| net.evaluate(&params, d, eval_batch(net)))
+                    .map(|d| net.evaluate_on(&be, params, d, eval_batch(net)))
                     .transpose()?;
                 let train_eval = cfg
                     .eval_train
-                    .then(|| net.evaluate(&params, train_data, eval_batch(net)))
+                    .then(|| net.evaluate_on(&be, params, train_data, eval_batch(net)))
                     .transpose()?;
                 let update_norm = params
                     .iter()
@@ -856,7 +915,7 @@ pub fn train(
                 }
                 let ck = Checkpoint {
                     network: net.clone(),
-                    params: params.clone(),
+                    params: params.to_vec(),
                     meta: meta.clone(),
                     source_names: vec![],
                 };
@@ -936,12 +995,12 @@ pub fn train(
 
 /// The divergence error, naming the last good checkpoint and, when the optimiser counted exploded
 /// natural-gradient steps this epoch, saying so (the epoch record that would carry them never comes).
-fn diverged(
+fn diverged<B: Backend>(
     what: &str,
     epoch: usize,
     step: usize,
     last: &Option<PathBuf>,
-    optimizer: &mut dyn Optimizer,
+    optimizer: &mut dyn Optimizer<B>,
 ) -> Error {
     let kept = match last {
         Some(p) => format!("last good checkpoint: {}", p.display()),

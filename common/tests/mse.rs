@@ -311,7 +311,7 @@ fn sampled_fisher_draws_gaussian_targets() {
     .unwrap();
     let batch = Batch {
         net: &p.net,
-        x: &x32,
+        x: &x32[..],
         targets,
     };
     opt.precondition(&params32, &mut grad, &batch).unwrap();

@@ -287,7 +287,7 @@ fn optimiser_f32_path_matches_f64_direction() {
             &mut grad,
             &Batch {
                 net,
-                x: &x32,
+                x: &x32[..],
                 targets: common::model::Targets::Labels(&y),
             },
         )

@@ -243,7 +243,7 @@ fn optimizer_sequence_matches_ngd_step() {
                 &mut g,
                 &Batch {
                     net: &net,
-                    x: &[],
+                    x: &[][..],
                     targets: common::model::Targets::Labels(&[]),
                 },
             )

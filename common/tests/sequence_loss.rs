@@ -363,7 +363,7 @@ fn sampled_fisher_draws_one_label_per_position() {
     .unwrap();
     let batch = Batch {
         net: &p.net,
-        x: &x32,
+        x: &x32[..],
         targets,
     };
     opt.precondition(&params32, &mut grad, &batch).unwrap();

@@ -8,7 +8,7 @@ use common::curvature::{
     Curvature, HessianOperator, HutchinsonConfig, ProbeKind, TraceEstimate,
 };
 use common::data::{Dataset, Split};
-use common::device::{CpuBackend, DeviceBackend};
+use common::device::{Backend, DeviceBackend};
 use common::io::{
     atomic_write, fill_name, finite_or_null, log_line, process_stream, Checkpoint, Record,
 };
@@ -309,9 +309,9 @@ fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
-fn analyse_record(
+fn analyse_record<B: Backend>(
     args: &Args,
-    backend: CpuBackend,
+    backend: B,
     model: Option<&ModelSpec>,
     record: &Record,
     path: &Path,
@@ -363,7 +363,7 @@ fn analyse_record(
     }
     let density = density_file.as_deref();
     let mut out = if args.f64 {
-        analyse::<f64>(
+        analyse::<f64, B>(
             args,
             backend,
             &ck,
@@ -374,7 +374,7 @@ fn analyse_record(
             density_written,
         )?
     } else {
-        analyse::<f32>(
+        analyse::<f32, B>(
             args,
             backend,
             &ck,
@@ -434,12 +434,12 @@ fn estimate_json(est: &TraceEstimate) -> Map<String, Value> {
     m
 }
 
-/// The exact trace is host code ([`HessianOperator::exact_trace`] on [`CpuBackend`]), so this
-/// takes the CPU backend; the operator and the estimators are generic over the backend.
+/// Everything here runs on `backend`: the operator, the estimators and the exact trace are generic
+/// over it.
 #[allow(clippy::too_many_arguments)]
-fn analyse<T: Real>(
+fn analyse<T: Real, B: Backend>(
     args: &Args,
-    backend: CpuBackend,
+    backend: B,
     ck: &Checkpoint,
     data: &Dataset,
     samples: usize,
@@ -448,7 +448,7 @@ fn analyse<T: Real>(
     density_written: &mut HashSet<PathBuf>,
 ) -> common::Result<Map<String, Value>> {
     let params: Vec<T> = ck.params.iter().map(|&p| T::of_f64(p as f64)).collect();
-    let mut op = HessianOperator::<T>::from_dataset_on(
+    let mut op = HessianOperator::<T, B>::from_dataset_on(
         backend,
         &ck.network,
         &params,

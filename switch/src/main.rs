@@ -9,9 +9,9 @@ use common::device::{CpuBackend, DeviceBackend};
 use common::io::{Checkpoint, Record, RecordWriter};
 use common::model::Loss;
 use common::model::ModelSpec;
-use common::optim::{build, describe, OptimizerSettings, OPTIMIZERS};
+use common::optim::{build, build_on, describe, OptimizerSettings, OPTIMIZERS};
 use common::train::{
-    last_epoch_checkpoint, prepare_output, train, Continuation, OutputMode, Resume, RunSettings,
+    last_epoch_checkpoint, prepare_output, train_on, Continuation, OutputMode, Resume, RunSettings,
     Start, TrainConfig,
 };
 use serde_json::{json, Value};
@@ -258,9 +258,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. Training runs
-    // on the CPU: the optimisers (SGD, the NGD preconditioners, exact NGD) are host code still.
-    let _cpu: CpuBackend = match args.device.open("switch")? {
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. Every branch's
+    // optimiser and training loop run on this backend.
+    let backend: CpuBackend = match args.device.open("switch")? {
         DeviceBackend::Cpu(be) => be,
         DeviceBackend::Cuda(be) => be.absurd(),
     };
@@ -399,7 +399,7 @@ fn run(args: Args) -> Result<()> {
                 let Some(b) = branches.get(i) else { break };
                 let plan = &plans[i];
                 let result = (|| -> Result<()> {
-                    let mut optimizer = build(&b.settings, &net)?;
+                    let mut optimizer = build_on(backend, &b.settings, &net)?;
                     let mut extra = serde_json::Map::new();
                     extra.insert("branch".into(), Value::from(b.name.clone()));
                     extra.insert("switched_at".into(), switched_at.clone());
@@ -437,7 +437,8 @@ fn run(args: Args) -> Result<()> {
                             .write(r)
                             .map_err(|e| common::Error::io("<stdout>", e))
                     };
-                    train(
+                    train_on(
+                        backend,
                         &cfg,
                         &net,
                         &train_data,

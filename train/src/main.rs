@@ -13,7 +13,7 @@ use common::model::{
 };
 use common::optim::{AdamWConfig, Optimizer, SgdConfig};
 use common::train::{
-    prepare_output, train, Continuation, OutputMode, Resume, RunSettings, Start, TrainConfig,
+    prepare_output, train_on, Continuation, OutputMode, Resume, RunSettings, Start, TrainConfig,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -311,9 +311,9 @@ fn check_model_for(arch: &Architecture, loss: Loss, batch: usize, flag: &str) ->
 }
 
 fn run(args: Args) -> Result<()> {
-    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. Training runs
-    // on the CPU: the optimisers (SGD, the NGD preconditioners, exact NGD) are host code still.
-    let _cpu: CpuBackend = match args.device.open("train")? {
+    // Until the CUDA backend is implemented (issue #17) its arm cannot be reached. The backend is
+    // passed down to the optimiser (its state lives there) and to the training loop.
+    let backend: CpuBackend = match args.device.open("train")? {
         DeviceBackend::Cpu(be) => be,
         DeviceBackend::Cuda(be) => be.absurd(),
     };
@@ -493,7 +493,8 @@ fn run(args: Args) -> Result<()> {
         };
         settings.noise.per_tensor.push(pair);
     }
-    let mut optimizer: Box<dyn Optimizer> = common::optim::build(&settings, &net)?;
+    let mut optimizer: Box<dyn Optimizer<CpuBackend>> =
+        common::optim::build_on(backend, &settings, &net)?;
 
     let start = match (&init, &resume) {
         (None, _) => Start {
@@ -637,7 +638,8 @@ fn run(args: Args) -> Result<()> {
             common::Error::io("<stdout>", e)
         })
     };
-    let result = train(
+    let result = train_on(
+        backend,
         &cfg,
         &net,
         &train_data,

@@ -45,10 +45,16 @@ pub fn exact_trace_unavailable(net: &Network) -> Option<String> {
     })
 }
 
-impl<T: Real> HessianOperator<T> {
+impl<T: Real, B: Backend> HessianOperator<T, B> {
     /// The exact tr(H) (= tr(G) here) and per-tensor traces; see the module documentation.
     /// Cost: one backward pass of the activations per class, plus per-sample products for
     /// layers without a closed form (about C gradients).
+    ///
+    /// Runs on the operator's backend: the backward passes, the per-sample gradients and their
+    /// squared norms are backend operations. The factor Mᵢ of the loss Hessian is formed on the
+    /// host from the chunk's logits (b × C values come down once per chunk) and each of its C
+    /// columns goes up into the backward pass's seed (small dense work the issue leaves on the
+    /// host).
     ///
     /// # Errors
     /// [`Error::Invalid`] when the network is not piecewise linear.
@@ -59,26 +65,32 @@ impl<T: Real> HessianOperator<T> {
         let ntensors = self.network().layout.tensors.len();
         let mut sums = vec![0.0f64; ntensors];
         let n = self.samples();
-        let mut lowering = Scratch::for_layers(&self.network().layers, 1, false);
+        let be = self.backend().clone();
+        let mut lowering = Scratch::on(be.clone(), &self.network().layers, 1, false);
+        let mut logits = Vec::new();
+        let mut column = Vec::new();
         self.for_each_chunk(|net, params, chunk, bufs| {
             let layers = &net.layers;
             let last = layers.len() - 1;
             let classes = net.classes();
             let b = chunk.batch;
+            logits.resize(b * classes, T::zero());
+            column.resize(b * classes, T::zero());
+            be.download(
+                B::slice(B::view(&chunk.acts[last]), 0..b * classes),
+                &mut logits,
+            );
             // Per position for cross-entropy over a per-position output [T, C]: the per-sample
             // Hessian (1/T)·blockdiag(A₁ … A_T) has the factor (1/√T)·blockdiag(M₁ … M_T), whose
             // T·C columns are column c of every row's M at position t only (T = 1: as before).
             let (rows, width) = net.loss_rows();
-            let factor = net
-                .loss
-                .hessian_factor(&chunk.acts[last][..b * classes], width);
+            let factor = net.loss.hessian_factor(&logits, width);
             let root = (rows as f64).sqrt().recip();
             for col in 0..rows * width {
                 let (t, c) = (col / width, col % width);
-                let out = &mut bufs.rdelta[last][..b * classes];
-                factor.column(c, out);
+                factor.column(c, &mut column);
                 if rows > 1 {
-                    for (r, row) in out.chunks_exact_mut(width).enumerate() {
+                    for (r, row) in column.chunks_exact_mut(width).enumerate() {
                         if r % rows == t {
                             row.iter_mut().for_each(|v| *v *= T::of_f64(root));
                         } else {
@@ -86,19 +98,23 @@ impl<T: Real> HessianOperator<T> {
                         }
                     }
                 }
+                be.write(
+                    &column,
+                    B::slice_mut(B::view_mut(&mut bufs.rdelta[last]), 0..b * classes),
+                );
                 for i in (0..layers.len()).rev() {
                     let (before, rest) = bufs.rdelta.split_at_mut(i);
-                    let dx = before.last_mut().map(|d| &mut d[..]);
-                    let pass = chunk.layer(params, i);
-                    layers[i].backward(&pass, &rest[0], None, dx, &mut bufs.sc);
+                    let dx = before.last_mut().map(|d| B::view_mut(d));
+                    let pass = chunk.layer(B::shorten(params), i);
+                    layers[i].backward(&pass, B::view(&rest[0]), None, dx, &mut bufs.sc);
                 }
                 for (i, layer) in layers.iter().enumerate() {
-                    let pass = chunk.layer(params, i);
+                    let pass = chunk.layer(B::shorten(params), i);
                     per_sample_sq_norms(
                         net,
                         layer,
                         &pass,
-                        &bufs.rdelta[i],
+                        B::view(&bufs.rdelta[i]),
                         &mut lowering,
                         &mut sums,
                     );
@@ -123,16 +139,16 @@ impl<T: Real> HessianOperator<T> {
 /// Adds Σᵢ ‖∂/∂t of sample i‖² for each of the layer's tensors t into `sums[t]`, for per-sample
 /// output cotangents `dy` (`b × out_features`): Linear by its closed form ‖δᵢ‖²·‖xᵢ‖² and ‖δᵢ‖²,
 /// other layers from their materialised per-sample gradients.
-fn per_sample_sq_norms<T: Real>(
+fn per_sample_sq_norms<T: Real, B: Backend>(
     net: &Network,
     layer: &Layer,
-    pass: &Pass<'_, T>,
-    dy: &[T],
-    lowering: &mut Scratch<T>,
+    pass: &Pass<'_, T, B>,
+    dy: B::View<'_, T>,
+    lowering: &mut Scratch<T, B>,
     sums: &mut [f64],
 ) {
     let (x, b) = (pass.x, pass.batch);
-    let be = lowering.backend;
+    let be = lowering.backend.clone();
     match layer.per_sample() {
         PerSample::None => {}
         PerSample::OuterProduct {
@@ -143,8 +159,8 @@ fn per_sample_sq_norms<T: Real>(
         } => {
             let (mut w_sum, mut b_sum) = (0.0f64, 0.0f64);
             for i in 0..b {
-                let dyi = &dy[i * outputs..(i + 1) * outputs];
-                let xi = &x[i * inputs..(i + 1) * inputs];
+                let dyi = B::slice(dy, i * outputs..(i + 1) * outputs);
+                let xi = B::slice(x, i * inputs..(i + 1) * inputs);
                 let (d2, x2) = (be.dot(dyi, dyi), be.dot(xi, xi));
                 w_sum += d2 * x2;
                 b_sum += d2;
@@ -158,22 +174,22 @@ fn per_sample_sq_norms<T: Real>(
             let tensors = &net.layout.tensors[layer.tensors()];
             let len: usize = tensors.iter().map(|t| t.numel).sum();
             let (fin, fout) = (layer.in_features(), layer.out_features());
-            let mut row = vec![T::zero(); len];
+            let mut row = be.zeros::<T>(len);
             let mut acc = vec![0.0f64; tensors.len()];
             for i in 0..b {
                 layer.per_sample_gradients(
                     pass.params,
-                    &x[i * fin..(i + 1) * fin],
-                    &dy[i * fout..(i + 1) * fout],
+                    B::slice(x, i * fin..(i + 1) * fin),
+                    B::slice(dy, i * fout..(i + 1) * fout),
                     1,
                     T::one(),
-                    &mut row[..],
+                    B::view_mut(&mut row),
                     len,
                     lowering,
                 );
                 let mut at = 0;
                 for (k, t) in tensors.iter().enumerate() {
-                    let part = &row[at..at + t.numel];
+                    let part = B::slice(B::view(&row), at..at + t.numel);
                     let s = be.dot(part, part);
                     acc[k] += s;
                     at += t.numel;

@@ -47,16 +47,19 @@
 //! (`HessianOperator<T, B>`), the trace and eigenvalue estimators over it (`LinearOperator<B>`),
 //! the SGLD chain driver (`run_chain`, on its `Potential::Backend`) and `NetworkPotential<B>` are
 //! generic over it; the host-slice entry points (`Network::forward`, `loss_and_gradient`,
-//! `HessianOperator::new`, `NetworkPotential::new`, the per-sample products, the optimisers) are
-//! these on [`CpuBackend`](super::CpuBackend). Of the optimisers, the online NGD axis
-//! preconditioner (`AxisPreconditioner<T, B>`) is generic; the `Optimizer` trait and the code on
-//! it are host code still.
+//! `HessianOperator::new`, `NetworkPotential::new`, the per-sample products) are these on
+//! [`CpuBackend`](super::CpuBackend). The optimisers are generic too (`Optimizer<B>`: the
+//! parameters, the gradient and the batch are `B` views, and SGD's momentum, AdamW's moments and
+//! online NGD's factors live in `B` buffers; `optim::build_on`), as are the training loop
+//! (`train::train_on`) and the exact Hessian trace; exact NGD's per-sample products are host
+//! code, staged through host memory on a device.
 //!
 //! Tests: `backend_tests.rs` checks every operation against a plain host reference, written once
 //! over `B: Backend` and instantiated for each backend compiled in.
 
 use super::ConvGeometry;
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
+use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -121,6 +124,12 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// code can fill it in place instead of through a staging copy and [`Backend::write`]; `None`
     /// for device memory.
     fn host_mut<'a, E: Element>(_dst: Self::ViewMut<'a, E>) -> Option<&'a mut [E]> {
+        None
+    }
+    /// The read-only view as host memory where the backend's memory is the host's (the CPU), so
+    /// that host code (exact NGD's per-sample products) can read it without a staging copy and
+    /// [`Backend::download`]; `None` for device memory.
+    fn host<'a, E: Element>(_src: Self::View<'a, E>) -> Option<&'a [E]> {
         None
     }
     /// Grows `buf` to at least `len` elements (new elements are zero; existing ones kept).
@@ -655,6 +664,15 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn convert<S: Real, T: Real>(&self, src: Self::View<'_, S>, dst: Self::ViewMut<'_, T>);
     /// Σᵢ xᵢ·yᵢ, accumulated in f64 left to right.
     fn dot<T: Real>(&self, x: Self::View<'_, T>, y: Self::View<'_, T>) -> f64;
+    /// Returns (Σᵢ sᵢ·dᵢ, Σᵢ sᵢ², Σᵢ dᵢ²) of `src` and the old values of `dst` (equal lengths,
+    /// possibly different element types; each term widened to f64, each sum accumulated in f64 left
+    /// to right), and writes dst ← src converted as [`Backend::convert`] does, in one pass: online
+    /// NGD's direction handed back to the f32 gradient it replaces, with the cosine between the two.
+    fn convert_dot_norms<S: Real, T: Real>(
+        &self,
+        src: Self::View<'_, S>,
+        dst: Self::ViewMut<'_, T>,
+    ) -> (f64, f64, f64);
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;
     /// Σᵢ xᵢ² in f64 (‖x‖², the NGD preconditioner's norms). Each backend fixes its own summation
@@ -719,4 +737,22 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     ) -> UpdateSums;
     /// out ← standard normal variates, the next `out.len()` of `noise`'s sequence.
     fn fill_normal(&self, noise: &mut NoiseSource, out: Self::ViewMut<'_, f32>);
+    /// g ← round_f32(g + s·z) with the sum formed in f64 (s·z in f64, z widened exactly), and
+    /// returns Σᵢ (gᵢ′ − gᵢ)² of the rounded result in f64, left to right: `--direction-noise`'s
+    /// ξ = s·z added to a gradient, and ‖ĝ − g‖² (see [`crate::optim::add_isotropic_noise`]).
+    fn add_scaled_noise(&self, s: f64, z: Self::View<'_, f32>, g: Self::ViewMut<'_, f32>) -> f64;
+    /// One AdamW step (`torch.optim.AdamW`, Loshchilov & Hutter 2019) on `params` with gradient
+    /// `grad` and moments `m`, `v`, `step` t ≥ 1: θ ← θ·(1 − lr·wd); m ← m + (1 − β₁)(g − m);
+    /// v ← v·β₂ + (1 − β₂)·g·g; θ ← θ − (lr/(1 − β₁ᵗ))·m/(√v/√(1 − β₂ᵗ) + ε), the scalars in f64
+    /// rounded to `T` once and each element-wise operation rounded in `T` in PyTorch's order (see
+    /// [`crate::optim::adamw_step`]).
+    fn adamw_step<T: Real>(
+        &self,
+        cfg: &AdamWConfig,
+        step: u64,
+        params: Self::ViewMut<'_, T>,
+        grad: Self::View<'_, T>,
+        m: Self::ViewMut<'_, T>,
+        v: Self::ViewMut<'_, T>,
+    );
 }

@@ -1340,6 +1340,112 @@ pub(super) fn divide_and_convert<B: Backend>(be: &B) {
     assert_eq!(down(be, &same), x, "convert f64 → f64");
 }
 
+/// `add_scaled_noise` against its definition (f64 sum, rounded to f32; the returned sum of squared
+/// changes in f64) at a length with a tail, and `host`: the CPU's views are host memory, a device's
+/// are not.
+pub(super) fn scaled_noise<B: Backend>(be: &B) {
+    let n = 37;
+    let g0: Vec<f32> = data(n, 40).iter().map(|&v| v as f32).collect();
+    let z: Vec<f32> = data(n, 41).iter().map(|&v| (3.0 * v) as f32).collect();
+    let s = 0.3125f64 / 3.0;
+    let mut g = be.upload(&g0);
+    let got = be.add_scaled_noise(s, B::view(&be.upload(&z)), B::view_mut(&mut g));
+    let g = down32(be, &g);
+    let mut want_sq = 0.0;
+    for i in 0..n {
+        let want = (g0[i] as f64 + s * z[i] as f64) as f32;
+        assert_eq!(g[i], want, "add_scaled_noise[{i}]");
+        want_sq += (want as f64 - g0[i] as f64).powi(2);
+    }
+    assert!(
+        (got - want_sq).abs() <= 1e-15 * want_sq,
+        "{got} vs {want_sq}"
+    );
+    assert!(got > 0.0);
+    let buf = be.upload(&g0);
+    if let Some(h) = B::host(B::view(&buf)) {
+        assert_eq!(h, &g0[..], "host view");
+    }
+    assert_eq!(
+        B::host(B::view(&buf)).is_some(),
+        be.name() == "cpu",
+        "host memory exactly on the CPU"
+    );
+}
+
+/// Three AdamW steps in f64 against the update written from `torch.optim.AdamW`'s documented
+/// algorithm (plain lerp and addcmul, no fused forms), with and without weight decay, and with
+/// β₁ > ½ and β₁ < ½ (the two forms of the lerp).
+pub(super) fn adamw<B: Backend>(be: &B) {
+    let n = 19;
+    let p0 = data(n, 42);
+    for (beta1, wd) in [(0.9, 0.01), (0.3, 0.0)] {
+        let cfg = crate::optim::AdamWConfig {
+            lr: 0.05,
+            beta1,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: wd,
+        };
+        let (mut p, mut m, mut v) = (be.upload(&p0), be.zeros::<f64>(n), be.zeros::<f64>(n));
+        let (mut pe, mut me, mut ve) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+        for t in 1..=3u64 {
+            let g = data(n, 43 + t);
+            be.adamw_step(
+                &cfg,
+                t,
+                B::view_mut(&mut p),
+                B::view(&be.upload(&g)),
+                B::view_mut(&mut m),
+                B::view_mut(&mut v),
+            );
+            let tf = t as f64;
+            for i in 0..n {
+                pe[i] *= 1.0 - cfg.lr * wd;
+                me[i] += (1.0 - beta1) * (g[i] - me[i]);
+                ve[i] = ve[i] * cfg.beta2 + (1.0 - cfg.beta2) * g[i] * g[i];
+                let denom = (ve[i] / (1.0 - cfg.beta2.powf(tf))).sqrt() + cfg.eps;
+                pe[i] -= cfg.lr / (1.0 - beta1.powf(tf)) * me[i] / denom;
+            }
+        }
+        assert_close(&down(be, &m), &me, 1e-14, "adamw m");
+        assert_close(&down(be, &v), &ve, 1e-14, "adamw v");
+        assert_close(&down(be, &p), &pe, 1e-12, "adamw params");
+        assert!(pe.iter().zip(&p0).all(|(a, b)| a != b));
+    }
+}
+
+/// `convert_dot_norms` against the three sums in f64 from their definition and the conversion,
+/// f64 into f32 (mixed types, rounding) at a length with a tail; and on empty views.
+pub(super) fn convert_dot_norms<B: Backend>(be: &B) {
+    let n = 29;
+    let src: Vec<f64> = data(n, 50).iter().map(|v| v / 3.0).collect();
+    let old: Vec<f32> = data(n, 51).iter().map(|&v| v as f32).collect();
+    let sb = be.upload(&src);
+    let mut db = be.upload(&old);
+    let (sd, ss, dd) = be.convert_dot_norms(B::view(&sb), B::view_mut(&mut db));
+    let (mut wsd, mut wss, mut wdd) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        wsd += src[i] * old[i] as f64;
+        wss += src[i] * src[i];
+        wdd += old[i] as f64 * old[i] as f64;
+    }
+    assert_close(
+        &[sd, ss, dd],
+        &[wsd, wss, wdd],
+        1e-15,
+        "convert_dot_norms sums",
+    );
+    assert!(ss > 0.0 && dd > 0.0 && sd != 0.0 && ss != dd);
+    let want: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+    assert_eq!(down32(be, &db), want, "convert_dot_norms conversion");
+    let e = be.convert_dot_norms(
+        B::slice(B::view(&sb), 0..0),
+        B::slice_mut(B::view_mut(&mut db), 3..3),
+    );
+    assert_eq!(e, (0.0, 0.0, 0.0));
+}
+
 /// Instantiates every body for one backend.
 macro_rules! backend_suite {
     ($name:ident, $make:expr) => {
@@ -1420,6 +1526,18 @@ macro_rules! backend_suite {
             #[test]
             fn sgld() {
                 super::sgld(&$make);
+            }
+            #[test]
+            fn scaled_noise() {
+                super::scaled_noise(&$make);
+            }
+            #[test]
+            fn adamw() {
+                super::adamw(&$make);
+            }
+            #[test]
+            fn convert_dot_norms() {
+                super::convert_dot_norms(&$make);
             }
         }
     };

@@ -7,6 +7,7 @@ use super::{
     cpu, cpu_attention as attn, cpu_conv, cpu_kernels as k, cpu_sequence as seq, ConvGeometry,
 };
 use crate::model::{AvgPool2d, Elementwise, LayerNorm, MaxPool2d, Pass, RPass};
+use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -51,6 +52,10 @@ impl Backend for CpuBackend {
     #[inline]
     fn host_mut<'a, E: Element>(dst: Self::ViewMut<'a, E>) -> Option<&'a mut [E]> {
         Some(dst)
+    }
+    #[inline]
+    fn host<'a, E: Element>(src: Self::View<'a, E>) -> Option<&'a [E]> {
+        Some(src)
     }
     #[inline]
     fn ensure_len<E: Element>(&self, buf: &mut Vec<E>, len: usize) {
@@ -589,6 +594,19 @@ impl Backend for CpuBackend {
         k::sum_squares(x)
     }
     #[inline]
+    fn convert_dot_norms<S: Real, T: Real>(&self, src: &[S], dst: &mut [T]) -> (f64, f64, f64) {
+        assert_eq!(src.len(), dst.len(), "convert_dot_norms: lengths");
+        let (mut sd, mut ss, mut dd) = (0.0, 0.0, 0.0);
+        for (s, d) in src.iter().zip(dst.iter_mut()) {
+            let (a, b) = (s.as_f64(), d.as_f64());
+            sd += a * b;
+            ss += a * a;
+            dd += b * b;
+            *d = T::of_f64(a);
+        }
+        (sd, ss, dd)
+    }
+    #[inline]
     fn sum<T: Real>(&self, x: &[T]) -> f64 {
         x.iter().map(|v| v.as_f64()).sum()
     }
@@ -632,5 +650,21 @@ impl Backend for CpuBackend {
     #[inline]
     fn fill_normal(&self, noise: &mut NoiseSource, out: &mut [f32]) {
         noise.fill(out);
+    }
+    #[inline]
+    fn add_scaled_noise(&self, s: f64, z: &[f32], g: &mut [f32]) -> f64 {
+        k::add_scaled_noise(s, z, g)
+    }
+    #[inline]
+    fn adamw_step<T: Real>(
+        &self,
+        cfg: &AdamWConfig,
+        step: u64,
+        params: &mut [T],
+        grad: &[T],
+        m: &mut [T],
+        v: &mut [T],
+    ) {
+        k::adamw_step(cfg, step, params, grad, m, v);
     }
 }

@@ -5,6 +5,7 @@
 
 use super::backend::SgdStep;
 use crate::model::{Elementwise, MaxPool2d};
+use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
 use crate::Real;
@@ -627,6 +628,60 @@ pub(super) fn sum_squares<T: Real>(v: &[T]) -> f64 {
     }
     let tail: f64 = rest.iter().map(|&x| x.as_f64() * x.as_f64()).sum();
     acc.iter().sum::<f64>() + tail
+}
+
+/// See [`Backend::adamw_step`](super::Backend::adamw_step).
+pub(super) fn adamw_step<T: Real>(
+    cfg: &AdamWConfig,
+    step: u64,
+    params: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    assert!(step >= 1, "AdamW steps count from 1");
+    let n = params.len();
+    assert!(grad.len() == n && m.len() == n && v.len() == n);
+    let t = step as f64;
+    let decay = T::of_f64(1.0 - cfg.lr * cfg.weight_decay);
+    let w1 = 1.0 - cfg.beta1;
+    let lerp_low = w1.abs() < 0.5;
+    let w1t = T::of_f64(w1);
+    let one_minus_w1 = T::one() - w1t;
+    let (beta2, w2) = (T::of_f64(cfg.beta2), T::of_f64(1.0 - cfg.beta2));
+    let bias_correction1 = 1.0 - cfg.beta1.powf(t);
+    let bias_correction2 = 1.0 - cfg.beta2.powf(t);
+    let neg_step_size = T::of_f64(-(cfg.lr / bias_correction1));
+    let bc2_sqrt = T::of_f64(bias_correction2.powf(0.5));
+    let eps = T::of_f64(cfg.eps);
+    for i in 0..n {
+        let g = grad[i];
+        let mut p = params[i];
+        if cfg.weight_decay != 0.0 {
+            p *= decay;
+        }
+        // ATen's vectorised lerp: the form exact at its nearer end, as one fused multiply-add.
+        m[i] = if lerp_low {
+            w1t.mul_add(g - m[i], m[i])
+        } else {
+            (m[i] - g).mul_add(one_minus_w1, g)
+        };
+        v[i] *= beta2;
+        v[i] += w2 * g * g;
+        let denom = v[i].sqrt() / bc2_sqrt + eps;
+        params[i] = p + neg_step_size * m[i] / denom;
+    }
+}
+
+/// See [`Backend::add_scaled_noise`](super::Backend::add_scaled_noise).
+pub(super) fn add_scaled_noise(s: f64, z: &[f32], g: &mut [f32]) -> f64 {
+    let mut added_sq = 0.0;
+    for (v, &zi) in g.iter_mut().zip(z.iter()) {
+        let old = *v;
+        *v = (old as f64 + s * zi as f64) as f32;
+        added_sq += (*v as f64 - old as f64).powi(2);
+    }
+    added_sq
 }
 
 #[cfg(test)]

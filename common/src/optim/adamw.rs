@@ -2,7 +2,9 @@
 //! decay regularization"; Kingma & Ba 2015 for Adam).
 
 use super::ngd::{decode_f64, encode_f64};
+use super::sgd::download;
 use super::{Batch, Optimizer};
+use crate::device::{Backend, CpuBackend};
 use crate::{Error, Real, Result};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -93,48 +95,19 @@ pub fn adamw_step<T: Real>(
     m: &mut [T],
     v: &mut [T],
 ) {
-    assert!(step >= 1, "AdamW steps count from 1");
-    let n = params.len();
-    assert!(grad.len() == n && m.len() == n && v.len() == n);
-    let t = step as f64;
-    let decay = T::of_f64(1.0 - cfg.lr * cfg.weight_decay);
-    let w1 = 1.0 - cfg.beta1;
-    let lerp_low = w1.abs() < 0.5;
-    let w1t = T::of_f64(w1);
-    let one_minus_w1 = T::one() - w1t;
-    let (beta2, w2) = (T::of_f64(cfg.beta2), T::of_f64(1.0 - cfg.beta2));
-    let bias_correction1 = 1.0 - cfg.beta1.powf(t);
-    let bias_correction2 = 1.0 - cfg.beta2.powf(t);
-    let neg_step_size = T::of_f64(-(cfg.lr / bias_correction1));
-    let bc2_sqrt = T::of_f64(bias_correction2.powf(0.5));
-    let eps = T::of_f64(cfg.eps);
-    for i in 0..n {
-        let g = grad[i];
-        let mut p = params[i];
-        if cfg.weight_decay != 0.0 {
-            p *= decay;
-        }
-        // ATen's vectorised lerp: the form exact at its nearer end, as one fused multiply-add.
-        m[i] = if lerp_low {
-            w1t.mul_add(g - m[i], m[i])
-        } else {
-            (m[i] - g).mul_add(one_minus_w1, g)
-        };
-        v[i] *= beta2;
-        v[i] += w2 * g * g;
-        let denom = v[i].sqrt() / bc2_sqrt + eps;
-        params[i] = p + neg_step_size * m[i] / denom;
-    }
+    CpuBackend.adamw_step(cfg, step, params, grad, m, v);
 }
 
 /// `torch.optim.AdamW` over the flat f32 parameters (its state, as PyTorch's for f32 parameters,
-/// in f32; the step count exact).
+/// in f32; the step count exact). On backend `B`: the moments live in its memory and the update is
+/// [`Backend::adamw_step`]; the step count is on the host.
 #[derive(Clone, Debug)]
-pub struct AdamW {
+pub struct AdamW<B: Backend = CpuBackend> {
     pub config: AdamWConfig,
+    be: B,
     step: u64,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    exp_avg: B::Buffer<f32>,
+    exp_avg_sq: B::Buffer<f32>,
 }
 
 /// Sidecar names of the state: the moments, and the step count as an f64 in two f32 bit patterns.
@@ -143,15 +116,28 @@ const KEY_EXP_AVG_SQ: &str = "adamw.exp_avg_sq";
 const KEY_STEP: &str = "adamw.step";
 
 impl AdamW {
+    /// AdamW on the CPU ([`AdamW::new_on`]).
+    ///
     /// # Errors
     /// As [`AdamWConfig::validate`].
     pub fn new(config: AdamWConfig) -> Result<Self> {
+        Self::new_on(CpuBackend, config)
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// AdamW with its moments on backend `be`.
+    ///
+    /// # Errors
+    /// As [`AdamWConfig::validate`].
+    pub fn new_on(be: B, config: AdamWConfig) -> Result<Self> {
         config.validate()?;
         Ok(AdamW {
             config,
+            exp_avg: be.zeros(0),
+            exp_avg_sq: be.zeros(0),
+            be,
             step: 0,
-            exp_avg: Vec::new(),
-            exp_avg_sq: Vec::new(),
         })
     }
 
@@ -161,42 +147,47 @@ impl AdamW {
     }
 }
 
-impl Optimizer for AdamW {
+impl<B: Backend> Optimizer<B> for AdamW<B> {
     fn name(&self) -> &'static str {
         "adamw"
     }
     fn hyperparameters(&self) -> Map<String, Value> {
         self.config.to_json()
     }
-    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+    fn step(
+        &mut self,
+        params: B::ViewMut<'_, f32>,
+        grad: B::ViewMut<'_, f32>,
+        _batch: &Batch<'_, B>,
+    ) -> Result<()> {
+        let p = B::len(B::freeze(&params));
         if self.step == 0 {
             // PyTorch's lazy state: zeros of the parameters' shape on the first step.
-            self.exp_avg = vec![0.0; params.len()];
-            self.exp_avg_sq = vec![0.0; params.len()];
+            self.exp_avg = self.be.zeros(p);
+            self.exp_avg_sq = self.be.zeros(p);
         }
-        if self.exp_avg.len() != params.len() {
+        if B::buffer_len(&self.exp_avg) != p {
             return Err(Error::invalid(format!(
-                "adamw: the state holds {} values but the model has {} parameters",
-                self.exp_avg.len(),
-                params.len()
+                "adamw: the state holds {} values but the model has {p} parameters",
+                B::buffer_len(&self.exp_avg),
             )));
         }
         self.step += 1;
-        adamw_step(
+        self.be.adamw_step(
             &self.config,
             self.step,
             params,
-            grad,
-            &mut self.exp_avg,
-            &mut self.exp_avg_sq,
+            B::freeze(&grad),
+            B::view_mut(&mut self.exp_avg),
+            B::view_mut(&mut self.exp_avg_sq),
         );
         Ok(())
     }
     fn state(&self) -> BTreeMap<String, Vec<f32>> {
         let mut s = BTreeMap::new();
         if self.step > 0 {
-            s.insert(KEY_EXP_AVG.into(), self.exp_avg.clone());
-            s.insert(KEY_EXP_AVG_SQ.into(), self.exp_avg_sq.clone());
+            s.insert(KEY_EXP_AVG.into(), download(&self.be, &self.exp_avg));
+            s.insert(KEY_EXP_AVG_SQ.into(), download(&self.be, &self.exp_avg_sq));
             s.insert(KEY_STEP.into(), encode_f64(&[self.step as f64]));
         }
         s
@@ -204,7 +195,7 @@ impl Optimizer for AdamW {
     fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
         let Some(step) = state.get(KEY_STEP) else {
             // No step taken yet when the sidecar was written.
-            *self = AdamW::new(self.config)?;
+            *self = AdamW::new_on(self.be.clone(), self.config)?;
             return Ok(());
         };
         let bad = |m: String| Err(Error::invalid(format!("adamw sidecar: {m}")));
@@ -227,8 +218,8 @@ impl Optimizer for AdamW {
             ));
         }
         self.step = step;
-        self.exp_avg = m.clone();
-        self.exp_avg_sq = v.clone();
+        self.exp_avg = self.be.upload(m);
+        self.exp_avg_sq = self.be.upload(v);
         Ok(())
     }
 }
@@ -321,7 +312,7 @@ mod tests {
             });
             let batch = Batch {
                 net: &net,
-                x: &[],
+                x: &[][..],
                 targets: crate::model::Targets::Labels(&[]),
             };
             let mut p: Vec<f32> = floats(&case["init"]).iter().map(|&x| x as f32).collect();
@@ -357,7 +348,7 @@ mod tests {
         });
         let batch = Batch {
             net: &net,
-            x: &[],
+            x: &[][..],
             targets: crate::model::Targets::Labels(&[]),
         };
         let grad = |k: usize| -> Vec<f32> {

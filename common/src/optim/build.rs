@@ -4,6 +4,7 @@ use super::{
     AdamW, AdamWConfig, Damping, DirectionNoise, DirectionNoiseConfig, FisherKind, Ngd, NgdConfig,
     NgdDtype, NgdExact, NgdExactConfig, Optimizer, Sgd, SgdConfig,
 };
+use crate::device::{Backend, CpuBackend};
 use crate::model::Network;
 use crate::{Error, Result};
 
@@ -72,12 +73,26 @@ impl OptimizerSettings {
     }
 }
 
-/// The optimiser the settings describe, for `net`'s parameter layout.
+/// The optimiser the settings describe, for `net`'s parameter layout, on the CPU
+/// ([`build_on`] with [`CpuBackend`]).
+///
+/// # Errors
+/// As [`build_on`].
+pub fn build(settings: &OptimizerSettings, net: &Network) -> Result<Box<dyn Optimizer>> {
+    build_on(CpuBackend, settings, net)
+}
+
+/// The optimiser the settings describe, for `net`'s parameter layout, with its state on backend
+/// `be` (the parameters and gradients it is stepped with must be `be`'s memory too).
 ///
 /// # Errors
 /// An unknown name or an invalid hyperparameter, with the flag named; `--direction-noise` with
 /// another optimiser than `sgd`, `--ngd-shadow-f64` with another than `ngd`.
-pub fn build(settings: &OptimizerSettings, net: &Network) -> Result<Box<dyn Optimizer>> {
+pub fn build_on<B: Backend>(
+    be: B,
+    settings: &OptimizerSettings,
+    net: &Network,
+) -> Result<Box<dyn Optimizer<B>>> {
     let name = settings.name.as_str();
     settings.noise.validate()?;
     if settings.noise.is_active() && name != "sgd" {
@@ -93,9 +108,13 @@ pub fn build(settings: &OptimizerSettings, net: &Network) -> Result<Box<dyn Opti
     match name {
         "sgd" => {
             settings.noise.check_tensors(&net.layout)?;
-            let sgd = Sgd::new(settings.sgd)?;
+            let sgd = Sgd::new_on(be.clone(), settings.sgd)?;
             Ok(Box::new(if settings.noise.is_active() {
-                sgd.with_direction_noise(DirectionNoise::new(settings.noise.clone(), &net.layout)?)
+                sgd.with_direction_noise(DirectionNoise::new_on(
+                    be,
+                    settings.noise.clone(),
+                    &net.layout,
+                )?)
             } else {
                 sgd
             }))
@@ -120,16 +139,16 @@ pub fn build(settings: &OptimizerSettings, net: &Network) -> Result<Box<dyn Opti
                     )));
                 }
             }
-            Ok(Box::new(Ngd::new(cfg, &net.layout)?))
+            Ok(Box::new(Ngd::new_on(be, cfg, &net.layout)?))
         }
         "ngd-exact" => {
             let cfg = NgdExactConfig {
                 sgd: settings.sgd,
                 ..settings.exact
             };
-            Ok(Box::new(NgdExact::new(cfg)?))
+            Ok(Box::new(NgdExact::new_on(be, cfg)?))
         }
-        "adamw" => Ok(Box::new(AdamW::new(settings.adamw)?)),
+        "adamw" => Ok(Box::new(AdamW::new_on(be, settings.adamw)?)),
         o => Err(Error::invalid(format!(
             "unknown optimiser {o:?} (expected one of {})",
             OPTIMIZERS.join(", ")
@@ -156,7 +175,7 @@ mod tests {
         let p = net.num_params();
         let batch = Batch {
             net,
-            x: &[],
+            x: &[][..],
             targets: crate::model::Targets::Labels(&[]),
         };
         let mut params = vec![0.1f32; p];

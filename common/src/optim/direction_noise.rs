@@ -18,6 +18,7 @@
 //! preconditioning, raises λ̂.
 
 use super::ngd::{decode_f64, encode_f64};
+use crate::device::{Backend, CpuBackend};
 use crate::io::finite_or_null;
 use crate::model::ParamLayout;
 use crate::rng::NoiseSource;
@@ -95,47 +96,70 @@ impl DirectionNoiseConfig {
 
 /// Adds ξ = R·‖g‖·z/‖z‖ to `g` (ξ in f64, the sum rounded to f32), z ~ N(0, I) drawn from `noise`
 /// into the scratch `z`. Returns (‖g‖², ‖ĝ − g‖²) with ĝ the f32 result, both accumulated in f64.
+/// On the CPU: [`add_isotropic_noise_on`] with [`CpuBackend`].
 pub fn add_isotropic_noise(
     g: &mut [f32],
     relative: f64,
     noise: &mut NoiseSource,
     z: &mut Vec<f32>,
 ) -> (f64, f64) {
-    let g_sq: f64 = g.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    add_isotropic_noise_on(&CpuBackend, g, relative, noise, z)
+}
+
+/// [`add_isotropic_noise`] on backend `be`: ‖g‖² and ‖z‖² by [`Backend::dot`], z by
+/// [`Backend::fill_normal`] into the first `g.len()` elements of `z` (grown as needed), the sum by
+/// [`Backend::add_scaled_noise`].
+pub fn add_isotropic_noise_on<B: Backend>(
+    be: &B,
+    mut g: B::ViewMut<'_, f32>,
+    relative: f64,
+    noise: &mut NoiseSource,
+    z: &mut B::Buffer<f32>,
+) -> (f64, f64) {
+    let g_sq = be.dot(B::freeze(&g), B::freeze(&g));
     if relative == 0.0 || g_sq == 0.0 {
         return (g_sq, 0.0);
     }
-    z.resize(g.len(), 0.0);
-    noise.fill(z);
-    let z_sq: f64 = z.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let n = B::len(B::freeze(&g));
+    be.ensure_len(z, n);
+    be.fill_normal(noise, B::slice_mut(B::view_mut(z), 0..n));
+    let zv = B::slice(B::view(z), 0..n);
+    let z_sq = be.dot(zv, zv);
     let scale = relative * (g_sq / z_sq).sqrt();
-    let mut added_sq = 0.0;
-    for (v, &zi) in g.iter_mut().zip(z.iter()) {
-        let old = *v;
-        *v = (old as f64 + scale * zi as f64) as f32;
-        added_sq += (*v as f64 - old as f64).powi(2);
-    }
+    let added_sq = be.add_scaled_noise(scale, zv, B::reborrow(&mut g));
     (g_sq, added_sq)
 }
 
 /// The noise of one run: R_t per tensor, the step counter and the epoch's statistics.
 #[derive(Clone, Debug)]
-pub struct DirectionNoise {
+pub struct DirectionNoise<B: Backend = CpuBackend> {
+    be: B,
     pub config: DirectionNoiseConfig,
     /// (tensor's block of the flat vector, R_t).
     tensors: Vec<(Range<usize>, f64)>,
     step: u64,
-    z: Vec<f32>,
+    /// z, in the backend's memory.
+    z: B::Buffer<f32>,
     ratio_sum: f64,
     ratio_steps: u64,
 }
 
 impl DirectionNoise {
-    /// The noise for the tensors of `layout`.
+    /// The noise for the tensors of `layout`, on the CPU ([`DirectionNoise::new_on`]).
     ///
     /// # Errors
     /// An invalid R or an unknown tensor name, with the flag named.
     pub fn new(config: DirectionNoiseConfig, layout: &ParamLayout) -> Result<Self> {
+        Self::new_on(CpuBackend, config, layout)
+    }
+}
+
+impl<B: Backend> DirectionNoise<B> {
+    /// [`DirectionNoise::new`] with its scratch on backend `be`.
+    ///
+    /// # Errors
+    /// An invalid R or an unknown tensor name, with the flag named.
+    pub fn new_on(be: B, config: DirectionNoiseConfig, layout: &ParamLayout) -> Result<Self> {
         config.validate()?;
         config.check_tensors(layout)?;
         let tensors = layout
@@ -152,22 +176,24 @@ impl DirectionNoise {
             })
             .collect();
         Ok(DirectionNoise {
+            z: be.zeros(0),
+            be,
             config,
             tensors,
             step: 0,
-            z: Vec::new(),
             ratio_sum: 0.0,
             ratio_steps: 0,
         })
     }
 
     /// g_t ← g_t + ξ_t for every tensor (see the module doc), then counts the step.
-    pub fn perturb(&mut self, grad: &mut [f32]) {
+    pub fn perturb(&mut self, mut grad: B::ViewMut<'_, f32>) {
         let mut rng = stream(self.config.seed, Purpose::DirectionNoise, self.step);
         let mut noise = NoiseSource::from_stream(&mut rng);
         let (mut g_sq, mut xi_sq) = (0.0, 0.0);
         for (range, r) in &self.tensors {
-            let (g, x) = add_isotropic_noise(&mut grad[range.clone()], *r, &mut noise, &mut self.z);
+            let g = B::slice_mut(B::reborrow(&mut grad), range.clone());
+            let (g, x) = add_isotropic_noise_on(&self.be, g, *r, &mut noise, &mut self.z);
             g_sq += g;
             xi_sq += x;
         }

@@ -3,6 +3,16 @@
 //! An [`Optimizer`] turns a minibatch gradient into an update. It sees the batch too ([`Batch`]),
 //! because natural-gradient methods need more than the mean gradient. Its state can be saved to and
 //! restored from an optimiser sidecar so that training resumes exactly.
+//!
+//! The optimisers run on a [`Backend`] `B`: the parameters, the gradient and the batch's inputs are
+//! views of `B`'s memory, and each optimiser keeps its state there (SGD's momentum buffer, AdamW's
+//! moments, online NGD's factors and scratch); the updates are backend operations
+//! ([`Backend::sgd_step`], [`Backend::adamw_step`], gemm, …). What stays on the host: the r×r
+//! refresh of online NGD's factors and exact NGD's B×B Cholesky solve (the small dense linear
+//! algebra the issue leaves there), exact NGD's per-sample products (the network's per-sample
+//! passes are host code; on a device they are staged through host memory), the `--ngd-shadow-f64`
+//! comparison (a diagnostic), and the epoch statistics. The sidecar state comes down and goes up
+//! through [`Backend::download`] / [`Backend::upload`].
 
 mod adamw;
 mod build;
@@ -16,8 +26,10 @@ mod step_ratio;
 mod sym_eigen;
 
 pub use adamw::{adamw_step, AdamW, AdamWConfig};
-pub use build::{build, OptimizerSettings, OPTIMIZERS};
-pub use direction_noise::{add_isotropic_noise, DirectionNoise, DirectionNoiseConfig};
+pub use build::{build, build_on, OptimizerSettings, OPTIMIZERS};
+pub use direction_noise::{
+    add_isotropic_noise, add_isotropic_noise_on, DirectionNoise, DirectionNoiseConfig,
+};
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
 pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 pub use ngd_exact::{
@@ -29,6 +41,7 @@ pub use sgd::{Sgd, SgdConfig};
 pub use step_ratio::{explosion_warning, StepRatioStats, EXPLOSION_RATIO};
 pub use sym_eigen::{gram_eigen, Syevd, SymEigen};
 
+use crate::device::{Backend, CpuBackend};
 use crate::model::Network;
 use crate::Result;
 use serde_json::{Map, Value};
@@ -38,23 +51,29 @@ use std::collections::BTreeMap;
 pub use crate::io::OptimizerState;
 
 /// The minibatch a gradient was computed on.
-pub struct Batch<'a> {
+pub struct Batch<'a, B: Backend = CpuBackend> {
     pub net: &'a Network,
-    /// `batch × input_features`, normalised.
-    pub x: &'a [f32],
-    /// The batch's targets (labels, or float targets for the mean squared error).
+    /// `batch × input_features`, normalised, in the backend's memory.
+    pub x: B::View<'a, f32>,
+    /// The batch's targets (labels, or float targets for the mean squared error), on the host.
     pub targets: crate::model::Targets<'a, f32>,
 }
 
-/// A first- or second-order optimiser.
-pub trait Optimizer: Send {
+/// A first- or second-order optimiser on backend `B` (see the module documentation).
+pub trait Optimizer<B: Backend = CpuBackend>: Send {
     /// `sgd`, `ngd`, `ngd-exact`, `adamw`.
     fn name(&self) -> &'static str;
     /// Every hyperparameter that shapes the update, for records and checkpoint metadata.
     fn hyperparameters(&self) -> Map<String, Value>;
-    /// θ ← update(θ, g). `grad` may be modified (it is scratch after the call).
-    fn step(&mut self, params: &mut [f32], grad: &mut [f32], batch: &Batch) -> Result<()>;
-    /// The state needed to resume exactly, as named flat tensors.
+    /// θ ← update(θ, g) for θ = `params` and g = `grad` (equal lengths, the model's P) in `B`'s
+    /// memory. `grad` may be modified (it is scratch after the call).
+    fn step(
+        &mut self,
+        params: B::ViewMut<'_, f32>,
+        grad: B::ViewMut<'_, f32>,
+        batch: &Batch<'_, B>,
+    ) -> Result<()>;
+    /// The state needed to resume exactly, as named flat tensors (on the host).
     fn state(&self) -> BTreeMap<String, Vec<f32>>;
     /// Restores [`Optimizer::state`].
     fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()>;
@@ -65,9 +84,25 @@ pub trait Optimizer: Send {
 }
 
 /// The optimiser's description for records: `{"name": ..., <hyperparameters>}`.
-pub fn describe(opt: &dyn Optimizer) -> Value {
+pub fn describe<B: Backend>(opt: &dyn Optimizer<B>) -> Value {
     let mut m = Map::new();
     m.insert("name".into(), Value::from(opt.name()));
     m.extend(opt.hyperparameters());
     Value::Object(m)
+}
+
+/// `v` as host memory: itself on the CPU, else copied down into `scratch`.
+pub(crate) fn host_view<'a, B: Backend, E: crate::device::Element>(
+    be: &B,
+    v: B::View<'a, E>,
+    scratch: &'a mut Vec<E>,
+) -> &'a [E] {
+    match B::host(v) {
+        Some(h) => h,
+        None => {
+            scratch.resize(B::len(v), E::default());
+            be.download(v, scratch);
+            scratch
+        }
+    }
 }

@@ -25,7 +25,8 @@
 //! gradients with the Gram solve in f64; with the sampled Fisher g is not in that span, g − Gᵀc
 //! cancels when λ is small, and that path runs in f64.
 
-use super::{Batch, Optimizer, Sgd, SgdConfig, StepRatioStats, EXPLOSION_RATIO};
+use super::{host_view, Batch, Optimizer, Sgd, SgdConfig, StepRatioStats, EXPLOSION_RATIO};
+use crate::device::{Backend, CpuBackend};
 use crate::io::finite_or_null;
 use crate::model::{mse_fisher_variance, Network, PerSampleScratch, Targets, Workspace};
 use crate::rng::{stream, Purpose};
@@ -368,10 +369,20 @@ struct ExactStats {
 }
 
 /// The exact damped-Fisher NGD optimiser.
+///
+/// On backend `B`: the momentum stage (its buffer and update) runs there; the per-sample products
+/// and the B×B Cholesky solve are host code (the network's per-sample passes run on the CPU), so
+/// on a device the parameters, the gradient and the batch come down and the direction goes up
+/// (on the CPU they are read and written in place).
 #[derive(Clone, Debug)]
-pub struct NgdExact {
+pub struct NgdExact<B: Backend = CpuBackend> {
+    be: B,
     pub config: NgdExactConfig,
-    sgd: Sgd,
+    sgd: Sgd<B>,
+    /// Host copies of a device's parameters, gradient and inputs (unused on the CPU).
+    host_params: Vec<f32>,
+    host_grad: Vec<f32>,
+    host_x: Vec<f32>,
     scratch: Option<(usize, WoodburyScratch<f64>)>,
     scratch32: Option<(usize, WoodburyScratch<f32>)>,
     params64: Vec<f64>,
@@ -386,10 +397,22 @@ pub struct NgdExact {
 }
 
 impl NgdExact {
+    /// On the CPU ([`NgdExact::new_on`]).
     pub fn new(config: NgdExactConfig) -> Result<Self> {
+        Self::new_on(CpuBackend, config)
+    }
+}
+
+impl<B: Backend> NgdExact<B> {
+    /// Exact NGD with its momentum stage on backend `be`.
+    pub fn new_on(be: B, config: NgdExactConfig) -> Result<Self> {
         config.validate()?;
         Ok(NgdExact {
-            sgd: Sgd::new(config.sgd)?,
+            sgd: Sgd::new_on(be.clone(), config.sgd)?,
+            be,
+            host_params: Vec::new(),
+            host_grad: Vec::new(),
+            host_x: Vec::new(),
             config,
             scratch: None,
             scratch32: None,
@@ -413,10 +436,55 @@ impl NgdExact {
     /// gradients, so d = (g − Gᵀc)/λ cancels; that path runs entirely in f64.
     pub fn precondition(
         &mut self,
-        params: &[f32],
-        grad: &mut [f32],
-        batch: &Batch,
+        params: B::View<'_, f32>,
+        mut grad: B::ViewMut<'_, f32>,
+        batch: &Batch<'_, B>,
     ) -> Result<ExactSolve> {
+        let be = self.be.clone();
+        let mut hp = std::mem::take(&mut self.host_params);
+        let mut hg = std::mem::take(&mut self.host_grad);
+        let mut hx = std::mem::take(&mut self.host_x);
+        let solved = self.precondition_host(
+            host_view(&be, B::shorten(params), &mut hp),
+            host_view(&be, B::freeze(&grad), &mut hg),
+            batch.net,
+            host_view(&be, B::shorten(batch.x), &mut hx),
+            batch.targets,
+        );
+        let result = solved.map(|(solve, scale)| {
+            // grad ← d·scale, rounded to f32: in place on the CPU, through host memory on a device.
+            match B::host_mut(B::reborrow(&mut grad)) {
+                Some(g) => {
+                    for (o, &v) in g.iter_mut().zip(&self.d64) {
+                        *o = (v * scale) as f32;
+                    }
+                }
+                None => {
+                    hg.clear();
+                    hg.extend(self.d64.iter().map(|&v| (v * scale) as f32));
+                    be.write(&hg, grad);
+                }
+            }
+            solve
+        });
+        self.host_params = hp;
+        self.host_grad = hg;
+        self.host_x = hx;
+        result
+    }
+
+    /// The solve on host memory: leaves the unscaled direction in `d64` and returns the solve and
+    /// the norm-preserving scale.
+    fn precondition_host(
+        &mut self,
+        params: &[f32],
+        grad: &[f32],
+        net: &Network,
+        x: &[f32],
+        targets: Targets<'_, f32>,
+    ) -> Result<(ExactSolve, f64)> {
+        let batch = Batch::<CpuBackend> { net, x, targets };
+        let batch = &batch;
         let net = batch.net;
         let b = batch.targets.len();
         let p = net.num_params();
@@ -517,9 +585,6 @@ impl NgdExact {
             1.0
         };
         self.stats.ratio.record(gn.sqrt(), scale * dn.sqrt());
-        for (o, &v) in grad.iter_mut().zip(&self.d64) {
-            *o = (v * scale) as f32;
-        }
         self.step += 1;
         let s = &mut self.stats;
         s.steps += 1;
@@ -527,19 +592,24 @@ impl NgdExact {
         s.cond_sum += solve.gram_condition;
         s.cond_max = s.cond_max.max(solve.gram_condition);
         s.trace_sum += solve.trace_fisher;
-        Ok(solve)
+        Ok((solve, scale))
     }
 }
 
-impl Optimizer for NgdExact {
+impl<B: Backend> Optimizer<B> for NgdExact<B> {
     fn name(&self) -> &'static str {
         "ngd-exact"
     }
     fn hyperparameters(&self) -> Map<String, Value> {
         self.config.to_json()
     }
-    fn step(&mut self, params: &mut [f32], grad: &mut [f32], batch: &Batch) -> Result<()> {
-        self.precondition(params, grad, batch)?;
+    fn step(
+        &mut self,
+        params: B::ViewMut<'_, f32>,
+        mut grad: B::ViewMut<'_, f32>,
+        batch: &Batch<'_, B>,
+    ) -> Result<()> {
+        self.precondition(B::freeze(&params), B::reborrow(&mut grad), batch)?;
         self.sgd.apply(params, grad);
         Ok(())
     }
@@ -631,7 +701,7 @@ mod tests {
         let labels: Vec<usize> = (0..b).map(|i| i % 4).collect();
         let batch = Batch {
             net: &net,
-            x: &x,
+            x: &x[..],
             targets: crate::model::Targets::Labels(&labels),
         };
         let mut ws = net.workspace::<f32>(b);

@@ -81,18 +81,31 @@ impl SgdConfig {
 /// Each operation is rounded in f32 in PyTorch's order. It is also the momentum stage of the paper's
 /// NGD, applied to the preconditioned gradient. As an optimiser of its own it can add
 /// [`DirectionNoise`] to the gradient first (`--direction-noise`).
+///
+/// On backend `B`: the momentum buffer lives in its memory and the update is
+/// [`Backend::sgd_step`] (weight decay by [`Backend::axpy`]).
 #[derive(Clone, Debug)]
-pub struct Sgd {
+pub struct Sgd<B: Backend = CpuBackend> {
     pub config: SgdConfig,
-    buffer: Option<Vec<f32>>,
-    noise: Option<DirectionNoise>,
+    be: B,
+    buffer: Option<B::Buffer<f32>>,
+    noise: Option<DirectionNoise<B>>,
 }
 
 impl Sgd {
+    /// SGD on the CPU ([`Sgd::new_on`]).
     pub fn new(config: SgdConfig) -> Result<Self> {
+        Self::new_on(CpuBackend, config)
+    }
+}
+
+impl<B: Backend> Sgd<B> {
+    /// SGD with its momentum buffer on backend `be`.
+    pub fn new_on(be: B, config: SgdConfig) -> Result<Self> {
         config.validate()?;
         Ok(Sgd {
             config,
+            be,
             buffer: None,
             noise: None,
         })
@@ -100,19 +113,21 @@ impl Sgd {
 
     /// The same optimiser with `noise` added to every gradient before the momentum stage (by
     /// [`Optimizer::step`]; [`Sgd::apply`] stays noise-free).
-    pub fn with_direction_noise(mut self, noise: DirectionNoise) -> Self {
+    pub fn with_direction_noise(mut self, noise: DirectionNoise<B>) -> Self {
         self.noise = Some(noise);
         self
     }
 
     /// Applies the update for direction `d` (modified in place).
-    pub fn apply(&mut self, params: &mut [f32], d: &mut [f32]) {
+    pub fn apply(&mut self, params: B::ViewMut<'_, f32>, mut d: B::ViewMut<'_, f32>) {
         let c = self.config;
+        let be = &self.be;
         let (lr, mu, wd) = (c.lr as f32, c.momentum as f32, c.weight_decay as f32);
         let one_minus_tau = (1.0 - c.dampening) as f32;
         if wd != 0.0 {
-            CpuBackend.axpy(wd, params, d);
+            be.axpy(wd, B::freeze(&params), B::reborrow(&mut d));
         }
+        let d = B::freeze(&d);
         let step = SgdStep {
             lr,
             momentum: mu,
@@ -123,20 +138,21 @@ impl Sgd {
             match &mut self.buffer {
                 // First step: buf ← d, then the update with that buffer.
                 None => {
-                    self.buffer = Some(d.to_vec());
-                    let buf = self.buffer.as_ref().expect("momentum buffer");
-                    CpuBackend.sgd_first_momentum_step(params, d, buf, &step);
+                    let mut buf = be.zeros(B::len(d));
+                    be.copy(d, B::view_mut(&mut buf));
+                    be.sgd_first_momentum_step(params, d, B::view(&buf), &step);
+                    self.buffer = Some(buf);
                 }
                 // One fused pass: buf ← μ·buf + (1−τ)·d, then θ ← θ − lr·(d + μ·buf) or θ − lr·buf.
-                Some(buf) => CpuBackend.sgd_step(params, d, Some(buf), &step),
+                Some(buf) => be.sgd_step(params, d, Some(B::view_mut(buf)), &step),
             }
         } else {
-            CpuBackend.sgd_step(params, d, None, &step);
+            be.sgd_step(params, d, None, &step);
         }
     }
 }
 
-impl Optimizer for Sgd {
+impl<B: Backend> Optimizer<B> for Sgd<B> {
     fn name(&self) -> &'static str {
         "sgd"
     }
@@ -147,9 +163,14 @@ impl Optimizer for Sgd {
         }
         m
     }
-    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
+    fn step(
+        &mut self,
+        params: B::ViewMut<'_, f32>,
+        mut grad: B::ViewMut<'_, f32>,
+        _batch: &Batch<'_, B>,
+    ) -> Result<()> {
         if let Some(n) = &mut self.noise {
-            n.perturb(grad);
+            n.perturb(B::reborrow(&mut grad));
         }
         self.apply(params, grad);
         Ok(())
@@ -157,7 +178,7 @@ impl Optimizer for Sgd {
     fn state(&self) -> BTreeMap<String, Vec<f32>> {
         let mut m = BTreeMap::new();
         if let Some(b) = &self.buffer {
-            m.insert("sgd.momentum_buffer".to_string(), b.clone());
+            m.insert("sgd.momentum_buffer".to_string(), download(&self.be, b));
         }
         if let Some(n) = &self.noise {
             n.state(&mut m);
@@ -165,7 +186,7 @@ impl Optimizer for Sgd {
         m
     }
     fn load_state(&mut self, state: &BTreeMap<String, Vec<f32>>) -> Result<()> {
-        self.buffer = state.get("sgd.momentum_buffer").cloned();
+        self.buffer = state.get("sgd.momentum_buffer").map(|b| self.be.upload(b));
         if let Some(n) = &mut self.noise {
             n.load_state(state)?;
         }
@@ -178,6 +199,16 @@ impl Optimizer for Sgd {
             .map(DirectionNoise::take_epoch_stats)
             .unwrap_or_default()
     }
+}
+
+/// A buffer's contents on the host (an optimiser's state for the sidecar).
+pub(super) fn download<B: Backend, E: crate::device::Element>(
+    be: &B,
+    buf: &B::Buffer<E>,
+) -> Vec<E> {
+    let mut host = vec![E::default(); B::buffer_len(buf)];
+    be.download(B::view(buf), &mut host);
+    host
 }
 
 #[cfg(test)]

@@ -24,14 +24,6 @@ pub struct StepRatioStats {
     max: f64,
 }
 
-/// ‖x‖ in f64.
-pub fn norm(x: &[f32]) -> f64 {
-    x.iter()
-        .map(|&v| (v as f64) * (v as f64))
-        .sum::<f64>()
-        .sqrt()
-}
-
 impl StepRatioStats {
     /// Records one step with ‖g‖ = `grad_norm` and ‖d‖ = `direction_norm` and returns the ratio (∞ for
     /// a zero gradient with a non-zero direction, 1 when both are zero).

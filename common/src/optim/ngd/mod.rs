@@ -33,7 +33,7 @@ pub use settings::{NgdConfig, NgdDtype};
 use shadow::Shadow;
 use stats::{EpochStats, TensorStats};
 
-use super::{Batch, Optimizer, Sgd, SgdConfig};
+use super::{host_view, Batch, Optimizer, Sgd, SgdConfig};
 use crate::device::{Backend, CpuBackend};
 use crate::io::finite_or_null;
 use crate::model::ParamLayout;
@@ -42,19 +42,28 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
-enum AnyPreconditioners {
-    F32(Preconditioners<f32>),
-    F64(Preconditioners<f64>),
+enum AnyPreconditioners<B: Backend> {
+    F32(Preconditioners<f32, B>),
+    F64(Preconditioners<f64, B>),
 }
 
 /// The paper's NGD optimiser: online natural-gradient preconditioning, then SGD with momentum.
+///
+/// On backend `B`: every tensor's preconditioners (factors W, the N×D and r×D work matrices, the
+/// tensor's working copy in the state's type) and the momentum buffer live in its memory; the r×r
+/// refresh of each factor runs on the host ([`AxisPreconditioner`](super::AxisPreconditioner)).
+/// The `--ngd-shadow-f64` comparison is a host diagnostic: it reads the gradient and the direction
+/// as host memory (copied down from a device).
 #[derive(Clone, Debug)]
-pub struct Ngd {
+pub struct Ngd<B: Backend = CpuBackend> {
+    be: B,
     pub config: NgdConfig,
     layout: ParamLayout,
-    pre: AnyPreconditioners,
+    pre: AnyPreconditioners<B>,
     shadow: Option<Box<Shadow>>,
-    sgd: Sgd,
+    /// The host copy of a device's gradient for the shadow.
+    shadow_host: Vec<f32>,
+    sgd: Sgd<B>,
     stats: EpochStats,
     /// ‖d‖/‖g‖ of each step's direction (see [`super::StepRatioStats`]).
     step_ratio: super::StepRatioStats,
@@ -62,18 +71,34 @@ pub struct Ngd {
 }
 
 impl Ngd {
-    /// An NGD optimiser for the tensors of `layout`.
+    /// An NGD optimiser for the tensors of `layout`, on the CPU ([`Ngd::new_on`]).
     pub fn new(config: NgdConfig, layout: &ParamLayout) -> Result<Self> {
+        Self::new_on(CpuBackend, config, layout)
+    }
+}
+
+impl<B: Backend> Ngd<B> {
+    /// An NGD optimiser for the tensors of `layout`, its state on backend `be`.
+    pub fn new_on(be: B, config: NgdConfig, layout: &ParamLayout) -> Result<Self> {
         config.validate()?;
         let pre = match config.dtype {
-            NgdDtype::F32 => AnyPreconditioners::F32(Preconditioners::new(layout, &config)),
-            NgdDtype::F64 => AnyPreconditioners::F64(Preconditioners::new(layout, &config)),
+            NgdDtype::F32 => {
+                AnyPreconditioners::F32(Preconditioners::new_on(be.clone(), layout, &config))
+            }
+            NgdDtype::F64 => {
+                AnyPreconditioners::F64(Preconditioners::new_on(be.clone(), layout, &config))
+            }
         };
-        let sgd = Sgd::new(SgdConfig {
-            weight_decay: 0.0,
-            ..config.sgd
-        })?;
+        let sgd = Sgd::new_on(
+            be.clone(),
+            SgdConfig {
+                weight_decay: 0.0,
+                ..config.sgd
+            },
+        )?;
         Ok(Ngd {
+            be,
+            shadow_host: Vec::new(),
             config,
             layout: layout.clone(),
             pre,
@@ -91,21 +116,24 @@ impl Ngd {
     }
 
     /// Replaces `grad` (+ weight decay·θ) by its preconditioned direction, without the momentum stage.
-    pub fn precondition(&mut self, params: &[f32], grad: &mut [f32]) {
+    pub fn precondition(&mut self, params: B::View<'_, f32>, mut grad: B::ViewMut<'_, f32>) {
         let wd = self.config.sgd.weight_decay as f32;
         if wd != 0.0 {
-            CpuBackend.axpy(wd, params, grad);
+            self.be.axpy(wd, params, B::reborrow(&mut grad));
         }
         let before = self.stats.nan_fallbacks;
         if let Some(shadow) = &mut self.shadow {
-            shadow.see_gradient(&self.layout, grad);
+            let g = host_view(&self.be, B::freeze(&grad), &mut self.shadow_host);
+            shadow.see_gradient(&self.layout, g);
         }
+        let g = B::reborrow(&mut grad);
         match &mut self.pre {
-            AnyPreconditioners::F32(p) => p.precondition(&self.layout, grad, &mut self.stats),
-            AnyPreconditioners::F64(p) => p.precondition(&self.layout, grad, &mut self.stats),
+            AnyPreconditioners::F32(p) => p.precondition(&self.layout, g, &mut self.stats),
+            AnyPreconditioners::F64(p) => p.precondition(&self.layout, g, &mut self.stats),
         }
         if let Some(shadow) = &mut self.shadow {
-            shadow.compare(&self.layout, grad);
+            let d = host_view(&self.be, B::freeze(&grad), &mut self.shadow_host);
+            shadow.compare(&self.layout, d);
         }
         self.total_nan_fallbacks += self.stats.nan_fallbacks - before;
     }
@@ -116,18 +144,25 @@ impl Ngd {
     }
 }
 
-impl Optimizer for Ngd {
+impl<B: Backend> Optimizer<B> for Ngd<B> {
     fn name(&self) -> &'static str {
         "ngd"
     }
     fn hyperparameters(&self) -> Map<String, Value> {
         self.config.to_json()
     }
-    fn step(&mut self, params: &mut [f32], grad: &mut [f32], _batch: &Batch) -> Result<()> {
-        let grad_norm = super::step_ratio::norm(grad);
-        self.precondition(params, grad);
+    fn step(
+        &mut self,
+        params: B::ViewMut<'_, f32>,
+        mut grad: B::ViewMut<'_, f32>,
+        _batch: &Batch<'_, B>,
+    ) -> Result<()> {
+        // ‖g‖: Σ g² in f64 left to right (Backend::dot, the host loop it replaced), then the root.
+        let norm = |be: &B, g: B::View<'_, f32>| be.dot(g, g).sqrt();
+        let grad_norm = norm(&self.be, B::freeze(&grad));
+        self.precondition(B::freeze(&params), B::reborrow(&mut grad));
         self.step_ratio
-            .record(grad_norm, super::step_ratio::norm(grad));
+            .record(grad_norm, norm(&self.be, B::freeze(&grad)));
         self.sgd.apply(params, grad);
         Ok(())
     }

@@ -3,25 +3,37 @@
 //! optimiser sidecar.
 
 use super::super::ngd_axis::{AxisOutcome, AxisPreconditioner, NgdReal};
+use super::super::sgd::download;
 use super::f64_bits::{decode_f64, encode_f64};
 use super::settings::NgdConfig;
 use super::stats::EpochStats;
+use crate::device::{Backend, CpuBackend};
 use crate::model::ParamLayout;
 use crate::{Error, Real, Result};
 use std::collections::BTreeMap;
 
-/// The preconditioners of one tensor: one per axis of size > 1, in axis order.
+/// The preconditioners of one tensor: one per axis of size > 1, in axis order, with the tensor's
+/// working copy in `T` and the gathered view of a middle axis, all on backend `B`.
 #[derive(Clone, Debug)]
-pub struct TensorPreconditioner<T: NgdReal> {
+pub struct TensorPreconditioner<T: NgdReal, B: Backend = CpuBackend> {
+    be: B,
     pub shape: Vec<usize>,
     /// (axis, preconditioner) for the axes with size > 1.
-    pub axes: Vec<(usize, AxisPreconditioner<T>)>,
-    pub(super) cur: Vec<T>,
-    pub(super) view: Vec<T>,
+    pub axes: Vec<(usize, AxisPreconditioner<T, B>)>,
+    pub(super) cur: B::Buffer<T>,
+    pub(super) view: B::Buffer<T>,
 }
 
 impl<T: NgdReal> TensorPreconditioner<T> {
+    /// On the CPU ([`TensorPreconditioner::new_on`]).
     pub fn new(shape: &[usize], cfg: &NgdConfig) -> Self {
+        Self::new_on(CpuBackend, shape, cfg)
+    }
+}
+
+impl<T: NgdReal, B: Backend> TensorPreconditioner<T, B> {
+    /// The preconditioners of a tensor of `shape`, on backend `be`.
+    pub fn new_on(be: B, shape: &[usize], cfg: &NgdConfig) -> Self {
         let numel: usize = shape.iter().product();
         let axes = shape
             .iter()
@@ -35,7 +47,8 @@ impl<T: NgdReal> TensorPreconditioner<T> {
                 let transposed = prefix == 1 && post > 1;
                 (
                     a,
-                    AxisPreconditioner::new(
+                    AxisPreconditioner::new_on(
+                        be.clone(),
                         numel / d,
                         d,
                         cfg.rank_for(d),
@@ -48,46 +61,44 @@ impl<T: NgdReal> TensorPreconditioner<T> {
         TensorPreconditioner {
             shape: shape.to_vec(),
             axes,
-            cur: vec![T::zero(); numel],
-            view: vec![T::zero(); numel],
+            cur: be.zeros(numel),
+            view: be.zeros(numel),
+            be,
         }
     }
 
     /// Preconditions `g` (the tensor, row-major in its shape) in place through every axis; `on_axis`
     /// sees each axis's outcome.
-    pub fn precondition(&mut self, g: &mut [T], mut on_axis: impl FnMut(usize, AxisOutcome)) {
+    pub fn precondition(
+        &mut self,
+        mut g: B::ViewMut<'_, T>,
+        mut on_axis: impl FnMut(usize, AxisOutcome),
+    ) {
         for (axis, pre) in self.axes.iter_mut() {
             let a = *axis;
             let dim = self.shape[a];
             let post: usize = self.shape[a + 1..].iter().product();
             let prefix: usize = self.shape[..a].iter().product();
             // X[(p, q), d] = g[p, d, q]: the axis as columns, the rest as rows. The last axis is
-            // g itself, the first (prefix 1) is gᵀ, which the preconditioner reads transposed.
+            // g itself, the first (prefix 1) is gᵀ, which the preconditioner reads transposed; a
+            // middle axis is gathered into the scratch view (a permutation of g's axes) and
+            // scattered back.
             let gathered = post != 1 && prefix != 1;
-            let x = if !gathered {
-                &mut g[..]
+            let outcome = if !gathered {
+                pre.precondition(B::reborrow(&mut g))
             } else {
-                for p in 0..prefix {
-                    for d in 0..dim {
-                        let src = &g[(p * dim + d) * post..][..post];
-                        for (q, &v) in src.iter().enumerate() {
-                            self.view[(p * post + q) * dim + d] = v;
-                        }
-                    }
-                }
-                &mut self.view[..]
+                let view = B::view_mut(&mut self.view);
+                self.be
+                    .permute(B::freeze(&g), &[prefix, dim, post], &[0, 2, 1], view);
+                let outcome = pre.precondition(B::view_mut(&mut self.view));
+                self.be.permute(
+                    B::view(&self.view),
+                    &[prefix, post, dim],
+                    &[0, 2, 1],
+                    B::reborrow(&mut g),
+                );
+                outcome
             };
-            let outcome = pre.precondition(x);
-            if gathered {
-                for p in 0..prefix {
-                    for d in 0..dim {
-                        let dst = &mut g[(p * dim + d) * post..][..post];
-                        for (q, v) in dst.iter_mut().enumerate() {
-                            *v = self.view[(p * post + q) * dim + d];
-                        }
-                    }
-                }
-            }
             on_axis(a, outcome);
         }
     }
@@ -95,41 +106,51 @@ impl<T: NgdReal> TensorPreconditioner<T> {
 
 /// All tensors of a model, in one element type.
 #[derive(Clone, Debug)]
-pub(super) struct Preconditioners<T: NgdReal> {
-    pub(super) tensors: Vec<TensorPreconditioner<T>>,
+pub(super) struct Preconditioners<T: NgdReal, B: Backend = CpuBackend> {
+    be: B,
+    pub(super) tensors: Vec<TensorPreconditioner<T, B>>,
 }
 
 impl<T: NgdReal> Preconditioners<T> {
+    /// On the CPU (the `--ngd-shadow-f64` comparison's, which runs on the host).
     pub(super) fn new(layout: &ParamLayout, cfg: &NgdConfig) -> Self {
+        Self::new_on(CpuBackend, layout, cfg)
+    }
+}
+
+impl<T: NgdReal, B: Backend> Preconditioners<T, B> {
+    pub(super) fn new_on(be: B, layout: &ParamLayout, cfg: &NgdConfig) -> Self {
         Preconditioners {
             tensors: layout
                 .tensors
                 .iter()
-                .map(|t| TensorPreconditioner::new(&t.shape, cfg))
+                .map(|t| TensorPreconditioner::new_on(be.clone(), &t.shape, cfg))
                 .collect(),
+            be,
         }
     }
 
+    /// Replaces each tensor's block of `grad` by its preconditioned direction (converted to `T`,
+    /// preconditioned, rounded back to f32), counting into `stats`.
     pub(super) fn precondition(
         &mut self,
         layout: &ParamLayout,
-        grad: &mut [f32],
+        mut grad: B::ViewMut<'_, f32>,
         stats: &mut EpochStats,
     ) {
+        let be = self.be.clone();
         for (ti, (spec, tp)) in layout
             .tensors
             .iter()
             .zip(self.tensors.iter_mut())
             .enumerate()
         {
-            let g = &mut grad[spec.range()];
-            let mut cur = std::mem::take(&mut tp.cur);
-            for (c, &v) in cur.iter_mut().zip(g.iter()) {
-                *c = T::of_f64(v as f64);
-            }
+            let mut g = B::slice_mut(B::reborrow(&mut grad), spec.range());
+            let mut cur = std::mem::replace(&mut tp.cur, be.zeros(0));
+            be.convert(B::freeze(&g), B::view_mut(&mut cur));
             let (mut fallbacks, mut ratio_sum, mut ratio_count) = (0u64, 0.0f64, 0u64);
             let (mut floor_sum, mut floor_count) = (0.0f64, 0u64);
-            tp.precondition(&mut cur, |_, o| {
+            tp.precondition(B::view_mut(&mut cur), |_, o| {
                 if o.nan_fallback {
                     fallbacks += 1;
                 } else {
@@ -147,14 +168,8 @@ impl<T: NgdReal> Preconditioners<T> {
             let ts = &mut stats.tensors[ti];
             ts.floor_sum += floor_sum;
             ts.floor_count += floor_count;
-            let (mut dot, mut nd, mut ng) = (0.0, 0.0, 0.0);
-            for (c, v) in cur.iter().zip(g.iter_mut()) {
-                let (a, b) = (c.as_f64(), *v as f64);
-                dot += a * b;
-                nd += a * a;
-                ng += b * b;
-                *v = c.as_f64() as f32;
-            }
+            // The cosine's sums and g ← cur rounded to f32, in one pass.
+            let (dot, nd, ng) = be.convert_dot_norms(B::view(&cur), B::reborrow(&mut g));
             if nd > 0.0 && ng > 0.0 {
                 ts.cosine_sum += dot / (nd * ng).sqrt();
                 ts.cosine_count += 1;
@@ -176,7 +191,7 @@ impl<T: NgdReal> Preconditioners<T> {
                 out.insert(key("t"), encode_f64(&[p.t as f64]));
                 out.insert(key("rho"), encode_f64(&[p.rho]));
                 out.insert(key("d"), encode_f64(&to_f64(&p.d)));
-                out.insert(key("W"), encode_f64(&to_f64(&p.w)));
+                out.insert(key("W"), encode_f64(&to_f64(&download(&self.be, &p.w))));
             }
         }
     }
@@ -211,9 +226,11 @@ impl<T: NgdReal> Preconditioners<T> {
                 for (dst, v) in p.d.iter_mut().zip(get("d", p.rank)?) {
                     *dst = T::of_f64(v);
                 }
-                for (dst, v) in p.w.iter_mut().zip(get("W", p.rank * p.dim)?) {
-                    *dst = T::of_f64(v);
-                }
+                let w: Vec<T> = get("W", p.rank * p.dim)?
+                    .into_iter()
+                    .map(T::of_f64)
+                    .collect();
+                self.be.write(&w, B::view_mut(&mut p.w));
             }
         }
         Ok(())

@@ -57,7 +57,7 @@ fn state_round_trip_continues_exactly() {
         };
         let batch = Batch {
             net: &net,
-            x: &[],
+            x: &[][..],
             targets: crate::model::Targets::Labels(&[]),
         };
         let mut pa = vec![0.1f32; p];
