@@ -104,5 +104,5 @@ grokking-devinterp-transformer-plot: build
 	$(BIN)/report curves --metric /llc/llc --band /llc/llc_sd --label /run \
 	  --title "LLC every $(GDT_LLC_EVERY) epochs (devinterp's settings: ε 3e-3, γ 5, nβ 2, 500 draws)" \
 	  --out $(GDT_RESULTS)/llc $(GDT_RESULTS)/llc.jsonl
-	$(BIN)/report stack --title "transformer-quick's run, λ̂ with devinterp's example's sampler, seed $(GROK_SEED)" \
+	$(BIN)/report stack --title "transformer-quick's run, LLC with devinterp's example's sampler, seed $(GROK_SEED)" \
 	  --out $(GDT_RESULTS)/grokking $(GDT_RESULTS)/accuracy.json $(GDT_RESULTS)/llc.json

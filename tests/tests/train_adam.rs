@@ -93,3 +93,29 @@ fn adam_takes_pytorchs_defaults() {
     let o = train_small(&d, "1", &["--optimizer", "adam", "--weight-decay", "-0.1"]);
     assert_one_line_error(&o, &["--weight-decay"]);
 }
+
+/// `switch --branch adam:…` builds torch.optim.Adam with its own defaults (weight decay 0), not
+/// AdamW's.
+#[test]
+fn switch_branches_to_adam_with_its_defaults() {
+    let dir = scratch("adam-switch");
+    assert!(
+        train_small(&dir.join("src"), "1", &["--train-samples", "64"])
+            .status
+            .success()
+    );
+    let mut c = tool("switch");
+    c.arg("--from")
+        .arg(dir.join("src/epoch-0001.safetensors"))
+        .arg("--data-dir")
+        .arg(small_data());
+    c.args(["--epochs", "2", "--train-samples", "64", "--quiet", "--out"])
+        .arg(dir.join("b"))
+        .args(["--branch", "adam:lr=0.002,name=a"]);
+    let o = run(c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let opt = &records(&o)[0]["optimizer"];
+    assert_eq!(opt["name"], "adam", "{opt}");
+    assert_eq!(opt["lr"], 0.002);
+    assert_eq!(opt["weight_decay"], 0.0);
+}

@@ -106,8 +106,9 @@ impl AdamWConfig {
 ///
 /// The scalars are computed in f64 (Python floats) and rounded to `T` once, each elementwise
 /// operation is rounded in `T` in the order of PyTorch's CPU kernels (`lerp` with weight w < ½ as
-/// the fused `fma(w, g − m, m)`, else `fma(m − g, 1 − w, g)`; `addcmul` as the fused `fma(s·g, g, v)` for Adam, unfused `v + (s·g)·g` for AdamW, see below;
-/// `addcdiv` as `θ + (s·m)/d`), so `T = f64` is PyTorch's float64 AdamW and `T = f32` its float32
+/// the fused `fma(w, g − m, m)`, else `fma(m − g, 1 − w, g)`; `addcmul` as the fused
+/// `fma(s·g, g, v)` for Adam and the unfused `v + (s·g)·g` for AdamW, see below; `addcdiv` as
+/// `θ + (s·m)/d`), so `T = f64` is PyTorch's float64 AdamW and `T = f32` its float32
 /// one bit for bit (the fixture's float32 run: Adam at every step; AdamW in the parameters at
 /// every step and at the end, its second moment 1 ulp off on some steps because its addcmul is
 /// unfused — fusing it, as Adam's, moves AdamW's committed records, so it waits for that decision).
