@@ -14,6 +14,7 @@
 #   make paper-quick the paper's experiments at small size, in minutes; make paper: all, full size
 #   make beyond-quick issue #8 (is NGD's higher λ̂ rounding noise?) small, in minutes; make beyond-table: full
 #   make transformer-quick  grokking (modular addition, AdamW) tracked by λ̂, in minutes; -plot: redraw only
+#   make grokking-devinterp devinterp's grokking example (mod 53, MLP, Adam) with λ̂ per checkpoint; -long: to 100k steps; -transformer: transformer-quick's run; -plot: redraw
 #   make transformer-study  SGD vs NGD (f32, f64) vs AdamW on a transformer, 10 seeds; -report: tables from the records
 #   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
 
@@ -124,6 +125,7 @@ include mk/sweep.mk
 include mk/paper.mk
 include mk/beyond.mk
 include mk/grokking.mk
+include mk/grokking-devinterp.mk
 include mk/transformers.mk
 
 crosscheck-torch: build

@@ -28,7 +28,7 @@ same checkpoints and records as `train`, plus `branch` and `switched_at` (the so
 epoch, step and path), so `switch ... | llc | hessian-trace` works unchanged. Epochs keep counting
 from the source checkpoint: `--epochs 20` from an epoch-10 checkpoint trains epochs 11 to 20.
 
-A branch is an optimiser (sgd, ngd, ngd-exact, adamw) and optional settings with `train`'s flag
+A branch is an optimiser (sgd, ngd, ngd-exact, adamw, adam) and optional settings with `train`'s flag
 names: `sgd`, `ngd:ngd-alpha=0.1`, `sgd:lr=0.1`, `ngd-exact:damping=0.001,fisher=sampled`,
 `sgd:lr=1,batch-size=256`, `adamw:lr=0.001,weight-decay=1,beta2=0.98` (AdamW's betas are `beta1`,
 `beta2`). `name=...` sets the branch's name (default: the spec with `:`/`,` as `-`). Unset settings
@@ -137,6 +137,10 @@ fn parse_branch(spec: &str, seed: u64) -> Result<Branch> {
         name: opt.to_string(),
         ..OptimizerSettings::default()
     };
+    if opt == "adam" {
+        // torch.optim.Adam's defaults (weight decay 0, coupled) rather than AdamW's.
+        settings.adamw = common::optim::AdamWConfig::adam_default();
+    }
     settings.set_seed(seed);
     let mut name = None;
     let mut batch_size = None;

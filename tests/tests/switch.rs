@@ -70,7 +70,7 @@ fn bad_branches_are_refused_before_training() {
         .arg(dir.join("src"));
     assert!(run(c).status.success());
     for (branch, needle) in [
-        ("adam", "unknown optimiser"),
+        ("adagrad", "unknown optimiser"),
         ("sgd:bogus=1", "unknown setting"),
         ("ngd:ngd-eta=2", "eta"),
     ] {

@@ -26,7 +26,7 @@ const ABOUT: &str =
 
 const LONG_ABOUT: &str = "\
 Train an MLP or the paper's LeNet on MNIST or Fashion-MNIST with SGD (PyTorch's torch.optim.SGD:
-momentum, dampening, Nesterov, weight decay), AdamW (torch.optim.AdamW) or natural gradient descent. --optimizer ngd is the
+momentum, dampening, Nesterov, weight decay), AdamW (torch.optim.AdamW), Adam (torch.optim.Adam) or natural gradient descent. --optimizer ngd is the
 paper's online natural gradient (Kaldi's OnlineNaturalGradient as in the paper's ngd.py: a low-rank
 Fisher factor per tensor axis, then SGD momentum); --optimizer ngd-exact is the exact damped
 natural gradient (F + λI)⁻¹g of each minibatch's empirical or sampled Fisher, solved through the
@@ -66,6 +66,10 @@ Examples:
 
   AdamW as PyTorch's torch.optim.AdamW (weight decay decoupled), e.g. for grokking:
     $ train --data modular.safetensors --model net.json --optimizer adamw --lr 1e-3 --weight-decay 1 --betas 0.9,0.98 --out runs/grok
+
+  Adam as PyTorch's torch.optim.Adam (weight decay as L2 in the gradient, wd·θ added before the
+  moments), as devinterp's grokking example trains:
+    $ train --data modular.safetensors --model net.json --optimizer adam --lr 5e-3 --weight-decay 2e-4 --batch-size 128 --out runs/grok-adam
 
   The LeNet, a quick run on the first 5,000 samples in file order:
     $ train --model lenet --train-samples 5000 --no-shuffle --epochs 1 --out runs/lenet-quick
@@ -129,11 +133,12 @@ struct Args {
     #[command(flatten)]
     data_args: common::cli::DataArgs,
     /// Optimiser: sgd, ngd (the paper's online natural gradient, then SGD momentum), ngd-exact
-    /// (the exact damped natural gradient of each minibatch, then SGD momentum) or adamw
-    /// (torch.optim.AdamW: --betas, --eps, decoupled --weight-decay).
+    /// (the exact damped natural gradient of each minibatch, then SGD momentum), adamw
+    /// (torch.optim.AdamW: --betas, --eps, decoupled --weight-decay) or adam (torch.optim.Adam:
+    /// --betas, --eps, --weight-decay as L2 added to the gradient).
     #[arg(long, default_value = "sgd", value_parser = common::optim::OPTIMIZERS)]
     optimizer: String,
-    /// Learning rate [default: 0.01; adamw: 0.001, PyTorch's].
+    /// Learning rate [default: 0.01; adamw, adam: 0.001, PyTorch's].
     #[arg(long)]
     lr: Option<f64>,
     /// Momentum factor μ.
@@ -148,11 +153,11 @@ struct Args {
     /// Plain (heavy-ball) momentum instead of Nesterov.
     #[arg(long)]
     no_nesterov: bool,
-    /// Weight decay: L2 added to the gradient (sgd, ngd, ngd-exact), or decoupled θ ← θ(1 − lr·wd)
-    /// before the step (adamw) [default: 0; adamw: 0.01, PyTorch's].
+    /// Weight decay: L2 added to the gradient (sgd, ngd, ngd-exact, adam), or decoupled θ ← θ(1 − lr·wd)
+    /// before the step (adamw) [default: 0; adamw: 0.01, PyTorch's; adam: 0].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    /// adamw: β₁,β₂, the decay rates of the gradient's first and second moments.
+    /// adamw, adam: β₁,β₂, the decay rates of the gradient's first and second moments.
     #[arg(
         long,
         value_name = "B1,B2",
@@ -161,7 +166,7 @@ struct Args {
         allow_negative_numbers = true
     )]
     betas: Vec<f64>,
-    /// adamw: ε, added to the second moment's square root.
+    /// adamw, adam: ε, added to the second moment's square root.
     #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
     eps: f64,
     /// sgd: add isotropic Gaussian noise ξ to each tensor's gradient before the momentum step,
@@ -475,13 +480,18 @@ fn run(args: Args) -> Result<()> {
     let [beta1, beta2] = args.betas[..] else {
         bail!("--betas takes two values, B1,B2 (e.g. 0.9,0.98)");
     };
-    let adamw_defaults = AdamWConfig::default();
+    let adamw_defaults = if args.optimizer == "adam" {
+        AdamWConfig::adam_default()
+    } else {
+        AdamWConfig::default()
+    };
     settings.adamw = AdamWConfig {
         lr: args.lr.unwrap_or(adamw_defaults.lr),
         beta1,
         beta2,
         eps: args.eps,
         weight_decay: args.weight_decay.unwrap_or(adamw_defaults.weight_decay),
+        decoupled: adamw_defaults.decoupled,
     };
     settings.noise.relative = args.direction_noise;
     for spec in &args.direction_noise_tensor {

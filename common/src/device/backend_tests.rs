@@ -1375,17 +1375,24 @@ pub(super) fn scaled_noise<B: Backend>(be: &B) {
 
 /// Three AdamW steps in f64 against the update written from `torch.optim.AdamW`'s documented
 /// algorithm (plain lerp and addcmul, no fused forms), with and without weight decay, and with
-/// β₁ > ½ and β₁ < ½ (the two forms of the lerp).
+/// β₁ > ½ and β₁ < ½ (the two forms of the lerp); and Adam's (`torch.optim.Adam`: the weight
+/// decay as an L2 term in the gradient, not on the parameters).
 pub(super) fn adamw<B: Backend>(be: &B) {
     let n = 19;
     let p0 = data(n, 42);
-    for (beta1, wd) in [(0.9, 0.01), (0.3, 0.0)] {
+    for (beta1, wd, decoupled) in [
+        (0.9, 0.01, true),
+        (0.3, 0.0, true),
+        (0.9, 0.01, false),
+        (0.3, 0.2, false),
+    ] {
         let cfg = crate::optim::AdamWConfig {
             lr: 0.05,
             beta1,
             beta2: 0.99,
             eps: 1e-8,
             weight_decay: wd,
+            decoupled,
         };
         let (mut p, mut m, mut v) = (be.upload(&p0), be.zeros::<f64>(n), be.zeros::<f64>(n));
         let (mut pe, mut me, mut ve) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
@@ -1401,16 +1408,22 @@ pub(super) fn adamw<B: Backend>(be: &B) {
             );
             let tf = t as f64;
             for i in 0..n {
-                pe[i] *= 1.0 - cfg.lr * wd;
-                me[i] += (1.0 - beta1) * (g[i] - me[i]);
-                ve[i] = ve[i] * cfg.beta2 + (1.0 - cfg.beta2) * g[i] * g[i];
+                let gi = if decoupled {
+                    pe[i] *= 1.0 - cfg.lr * wd;
+                    g[i]
+                } else {
+                    g[i] + wd * pe[i]
+                };
+                me[i] += (1.0 - beta1) * (gi - me[i]);
+                ve[i] = ve[i] * cfg.beta2 + (1.0 - cfg.beta2) * gi * gi;
                 let denom = (ve[i] / (1.0 - cfg.beta2.powf(tf))).sqrt() + cfg.eps;
                 pe[i] -= cfg.lr / (1.0 - beta1.powf(tf)) * me[i] / denom;
             }
         }
-        assert_close(&down(be, &m), &me, 1e-14, "adamw m");
-        assert_close(&down(be, &v), &ve, 1e-14, "adamw v");
-        assert_close(&down(be, &p), &pe, 1e-12, "adamw params");
+        let name = cfg.name();
+        assert_close(&down(be, &m), &me, 1e-14, &format!("{name} m"));
+        assert_close(&down(be, &v), &ve, 1e-14, &format!("{name} v"));
+        assert_close(&down(be, &p), &pe, 1e-12, &format!("{name} params"));
         assert!(pe.iter().zip(&p0).all(|(a, b)| a != b));
     }
 }

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// Which optimiser and all its hyperparameters (the ones that do not apply are ignored).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimizerSettings {
-    /// `sgd`, `ngd`, `ngd-exact` or `adamw`.
+    /// `sgd`, `ngd`, `ngd-exact`, `adamw` or `adam`.
     pub name: String,
     /// The momentum stage (all three optimisers).
     pub sgd: SgdConfig,
@@ -21,7 +21,8 @@ pub struct OptimizerSettings {
     pub exact: NgdExactConfig,
     /// `sgd` only: noise added to the gradient (none when R = 0).
     pub noise: DirectionNoiseConfig,
-    /// `adamw` (PyTorch's defaults unless set).
+    /// `adamw` and `adam` (PyTorch's defaults unless set; `adam` builds it with
+    /// [`AdamWConfig::decoupled`] false whatever this field says).
     pub adamw: AdamWConfig,
 }
 
@@ -39,7 +40,7 @@ impl Default for OptimizerSettings {
 }
 
 /// The optimiser names [`build`] knows.
-pub const OPTIMIZERS: [&str; 4] = ["sgd", "ngd", "ngd-exact", "adamw"];
+pub const OPTIMIZERS: [&str; 5] = ["sgd", "ngd", "ngd-exact", "adamw", "adam"];
 
 impl OptimizerSettings {
     /// Seeds the optimisers' own streams (sampled Fisher labels, direction noise) with the run seed.
@@ -148,7 +149,20 @@ pub fn build_on<B: Backend>(
             };
             Ok(Box::new(NgdExact::new_on(be, cfg)?))
         }
-        "adamw" => Ok(Box::new(AdamW::new_on(be, settings.adamw)?)),
+        "adamw" => Ok(Box::new(AdamW::new_on(
+            be,
+            AdamWConfig {
+                decoupled: true,
+                ..settings.adamw
+            },
+        )?)),
+        "adam" => Ok(Box::new(AdamW::new_on(
+            be,
+            AdamWConfig {
+                decoupled: false,
+                ..settings.adamw
+            },
+        )?)),
         o => Err(Error::invalid(format!(
             "unknown optimiser {o:?} (expected one of {})",
             OPTIMIZERS.join(", ")
