@@ -57,11 +57,14 @@ pub fn tool(name: &str) -> Command {
     c
 }
 
+/// The repository root: the parent of this package's folder, as `cargo test` names it when it runs
+/// the test (a binary that cargo reuses from another checkout sharing the target dir carries that
+/// checkout's compile-time path), else as it was at compile time.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repo root")
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    package.join("..").canonicalize().expect("repo root")
 }
 
 pub fn fixtures() -> PathBuf {
