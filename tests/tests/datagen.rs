@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{assert_one_line_error, records, run_tool as run, scratch, stderr};
+use support::{assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr};
 
 fn header(path: &std::path::Path) -> Value {
     let bytes = std::fs::read(path).unwrap();
@@ -445,41 +445,7 @@ fn modular_tokens_train_a_transformer_and_are_analysed() {
     );
     let ckpt = out.join("epoch-0060.safetensors");
     assert!(ckpt.exists(), "no checkpoint in {}", out.display());
-    let o = run(
-        "llc",
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--draws",
-            "40",
-            "--chains",
-            "2",
-            "--batch-size",
-            "16",
-            ckpt.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let llc = &records(&o)[0];
-    assert!(
-        llc["llc"]["llc"].as_f64().is_some_and(f64::is_finite),
-        "{llc:?}"
-    );
-    let o = run(
-        "hessian-trace",
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--probes",
-            "8",
-            ckpt.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let trace = &records(&o)[0]["hessian"]["trace"];
-    assert!(trace.as_f64().is_some_and(f64::is_finite), "{trace}");
+    llc_and_trace(&data, &ckpt);
 
     // A vocabulary of 7 cannot read the `=` token (id 7): refused naming the embedding.
     std::fs::write(&model, spec(7)).unwrap();

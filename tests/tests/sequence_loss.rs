@@ -7,7 +7,8 @@
 mod support;
 
 use support::{
-    assert_one_line_error, records, run_tool as run, scratch, stderr, write_f32_safetensors,
+    assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr,
+    write_f32_safetensors,
 };
 
 const P: usize = 7;
@@ -112,41 +113,8 @@ fn next_token_labels_train_a_per_position_transformer_and_are_analysed() {
     );
 
     let ckpt = out.join("epoch-0060.safetensors");
-    let o = run(
-        "llc",
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--draws",
-            "40",
-            "--chains",
-            "2",
-            "--batch-size",
-            "16",
-            ckpt.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let llc = &records(&o)[0];
-    assert!(
-        llc["llc"]["llc"].as_f64().is_some_and(f64::is_finite),
-        "{llc:?}"
-    );
-    let o = run(
-        "hessian-trace",
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--probes",
-            "8",
-            ckpt.to_str().unwrap(),
-        ],
-        "",
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let h = &records(&o)[0]["hessian"];
-    assert!(h["trace"].as_f64().is_some_and(f64::is_finite), "{h}");
+    let (_, trace) = llc_and_trace(&data, &ckpt);
+    let h = &trace["hessian"];
     assert_eq!(h["data"]["loss_positions"], 3, "{h}");
 
     let o = run(

@@ -51,6 +51,50 @@ pub fn run_tool(name: &str, args: &[&str], stdin: &str) -> Output {
     run_with_input(c, stdin.as_bytes())
 }
 
+/// `llc` (2 chains × 40 draws, minibatch 16) and `hessian-trace` (8 probes) on checkpoint `ckpt`
+/// with data file `data`: each must succeed with a finite estimate; their first records.
+pub fn llc_and_trace(
+    data: &Path,
+    ckpt: &Path,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    let (data, ckpt) = (data.to_str().unwrap(), ckpt.to_str().unwrap());
+    let args = [
+        "--data",
+        data,
+        "--draws",
+        "40",
+        "--chains",
+        "2",
+        "--batch-size",
+        "16",
+        ckpt,
+    ];
+    let o = run_tool("llc", &args, "");
+    assert!(o.status.success(), "llc: {}", stderr(&o));
+    let llc = records(&o).swap_remove(0);
+    assert!(
+        llc["llc"]["llc"].as_f64().is_some_and(f64::is_finite),
+        "{llc:?}"
+    );
+    let o = run_tool(
+        "hessian-trace",
+        &["--data", data, "--probes", "8", ckpt],
+        "",
+    );
+    assert!(o.status.success(), "hessian-trace: {}", stderr(&o));
+    let trace = records(&o).swap_remove(0);
+    assert!(
+        trace["hessian"]["trace"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{trace:?}"
+    );
+    (llc, trace)
+}
+
 pub fn tool(name: &str) -> Command {
     let mut c = Command::new(tool_path(name));
     c.current_dir(repo());
