@@ -410,10 +410,15 @@ impl Figure for Lines<'_> {
                 );
                 chart.draw_series(std::iter::once(Polygon::new(poly, color.mix(0.2).filled())))?;
             }
-            chart.draw_series(LineSeries::new(
-                c.points.iter().map(|p| (tx(p.0), p.1 * s)),
-                color.stroke_width(2),
-            ))?;
+            // One path per segment, not one polyline: a 2-pixel polyline is drawn with miter joins, and
+            // at a one-point spike (a loss spike's epoch) the miter of the sharp turn shoots far past
+            // the point, out of the plotting area.
+            chart.draw_series(c.points.windows(2).map(|w| {
+                PathElement::new(
+                    vec![(tx(w[0].0), w[0].1 * s), (tx(w[1].0), w[1].1 * s)],
+                    color.stroke_width(2),
+                )
+            }))?;
             chart.draw_series(
                 c.points
                     .iter()
