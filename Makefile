@@ -126,6 +126,7 @@ include mk/paper.mk
 include mk/beyond.mk
 include mk/grokking.mk
 include mk/grokking-devinterp.mk
+include mk/grokking-nanda.mk
 include mk/transformers.mk
 
 crosscheck-torch: build
