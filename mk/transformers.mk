@@ -15,6 +15,7 @@
 #   make transformer-study-save    copies the records from $(TSTUDY_RUNS) into $(TSTUDY_RECORDS) (committed)
 #   make transformer-study-report  the tables and figures from the committed records only (no training)
 #   make transformer-study-same-seed  runs one seed of each optimiser again and checks the records are identical
+#                                  to the committed ones (results/transformers/records: main's tools reproduce them)
 #   make transformer-study-shadow  the f32 NGD of one seed with an f64 shadow: how far apart the directions are
 #
 # A run already made is not redone when a knob changes: delete it (or use another TSTUDY_RUNS).
@@ -200,11 +201,11 @@ transformer-study-report: build
 	  --out $(TSTUDY_RESULTS)/llc-over-training-sgd-ngd $(TSTUDY_REC_RUNS_NGD) < /dev/null
 	$(BIN)/report curves --metric /train_acc --x /epoch --label /variant --ylabel "training accuracy (%)" \
 	  --title "Training accuracy on the whole training set (mean ± sd over seeds)" \
-	  --out $(TSTUDY_RESULTS)/train-acc $(TSTUDY_REC_CURVES) < /dev/null
+	  --out $(TSTUDY_RESULTS)/train-acc-over-training $(TSTUDY_REC_CURVES) < /dev/null
 	$(BIN)/report curves --metric /test_acc --x /epoch --label /variant \
-	  --title "Test accuracy (mean ± sd over seeds)" --out $(TSTUDY_RESULTS)/test-acc $(TSTUDY_REC_CURVES) < /dev/null
+	  --title "Test accuracy (mean ± sd over seeds)" --out $(TSTUDY_RESULTS)/test-acc-over-training $(TSTUDY_REC_CURVES) < /dev/null
 	$(BIN)/report stack --title "Modular addition mod $(TSTUDY_P), one-layer transformer, $(words $(TSTUDY_SEEDS)) seeds" \
-	  --out $(TSTUDY_RESULTS)/study $(TSTUDY_RESULTS)/train-acc.json $(TSTUDY_RESULTS)/test-acc.json \
+	  --out $(TSTUDY_RESULTS)/study $(TSTUDY_RESULTS)/train-acc-over-training.json $(TSTUDY_RESULTS)/test-acc-over-training.json \
 	  $(TSTUDY_RESULTS)/llc-over-training.json $(TSTUDY_RESULTS)/llc-over-training-sgd-ngd.json
 	@scripts/transformer-study-diagnostics.sh $(TSTUDY_RECORDS) $(TSTUDY_EPOCHS) > $(TSTUDY_RESULTS)/diagnostics.md
 	@cat $(TSTUDY_RESULTS)/diagnostics.md
@@ -212,8 +213,11 @@ transformer-study-report: build
 	@echo "make: all tables in $(TSTUDY_RESULTS)/summary.md"
 
 # ---- same seed, same records ------------------------------------------------------------------------------
-# Runs seed TSTUDY_CHECK_SEED of every variant again into $(TSTUDY_RUNS)-again and compares the records byte for byte
-# with the study's (the records carry no wall-clock field other than the ones listed in TSTUDY_VOLATILE, removed).
+# Runs seed TSTUDY_CHECK_SEED of every variant again into $(TSTUDY_RUNS)-again and compares its records with the
+# committed ones in $(TSTUDY_RECORDS) (by default results/transformers/records, the set main reproduces; the first set,
+# made with 9cc188c's tools, is results/transformers-9cc188c and differs) once the wall-clock fields (seconds,
+# seconds_per_chain) are removed and each file's run folder is replaced in its paths (scripts/transformer-study-same-seed.sh);
+# and the last checkpoints' tensors byte for byte where $(TSTUDY_RUNS)/table still holds the study's runs.
 TSTUDY_CHECK_SEED ?= 1
 transformer-study-same-seed: build
 	@$(MAKE) --no-print-directory -k $(foreach v,$(TSTUDY_VARIANTS),$(TSTUDY_RUNS)-again/table/$(v)/s$(TSTUDY_CHECK_SEED).jsonl) \
