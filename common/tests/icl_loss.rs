@@ -192,7 +192,10 @@ fn the_prediction_of_y_k_does_not_see_y_k() {
             if j <= k {
                 assert_eq!(before[j].to_bits(), after[j].to_bits(), "y_{k} moved {j}");
             } else {
-                assert!((before[j] - after[j]).abs() > 1e-6, "y_{k} did not move {j}");
+                assert!(
+                    (before[j] - after[j]).abs() > 1e-6,
+                    "y_{k} did not move {j}"
+                );
             }
         }
     }
@@ -200,7 +203,10 @@ fn the_prediction_of_y_k_does_not_see_y_k() {
 
 #[test]
 fn the_gradient_is_the_central_difference() {
-    for (name, spec) in [("transformer", transformer(true)), ("piecewise", piecewise())] {
+    for (name, spec) in [
+        ("transformer", transformer(true)),
+        ("piecewise", piecewise()),
+    ] {
         let p = problem(&spec, 3, 3);
         let (_, g) = p.loss_and_gradient(&p.params);
         let h = 1e-6;
@@ -225,7 +231,10 @@ fn the_gradient_is_the_central_difference() {
 /// mean squared error in them is (2/(n·K))·I).
 #[test]
 fn hessian_and_gauss_newton_products_against_dense_matrices() {
-    for (name, spec) in [("transformer", transformer(true)), ("piecewise", piecewise())] {
+    for (name, spec) in [
+        ("transformer", transformer(true)),
+        ("piecewise", piecewise()),
+    ] {
         let p = problem(&spec, 3, 4);
         let dim = p.params.len();
         let mut op = p.operator(2);
@@ -257,9 +266,7 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
             let mut gv = vec![0.0; dim];
             op.gnvp(&e, &mut gv);
             let dense: Vec<f64> = (0..dim)
-                .map(|i| {
-                    jac.iter().map(|row| row[i] * row[j]).sum::<f64>() * 2.0 / rows as f64
-                })
+                .map(|i| jac.iter().map(|row| row[i] * row[j]).sum::<f64>() * 2.0 / rows as f64)
                 .collect();
             let err = diff(&gv, &dense);
             assert!(
@@ -291,7 +298,10 @@ fn exact_trace_equals_the_finite_difference_diagonal() {
 /// the products of single-sample gradients.
 #[test]
 fn per_sample_gradients_are_of_each_sequence_mean_over_its_pairs() {
-    for (name, spec) in [("transformer", transformer(true)), ("piecewise", piecewise())] {
+    for (name, spec) in [
+        ("transformer", transformer(true)),
+        ("piecewise", piecewise()),
+    ] {
         let p = problem(&spec, 3, 6);
         let (b, f) = (p.n(), p.net.input_features());
         let pred = p.predictions(&p.params, &p.x);
