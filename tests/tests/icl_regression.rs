@@ -89,10 +89,98 @@ fn the_icl_example_trains_at_its_y_positions_and_is_analysed() {
     assert_eq!(losses.len(), 4, "{recs:?}");
     assert!(losses[3] < losses[0], "the loss did not fall: {losses:?}");
     assert_eq!(recs[0]["loss"], "mse");
-    let (llc, trace) = llc_and_trace(&data, &out.join("epoch-0004.safetensors"));
+    let ckpt = out.join("epoch-0004.safetensors");
+    let (llc, trace) = llc_and_trace(&data, &ckpt);
     assert_eq!(llc["llc"]["model"], "icl-regression", "{llc:?}");
     assert_eq!(llc["llc"]["loss"], "mse", "{llc:?}");
     assert_eq!(trace["hessian"]["data"]["samples"], 256, "{trace:?}");
+
+    // `datagen icl-baseline`: the model's error per position averages to the test loss `train`
+    // recorded (f32 there, f64 here); ridge and least squares per position, K = 8 of each.
+    let table = dir.join("icl.md");
+    let o = run(
+        "datagen",
+        &[
+            "icl-baseline",
+            "--data",
+            data.to_str().unwrap(),
+            "--table",
+            table.to_str().unwrap(),
+            ckpt.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rec = records(&o).swap_remove(0);
+    let b = &rec["icl_baseline"];
+    assert_eq!(
+        (b["dim"].as_u64(), b["context"].as_u64()),
+        (Some(4), Some(8))
+    );
+    assert_eq!(b["samples"], 64);
+    assert!(
+        (b["ridge"].as_f64().unwrap() - 0.01).abs() < 1e-12,
+        "λ = σ²: {b}"
+    );
+    let model = &b["models"][0];
+    let mse: Vec<f64> = model["mse"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(mse.len(), 8);
+    let test_loss = recs[3]["test_loss"].as_f64().unwrap();
+    let mean = mse.iter().sum::<f64>() / 8.0;
+    assert!(
+        (mean - test_loss).abs() < 1e-5 * test_loss,
+        "mean per position {mean} vs test_loss {test_loss}"
+    );
+    assert_eq!(model["epoch"], 4);
+    for key in ["ridge_mse", "least_squares_mse"] {
+        assert_eq!(b[key].as_array().unwrap().len(), 8, "{key}");
+    }
+    let md = std::fs::read_to_string(&table).unwrap();
+    assert!(
+        md.contains("| k | ridge (λ = σ²) | least squares |"),
+        "{md}"
+    );
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 8 + 1,
+        "{md}"
+    );
+}
+
+/// `datagen icl-baseline` refuses data that is not in-context regression in one line.
+#[test]
+fn the_icl_baseline_refuses_other_data() {
+    let dir = scratch("icl-baseline-refused");
+    let data = dir.join("rr.safetensors");
+    let o = run(
+        "datagen",
+        &[
+            "random-regression",
+            "--inputs",
+            "6",
+            "--outputs",
+            "3",
+            "--samples",
+            "8",
+            "--test-samples",
+            "8",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        "datagen",
+        &["icl-baseline", "--data", data.to_str().unwrap()],
+        "",
+    );
+    assert_one_line_error(&o, &["is not in-context regression data", "[1, 1, 6]"]);
 }
 
 /// A piecewise-linear model read at the x-tokens: `hessian-trace --exact` (exact through
