@@ -1181,7 +1181,7 @@ const TORCH_POSITIONS_CLASS: &str = r#"class Positions(nn.Module):
         self.start, self.step, self.count = start, step, count
 
     def forward(self, x):
-        return x[:, self.start::self.step][:, : self.count]
+        return x[:, self.start::self.step][:, :self.count]
 
 
 "#;

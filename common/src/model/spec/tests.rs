@@ -687,7 +687,7 @@ fn positions_select_a_strided_slice_of_the_sequence() {
     let src = spec.torch_source();
     for line in [
         "class Positions(nn.Module):",
-        "return x[:, self.start::self.step][:, : self.count]",
+        "return x[:, self.start::self.step][:, :self.count]",
         "(\"3\", Positions(start=0, step=2, count=8)),",
         "(\"4\", nn.Linear(8, 1)),",
     ] {
