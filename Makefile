@@ -16,6 +16,7 @@
 #   make transformer-quick  grokking (modular addition, AdamW) tracked by λ̂, in minutes; -plot: redraw only
 #   make grokking-devinterp devinterp's grokking example (mod 53, MLP, Adam) with λ̂ per checkpoint; -long: to 100k steps; -transformer: transformer-quick's run; -plot: redraw
 #   make transformer-study  SGD vs NGD (f32, f64) vs AdamW on a transformer, 10 seeds; -report: tables from the records
+#   make icl-quick   in-context linear regression: test MSE per position against ridge / least squares, λ̂ (minutes)
 #   make paper-table SCHEDULER=slurm  any sweep as Slurm job arrays; make sweep-status; make slurm-check (CI)
 
 SHELL := bash
@@ -30,7 +31,7 @@ RUNS ?= runs
 .PHONY: help deps data build demo test bench lint fuzz check-cuda clean crosscheck crosscheck-torch
 
 help:
-	@sed -n '3,18p' Makefile | sed 's/^# //'
+	@sed -n '3,19p' Makefile | sed 's/^# //'
 
 # libopenblas-dev provides BLAS and LAPACK; fonts-dejavu-core the font of the figures. Installed
 # with apt-get when run as root, otherwise the command to run is printed.
@@ -128,6 +129,7 @@ include mk/grokking.mk
 include mk/grokking-devinterp.mk
 include mk/grokking-nanda.mk
 include mk/transformers.mk
+include mk/icl.mk
 
 crosscheck-torch: build
 	@if ! python3 -c 'import torch, safetensors' 2>/dev/null; then echo "crosscheck-torch: torch or safetensors not importable; skipped"; exit 0; fi; \

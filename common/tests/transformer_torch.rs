@@ -8,11 +8,14 @@
 //! Hessian-vector product and the per-sample Gram matrix to 1e-8 (measured ≤ 5e-12: the loss to 5e-13).
 //! One more is read out at every position (no `last`, output `[4, 7]`) with labels `[6, 4]` and
 //! cross-entropy averaged over positions, `F.cross_entropy(z.reshape(-1, 7), y.reshape(-1))`.
+//! And in-context linear regression (`icl-regression`: float tokens `[8, 4]`, two causal attention
+//! blocks, read at the x-tokens by `positions` (start 0, step 2), a linear head of one output)
+//! against `F.mse_loss(pred.squeeze(-1), y)` with y `[6, 4]`.
 
 mod support;
 
 use common::curvature::HessianOperator;
-use common::model::{Architecture, NetSpec, Network, Targets};
+use common::model::{Architecture, Loss, NetSpec, Network, Targets};
 use serde_json::Value;
 use support::{f64s, fixtures};
 
@@ -33,7 +36,9 @@ fn matches_pytorch(stem: &str) {
             .unwrap();
     let spec = NetSpec::load(&dir.join(format!("{stem}.json"))).unwrap();
     assert_eq!(spec.source(), &fx["spec"], "{stem}: the fixture's spec");
-    let net = Network::try_new(Architecture::Spec(Box::new(spec))).unwrap();
+    let loss = Loss::parse(spec.loss().unwrap_or("cross_entropy")).unwrap();
+    let mut net = Network::try_new(Architecture::Spec(Box::new(spec))).unwrap();
+    net.loss = loss;
 
     let want: Vec<(String, Vec<usize>)> = fx["tensors"]
         .as_array()
@@ -54,16 +59,29 @@ fn matches_pytorch(stem: &str) {
 
     let params = f64s(&fx["params"]);
     let x = f64s(&fx["x"]);
-    let labels: Vec<usize> = f64s(&fx["labels"]).iter().map(|&l| l as usize).collect();
-    // Labels at every position for a per-position output (`positions` in the fixture).
+    let read = |key: &str| fx.get(key).map(f64s).unwrap_or_default();
+    let labels: Vec<usize> = read("labels").iter().map(|&l| l as usize).collect();
+    let values = read("targets");
+    // Labels at every position for a per-position output (`positions` in the fixture); float
+    // targets [batch, width] for the mean squared error (`width` in the fixture).
     let positions = fx["positions"].as_u64().map_or(1, |t| t as usize);
-    assert_eq!(net.positions(), positions, "{stem}: the output's positions");
-    let labels = match positions {
-        1 => Targets::Labels(&labels),
-        t => Targets::Tokens {
-            labels: &labels,
-            positions: t,
-        },
+    let labels = match (fx["width"].as_u64(), positions) {
+        (Some(width), _) => {
+            assert_eq!(loss, Loss::MeanSquaredError, "{stem}: float targets");
+            assert_eq!(net.classes(), width as usize, "{stem}: the outputs");
+            Targets::Values {
+                values: &values,
+                width: width as usize,
+            }
+        }
+        (None, 1) => Targets::Labels(&labels),
+        (None, t) => {
+            assert_eq!(net.positions(), t, "{stem}: the output's positions");
+            Targets::Tokens {
+                labels: &labels,
+                positions: t,
+            }
+        }
     };
     let b = labels.len();
     assert_eq!(params.len(), net.num_params());
@@ -125,4 +143,11 @@ fn a_transformer_without_biases_or_mask_matches_pytorch_in_float64() {
 #[test]
 fn a_transformer_read_out_at_every_position_matches_pytorch_in_float64() {
     matches_pytorch("transformer-per-position");
+}
+
+/// In-context linear regression: a two-layer causal transformer on float tokens, read at the
+/// x-tokens (`positions`, start 0, step 2), trained against `F.mse_loss(pred.squeeze(-1), y)`.
+#[test]
+fn an_icl_transformer_read_at_its_x_tokens_matches_pytorch_in_float64() {
+    matches_pytorch("icl-regression");
 }

@@ -3,13 +3,17 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use common::data::icl::{
+    icl_settings, icl_shape, model_position_mse, ridge_position_mse, LEAST_SQUARES_RIDGE,
+};
 use common::data::modular::{modular, ModularOp};
 use common::data::synthetic::{
     icl_regression, low_rank, normal_crossing, random_regression, teacher, InputDistribution,
     SyntheticData,
 };
+use common::data::{load_data_file, Split};
 use common::io::{atomic_write, Checkpoint};
-use common::model::{initialise, Activation, Architecture, Network};
+use common::model::{initialise, Activation, Architecture, Loss, Network};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +38,11 @@ teacher's model) in the metadata under `datagen`. The same settings write the sa
                      of --tasks M, or fresh), K pairs x ~ N(0, I_D), y = w·x + σξ, stored as 2K
                      interleaved tokens [0, x] and [y, 0…] of width D + 1 (x [n, 2K, D+1]); targets
                      y [n, K]; test tasks are fresh draws.
+  icl-baseline       not a data set: the test MSE at each position k of an icl-regression file
+                     by ridge regression on the k pairs before it (λ = σ², the Bayes-optimal
+                     prediction for the test split's fresh tasks) and by least squares (the
+                     ridgeless limit), and by each checkpoint given (its prediction of y_k); one
+                     record on stdout, and with --table a Markdown table.
   modular            every pair (a, b) mod p as the tokens [a, b, =] with the label (a ∘ b) mod p,
                      split seeded into train and test (the grokking data set). x and x_test are
                      int64 token ids [n, 3] (a, b in 0..p, '=' the id p: p + 1 tokens), y and
@@ -60,6 +69,9 @@ Examples:
   Modular addition mod 113, 30% of the pairs for training (Power et al.; Nanda et al.):
     $ datagen modular --p 113 --op add --train-fraction 0.3 --seed 1 --out add113.safetensors
 
+  In-context regression per position, a trained model against ridge and least squares:
+    $ datagen icl-baseline --data icl.safetensors --table icl.md run/epoch-0020.safetensors
+
 An existing output file is not overwritten (the command fails naming it).";
 
 #[derive(Parser, Debug)]
@@ -81,6 +93,27 @@ enum Kind {
     Modular(ModularArgs),
     /// In-context linear regression: sequences of (x, y) pairs of a random linear task each.
     IclRegression(IclRegressionArgs),
+    /// The test MSE per position of ridge, least squares and checkpoints on ICL data.
+    IclBaseline(IclBaselineArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct IclBaselineArgs {
+    /// The data file written by `datagen icl-regression`.
+    #[arg(long)]
+    data: PathBuf,
+    /// The split measured: test (fresh tasks) or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The ridge penalty λ [default: σ², the noise variance the file records].
+    #[arg(long)]
+    ridge: Option<f64>,
+    /// Also write the numbers as a Markdown table here (overwritten).
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Checkpoints (an ICL model: output [K, 1], the mean squared error) measured beside the
+    /// baselines.
+    checkpoints: Vec<PathBuf>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -224,6 +257,10 @@ fn refuse_existing(path: &Path, what: &str) -> Result<()> {
 
 fn run(args: Args) -> Result<ExitCode> {
     let (data, out) = match args.kind {
+        Kind::IclBaseline(a) => {
+            icl_baseline(&a)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Kind::Modular(a) => {
             refuse_existing(&a.out, "--out")?;
             let op = ModularOp::parse(&a.op)?;
@@ -406,4 +443,110 @@ fn teacher_model(t: &TeacherArgs) -> Result<(Network, Vec<f32>, Vec<Value>)> {
         done.push(serde_json::json!({"tensor": name, "rank": rank}));
     }
     Ok((net, p64.iter().map(|&p| p as f32).collect(), done))
+}
+
+/// `icl-baseline`: ridge, least squares and the checkpoints per position, one record on stdout.
+fn icl_baseline(a: &IclBaselineArgs) -> Result<()> {
+    let split = match a.split.as_str() {
+        "test" => Split::Test,
+        "train" => Split::Train,
+        s => bail!("--split {s:?}: expected test or train"),
+    };
+    let data = load_data_file(&a.data, split, None)
+        .with_context(|| format!("--data {}", a.data.display()))?;
+    let (dim, context) =
+        icl_shape(&data).with_context(|| format!("--data {}", a.data.display()))?;
+    let settings = icl_settings(&a.data)?.unwrap_or(Value::Null);
+    let ridge = match (a.ridge, settings["noise_sd"].as_f64()) {
+        (Some(r), _) => r,
+        (None, Some(s)) if s > 0.0 => s * s,
+        (None, _) => bail!(
+            "--data {}: the file records no noise σ > 0, so the Bayes ridge λ = σ² is unknown; give --ridge",
+            a.data.display()
+        ),
+    };
+    let ridge_mse = ridge_position_mse(&data, ridge).context("ridge regression")?;
+    let least_squares = ridge_position_mse(&data, LEAST_SQUARES_RIDGE).context("least squares")?;
+    let mut models = Vec::new();
+    for path in &a.checkpoints {
+        // Float targets: the mean squared error, the only loss that takes them.
+        let mut ck = Checkpoint::load_for_loss(path, None, Some(Loss::MeanSquaredError))
+            .with_context(|| format!("checkpoint {}", path.display()))?;
+        ck.network.loss = Loss::MeanSquaredError;
+        let p64: Vec<f64> = ck.params.iter().map(|&p| p as f64).collect();
+        let mse = model_position_mse(&ck.network, &p64, &data, 256)
+            .with_context(|| format!("checkpoint {}", path.display()))?;
+        let mut m = Map::new();
+        m.insert("checkpoint".into(), Value::from(path.display().to_string()));
+        for key in ["epoch", "step"] {
+            if let Some(v) = ck.meta.get(key) {
+                m.insert(key.into(), v.clone());
+            }
+        }
+        m.insert("mse".into(), Value::from(mse.clone()));
+        m.insert(
+            "mean".into(),
+            Value::from(mse.iter().sum::<f64>() / context as f64),
+        );
+        models.push(Value::Object(m));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / context as f64;
+    let rec = serde_json::json!({"icl_baseline": {
+        "data_file": a.data.display().to_string(),
+        "split": a.split,
+        "samples": data.len(),
+        "dim": dim,
+        "context": context,
+        "noise_sd": settings["noise_sd"],
+        "ridge": ridge,
+        "least_squares_ridge": LEAST_SQUARES_RIDGE,
+        "ridge_mse": ridge_mse,
+        "ridge_mean": mean(&ridge_mse),
+        "least_squares_mse": least_squares,
+        "least_squares_mean": mean(&least_squares),
+        "models": models,
+    }});
+    if let Some(path) = &a.table {
+        let mut t = format!(
+            "Test MSE at each position k (the prediction of y_k from x_k and the k pairs before it), \
+             {} {} sequences of {}: D = {dim}, K = {context}, λ = {ridge:.4}.\n\n| k |",
+            data.len(),
+            a.split,
+            a.data.display()
+        );
+        let names: Vec<String> = std::iter::once("ridge (λ = σ²)".to_string())
+            .chain(std::iter::once("least squares".to_string()))
+            .chain(a.checkpoints.iter().map(|p| format!("`{}`", p.display())))
+            .collect();
+        for n in &names {
+            t.push_str(&format!(" {n} |"));
+        }
+        t.push_str(&format!("\n|---|{}\n", "---:|".repeat(names.len())));
+        let columns: Vec<Vec<f64>> = std::iter::once(ridge_mse.clone())
+            .chain(std::iter::once(least_squares.clone()))
+            .chain(models.iter().map(|m| {
+                m["mse"]
+                    .as_array()
+                    .expect("written above")
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .collect()
+            }))
+            .collect();
+        for k in 0..context {
+            t.push_str(&format!("| {k} |"));
+            for c in &columns {
+                t.push_str(&format!(" {:.4} |", c[k]));
+            }
+            t.push('\n');
+        }
+        t.push_str("| mean |");
+        for c in &columns {
+            t.push_str(&format!(" {:.4} |", mean(c)));
+        }
+        t.push('\n');
+        atomic_write(path, t.as_bytes()).with_context(|| format!("--table {}", path.display()))?;
+    }
+    println!("{rec}");
+    Ok(())
 }

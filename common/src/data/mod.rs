@@ -4,6 +4,7 @@
 
 mod dataset;
 pub mod file;
+pub mod icl;
 pub(crate) mod idx;
 pub mod modular;
 pub mod stream;

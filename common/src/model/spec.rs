@@ -23,7 +23,7 @@
 
 use super::layer::{
     Attention, AvgPool2d, Conv2d, Embedding, Gelu, GeluTanh, Last, Layer, LayerNorm, Linear,
-    MaxPool2d, Monomial, Positional, Relu, Sequential, Sigmoid, Silu, Tanh,
+    MaxPool2d, Monomial, Positional, Positions, Relu, Sequential, Sigmoid, Silu, Tanh,
 };
 use super::size::ModelSize;
 use crate::device::cpu::ConvGeometry;
@@ -60,6 +60,7 @@ pub const SPEC_LAYER_TYPES: &[&str] = &[
     "positional",
     "attention",
     "last",
+    "positions",
 ];
 
 /// The largest power of a `monomial` layer and the most parameters it may have.
@@ -140,6 +141,11 @@ enum Kind {
         bias: bool,
     },
     Last,
+    Positions {
+        start: usize,
+        step: usize,
+        count: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -410,6 +416,7 @@ fn fields_of(ty: &str) -> Option<&'static [&'static str]> {
         "residual" | "sequential" => &["layers"],
         "embedding" => &["num", "dim"],
         "positional" | "last" => &[],
+        "positions" => &["start", "step", "count"],
         "attention" => &["heads", "causal", "bias"],
         _ => return None,
     })
@@ -586,6 +593,41 @@ fn parse_layer(
         "last" => {
             let [_, d] = sequence("last")?;
             (Kind::Last, vec![d])
+        }
+        "positions" => {
+            // PyTorch's x[:, start::step], cut to `count` positions when given.
+            let [s, d] = sequence("positions")?;
+            let start = uint(obj, at, "start", 0, Some(0))?;
+            let step = uint(obj, at, "step", 1, Some(1))?;
+            if start >= s {
+                return Err(Error::spec(
+                    format!("{at}.start"),
+                    format!(
+                        "position {start} is past the input {} (positions 0 to {})",
+                        shape_str(input),
+                        s - 1
+                    ),
+                ));
+            }
+            let available = Positions::available(s, start, step);
+            let count = match obj.get("count") {
+                None => available,
+                Some(_) => {
+                    let count = uint(obj, at, "count", 1, None)?;
+                    if count > available {
+                        return Err(Error::spec(
+                            format!("{at}.count"),
+                            format!(
+                                "{count} positions from {start} in steps of {step} do not fit the \
+                                 input {} (x[:, {start}::{step}] has {available})",
+                                shape_str(input)
+                            ),
+                        ));
+                    }
+                    count
+                }
+            };
+            (Kind::Positions { start, step, count }, vec![count, d])
         }
         "conv2d" => {
             let [c, h, w] = image("conv2d")?;
@@ -1009,10 +1051,23 @@ impl NetSpec {
         let sequence = uses(&self.layers, &|k| {
             matches!(
                 k,
-                Kind::Embedding { .. } | Kind::Positional | Kind::Attention { .. } | Kind::Last
+                Kind::Embedding { .. }
+                    | Kind::Positional
+                    | Kind::Attention { .. }
+                    | Kind::Last
+                    | Kind::Positions { .. }
             )
         });
-        let modules = if sequence { TORCH_SEQUENCE_CLASSES } else { "" };
+        let positions = if uses(&self.layers, &|k| matches!(k, Kind::Positions { .. })) {
+            TORCH_POSITIONS_CLASS
+        } else {
+            ""
+        };
+        let modules = if sequence {
+            format!("{TORCH_SEQUENCE_CLASSES}{positions}")
+        } else {
+            String::new()
+        };
         // devinterp's Polynomial test model, under our name and with the same state_dict.
         let monomial = if uses(&self.layers, &|k| matches!(k, Kind::Monomial { .. })) {
             "class Monomial(nn.Module):\n\
@@ -1116,6 +1171,21 @@ class Last(nn.Module):
 
 "#;
 
+/// The module of the `positions` layer, printed only where a spec uses one (so the modules printed
+/// for other specs stay as they were).
+const TORCH_POSITIONS_CLASS: &str = r#"class Positions(nn.Module):
+    """x[:, start::step][:, :count]: [batch, positions, dim] -> [batch, count, dim]."""
+
+    def __init__(self, start, step, count):
+        super().__init__()
+        self.start, self.step, self.count = start, step, count
+
+    def forward(self, x):
+        return x[:, self.start::self.step][:, :self.count]
+
+
+"#;
+
 fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
     for l in layers {
         let f: usize = l.input.iter().product();
@@ -1140,6 +1210,13 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
             Kind::Last => seq.functional(Last {
                 seq: l.input[0],
                 dim: l.input[1],
+            }),
+            Kind::Positions { start, step, count } => seq.functional(Positions {
+                seq: l.input[0],
+                dim: l.input[1],
+                start: *start,
+                step: *step,
+                count: *count,
             }),
             Kind::Conv2d {
                 out,
@@ -1217,6 +1294,9 @@ fn torch_list(out: &mut String, ctor: &str, layers: &[LayerSpec], level: usize) 
                 if *bias { "True" } else { "False" },
             )),
             Kind::Last => out.push_str("Last()"),
+            Kind::Positions { start, step, count } => out.push_str(&format!(
+                "Positions(start={start}, step={step}, count={count})"
+            )),
             Kind::Conv2d {
                 out: o,
                 kernel,

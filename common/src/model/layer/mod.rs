@@ -390,6 +390,7 @@ layer_types! {
     positional: Positional,
     attention: Attention,
     last: Last,
+    positions: Positions,
     monomial: Monomial,
 }
 

@@ -216,6 +216,46 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // Positions 0 and 2 of a [3, 4] sample whose input depends on θ, a curved layer after.
+            "Positions",
+            network(|s| {
+                s.push(|sc| Linear::new(sc, 5, 12));
+                s.functional(Positions {
+                    seq: 3,
+                    dim: 4,
+                    start: 0,
+                    step: 2,
+                    count: 2,
+                });
+                s.push(|_| Gelu { features: 8 });
+                s.push(|sc| Linear::new(sc, 8, 3));
+            }),
+        ),
+        (
+            // Piecewise linear (the exact trace applies): first in the network (R{x} = None, every
+            // other position of [5, 1]), then position 1 of a [2, 2] output after a ReLU.
+            "Positions (first), piecewise linear",
+            network(|s| {
+                s.functional(Positions {
+                    seq: 5,
+                    dim: 1,
+                    start: 0,
+                    step: 2,
+                    count: 3,
+                });
+                s.push(|sc| Linear::new(sc, 3, 4));
+                s.push(|_| Relu { features: 4 });
+                s.functional(Positions {
+                    seq: 2,
+                    dim: 2,
+                    start: 1,
+                    step: 1,
+                    count: 1,
+                });
+                s.push(|sc| Linear::new(sc, 2, 3));
+            }),
+        ),
+        (
             // devinterp's Polynomial between two Linear layers (R{x} given), then first in a
             // network (R{x} = None) with a zero power.
             "Monomial",

@@ -648,3 +648,119 @@ fn an_output_per_position_is_accepted_with_its_positions() {
     let flat = arch(&example());
     assert_eq!((flat.positions(), flat.classes_per_position()), (1, 10));
 }
+
+/// `positions` is PyTorch's `x[:, start::step]`, cut to `count` when given: the ICL read-out
+/// (positions 0, 2, … of [2K, D + 1] tokens) gives [K, 1] after a linear head, K outputs per sample
+/// and K positions; the layer is built with the count Python's slice has; the printed module
+/// defines `Positions` only where a spec uses it; it is piecewise linear.
+#[test]
+fn positions_select_a_strided_slice_of_the_sequence() {
+    let icl = |pos: serde_json::Value| {
+        json!({"input": [16, 5],
+            "layers": [{"type": "linear", "out": 8},
+                       {"type": "positional"},
+                       {"type": "residual", "layers": [{"type": "layernorm"},
+                                                       {"type": "attention", "heads": 2, "causal": true}]},
+                       pos,
+                       {"type": "linear", "out": 1}],
+            "loss": "mse"})
+    };
+    let v = icl(json!({"type": "positions", "start": 0, "step": 2}));
+    let a = arch(&v);
+    check_against_build(&a);
+    assert_eq!((a.classes(), a.positions()), (8, 8));
+    let spec = NetSpec::from_json("icl", &v).unwrap();
+    let mut net = Network::new(a);
+    net.loss = crate::model::Loss::MeanSquaredError;
+    let built: Vec<&Layer> = net.layers.iter().collect();
+    assert_eq!(
+        built[3],
+        &Layer::Positions(crate::model::layer::Positions {
+            seq: 16,
+            dim: 8,
+            start: 0,
+            step: 2,
+            count: 8
+        })
+    );
+    assert_eq!(net.loss_rows(), (1, 8));
+    let src = spec.torch_source();
+    for line in [
+        "class Positions(nn.Module):",
+        "return x[:, self.start::self.step][:, :self.count]",
+        "(\"3\", Positions(start=0, step=2, count=8)),",
+        "(\"4\", nn.Linear(8, 1)),",
+    ] {
+        assert!(src.contains(line), "{line} not in {src}");
+    }
+    // Odd starts, a cut count, the last position kept as [1, dim].
+    for (pos, count) in [
+        (json!({"type": "positions", "start": 1, "step": 2}), 8),
+        (json!({"type": "positions", "start": 3, "step": 5}), 3),
+        (json!({"type": "positions", "step": 2, "count": 5}), 5),
+        (json!({"type": "positions", "start": 15}), 1),
+        (json!({"type": "positions"}), 16),
+    ] {
+        let a = arch(&icl(pos.clone()));
+        check_against_build(&a);
+        assert_eq!(a.positions(), count, "{pos}");
+    }
+    assert_eq!(
+        NetSpec::from_json("p", &icl(json!({"type": "positions", "step": 2})))
+            .unwrap()
+            .first_curved_layer(),
+        Some(("2.0".to_string(), "LayerNorm"))
+    );
+    let flat = json!({"input": [4, 3], "layers": [{"type": "positions", "start": 1, "step": 2},
+                                                  {"type": "flatten"}, {"type": "linear", "out": 2}]});
+    let flat_spec = NetSpec::from_json("flat", &flat).unwrap();
+    assert_eq!(flat_spec.first_curved_layer(), None);
+    assert_eq!(flat_spec.tensors()[0], ("2.weight".to_string(), vec![2, 6]));
+    // Specs without `positions` do not print its module.
+    let last = json!({"input": [3], "layers": [{"type": "embedding", "num": 4, "dim": 6},
+                                               {"type": "last"}, {"type": "linear", "out": 2}]});
+    let src = NetSpec::from_json("t", &last).unwrap().torch_source();
+    assert!(
+        src.contains("class Last") && !src.contains("Positions"),
+        "{src}"
+    );
+}
+
+#[test]
+fn malformed_positions_are_refused_with_the_json_path() {
+    let seq = |pos: serde_json::Value| json!({"input": [6, 2], "layers": [{"type": "linear", "out": 3}, pos, {"type": "linear", "out": 2}]});
+    let cases = [
+        (
+            seq(json!({"type": "positions", "step": 0})),
+            "layers[1].step: must be an integer ≥ 1, got 0",
+        ),
+        (
+            seq(json!({"type": "positions", "start": 6})),
+            "layers[1].start: position 6 is past the input [6, 3] (positions 0 to 5)",
+        ),
+        (
+            seq(json!({"type": "positions", "start": -1})),
+            "layers[1].start: must be an integer ≥ 0, got -1",
+        ),
+        (
+            seq(json!({"type": "positions", "start": 1, "step": 2, "count": 4})),
+            "layers[1].count: 4 positions from 1 in steps of 2 do not fit the input [6, 3] (x[:, 1::2] has 3)",
+        ),
+        (
+            seq(json!({"type": "positions", "count": 0})),
+            "layers[1].count: must be an integer ≥ 1, got 0",
+        ),
+        (
+            seq(json!({"type": "positions", "stride": 2})),
+            "layers[1].stride: unknown field for positions (it takes start, step, count, name)",
+        ),
+        (
+            json!({"input": [6], "layers": [{"type": "positions", "step": 2}, {"type": "linear", "out": 2}]}),
+            "layers[0]: positions takes a sequence [positions, dim] but gets [6]",
+        ),
+    ];
+    for (v, want) in cases {
+        let e = err(v);
+        assert!(e.contains(want), "{e:?} does not contain {want:?}");
+    }
+}
