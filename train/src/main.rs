@@ -622,13 +622,21 @@ fn run(args: Args) -> Result<()> {
     let mut stopped_at = None;
     let mut emit = |r: &common::io::Record| -> common::Result<()> {
         if !quiet {
+            // A data set without a test split has no test loss, and float targets (regression) no
+            // accuracy: those record fields are null, and the line leaves them out.
+            let test_loss = r["test_loss"]
+                .as_f64()
+                .map(|l| format!("  test loss {l:.4}"))
+                .unwrap_or_default();
+            let acc = r["test_acc"]
+                .as_f64()
+                .map(|a| format!("  test acc {:.2}%", 100.0 * a))
+                .unwrap_or_default();
             eprintln!(
-                "epoch {:>3}  step {:>6}  train loss {:.4}  test loss {:.4}  test acc {:.2}%  {:.1} s  -> {}",
+                "epoch {:>3}  step {:>6}  train loss {:.4}{test_loss}{acc}  {:.1} s  -> {}",
                 r["epoch"],
                 r["step"],
                 r["train_loss"].as_f64().unwrap_or(f64::NAN),
-                r["test_loss"].as_f64().unwrap_or(f64::NAN),
-                100.0 * r["test_acc"].as_f64().unwrap_or(f64::NAN),
                 r["seconds"].as_f64().unwrap_or(0.0),
                 r["checkpoint"].as_str().unwrap_or("")
             );
