@@ -8,7 +8,7 @@
 //! [`crate::rng::stream`], uploaded once per probe), the small tridiagonal eigenproblems of
 //! Lanczos, the per-probe scalars, and the exact trace (its per-sample norms read host slices).
 
-use super::rop::{r_pass, ChunkPass, RBuffers};
+use super::rop::{prepare, r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
 use crate::device::{Backend, CpuBackend};
 use crate::model::{LayerOps, Network, TargetBuf, Targets, Workspace};
@@ -71,13 +71,16 @@ pub enum Curvature {
     GaussNewton,
 }
 
-/// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples.
+/// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples,
+/// and what each layer prepares for its R-backward ([`LayerOps::r_prepare`]: a residual block's
+/// inner cotangents, GELU's φ″), so that a product runs only the R-passes.
 #[derive(Clone, Debug)]
 struct ChunkState<T: Real, B: Backend> {
     acts: Vec<B::Buffer<T>>,
     deltas: Vec<B::Buffer<T>>,
     indices: Vec<B::Buffer<u32>>,
     states: Vec<B::Buffer<T>>,
+    prepared: Vec<Option<B::Buffer<T>>>,
 }
 
 /// One chunk's samples (in the backend's memory) and targets (on the host, as the loss takes them).
@@ -269,7 +272,11 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
         let batch = batch_size.min(n);
         // Outputs and cotangents, indices (counted generously, one per output) and kept values.
         let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
-        let kept: usize = net.layers.iter().map(|l| l.state_len(1)).sum();
+        let kept: usize = net
+            .layers
+            .iter()
+            .map(|l| l.state_len(1) + l.prepared_len(1))
+            .sum();
         let cached = n
             * (per_sample * (2 * std::mem::size_of::<T>() + 4) + kept * std::mem::size_of::<T>())
             <= cache_bytes;
@@ -315,6 +322,13 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             be.axpy(w, B::view(&g), B::view_mut(&mut op.grad));
             if cached {
                 let layers = &op.net.layers;
+                let prepared = prepare(
+                    &op.net,
+                    B::view(&op.params),
+                    B::view(&chunk.x),
+                    b,
+                    &mut op.ws,
+                );
                 chunk.state = Some(ChunkState {
                     acts: (op.ws.acts.iter().zip(layers))
                         .map(|(a, l)| prefix_copy(&be, a, b * l.out_features()))
@@ -328,6 +342,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                     states: (op.ws.states.iter().zip(layers))
                         .map(|(a, l)| prefix_copy(&be, a, l.state_len(b)))
                         .collect(),
+                    prepared,
                 });
             }
         }
@@ -460,6 +475,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                 deltas,
                 indices,
                 states,
+                prepared: chunk.state.as_ref().map(|s| &s.prepared[..]),
                 batch: b,
             };
             let alpha = T::of_f64(b as f64 / n as f64);
@@ -508,6 +524,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                 deltas,
                 indices,
                 states,
+                prepared: None,
                 batch: b,
             };
             f(&self.net, B::view(&self.params), &pass, &mut self.bufs);

@@ -10,7 +10,7 @@
 //! single-sample gradients) are computed on the host, independently of the backend under test.
 
 use super::*;
-use crate::curvature::rop::{r_pass, ChunkPass, RBuffers};
+use crate::curvature::rop::{prepare, r_pass, ChunkPass, RBuffers};
 use crate::curvature::HessianOperator;
 use crate::device::{ConvGeometry, CpuBackend, Element};
 use crate::model::{Activation, Architecture, Loss, Network};
@@ -424,6 +424,18 @@ impl Problem {
 
     /// H·v (or G·v) on `be`: the forward and backward passes, then one R-pass over the batch.
     fn product_on<B: Backend>(&self, be: &B, v: &[f64], gauss_newton: bool) -> Vec<f64> {
+        self.product_prepared_on(be, v, gauss_newton, false)
+    }
+
+    /// [`Problem::product_on`], with the layers' R-backward values prepared from the passes
+    /// first ([`LayerOps::r_prepare`], as the Hessian operator keeps them) when `prepared`.
+    fn product_prepared_on<B: Backend>(
+        &self,
+        be: &B,
+        v: &[f64],
+        gauss_newton: bool,
+        prepared: bool,
+    ) -> Vec<f64> {
         let (b, np) = (self.labels.len(), self.params.len());
         let (pb, xb, vb) = (be.upload(&self.params), be.upload(&self.x), be.upload(v));
         let mut ws = self.net.workspace_on(be.clone(), b);
@@ -436,12 +448,14 @@ impl Problem {
             &mut ws,
         );
         let mut bufs = RBuffers::on(be.clone(), &self.net.layers, b);
+        let kept = prepared.then(|| prepare(&self.net, B::view(&pb), B::view(&xb), b, &mut ws));
         let chunk = ChunkPass::<f64, B> {
             x: B::view(&xb),
             acts: &ws.acts,
             deltas: &ws.deltas,
             indices: &ws.indices,
             states: &ws.states,
+            prepared: kept.as_deref(),
             batch: b,
         };
         let mut out = be.zeros::<f64>(np);
@@ -555,6 +569,38 @@ fn hessian_vector_products_match_the_finite_difference_hessian<B: Backend>(be: &
             );
         }
     }
+}
+
+/// The R-backward on prepared values ([`LayerOps::r_prepare`]: a residual block's inner
+/// cotangents, nested blocks' and GELU's φ″, as the Hessian operator keeps them) is, to the bit,
+/// the R-backward that recomputes them, for H·v and G·v, on every network here; and some network
+/// here prepares something (a residual block, a GELU), so the comparison is not empty.
+fn prepared_products_are_the_recomputed_ones<B: Backend>(be: &B) {
+    let mut prepared_any = 0;
+    for (name, net) in networks() {
+        prepared_any += net.layers.iter().filter(|l| l.prepared_len(2) > 0).count();
+        let p = problem(net, 4);
+        let mut rng = stream(11, Purpose::Init, 4);
+        let v: Vec<f64> = (0..p.params.len())
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        for gauss_newton in [false, true] {
+            let want = p.product_prepared_on(be, &v, gauss_newton, false);
+            let got = p.product_prepared_on(be, &v, gauss_newton, true);
+            let same = want
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name} (Gauss–Newton {gauss_newton}): prepared {got:?} vs {want:?}"
+            );
+        }
+    }
+    assert!(
+        prepared_any >= 2,
+        "no network here prepares R-backward values"
+    );
 }
 
 fn gauss_newton_products_match_the_dense_jacobian<B: Backend>(be: &B) {
@@ -954,6 +1000,10 @@ macro_rules! layer_suite {
             #[test]
             fn hessian_vector_products_match_the_finite_difference_hessian() {
                 super::hessian_vector_products_match_the_finite_difference_hessian(&$make);
+            }
+            #[test]
+            fn prepared_products_are_the_recomputed_ones() {
+                super::prepared_products_are_the_recomputed_ones(&$make);
             }
             #[test]
             fn gauss_newton_products_match_the_dense_jacobian() {
