@@ -102,6 +102,21 @@ fn prefix_copy<B: Backend, E: crate::device::Element>(
     out
 }
 
+/// Bytes the operator's cache takes for `n` samples: the passes (outputs and cotangents,
+/// indices counted generously as one per output, kept values), and beside them the values the
+/// layers prepare for their R-backward. The second is kept only where both fit; without it each
+/// product recomputes those values, as it does without a cache.
+pub(crate) fn cache_needs<T: Real>(net: &Network, n: usize) -> (usize, usize) {
+    let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
+    let kept: usize = net.layers.iter().map(|l| l.state_len(1)).sum();
+    let prepared: usize = net.layers.iter().map(|l| l.prepared_len(1)).sum();
+    let size = std::mem::size_of::<T>();
+    (
+        n * (per_sample * (2 * size + 4) + kept * size),
+        n * prepared * size,
+    )
+}
+
 /// Memory the operator may spend on caching every chunk's forward and backward pass (so that each
 /// product costs only its R-passes); above it, each product recomputes them.
 pub const DEFAULT_CACHE_BYTES: usize = 1 << 30;
@@ -270,16 +285,9 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             }
         }
         let batch = batch_size.min(n);
-        // Outputs and cotangents, indices (counted generously, one per output) and kept values.
-        let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
-        let kept: usize = net
-            .layers
-            .iter()
-            .map(|l| l.state_len(1) + l.prepared_len(1))
-            .sum();
-        let cached = n
-            * (per_sample * (2 * std::mem::size_of::<T>() + 4) + kept * std::mem::size_of::<T>())
-            <= cache_bytes;
+        let (passes, prepared) = cache_needs::<T>(net, n);
+        let cached = passes <= cache_bytes;
+        let prepares = passes + prepared <= cache_bytes;
         let chunks = (0..n)
             .step_by(batch)
             .map(|s| {
@@ -322,13 +330,17 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             be.axpy(w, B::view(&g), B::view_mut(&mut op.grad));
             if cached {
                 let layers = &op.net.layers;
-                let prepared = prepare(
-                    &op.net,
-                    B::view(&op.params),
-                    B::view(&chunk.x),
-                    b,
-                    &mut op.ws,
-                );
+                let prepared = if prepares {
+                    prepare(
+                        &op.net,
+                        B::view(&op.params),
+                        B::view(&chunk.x),
+                        b,
+                        &mut op.ws,
+                    )
+                } else {
+                    layers.iter().map(|_| None).collect()
+                };
                 chunk.state = Some(ChunkState {
                     acts: (op.ws.acts.iter().zip(layers))
                         .map(|(a, l)| prefix_copy(&be, a, b * l.out_features()))

@@ -10,6 +10,7 @@
 //! single-sample gradients) are computed on the host, independently of the backend under test.
 
 use super::*;
+use crate::curvature::operator::cache_needs;
 use crate::curvature::rop::{prepare, r_pass, ChunkPass, RBuffers};
 use crate::curvature::HessianOperator;
 use crate::device::{ConvGeometry, CpuBackend, Element};
@@ -601,6 +602,36 @@ fn prepared_products_are_the_recomputed_ones<B: Backend>(be: &B) {
         prepared_any >= 2,
         "no network here prepares R-backward values"
     );
+}
+
+/// The Hessian operator's products do not depend on what it caches: nothing (every product
+/// recomputes the passes), the passes without the prepared values, or both; to the bit.
+#[test]
+fn operator_products_do_not_depend_on_the_cache() {
+    for (name, net) in networks() {
+        let p = problem(net, 5);
+        let (passes, prepared) = cache_needs::<f64>(&p.net, p.labels.len());
+        let mut rng = stream(12, Purpose::Init, 5);
+        let v: Vec<f64> = (0..p.params.len())
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        let mut outs = Vec::new();
+        for bytes in [0, passes, passes + prepared] {
+            let mut op =
+                HessianOperator::new(&p.net, &p.params, &p.x, &p.labels, 2, bytes).unwrap();
+            assert_eq!(op.is_cached(), bytes > 0 || passes == 0, "{name}");
+            let mut out = vec![0.0; p.params.len()];
+            op.hvp(&v, &mut out);
+            outs.push(out);
+        }
+        for out in &outs[1..] {
+            let same = out
+                .iter()
+                .zip(&outs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name}: {out:?} vs {:?}", outs[0]);
+        }
+    }
 }
 
 fn gauss_newton_products_match_the_dense_jacobian<B: Backend>(be: &B) {
