@@ -136,7 +136,8 @@ fn networks() -> Vec<(&'static str, Network)> {
         ),
         (
             // y = x + f(x) with a LayerNorm and a GELU inside, between two Linear layers; then a
-            // residual block nested in another (the inner scratch of the level below).
+            // residual block nested in another (the inner scratch of the level below), with a GELU
+            // inside it too (values prepared for the R-backward at two levels).
             "Residual",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 4));
@@ -148,7 +149,10 @@ fn networks() -> Vec<(&'static str, Network)> {
                 s.residual("2", 4, |r| {
                     r.push(|sc| Linear::with_bias(sc, 4, 4, false));
                     r.push(|_| Tanh { features: 4 });
-                    r.residual("2", 4, |q| q.push(|sc| Linear::new(sc, 4, 4)));
+                    r.residual("2", 4, |q| {
+                        q.push(|sc| Linear::new(sc, 4, 4));
+                        q.push(|_| Gelu { features: 4 });
+                    });
                 });
                 s.push(|sc| Linear::new(sc, 4, 3));
             }),
