@@ -15,7 +15,7 @@ pub mod eigen;
 mod exact;
 mod hutchinson;
 mod lanczos;
-mod operator;
+pub(crate) mod operator;
 mod probes;
 pub(crate) mod rop;
 

@@ -8,7 +8,7 @@
 //! [`crate::rng::stream`], uploaded once per probe), the small tridiagonal eigenproblems of
 //! Lanczos, the per-probe scalars, and the exact trace (its per-sample norms read host slices).
 
-use super::rop::{r_pass, ChunkPass, RBuffers};
+use super::rop::{prepare, r_pass, ChunkPass, RBuffers};
 use crate::data::Dataset;
 use crate::device::{Backend, CpuBackend};
 use crate::model::{LayerOps, Network, TargetBuf, Targets, Workspace};
@@ -71,13 +71,16 @@ pub enum Curvature {
     GaussNewton,
 }
 
-/// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples.
+/// The forward outputs, backward cotangents, kept indices and kept values of one chunk of samples,
+/// and what each layer prepares for its R-backward ([`LayerOps::r_prepare`]: a residual block's
+/// inner cotangents, GELU's φ″), so that a product runs only the R-passes.
 #[derive(Clone, Debug)]
 struct ChunkState<T: Real, B: Backend> {
     acts: Vec<B::Buffer<T>>,
     deltas: Vec<B::Buffer<T>>,
     indices: Vec<B::Buffer<u32>>,
     states: Vec<B::Buffer<T>>,
+    prepared: Vec<Option<B::Buffer<T>>>,
 }
 
 /// One chunk's samples (in the backend's memory) and targets (on the host, as the loss takes them).
@@ -97,6 +100,21 @@ fn prefix_copy<B: Backend, E: crate::device::Element>(
     let mut out = be.zeros(len);
     be.copy(B::slice(B::view(buf), 0..len), B::view_mut(&mut out));
     out
+}
+
+/// Bytes the operator's cache takes for `n` samples: the passes (outputs and cotangents,
+/// indices counted generously as one per output, kept values), and beside them the values the
+/// layers prepare for their R-backward. The second is kept only where both fit; without it each
+/// product recomputes those values, as it does without a cache.
+pub(crate) fn cache_needs<T: Real>(net: &Network, n: usize) -> (usize, usize) {
+    let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
+    let kept: usize = net.layers.iter().map(|l| l.state_len(1)).sum();
+    let prepared: usize = net.layers.iter().map(|l| l.prepared_len(1)).sum();
+    let size = std::mem::size_of::<T>();
+    (
+        n * (per_sample * (2 * size + 4) + kept * size),
+        n * prepared * size,
+    )
 }
 
 /// Memory the operator may spend on caching every chunk's forward and backward pass (so that each
@@ -267,12 +285,9 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             }
         }
         let batch = batch_size.min(n);
-        // Outputs and cotangents, indices (counted generously, one per output) and kept values.
-        let per_sample: usize = net.layers.iter().map(|l| l.out_features()).sum();
-        let kept: usize = net.layers.iter().map(|l| l.state_len(1)).sum();
-        let cached = n
-            * (per_sample * (2 * std::mem::size_of::<T>() + 4) + kept * std::mem::size_of::<T>())
-            <= cache_bytes;
+        let (passes, prepared) = cache_needs::<T>(net, n);
+        let cached = passes <= cache_bytes;
+        let prepares = passes + prepared <= cache_bytes;
         let chunks = (0..n)
             .step_by(batch)
             .map(|s| {
@@ -315,6 +330,17 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
             be.axpy(w, B::view(&g), B::view_mut(&mut op.grad));
             if cached {
                 let layers = &op.net.layers;
+                let prepared = if prepares {
+                    prepare(
+                        &op.net,
+                        B::view(&op.params),
+                        B::view(&chunk.x),
+                        b,
+                        &mut op.ws,
+                    )
+                } else {
+                    layers.iter().map(|_| None).collect()
+                };
                 chunk.state = Some(ChunkState {
                     acts: (op.ws.acts.iter().zip(layers))
                         .map(|(a, l)| prefix_copy(&be, a, b * l.out_features()))
@@ -328,6 +354,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                     states: (op.ws.states.iter().zip(layers))
                         .map(|(a, l)| prefix_copy(&be, a, l.state_len(b)))
                         .collect(),
+                    prepared,
                 });
             }
         }
@@ -460,6 +487,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                 deltas,
                 indices,
                 states,
+                prepared: chunk.state.as_ref().map(|s| &s.prepared[..]),
                 batch: b,
             };
             let alpha = T::of_f64(b as f64 / n as f64);
@@ -508,6 +536,7 @@ impl<T: Real, B: Backend> HessianOperator<T, B> {
                 deltas,
                 indices,
                 states,
+                prepared: None,
                 batch: b,
             };
             f(&self.net, B::view(&self.params), &pass, &mut self.bufs);

@@ -11,7 +11,7 @@
 //! (`gauss_newton = true`) leaves the Gauss–Newton product Jᵀ·A·J·v (Schraudolph 2002).
 
 use crate::device::{Backend, CpuBackend};
-use crate::model::{Layer, LayerOps, Network, Pass, RPass, Scratch};
+use crate::model::{Layer, LayerOps, Network, Pass, RPass, Scratch, Workspace};
 use crate::Real;
 
 /// Per-layer buffers of the R-passes in backend `B`'s memory: R{y} and R{δ} of every layer's
@@ -49,14 +49,17 @@ impl<T: Real, B: Backend> RBuffers<T, B> {
     }
 }
 
-/// A chunk's forward state: every layer's output, the backward's cotangents, the kept indices and
-/// the kept values.
+/// A chunk's forward state: every layer's output, the backward's cotangents, the kept indices, the
+/// kept values and the R-backward's prepared values.
 pub(crate) struct ChunkPass<'a, T: Real, B: Backend = CpuBackend> {
     pub x: B::View<'a, T>,
     pub acts: &'a [B::Buffer<T>],
     pub deltas: &'a [B::Buffer<T>],
     pub indices: &'a [B::Buffer<u32>],
     pub states: &'a [B::Buffer<T>],
+    /// Each layer's [`LayerOps::r_prepare`] values where the caller keeps them (`None` for a
+    /// layer that prepares nothing; no list: every layer recomputes what it needs).
+    pub prepared: Option<&'a [Option<B::Buffer<T>>]>,
     pub batch: usize,
 }
 
@@ -80,6 +83,52 @@ impl<'a, T: Real, B: Backend> ChunkPass<'a, T, B> {
             state: B::shorten(B::view(&states[i])),
         }
     }
+}
+
+/// Every layer's [`LayerOps::r_prepare`] values (`None` where it prepares nothing) for the chunk
+/// of `batch` samples `x` whose forward and backward pass are in `ws`.
+pub(crate) fn prepare<T: Real, B: Backend>(
+    net: &Network,
+    params: B::View<'_, T>,
+    x: B::View<'_, T>,
+    batch: usize,
+    ws: &mut Workspace<T, B>,
+) -> Vec<Option<B::Buffer<T>>> {
+    let Workspace {
+        acts,
+        deltas,
+        indices,
+        states,
+        scratch,
+        ..
+    } = ws;
+    let pass = ChunkPass::<T, B> {
+        x: B::shorten(x),
+        acts,
+        deltas,
+        indices,
+        states,
+        prepared: None,
+        batch,
+    };
+    net.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let len = l.prepared_len(batch);
+            (len > 0).then(|| {
+                let mut out = scratch.backend.zeros(len);
+                let dy = B::slice(B::view(&deltas[i]), 0..batch * l.out_features());
+                l.r_prepare(
+                    &pass.layer(B::shorten(params), i),
+                    dy,
+                    B::view_mut(&mut out),
+                    scratch,
+                );
+                out
+            })
+        })
+        .collect()
 }
 
 /// One R-forward, loss R-operator and R-backward over a chunk: out += alpha·M_chunk·v.
@@ -135,6 +184,10 @@ pub(crate) fn r_pass<B: Backend, T: Real>(
             rdy: B::view(&rd_rest[0]),
             alpha,
             gauss_newton,
+            prepared: chunk
+                .prepared
+                .and_then(|p| p[i].as_ref())
+                .map(|p| B::view(p)),
         };
         let rdx = rd_before.last_mut().map(|d| B::view_mut(d));
         let pass = chunk.layer(B::shorten(params), i);

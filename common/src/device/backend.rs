@@ -353,6 +353,24 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         dy: Self::View<'_, T>,
         rdx: Self::ViewMut<'_, T>,
     );
+    /// out = φ″(x) element-wise, for activations that keep it for the R-backward
+    /// ([`Elementwise::keeps_second_derivative`]).
+    fn activation_second_derivative<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: Self::View<'_, T>,
+        y: Self::View<'_, T>,
+        out: Self::ViewMut<'_, T>,
+    );
+    /// out += a ⊙ b ⊙ c element-wise, as (a·b)·c (a kept φ″ times R{x} times δ: the same bits as
+    /// [`Backend::activation_add_second_order`] with the φ″ it would evaluate).
+    fn add_triple_product<T: Real>(
+        &self,
+        a: Self::View<'_, T>,
+        b: Self::View<'_, T>,
+        c: Self::View<'_, T>,
+        out: Self::ViewMut<'_, T>,
+    );
     /// ∂x = φ′ ⊙ δ from the layer's input x, output y and δ = `dy`.
     fn activation_backward<T: Real, A: Elementwise>(
         &self,

@@ -544,6 +544,20 @@ pub(super) fn activations<B: Backend>(be: &B) {
                 .collect();
             assert_close(&down(be, &out), &want, 1e-13, "r_backward");
         }
+        // φ″ kept for the R-backward, and added back as (φ″·R{x})·δ.
+        be.activation_second_derivative(act, B::view(&xb), B::view(&y), B::view_mut(&mut out));
+        let d2s = down(be, &out);
+        let want: Vec<f64> = x.iter().map(|&v| d2(v)).collect();
+        assert_close(&d2s, &want, 1e-13, "second_derivative");
+        let mut acc = be.upload(&rdy);
+        be.add_triple_product(
+            B::view(&out),
+            B::view(&rxb),
+            B::view(&dyb),
+            B::view_mut(&mut acc),
+        );
+        let want: Vec<f64> = (0..n).map(|i| rdy[i] + d2s[i] * rx[i] * dy[i]).collect();
+        assert_eq!(down(be, &acc), want, "add_triple_product");
     }
     check(
         be,

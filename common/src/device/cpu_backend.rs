@@ -242,6 +242,20 @@ impl Backend for CpuBackend {
         k::activation_add_second_order(act, x, y, rx, dy, rdx);
     }
     #[inline]
+    fn activation_second_derivative<T: Real, A: Elementwise>(
+        &self,
+        act: &A,
+        x: &[T],
+        y: &[T],
+        out: &mut [T],
+    ) {
+        k::activation_second_derivative(act, x, y, out);
+    }
+    #[inline]
+    fn add_triple_product<T: Real>(&self, a: &[T], b: &[T], c: &[T], out: &mut [T]) {
+        k::add_triple_product(a, b, c, out);
+    }
+    #[inline]
     fn activation_backward<T: Real, A: Elementwise>(
         &self,
         act: &A,
@@ -409,7 +423,10 @@ impl Backend for CpuBackend {
         batch: usize,
         y: &mut [T],
     ) {
-        k::vectorised(|| ln.cpu_forward(params, x, batch, y));
+        k::vectorised(
+            #[inline(always)]
+            || ln.cpu_forward(params, x, batch, y),
+        );
     }
     #[inline]
     fn layer_norm_backward<T: Real>(
@@ -421,7 +438,10 @@ impl Backend for CpuBackend {
         dx: Option<&mut [T]>,
         work: &mut [T],
     ) {
-        k::vectorised(|| ln.cpu_backward(pass, dy, grad, dx, work));
+        k::vectorised(
+            #[inline(always)]
+            || ln.cpu_backward(pass, dy, grad, dx, work),
+        );
     }
     #[inline]
     fn layer_norm_r_forward<T: Real>(
@@ -433,7 +453,10 @@ impl Backend for CpuBackend {
         ry: &mut [T],
         work: &mut [T],
     ) {
-        k::vectorised(|| ln.cpu_r_forward(pass, v, rx, ry, work));
+        k::vectorised(
+            #[inline(always)]
+            || ln.cpu_r_forward(pass, v, rx, ry, work),
+        );
     }
     #[inline]
     fn layer_norm_r_backward<T: Real>(
@@ -445,7 +468,10 @@ impl Backend for CpuBackend {
         rdx: Option<&mut [T]>,
         work: &mut [T],
     ) {
-        k::vectorised(|| ln.cpu_r_backward(pass, r, hv, rdx, work));
+        k::vectorised(
+            #[inline(always)]
+            || ln.cpu_r_backward(pass, r, hv, rdx, work),
+        );
     }
     #[inline]
     fn layer_norm_per_sample_gradients<T: Real>(

@@ -141,9 +141,14 @@ pub(super) fn activation_forward_keep<T: Real, A: Elementwise>(
 }
 
 pub(super) fn multiply<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
-    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-        *o = a * b;
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = a * b;
+            }
+        },
+    );
 }
 
 pub(super) fn activation_add_second_order<T: Real, A: Elementwise>(
@@ -159,6 +164,33 @@ pub(super) fn activation_add_second_order<T: Real, A: Elementwise>(
         || {
             for ((((d, &xi), &yi), &s), &g) in rdx.iter_mut().zip(x).zip(y).zip(rx).zip(dy) {
                 *d = act.add_second_order(*d, xi, yi, s, g);
+            }
+        },
+    );
+}
+
+pub(super) fn activation_second_derivative<T: Real, A: Elementwise>(
+    act: &A,
+    x: &[T],
+    y: &[T],
+    out: &mut [T],
+) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for ((o, &xi), &yi) in out.iter_mut().zip(x).zip(y) {
+                *o = act.second_derivative(xi, yi);
+            }
+        },
+    );
+}
+
+pub(super) fn add_triple_product<T: Real>(a: &[T], b: &[T], c: &[T], out: &mut [T]) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+                *o += a * b * c;
             }
         },
     );

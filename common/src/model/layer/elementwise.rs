@@ -6,7 +6,10 @@
 //! loops are the backend's activation operations, which evaluate the scalar methods below. An
 //! activation that keeps its derivative ([`Elementwise::keeps_derivative`]) writes φ′ into its
 //! state in the forward pass, and the other passes multiply by it (the same products, so the same
-//! bits as evaluating φ′ again).
+//! bits as evaluating φ′ again). One that keeps its second derivative
+//! ([`Elementwise::keeps_second_derivative`], GELU) has φ″ prepared for the R-backward
+//! ([`LayerOps::r_prepare`]) where the Hessian operator caches its chunks, and the R-backward
+//! multiplies by it (again the same products).
 
 use super::{LayerOps, Pass, PerSample, RPass, Scratch};
 use crate::device::Backend;
@@ -40,6 +43,19 @@ pub trait Elementwise {
     /// r + φ″(x)·rx·δ at one element (`r` = φ′·R{δ} so far, `rx` = R{x}, `dy` = δ); only called when
     /// [`Elementwise::second_derivative_vanishes`] is false.
     fn add_second_order<T: Real>(&self, r: T, x: T, y: T, rx: T, dy: T) -> T;
+    /// Whether the Hessian operator keeps φ″(x) per element for its R-backward
+    /// ([`LayerOps::prepared_len`]), which then multiplies by it instead of evaluating φ″ on
+    /// every product: for activations whose φ″ costs more than a few operations (GELU's exp).
+    fn keeps_second_derivative(&self) -> bool {
+        false
+    }
+    /// φ″(x) as a factor such that [`Elementwise::add_second_order`]`(r, x, y, rx, dy)` is
+    /// r + φ″·rx·δ, evaluated in that order, to the bit; only called where
+    /// [`Elementwise::keeps_second_derivative`] is true (the default is that sum's term at
+    /// rx = δ = 1).
+    fn second_derivative<T: Real>(&self, x: T, y: T) -> T {
+        self.add_second_order(T::zero(), x, y, T::one(), T::one())
+    }
 }
 
 impl<A: Elementwise> LayerOps for A {
@@ -174,15 +190,20 @@ impl<A: Elementwise> LayerOps for A {
             let mut rdx = B::slice_mut(rdx, 0..n);
             let (d, rdy) = (B::slice(pass.state, 0..n), B::slice(r.rdy, 0..n));
             sc.backend.multiply(rdy, d, B::reborrow(&mut rdx));
-            if let Some((rx, dy)) = second {
-                sc.backend.activation_add_second_order(
+            match (second, r.prepared) {
+                (Some((rx, dy)), Some(d2)) => {
+                    let d2 = B::slice(d2, 0..n);
+                    sc.backend.add_triple_product(d2, rx, dy, rdx);
+                }
+                (Some((rx, dy)), None) => sc.backend.activation_add_second_order(
                     self,
                     B::slice(pass.x, 0..n),
                     B::slice(pass.y, 0..n),
                     rx,
                     dy,
                     rdx,
-                );
+                ),
+                (None, _) => {}
             }
             return;
         }
@@ -194,6 +215,32 @@ impl<A: Elementwise> LayerOps for A {
             second,
             B::slice_mut(rdx, 0..n),
         );
+    }
+
+    fn prepared_len(&self, batch: usize) -> usize {
+        if self.keeps_second_derivative() && !self.second_derivative_vanishes() {
+            batch * self.features()
+        } else {
+            0
+        }
+    }
+
+    fn r_prepare<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        _dy: B::View<'_, T>,
+        out: B::ViewMut<'_, T>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        let n = self.prepared_len(pass.batch);
+        if n > 0 {
+            sc.backend.activation_second_derivative(
+                self,
+                B::slice(pass.x, 0..n),
+                B::slice(pass.y, 0..n),
+                B::slice_mut(out, 0..n),
+            );
+        }
     }
 
     fn per_sample(&self) -> PerSample {

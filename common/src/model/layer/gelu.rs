@@ -155,9 +155,17 @@ impl Elementwise for Gelu {
         T::of_f64(cdf + x * pdf)
     }
     #[inline(always)]
-    fn add_second_order<T: Real>(&self, r: T, x: T, _y: T, rx: T, dy: T) -> T {
+    fn add_second_order<T: Real>(&self, r: T, x: T, y: T, rx: T, dy: T) -> T {
+        r + self.second_derivative(x, y) * rx * dy
+    }
+    fn keeps_second_derivative(&self) -> bool {
+        true
+    }
+    /// φ″(x) = ϕ(x)·(2 − x²), evaluated in f64 and rounded to `T` once.
+    #[inline(always)]
+    fn second_derivative<T: Real>(&self, x: T, _y: T) -> T {
         let x64 = x.as_f64();
-        r + T::of_f64(cdf_pdf::<T>(x64).1 * (2.0 - x64 * x64)) * rx * dy
+        T::of_f64(cdf_pdf::<T>(x64).1 * (2.0 - x64 * x64))
     }
 }
 

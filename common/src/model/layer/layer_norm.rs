@@ -260,8 +260,9 @@ impl LayerNorm {
             match gamma {
                 Some(gm) => {
                     let (vg, vb) = (&v[self.gamma.clone()], &v[self.beta.clone()]);
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = gm[j] * rxhat[j] + vg[j] * xhat[j] + vb[j];
+                    let terms = gm.iter().zip(&*rxhat).zip(vg).zip(&*xhat).zip(vb);
+                    for (o, ((((&g, &rh), &vg), &h), &vb)) in out.iter_mut().zip(terms) {
+                        *o = g * rh + vg * h + vb;
                     }
                 }
                 None => out.copy_from_slice(rxhat),
@@ -299,17 +300,18 @@ impl LayerNorm {
                 None => rxhat.iter_mut().for_each(|v| *v = T::zero()),
             }
             if let Some(gm) = gamma {
-                let hg = &mut hv[self.gamma.clone()];
-                for j in 0..d {
-                    hg[j] += r.alpha * (rdr[j] * xhat[j] + dr[j] * rxhat[j]);
+                let terms = rdr.iter().zip(&*xhat).zip(dr).zip(&*rxhat);
+                for (h, (((&rd, &xh), &d), &rxh)) in hv[self.gamma.clone()].iter_mut().zip(terms) {
+                    *h += r.alpha * (rd * xh + d * rxh);
                 }
                 for (h, &v) in hv[self.beta.clone()].iter_mut().zip(rdr) {
                     *h += r.alpha * v;
                 }
                 let vg = &r.v[self.gamma.clone()];
-                for j in 0..d {
-                    g[j] = gm[j] * dr[j];
-                    rg[j] = gm[j] * rdr[j] + if second_order { vg[j] * dr[j] } else { T::zero() };
+                let terms = gm.iter().zip(dr).zip(rdr).zip(vg);
+                for ((gj, rgj), (((&gmj, &d), &rd), &vgj)) in g.iter_mut().zip(rg.iter_mut()).zip(terms) {
+                    *gj = gmj * d;
+                    *rgj = gmj * rd + if second_order { vgj * d } else { T::zero() };
                 }
             } else {
                 g.copy_from_slice(dr);
@@ -326,9 +328,9 @@ impl LayerNorm {
                 let gr = dot(g, rxhat) / dn;
                 let rr = -rs * dot(xhat, rx) / dn;
                 let gm_mean = sum(g) / dn;
-                for j in 0..d {
-                    let dxj = rs * (g[j] - gm_mean - xhat[j] * m);
-                    out[j] += rr * dxj - rs * (rxhat[j] * m + xhat[j] * gr);
+                for (o, ((&gj, &xh), &rxh)) in out.iter_mut().zip(g.iter().zip(&*xhat).zip(&*rxhat)) {
+                    let dxj = rs * (gj - gm_mean - xh * m);
+                    *o += rr * dxj - rs * (rxh * m + xh * gr);
                 }
             }
             rdx[span].copy_from_slice(out);

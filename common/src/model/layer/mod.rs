@@ -7,11 +7,12 @@
 //! their own, and the loss is the network's last node ([`super::Loss`]).
 //!
 //! **Adding a layer type**: write a file here with a struct that implements [`LayerOps`] (every
-//! method is required, so nothing is silently skipped) and a constructor that takes its tensors from
-//! a [`Scope`], and add `file: Type` to the `layer_types!` list below. The tests in `tests.rs`
-//! (gradient against central differences in f64, R-operator against a finite-difference Hessian,
-//! per-sample gradients against single-sample passes) take every layer type through the same
-//! bodies, and fail until the new type appears in one of their tiny networks.
+//! method but the R-backward's optional cache is required, so nothing is silently skipped) and a
+//! constructor that takes its tensors from a [`Scope`], and add `file: Type` to the `layer_types!`
+//! list below. The tests in `tests.rs` (gradient against central differences in f64, R-operator
+//! against a finite-difference Hessian, per-sample gradients against single-sample passes) take
+//! every layer type through the same bodies, and fail until the new type appears in one of their
+//! tiny networks.
 //!
 //! Notation (Pearlmutter 1994, "Fast exact multiplication by the Hessian"): a layer maps its input x
 //! to y; δ = ∂L/∂y is the cotangent of its output; R{·} is the directional derivative d/dε at
@@ -83,6 +84,9 @@ pub struct RPass<'a, T: Real, B: Backend = CpuBackend> {
     pub alpha: T,
     /// Drop the terms in δ (the Gauss–Newton product Jᵀ·A·J·v instead of H·v).
     pub gauss_newton: bool,
+    /// What [`LayerOps::r_prepare`] wrote for this forward state and δ, when the caller keeps it
+    /// (an operator caching its chunks' passes); `None`: the layer recomputes what it needs.
+    pub prepared: Option<B::View<'a, T>>,
 }
 
 impl<T: Real, B: Backend> Clone for RPass<'_, T, B> {
@@ -136,7 +140,8 @@ impl<T: Real> Scratch<T> {
     }
 }
 
-/// One layer type. Every method is required. The passes are generic over the [`Backend`] whose
+/// One layer type. Every method is required but the pair [`LayerOps::prepared_len`] /
+/// [`LayerOps::r_prepare`], a cache that only decides what the R-backward recomputes. The passes are generic over the [`Backend`] whose
 /// memory they read and write (`B`) and the scalar type (`T`).
 pub trait LayerOps {
     /// The PyTorch module it is (`Linear`, `Conv2d`, `ReLU`, …), for messages.
@@ -219,6 +224,28 @@ pub trait LayerOps {
         saved: &[B::Buffer<T>; 2],
         sc: &mut Scratch<T, B>,
     );
+
+    /// Values that its R-backward reads and that neither the forward nor the backward pass keeps,
+    /// for `batch` samples: a residual block's inner cotangents (the backward keeps none) and what
+    /// its inner layers prepare, GELU's φ″. A caller that repeats R-passes on one forward state
+    /// (the Hessian operator's cached chunks) fills them once with [`LayerOps::r_prepare`] and
+    /// hands them to every R-backward as [`RPass::prepared`]; without them the R-backward
+    /// computes what it needs itself, to the same bits. Layers that need nothing keep the
+    /// default, 0 (nothing is skipped by it: it only decides what is recomputed).
+    fn prepared_len(&self, _batch: usize) -> usize {
+        0
+    }
+
+    /// Writes the [`LayerOps::prepared_len`] values for the forward state `pass` and the output
+    /// cotangent δ = `dy` into `out`. The default (nothing to prepare) writes nothing.
+    fn r_prepare<B: Backend, T: Real>(
+        &self,
+        _pass: &Pass<'_, T, B>,
+        _dy: B::View<'_, T>,
+        _out: B::ViewMut<'_, T>,
+        _sc: &mut Scratch<T, B>,
+    ) {
+    }
 
     /// How its per-sample gradients enter the per-sample products.
     fn per_sample(&self) -> PerSample;
@@ -349,6 +376,18 @@ macro_rules! layer_types {
                 sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.r_backward(pass, r, hv, rdx, saved, sc)),* }
+            }
+            fn prepared_len(&self, batch: usize) -> usize {
+                match self { $(Layer::$ty(l) => l.prepared_len(batch)),* }
+            }
+            fn r_prepare<B: Backend, T: Real>(
+                &self,
+                pass: &Pass<'_, T, B>,
+                dy: B::View<'_, T>,
+                out: B::ViewMut<'_, T>,
+                sc: &mut Scratch<T, B>,
+            ) {
+                match self { $(Layer::$ty(l) => l.r_prepare(pass, dy, out, sc)),* }
             }
             fn per_sample(&self) -> PerSample {
                 match self { $(Layer::$ty(l) => l.per_sample()),* }

@@ -11,7 +11,9 @@
 //! backward and R-passes read them instead of recomputing the inner forward. The R-forward keeps
 //! the inner R{y} in the block's saved buffer, for the R-backward, unless an inner layer has saved
 //! buffers of its own (a convolution); then the R-backward recomputes the inner R-forward. The
-//! R-backward recomputes the inner cotangents δ (the ordinary backward keeps none). The inner
+//! R-backward reads the inner cotangents δ (the ordinary backward keeps none) from its prepared
+//! values ([`LayerOps::r_prepare`]: the δ, then what the inner layers prepare) where the caller
+//! keeps them, as the Hessian operator does per chunk, and recomputes them otherwise. The inner
 //! passes' temporary buffers live in the scratch ([`Nested`]), on the scratch's backend, grown on
 //! first use and reused afterwards; per-sample gradients, which get no state, recompute the inner
 //! forward there. Everything is the inner layers' passes and the backend's `copy` / `axpy` (the
@@ -169,6 +171,33 @@ impl Residual {
             state: at + out..at + out + l.state_len(batch),
             indices: ix..ix + l.index_len(batch),
         }
+    }
+
+    /// Where the R-backward's prepared values ([`LayerOps::prepared_len`]) lie: the cotangents of
+    /// the inner outputs but the last (whose cotangent is the block's δ), `[δ₀, …, δₖ₋₂]`, then
+    /// what each inner layer prepares itself, `[p₀, …, pₖ₋₁]`. Returns the span of δⱼ (empty for
+    /// the last) and of pⱼ.
+    fn prepared_span(&self, j: usize, batch: usize) -> (Range<usize>, Range<usize>) {
+        let k = self.layers.len();
+        let deltas: usize = self.layers[..k - 1]
+            .iter()
+            .map(|l| batch * l.out_features())
+            .sum();
+        let before: usize = self.layers[..j]
+            .iter()
+            .map(|l| batch * l.out_features())
+            .sum();
+        let delta = if j + 1 == k {
+            0..0
+        } else {
+            before..before + batch * self.layers[j].out_features()
+        };
+        let at = deltas
+            + self.layers[..j]
+                .iter()
+                .map(|l| l.prepared_len(batch))
+                .sum::<usize>();
+        (delta, at..at + self.layers[j].prepared_len(batch))
     }
 
     /// What inner layer j sees of the block's forward state (`state`, `indices`) on input `x`.
@@ -445,18 +474,21 @@ impl LayerOps for Residual {
         let be = sc.backend.clone();
         let keeps = self.keeps_r_outputs(batch);
         let nest = self.nested(sc, batch);
-        // The inner cotangents (the ordinary backward keeps none), and the inner R{y} when the
-        // R-forward could not keep them.
-        self.inner_backward(
-            pass,
-            pass.state,
-            pass.indices,
-            B::slice(r.dy, 0..n),
-            None,
-            None,
-            &mut nest.deltas,
-            &mut nest.sc,
-        );
+        // The inner cotangents (the ordinary backward keeps none) unless they were prepared, and
+        // the inner R{y} when the R-forward could not keep them.
+        let prepared = r.prepared.map(|p| B::slice(p, 0..self.prepared_len(batch)));
+        if prepared.is_none() {
+            self.inner_backward(
+                pass,
+                pass.state,
+                pass.indices,
+                B::slice(r.dy, 0..n),
+                None,
+                None,
+                &mut nest.deltas,
+                &mut nest.sc,
+            );
+        }
         if !keeps {
             let mut scratch_saved = [be.zeros(0), be.zeros(0)];
             let mut ry = be.zeros(n);
@@ -494,6 +526,7 @@ impl LayerOps for Residual {
         for j in (0..k).rev() {
             let (before, rest) = rdelta.split_at_mut(j);
             let last = j + 1 == k;
+            let (delta, own) = self.prepared_span(j, batch);
             let inner = RPass::<T, B> {
                 v: B::shorten(r.v),
                 rx: if j == 0 {
@@ -501,10 +534,10 @@ impl LayerOps for Residual {
                 } else {
                     Some(B::shorten(ry_of(j - 1)))
                 },
-                dy: if last {
-                    B::shorten(B::slice(r.dy, 0..n))
-                } else {
-                    B::view(&deltas[j])
+                dy: match (last, prepared) {
+                    (true, _) => B::shorten(B::slice(r.dy, 0..n)),
+                    (false, Some(p)) => B::shorten(B::slice(p, delta)),
+                    (false, None) => B::view(&deltas[j]),
                 },
                 rdy: if last {
                     B::shorten(B::slice(r.rdy, 0..n))
@@ -513,6 +546,9 @@ impl LayerOps for Residual {
                 },
                 alpha: r.alpha,
                 gauss_newton: r.gauss_newton,
+                prepared: prepared
+                    .filter(|_| !own.is_empty())
+                    .map(|p| B::shorten(B::slice(p, own))),
             };
             let pass_j = self.inner_pass(j, pass, pass.state, pass.indices);
             let down = match before.last_mut() {
@@ -530,6 +566,59 @@ impl LayerOps for Residual {
         }
         if let Some(rdx) = rdx {
             be.axpy(T::one(), B::slice(r.rdy, 0..n), rdx);
+        }
+    }
+
+    fn prepared_len(&self, batch: usize) -> usize {
+        let k = self.layers.len();
+        self.layers[..k - 1]
+            .iter()
+            .map(|l| batch * l.out_features())
+            .sum::<usize>()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.prepared_len(batch))
+                .sum::<usize>()
+    }
+
+    fn r_prepare<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        out: B::ViewMut<'_, T>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (batch, n, k) = (pass.batch, pass.batch * self.features, self.layers.len());
+        let be = sc.backend.clone();
+        let Nested {
+            deltas, sc: inner_sc, ..
+        } = self.nested(sc, batch);
+        self.inner_backward(
+            pass,
+            pass.state,
+            pass.indices,
+            B::slice(dy, 0..n),
+            None,
+            None,
+            deltas,
+            inner_sc,
+        );
+        let mut out = B::slice_mut(out, 0..self.prepared_len(batch));
+        for (j, layer) in self.layers.iter().enumerate() {
+            let (delta, prepared) = self.prepared_span(j, batch);
+            let dj = if j + 1 == k {
+                B::shorten(B::slice(dy, 0..n))
+            } else {
+                let d = B::slice(B::view(&deltas[j]), 0..delta.len());
+                be.copy(d, B::slice_mut(B::reborrow(&mut out), delta));
+                d
+            };
+            if !prepared.is_empty() {
+                let inner = self.inner_pass(j, pass, pass.state, pass.indices);
+                let slot = B::slice_mut(B::reborrow(&mut out), prepared);
+                layer.r_prepare(&inner, dj, slot, inner_sc);
+            }
         }
     }
 

@@ -10,7 +10,8 @@
 //! single-sample gradients) are computed on the host, independently of the backend under test.
 
 use super::*;
-use crate::curvature::rop::{r_pass, ChunkPass, RBuffers};
+use crate::curvature::operator::cache_needs;
+use crate::curvature::rop::{prepare, r_pass, ChunkPass, RBuffers};
 use crate::curvature::HessianOperator;
 use crate::device::{ConvGeometry, CpuBackend, Element};
 use crate::model::{Activation, Architecture, Loss, Network};
@@ -135,7 +136,8 @@ fn networks() -> Vec<(&'static str, Network)> {
         ),
         (
             // y = x + f(x) with a LayerNorm and a GELU inside, between two Linear layers; then a
-            // residual block nested in another (the inner scratch of the level below).
+            // residual block nested in another (the inner scratch of the level below), with a GELU
+            // inside it too (values prepared for the R-backward at two levels).
             "Residual",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 4));
@@ -147,7 +149,10 @@ fn networks() -> Vec<(&'static str, Network)> {
                 s.residual("2", 4, |r| {
                     r.push(|sc| Linear::with_bias(sc, 4, 4, false));
                     r.push(|_| Tanh { features: 4 });
-                    r.residual("2", 4, |q| q.push(|sc| Linear::new(sc, 4, 4)));
+                    r.residual("2", 4, |q| {
+                        q.push(|sc| Linear::new(sc, 4, 4));
+                        q.push(|_| Gelu { features: 4 });
+                    });
                 });
                 s.push(|sc| Linear::new(sc, 4, 3));
             }),
@@ -464,6 +469,18 @@ impl Problem {
 
     /// H·v (or G·v) on `be`: the forward and backward passes, then one R-pass over the batch.
     fn product_on<B: Backend>(&self, be: &B, v: &[f64], gauss_newton: bool) -> Vec<f64> {
+        self.product_prepared_on(be, v, gauss_newton, false)
+    }
+
+    /// [`Problem::product_on`], with the layers' R-backward values prepared from the passes
+    /// first ([`LayerOps::r_prepare`], as the Hessian operator keeps them) when `prepared`.
+    fn product_prepared_on<B: Backend>(
+        &self,
+        be: &B,
+        v: &[f64],
+        gauss_newton: bool,
+        prepared: bool,
+    ) -> Vec<f64> {
         let (b, np) = (self.labels.len(), self.params.len());
         let (pb, xb, vb) = (be.upload(&self.params), be.upload(&self.x), be.upload(v));
         let mut ws = self.net.workspace_on(be.clone(), b);
@@ -476,12 +493,14 @@ impl Problem {
             &mut ws,
         );
         let mut bufs = RBuffers::on(be.clone(), &self.net.layers, b);
+        let kept = prepared.then(|| prepare(&self.net, B::view(&pb), B::view(&xb), b, &mut ws));
         let chunk = ChunkPass::<f64, B> {
             x: B::view(&xb),
             acts: &ws.acts,
             deltas: &ws.deltas,
             indices: &ws.indices,
             states: &ws.states,
+            prepared: kept.as_deref(),
             batch: b,
         };
         let mut out = be.zeros::<f64>(np);
@@ -593,6 +612,68 @@ fn hessian_vector_products_match_the_finite_difference_hessian<B: Backend>(be: &
                 err < 1e-6,
                 "{name}: operator H·v vs finite differences: {err:e}"
             );
+        }
+    }
+}
+
+/// The R-backward on prepared values ([`LayerOps::r_prepare`]: a residual block's inner
+/// cotangents, nested blocks' and GELU's φ″, as the Hessian operator keeps them) is, to the bit,
+/// the R-backward that recomputes them, for H·v and G·v, on every network here; and some network
+/// here prepares something (a residual block, a GELU), so the comparison is not empty.
+fn prepared_products_are_the_recomputed_ones<B: Backend>(be: &B) {
+    let mut prepared_any = 0;
+    for (name, net) in networks() {
+        prepared_any += net.layers.iter().filter(|l| l.prepared_len(2) > 0).count();
+        let p = problem(net, 4);
+        let mut rng = stream(11, Purpose::Init, 4);
+        let v: Vec<f64> = (0..p.params.len())
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        for gauss_newton in [false, true] {
+            let want = p.product_prepared_on(be, &v, gauss_newton, false);
+            let got = p.product_prepared_on(be, &v, gauss_newton, true);
+            let same = want
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name} (Gauss–Newton {gauss_newton}): prepared {got:?} vs {want:?}"
+            );
+        }
+    }
+    assert!(
+        prepared_any >= 2,
+        "no network here prepares R-backward values"
+    );
+}
+
+/// The Hessian operator's products do not depend on what it caches: nothing (every product
+/// recomputes the passes), the passes without the prepared values, or both; to the bit.
+#[test]
+fn operator_products_do_not_depend_on_the_cache() {
+    for (name, net) in networks() {
+        let p = problem(net, 5);
+        let (passes, prepared) = cache_needs::<f64>(&p.net, p.labels.len());
+        let mut rng = stream(12, Purpose::Init, 5);
+        let v: Vec<f64> = (0..p.params.len())
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        let mut outs = Vec::new();
+        for bytes in [0, passes, passes + prepared] {
+            let mut op =
+                HessianOperator::new(&p.net, &p.params, &p.x, &p.labels, 2, bytes).unwrap();
+            assert_eq!(op.is_cached(), bytes > 0 || passes == 0, "{name}");
+            let mut out = vec![0.0; p.params.len()];
+            op.hvp(&v, &mut out);
+            outs.push(out);
+        }
+        for out in &outs[1..] {
+            let same = out
+                .iter()
+                .zip(&outs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name}: {out:?} vs {:?}", outs[0]);
         }
     }
 }
@@ -994,6 +1075,10 @@ macro_rules! layer_suite {
             #[test]
             fn hessian_vector_products_match_the_finite_difference_hessian() {
                 super::hessian_vector_products_match_the_finite_difference_hessian(&$make);
+            }
+            #[test]
+            fn prepared_products_are_the_recomputed_ones() {
+                super::prepared_products_are_the_recomputed_ones(&$make);
             }
             #[test]
             fn gauss_newton_products_match_the_dense_jacobian() {
