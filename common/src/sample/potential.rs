@@ -93,10 +93,11 @@ pub struct NetworkPotential<'a, B: Backend = CpuBackend> {
     /// `normalized`, so that the targets of a minibatch are row copies too.
     values: Option<Vec<f32>>,
     be: B,
-    /// The buffers of ended chains ([`Potential::recycle`]), handed to the next chains: a chain's
-    /// workspace is tens of MB (33 MB for `transformer_1l` at batch 512), and allocating it afresh
-    /// made every chain first-touch (page-fault and zero) all of it, 1–2 ms of an SGLD step of a
-    /// 20-draw chain. At most as many as chains ever ran at once.
+    /// The buffers of ended chains ([`Potential::recycle`]), handed to the next chains. A chain's
+    /// workspace is tens of MB (about 30 MB for `transformer_1l` at batch 512, 70 MB before the
+    /// residual blocks stopped allocating the R-passes' buffers for a gradient), and a chain that
+    /// allocates its own first-touches (page-faults and zeroes) all of it: about 2 ms of each step
+    /// of a 20-draw chain at 70 MB. At most as many as chains ever ran at once.
     spare: Mutex<Vec<NetworkChainState<B>>>,
 }
 
