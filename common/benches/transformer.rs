@@ -6,7 +6,9 @@
 //! - the gradient of a minibatch, and a training step (the gradient and an AdamW update);
 //! - a whole SGLD step of a chain through [`NetworkPotential`] and [`run_chains`] (the minibatch
 //!   drawn and gathered, the gradient, the fused update), as `llc` runs it, on the training split of
-//!   `datagen modular --p 113 --op add --train-fraction 0.3`;
+//!   `datagen modular --p 113 --op add --train-fraction 0.3`: chains of 20 draws, each on the
+//!   buffers the previous chain gave back to the potential ([`common::sample::Potential::recycle`]),
+//!   as an `llc` run's chains after the first on a thread are;
 //! - a Hessian–vector product on the gradient's minibatch;
 //! - when `torch` is importable by [`common::bench::python`] (`PYTHON=/work/venv-torch/bin/python`),
 //!   PyTorch's training step of the same model on 1 thread (`scripts/anchors/torch_transformer_step.py`:

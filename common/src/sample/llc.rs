@@ -104,6 +104,10 @@ pub fn init_loss<P: Potential>(
                     <P::Backend as Backend>::view(&w),
                 )?;
             }
+            if sum.is_finite() {
+                // The first chain takes these buffers over.
+                potential.recycle(state);
+            }
             Ok(sum / count as f64)
         }
     }

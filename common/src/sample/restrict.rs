@@ -186,6 +186,9 @@ impl<P: Potential> Potential for Restricted<'_, P> {
             grad: be.zeros(self.w_star.len()),
         }
     }
+    fn recycle(&self, state: Self::ChainState) {
+        self.inner.recycle(state.inner);
+    }
     fn loss_and_gradient(
         &self,
         s: &mut Self::ChainState,

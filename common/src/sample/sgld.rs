@@ -200,6 +200,7 @@ pub fn run_chain<P: Potential>(
     let mut prev_loss = f64::NAN;
     // The previous step's sums: Δ_t·h_{t−1}, ‖h_{t−1}‖² and ‖w_{t−1} − w*‖² − ‖w_t − w*‖².
     let mut prev_sums: Option<UpdateSums> = None;
+    let mut ended_finite = true;
 
     for step in 0..cfg.steps() {
         crate::progress::tick(1);
@@ -217,6 +218,7 @@ pub fn run_chain<P: Potential>(
         };
         if !loss.is_finite() {
             diverged_at = Some(draw.unwrap_or(losses.len()));
+            ended_finite = false;
             break;
         }
         if draw.is_some() {
@@ -251,8 +253,14 @@ pub fn run_chain<P: Potential>(
         prev_sums = Some(sums);
         if !finite {
             diverged_at = Some(draw.map_or(losses.len(), |d| d + 1));
+            ended_finite = false;
             break;
         }
+    }
+    if ended_finite {
+        // Only the buffers of a chain that stayed finite go back to the potential (a later chain
+        // never meets a stale non-finite value, even in a buffer it overwrites).
+        potential.recycle(state);
     }
     if diverged_at.is_some_and(|d| d >= cfg.draws) {
         // Diverged on the very last update: every draw was recorded and is finite.

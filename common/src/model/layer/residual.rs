@@ -63,37 +63,94 @@ impl<T: Real, B: Backend> Nested<T, B> {
         }
     }
 
-    /// Sizes the buffers for `block` at `batch` samples (grow only).
-    fn ensure(&mut self, block: &Residual, batch: usize) {
+    /// Sizes the buffers that `uses` names for `block` at `batch` samples (grow only). Each kind is
+    /// grown when a pass that reads it first runs, so a workspace that only runs the forward and
+    /// backward passes (training, SGLD) never holds (nor zero-fills) the R-passes' buffers or the
+    /// per-sample pass's state: about 40 of the 70 MB that a chain of `transformer_1l` at batch 512
+    /// first-touched.
+    fn ensure(&mut self, block: &Residual, batch: usize, uses: Uses) {
         let layers = &block.layers;
         let k = layers.len();
         let be = self.sc.backend.clone();
-        for list in [&mut self.deltas, &mut self.ry, &mut self.rdelta] {
+        for (list, used) in [
+            (&mut self.deltas, uses.deltas),
+            (&mut self.ry, uses.r),
+            (&mut self.rdelta, uses.r),
+        ] {
             while list.len() < k {
                 list.push(be.zeros(0));
             }
-            for (b, l) in list.iter_mut().zip(layers) {
-                be.ensure_len(b, batch * l.out_features());
+            if used {
+                for (b, l) in list.iter_mut().zip(layers) {
+                    be.ensure_len(b, batch * l.out_features());
+                }
             }
         }
         while self.saved.len() < k {
             self.saved.push([be.zeros(0), be.zeros(0)]);
         }
-        for (sv, l) in self.saved.iter_mut().zip(layers) {
-            let n = l.saved_len(batch);
-            be.ensure_len(&mut sv[0], n);
-            be.ensure_len(&mut sv[1], n);
+        if uses.r {
+            for (sv, l) in self.saved.iter_mut().zip(layers) {
+                let n = l.saved_len(batch);
+                be.ensure_len(&mut sv[0], n);
+                be.ensure_len(&mut sv[1], n);
+            }
         }
-        be.ensure_len(&mut self.state, block.state_len(batch));
-        be.ensure_len(&mut self.indices, block.index_len(batch));
-        for l in layers {
-            for batched in [false, true] {
-                let (cols, conv) = l.scratch_len(batch, batched);
-                be.ensure_len(&mut self.sc.cols, cols);
-                be.ensure_len(&mut self.sc.conv, conv);
+        if uses.state {
+            be.ensure_len(&mut self.state, block.state_len(batch));
+            be.ensure_len(&mut self.indices, block.index_len(batch));
+        }
+        if uses.r || uses.state {
+            // Sized up front for the R- and per-sample passes; the forward and backward passes'
+            // layers grow the scratch they use themselves (`Backend::ensure_len`).
+            for l in layers {
+                for batched in [false, true] {
+                    let (cols, conv) = l.scratch_len(batch, batched);
+                    be.ensure_len(&mut self.sc.cols, cols);
+                    be.ensure_len(&mut self.sc.conv, conv);
+                }
             }
         }
     }
+}
+
+/// Which of a nesting level's buffers a pass reads ([`Nested::ensure`]).
+#[derive(Clone, Copy, Debug)]
+struct Uses {
+    /// The inner cotangents (backward, R-backward, per-sample gradients).
+    deltas: bool,
+    /// R{y}, R{δ} and the saved buffers (the R-passes).
+    r: bool,
+    /// A forward state and indices of the level's own (per-sample gradients, which get none).
+    state: bool,
+}
+
+impl Uses {
+    const FORWARD: Uses = Uses {
+        deltas: false,
+        r: false,
+        state: false,
+    };
+    const BACKWARD: Uses = Uses {
+        deltas: true,
+        r: false,
+        state: false,
+    };
+    const R_FORWARD: Uses = Uses {
+        deltas: false,
+        r: true,
+        state: false,
+    };
+    const R_BACKWARD: Uses = Uses {
+        deltas: true,
+        r: true,
+        state: false,
+    };
+    const PER_SAMPLE: Uses = Uses {
+        deltas: true,
+        r: false,
+        state: true,
+    };
 }
 
 /// Where inner layer j's forward state lies in the block's: its output, its own state, its indices.
@@ -147,12 +204,13 @@ impl Residual {
         &self,
         sc: &'s mut Scratch<T, B>,
         batch: usize,
+        uses: Uses,
     ) -> &'s mut Nested<T, B> {
         let backend = &sc.backend;
         let n = sc
             .nested
             .get_or_insert_with(|| Box::new(Nested::new(backend.clone())));
-        n.ensure(self, batch);
+        n.ensure(self, batch, uses);
         n
     }
 
@@ -366,7 +424,7 @@ impl LayerOps for Residual {
             batch,
             B::slice_mut(indices, 0..self.index_len(batch)),
             B::reborrow(&mut state),
-            &mut self.nested(sc, batch).sc,
+            &mut self.nested(sc, batch, Uses::FORWARD).sc,
         );
         let f = B::slice(B::freeze(&state), self.inner_span(self.layers.len() - 1, batch).act);
         let mut y = B::slice_mut(y, 0..n);
@@ -384,7 +442,7 @@ impl LayerOps for Residual {
     ) {
         let (batch, n) = (pass.batch, pass.batch * self.features);
         let be = sc.backend.clone();
-        let nest = self.nested(sc, batch);
+        let nest = self.nested(sc, batch, Uses::BACKWARD);
         let mut dx = dx.map(|d| B::slice_mut(d, 0..n));
         self.inner_backward(
             pass,
@@ -412,7 +470,7 @@ impl LayerOps for Residual {
     ) {
         let (batch, n) = (pass.batch, pass.batch * self.features);
         let be = sc.backend.clone();
-        let nest = self.nested(sc, batch);
+        let nest = self.nested(sc, batch, Uses::R_FORWARD);
         let Nested {
             ry: inner_ry,
             saved: inner_saved,
@@ -473,7 +531,7 @@ impl LayerOps for Residual {
         let (batch, n, k) = (pass.batch, pass.batch * self.features, self.layers.len());
         let be = sc.backend.clone();
         let keeps = self.keeps_r_outputs(batch);
-        let nest = self.nested(sc, batch);
+        let nest = self.nested(sc, batch, Uses::R_BACKWARD);
         // The inner cotangents (the ordinary backward keeps none) unless they were prepared, and
         // the inner R{y} when the R-forward could not keep them.
         let prepared = r.prepared.map(|p| B::slice(p, 0..self.prepared_len(batch)));
@@ -501,7 +559,7 @@ impl LayerOps for Residual {
                 sc,
             );
         }
-        let nest = self.nested(sc, batch);
+        let nest = self.nested(sc, batch, Uses::R_BACKWARD);
         let Nested {
             deltas,
             ry: inner_ry,
@@ -593,7 +651,7 @@ impl LayerOps for Residual {
         let be = sc.backend.clone();
         let Nested {
             deltas, sc: inner_sc, ..
-        } = self.nested(sc, batch);
+        } = self.nested(sc, batch, Uses::BACKWARD);
         self.inner_backward(
             pass,
             pass.state,
@@ -643,7 +701,7 @@ impl LayerOps for Residual {
         sc: &mut Scratch<T, B>,
     ) {
         let base = self.param_span().start;
-        let nest = self.nested(sc, batch);
+        let nest = self.nested(sc, batch, Uses::PER_SAMPLE);
         let Nested {
             deltas,
             state,
