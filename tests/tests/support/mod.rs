@@ -7,8 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The folder holding the built tools: the test executable lives in `<target>/<profile>/deps`.
-/// When a tool is missing (plain `cargo test` builds test targets, not every package's binary),
-/// the workspace's binaries are built once, in the same profile.
+/// The workspace's binaries are built once per test process, in the same profile: plain `cargo
+/// test` builds test targets, not every package's binary, and a tool left from an older build
+/// would test old code and pass (a no-op build costs a fraction of a second).
 pub fn bin_dir() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
@@ -17,23 +18,18 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>")
         .to_path_buf();
-    if ["train", "report", "datagen"]
-        .iter()
-        .any(|t| !dir.join(t).is_file())
-    {
-        BUILT.get_or_init(|| {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(repo())
-                .args(["build", "--workspace", "--bins"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("run cargo build").success(),
-                "cargo build --bins failed"
-            );
-        });
-    }
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(repo())
+            .args(["build", "--quiet", "--workspace", "--bins"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("run cargo build").success(),
+            "cargo build --bins failed"
+        );
+    });
     dir
 }
 
