@@ -15,9 +15,10 @@
 // The tests choose the BLAS provider, as the binaries do.
 extern crate blas_openblas;
 
-use common::curvature::HessianOperator;
+mod support;
+
 use common::data::synthetic::icl_regression;
-use common::model::{Architecture, Loss, NetSpec, Network, Targets};
+use common::model::{Architecture, Loss, NetSpec, Network};
 use serde_json::{json, Value};
 
 /// Pairs per sequence and the x dimension.
@@ -59,14 +60,8 @@ fn network(spec: &Value) -> Network {
     net
 }
 
-struct Problem {
-    net: Network,
-    params: Vec<f64>,
-    /// `n × 2K × (D + 1)` tokens.
-    x: Vec<f64>,
-    /// `n × K` targets.
-    y: Vec<f64>,
-}
+/// `x`: `n × 2K × (D + 1)` tokens; `y`: `n × K` targets.
+type Problem = support::Problem<Vec<f64>>;
 
 fn problem(spec: &Value, n: usize, seed: u64) -> Problem {
     let net = network(spec);
@@ -84,49 +79,11 @@ fn problem(spec: &Value, n: usize, seed: u64) -> Problem {
         params,
         x: data.x.iter().map(|&v| v as f64).collect(),
         y: data.y.iter().map(|&v| v as f64).collect(),
+        width: K,
     }
 }
 
 impl Problem {
-    fn n(&self) -> usize {
-        self.y.len() / K
-    }
-    fn targets(&self) -> Targets<'_, f64> {
-        Targets::Values {
-            values: &self.y,
-            width: K,
-        }
-    }
-    fn loss_and_gradient(&self, params: &[f64]) -> (f64, Vec<f64>) {
-        let mut ws = self.net.workspace::<f64>(self.n());
-        let mut g = vec![0.0; self.net.num_params()];
-        let l = self
-            .net
-            .loss_and_gradient(params, &self.x, self.targets(), &mut g, &mut ws);
-        (l, g)
-    }
-    fn fd_column(&self, j: usize, h: f64) -> Vec<f64> {
-        let mut p = self.params.clone();
-        p[j] += h;
-        let gp = self.loss_and_gradient(&p).1;
-        p[j] -= 2.0 * h;
-        let gm = self.loss_and_gradient(&p).1;
-        gp.iter()
-            .zip(&gm)
-            .map(|(a, b)| (a - b) / (2.0 * h))
-            .collect()
-    }
-    fn operator(&self, batch: usize) -> HessianOperator<f64> {
-        HessianOperator::new(
-            &self.net,
-            &self.params,
-            &self.x,
-            self.targets(),
-            batch,
-            1 << 30,
-        )
-        .unwrap()
-    }
     /// The predictions, `n × K`.
     fn predictions(&self, params: &[f64], x: &[f64]) -> Vec<f64> {
         let n = x.len() / self.net.input_features();

@@ -11,7 +11,9 @@
 // The tests choose the BLAS provider, as the binaries do.
 extern crate blas_openblas;
 
-use common::curvature::{Curvature, HessianOperator};
+mod support;
+
+use common::curvature::Curvature;
 use common::model::{
     initialise, mse_fisher_variance, Activation, Architecture, Loss, Network, Targets,
 };
@@ -21,14 +23,8 @@ use common::optim::{
 };
 use common::rng::{stream, Purpose};
 
-struct Problem {
-    net: Network,
-    params: Vec<f64>,
-    x: Vec<f64>,
-    /// `n × k` float targets.
-    y: Vec<f64>,
-    k: usize,
-}
+/// `y`: `n × k` float targets, k = `width`.
+type Problem = support::Problem<Vec<f64>>;
 
 fn problem(activation: Activation, k: usize) -> Problem {
     let mut net = Network::new(Architecture::Mlp {
@@ -51,54 +47,16 @@ fn problem(activation: Activation, k: usize) -> Problem {
         params,
         x,
         y,
-        k,
+        width: k,
     }
 }
 
 impl Problem {
-    fn n(&self) -> usize {
-        self.y.len() / self.k
-    }
-    fn targets(&self) -> Targets<'_, f64> {
-        Targets::Values {
-            values: &self.y,
-            width: self.k,
-        }
-    }
     fn loss(&self, params: &[f64]) -> f64 {
-        let mut ws = self.net.workspace::<f64>(self.n());
-        let mut g = vec![0.0; self.net.num_params()];
-        self.net
-            .loss_and_gradient(params, &self.x, self.targets(), &mut g, &mut ws)
+        self.loss_and_gradient(params).0
     }
     fn gradient(&self, params: &[f64]) -> Vec<f64> {
-        let mut ws = self.net.workspace::<f64>(self.n());
-        let mut g = vec![0.0; self.net.num_params()];
-        self.net
-            .loss_and_gradient(params, &self.x, self.targets(), &mut g, &mut ws);
-        g
-    }
-    fn fd_column(&self, j: usize, h: f64) -> Vec<f64> {
-        let mut p = self.params.clone();
-        p[j] += h;
-        let gp = self.gradient(&p);
-        p[j] -= 2.0 * h;
-        let gm = self.gradient(&p);
-        gp.iter()
-            .zip(&gm)
-            .map(|(a, b)| (a - b) / (2.0 * h))
-            .collect()
-    }
-    fn operator(&self, batch: usize) -> HessianOperator<f64> {
-        HessianOperator::new(
-            &self.net,
-            &self.params,
-            &self.x,
-            self.targets(),
-            batch,
-            1 << 30,
-        )
-        .unwrap()
+        self.loss_and_gradient(params).1
     }
     /// The network's outputs, `n × k`.
     fn outputs(&self, params: &[f64]) -> Vec<f64> {
@@ -131,7 +89,7 @@ fn the_loss_is_the_mean_over_all_elements() {
         .zip(&p.y)
         .map(|(a, b)| (a - b) * (a - b))
         .sum::<f64>()
-        / (p.n() * p.k) as f64;
+        / (p.n() * p.width) as f64;
     assert!((p.loss(&p.params) - by_hand).abs() < 1e-14 * by_hand);
 }
 
@@ -169,7 +127,7 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
         let mut op = p.operator(3);
         // Jacobian of the outputs (n·k × P) by central differences.
         let h = 1e-5;
-        let mut jac = vec![vec![0.0; dim]; p.n() * p.k];
+        let mut jac = vec![vec![0.0; dim]; p.n() * p.width];
         for j in 0..dim {
             let mut q = p.params.clone();
             q[j] += h;
@@ -180,7 +138,7 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
                 row[j] = (up[r] - down[r]) / (2.0 * h);
             }
         }
-        let scale = 2.0 / (p.k * p.n()) as f64;
+        let scale = 2.0 / (p.width * p.n()) as f64;
         for j in 0..dim {
             let mut e = vec![0.0; dim];
             e[j] = 1.0;

@@ -13,7 +13,8 @@
 // The tests choose the BLAS provider, as the binaries do.
 extern crate blas_openblas;
 
-use common::curvature::HessianOperator;
+mod support;
+
 use common::model::{Architecture, Loss, NetSpec, Network, Targets};
 use common::optim::{
     dense_direction, sample_labels, woodbury_direction, Batch, Damping, FisherKind, NgdExact,
@@ -59,14 +60,8 @@ fn spec_network(spec: serde_json::Value) -> Network {
     net
 }
 
-struct Problem {
-    net: Network,
-    params: Vec<f64>,
-    /// `n × T` token ids.
-    x: Vec<f64>,
-    /// `n × T` labels.
-    y: Vec<usize>,
-}
+/// `x`: `n × T` token ids; `y`: `n × T` labels.
+type Problem = support::Problem<Vec<usize>>;
 
 fn problem(net: Network, n: usize, seed: u64) -> Problem {
     let mut s = stream(seed, Purpose::Probe, 0);
@@ -75,49 +70,16 @@ fn problem(net: Network, n: usize, seed: u64) -> Problem {
         .collect();
     let x: Vec<f64> = (0..n * T).map(|_| s.below(VOCAB as u64) as f64).collect();
     let y: Vec<usize> = (0..n * T).map(|_| s.below(C as u64) as usize).collect();
-    Problem { net, params, x, y }
+    Problem {
+        net,
+        params,
+        x,
+        y,
+        width: T,
+    }
 }
 
 impl Problem {
-    fn n(&self) -> usize {
-        self.y.len() / T
-    }
-    fn targets(&self) -> Targets<'_, f64> {
-        Targets::Tokens {
-            labels: &self.y,
-            positions: T,
-        }
-    }
-    fn loss_and_gradient(&self, params: &[f64]) -> (f64, Vec<f64>) {
-        let mut ws = self.net.workspace::<f64>(self.n());
-        let mut g = vec![0.0; self.net.num_params()];
-        let l = self
-            .net
-            .loss_and_gradient(params, &self.x, self.targets(), &mut g, &mut ws);
-        (l, g)
-    }
-    fn fd_column(&self, j: usize, h: f64) -> Vec<f64> {
-        let mut p = self.params.clone();
-        p[j] += h;
-        let gp = self.loss_and_gradient(&p).1;
-        p[j] -= 2.0 * h;
-        let gm = self.loss_and_gradient(&p).1;
-        gp.iter()
-            .zip(&gm)
-            .map(|(a, b)| (a - b) / (2.0 * h))
-            .collect()
-    }
-    fn operator(&self, batch: usize) -> HessianOperator<f64> {
-        HessianOperator::new(
-            &self.net,
-            &self.params,
-            &self.x,
-            self.targets(),
-            batch,
-            1 << 30,
-        )
-        .unwrap()
-    }
     /// The logits, `n × T × C`.
     fn logits(&self, params: &[f64]) -> Vec<f64> {
         let mut ws = self.net.workspace::<f64>(self.n());

@@ -33,3 +33,86 @@ pub fn f64s(v: &Value) -> Vec<f64> {
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
 }
+
+/// The targets of a small test problem, `width` entries per sample: float values (MSE) or labels
+/// (cross-entropy at every position).
+pub trait TargetRows {
+    fn rows(&self, width: usize) -> common::model::Targets<'_, f64>;
+    fn len(&self) -> usize;
+}
+
+impl TargetRows for Vec<f64> {
+    fn rows(&self, width: usize) -> common::model::Targets<'_, f64> {
+        common::model::Targets::Values {
+            values: self,
+            width,
+        }
+    }
+    fn len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl TargetRows for Vec<usize> {
+    fn rows(&self, width: usize) -> common::model::Targets<'_, f64> {
+        common::model::Targets::Tokens {
+            labels: self,
+            positions: width,
+        }
+    }
+    fn len(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A network in f64 at fixed parameters on a handful of samples, with what the loss tests take
+/// of it: the loss and gradient anywhere, central-difference Hessian columns and the exact Hessian
+/// operator at `params`.
+pub struct Problem<Y> {
+    pub net: common::model::Network,
+    pub params: Vec<f64>,
+    pub x: Vec<f64>,
+    /// `n × width` targets.
+    pub y: Y,
+    pub width: usize,
+}
+
+impl<Y: TargetRows> Problem<Y> {
+    pub fn n(&self) -> usize {
+        self.y.len() / self.width
+    }
+    pub fn targets(&self) -> common::model::Targets<'_, f64> {
+        self.y.rows(self.width)
+    }
+    pub fn loss_and_gradient(&self, params: &[f64]) -> (f64, Vec<f64>) {
+        let mut ws = self.net.workspace::<f64>(self.n());
+        let mut g = vec![0.0; self.net.num_params()];
+        let l = self
+            .net
+            .loss_and_gradient(params, &self.x, self.targets(), &mut g, &mut ws);
+        (l, g)
+    }
+    /// Column j of the Hessian at `params` by central differences of the gradient, step h.
+    pub fn fd_column(&self, j: usize, h: f64) -> Vec<f64> {
+        let mut p = self.params.clone();
+        p[j] += h;
+        let gp = self.loss_and_gradient(&p).1;
+        p[j] -= 2.0 * h;
+        let gm = self.loss_and_gradient(&p).1;
+        gp.iter()
+            .zip(&gm)
+            .map(|(a, b)| (a - b) / (2.0 * h))
+            .collect()
+    }
+    pub fn operator(&self, batch: usize) -> common::curvature::HessianOperator<f64> {
+        common::curvature::HessianOperator::new(
+            &self.net,
+            &self.params,
+            &self.x,
+            self.targets(),
+            batch,
+            1 << 30,
+        )
+        .unwrap()
+    }
+}
