@@ -593,6 +593,50 @@ mod tests {
         }
     }
 
+    /// A one-point dip (a loss spike's epoch) is drawn inside the plotting area: drawn as one
+    /// 2-pixel polyline, the sharp turn's miter join shot a line up to the figure's top edge.
+    #[test]
+    fn a_one_point_dip_draws_nothing_at_the_top_edge() {
+        let points: Vec<_> = (0..600)
+            .map(|i| {
+                let y = match i {
+                    505 => 76.5,
+                    _ => 100.0 - 0.01 * (i % 3) as f64,
+                };
+                (i as f64, y, 0.0, 1)
+            })
+            .collect();
+        let curves = vec![Curve {
+            label: "spike".into(),
+            points,
+        }];
+        let t = texts();
+        let lines = Lines {
+            curves: &curves,
+            texts: &t,
+            log_x: false,
+            labels: vec!["spike".into()],
+            x_range: None,
+            legend_w: None,
+            colors: None,
+        };
+        register_font().unwrap();
+        let (w, h) = lines.size();
+        let mut buf = vec![0u8; (w * h * 3) as usize];
+        {
+            let area = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            area.fill(&WHITE).unwrap();
+            lines.draw(&area).unwrap();
+            area.present().unwrap();
+        }
+        // No coloured (non-grey) pixel in the top rows, which hold only the empty title.
+        let coloured = buf[..(w * 8 * 3) as usize]
+            .chunks(3)
+            .filter(|p| p[0].abs_diff(p[1]) > 40 || p[1].abs_diff(p[2]) > 40)
+            .count();
+        assert_eq!(coloured, 0, "{coloured} coloured pixels at the top edge");
+    }
+
     /// A label keeps its colour in every stacked panel, whichever labels a panel leaves out.
     #[test]
     fn stacked_panels_give_a_label_one_colour() {
