@@ -3,7 +3,10 @@
 mod support;
 
 use serde_json::Value;
-use support::{assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr};
+use support::{
+    assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr, train_losses,
+    train_spec,
+};
 
 fn header(path: &std::path::Path) -> Value {
     let bytes = std::fs::read(path).unwrap();
@@ -410,13 +413,11 @@ fn modular_tokens_train_a_transformer_and_are_analysed() {
     let model = dir.join("tiny.json");
     std::fs::write(&model, spec(8)).unwrap();
     let out = dir.join("run");
-    let o = run(
-        "train",
+    let o = train_spec(
+        &model,
+        &data,
+        &out,
         &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
             "--optimizer",
             "adamw",
             "--lr",
@@ -427,17 +428,10 @@ fn modular_tokens_train_a_transformer_and_are_analysed() {
             "60",
             "--seed",
             "3",
-            "--out",
-            out.to_str().unwrap(),
         ],
-        "",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = train_losses(&o);
     let recs = records(&o);
-    let losses: Vec<f64> = recs
-        .iter()
-        .filter_map(|r| r["train_loss"].as_f64())
-        .collect();
     assert!(losses.len() >= 2, "{recs:?}");
     assert!(
         losses[losses.len() - 1] < 0.1 * losses[0],
@@ -449,19 +443,6 @@ fn modular_tokens_train_a_transformer_and_are_analysed() {
 
     // A vocabulary of 7 cannot read the `=` token (id 7): refused naming the embedding.
     std::fs::write(&model, spec(7)).unwrap();
-    let o = run(
-        "train",
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--out",
-            dir.join("run-bad").to_str().unwrap(),
-        ],
-        "",
-    );
+    let o = train_spec(&model, &data, dir.join("run-bad"), &["--epochs", "1"]);
     assert_one_line_error(&o, &["Embedding(7, 8)", "0..7"]);
 }

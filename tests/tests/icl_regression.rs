@@ -9,6 +9,7 @@ mod support;
 
 use support::{
     assert_one_line_error, llc_and_trace, records, repo, run_tool as run, scratch, stderr,
+    train_spec,
 };
 
 /// D = 4, K = 8 (the example's input [16, 5]), fresh tasks, σ = 0.1.
@@ -47,13 +48,11 @@ fn train(
     out: &std::path::Path,
     epochs: &str,
 ) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let o = run(
-        "train",
+    let o = train_spec(
+        model,
+        data,
+        out,
         &[
-            "--model",
-            model,
-            "--data",
-            data.to_str().unwrap(),
             "--optimizer",
             "adamw",
             "--lr",
@@ -64,10 +63,7 @@ fn train(
             epochs,
             "--seed",
             "2",
-            "--out",
-            out.to_str().unwrap(),
         ],
-        "",
     );
     assert!(o.status.success(), "{}", stderr(&o));
     records(&o)
@@ -259,20 +255,7 @@ fn a_read_out_that_misses_the_targets_is_refused() {
             serde_json::json!({"input": [16, 5], "layers": layers, "loss": "mse"}).to_string(),
         )
         .unwrap();
-        let o = run(
-            "train",
-            &[
-                "--model",
-                model.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-                "--epochs",
-                "1",
-                "--out",
-                dir.join("bad").to_str().unwrap(),
-            ],
-            "",
-        );
+        let o = train_spec(&model, &data, dir.join("bad"), &["--epochs", "1"]);
         assert_one_line_error(&o, &["width 8", outputs]);
     }
 }

@@ -7,8 +7,8 @@
 mod support;
 
 use support::{
-    assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr,
-    write_f32_safetensors,
+    assert_one_line_error, llc_and_trace, records, run_tool as run, scratch, stderr, train_losses,
+    train_spec, write_f32_safetensors,
 };
 
 const P: usize = 7;
@@ -65,13 +65,11 @@ fn next_token_labels_train_a_per_position_transformer_and_are_analysed() {
     let model = dir.join("tiny.json");
     std::fs::write(&model, spec(P + 1, P + 1, false)).unwrap();
     let out = dir.join("run");
-    let o = run(
-        "train",
+    let o = train_spec(
+        &model,
+        &data,
+        &out,
         &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
             "--optimizer",
             "adamw",
             "--lr",
@@ -83,17 +81,10 @@ fn next_token_labels_train_a_per_position_transformer_and_are_analysed() {
             "--seed",
             "3",
             "--eval-train",
-            "--out",
-            out.to_str().unwrap(),
         ],
-        "",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = train_losses(&o);
     let recs = records(&o);
-    let losses: Vec<f64> = recs
-        .iter()
-        .filter_map(|r| r["train_loss"].as_f64())
-        .collect();
     assert!(
         losses[losses.len() - 1] < 0.6 * losses[0],
         "the loss did not fall: {losses:?}"
@@ -117,13 +108,11 @@ fn next_token_labels_train_a_per_position_transformer_and_are_analysed() {
     let h = &trace["hessian"];
     assert_eq!(h["data"]["loss_positions"], 3, "{h}");
 
-    let o = run(
-        "train",
+    let o = train_spec(
+        &model,
+        &data,
+        dir.join("run-ngd"),
         &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
             "--optimizer",
             "ngd-exact",
             "--lr",
@@ -132,10 +121,7 @@ fn next_token_labels_train_a_per_position_transformer_and_are_analysed() {
             "16",
             "--epochs",
             "3",
-            "--out",
-            dir.join("run-ngd").to_str().unwrap(),
         ],
-        "",
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let recs = records(&o);
@@ -156,20 +142,7 @@ fn labels_that_do_not_fit_the_output_are_refused_in_one_line() {
     let last = modular(&dir, "last");
     let model = dir.join("m.json");
     let train = |data: &std::path::Path, run_dir: &str| {
-        run(
-            "train",
-            &[
-                "--model",
-                model.to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-                "--epochs",
-                "1",
-                "--out",
-                dir.join(run_dir).to_str().unwrap(),
-            ],
-            "",
-        )
+        train_spec(&model, data, dir.join(run_dir), &["--epochs", "1"])
     };
     std::fs::write(&model, spec(P + 1, P + 1, true)).unwrap();
     assert_one_line_error(
@@ -214,13 +187,11 @@ fn float_targets_per_position_train_with_the_mean_squared_error() {
     };
     std::fs::write(&model, spec(2)).unwrap();
     let out = dir.join("run");
-    let o = run(
-        "train",
+    let o = train_spec(
+        &model,
+        &data,
+        &out,
         &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
             "--optimizer",
             "adamw",
             "--lr",
@@ -229,17 +200,10 @@ fn float_targets_per_position_train_with_the_mean_squared_error() {
             "8",
             "--epochs",
             "20",
-            "--out",
-            out.to_str().unwrap(),
         ],
-        "",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let losses = train_losses(&o);
     let recs = records(&o);
-    let losses: Vec<f64> = recs
-        .iter()
-        .filter_map(|r| r["train_loss"].as_f64())
-        .collect();
     assert!(losses[losses.len() - 1] < losses[0], "{losses:?}");
     assert_eq!(recs[0]["loss"], "mse");
     let o = run(
@@ -255,19 +219,6 @@ fn float_targets_per_position_train_with_the_mean_squared_error() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(&model, spec(3)).unwrap();
-    let o = run(
-        "train",
-        &[
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--out",
-            dir.join("run-bad").to_str().unwrap(),
-        ],
-        "",
-    );
+    let o = train_spec(&model, &data, dir.join("run-bad"), &["--epochs", "1"]);
     assert_one_line_error(&o, &["width 6", "9 outputs", "per position [3, 3]"]);
 }

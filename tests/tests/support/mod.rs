@@ -191,6 +191,28 @@ pub fn train_small(out: &Path, epochs: &str, extra: &[&str]) -> Output {
     run(c)
 }
 
+/// `train --model MODEL --data DATA --out OUT` plus `extra` flags (a spec model on a data file).
+pub fn train_spec(
+    model: impl AsRef<std::ffi::OsStr>,
+    data: impl AsRef<std::ffi::OsStr>,
+    out: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+) -> Output {
+    let mut c = tool("train");
+    c.arg("--model").arg(model).arg("--data").arg(data);
+    c.args(extra).arg("--out").arg(out);
+    run(c)
+}
+
+/// The training losses of a finished `train` run's records, in order.
+pub fn train_losses(o: &Output) -> Vec<f64> {
+    assert!(o.status.success(), "{}", stderr(o));
+    records(o)
+        .iter()
+        .filter_map(|r| r["train_loss"].as_f64())
+        .collect()
+}
+
 /// Writes a safetensors file of F32 tensors with these names and shapes and no metadata (a checkpoint
 /// as foreign code would write it); element `i` of each tensor is `value(i)`.
 pub fn write_f32_safetensors(
