@@ -165,21 +165,7 @@ fn the_gradient_is_the_central_difference() {
         ("piecewise", piecewise()),
     ] {
         let p = problem(&spec, 3, 3);
-        let (_, g) = p.loss_and_gradient(&p.params);
-        let h = 1e-6;
-        for j in 0..p.params.len() {
-            let mut q = p.params.clone();
-            q[j] += h;
-            let up = p.loss_and_gradient(&q).0;
-            q[j] -= 2.0 * h;
-            let down = p.loss_and_gradient(&q).0;
-            let fd = (up - down) / (2.0 * h);
-            assert!(
-                (fd - g[j]).abs() <= 1e-7 * (1.0 + fd.abs()),
-                "{name} param {j}: {} vs {fd}",
-                g[j]
-            );
-        }
+        p.assert_gradient_is_the_central_difference(name);
     }
 }
 

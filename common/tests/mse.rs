@@ -55,9 +55,6 @@ impl Problem {
     fn loss(&self, params: &[f64]) -> f64 {
         self.loss_and_gradient(params).0
     }
-    fn gradient(&self, params: &[f64]) -> Vec<f64> {
-        self.loss_and_gradient(params).1
-    }
     /// The network's outputs, `n × k`.
     fn outputs(&self, params: &[f64]) -> Vec<f64> {
         let mut ws = self.net.workspace::<f64>(self.n());
@@ -98,21 +95,7 @@ fn the_gradient_is_the_central_difference() {
     for act in [Activation::Tanh, Activation::Relu] {
         for k in [1, 3] {
             let p = problem(act, k);
-            let g = p.gradient(&p.params);
-            let h = 1e-6;
-            for j in 0..p.params.len() {
-                let mut q = p.params.clone();
-                q[j] += h;
-                let up = p.loss(&q);
-                q[j] -= 2.0 * h;
-                let down = p.loss(&q);
-                let fd = (up - down) / (2.0 * h);
-                assert!(
-                    (fd - g[j]).abs() <= 1e-7 * (1.0 + fd.abs()),
-                    "{act:?} k={k} param {j}: {} vs {fd}",
-                    g[j]
-                );
-            }
+            p.assert_gradient_is_the_central_difference(&format!("{act:?} k={k}"));
         }
     }
 }

@@ -104,6 +104,25 @@ impl<Y: TargetRows> Problem<Y> {
             .map(|(a, b)| (a - b) / (2.0 * h))
             .collect()
     }
+    /// Asserts the gradient at `params` equals the central difference of the loss (step 1e-6) in
+    /// every coordinate, to 1e-7·(1 + |fd|); `name` labels a failure.
+    pub fn assert_gradient_is_the_central_difference(&self, name: &str) {
+        let (_, g) = self.loss_and_gradient(&self.params);
+        let h = 1e-6;
+        for j in 0..self.params.len() {
+            let mut q = self.params.clone();
+            q[j] += h;
+            let up = self.loss_and_gradient(&q).0;
+            q[j] -= 2.0 * h;
+            let down = self.loss_and_gradient(&q).0;
+            let fd = (up - down) / (2.0 * h);
+            assert!(
+                (fd - g[j]).abs() <= 1e-7 * (1.0 + fd.abs()),
+                "{name} param {j}: {} vs {fd}",
+                g[j]
+            );
+        }
+    }
     pub fn operator(&self, batch: usize) -> common::curvature::HessianOperator<f64> {
         common::curvature::HessianOperator::new(
             &self.net,
