@@ -673,6 +673,9 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn axpy<T: Real>(&self, alpha: T, x: Self::View<'_, T>, y: Self::ViewMut<'_, T>);
     /// x ← α·x.
     fn scale<T: Real>(&self, alpha: T, x: Self::ViewMut<'_, T>);
+    /// y ← α·x (equal lengths): [`Backend::copy`] then [`Backend::scale`] in one pass, the same
+    /// bits.
+    fn scaled_copy<T: Real>(&self, alpha: T, x: Self::View<'_, T>, y: Self::ViewMut<'_, T>);
     /// x ← x / d (a true division, not x·(1/d), whose last bit can differ: normalising a vector to
     /// unit length in the Lanczos and Gram–Schmidt recurrences).
     fn divide<T: Real>(&self, d: T, x: Self::ViewMut<'_, T>);
@@ -686,10 +689,17 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// possibly different element types; each term widened to f64, each sum accumulated in f64 left
     /// to right), and writes dst ← src converted as [`Backend::convert`] does, in one pass: online
     /// NGD's direction handed back to the f32 gradient it replaces, with the cosine between the two.
+    ///
+    /// In the same pass it continues two running sums from the values passed in: `totals[0] += Σᵢ dᵢ²`
+    /// (the old values) and `totals[1] += Σᵢ d′ᵢ²` (the converted values written, widened back to
+    /// f64), term by term in f64. Called on the consecutive slices of one vector in order, the
+    /// totals are that vector's sums left to right, the bits of [`Backend::dot`] over the whole
+    /// vector: NGD's ‖g‖ and ‖d‖ for its step ratio without two more passes.
     fn convert_dot_norms<S: Real, T: Real>(
         &self,
         src: Self::View<'_, S>,
         dst: Self::ViewMut<'_, T>,
+        totals: &mut [f64; 2],
     ) -> (f64, f64, f64);
     /// Σᵢ xᵢ, accumulated in f64 left to right.
     fn sum<T: Real>(&self, x: Self::View<'_, T>) -> f64;

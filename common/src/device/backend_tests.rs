@@ -853,6 +853,13 @@ pub(super) fn vectors<B: Backend>(be: &B) {
     be.axpy(-0.5, B::view(&xb), B::view_mut(&mut y));
     let want: Vec<f64> = (0..13).map(|i| y0[i] - 0.5 * x[i]).collect();
     assert_close(&down(be, &y), &want, 1e-15, "axpy");
+    // scaled_copy: the bits of copy + scale, into a destination holding other values.
+    let mut copied = be.upload(&x);
+    be.scaled_copy(-0.3, B::view(&y), B::view_mut(&mut copied));
+    let mut y2 = be.upload(&down(be, &y));
+    be.scale(-0.3, B::view_mut(&mut y2));
+    assert_eq!(down(be, &copied), down(be, &y2), "scaled_copy");
+    assert_ne!(down(be, &copied), down(be, &y));
     be.scale(3.0, B::view_mut(&mut y));
     let want: Vec<f64> = want.iter().map(|v| 3.0 * v).collect();
     assert_close(&down(be, &y), &want, 1e-15, "scale");
@@ -1443,14 +1450,17 @@ pub(super) fn adamw<B: Backend>(be: &B) {
 }
 
 /// `convert_dot_norms` against the three sums in f64 from their definition and the conversion,
-/// f64 into f32 (mixed types, rounding) at a length with a tail; and on empty views.
+/// f64 into f32 (mixed types, rounding) at a length with a tail; and on empty views. Its running
+/// totals, called on three consecutive slices, equal [`Backend::dot`] of the whole old and new
+/// vectors to the bit (and carry on from non-zero starting values).
 pub(super) fn convert_dot_norms<B: Backend>(be: &B) {
     let n = 29;
     let src: Vec<f64> = data(n, 50).iter().map(|v| v / 3.0).collect();
     let old: Vec<f32> = data(n, 51).iter().map(|&v| v as f32).collect();
     let sb = be.upload(&src);
     let mut db = be.upload(&old);
-    let (sd, ss, dd) = be.convert_dot_norms(B::view(&sb), B::view_mut(&mut db));
+    let mut totals = [0.0; 2];
+    let (sd, ss, dd) = be.convert_dot_norms(B::view(&sb), B::view_mut(&mut db), &mut totals);
     let (mut wsd, mut wss, mut wdd) = (0.0, 0.0, 0.0);
     for i in 0..n {
         wsd += src[i] * old[i] as f64;
@@ -1466,11 +1476,49 @@ pub(super) fn convert_dot_norms<B: Backend>(be: &B) {
     assert!(ss > 0.0 && dd > 0.0 && sd != 0.0 && ss != dd);
     let want: Vec<f32> = src.iter().map(|&v| v as f32).collect();
     assert_eq!(down32(be, &db), want, "convert_dot_norms conversion");
+    let wb = be.upload(&want);
+    let want_new = be.dot(B::view(&wb), B::view(&wb));
+    // The new values are f32-rounded: their sum of squares is not the source's.
+    assert_ne!(want_new, ss);
+    assert_eq!(totals, [dd, want_new], "convert_dot_norms totals, one call");
+
+    // Consecutive slices continue the totals: the bits of one dot over each whole vector.
+    let ob = be.upload(&old);
+    let whole = [be.dot(B::view(&ob), B::view(&ob)), want_new];
+    let mut db = be.upload(&old);
+    let mut totals = [0.0; 2];
+    let mut start = 0;
+    for end in [7, 20, n] {
+        be.convert_dot_norms(
+            B::slice(B::view(&sb), start..end),
+            B::slice_mut(B::view_mut(&mut db), start..end),
+            &mut totals,
+        );
+        start = end;
+    }
+    assert_eq!(totals, whole, "convert_dot_norms totals over three slices");
+    let mut db = be.upload(&old);
+    let mut carried = [1.5, -0.25];
+    be.convert_dot_norms(B::view(&sb), B::view_mut(&mut db), &mut carried);
+    let (mut w0, mut w1) = (1.5f64, -0.25f64);
+    for i in 0..n {
+        w0 += old[i] as f64 * old[i] as f64;
+        w1 += want[i] as f64 * want[i] as f64;
+    }
+    assert_eq!(
+        carried,
+        [w0, w1],
+        "convert_dot_norms totals from non-zero starts"
+    );
+
+    let mut totals = [2.0, 3.0];
     let e = be.convert_dot_norms(
         B::slice(B::view(&sb), 0..0),
         B::slice_mut(B::view_mut(&mut db), 3..3),
+        &mut totals,
     );
     assert_eq!(e, (0.0, 0.0, 0.0));
+    assert_eq!(totals, [2.0, 3.0]);
 }
 
 /// Instantiates every body for one backend.

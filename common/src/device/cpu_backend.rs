@@ -598,6 +598,13 @@ impl Backend for CpuBackend {
         x.iter_mut().for_each(|v| *v = alpha * *v);
     }
     #[inline]
+    fn scaled_copy<T: Real>(&self, alpha: T, x: &[T], y: &mut [T]) {
+        assert_eq!(x.len(), y.len(), "scaled_copy: lengths");
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = alpha * v;
+        }
+    }
+    #[inline]
     fn divide<T: Real>(&self, d: T, x: &mut [T]) {
         x.iter_mut().for_each(|v| *v = *v / d);
     }
@@ -620,16 +627,29 @@ impl Backend for CpuBackend {
         k::sum_squares(x)
     }
     #[inline]
-    fn convert_dot_norms<S: Real, T: Real>(&self, src: &[S], dst: &mut [T]) -> (f64, f64, f64) {
+    fn convert_dot_norms<S: Real, T: Real>(
+        &self,
+        src: &[S],
+        dst: &mut [T],
+        totals: &mut [f64; 2],
+    ) -> (f64, f64, f64) {
         assert_eq!(src.len(), dst.len(), "convert_dot_norms: lengths");
+        // Five serial f64 chains in one loop: each add waits for the previous one of its chain, so
+        // the loop runs at the add latency whether it carries three chains or five.
         let (mut sd, mut ss, mut dd) = (0.0, 0.0, 0.0);
+        let [mut old_total, mut new_total] = *totals;
         for (s, d) in src.iter().zip(dst.iter_mut()) {
             let (a, b) = (s.as_f64(), d.as_f64());
+            let written = T::of_f64(a);
+            let c = written.as_f64();
             sd += a * b;
             ss += a * a;
             dd += b * b;
-            *d = T::of_f64(a);
+            old_total += b * b;
+            new_total += c * c;
+            *d = written;
         }
+        *totals = [old_total, new_total];
         (sd, ss, dd)
     }
     #[inline]

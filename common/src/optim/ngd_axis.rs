@@ -184,7 +184,7 @@ impl<T: NgdReal, B: Backend> AxisPreconditioner<T, B> {
     /// initialised and refined by three updates on this X; then X ← X̂·‖X‖/‖X̂‖ with
     /// X̂ = X − X Wᵀ W, or X unchanged when ‖X̂‖² is NaN (counted in the outcome).
     pub fn precondition(&mut self, x: B::ViewMut<'_, T>) -> AxisOutcome {
-        let mut x = B::slice_mut(x, 0..self.rows * self.dim);
+        let x = B::slice_mut(x, 0..self.rows * self.dim);
         if self.t == 0 {
             self.init_default();
             self.t = 1;
@@ -208,8 +208,7 @@ impl<T: NgdReal, B: Backend> AxisPreconditioner<T, B> {
         }
         // x ← scale·x̂ (scale·v is v·scale to the bit: IEEE multiplication commutes).
         let scale = T::of_f64((tr / (fin + 1e-30)).sqrt());
-        self.be.copy(B::view(&self.xhat), B::reborrow(&mut x));
-        self.be.scale(scale, x);
+        self.be.scaled_copy(scale, B::view(&self.xhat), x);
         out
     }
 

@@ -116,7 +116,17 @@ impl<B: Backend> Ngd<B> {
     }
 
     /// Replaces `grad` (+ weight decay·θ) by its preconditioned direction, without the momentum stage.
-    pub fn precondition(&mut self, params: B::View<'_, f32>, mut grad: B::ViewMut<'_, f32>) {
+    pub fn precondition(&mut self, params: B::View<'_, f32>, grad: B::ViewMut<'_, f32>) {
+        self.precondition_summing(params, grad);
+    }
+
+    /// [`Ngd::precondition`], returning (Σ g², Σ d²) of the gradient after weight decay and of the
+    /// direction, each in f64 left to right (see `Preconditioners::precondition`).
+    fn precondition_summing(
+        &mut self,
+        params: B::View<'_, f32>,
+        mut grad: B::ViewMut<'_, f32>,
+    ) -> [f64; 2] {
         let wd = self.config.sgd.weight_decay as f32;
         if wd != 0.0 {
             self.be.axpy(wd, params, B::reborrow(&mut grad));
@@ -127,15 +137,16 @@ impl<B: Backend> Ngd<B> {
             shadow.see_gradient(&self.layout, g);
         }
         let g = B::reborrow(&mut grad);
-        match &mut self.pre {
+        let sums = match &mut self.pre {
             AnyPreconditioners::F32(p) => p.precondition(&self.layout, g, &mut self.stats),
             AnyPreconditioners::F64(p) => p.precondition(&self.layout, g, &mut self.stats),
-        }
+        };
         if let Some(shadow) = &mut self.shadow {
             let d = host_view(&self.be, B::freeze(&grad), &mut self.shadow_host);
             shadow.compare(&self.layout, d);
         }
         self.total_nan_fallbacks += self.stats.nan_fallbacks - before;
+        sums
     }
 
     /// NaN fallbacks since construction.
@@ -157,12 +168,23 @@ impl<B: Backend> Optimizer<B> for Ngd<B> {
         mut grad: B::ViewMut<'_, f32>,
         _batch: &Batch<'_, B>,
     ) -> Result<()> {
-        // ‖g‖: Σ g² in f64 left to right (Backend::dot, the host loop it replaced), then the root.
-        let norm = |be: &B, g: B::View<'_, f32>| be.dot(g, g).sqrt();
-        let grad_norm = norm(&self.be, B::freeze(&grad));
-        self.precondition(B::freeze(&params), B::reborrow(&mut grad));
+        // ‖g‖ and ‖d‖: Σ g² and Σ d² in f64 left to right (the bits of Backend::dot, the host loop
+        // it replaced), then the roots. The pass that hands the direction back sums both over the
+        // tensors, which tile the vector; ‖g‖ is the gradient before weight decay, so with decay
+        // (or a vector longer than the tensors) each takes a pass of its own.
+        let tiled = B::len(B::freeze(&grad)) == self.layout.total();
+        let decayed = self.config.sgd.weight_decay as f32 != 0.0;
+        let dot = |be: &B, g: B::View<'_, f32>| be.dot(g, g);
+        let raw_grad_sq = (decayed || !tiled).then(|| dot(&self.be, B::freeze(&grad)));
+        let [grad_sq, direction_sq] =
+            self.precondition_summing(B::freeze(&params), B::reborrow(&mut grad));
+        let direction_sq = if tiled {
+            direction_sq
+        } else {
+            dot(&self.be, B::freeze(&grad))
+        };
         self.step_ratio
-            .record(grad_norm, norm(&self.be, B::freeze(&grad)));
+            .record(raw_grad_sq.unwrap_or(grad_sq).sqrt(), direction_sq.sqrt());
         self.sgd.apply(params, grad);
         Ok(())
     }

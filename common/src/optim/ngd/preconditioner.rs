@@ -131,13 +131,17 @@ impl<T: NgdReal, B: Backend> Preconditioners<T, B> {
     }
 
     /// Replaces each tensor's block of `grad` by its preconditioned direction (converted to `T`,
-    /// preconditioned, rounded back to f32), counting into `stats`.
+    /// preconditioned, rounded back to f32), counting into `stats`. Returns (Σ g², Σ d²) over
+    /// the whole of `grad` before and after, each summed in f64 left to right (the bits of
+    /// [`Backend::dot`]; the tensors are consecutive blocks of it), from the pass that hands each
+    /// direction back.
     pub(super) fn precondition(
         &mut self,
         layout: &ParamLayout,
         mut grad: B::ViewMut<'_, f32>,
         stats: &mut EpochStats,
-    ) {
+    ) -> [f64; 2] {
+        let mut totals = [0.0; 2];
         let be = self.be.clone();
         for (ti, (spec, tp)) in layout
             .tensors
@@ -169,13 +173,15 @@ impl<T: NgdReal, B: Backend> Preconditioners<T, B> {
             ts.floor_sum += floor_sum;
             ts.floor_count += floor_count;
             // The cosine's sums and g ← cur rounded to f32, in one pass.
-            let (dot, nd, ng) = be.convert_dot_norms(B::view(&cur), B::reborrow(&mut g));
+            let (dot, nd, ng) =
+                be.convert_dot_norms(B::view(&cur), B::reborrow(&mut g), &mut totals);
             if nd > 0.0 && ng > 0.0 {
                 ts.cosine_sum += dot / (nd * ng).sqrt();
                 ts.cosine_count += 1;
             }
             tp.cur = cur;
         }
+        totals
     }
 
     /// The state under `<prefix>.<tensor>.axis<a>.<t|rho|d|W>` (f64 values stored bit-exactly).

@@ -75,6 +75,55 @@ fn state_round_trip_continues_exactly() {
     }
 }
 
+/// The step ratio ‖d‖/‖g‖ in the epoch record is the ratio of the two norms summed left to right
+/// over the whole vectors (g before weight decay, d as handed to the momentum stage), to the bit,
+/// with and without weight decay (which takes ‖g‖ from a pass of its own), in both state types.
+#[test]
+fn step_ratio_is_the_ratio_of_the_whole_vectors_norms() {
+    use crate::model::{Activation, Architecture, Network};
+    let net = Network::new(Architecture::Mlp {
+        input: 9,
+        hidden: vec![7],
+        classes: 4,
+        activation: Activation::Relu,
+    });
+    let p = net.num_params();
+    let batch = Batch {
+        net: &net,
+        x: &[][..],
+        targets: crate::model::Targets::Labels(&[]),
+    };
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    for dtype in [NgdDtype::F32, NgdDtype::F64] {
+        for weight_decay in [0.0, 0.05] {
+            let mut cfg = NgdConfig {
+                dtype,
+                ..Default::default()
+            };
+            cfg.sgd.weight_decay = weight_decay;
+            let mut opt = Ngd::new(cfg, &net.layout).unwrap();
+            let mut params = vec![0.1f32; p];
+            for k in 0..12 {
+                let g: Vec<f32> = (0..p)
+                    .map(|i| ((i * 5 + k * 11) as f32 * 0.29).cos() * (1.0 + k as f32))
+                    .collect();
+                let mut d = g.clone();
+                opt.clone().precondition(&params, &mut d);
+                assert_ne!(d, g);
+                let _ = opt.take_epoch_stats();
+                opt.step(&mut params, &mut g.clone(), &batch).unwrap();
+                let stats = opt.take_epoch_stats();
+                let got = stats["ngd_step_ratio_mean"].as_f64().unwrap();
+                assert_eq!(
+                    got,
+                    norm(&d) / norm(&g),
+                    "{dtype:?}, weight decay {weight_decay}, step {k}"
+                );
+            }
+        }
+    }
+}
+
 /// The shadow leaves the f32 run's directions untouched and reports the distance to an
 /// independent f64-state run on the same gradients; its state resumes exactly.
 #[test]
