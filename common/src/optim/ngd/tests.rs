@@ -3,6 +3,26 @@
 use super::super::ngd_axis::AxisPreconditioner;
 use super::*;
 
+/// The MLP 9 → 7 → 4 whose layout the optimiser tests precondition.
+fn tiny_mlp() -> crate::model::Network {
+    use crate::model::{Activation, Architecture, Network};
+    Network::new(Architecture::Mlp {
+        input: 9,
+        hidden: vec![7],
+        classes: 4,
+        activation: Activation::Relu,
+    })
+}
+
+/// An empty batch: online NGD's step reads only the gradient.
+fn no_batch(net: &crate::model::Network) -> Batch<'_> {
+    Batch {
+        net,
+        x: &[][..],
+        targets: crate::model::Targets::Labels(&[]),
+    }
+}
+
 #[test]
 fn f64_state_survives_f32_sidecar_encoding() {
     let v = [0.1, -3.5e-300, f64::MAX, 1.0 / 3.0];
@@ -36,13 +56,7 @@ fn orthonormal_start_pattern() {
 /// bit (the sidecar is how `train --resume` is exact).
 #[test]
 fn state_round_trip_continues_exactly() {
-    use crate::model::{Activation, Architecture, Network};
-    let net = Network::new(Architecture::Mlp {
-        input: 9,
-        hidden: vec![7],
-        classes: 4,
-        activation: Activation::Relu,
-    });
+    let net = tiny_mlp();
     for dtype in [NgdDtype::F32, NgdDtype::F64] {
         let cfg = NgdConfig {
             dtype,
@@ -55,11 +69,7 @@ fn state_round_trip_continues_exactly() {
                 .map(|i| ((i * 7 + k * 13) as f32 * 0.37).sin())
                 .collect()
         };
-        let batch = Batch {
-            net: &net,
-            x: &[][..],
-            targets: crate::model::Targets::Labels(&[]),
-        };
+        let batch = no_batch(&net);
         let mut pa = vec![0.1f32; p];
         for k in 0..13 {
             a.step(&mut pa, &mut grad(k), &batch).unwrap();
@@ -80,19 +90,9 @@ fn state_round_trip_continues_exactly() {
 /// with and without weight decay (which takes ‖g‖ from a pass of its own), in both state types.
 #[test]
 fn step_ratio_is_the_ratio_of_the_whole_vectors_norms() {
-    use crate::model::{Activation, Architecture, Network};
-    let net = Network::new(Architecture::Mlp {
-        input: 9,
-        hidden: vec![7],
-        classes: 4,
-        activation: Activation::Relu,
-    });
+    let net = tiny_mlp();
     let p = net.num_params();
-    let batch = Batch {
-        net: &net,
-        x: &[][..],
-        targets: crate::model::Targets::Labels(&[]),
-    };
+    let batch = no_batch(&net);
     let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
     for dtype in [NgdDtype::F32, NgdDtype::F64] {
         for weight_decay in [0.0, 0.05] {
@@ -128,13 +128,7 @@ fn step_ratio_is_the_ratio_of_the_whole_vectors_norms() {
 /// independent f64-state run on the same gradients; its state resumes exactly.
 #[test]
 fn shadow_measures_the_f64_run_and_leaves_the_f32_run_alone() {
-    use crate::model::{Activation, Architecture, Network};
-    let net = Network::new(Architecture::Mlp {
-        input: 9,
-        hidden: vec![7],
-        classes: 4,
-        activation: Activation::Relu,
-    });
+    let net = tiny_mlp();
     let layout = &net.layout;
     let p = net.num_params();
     let shadowed_cfg = NgdConfig {
