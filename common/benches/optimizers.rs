@@ -3,6 +3,9 @@
 //!
 //! An epoch is 469 steps of gather + forward + backward + optimiser step, on 1 BLAS thread (test
 //! evaluation and checkpoints excluded). Targets (issue 3): ngd ≤ 1.5× SGD, ngd-exact ≤ 4× SGD.
+//! ngd-exact runs at its defaults (the sampled Fisher, whose products are f64), with the empirical
+//! Fisher, and at the former defaults earlier runs timed (`OPTIMIZERS_BENCH_FLUSH_SUBNORMALS=1`
+//! flushes subnormal floats on the bench's thread, which that run is slowed by on Intel processors).
 //! Next to each time: its compute floor, the FLOPs of the step's matrix products divided by the
 //! machine's peak sgemm rate, measured once in the same run at 2048³ ([`common::bench`]). When `torch` is importable the
 //! PyTorch online-NGD reference epoch (`scripts/anchors/torch_ngd_epoch.py`, the paper's algorithm,
@@ -82,6 +85,30 @@ fn ngd_step_flops(shapes: &[Vec<usize>]) -> f64 {
     total
 }
 
+/// `OPTIMIZERS_BENCH_FLUSH_SUBNORMALS=1`: subnormal results flushed to zero and subnormal inputs
+/// read as zero on this thread (x86-64 MXCSR bits FTZ and DAZ), to show what subnormal arithmetic
+/// costs. The tools never do this: PyTorch's CPU default keeps subnormals
+/// (`torch.set_flush_denormal(False)`), and so do they.
+fn flush_subnormals_if_asked() {
+    if std::env::var("OPTIMIZERS_BENCH_FLUSH_SUBNORMALS").as_deref() != Ok("1") {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr read and write the 4 bytes of `csr`; only the FTZ (bit 15) and
+        // DAZ (bit 6) bits change, on this thread.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+            csr |= 0x8040;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+        }
+        println!("subnormal floats flushed to zero on this thread (MXCSR FTZ + DAZ)");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("OPTIMIZERS_BENCH_FLUSH_SUBNORMALS: x86-64 only, ignored");
+}
+
 fn main() {
     common::device::cpu::register_blas_threads(blas_openblas::set_threads);
     let dir = data_dir();
@@ -93,6 +120,7 @@ fn main() {
         }
     };
     let sgemm = report_peak_sgemm("optimizers bench", 1);
+    flush_subnormals_if_asked();
     set_blas_threads(1);
     let net = Network::new(Architecture::mlp(vec![128], Activation::Relu));
     let steps = data.len().div_ceil(128);
@@ -136,10 +164,33 @@ fn main() {
             fb_flops + ngd_flops,
         ),
         (
-            "ngd-exact (empirical)",
+            "ngd-exact (defaults: sampled Fisher)",
+            OptimizerSettings {
+                name: "ngd-exact".into(),
+                ..Default::default()
+            },
+            // The sampled Fisher's per-sample products run in f64 (about half the sgemm rate).
+            fb_flops + exact_flops,
+        ),
+        (
+            "ngd-exact (empirical Fisher)",
             {
-                // The empirical Fisher's fast path at the former defaults (α = 0.01, no rescaling),
-                // so that the timings stay comparable with earlier runs.
+                let mut s = OptimizerSettings {
+                    name: "ngd-exact".into(),
+                    ..Default::default()
+                };
+                s.exact.fisher = common::optim::FisherKind::Empirical;
+                s
+            },
+            fb_flops + exact_flops,
+        ),
+        (
+            "ngd-exact (empirical, α 0.01, unscaled)",
+            {
+                // The empirical Fisher at the former defaults (α = 0.01, no rescaling), as earlier
+                // runs timed it. Its steps explode: the network saturates and its cotangents
+                // underflow to subnormal floats, whose arithmetic is many times slower on Intel
+                // processors (OPTIMIZERS_BENCH_FLUSH_SUBNORMALS=1 shows how much).
                 let mut s = OptimizerSettings {
                     name: "ngd-exact".into(),
                     ..Default::default()
@@ -149,7 +200,7 @@ fn main() {
                 s.exact.preserve_norm = false;
                 s
             },
-            fb_flops + exact_flops, // the f64 part runs at about half the sgemm rate
+            fb_flops + exact_flops,
         ),
     ];
     let mut sgd_secs = 0.0;
@@ -169,7 +220,7 @@ fn main() {
         }
         let floor = flops * steps as f64 / (sgemm * 1e9);
         println!(
-            "{label:<34} epoch {secs:.3} s (median of {reps}) = {:.2}x sgd; floor {floor:.3} s ({:.1} GFLOP), {:.2}x the floor",
+            "{label:<40} epoch {secs:.3} s (median of {reps}) = {:.2}x sgd; floor {floor:.3} s ({:.1} GFLOP), {:.2}x the floor",
             secs / sgd_secs,
             flops * steps as f64 / 1e9,
             secs / floor
