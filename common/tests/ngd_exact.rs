@@ -7,8 +7,10 @@ mod support;
 use common::data::Split;
 use common::device::cpu::ConvGeometry;
 use common::io::Checkpoint;
-use common::model::{Activation, Architecture, Conv2d, Linear, MaxPool2d, Network, Tanh};
-use common::optim::{dense_direction, woodbury_direction, Damping, WoodburyScratch};
+use common::model::{Activation, Architecture, Conv2d, Linear, MaxPool2d, NetSpec, Network, Tanh};
+use common::optim::{
+    dense_direction, woodbury_direction, woodbury_direction_after_forward, Damping, WoodburyScratch,
+};
 use common::rng::{stream, Purpose};
 use support::{f64s, fixtures, mnist_small, reference, rel};
 
@@ -103,6 +105,60 @@ fn woodbury_matches_dense_oracle_on_tiny_networks() {
                     g.is_some()
                 );
             }
+        }
+    }
+}
+
+/// A residual block with LayerNorm and GELU (layers that keep forward state) before a Linear.
+fn tiny_residual() -> Network {
+    let spec = serde_json::json!({"input": [12], "layers": [
+        {"type": "linear", "out": 8}, {"type": "gelu"},
+        {"type": "residual", "layers": [{"type": "layernorm"}, {"type": "linear", "out": 8},
+                                        {"type": "gelu"}]},
+        {"type": "linear", "out": 4}], "loss": "cross_entropy"});
+    let spec = NetSpec::from_json("tiny-residual", &spec).unwrap();
+    Network::try_new(Architecture::Spec(Box::new(spec))).unwrap()
+}
+
+/// The sampled Fisher's solve reuses the forward pass that gave its logits: the direction after
+/// `Network::forward` of the same parameters and inputs is the full pass's to the bit (both forms
+/// of g); after the forward pass of other parameters it is not.
+#[test]
+fn woodbury_after_forward_is_the_full_pass_to_the_bit() {
+    for (name, net) in [
+        ("mlp", tiny_mlp()),
+        ("conv", tiny_conv()),
+        ("residual", tiny_residual()),
+    ] {
+        let b = 9;
+        let (params, x, y) = random_problem(&net, b, 5);
+        let p = net.num_params();
+        let mut r = stream(4, Purpose::Probe, 1);
+        let other_g: Vec<f64> = (0..p).map(|_| r.normal()).collect();
+        let damping = Damping::Relative(0.1);
+        for g in [None, Some(&other_g[..])] {
+            let mut sc = WoodburyScratch::<f64>::new(&net, b);
+            let mut full = vec![0.0; p];
+            woodbury_direction(&net, &params, &x, &y, g, damping, &mut sc, &mut full).unwrap();
+            let mut sc = WoodburyScratch::<f64>::new(&net, b);
+            net.forward(&params, &x, b, &mut sc.ws);
+            let mut after = vec![0.0; p];
+            woodbury_direction_after_forward(
+                &net, &params, &x, &y, g, damping, &mut sc, &mut after,
+            )
+            .unwrap();
+            assert_eq!(after, full, "{name}, g given: {}", g.is_some());
+            // A stale forward pass (other parameters) gives another direction: the reuse matters.
+            let shifted: Vec<f64> = params.iter().map(|v| v * 1.5).collect();
+            net.forward(&shifted, &x, b, &mut sc.ws);
+            woodbury_direction_after_forward(
+                &net, &params, &x, &y, g, damping, &mut sc, &mut after,
+            )
+            .unwrap();
+            assert!(
+                rel_diff(&after, &full) > 1e-6,
+                "{name}: stale forward unnoticed"
+            );
         }
     }
 }

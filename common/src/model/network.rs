@@ -472,8 +472,19 @@ impl Network {
         ws: &mut Workspace<T, B>,
     ) -> f64 {
         let targets = targets.into();
+        self.forward_on(params, x, targets.len(), ws);
+        self.loss_cotangent(targets, ws)
+    }
+
+    /// The loss of the logits that the last [`Network::forward_on`] left in `ws` (of
+    /// `targets.len()` samples) and its cotangent ∂L/∂logits in the last layer's delta buffer;
+    /// returns the mean loss.
+    pub(crate) fn loss_cotangent<'a, B: Backend, T: Real>(
+        &self,
+        targets: Targets<'a, T>,
+        ws: &mut Workspace<T, B>,
+    ) -> f64 {
         let batch = targets.len();
-        self.forward_on(params, x, batch, ws);
         let last = self.layers.len() - 1;
         let classes = self.classes();
         let scale = T::one() / T::of_usize(batch);

@@ -61,6 +61,23 @@ impl Network {
         loss
     }
 
+    /// [`Network::per_sample_pass`] when `ws` already holds [`Network::forward`] of the same
+    /// `params` and `x` for `targets.len()` samples (the sampled Fisher draws its targets from those
+    /// logits): the loss, its cotangent and the backward pass, without running the forward pass
+    /// again. The same values to the bit.
+    pub fn per_sample_pass_after_forward<'a, T: Real>(
+        &self,
+        params: &[T],
+        x: &[T],
+        targets: impl Into<super::loss::Targets<'a, T>>,
+        ws: &mut Workspace<T>,
+    ) -> f64 {
+        let targets = targets.into();
+        let loss = self.loss_cotangent(targets, ws);
+        self.backward(params, x, targets.len(), None, ws);
+        loss
+    }
+
     /// Scratch for the per-sample products of up to `batch` samples.
     pub fn per_sample_scratch<T: Real>(&self, batch: usize) -> PerSampleScratch<T> {
         let mut blocks = Vec::new();

@@ -33,8 +33,9 @@ pub use direction_noise::{
 pub use ngd::{Ngd, NgdConfig, NgdDtype, TensorPreconditioner};
 pub use ngd_axis::{default_rank, AxisOutcome, AxisPreconditioner, AxisSettings, NgdReal};
 pub use ngd_exact::{
-    dense_direction, sample_gaussian_targets, sample_labels, woodbury_direction, Damping,
-    ExactSolve, FisherKind, NgdExact, NgdExactConfig, WoodburyScratch,
+    dense_direction, sample_gaussian_targets, sample_labels, woodbury_direction,
+    woodbury_direction_after_forward, Damping, ExactSolve, FisherKind, NgdExact, NgdExactConfig,
+    WoodburyScratch,
 };
 pub use settings_keys::SETTING_KEYS;
 pub use sgd::{Sgd, SgdConfig};

@@ -200,9 +200,45 @@ pub fn woodbury_direction<'a, T: Real>(
     out: &mut [T],
 ) -> Result<ExactSolve> {
     let fisher_targets = fisher_targets.into();
-    let b = fisher_targets.len();
-    let p = net.num_params();
     net.per_sample_pass(params, x, fisher_targets, &mut sc.ws);
+    woodbury_after_pass(net, params, x, fisher_targets.len(), g, damping, sc, out)
+}
+
+/// [`woodbury_direction`] when `sc.ws` already holds [`Network::forward`] of `params` and `x` for
+/// `fisher_targets.len()` samples, as after the sampled Fisher drew its targets from those logits:
+/// the forward pass is not run a second time, and the direction is the same to the bit.
+///
+/// # Errors
+/// As [`woodbury_direction`].
+#[allow(clippy::too_many_arguments)]
+pub fn woodbury_direction_after_forward<'a, T: Real>(
+    net: &Network,
+    params: &[T],
+    x: &[T],
+    fisher_targets: impl Into<Targets<'a, T>>,
+    g: Option<&[T]>,
+    damping: Damping,
+    sc: &mut WoodburyScratch<T>,
+    out: &mut [T],
+) -> Result<ExactSolve> {
+    let fisher_targets = fisher_targets.into();
+    net.per_sample_pass_after_forward(params, x, fisher_targets, &mut sc.ws);
+    woodbury_after_pass(net, params, x, fisher_targets.len(), g, damping, sc, out)
+}
+
+/// The Woodbury solve from the per-sample pass of `b` samples in `sc.ws`.
+#[allow(clippy::too_many_arguments)]
+fn woodbury_after_pass<T: Real>(
+    net: &Network,
+    params: &[T],
+    x: &[T],
+    b: usize,
+    g: Option<&[T]>,
+    damping: Damping,
+    sc: &mut WoodburyScratch<T>,
+    out: &mut [T],
+) -> Result<ExactSolve> {
+    let p = net.num_params();
     net.per_sample_prepare(params, x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
     let trace_k: f64 = (0..b).map(|i| sc.gram[i * b + i].as_f64()).sum();
@@ -564,7 +600,8 @@ impl<B: Backend> NgdExact<B> {
                     sample_labels(&logits, net.classes(), &mut rng, &mut self.labels);
                     Targets::Labels(&self.labels)
                 };
-                woodbury_direction(
+                // sc.ws holds the forward pass of these parameters and inputs (the logits above).
+                woodbury_direction_after_forward(
                     net,
                     &self.params64,
                     &self.x64,
