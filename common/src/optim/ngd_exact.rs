@@ -614,8 +614,18 @@ impl<B: Backend> NgdExact<B> {
                 .map_err(context)?
             }
         };
-        let gn: f64 = grad.iter().map(|&v| (v as f64).powi(2)).sum();
-        let dn: f64 = self.d64.iter().map(|v| v * v).sum();
+        // ‖g‖² and ‖d‖², each summed left to right in f64, in one loop: two independent chains of
+        // additions run side by side (the same bits as two loops, in half the time).
+        assert_eq!(
+            grad.len(),
+            self.d64.len(),
+            "ngd-exact: gradient and direction lengths"
+        );
+        let (mut gn, mut dn) = (0.0f64, 0.0f64);
+        for (&gv, &dv) in grad.iter().zip(&self.d64) {
+            gn += (gv as f64).powi(2);
+            dn += dv * dv;
+        }
         let scale = if self.config.preserve_norm {
             (gn / (dn + 1e-30)).sqrt()
         } else {
