@@ -42,6 +42,40 @@ pub struct PerSampleScratch<T: Real> {
     aat: Vec<T>,
     ddt: Vec<T>,
     vec_c: Vec<T>,
+    /// The row dots of [`Network::per_sample_dots`].
+    row_dots: Vec<T>,
+}
+
+/// `out[n] ← Σₖ m[n, k]·a[n, k]` for the rows of two row-major `[rows, width]` matrices, each
+/// summed left to right from −0 as `Iterator::sum` does (the same bits), four rows side by side:
+/// their chains of additions are independent, so the loop is not bound by one chain's latency.
+fn dots_of_rows<'a, T: Real>(m: &'a [T], a: &'a [T], width: usize, out: &mut [T]) {
+    let dot = |n: usize| -> T {
+        let (mr, ar) = (
+            &m[n * width..(n + 1) * width],
+            &a[n * width..(n + 1) * width],
+        );
+        mr.iter().zip(ar).map(|(&p, &q)| p * q).sum()
+    };
+    let rows = out.len();
+    let mut n = 0;
+    while n + 4 <= rows {
+        let row = |v: &'a [T], r: usize| &v[(n + r) * width..(n + r + 1) * width];
+        let (m0, m1, m2, m3) = (row(m, 0), row(m, 1), row(m, 2), row(m, 3));
+        let (a0, a1, a2, a3) = (row(a, 0), row(a, 1), row(a, 2), row(a, 3));
+        let mut acc = [T::of_f64(-0.0); 4];
+        for k in 0..width {
+            acc[0] += m0[k] * a0[k];
+            acc[1] += m1[k] * a1[k];
+            acc[2] += m2[k] * a2[k];
+            acc[3] += m3[k] * a3[k];
+        }
+        out[n..n + 4].copy_from_slice(&acc);
+        n += 4;
+    }
+    for (n, o) in out.iter_mut().enumerate().skip(n) {
+        *o = dot(n);
+    }
 }
 
 impl Network {
@@ -108,6 +142,7 @@ impl Network {
             aat: vec![T::zero(); batch * batch],
             ddt: vec![T::zero(); batch * batch],
             vec_c: vec![T::zero(); pm],
+            row_dots: vec![T::zero(); batch],
         }
     }
 
@@ -248,12 +283,11 @@ impl Network {
                     T::zero(),
                     m,
                 );
+                let mut row_dots = std::mem::take(&mut sc.row_dots);
+                row_dots.resize(b, T::zero());
+                dots_of_rows(m, &a[..b * inputs], inputs, &mut row_dots);
                 for n in 0..b {
-                    let mw: T = m[n * inputs..(n + 1) * inputs]
-                        .iter()
-                        .zip(&a[n * inputs..(n + 1) * inputs])
-                        .map(|(&p, &q)| p * q)
-                        .sum();
+                    let mw = row_dots[n];
                     let mb: T = vb.map_or(T::zero(), |vb| {
                         d[n * outputs..(n + 1) * outputs]
                             .iter()
@@ -263,6 +297,7 @@ impl Network {
                     });
                     out[n] += s * (mw + mb);
                 }
+                sc.row_dots = row_dots;
             }
         }
         if sc.materialised_params > 0 {
@@ -352,6 +387,45 @@ impl Network {
             for bl in &sc.blocks {
                 out[bl.start..bl.end]
                     .copy_from_slice(&sc.vec_c[bl.col..bl.col + bl.end - bl.start]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dots_of_rows;
+
+    /// Four rows side by side give each row's `Iterator::sum` to the bit, for every tail length,
+    /// including an empty width and rows of negative zeros (whose sum is −0).
+    #[test]
+    fn dots_of_rows_are_the_row_sums_to_the_bit() {
+        for width in [0usize, 1, 7, 33] {
+            for rows in 0..10 {
+                let v = |i: usize, s: f64| ((i as f64 * s).sin() * 1e3).exp2().fract() - 0.5;
+                let mut m: Vec<f64> = (0..rows * width).map(|i| v(i, 0.37)).collect();
+                let mut a: Vec<f64> = (0..rows * width).map(|i| v(i, 0.91) * 1e-3).collect();
+                if rows > 2 {
+                    // −0 · positive is −0 in every term: the row's sum is −0.
+                    m[2 * width..3 * width].fill(-0.0);
+                    a[2 * width..3 * width]
+                        .iter_mut()
+                        .for_each(|x| *x = x.abs() + 1.0);
+                }
+                let mut got = vec![f64::NAN; rows];
+                dots_of_rows(&m, &a, width, &mut got);
+                for n in 0..rows {
+                    let want: f64 = m[n * width..(n + 1) * width]
+                        .iter()
+                        .zip(&a[n * width..(n + 1) * width])
+                        .map(|(&p, &q)| p * q)
+                        .sum();
+                    assert_eq!(
+                        got[n].to_bits(),
+                        want.to_bits(),
+                        "width {width} row {n}/{rows}"
+                    );
+                }
             }
         }
     }

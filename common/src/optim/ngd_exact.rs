@@ -31,7 +31,7 @@ use crate::io::finite_or_null;
 use crate::model::{mse_fisher_variance, Network, PerSampleScratch, Targets, Workspace};
 use crate::rng::{stream, Purpose};
 use crate::{Error, Real, Result};
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ShapeBuilder};
 use ndarray_linalg::{CholeskyInplace, SolveC, UPLO};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -250,7 +250,9 @@ fn woodbury_after_pass<T: Real>(
              (non-finite values, or a zero Fisher under relative damping)"
         )));
     }
-    let mut m = Array2::<f64>::from_shape_fn((b, b), |(i, j)| sc.gram[i * b + j].as_f64());
+    // Column-major, as LAPACK reads it: a row-major matrix would be transposed before and after
+    // the factorisation (the Gram matrix is symmetric, so either holds the same numbers).
+    let mut m = Array2::<f64>::from_shape_fn((b, b).f(), |(i, j)| sc.gram[i * b + j].as_f64());
     for i in 0..b {
         m[[i, i]] += lambda * b as f64;
     }
