@@ -438,12 +438,12 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
     let f = &a.f;
     // SAFETY (both): X16 is set only where T is f32, L is 16 and AVX-512 is available.
     #[cfg(target_arch = "x86_64")]
-    if X16 && unsafe { place_minor_x16(a, n0, m, xs) } {
-    } else {
+    let placed = X16 && unsafe { place_minor_x16(a, n0, m, xs) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let placed = false;
+    if !placed {
         place_minor::<T, L>(a, n0, m, xs);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    place_minor::<T, L>(a, n0, m, xs);
     let xs = &*xs;
     let r = a.cin * f.k * f.k;
     let plane = f.oh * f.ow;
@@ -476,12 +476,15 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
     }
     let out_len = a.oc * plane;
     // The positions the 16 × 16 transposes leave (all of them without them).
-    let mut done = 0;
+    // SAFETY: as above.
     #[cfg(target_arch = "x86_64")]
-    if X16 {
-        // SAFETY: as above.
-        done = unsafe { write_back_x16(a, n0, m, ys, out) };
-    }
+    let done = if X16 {
+        unsafe { write_back_x16(a, n0, m, ys, out) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for o in 0..a.oc {
         let b = a.bias.map_or(T::zero(), |b| b[o]);
         for (i, v) in ys[o * plane * L..(o + 1) * plane * L]
