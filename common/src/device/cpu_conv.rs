@@ -15,15 +15,24 @@
 //! run of consecutive `q` reads consecutive memory for every tap. The `k − 1` columns `ox ≥ wo` of
 //! each flat row are computed and thrown away (4 of 28 for LeNet's 24-wide planes).
 //!
+//! **The sample-minor layout** (forward and input gradient of a batch, `correlate_minor`): L
+//! samples (one vector register: 16 f32 with AVX-512) are copied into `xs[c][py][px][l]`, so that
+//! one register holds one padded input pixel of L samples. A tile of P output positions × 6
+//! channels then needs per tap P aligned loads and 6 weight broadcasts for 6·P FMAs (the flat
+//! tile: 3 unaligned loads, most of them across a cache line, and 6 broadcasts per 18), and no
+//! column is thrown away. The transposes into and out of it (16 × 16 in registers with AVX-512)
+//! are paid once per layer per batch; a correlation with few taps (the LeNet's conv1) or a batch
+//! shorter than half a register stays flat (`Layout::Auto`).
+//!
 //! **Summation order** (what makes results reproducible): a forward or input-gradient output is one
 //! fused multiply–add chain over the taps in `(c, ki, kj)` order, starting from 0, then the bias is
-//! added. A weight-gradient entry is summed over groups of 4 consecutive samples (the last group of
-//! a batch may be shorter): within a group, position q of every sample goes to lane q mod 16, each
-//! lane an FMA chain over the group's samples in order and increasing q within each; the 16 lanes
-//! are reduced by a fixed pairwise tree and the group's sum times alpha is added to the output, group
-//! after group. Neither depends on the instruction set (AVX-512,
-//! AVX2+FMA or none: the kernels are one generic body compiled three ways, and `mul_add` is fused
-//! in all of them) or on the tile sizes, so every machine computes the same bits.
+//! added, on either layout. A weight-gradient entry is summed over groups of 4 consecutive
+//! samples (the last group of a batch may be shorter): within a group, position q of every sample
+//! goes to lane q mod 16, each lane an FMA chain over the group's samples in order and increasing q
+//! within each; the 16 lanes are reduced by a fixed pairwise tree and the group's sum times alpha
+//! is added to the output, group after group. Neither depends on the layout or the instruction set
+//! (AVX-512, AVX2+FMA or none: the kernels are one generic body compiled three ways, and `mul_add`
+//! is fused in all of them) or on the tile sizes, so every machine computes the same bits.
 
 use super::cpu::ConvGeometry;
 use crate::Real;
@@ -84,9 +93,15 @@ pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
     let b = Flat::new(g.height, g.width, g.kernel);
     let forward = g.channels * f.cs + out_channels * f.nq;
     let input_grad = out_channels * g.rows() + out_channels * b.cs + g.channels * b.nq;
+    let forward_minor = minor_work_len(g.channels, out_channels, &f);
+    let input_grad_minor = out_channels * g.rows() + minor_work_len(out_channels, g.channels, &b);
     // The weight gradient's blocks start on a cache line: up to 15 elements are skipped first.
     let weight_grad = LANES + GROUP * forward + out_channels * g.rows() * LANES;
-    forward.max(input_grad).max(weight_grad)
+    forward
+        .max(input_grad)
+        .max(weight_grad)
+        .max(forward_minor)
+        .max(input_grad_minor)
 }
 
 /// `dst.copy_from_slice(src)` for the short rows of an image (8 to 28 values here) without a call
@@ -275,6 +290,444 @@ fn correlate_body<T: Real, const NP: usize>(a: &Correlation<'_, T>, out: &mut [T
             }
         }
     }
+}
+
+/// How a batched correlation lays its samples out (see [`correlate_minor`]). `Auto` is what the
+/// public functions use; the tests and the kernel timing force the other two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Layout {
+    /// One sample at a time on the flat padded layout ([`correlate_body`]).
+    Flat,
+    /// Every sample sample-minor, a short last chunk padded with zero samples.
+    Minor,
+    /// Sample-minor for the full chunks and for a last chunk at least half full; the samples of a
+    /// shorter last chunk (and a batch smaller than half a chunk) flat. All flat where a
+    /// correlation has fewer than [`MINOR_MIN_TAPS`] taps.
+    Auto,
+}
+
+/// Taps (input channels × k × k) below which [`Layout::Auto`] keeps a correlation flat: with few
+/// taps per output, the transposes into and out of the sample-minor layout cost more than its
+/// faster inner loop saves (measured by `kernel_rates` in the tests, AVX-512, batch 128: the
+/// LeNet's conv1, 25 taps, 115 GFLOP/s flat and 101–106 sample-minor; its 150-tap convolutions
+/// 148–151 → 182–184 forward).
+const MINOR_MIN_TAPS: usize = 64;
+
+#[cfg(test)]
+thread_local! {
+    /// The layout the public functions use on this thread instead of [`Layout::Auto`] (tests
+    /// only: the layer suite runs once more with every batch sample-minor).
+    static FORCED: std::cell::Cell<Option<Layout>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`Layout::Auto`], or in tests the layout forced by [`with_layout`].
+fn public_layout() -> Layout {
+    #[cfg(test)]
+    if let Some(l) = FORCED.with(|f| f.get()) {
+        return l;
+    }
+    Layout::Auto
+}
+
+/// Runs `body` with the public functions of this module on `layout` (on this thread).
+#[cfg(test)]
+pub(crate) fn with_layout<R>(layout: Layout, body: impl FnOnce() -> R) -> R {
+    let before = FORCED.with(|f| f.replace(Some(layout)));
+    let r = body();
+    FORCED.with(|f| f.set(before));
+    r
+}
+
+/// Copies samples `n0..n0 + m` (m ≤ L) of the source into the sample-minor padded block
+/// `xs[c][py][px][l]` (`f.hp × f.wp` per channel, lane l = sample n0 + l), zero at the padding
+/// and in the lanes past m.
+#[inline(always)]
+fn place_minor<T: Real, const L: usize>(a: &Correlation<'_, T>, n0: usize, m: usize, xs: &mut [T]) {
+    let f = &a.f;
+    let (h, w) = a.src_hw;
+    let in_len = a.cin * h * w;
+    let xs = &mut xs[..a.cin * f.hp * f.wp * L];
+    xs.iter_mut().for_each(|v| *v = T::zero());
+    // Columns sx with 0 ≤ sx + off < wp (as in `place`).
+    let lo = (-a.off).max(0) as usize;
+    let hi = ((f.wp as isize - a.off).max(0) as usize).min(w);
+    if lo >= hi {
+        return;
+    }
+    let src = &a.src[n0 * in_len..(n0 + m) * in_len];
+    for c in 0..a.cin {
+        for sy in 0..h {
+            let dy = sy as isize + a.off;
+            if dy < 0 || dy >= f.hp as isize {
+                continue;
+            }
+            let s0 = (c * h + sy) * w;
+            let d0 = (c * f.hp + dy as usize) * f.wp;
+            for sx in lo..hi {
+                let px = (sx as isize + a.off) as usize;
+                let lanes = &mut xs[(d0 + px) * L..][..L];
+                for (l, v) in lanes[..m].iter_mut().enumerate() {
+                    *v = src[l * in_len + s0 + sx];
+                }
+            }
+        }
+    }
+}
+
+/// `ys[o][oy][ox0 + p][l] = Σ_taps w[o, tap]·xs[c][oy + ki][ox0 + p + kj][l]` for `OB` output
+/// channels (rows of `w` with stride `r`), `P` consecutive positions of output row `oy` and the L
+/// samples of the block: per tap, P whole-vector loads and OB broadcasts feed OB·P vector FMAs.
+/// One FMA chain per output in tap order from 0, as [`correlate_tile`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn minor_tile<T: Real, const L: usize, const OB: usize, const P: usize>(
+    xs: &[T],
+    cin: usize,
+    f: &Flat,
+    w: &[T],
+    r: usize,
+    (oy, ox0): (usize, usize),
+    ys: &mut [T],
+) {
+    let k = f.k;
+    // Raw pointers after one check of the furthest reads (as in `correlate_tile`).
+    let last = (((cin - 1) * f.hp + oy + k - 1) * f.wp + ox0 + k - 1 + P) * L;
+    assert!(last <= xs.len() && OB * r <= w.len() && r == cin * k * k);
+    let mut acc = [[[T::zero(); L]; P]; OB];
+    for c in 0..cin {
+        for ki in 0..k {
+            // SAFETY: every offset below is at most `last` (xs) or OB·r (w), checked above.
+            unsafe {
+                let xrow = xs.as_ptr().add(((c * f.hp + oy + ki) * f.wp + ox0) * L);
+                let wrow = w.as_ptr().add((c * k + ki) * k);
+                for kj in 0..k {
+                    let xv = std::ptr::read_unaligned(xrow.add(kj * L).cast::<[[T; L]; P]>());
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let wv = *wrow.add(o * r + kj);
+                        for (acc, xv) in acc.iter_mut().zip(&xv) {
+                            for (a, &x) in acc.iter_mut().zip(xv) {
+                                *a = wv.mul_add(x, *a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (o, acc) in acc.iter().enumerate() {
+        for (p, acc) in acc.iter().enumerate() {
+            ys[((o * f.oh + oy) * f.ow + ox0 + p) * L..][..L].copy_from_slice(acc);
+        }
+    }
+}
+
+/// One chunk of samples `n0..n0 + m` (m ≤ L) on the sample-minor layout: placed into `xs`,
+/// correlated into `ys[o][oy][ox][l]` tile by tile (`OB` channels × up to `P` positions), then
+/// written back sample by sample with the bias.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X16: bool>(
+    a: &Correlation<'_, T>,
+    n0: usize,
+    m: usize,
+    out: &mut [T],
+    xs: &mut [T],
+    ys: &mut [T],
+) {
+    let f = &a.f;
+    // SAFETY (both): X16 is set only where T is f32, L is 16 and AVX-512 is available.
+    #[cfg(target_arch = "x86_64")]
+    let placed = X16 && unsafe { place_minor_x16(a, n0, m, xs) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let placed = false;
+    if !placed {
+        place_minor::<T, L>(a, n0, m, xs);
+    }
+    let xs = &*xs;
+    let r = a.cin * f.k * f.k;
+    let plane = f.oh * f.ow;
+    let mut o0 = 0;
+    while o0 < a.oc {
+        let ob = (a.oc - o0).min(OB);
+        let (w, ysb) = (&a.w[o0 * r..], &mut ys[o0 * plane * L..]);
+        for oy in 0..f.oh {
+            let mut ox0 = 0;
+            while ox0 < f.ow {
+                let p = (f.ow - ox0).min(P);
+                macro_rules! tile {
+                    ($($ob:literal),*; $p:literal) => {
+                        match ob {
+                            $($ob => minor_tile::<T, L, $ob, $p>(xs, a.cin, f, w, r, (oy, ox0), ysb),)*
+                            _ => unreachable!("1 ≤ ob ≤ 6"),
+                        }
+                    };
+                }
+                match p {
+                    4 => tile!(1, 2, 3, 4, 5, 6; 4),
+                    3 => tile!(1, 2, 3, 4, 5, 6; 3),
+                    2 => tile!(1, 2, 3, 4, 5, 6; 2),
+                    _ => tile!(1, 2, 3, 4, 5, 6; 1),
+                }
+                ox0 += p;
+            }
+        }
+        o0 += ob;
+    }
+    let out_len = a.oc * plane;
+    // The positions the 16 × 16 transposes leave (all of them without them).
+    // SAFETY: as above.
+    #[cfg(target_arch = "x86_64")]
+    let done = if X16 {
+        unsafe { write_back_x16(a, n0, m, ys, out) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for o in 0..a.oc {
+        let b = a.bias.map_or(T::zero(), |b| b[o]);
+        for (i, v) in ys[o * plane * L..(o + 1) * plane * L]
+            .chunks_exact(L)
+            .enumerate()
+            .skip(done)
+        {
+            for (l, &s) in v[..m].iter().enumerate() {
+                let d = &mut out[(n0 + l) * out_len + o * plane + i];
+                if a.accumulate {
+                    *d += s + b;
+                } else {
+                    *d = s + b;
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 block of f32 held as 16 rows: `out[c][i] = r[i][c]` (64 in-register
+/// shuffles: pairs of rows interleaved by 32 and 64 bits, then 128-bit quarters recombined twice).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + j], quarter k: column 4k + j of rows 4i..4i + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    let pd = _mm512_castps_pd;
+    let ps = _mm512_castpd_ps;
+    for i in 0..4 {
+        let a = 4 * i;
+        u[a] = ps(_mm512_unpacklo_pd(pd(t[a]), pd(t[a + 2])));
+        u[a + 1] = ps(_mm512_unpackhi_pd(pd(t[a]), pd(t[a + 2])));
+        u[a + 2] = ps(_mm512_unpacklo_pd(pd(t[a + 1]), pd(t[a + 3])));
+        u[a + 3] = ps(_mm512_unpackhi_pd(pd(t[a + 1]), pd(t[a + 3])));
+    }
+    // Quarters (0, 2) and (1, 3) of two row groups, then again: 0x88 picks quarters 0, 2 of each
+    // operand, 0xdd quarters 1, 3.
+    for j in 0..4 {
+        t[j] = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+        t[4 + j] = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
+        t[8 + j] = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+        t[12 + j] = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        out[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[8 + j]);
+        out[8 + j] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[8 + j]);
+        out[4 + j] = _mm512_shuffle_f32x4::<0x88>(t[4 + j], t[12 + j]);
+        out[12 + j] = _mm512_shuffle_f32x4::<0xdd>(t[4 + j], t[12 + j]);
+    }
+    out
+}
+
+/// [`place_minor`] for f32 and 16 lanes with 16 × 16 transposes (the same values in the same
+/// places): each channel plane is taken 16 source positions at a time (a row of the block per
+/// sample), transposed, and each position's 16 samples stored as one aligned line; only the
+/// padding is zeroed. Returns false (and does nothing) where the source is cropped, which
+/// [`place_minor`] then handles.
+///
+/// # Safety
+/// T must be f32, L 16, and AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn place_minor_x16<T: Real>(
+    a: &Correlation<'_, T>,
+    n0: usize,
+    m: usize,
+    xs: &mut [T],
+) -> bool {
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let f = &a.f;
+    let (h, w) = a.src_hw;
+    if a.off < 0 || a.off as usize + h > f.hp || a.off as usize + w > f.wp {
+        return false;
+    }
+    let off = a.off as usize;
+    let (plane, in_len) = (h * w, a.cin * h * w);
+    let src = &a.src[n0 * in_len..(n0 + m) * in_len];
+    let xs = &mut xs[..a.cin * f.hp * f.wp * L];
+    let zero_px = |xs: &mut [T], from: usize, to: usize| {
+        xs[from * L..to * L].iter_mut().for_each(|v| *v = T::zero())
+    };
+    let blocks = plane / L;
+    for c in 0..a.cin {
+        // The padding: whole rows above and below, the columns left and right of each image row.
+        let base = c * f.hp * f.wp;
+        zero_px(xs, base, base + off * f.wp);
+        zero_px(xs, base + (off + h) * f.wp, base + f.hp * f.wp);
+        for py in off..off + h {
+            let row = base + py * f.wp;
+            zero_px(xs, row, row + off);
+            zero_px(xs, row + off + w, row + f.wp);
+        }
+        let sp = src.as_ptr().cast::<f32>();
+        let dp = xs.as_mut_ptr().cast::<f32>();
+        for jb in 0..blocks {
+            let j0 = jb * L;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (l, r) in r.iter_mut().enumerate().take(m) {
+                // SAFETY: sample l's plane c holds positions j0..j0 + 16 ≤ plane (T is f32).
+                *r = unsafe { _mm512_loadu_ps(sp.add(l * in_len + c * plane + j0)) };
+            }
+            let t = transpose16(r);
+            for (j, t) in t.iter().enumerate() {
+                let (sy, sx) = ((j0 + j) / w, (j0 + j) % w);
+                let px = base + (sy + off) * f.wp + sx + off;
+                // SAFETY: px < (c + 1)·hp·wp, inside xs (the source is not cropped).
+                unsafe { _mm512_storeu_ps(dp.add(px * L), *t) };
+            }
+        }
+        for j in blocks * L..plane {
+            let (sy, sx) = (j / w, j % w);
+            let px = base + (sy + off) * f.wp + sx + off;
+            let lanes = &mut xs[px * L..][..L];
+            for (l, v) in lanes.iter_mut().enumerate() {
+                *v = if l < m {
+                    src[l * in_len + c * plane + j]
+                } else {
+                    T::zero()
+                };
+            }
+        }
+    }
+    true
+}
+
+/// The write-back of [`minor_chunk`] for f32 and 16 lanes with 16 × 16 transposes: for each
+/// channel, positions 16 at a time, `out[n0 + l][o][i] (+)= ys[o][i][l] + b[o]` (the same sums:
+/// s + b, then added to the output when accumulating). Returns how many positions of each channel
+/// it wrote (the plane rounded down to 16); the caller writes the rest.
+///
+/// # Safety
+/// T must be f32, L 16, and AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_back_x16<T: Real>(
+    a: &Correlation<'_, T>,
+    n0: usize,
+    m: usize,
+    ys: &[T],
+    out: &mut [T],
+) -> usize {
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let f = &a.f;
+    let plane = f.oh * f.ow;
+    let out_len = a.oc * plane;
+    let blocks = plane / L;
+    let ys = &ys[..a.oc * plane * L];
+    let out = &mut out[n0 * out_len..(n0 + m) * out_len];
+    let (yp, op) = (ys.as_ptr().cast::<f32>(), out.as_mut_ptr().cast::<f32>());
+    for o in 0..a.oc {
+        let b = _mm512_set1_ps(a.bias.map_or(0.0, |b| b[o].as_f64() as f32));
+        for jb in 0..blocks {
+            let j0 = jb * L;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, r) in r.iter_mut().enumerate() {
+                // SAFETY: position j0 + i < plane of channel o, inside ys.
+                *r = unsafe { _mm512_loadu_ps(yp.add((o * plane + j0 + i) * L)) };
+            }
+            let t = transpose16(r);
+            for (l, &t) in t.iter().enumerate().take(m) {
+                // SAFETY: sample l < m of the chunk, channel o, positions j0..j0 + 16 ≤ plane.
+                unsafe {
+                    let d = op.add(l * out_len + o * plane + j0);
+                    let v = _mm512_add_ps(t, b);
+                    let v = if a.accumulate {
+                        _mm512_add_ps(_mm512_loadu_ps(d), v)
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(d, v);
+                }
+            }
+        }
+    }
+    blocks * L
+}
+
+/// A batched correlation with its samples vectorised: L samples at a time are laid out
+/// sample-minor (`[c][py][px][L samples]`, one vector register = one padded input pixel of L
+/// samples), so that a tile of P output positions × OB channels needs per tap P aligned vector
+/// loads and OB weight broadcasts for OB·P FMAs, and no flat column is computed and thrown away.
+/// Every output is still one FMA chain over the taps in `(c, ki, kj)` order from 0, then + bias:
+/// the same bits as [`correlate_body`] (which takes the samples that `layout` leaves flat).
+#[inline(always)]
+fn correlate_minor<
+    T: Real,
+    const NP: usize,
+    const L: usize,
+    const OB: usize,
+    const P: usize,
+    const X16: bool,
+>(
+    a: &Correlation<'_, T>,
+    out: &mut [T],
+    work: &mut [T],
+    layout: Layout,
+) {
+    let full = a.batch / L * L;
+    let tail = a.batch - full;
+    let minor = match layout {
+        Layout::Flat => 0,
+        Layout::Auto if a.cin * a.f.k * a.f.k < MINOR_MIN_TAPS => 0,
+        Layout::Minor => a.batch,
+        Layout::Auto if 2 * tail >= L => a.batch,
+        Layout::Auto => full,
+    };
+    let f = &a.f;
+    let out_len = a.oc * f.oh * f.ow;
+    if minor > 0 {
+        let skip = work.as_ptr().align_offset(64).min(LANES - 1);
+        let (xs, ys) = work[skip..].split_at_mut(a.cin * f.hp * f.wp * L);
+        let ys = &mut ys[..out_len * L];
+        for n0 in (0..minor).step_by(L) {
+            minor_chunk::<T, L, OB, P, X16>(a, n0, L.min(minor - n0), out, xs, ys);
+        }
+    }
+    if minor < a.batch {
+        let in_len = a.cin * a.src_hw.0 * a.src_hw.1;
+        let rest = Correlation {
+            src: &a.src[minor * in_len..],
+            batch: a.batch - minor,
+            ..*a
+        };
+        correlate_body::<T, NP>(&rest, &mut out[minor * out_len..], work);
+    }
+}
+
+/// Elements of scratch [`correlate_minor`] needs for a correlation of `cin` channels into `oc`
+/// on `f` (at most 16 samples a chunk, and up to 15 skipped to reach a cache line).
+fn minor_work_len(cin: usize, oc: usize, f: &Flat) -> usize {
+    LANES + (cin * f.hp * f.wp + oc * f.oh * f.ow) * LANES
 }
 
 /// The arguments of one batched weight gradient.
@@ -677,14 +1130,34 @@ unsafe fn weight_grad_body<T: Real, K: DotTile<T>, const OBM: usize, const TBM: 
 // at run time and does not change the results (see the module comment).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn correlate_avx512<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T]) {
-    correlate_body::<T, 48>(a, out, work)
+unsafe fn correlate_avx512<T: Real>(
+    a: &Correlation<'_, T>,
+    out: &mut [T],
+    work: &mut [T],
+    layout: Layout,
+) {
+    // One zmm register of samples: 16 f32 or 8 f64; 6 × 4 tiles, 24 accumulators of 32.
+    if std::mem::size_of::<T>() == 4 {
+        correlate_minor::<T, 48, 16, 6, 4, true>(a, out, work, layout)
+    } else {
+        correlate_minor::<T, 48, 8, 6, 4, false>(a, out, work, layout)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn correlate_avx2<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T]) {
-    correlate_body::<T, 16>(a, out, work)
+unsafe fn correlate_avx2<T: Real>(
+    a: &Correlation<'_, T>,
+    out: &mut [T],
+    work: &mut [T],
+    layout: Layout,
+) {
+    // One ymm register of samples; 6 × 2 tiles, 12 accumulators of 16.
+    if std::mem::size_of::<T>() == 4 {
+        correlate_minor::<T, 16, 8, 6, 2, false>(a, out, work, layout)
+    } else {
+        correlate_minor::<T, 16, 4, 6, 2, false>(a, out, work, layout)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -765,14 +1238,24 @@ fn isa() -> Isa {
     Isa::Baseline
 }
 
-fn correlate<T: Real>(a: &Correlation<'_, T>, out: &mut [T], work: &mut [T], isa: Isa) {
+fn correlate<T: Real>(
+    a: &Correlation<'_, T>,
+    out: &mut [T],
+    work: &mut [T],
+    isa: Isa,
+    layout: Layout,
+) {
     match isa {
         // SAFETY: the features were detected on this machine by `isa()`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { correlate_avx512(a, out, work) },
+        Isa::Avx512 => unsafe { correlate_avx512(a, out, work, layout) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { correlate_avx2(a, out, work) },
-        _ => correlate_body::<T, 16>(a, out, work),
+        Isa::Avx2 => unsafe { correlate_avx2(a, out, work, layout) },
+        // One xmm register of samples (4 f32 or 2 f64).
+        _ if std::mem::size_of::<T>() == 4 => {
+            correlate_minor::<T, 16, 4, 6, 2, false>(a, out, work, layout)
+        }
+        _ => correlate_minor::<T, 16, 2, 6, 2, false>(a, out, work, layout),
     }
 }
 
@@ -816,6 +1299,7 @@ pub fn conv2d_forward<T: Real>(
         y,
         work,
         isa(),
+        public_layout(),
     )
 }
 
@@ -831,6 +1315,7 @@ fn conv2d_forward_on<T: Real>(
     y: &mut [T],
     work: &mut Vec<T>,
     isa: Isa,
+    layout: Layout,
 ) {
     assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
@@ -847,7 +1332,13 @@ fn conv2d_forward_on<T: Real>(
         accumulate,
     };
     grow(work, conv2d_work_len(g, out_channels));
-    correlate(&a, &mut y[..batch * out_channels * ho * wo], work, isa);
+    correlate(
+        &a,
+        &mut y[..batch * out_channels * ho * wo],
+        work,
+        isa,
+        layout,
+    );
 }
 
 /// The input gradient of [`conv2d_forward`] (its adjoint in x) over a batch:
@@ -871,7 +1362,18 @@ pub fn conv2d_input_grad<T: Real>(
     dx: &mut [T],
     work: &mut Vec<T>,
 ) {
-    conv2d_input_grad_on(g, out_channels, w, dy, batch, accumulate, dx, work, isa())
+    conv2d_input_grad_on(
+        g,
+        out_channels,
+        w,
+        dy,
+        batch,
+        accumulate,
+        dx,
+        work,
+        isa(),
+        public_layout(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -885,6 +1387,7 @@ fn conv2d_input_grad_on<T: Real>(
     dx: &mut [T],
     work: &mut Vec<T>,
     isa: Isa,
+    layout: Layout,
 ) {
     assert_eq!(g.stride, 1, "the direct convolution kernels take stride 1");
     let (ho, wo) = g.output_size();
@@ -911,7 +1414,7 @@ fn conv2d_input_grad_on<T: Real>(
         batch,
         accumulate,
     };
-    correlate(&a, &mut dx[..batch * g.input_len()], rest, isa);
+    correlate(&a, &mut dx[..batch * g.input_len()], rest, isa, layout);
 }
 
 /// The weight gradient of [`conv2d_forward`] over a batch, scaled:

@@ -3,11 +3,15 @@
 
 use super::*;
 
-/// (channels, height, width, kernel, padding, out_channels, batch): LeNet's three convolutions,
-/// odd and non-square sides, padding ≥ kernel (the input gradient then crops), an even kernel,
-/// 1×1 images and kernels, more output channels than one register block (17 = 6 + 6 + 5), and a
-/// batch of 9 (weight-gradient groups of 4, 4 and 1).
-const GEOMETRIES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
+/// (channels, height, width, kernel, padding, out_channels, batch).
+type Spec = (usize, usize, usize, usize, usize, usize, usize);
+
+/// LeNet's three convolutions, odd and non-square sides, padding ≥ kernel (the input gradient
+/// then crops), an even kernel, 1×1 images and kernels, more output channels than one register
+/// block (17 = 6 + 6 + 5), a batch of 9 (weight-gradient groups of 4, 4 and 1), and batches of 19
+/// and 27 (sample-minor chunks of 16 or 8 and a last chunk that is short: taken flat, or padded
+/// with zero samples; the 150-tap ones go sample-minor under `Layout::Auto` too).
+const GEOMETRIES: &[Spec] = &[
     (1, 28, 28, 5, 0, 6, 2),
     (6, 24, 24, 5, 2, 6, 2),
     (6, 12, 12, 5, 0, 16, 2),
@@ -18,11 +22,12 @@ const GEOMETRIES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (5, 9, 11, 4, 2, 2, 2),
     (3, 5, 8, 5, 0, 1, 2),
     (2, 6, 7, 3, 1, 5, 9),
+    (6, 12, 12, 5, 0, 16, 19),
+    (6, 24, 24, 5, 2, 6, 27),
+    (3, 7, 5, 3, 1, 4, 27),
 ];
 
-fn geometry(
-    &(c, h, w, k, p, _, _): &(usize, usize, usize, usize, usize, usize, usize),
-) -> ConvGeometry {
+fn geometry(&(c, h, w, k, p, _, _): &Spec) -> ConvGeometry {
     ConvGeometry {
         channels: c,
         height: h,
@@ -144,7 +149,7 @@ fn run<T: Real>(
     (w, b, x, dy): (&[f64], &[f64], &[f64], &[f64]),
     alpha: f64,
     accumulate: bool,
-    isa: Isa,
+    (isa, layout): (Isa, Layout),
 ) -> [Vec<T>; 3] {
     let cast = |v: &[f64]| v.iter().map(|&a| T::of_f64(a)).collect::<Vec<T>>();
     let (w, b, x, dy) = (cast(w), cast(b), cast(x), cast(dy));
@@ -163,9 +168,12 @@ fn run<T: Real>(
         &mut y,
         &mut work,
         isa,
+        layout,
     );
     let mut dx = start(x.len());
-    conv2d_input_grad_on(g, o, &w, &dy, batch, accumulate, &mut dx, &mut work, isa);
+    conv2d_input_grad_on(
+        g, o, &w, &dy, batch, accumulate, &mut dx, &mut work, isa, layout,
+    );
     let mut dw = start(w.len());
     let a = T::of_f64(alpha);
     conv2d_weight_grad_on(g, o, &x, &dy, batch, a, accumulate, &mut dw, &mut work, isa);
@@ -193,10 +201,22 @@ fn check<T: Real>(rel: f64) {
             dw_ref.1.iter().map(|v| alpha * v).collect::<Vec<_>>(),
         );
         let mut first: Option<[Vec<T>; 3]> = None;
-        for isa in isas() {
+        let layouts = [Layout::Flat, Layout::Minor, Layout::Auto];
+        for (isa, layout) in isas().into_iter().flat_map(|i| layouts.map(|l| (i, l))) {
             for accumulate in [false, true] {
-                let what = format!("{spec:?} {isa:?} {} accumulate {accumulate}", T::NAME);
-                let out = run::<T>(&g, o, batch, (&w, &b, &x, &dy), alpha, accumulate, isa);
+                let what = format!(
+                    "{spec:?} {isa:?} {layout:?} {} accumulate {accumulate}",
+                    T::NAME
+                );
+                let out = run::<T>(
+                    &g,
+                    o,
+                    batch,
+                    (&w, &b, &x, &dy),
+                    alpha,
+                    accumulate,
+                    (isa, layout),
+                );
                 // Accumulating onto 2 and subtracting it rounds twice more in f32.
                 let rel = if accumulate { rel * 4.0 } else { rel };
                 assert_close(&format!("forward {what}"), &out[0], &y_ref, rel);
@@ -207,11 +227,12 @@ fn check<T: Real>(rel: f64) {
                 }
                 match &first {
                     None => first = Some(out),
-                    // Every instruction set computes the same bits (the module's promise).
+                    // Every instruction set and layout computes the same bits (the module's
+                    // promise).
                     Some(f) => {
                         for (a, b) in f.iter().zip(&out) {
                             let same = a.iter().zip(b).all(|(p, q)| p.to_bits_eq(q));
-                            assert!(same, "{what}: differs from the first instruction set");
+                            assert!(same, "{what}: differs from Baseline Flat");
                         }
                     }
                 }
@@ -287,5 +308,110 @@ fn bias_gradient_matches_the_plain_sum() {
         conv2d_bias_grad(&dy32, batch, o, plane, alpha as f32, true, &mut db32);
         db32.iter_mut().for_each(|v| *v -= 2.0);
         assert_close("bias grad f32", &db32, &want, 4e-6);
+    }
+}
+
+/// This thread's CPU time in seconds (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`): unlike the wall
+/// clock, not charged with the other processes' time slices on a shared machine.
+fn thread_cpu_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid clock id and a valid out pointer.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+/// Best of `reps` thread-CPU times of `f`.
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = thread_cpu_seconds();
+            f();
+            thread_cpu_seconds() - t
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The kernels' rates on the LeNet's convolutions at batch 128 in f32 on this machine's best
+/// instruction set, flat and sample-minor (thread CPU time, best of `CONV_BENCH_REPS`, 30 by
+/// default): `cargo test --release -p common --lib cpu_conv::tests::kernel_rates -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a timing, not a check: run by hand"]
+fn kernel_rates() {
+    let reps = std::env::var("CONV_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let isa = isa();
+    let batch = 128;
+    let convs: &[(&str, Spec)] = &[
+        ("conv1 1→6 28×28", (1, 28, 28, 5, 0, 6, batch)),
+        ("extra 6→6 24×24 pad 2", (6, 24, 24, 5, 2, 6, batch)),
+        ("conv2 6→16 12×12", (6, 12, 12, 5, 0, 16, batch)),
+    ];
+    println!("isa {isa:?}, batch {batch}, best of {reps}, GFLOP/s (thread CPU time)");
+    for (name, spec) in convs {
+        let g = geometry(spec);
+        let o = spec.5;
+        let (ho, wo) = g.output_size();
+        let w: Vec<f32> = values(o * g.rows(), 0.731)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let b: Vec<f32> = values(o, 1.37).iter().map(|&v| v as f32).collect();
+        let x: Vec<f32> = values(batch * g.input_len(), 0.219)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let dy: Vec<f32> = values(batch * o * ho * wo, 0.577)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let flops = 2.0 * (batch * o * ho * wo * g.rows()) as f64;
+        let mut work = vec![0f32; conv2d_work_len(&g, o)];
+        let mut y = vec![0f32; dy.len()];
+        let mut dx = vec![0f32; x.len()];
+        let mut dw = vec![0f32; w.len()];
+        let mut line = format!("{name}:");
+        for layout in [Layout::Flat, Layout::Minor] {
+            let t = best_of(reps, || {
+                conv2d_forward_on(
+                    &g,
+                    o,
+                    &w,
+                    Some(&b),
+                    &x,
+                    batch,
+                    false,
+                    &mut y,
+                    &mut work,
+                    isa,
+                    layout,
+                )
+            });
+            line += &format!(" forward {layout:?} {:.1}", flops / t / 1e9);
+            let t = best_of(reps, || {
+                conv2d_input_grad_on(
+                    &g, o, &w, &dy, batch, false, &mut dx, &mut work, isa, layout,
+                )
+            });
+            line += &format!(" input grad {layout:?} {:.1}", flops / t / 1e9);
+        }
+        let t = best_of(reps, || {
+            conv2d_weight_grad_on(&g, o, &x, &dy, batch, 1.0, false, &mut dw, &mut work, isa)
+        });
+        line += &format!(" weight grad {:.1}", flops / t / 1e9);
+        println!("{line}");
     }
 }

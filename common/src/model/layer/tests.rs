@@ -1063,37 +1063,49 @@ fn average_pooling_matches_a_hand_computation() {
     assert_eq!(pool(2, 1), [2.5, 3.5, 4.5, 6.5, 7.5, 8.5]);
 }
 
-/// Instantiates the bodies written over the backend for one backend.
+/// Instantiates the bodies written over the backend for one backend; with `$around`, each body
+/// runs inside it (`fn(fn())`).
 macro_rules! layer_suite {
     ($name:ident, $make:expr) => {
+        layer_suite!($name, $make, |body: fn()| body());
+    };
+    ($name:ident, $make:expr, $around:expr) => {
         mod $name {
             use super::*;
             #[test]
             fn gradients_match_central_differences() {
-                super::gradients_match_central_differences(&$make);
+                ($around)(|| super::gradients_match_central_differences(&$make));
             }
             #[test]
             fn hessian_vector_products_match_the_finite_difference_hessian() {
-                super::hessian_vector_products_match_the_finite_difference_hessian(&$make);
+                ($around)(|| {
+                    super::hessian_vector_products_match_the_finite_difference_hessian(&$make)
+                });
             }
             #[test]
             fn prepared_products_are_the_recomputed_ones() {
-                super::prepared_products_are_the_recomputed_ones(&$make);
+                ($around)(|| super::prepared_products_are_the_recomputed_ones(&$make));
             }
             #[test]
             fn gauss_newton_products_match_the_dense_jacobian() {
-                super::gauss_newton_products_match_the_dense_jacobian(&$make);
+                ($around)(|| super::gauss_newton_products_match_the_dense_jacobian(&$make));
             }
             #[test]
             fn per_sample_gradients_match_single_sample_passes() {
-                super::per_sample_gradients_match_single_sample_passes(&$make);
+                ($around)(|| super::per_sample_gradients_match_single_sample_passes(&$make));
             }
             #[test]
             fn sample_wise_layers_forward_each_sample_as_the_batch() {
-                super::sample_wise_layers_forward_each_sample_as_the_batch(&$make);
+                ($around)(|| super::sample_wise_layers_forward_each_sample_as_the_batch(&$make));
             }
         }
     };
 }
 
 layer_suite!(cpu, CpuBackend);
+// The CPU convolutions once more with every batch, of any size, through their sample-minor kernels
+// (which `Layout::Auto` keeps for batches of 8 or more and 64 taps or more).
+layer_suite!(cpu_sample_minor, CpuBackend, |body: fn()| {
+    use crate::device::cpu_conv::{with_layout, Layout};
+    with_layout(Layout::Minor, body)
+});
