@@ -141,65 +141,50 @@ fn main() {
         "== optimisers: MNIST MLP 784-128-10, batch 128, one epoch = {steps} steps, 1 BLAS thread"
     );
 
+    // The settings of one optimiser at its defaults, changed by `edit`.
+    let named = |name: &str, edit: &dyn Fn(&mut OptimizerSettings)| {
+        let mut s = OptimizerSettings {
+            name: name.into(),
+            ..Default::default()
+        };
+        edit(&mut s);
+        s
+    };
+    use common::optim::{Damping, FisherKind};
     let variants: Vec<(&str, OptimizerSettings, f64)> = vec![
         ("sgd", OptimizerSettings::default(), fb_flops),
         (
             "ngd (f32 state)",
-            OptimizerSettings {
-                name: "ngd".into(),
-                ..Default::default()
-            },
+            named("ngd", &|_| {}),
             fb_flops + ngd_flops,
         ),
         (
             "ngd (f64 state)",
-            {
-                let mut s = OptimizerSettings {
-                    name: "ngd".into(),
-                    ..Default::default()
-                };
-                s.ngd.dtype = NgdDtype::F64;
-                s
-            },
+            named("ngd", &|s| s.ngd.dtype = NgdDtype::F64),
             fb_flops + ngd_flops,
         ),
+        // The sampled Fisher's per-sample products run in f64 (about half the sgemm rate).
         (
             "ngd-exact (defaults: sampled Fisher)",
-            OptimizerSettings {
-                name: "ngd-exact".into(),
-                ..Default::default()
-            },
-            // The sampled Fisher's per-sample products run in f64 (about half the sgemm rate).
+            named("ngd-exact", &|_| {}),
             fb_flops + exact_flops,
         ),
         (
             "ngd-exact (empirical Fisher)",
-            {
-                let mut s = OptimizerSettings {
-                    name: "ngd-exact".into(),
-                    ..Default::default()
-                };
-                s.exact.fisher = common::optim::FisherKind::Empirical;
-                s
-            },
+            named("ngd-exact", &|s| s.exact.fisher = FisherKind::Empirical),
             fb_flops + exact_flops,
         ),
+        // The empirical Fisher at the former defaults (α = 0.01, no rescaling), as earlier runs
+        // timed it. Its steps explode: the network saturates and its cotangents underflow to
+        // subnormal floats, whose arithmetic is many times slower on Intel processors
+        // (OPTIMIZERS_BENCH_FLUSH_SUBNORMALS=1 shows how much).
         (
             "ngd-exact (empirical, α 0.01, unscaled)",
-            {
-                // The empirical Fisher at the former defaults (α = 0.01, no rescaling), as earlier
-                // runs timed it. Its steps explode: the network saturates and its cotangents
-                // underflow to subnormal floats, whose arithmetic is many times slower on Intel
-                // processors (OPTIMIZERS_BENCH_FLUSH_SUBNORMALS=1 shows how much).
-                let mut s = OptimizerSettings {
-                    name: "ngd-exact".into(),
-                    ..Default::default()
-                };
-                s.exact.fisher = common::optim::FisherKind::Empirical;
-                s.exact.damping = common::optim::Damping::Relative(0.01);
+            named("ngd-exact", &|s| {
+                s.exact.fisher = FisherKind::Empirical;
+                s.exact.damping = Damping::Relative(0.01);
                 s.exact.preserve_norm = false;
-                s
-            },
+            }),
             fb_flops + exact_flops,
         ),
     ];

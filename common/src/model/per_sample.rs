@@ -90,9 +90,8 @@ impl Network {
         ws: &mut Workspace<T>,
     ) -> f64 {
         let targets = targets.into();
-        let loss = self.forward_loss_cotangent(params, x, targets, ws);
-        self.backward(params, x, targets.len(), None, ws);
-        loss
+        self.forward(params, x, targets.len(), ws);
+        self.per_sample_pass_after_forward(params, x, targets, ws)
     }
 
     /// [`Network::per_sample_pass`] when `ws` already holds [`Network::forward`] of the same

@@ -200,8 +200,8 @@ pub fn woodbury_direction<'a, T: Real>(
     out: &mut [T],
 ) -> Result<ExactSolve> {
     let fisher_targets = fisher_targets.into();
-    net.per_sample_pass(params, x, fisher_targets, &mut sc.ws);
-    woodbury_after_pass(net, params, x, fisher_targets.len(), g, damping, sc, out)
+    net.forward(params, x, fisher_targets.len(), &mut sc.ws);
+    woodbury_direction_after_forward(net, params, x, fisher_targets, g, damping, sc, out)
 }
 
 /// [`woodbury_direction`] when `sc.ws` already holds [`Network::forward`] of `params` and `x` for
@@ -222,22 +222,8 @@ pub fn woodbury_direction_after_forward<'a, T: Real>(
     out: &mut [T],
 ) -> Result<ExactSolve> {
     let fisher_targets = fisher_targets.into();
+    let b = fisher_targets.len();
     net.per_sample_pass_after_forward(params, x, fisher_targets, &mut sc.ws);
-    woodbury_after_pass(net, params, x, fisher_targets.len(), g, damping, sc, out)
-}
-
-/// The Woodbury solve from the per-sample pass of `b` samples in `sc.ws`.
-#[allow(clippy::too_many_arguments)]
-fn woodbury_after_pass<T: Real>(
-    net: &Network,
-    params: &[T],
-    x: &[T],
-    b: usize,
-    g: Option<&[T]>,
-    damping: Damping,
-    sc: &mut WoodburyScratch<T>,
-    out: &mut [T],
-) -> Result<ExactSolve> {
     let p = net.num_params();
     net.per_sample_prepare(params, x, b, &sc.ws, &mut sc.per_sample);
     net.per_sample_gram(x, b, &sc.ws, &mut sc.per_sample, &mut sc.gram);
