@@ -23,9 +23,9 @@ pub use arch::{
 };
 pub use init::initialise;
 pub use layer::{
-    token_id, Attention, AvgPool2d, Conv2d, Elementwise, Embedding, Epsilon, Gelu, GeluTanh, Last,
-    Layer, LayerNorm, LayerOps, Linear, MaxPool2d, Pass, PerSample, Positional, RPass, Relu,
-    Residual, Scope, Scratch, Sequential, Sigmoid, Silu, Tanh, LAYER_TYPES,
+    token_id, Attention, AvgPool2d, Conv2d, Elementwise, Embedding, Epsilon, Gelu, GeluTanh, Layer,
+    LayerNorm, LayerOps, Linear, MaxPool2d, Pass, PerSample, Positional, RPass, Relu, Residual,
+    Scope, Scratch, Sequential, Sigmoid, Silu, Tanh, LAYER_TYPES,
 };
 pub use layout::{Init, ParamLayout, TensorSpec};
 pub use loss::{

@@ -22,8 +22,8 @@
 //! against a spec without building it.
 
 use super::layer::{
-    Attention, AvgPool2d, Conv2d, Embedding, Gelu, GeluTanh, Last, Layer, LayerNorm, Linear,
-    MaxPool2d, Monomial, Positional, Positions, Relu, Sequential, Sigmoid, Silu, Tanh,
+    Attention, AvgPool2d, Conv2d, Embedding, Gelu, GeluTanh, Layer, LayerNorm, Linear, MaxPool2d,
+    Monomial, Positional, Positions, Relu, Sequential, Sigmoid, Silu, Tanh,
 };
 use super::size::ModelSize;
 use crate::device::cpu::ConvGeometry;
@@ -1207,10 +1207,7 @@ fn define(seq: &mut Sequential<'_>, layers: &[LayerSpec]) {
             } => seq.named(&l.name, |s| {
                 Attention::new(s, l.input[0], l.input[1], *heads, *causal, *bias)
             }),
-            Kind::Last => seq.functional(Last {
-                seq: l.input[0],
-                dim: l.input[1],
-            }),
+            Kind::Last => seq.functional(Positions::last(l.input[0], l.input[1])),
             Kind::Positions { start, step, count } => seq.functional(Positions {
                 seq: l.input[0],
                 dim: l.input[1],

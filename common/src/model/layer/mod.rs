@@ -428,7 +428,6 @@ layer_types! {
     embedding: Embedding,
     positional: Positional,
     attention: Attention,
-    last: Last,
     positions: Positions,
     monomial: Monomial,
 }

@@ -2,7 +2,9 @@
 //! y[j, :] = x[start + j·step, :], j = 0 … count − 1 (`x[:, start::step][:, :count]` in PyTorch;
 //! the `Positions` module that [`crate::model::NetSpec::torch_source`] prints). The read-out of
 //! in-context linear regression, whose y_k is predicted at the x-tokens, positions 0, 2, 4, …
-//! (`start` 0, `step` 2); [`super::Last`] is the one-position case that drops the position axis.
+//! (`start` 0, `step` 2). [`Positions::last`] is the spec's `last` (`x[:, -1]`, the read-out of
+//! modular addition, whose answer is predicted at the `=` token): the one position `seq − 1`, whose
+//! PyTorch output drops the position axis, the same values in the same order.
 //!
 //! A selection, linear in x with no parameters: y = S·x for the 0/1 row selector S, so
 //! ∂x = Sᵀ·δ (δ's rows scattered back to the selected positions, 0 at the others), R{y} = S·R{x},
@@ -29,6 +31,17 @@ pub struct Positions {
 }
 
 impl Positions {
+    /// The last position of a sequence of `seq` positions with `dim` features each.
+    pub fn last(seq: usize, dim: usize) -> Self {
+        Positions {
+            seq,
+            dim,
+            start: seq - 1,
+            step: 1,
+            count: 1,
+        }
+    }
+
     /// The positions `start`, `start + step`, … below `seq` (PyTorch's `x[:, start::step]`): their
     /// number, ⌈(seq − start)/step⌉, or 0 when `start` is not below `seq` or `step` is 0.
     pub fn available(seq: usize, start: usize, step: usize) -> usize {

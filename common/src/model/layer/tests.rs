@@ -210,13 +210,13 @@ fn networks() -> Vec<(&'static str, Network)> {
         (
             // A Linear on each of 2 positions of a [2, 3] sample (materialised per-sample
             // gradients), then the last position read out.
-            "Linear (per position), Last",
+            "Linear (per position), the last position",
             network(|s| {
                 s.push(|sc| Linear::new(sc, 5, 6));
                 s.push(|sc| Linear::per_position(sc, 2, 3, 4, true));
                 s.push(|_| Gelu { features: 8 });
                 s.push(|sc| Linear::per_position(sc, 2, 4, 4, false));
-                s.push(|_| Last { seq: 2, dim: 4 });
+                s.push(|_| Positions::last(2, 4));
                 s.push(|sc| Linear::new(sc, 4, 3));
             }),
         ),
@@ -277,7 +277,7 @@ fn networks() -> Vec<(&'static str, Network)> {
                 s.push(|sc| Linear::new(sc, 5, 12));
                 s.push(|sc| Attention::new(sc, 3, 4, 2, false, true));
                 s.push(|sc| Attention::new(sc, 3, 4, 1, true, true));
-                s.push(|_| Last { seq: 3, dim: 4 });
+                s.push(|_| Positions::last(3, 4));
                 s.push(|sc| Linear::new(sc, 4, 3));
             }),
         ),
@@ -299,7 +299,7 @@ fn networks() -> Vec<(&'static str, Network)> {
                     r.push(|sc| Linear::per_position(sc, 3, 6, 4, true));
                 });
                 s.push(|sc| LayerNorm::new(sc, 12, 4, 1e-5, true));
-                s.push(|_| Last { seq: 3, dim: 4 });
+                s.push(|_| Positions::last(3, 4));
                 s.push(|sc| Linear::new(sc, 4, 3));
             }),
         ),
