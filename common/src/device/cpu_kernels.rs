@@ -80,37 +80,59 @@ pub(super) fn channel_major_to_nchw_add_bias<T: Real>(
     }
 }
 
-/// Runs the element loop `f` compiled for AVX-512 or AVX2 where the processor has it, so that the
-/// loops of activations whose scalar code is branch-free arithmetic (GELU's) use 512- or 256-bit
-/// vectors; else as it is. The operations and their order are the same (Rust contracts no
-/// multiply-add into an FMA), so the results are the same bits either way.
-#[inline(always)]
-pub(super) fn vectorised(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2")]
-        unsafe fn with_avx512(f: impl FnOnce()) {
+/// Defines `fn $name(f: impl FnOnce())`, which runs `f` compiled for the AVX-512 features `$wide`
+/// where the processor has all of them (each listed again in `[…]` for the run-time check), else
+/// for the AVX2 features `$narrow`, else as it is: one body, inlined into each.
+macro_rules! multiversioned {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident:
+     $wide:literal [$($w:tt),*], $narrow:literal [$($n:tt),*]) => {
+        $(#[$doc])*
+        #[inline(always)]
+        $vis fn $name(f: impl FnOnce()) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = $wide)]
+                unsafe fn wide(f: impl FnOnce()) {
+                    f()
+                }
+                #[target_feature(enable = $narrow)]
+                unsafe fn narrow(f: impl FnOnce()) {
+                    f()
+                }
+                if $(std::arch::is_x86_feature_detected!($w))&&* {
+                    // SAFETY: the processor has these features (checked just above).
+                    unsafe { wide(f) };
+                    return;
+                }
+                if $(std::arch::is_x86_feature_detected!($n))&&* {
+                    // SAFETY: the processor has these features (checked just above).
+                    unsafe { narrow(f) };
+                    return;
+                }
+            }
             f()
         }
-        #[target_feature(enable = "avx2")]
-        unsafe fn with_avx2(f: impl FnOnce()) {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the processor has these (checked above).
-            unsafe { with_avx512(f) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor has AVX2 (checked above).
-            unsafe { with_avx2(f) };
-            return;
-        }
-    }
-    f()
+    };
+}
+
+multiversioned! {
+    /// Runs the element loop `f` compiled for AVX-512 or AVX2 where the processor has it, so that
+    /// the loops of activations whose scalar code is branch-free arithmetic (GELU's) use 512- or
+    /// 256-bit vectors; else as it is. The operations and their order are the same (Rust contracts
+    /// no multiply-add into an FMA), so the results are the same bits either way.
+    pub(super) fn vectorised:
+        "avx512f,avx512dq,avx512vl,avx2" ["avx512f", "avx512dq", "avx512vl", "avx2"],
+        "avx2" ["avx2"]
+}
+
+multiversioned! {
+    /// Runs `f` compiled for AVX-512 (with FMA) or AVX2 with FMA where the processor has them, else
+    /// as it is: for loops whose multiply-adds are explicit (`mul_add`), which the baseline target
+    /// makes library calls. Rust contracts no other multiply-add into an FMA, so the results do not
+    /// depend on the path.
+    fn with_fma:
+        "avx512f,avx512dq,avx512vl,avx2,fma" ["avx512f", "avx512dq", "avx512vl", "avx2", "fma"],
+        "avx2,fma" ["avx2", "fma"]
 }
 
 pub(super) fn activation_forward<T: Real, A: Elementwise>(act: &A, x: &[T], y: &mut [T]) {
@@ -679,41 +701,6 @@ pub(super) fn adamw_step<T: Real>(
         #[inline(always)]
         || adamw_loop(cfg, step, params, grad, m, v),
     );
-}
-
-/// Runs `f` compiled for AVX-512 (with FMA) or AVX2 with FMA where the processor has them, else as
-/// it is: for loops whose multiply-adds are explicit (`mul_add`), which the baseline target makes
-/// library calls. Rust contracts no other multiply-add into an FMA, so the results do not depend
-/// on the path.
-#[inline(always)]
-fn with_fma(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
-        unsafe fn with_avx512_fma(f: impl FnOnce()) {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn with_avx2_fma(f: impl FnOnce()) {
-            f()
-        }
-        let fma = std::arch::is_x86_feature_detected!("fma");
-        if fma
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the processor has these (checked above).
-            unsafe { with_avx512_fma(f) };
-            return;
-        }
-        if fma && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor has AVX2 and FMA (checked above).
-            unsafe { with_avx2_fma(f) };
-            return;
-        }
-    }
-    f()
 }
 
 /// [`adamw_step`]'s arithmetic (PyTorch's `_single_tensor_adam`/ATen's fused forms, see the
