@@ -17,7 +17,7 @@ use common::curvature::{
 use common::data::Split;
 use common::model::{initialise, Activation, Architecture, Network};
 use common::rng::{stream, Purpose};
-use support::mnist_small;
+use support::{diff, mnist_small, norm};
 
 struct Problem {
     net: Network,
@@ -87,18 +87,6 @@ impl Problem {
         e[j] = 1.0;
         e
     }
-}
-
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// Compares H·e_j with the finite-difference column for `columns`; returns the largest relative error

@@ -16,6 +16,7 @@
 extern crate blas_openblas;
 
 mod support;
+use support::{diff, norm};
 
 use common::data::synthetic::icl_regression;
 use common::model::{Architecture, Loss, NetSpec, Network};
@@ -90,18 +91,6 @@ impl Problem {
         let mut ws = self.net.workspace::<f64>(n);
         self.net.forward(params, x, n, &mut ws).to_vec()
     }
-}
-
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// The prediction for y_k is the model's output at x-token k, position 2k: the same parameters
@@ -246,19 +235,10 @@ fn per_sample_gradients_are_of_each_sequence_mean_over_its_pairs() {
         ("piecewise", piecewise()),
     ] {
         let p = problem(&spec, 3, 6);
-        let (b, f) = (p.n(), p.net.input_features());
         let pred = p.predictions(&p.params, &p.x);
-        let g: Vec<Vec<f64>> = (0..b)
+        let g: Vec<Vec<f64>> = (0..p.n())
             .map(|n| {
-                let mut ws = p.net.workspace::<f64>(1);
-                let mut g = vec![0.0; p.params.len()];
-                let l = p.net.loss_and_gradient(
-                    &p.params,
-                    &p.x[n * f..(n + 1) * f],
-                    p.targets().range(n, n + 1),
-                    &mut g,
-                    &mut ws,
-                );
+                let (l, g) = p.sample_loss_and_gradient(n);
                 let by_hand: f64 = (0..K)
                     .map(|k| (pred[n * K + k] - p.y[n * K + k]).powi(2))
                     .sum::<f64>()
@@ -267,21 +247,6 @@ fn per_sample_gradients_are_of_each_sequence_mean_over_its_pairs() {
                 g
             })
             .collect();
-        let mut ws = p.net.workspace(b);
-        p.net.per_sample_pass(&p.params, &p.x, p.targets(), &mut ws);
-        let mut sc = p.net.per_sample_scratch(b);
-        p.net.per_sample_prepare(&p.params, &p.x, b, &ws, &mut sc);
-        let mut gram = vec![0.0; b * b];
-        p.net.per_sample_gram(&p.x, b, &ws, &mut sc, &mut gram);
-        for i in 0..b {
-            for j in 0..b {
-                let want: f64 = g[i].iter().zip(&g[j]).map(|(a, b)| a * b).sum();
-                let got = gram[i * b + j];
-                assert!(
-                    (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
-                    "{name}: Gram[{i},{j}] {got} vs {want}"
-                );
-            }
-        }
+        p.assert_gram_is_of_the_sample_gradients(&g, name);
     }
 }

@@ -12,6 +12,7 @@
 extern crate blas_openblas;
 
 mod support;
+use support::{diff, norm};
 
 use common::curvature::Curvature;
 use common::model::{
@@ -62,18 +63,6 @@ impl Problem {
             .forward(params, &self.x, self.n(), &mut ws)
             .to_vec()
     }
-}
-
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// The network's loss is `F.mse_loss(f(x), y)`: the mean over all n·k squared residuals.

@@ -12,17 +12,7 @@ use common::optim::{
     dense_direction, woodbury_direction, woodbury_direction_after_forward, Damping, WoodburyScratch,
 };
 use common::rng::{stream, Purpose};
-use support::{f64s, fixtures, mnist_small, reference, rel};
-
-fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    d / b.iter().map(|y| y * y).sum::<f64>().sqrt()
-}
+use support::{f64s, fixtures, mnist_small, reference, rel, rel_diff};
 
 fn tiny_mlp() -> Network {
     Network::new(Architecture::Mlp {

@@ -13,7 +13,7 @@ use common::model::ParamLayout;
 use common::model::{Init, TensorSpec};
 use common::optim::{Batch, Ngd, NgdConfig, NgdDtype, Optimizer, SgdConfig, TensorPreconditioner};
 use serde_json::Value;
-use support::{f64s, reference};
+use support::{f64s, norm, reference, rel_diff};
 
 fn flat(v: &Value) -> Vec<f64> {
     match v {
@@ -22,22 +22,6 @@ fn flat(v: &Value) -> Vec<f64> {
         }
         _ => f64s(v),
     }
-}
-
-fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let n: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    d / n.max(1e-300)
-}
-
-fn norm(a: &[f64]) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
 }
 
 fn config(alpha: f64, dtype: NgdDtype) -> NgdConfig {

@@ -14,6 +14,7 @@
 extern crate blas_openblas;
 
 mod support;
+use support::{diff, norm};
 
 use common::model::{Architecture, Loss, NetSpec, Network, Targets};
 use common::optim::{
@@ -94,18 +95,6 @@ fn softmax(z: &[f64]) -> Vec<f64> {
     let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
-}
-
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// The loss is the mean over all n·T tokens of −log softmax(z)[y], as
@@ -223,18 +212,10 @@ fn exact_trace_equals_the_finite_difference_diagonal() {
 fn per_sample_gradients_are_of_each_sample_mean_over_its_positions() {
     for (name, net) in [("transformer", transformer()), ("piecewise", piecewise())] {
         let p = problem(net, 3, 5);
-        let (b, f) = (p.n(), T);
+        let b = p.n();
         let g: Vec<Vec<f64>> = (0..b)
             .map(|n| {
-                let mut ws = p.net.workspace::<f64>(1);
-                let mut g = vec![0.0; p.params.len()];
-                let l = p.net.loss_and_gradient(
-                    &p.params,
-                    &p.x[n * f..(n + 1) * f],
-                    p.targets().range(n, n + 1),
-                    &mut g,
-                    &mut ws,
-                );
+                let (l, g) = p.sample_loss_and_gradient(n);
                 // ℓₙ: the mean over the sample's positions.
                 let z = p.logits(&p.params);
                 let by_hand: f64 = (0..T)
@@ -248,22 +229,7 @@ fn per_sample_gradients_are_of_each_sample_mean_over_its_positions() {
                 g
             })
             .collect();
-        let mut ws = p.net.workspace(b);
-        p.net.per_sample_pass(&p.params, &p.x, p.targets(), &mut ws);
-        let mut sc = p.net.per_sample_scratch(b);
-        p.net.per_sample_prepare(&p.params, &p.x, b, &ws, &mut sc);
-        let mut gram = vec![0.0; b * b];
-        p.net.per_sample_gram(&p.x, b, &ws, &mut sc, &mut gram);
-        for i in 0..b {
-            for j in 0..b {
-                let want: f64 = g[i].iter().zip(&g[j]).map(|(a, b)| a * b).sum();
-                let got = gram[i * b + j];
-                assert!(
-                    (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
-                    "{name}: Gram[{i},{j}] {got} vs {want}"
-                );
-            }
-        }
+        p.assert_gram_is_of_the_sample_gradients(&g, name);
         let damping = Damping::Relative(0.5);
         let mut wsc = WoodburyScratch::<f64>::new(&p.net, b);
         let mut d = vec![0.0; p.params.len()];

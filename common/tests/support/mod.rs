@@ -65,6 +65,26 @@ impl TargetRows for Vec<usize> {
     }
 }
 
+/// ‖v‖₂.
+pub fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// ‖a − b‖₂.
+pub fn diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ (‖b‖ floored at 1e-300); the lengths must agree.
+pub fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "rel_diff: lengths");
+    diff(a, b) / norm(b).max(1e-300)
+}
+
 /// A network in f64 at fixed parameters on a handful of samples, with what the loss tests take
 /// of it: the loss and gradient anywhere, central-difference Hessian columns and the exact Hessian
 /// operator at `params`.
@@ -121,6 +141,46 @@ impl<Y: TargetRows> Problem<Y> {
                 "{name} param {j}: {} vs {fd}",
                 g[j]
             );
+        }
+    }
+    /// The loss and gradient of sample `n` alone (a batch of one): ℓₙ and gₙ.
+    pub fn sample_loss_and_gradient(&self, n: usize) -> (f64, Vec<f64>) {
+        let f = self.net.input_features();
+        let mut ws = self.net.workspace::<f64>(1);
+        let mut g = vec![0.0; self.net.num_params()];
+        let l = self.net.loss_and_gradient(
+            &self.params,
+            &self.x[n * f..(n + 1) * f],
+            self.targets().range(n, n + 1),
+            &mut g,
+            &mut ws,
+        );
+        (l, g)
+    }
+    /// Asserts that the network's per-sample Gram matrix G·Gᵀ at `params` is the products of the
+    /// single-sample gradients `g` (one per sample), to 1e-12·(1 + |gᵢ·gⱼ|); `name` labels a
+    /// failure.
+    pub fn assert_gram_is_of_the_sample_gradients(&self, g: &[Vec<f64>], name: &str) {
+        let b = self.n();
+        assert_eq!(g.len(), b, "{name}: one gradient per sample");
+        let mut ws = self.net.workspace(b);
+        self.net
+            .per_sample_pass(&self.params, &self.x, self.targets(), &mut ws);
+        let mut sc = self.net.per_sample_scratch(b);
+        self.net
+            .per_sample_prepare(&self.params, &self.x, b, &ws, &mut sc);
+        let mut gram = vec![0.0; b * b];
+        self.net
+            .per_sample_gram(&self.x, b, &ws, &mut sc, &mut gram);
+        for i in 0..b {
+            for j in 0..b {
+                let want: f64 = g[i].iter().zip(&g[j]).map(|(a, b)| a * b).sum();
+                let got = gram[i * b + j];
+                assert!(
+                    (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                    "{name}: Gram[{i},{j}] {got} vs {want}"
+                );
+            }
         }
     }
     pub fn operator(&self, batch: usize) -> common::curvature::HessianOperator<f64> {
