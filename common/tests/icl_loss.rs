@@ -16,7 +16,7 @@
 extern crate blas_openblas;
 
 mod support;
-use support::{diff, norm};
+use support::assert_column;
 
 use common::data::synthetic::icl_regression;
 use common::model::{Architecture, Loss, NetSpec, Network};
@@ -171,41 +171,17 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
         let dim = p.params.len();
         let mut op = p.operator(2);
         let h = 1e-5;
+        let jac = p.fd_jacobian(h, |q| p.predictions(q, &p.x));
         let rows = p.n() * K;
-        let mut jac = vec![vec![0.0; dim]; rows];
+        assert_eq!(jac.len(), rows);
         for j in 0..dim {
-            let mut q = p.params.clone();
-            q[j] += h;
-            let up = p.predictions(&q, &p.x);
-            q[j] -= 2.0 * h;
-            let down = p.predictions(&q, &p.x);
-            for (r, row) in jac.iter_mut().enumerate() {
-                row[j] = (up[r] - down[r]) / (2.0 * h);
-            }
-        }
-        for j in 0..dim {
-            let mut e = vec![0.0; dim];
-            e[j] = 1.0;
-            let mut hv = vec![0.0; dim];
-            op.hvp(&e, &mut hv);
-            let fd = p.fd_column(j, h);
-            let err = diff(&hv, &fd);
-            assert!(
-                err <= 1e-7 * norm(&fd) + 1e-9,
-                "{name}: H column {j}: {err:e} of {:e}",
-                norm(&fd)
-            );
+            let e = p.assert_hessian_column(&mut op, j, h, name);
             let mut gv = vec![0.0; dim];
             op.gnvp(&e, &mut gv);
             let dense: Vec<f64> = (0..dim)
                 .map(|i| jac.iter().map(|row| row[i] * row[j]).sum::<f64>() * 2.0 / rows as f64)
                 .collect();
-            let err = diff(&gv, &dense);
-            assert!(
-                err <= 1e-7 * norm(&dense) + 1e-9,
-                "{name}: G column {j}: {err:e} of {:e}",
-                norm(&dense)
-            );
+            assert_column(&gv, &dense, &format!("{name}: G column {j}"));
         }
     }
 }

@@ -12,7 +12,7 @@
 extern crate blas_openblas;
 
 mod support;
-use support::{diff, norm};
+use support::{assert_column, diff, norm};
 
 use common::curvature::Curvature;
 use common::model::{
@@ -99,41 +99,17 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
         let mut op = p.operator(3);
         // Jacobian of the outputs (n·k × P) by central differences.
         let h = 1e-5;
-        let mut jac = vec![vec![0.0; dim]; p.n() * p.width];
-        for j in 0..dim {
-            let mut q = p.params.clone();
-            q[j] += h;
-            let up = p.outputs(&q);
-            q[j] -= 2.0 * h;
-            let down = p.outputs(&q);
-            for (r, row) in jac.iter_mut().enumerate() {
-                row[j] = (up[r] - down[r]) / (2.0 * h);
-            }
-        }
+        let jac = p.fd_jacobian(h, |q| p.outputs(q));
+        assert_eq!(jac.len(), p.n() * p.width);
         let scale = 2.0 / (p.width * p.n()) as f64;
         for j in 0..dim {
-            let mut e = vec![0.0; dim];
-            e[j] = 1.0;
-            let mut hv = vec![0.0; dim];
-            op.hvp(&e, &mut hv);
-            let fd = p.fd_column(j, h);
-            let err = diff(&hv, &fd);
-            assert!(
-                err <= 1e-7 * norm(&fd) + 1e-9,
-                "{act:?}: H column {j}: {err:e} of {:e}",
-                norm(&fd)
-            );
+            let e = p.assert_hessian_column(&mut op, j, h, &format!("{act:?}"));
             let mut gv = vec![0.0; dim];
             op.gnvp(&e, &mut gv);
             let dense: Vec<f64> = (0..dim)
                 .map(|i| scale * jac.iter().map(|row| row[i] * row[j]).sum::<f64>())
                 .collect();
-            let err = diff(&gv, &dense);
-            assert!(
-                err <= 1e-7 * norm(&dense) + 1e-9,
-                "{act:?}: G column {j}: {err:e} of {:e}",
-                norm(&dense)
-            );
+            assert_column(&gv, &dense, &format!("{act:?}: G column {j}"));
         }
         // A piecewise-linear net is linear in each single parameter, so ∂²f/∂θⱼ² = 0 and the
         // Hessian's diagonal is the Gauss–Newton matrix's (the off-diagonal differ: products of

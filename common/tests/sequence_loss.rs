@@ -14,7 +14,7 @@
 extern crate blas_openblas;
 
 mod support;
-use support::{diff, norm};
+use support::{assert_column, diff, norm};
 
 use common::model::{Architecture, Loss, NetSpec, Network, Targets};
 use common::optim::{
@@ -141,32 +141,12 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
         let dim = p.params.len();
         let mut op = p.operator(2);
         let h = 1e-5;
-        let rows = p.n() * T * C;
-        let mut jac = vec![vec![0.0; dim]; rows];
-        for j in 0..dim {
-            let mut q = p.params.clone();
-            q[j] += h;
-            let up = p.logits(&q);
-            q[j] -= 2.0 * h;
-            let down = p.logits(&q);
-            for (r, row) in jac.iter_mut().enumerate() {
-                row[j] = (up[r] - down[r]) / (2.0 * h);
-            }
-        }
+        let jac = p.fd_jacobian(h, |q| p.logits(q));
+        assert_eq!(jac.len(), p.n() * T * C);
         let z = p.logits(&p.params);
         let tokens = p.n() * T;
         for j in 0..dim {
-            let mut e = vec![0.0; dim];
-            e[j] = 1.0;
-            let mut hv = vec![0.0; dim];
-            op.hvp(&e, &mut hv);
-            let fd = p.fd_column(j, h);
-            let err = diff(&hv, &fd);
-            assert!(
-                err <= 1e-7 * norm(&fd) + 1e-9,
-                "{name}: H column {j}: {err:e} of {:e}",
-                norm(&fd)
-            );
+            let e = p.assert_hessian_column(&mut op, j, h, name);
             let mut gv = vec![0.0; dim];
             op.gnvp(&e, &mut gv);
             let mut dense = vec![0.0; dim];
@@ -179,12 +159,7 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
                     *d += (0..C).map(|k| jac[tok * C + k][i] * ajv[k]).sum::<f64>() / tokens as f64;
                 }
             }
-            let err = diff(&gv, &dense);
-            assert!(
-                err <= 1e-7 * norm(&dense) + 1e-9,
-                "{name}: G column {j}: {err:e} of {:e}",
-                norm(&dense)
-            );
+            assert_column(&gv, &dense, &format!("{name}: G column {j}"));
         }
     }
 }

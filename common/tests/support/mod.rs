@@ -85,6 +85,17 @@ pub fn rel_diff(a: &[f64], b: &[f64]) -> f64 {
     diff(a, b) / norm(b).max(1e-300)
 }
 
+/// Asserts ‖got − want‖ ≤ 1e-7·‖want‖ + 1e-9: a column of a Hessian-type matrix against its
+/// dense or finite-difference reference; `what` labels a failure.
+pub fn assert_column(got: &[f64], want: &[f64], what: &str) {
+    let err = diff(got, want);
+    assert!(
+        err <= 1e-7 * norm(want) + 1e-9,
+        "{what}: {err:e} of {:e}",
+        norm(want)
+    );
+}
+
 /// A network in f64 at fixed parameters on a handful of samples, with what the loss tests take
 /// of it: the loss and gradient anywhere, central-difference Hessian columns and the exact Hessian
 /// operator at `params`.
@@ -123,6 +134,41 @@ impl<Y: TargetRows> Problem<Y> {
             .zip(&gm)
             .map(|(a, b)| (a - b) / (2.0 * h))
             .collect()
+    }
+    /// The Jacobian of `outputs` (any function of the parameters) at `params` by central
+    /// differences, step h: one row per output, one column per parameter.
+    pub fn fd_jacobian(&self, h: f64, outputs: impl Fn(&[f64]) -> Vec<f64>) -> Vec<Vec<f64>> {
+        let dim = self.params.len();
+        let mut jac = Vec::new();
+        for j in 0..dim {
+            let mut q = self.params.clone();
+            q[j] += h;
+            let up = outputs(&q);
+            q[j] -= 2.0 * h;
+            let down = outputs(&q);
+            jac.resize(up.len(), vec![0.0; dim]);
+            for (r, row) in jac.iter_mut().enumerate() {
+                row[j] = (up[r] - down[r]) / (2.0 * h);
+            }
+        }
+        jac
+    }
+    /// Asserts that `op`'s H·e_j is the central-difference column j (step h), as
+    /// [`assert_column`]; returns e_j for the caller's other products.
+    pub fn assert_hessian_column(
+        &self,
+        op: &mut common::curvature::HessianOperator<f64>,
+        j: usize,
+        h: f64,
+        name: &str,
+    ) -> Vec<f64> {
+        let dim = self.params.len();
+        let mut e = vec![0.0; dim];
+        e[j] = 1.0;
+        let mut hv = vec![0.0; dim];
+        op.hvp(&e, &mut hv);
+        assert_column(&hv, &self.fd_column(j, h), &format!("{name}: H column {j}"));
+        e
     }
     /// Asserts the gradient at `params` equals the central difference of the loss (step 1e-6) in
     /// every coordinate, to 1e-7·(1 + |fd|); `name` labels a failure.
