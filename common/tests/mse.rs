@@ -136,14 +136,7 @@ fn hessian_and_gauss_newton_products_against_dense_matrices() {
 fn exact_trace_equals_the_finite_difference_diagonal() {
     for k in [1, 3] {
         let p = problem(Activation::Relu, k);
-        let mut op = p.operator(2);
-        let ex = op.exact_trace().unwrap();
-        let fd: f64 = (0..p.params.len()).map(|j| p.fd_column(j, 1e-5)[j]).sum();
-        assert!(
-            (ex.trace - fd).abs() <= 1e-7 * fd.abs(),
-            "k={k}: exact {} vs finite differences {fd}",
-            ex.trace
-        );
+        p.assert_exact_trace_is_the_fd_diagonal(&format!("k={k}"));
     }
 }
 

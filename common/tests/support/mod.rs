@@ -170,6 +170,19 @@ impl<Y: TargetRows> Problem<Y> {
         assert_column(&hv, &self.fd_column(j, h), &format!("{name}: H column {j}"));
         e
     }
+    /// Asserts that the exact trace (chunks of 2 samples) is the sum of the central-difference
+    /// Hessian diagonal (step 1e-5) to 1e-7 relative; `name` labels a failure.
+    pub fn assert_exact_trace_is_the_fd_diagonal(&self, name: &str) {
+        let ex = self.operator(2).exact_trace().unwrap();
+        let fd: f64 = (0..self.params.len())
+            .map(|j| self.fd_column(j, 1e-5)[j])
+            .sum();
+        assert!(
+            (ex.trace - fd).abs() <= 1e-7 * fd.abs(),
+            "{name}: exact {} vs finite differences {fd}",
+            ex.trace
+        );
+    }
     /// Asserts the gradient at `params` equals the central difference of the loss (step 1e-6) in
     /// every coordinate, to 1e-7·(1 + |fd|); `name` labels a failure.
     pub fn assert_gradient_is_the_central_difference(&self, name: &str) {
