@@ -89,6 +89,17 @@ fn cpu_has(needs: &[&str]) -> bool {
 ///    The bounds are about 3–5× the observed moves (for NGD's update norm, 3× the larger of 4.8e-3
 ///    and 1.8e-2, its moves under two such changes of rounding); the 5-probe Hutchinson estimate
 ///    moved by 0.09 of its standard error (6 % of its value) and is bounded at 0.1 of its value.
+/// 3. The weight gradient of a batch of at least 8 samples vectorised over samples (#14,
+///    `weight_grad_minor` in `common::device::cpu_conv`) changed its summation order again: lane l
+///    of a block of 16 samples (8 in f64) sums sample l's positions in row order, and the blocks
+///    are added one after the other (before: 16 lanes over positions q mod 16, groups of 4
+///    samples). Every LeNet artifact moved again, no MLP artifact did; the per-sample gradients
+///    (batches of 1) did not change. Measured against the values just before it (Cooperlake
+///    kernels, read with `NGD_SLT_DUMP`): the SGD run's losses moved by 4e-10 and 7e-9 relative,
+///    its update norm by 4e-6, λ̂ by 2e-5, the exact and Lanczos traces by 2e-5 and 5e-5, the top
+///    eigenvalue by 3e-4 and the 5-probe Hutchinson trace by 4e-3; the NGD run's losses by 1e-4
+///    and 2e-4 and its update norm by 2.2e-2 (it amplifies rounding): smaller than item 2's moves,
+///    and every entry stays inside its bound against the im2col values.
 ///
 /// Their hashes are the new values'; these bounds tie them to the old ones.
 const MOVED_COOPERLAKE: [(&str, &str, f64, f64); 12] = [

@@ -22,17 +22,26 @@
 //! tile: 3 unaligned loads, most of them across a cache line, and 6 broadcasts per 18), and no
 //! column is thrown away. The transposes into and out of it (16 × 16 in registers with AVX-512)
 //! are paid once per layer per batch; a correlation with few taps (the LeNet's conv1) or a batch
-//! shorter than half a register stays flat (`Layout::Auto`).
+//! shorter than half a register stays flat (`Layout::Auto`). The weight gradient of a batch of at
+//! least 8 samples is sample-minor too (`weight_grad_minor`): the inputs as the forward lays them
+//! out and the output gradients `ds[o][oy][ox][l]`, a tile of 6 channels × 4 taps taking per
+//! position 4 + 6 aligned loads for 24 FMAs (the flat tile: 4 unaligned loads, most across a cache
+//! line, and 4 of every 28 positions thrown away).
 //!
 //! **Summation order** (what makes results reproducible): a forward or input-gradient output is one
 //! fused multiply–add chain over the taps in `(c, ki, kj)` order, starting from 0, then the bias is
-//! added, on either layout. A weight-gradient entry is summed over groups of 4 consecutive
-//! samples (the last group of a batch may be shorter): within a group, position q of every sample
-//! goes to lane q mod 16, each lane an FMA chain over the group's samples in order and increasing q
-//! within each; the 16 lanes are reduced by a fixed pairwise tree and the group's sum times alpha
-//! is added to the output, group after group. Neither depends on the layout or the instruction set
-//! (AVX-512, AVX2+FMA or none: the kernels are one generic body compiled three ways, and `mul_add`
-//! is fused in all of them) or on the tile sizes, so every machine computes the same bits.
+//! added, on either layout. A weight-gradient entry of a batch of at least 8 samples is summed over
+//! blocks of L consecutive samples (L = 16 in f32, 8 in f64; the last block may be shorter): lane l
+//! of the block is an FMA chain over sample l's output positions in row-major order, the L lanes
+//! are reduced by a fixed pairwise tree, and the block's sum times alpha is added to the output,
+//! block after block. In a smaller batch (a per-sample gradient is a batch of 1), an entry is summed
+//! over groups of 4 consecutive samples (the last group may be shorter): within a group, position q
+//! of every sample goes to lane q mod 16, each lane an FMA chain over the group's samples in order
+//! and increasing q within each; the 16 lanes are reduced by the same tree and the group's sum times
+//! alpha is added to the output, group after group. None of these depends on the layout or the
+//! instruction set (AVX-512, AVX2+FMA or none: the kernels are one generic body compiled three
+//! ways, and `mul_add` is fused in all of them) or on the tile sizes, so every machine computes the
+//! same bits.
 
 use super::cpu::ConvGeometry;
 use crate::Real;
@@ -85,7 +94,8 @@ impl Flat {
 
 /// Scratch elements the kernels of this file need for geometry `g` with `out_channels` outputs:
 /// the padded input, the flat output (or flat output gradient), for the input gradient the flipped
-/// weights, and for the weight gradient a group's inputs and gradients and 16 lanes per weight. The kernels grow a shorter `work` buffer themselves; sizing it with this first
+/// weights, and for the weight gradient a group's (or a block's) inputs and gradients and 16 lanes
+/// per weight. The kernels grow a shorter `work` buffer themselves; sizing it with this first
 /// keeps allocation out of the training loop.
 pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
     let (ho, wo) = g.output_size();
@@ -97,9 +107,12 @@ pub fn conv2d_work_len(g: &ConvGeometry, out_channels: usize) -> usize {
     let input_grad_minor = out_channels * g.rows() + minor_work_len(out_channels, g.channels, &b);
     // The weight gradient's blocks start on a cache line: up to 15 elements are skipped first.
     let weight_grad = LANES + GROUP * forward + out_channels * g.rows() * LANES;
+    let weight_grad_minor = LANES
+        + (g.channels * f.hp * f.wp + out_channels * (ho * wo + g.rows())) * grad_lanes::<f32>();
     forward
         .max(input_grad)
         .max(weight_grad)
+        .max(weight_grad_minor)
         .max(forward_minor)
         .max(input_grad_minor)
 }
@@ -375,6 +388,25 @@ fn place_minor<T: Real, const L: usize>(a: &Correlation<'_, T>, n0: usize, m: us
     }
 }
 
+/// [`place_minor`], with the 16 × 16 transposes of [`place_minor_x16`] where `X16` (the same
+/// values in the same places).
+#[inline(always)]
+fn place_block<T: Real, const L: usize, const X16: bool>(
+    a: &Correlation<'_, T>,
+    n0: usize,
+    m: usize,
+    xs: &mut [T],
+) {
+    // SAFETY: X16 is set only where T is f32, L is 16 and AVX-512 is available.
+    #[cfg(target_arch = "x86_64")]
+    let placed = X16 && unsafe { place_minor_x16(a, n0, m, xs) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let placed = false;
+    if !placed {
+        place_minor::<T, L>(a, n0, m, xs);
+    }
+}
+
 /// `ys[o][oy][ox0 + p][l] = Σ_taps w[o, tap]·xs[c][oy + ki][ox0 + p + kj][l]` for `OB` output
 /// channels (rows of `w` with stride `r`), `P` consecutive positions of output row `oy` and the L
 /// samples of the block: per tap, P whole-vector loads and OB broadcasts feed OB·P vector FMAs.
@@ -436,14 +468,7 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
     ys: &mut [T],
 ) {
     let f = &a.f;
-    // SAFETY (both): X16 is set only where T is f32, L is 16 and AVX-512 is available.
-    #[cfg(target_arch = "x86_64")]
-    let placed = X16 && unsafe { place_minor_x16(a, n0, m, xs) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let placed = false;
-    if !placed {
-        place_minor::<T, L>(a, n0, m, xs);
-    }
+    place_block::<T, L, X16>(a, n0, m, xs);
     let xs = &*xs;
     let r = a.cin * f.k * f.k;
     let plane = f.oh * f.ow;
@@ -741,15 +766,21 @@ struct WeightGrad<'a, T> {
     alpha: T,
 }
 
-/// Σ of the 16 lanes by a fixed pairwise tree.
+/// Σ of `L` lanes (a power of two) by a fixed pairwise tree, halving: lane i + L/2 is added to
+/// lane i, then i + L/4 to i, and so on (for 16 lanes: `h[i] = a[i] + a[i + 8]`, then
+/// `q[i] = h[i] + h[i + 4]`, then `(q[0] + q[2]) + (q[1] + q[3])`).
 #[inline(always)]
-fn lane_sum<T: Real>(a: &[T; LANES]) -> T {
-    let mut h = [T::zero(); 8];
-    for i in 0..8 {
-        h[i] = a[i] + a[i + 8];
+fn lane_sum<T: Real, const L: usize>(a: &[T; L]) -> T {
+    const { assert!(L.is_power_of_two()) };
+    let mut h = *a;
+    let mut n = L;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            h[i] += h[i + n];
+        }
     }
-    let q = [h[0] + h[4], h[1] + h[5], h[2] + h[6], h[3] + h[7]];
-    (q[0] + q[2]) + (q[1] + q[3])
+    h[0]
 }
 
 /// The starts of the 16-position runs of a group: `s·stride + 16·i` for each sample s and
@@ -1126,6 +1157,363 @@ unsafe fn weight_grad_body<T: Real, K: DotTile<T>, const OBM: usize, const TBM: 
     }
 }
 
+/// Batches of at least this many samples take the weight gradient sample-minor
+/// ([`weight_grad_minor`]); a smaller batch (a per-sample gradient is a batch of 1), whose
+/// vectors of samples would be mostly padding, takes it flat ([`weight_grad_body`]).
+const MINOR_GRAD_MIN_BATCH: usize = 8;
+
+/// Samples per block of the sample-minor weight gradient: one f32 vector of 16 lanes, or of 8 for
+/// f64, on every instruction set (the lanes fix the summation order, so they are not chosen by
+/// register width; an instruction set with narrower registers holds a block in several).
+const fn grad_lanes<T>() -> usize {
+    if std::mem::size_of::<T>() == 4 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Bytes of the output gradient that one row chunk of the sample-minor weight gradient keeps in
+/// L1 while every tile of taps passes over it.
+const GRAD_CHUNK_BYTES: usize = 32 * 1024;
+
+/// The offsets in `xs` of taps `t0..t0 + TB` (tap (c, ki, kj) at `((c·hp + ki)·wp + kj)·L`), after
+/// checking that a tile of `OB` channels from `o0` over output rows `y0..y1` reads and writes only
+/// inside `xs`, `ds` and `lanes` (the offsets grow with the tap, so the last one bounds them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_tile_offsets<const L: usize, const OB: usize, const TB: usize>(
+    f: &Flat,
+    r: usize,
+    (o0, t0): (usize, usize),
+    (y0, y1): (usize, usize),
+    (xs, ds, lanes): (usize, usize, usize),
+) -> [usize; TB] {
+    let (k, kk, plane) = (f.k, f.k * f.k, f.oh * f.ow);
+    let mut off = [0usize; TB];
+    for (t, off) in off.iter_mut().enumerate() {
+        let tap = t0 + t;
+        *off = (((tap / kk) * f.hp + (tap % kk) / k) * f.wp + tap % k) * L;
+    }
+    assert!(y0 < y1 && y1 <= f.oh && t0 + TB <= r);
+    assert!(off[TB - 1] + ((y1 - 1) * f.wp + f.ow) * L <= xs);
+    assert!(((o0 + OB - 1) * plane + (y1 - 1) * f.ow + f.ow) * L <= ds);
+    assert!(((o0 + OB - 1) * r + t0 + TB) * L <= lanes);
+    off
+}
+
+/// A tile of the sample-minor weight gradient: continues the lanes of `OB` output channels from
+/// `o0` and `TB` taps from `t0` over output rows `rows.0..rows.1`:
+///
+/// `lanes[o][t][l] += Σ_{oy, ox} ds[o][oy][ox][l] · xs[c][oy + ki][ox + kj][l]`, tap t = (c, ki, kj),
+///
+/// each lane one FMA chain over the positions in row-major order. Per position, TB + OB aligned
+/// vector loads feed OB·TB vector FMAs, and no position is computed and thrown away. This generic
+/// version and those of [`grad_tile_in_registers`] with explicit AVX-512 or AVX2 registers
+/// (autovectorisation moves these accumulators through the stack) give the same bits.
+#[inline(always)]
+fn minor_grad_tile<T: Real, const L: usize, const OB: usize, const TB: usize>(
+    (xs, ds): (&[T], &[T]),
+    f: &Flat,
+    r: usize,
+    at: (usize, usize),
+    rows: (usize, usize),
+    lanes: &mut [T],
+) {
+    let (o0, t0) = at;
+    let plane = f.oh * f.ow;
+    let off = grad_tile_offsets::<L, OB, TB>(f, r, at, rows, (xs.len(), ds.len(), lanes.len()));
+    let mut acc = [[[T::zero(); L]; TB]; OB];
+    for (o, acc) in acc.iter_mut().enumerate() {
+        for (t, a) in acc.iter_mut().enumerate() {
+            a.copy_from_slice(&lanes[((o0 + o) * r + t0 + t) * L..][..L]);
+        }
+    }
+    for oy in rows.0..rows.1 {
+        for ox in 0..f.ow {
+            let (xq, dq) = ((oy * f.wp + ox) * L, (oy * f.ow + ox) * L);
+            let mut xv = [[T::zero(); L]; TB];
+            for (v, &off) in xv.iter_mut().zip(&off) {
+                // SAFETY: inside xs (`grad_tile_offsets`).
+                *v = unsafe { std::ptr::read_unaligned(xs.as_ptr().add(off + xq).cast()) };
+            }
+            for (o, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: inside ds (`grad_tile_offsets`).
+                let dv: [T; L] = unsafe {
+                    std::ptr::read_unaligned(ds.as_ptr().add((o0 + o) * plane * L + dq).cast())
+                };
+                for (a, xv) in acc.iter_mut().zip(&xv) {
+                    for ((a, &d), &x) in a.iter_mut().zip(&dv).zip(xv) {
+                        *a = d.mul_add(x, *a);
+                    }
+                }
+            }
+        }
+    }
+    for (o, acc) in acc.iter().enumerate() {
+        for (t, a) in acc.iter().enumerate() {
+            lanes[((o0 + o) * r + t0 + t) * L..][..L].copy_from_slice(a);
+        }
+    }
+}
+
+/// [`minor_grad_tile`] with its accumulators in vector registers of one instruction set (the same
+/// FMAs in the same order): `$v` holds `$w` lanes of `$t`, so a vector of the block's L lanes is
+/// L / `$w` registers.
+macro_rules! grad_tile_in_registers {
+    ($name:ident, $feature:literal, $t:ty, $v:ty, $w:literal, $l:literal,
+     $zero:ident, $load:ident, $store:ident, $fma:ident) => {
+        /// # Safety
+        /// T must be the macro's element type and its instruction set available.
+        #[cfg(target_arch = "x86_64")]
+        #[inline]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name<T: Real, const OB: usize, const TB: usize>(
+            (xs, ds): (&[T], &[T]),
+            f: &Flat,
+            r: usize,
+            at: (usize, usize),
+            rows: (usize, usize),
+            lanes: &mut [T],
+        ) {
+            use std::arch::x86_64::*;
+            const L: usize = $l;
+            const H: usize = L / $w;
+            let (o0, t0) = at;
+            let plane = f.oh * f.ow;
+            let off =
+                grad_tile_offsets::<L, OB, TB>(f, r, at, rows, (xs.len(), ds.len(), lanes.len()));
+            let (xp, dp) = (xs.as_ptr().cast::<$t>(), ds.as_ptr().cast::<$t>());
+            let lp = lanes.as_mut_ptr().cast::<$t>();
+            let mut acc: [[[$v; H]; TB]; OB] = [[[$zero(); H]; TB]; OB];
+            for (o, acc) in acc.iter_mut().enumerate() {
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let at = ((o0 + o) * r + t0 + t) * L;
+                    for (h, a) in a.iter_mut().enumerate() {
+                        // SAFETY: inside lanes (`grad_tile_offsets`); T is the element type.
+                        *a = unsafe { $load(lp.add(at + h * $w)) };
+                    }
+                }
+            }
+            for oy in rows.0..rows.1 {
+                // Row pointers, so that the position loop advances one index (few integer
+                // instructions beside the loads and FMAs: the loop is issue-bound otherwise).
+                // SAFETY (all offsets here and below): inside xs and ds (`grad_tile_offsets`).
+                let xr: [*const $t; TB] =
+                    std::array::from_fn(|t| unsafe { xp.add(off[t] + oy * f.wp * L) });
+                let dr: [*const $t; OB] =
+                    std::array::from_fn(|o| unsafe { dp.add(((o0 + o) * plane + oy * f.ow) * L) });
+                for q in (0..f.ow * L).step_by(L) {
+                    let mut xv: [[$v; H]; TB] = [[$zero(); H]; TB];
+                    for (v, &x) in xv.iter_mut().zip(&xr) {
+                        for (h, v) in v.iter_mut().enumerate() {
+                            *v = unsafe { $load(x.add(q + h * $w)) };
+                        }
+                    }
+                    for (acc, &d) in acc.iter_mut().zip(&dr) {
+                        let mut dv: [$v; H] = [$zero(); H];
+                        for (h, v) in dv.iter_mut().enumerate() {
+                            *v = unsafe { $load(d.add(q + h * $w)) };
+                        }
+                        for (a, x) in acc.iter_mut().zip(&xv) {
+                            for ((a, &d), &x) in a.iter_mut().zip(&dv).zip(x) {
+                                *a = $fma(d, x, *a);
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, acc) in acc.iter().enumerate() {
+                for (t, a) in acc.iter().enumerate() {
+                    let at = ((o0 + o) * r + t0 + t) * L;
+                    for (h, &a) in a.iter().enumerate() {
+                        // SAFETY: as for the loads.
+                        unsafe { $store(lp.add(at + h * $w), a) };
+                    }
+                }
+            }
+        }
+    };
+}
+
+grad_tile_in_registers!(
+    grad_tile_zmm_f32,
+    "avx512f",
+    f32,
+    __m512,
+    16,
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps
+);
+grad_tile_in_registers!(
+    grad_tile_zmm_f64,
+    "avx512f",
+    f64,
+    __m512d,
+    8,
+    8,
+    _mm512_setzero_pd,
+    _mm512_loadu_pd,
+    _mm512_storeu_pd,
+    _mm512_fmadd_pd
+);
+grad_tile_in_registers!(
+    grad_tile_ymm_f32,
+    "avx2,fma",
+    f32,
+    __m256,
+    8,
+    16,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps
+);
+grad_tile_in_registers!(
+    grad_tile_ymm_f64,
+    "avx2,fma",
+    f64,
+    __m256d,
+    4,
+    8,
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd,
+    _mm256_fmadd_pd
+);
+
+/// The registers [`weight_grad_minor`]'s tiles keep their accumulators in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Regs {
+    /// [`minor_grad_tile`], vectorised by the compiler.
+    Generic,
+    /// AVX-512 registers (the caller has AVX-512F).
+    Zmm,
+    /// AVX2 registers (the caller has AVX2 and FMA).
+    Ymm,
+}
+
+/// A tile of [`weight_grad_minor`] in registers `regs` (T is f32 with 16 lanes or f64 with 8).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_tile<T: Real, const L: usize, const OB: usize, const TB: usize>(
+    regs: Regs,
+    src: (&[T], &[T]),
+    f: &Flat,
+    r: usize,
+    at: (usize, usize),
+    rows: (usize, usize),
+    lanes: &mut [T],
+) {
+    let f32 = std::mem::size_of::<T>() == 4;
+    debug_assert_eq!(L, if f32 { 16 } else { 8 });
+    // SAFETY: the caller has the instruction set of `regs`; T is f32 or f64 as checked.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match regs {
+            Regs::Zmm if f32 => return grad_tile_zmm_f32::<T, OB, TB>(src, f, r, at, rows, lanes),
+            Regs::Zmm => return grad_tile_zmm_f64::<T, OB, TB>(src, f, r, at, rows, lanes),
+            Regs::Ymm if f32 => return grad_tile_ymm_f32::<T, OB, TB>(src, f, r, at, rows, lanes),
+            Regs::Ymm => return grad_tile_ymm_f64::<T, OB, TB>(src, f, r, at, rows, lanes),
+            Regs::Generic => {}
+        }
+    }
+    minor_grad_tile::<T, L, OB, TB>(src, f, r, at, rows, lanes)
+}
+
+/// The weight gradient with its samples vectorised, in blocks of `L` samples: the block's inputs
+/// are laid out sample-minor with their padding (`xs[c][py][px][l]`, as the forward pass lays
+/// them) and its output gradients too (`ds[o][oy][ox][l]`); lane l of entry (o, tap) is an FMA
+/// chain over the output positions of sample l of the block ([`minor_grad_tile`]); the L lanes
+/// are summed by [`lane_sum`]'s tree and the block's sum times alpha added to the output, block
+/// after block (a short last block is padded with zero samples, whose lanes stay +0). The rows of
+/// the output gradient are taken a chunk at a time that stays in L1 while every tile passes over
+/// it (the same sums in the same order for any chunk).
+#[inline(always)]
+fn weight_grad_minor<T: Real, const L: usize, const OB: usize, const TB: usize>(
+    regs: Regs,
+    a: &WeightGrad<'_, T>,
+    dw: &mut [T],
+    work: &mut [T],
+) {
+    let (g, f) = (&a.g, &a.f);
+    let (r, plane) = (g.rows(), f.oh * f.ow);
+    let skip = work.as_ptr().align_offset(64).min(LANES - 1);
+    let (xs, rest) = work[skip..].split_at_mut(g.channels * f.hp * f.wp * L);
+    let (ds, rest) = rest.split_at_mut(a.oc * plane * L);
+    let lanes = &mut rest[..a.oc * r * L];
+    // The input as the forward pass places it; the output gradient unpadded (a k = 1 grid).
+    let xa = Correlation {
+        src: a.x,
+        cin: g.channels,
+        src_hw: (g.height, g.width),
+        off: g.padding as isize,
+        f: *f,
+        w: &[],
+        oc: 0,
+        bias: None,
+        batch: a.batch,
+        accumulate: false,
+    };
+    let da = Correlation {
+        src: a.dy,
+        cin: a.oc,
+        src_hw: (f.oh, f.ow),
+        off: 0,
+        f: Flat::new(f.oh, f.ow, 1),
+        ..xa
+    };
+    let chunk = (GRAD_CHUNK_BYTES / (a.oc * f.ow * L * std::mem::size_of::<T>())).max(1);
+    for n0 in (0..a.batch).step_by(L) {
+        let m = L.min(a.batch - n0);
+        if regs == Regs::Zmm && L == 16 && std::mem::size_of::<T>() == 4 {
+            place_block::<T, L, true>(&xa, n0, m, xs);
+            place_block::<T, L, true>(&da, n0, m, ds);
+        } else {
+            place_block::<T, L, false>(&xa, n0, m, xs);
+            place_block::<T, L, false>(&da, n0, m, ds);
+        }
+        let (xs, ds) = (&*xs, &*ds);
+        lanes.iter_mut().for_each(|v| *v = T::zero());
+        for y0 in (0..f.oh).step_by(chunk) {
+            let rows = (y0, (y0 + chunk).min(f.oh));
+            let mut o0 = 0;
+            while o0 < a.oc {
+                let ob = (a.oc - o0).min(OB);
+                let mut t0 = 0;
+                while t0 < r {
+                    let tb = (r - t0).min(TB);
+                    macro_rules! tile {
+                        ($($ob:literal),*; $tb:literal) => {
+                            match ob {
+                                $($ob => grad_tile::<T, L, $ob, $tb>(
+                                    regs, (xs, ds), f, r, (o0, t0), rows, lanes,
+                                ),)*
+                                _ => unreachable!("1 ≤ ob ≤ 6"),
+                            }
+                        };
+                    }
+                    match tb {
+                        4 => tile!(1, 2, 3, 4, 5, 6; 4),
+                        3 => tile!(1, 2, 3, 4, 5, 6; 3),
+                        2 => tile!(1, 2, 3, 4, 5, 6; 2),
+                        _ => tile!(1, 2, 3, 4, 5, 6; 1),
+                    }
+                    t0 += tb;
+                }
+                o0 += ob;
+            }
+        }
+        for (v, l) in dw.iter_mut().zip(lanes.chunks_exact(L)) {
+            let l: &[T; L] = l.try_into().expect("L lanes");
+            *v = a.alpha.mul_add(lane_sum(l), *v);
+        }
+    }
+}
+
 // One generic body, compiled for AVX-512, for AVX2 with FMA, and for the baseline; the choice is made
 // at run time and does not change the results (see the module comment).
 #[cfg(target_arch = "x86_64")]
@@ -1163,6 +1551,13 @@ unsafe fn correlate_avx2<T: Real>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
+    // Blocks of one zmm register of samples, 6 × 4 tiles: 24 accumulators of 32.
+    if a.batch >= MINOR_GRAD_MIN_BATCH {
+        if std::mem::size_of::<T>() == 4 {
+            return weight_grad_minor::<T, 16, 6, 4>(Regs::Zmm, a, dw, work);
+        }
+        return weight_grad_minor::<T, 8, 6, 4>(Regs::Zmm, a, dw, work);
+    }
     // SAFETY: the features are enabled here.
     unsafe {
         match f32_view(a, dw, work) {
@@ -1175,6 +1570,13 @@ unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weight_grad_avx2<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
+    // Blocks of two ymm registers of samples, 2 × 2 tiles: 8 accumulators of 16.
+    if a.batch >= MINOR_GRAD_MIN_BATCH {
+        if std::mem::size_of::<T>() == 4 {
+            return weight_grad_minor::<T, 16, 2, 2>(Regs::Ymm, a, dw, work);
+        }
+        return weight_grad_minor::<T, 8, 2, 2>(Regs::Ymm, a, dw, work);
+    }
     // SAFETY: the features are enabled here.
     unsafe {
         match f32_view(a, dw, work) {
@@ -1422,8 +1824,9 @@ fn conv2d_input_grad_on<T: Real>(
 /// `dw[o, c, ki, kj] (+)= alpha · Σ_n Σ_{oy,ox} dy[n, o, oy, ox] · x[n, c, oy + ki − pad, ox + kj − pad]`
 ///
 /// Shapes: `x` `[batch, C, H, W]`, `dy` `[batch, O, ho, wo]`, `dw` `[O, C, k, k]`, overwritten or,
-/// when `accumulate`, added to. The sum of each group of 4 consecutive samples is added as
-/// `alpha·s`, group after group (one sample with `alpha` = the scale gives a per-sample gradient).
+/// when `accumulate`, added to. The sum of each block of consecutive samples (16 in f32 and 8 in f64
+/// for a batch of at least 8, else 4; see the module comment) is added as `alpha·s`, block after
+/// block (one sample with `alpha` = the scale gives a per-sample gradient).
 ///
 /// **Panics** if a buffer is shorter than its shape or the geometry's stride is not 1.
 #[allow(clippy::too_many_arguments)]
@@ -1487,6 +1890,13 @@ fn conv2d_weight_grad_on<T: Real>(
         Isa::Avx512 => unsafe { weight_grad_avx512(&a, dw, work) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { weight_grad_avx2(&a, dw, work) },
+        _ if batch >= MINOR_GRAD_MIN_BATCH => {
+            if std::mem::size_of::<T>() == 4 {
+                weight_grad_minor::<T, 16, 1, 1>(Regs::Generic, &a, dw, work)
+            } else {
+                weight_grad_minor::<T, 8, 1, 1>(Regs::Generic, &a, dw, work)
+            }
+        }
         // SAFETY: the generic tile needs no particular instruction set.
         _ => unsafe { weight_grad_body::<T, GenericDots, 2, 3>(&a, dw, work) },
     }

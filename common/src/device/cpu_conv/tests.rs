@@ -8,9 +8,13 @@ type Spec = (usize, usize, usize, usize, usize, usize, usize);
 
 /// LeNet's three convolutions, odd and non-square sides, padding ≥ kernel (the input gradient
 /// then crops), an even kernel, 1×1 images and kernels, more output channels than one register
-/// block (17 = 6 + 6 + 5), a batch of 9 (weight-gradient groups of 4, 4 and 1), and batches of 19
-/// and 27 (sample-minor chunks of 16 or 8 and a last chunk that is short: taken flat, or padded
-/// with zero samples; the 150-tap ones go sample-minor under `Layout::Auto` too).
+/// block (17 = 6 + 6 + 5, also sample-minor), taps that leave every remainder of the weight
+/// gradient's tiles of 4 (100, 150, 27, 18 and 25 taps), a batch of 7 (the flat weight gradient's
+/// groups of 4 and 3), batches of 8 and 9 (the sample-minor weight gradient's smallest: in f32 one
+/// short block; in f64 one full block, and one of 8 and one of 1), 7 output rows taken in row
+/// chunks of 6 and 1, and batches of 19 and 27 (sample-minor chunks of 16 or 8 and a last chunk
+/// that is short: taken flat, or padded with zero samples; the 150-tap ones go sample-minor under
+/// `Layout::Auto` too).
 const GEOMETRIES: &[Spec] = &[
     (1, 28, 28, 5, 0, 6, 2),
     (6, 24, 24, 5, 2, 6, 2),
@@ -22,6 +26,11 @@ const GEOMETRIES: &[Spec] = &[
     (5, 9, 11, 4, 2, 2, 2),
     (3, 5, 8, 5, 0, 1, 2),
     (2, 6, 7, 3, 1, 5, 9),
+    (2, 6, 7, 3, 1, 5, 7),
+    (6, 12, 12, 5, 0, 16, 8),
+    (4, 5, 5, 5, 4, 17, 9),
+    (1, 12, 10, 5, 0, 6, 9),
+    (2, 9, 10, 3, 0, 10, 9),
     (6, 12, 12, 5, 0, 16, 19),
     (6, 24, 24, 5, 2, 6, 27),
     (3, 7, 5, 3, 1, 4, 27),
@@ -343,9 +352,10 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// The kernels' rates on the LeNet's convolutions at batch 128 in f32 on this machine's best
-/// instruction set, flat and sample-minor (thread CPU time, best of `CONV_BENCH_REPS`, 30 by
-/// default): `cargo test --release -p common --lib cpu_conv::tests::kernel_rates -- --ignored
-/// --nocapture`.
+/// instruction set (or `CONV_BENCH_ISA`'s), flat and sample-minor (thread CPU time, best of
+/// `CONV_BENCH_REPS`, 30 by default), and the weight gradient of a batch of 4 (the flat order of
+/// small batches, per sample): `cargo test --release -p common --lib cpu_conv::tests::kernel_rates
+/// -- --ignored --nocapture`.
 #[test]
 #[ignore = "a timing, not a check: run by hand"]
 fn kernel_rates() {
@@ -353,7 +363,13 @@ fn kernel_rates() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let isa = isa();
+    // CONV_BENCH_ISA=avx2 or baseline times that instruction set's kernels instead.
+    let isa = match std::env::var("CONV_BENCH_ISA").as_deref() {
+        Ok("avx2") => Isa::Avx2,
+        Ok("baseline") => Isa::Baseline,
+        _ => isa(),
+    };
+    assert!(isas().contains(&isa), "{isa:?} is not available here");
     let batch = 128;
     let convs: &[(&str, Spec)] = &[
         ("conv1 1→6 28×28", (1, 28, 28, 5, 0, 6, batch)),
@@ -412,6 +428,13 @@ fn kernel_rates() {
             conv2d_weight_grad_on(&g, o, &x, &dy, batch, 1.0, false, &mut dw, &mut work, isa)
         });
         line += &format!(" weight grad {:.1}", flops / t / 1e9);
+        let t = best_of(reps, || {
+            conv2d_weight_grad_on(&g, o, &x, &dy, 4, 1.0, false, &mut dw, &mut work, isa)
+        });
+        line += &format!(
+            " (batch 4, flat: {:.1})",
+            flops / batch as f64 * 4.0 / t / 1e9
+        );
         println!("{line}");
     }
 }
