@@ -388,6 +388,30 @@ fn place_minor<T: Real, const L: usize>(a: &Correlation<'_, T>, n0: usize, m: us
     }
 }
 
+/// Calls the caller's macro `$tile!(OB, N)` with the run-time tile sizes `ob` (1 to 6 channels)
+/// and `n` (1 to 4 positions or taps) as literals, so that each size is its own compiled tile.
+macro_rules! with_tile_sizes {
+    ($ob:expr, $n:expr, $tile:ident) => {
+        match $n {
+            4 => with_tile_sizes!(@channels $ob, $tile, 4),
+            3 => with_tile_sizes!(@channels $ob, $tile, 3),
+            2 => with_tile_sizes!(@channels $ob, $tile, 2),
+            _ => with_tile_sizes!(@channels $ob, $tile, 1),
+        }
+    };
+    (@channels $ob:expr, $tile:ident, $n:literal) => {
+        match $ob {
+            6 => $tile!(6, $n),
+            5 => $tile!(5, $n),
+            4 => $tile!(4, $n),
+            3 => $tile!(3, $n),
+            2 => $tile!(2, $n),
+            1 => $tile!(1, $n),
+            _ => unreachable!("1 ≤ ob ≤ 6"),
+        }
+    };
+}
+
 /// [`place_minor`], with the 16 × 16 transposes of [`place_minor_x16`] where `X16` (the same
 /// values in the same places).
 #[inline(always)]
@@ -481,19 +505,11 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
             while ox0 < f.ow {
                 let p = (f.ow - ox0).min(P);
                 macro_rules! tile {
-                    ($($ob:literal),*; $p:literal) => {
-                        match ob {
-                            $($ob => minor_tile::<T, L, $ob, $p>(xs, a.cin, f, w, r, (oy, ox0), ysb),)*
-                            _ => unreachable!("1 ≤ ob ≤ 6"),
-                        }
+                    ($ob:literal, $p:literal) => {
+                        minor_tile::<T, L, $ob, $p>(xs, a.cin, f, w, r, (oy, ox0), ysb)
                     };
                 }
-                match p {
-                    4 => tile!(1, 2, 3, 4, 5, 6; 4),
-                    3 => tile!(1, 2, 3, 4, 5, 6; 3),
-                    2 => tile!(1, 2, 3, 4, 5, 6; 2),
-                    _ => tile!(1, 2, 3, 4, 5, 6; 1),
-                }
+                with_tile_sizes!(ob, p, tile);
                 ox0 += p;
             }
         }
@@ -1487,21 +1503,11 @@ fn weight_grad_minor<T: Real, const L: usize, const OB: usize, const TB: usize>(
                 while t0 < r {
                     let tb = (r - t0).min(TB);
                     macro_rules! tile {
-                        ($($ob:literal),*; $tb:literal) => {
-                            match ob {
-                                $($ob => grad_tile::<T, L, $ob, $tb>(
-                                    regs, (xs, ds), f, r, (o0, t0), rows, lanes,
-                                ),)*
-                                _ => unreachable!("1 ≤ ob ≤ 6"),
-                            }
+                        ($ob:literal, $tb:literal) => {
+                            grad_tile::<T, L, $ob, $tb>(regs, (xs, ds), f, r, (o0, t0), rows, lanes)
                         };
                     }
-                    match tb {
-                        4 => tile!(1, 2, 3, 4, 5, 6; 4),
-                        3 => tile!(1, 2, 3, 4, 5, 6; 3),
-                        2 => tile!(1, 2, 3, 4, 5, 6; 2),
-                        _ => tile!(1, 2, 3, 4, 5, 6; 1),
-                    }
+                    with_tile_sizes!(ob, tb, tile);
                     t0 += tb;
                 }
                 o0 += ob;
