@@ -4,7 +4,7 @@
 //! [`Backend`](super::Backend) method; the formulas' sources are cited there.
 
 use super::backend::SgdStep;
-use crate::model::{Elementwise, MaxPool2d};
+use crate::model::{zero_unless_positive, Elementwise, LayerOps, MaxPool2d};
 use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
@@ -373,6 +373,37 @@ pub(super) fn scatter_add<T: Real>(
     {
         for (g, &i) in dn.iter().zip(wn) {
             dxn[i as usize] += *g;
+        }
+    }
+}
+
+pub(super) fn max_pool2d_adjoint<T: Real>(
+    pool: &MaxPool2d,
+    d: &[T],
+    winners: &[u32],
+    gate: Option<&[T]>,
+    batch: usize,
+    dx: &mut [T],
+) {
+    let plane = pool.height * pool.width;
+    let (inputs, outputs) = (pool.channels * plane, pool.out_features());
+    let per_channel = outputs / pool.channels.max(1);
+    let (d, winners) = (&d[..batch * outputs], &winners[..batch * outputs]);
+    let gate = gate.map(|g| &g[..batch * outputs]);
+    // Plane by plane (a window's winner lies in its own channel's plane): each plane is zeroed
+    // and receives its outputs' terms while it is in L1, in the order of scatter_add.
+    for (n, dxn) in dx[..batch * inputs].chunks_exact_mut(inputs).enumerate() {
+        for (c, dxp) in dxn.chunks_exact_mut(plane).enumerate() {
+            dxp.iter_mut().for_each(|v| *v = T::zero());
+            let first = n * outputs + c * per_channel;
+            let base = c * plane;
+            for o in first..first + per_channel {
+                let g = match gate {
+                    Some(y) => zero_unless_positive(y[o], d[o]),
+                    None => d[o],
+                };
+                dxp[winners[o] as usize - base] += g;
+            }
         }
     }
 }
@@ -841,6 +872,85 @@ mod tests {
         ] {
             check::<f32>(&cfg);
             check::<f64>(&cfg);
+        }
+    }
+
+    /// The max-pool adjoint is [`scatter_add`] to the bit, and gated by the pool's output it is
+    /// [`scatter_add`] followed by a ReLU's backward on the pool's input (the ReLU's output):
+    /// 2×2 windows with stride 2 on even and odd sides (floor mode drops a row and a column),
+    /// overlapping 3×3 and 2×2 windows (stride 2 and 1: winners shared), disjoint 3×3 ones, in f32
+    /// and f64, the input with ties, zeros (after the ReLU) and a NaN, δ with −0 (0 + (−0) = +0).
+    #[test]
+    fn max_pool_adjoint_is_the_scatter_then_the_relu_backward() {
+        fn check<T: Real>(pool: &MaxPool2d, batch: usize) {
+            let (inputs, outputs) = (pool.in_features(), pool.out_features());
+            let mut rng = stream(9, Purpose::Chain, 5);
+            let mut draw = |n: usize| -> Vec<f64> {
+                (0..n).map(|_| (rng.next_u64() % 9) as f64 - 4.0).collect()
+            };
+            // The ReLU's output: ties and zeros in most windows.
+            let mut a: Vec<T> = draw(batch * inputs)
+                .into_iter()
+                .map(|v| T::of_f64(v.max(0.0)))
+                .collect();
+            a[inputs / 2] = T::of_f64(f64::NAN);
+            let d: Vec<T> = draw(batch * outputs)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if i % 7 == 3 {
+                        -T::zero()
+                    } else {
+                        T::of_f64(v + 0.5)
+                    }
+                })
+                .collect();
+            let mut y = vec![T::zero(); batch * outputs];
+            let mut winners = vec![0u32; batch * outputs];
+            max_pool2d(pool, &a, batch, &mut y, &mut winners);
+            let mut scattered = vec![T::of_f64(f64::NAN); batch * inputs];
+            scatter_add(&d, &winners, inputs, outputs, &mut scattered);
+            let gated: Vec<T> = scattered
+                .iter()
+                .zip(&a)
+                .map(|(&s, &x)| zero_unless_positive(x, s))
+                .collect();
+            let same = |p: &[T], q: &[T]| {
+                p.iter()
+                    .zip(q)
+                    .position(|(u, v)| u.as_f64().to_bits() != v.as_f64().to_bits())
+            };
+            let what = format!("{pool:?} batch {batch} {}", T::NAME);
+            for (gate, want) in [(None, &scattered), (Some(&y[..]), &gated)] {
+                let mut dx = vec![T::of_f64(f64::NAN); batch * inputs];
+                max_pool2d_adjoint(pool, &d, &winners, gate, batch, &mut dx);
+                assert_eq!(same(&dx, want), None, "{what} gated {}", gate.is_some());
+            }
+            assert!(
+                gated.iter().any(|v| *v != T::zero()),
+                "{what}: all gated off"
+            );
+            assert!(
+                gated.iter().zip(&scattered).any(|(g, s)| g != s),
+                "{what}: the gate closes nowhere"
+            );
+        }
+        let pool = |channels, height, width, kernel, stride| MaxPool2d {
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+        };
+        for (p, batch) in [
+            (pool(6, 8, 8, 2, 2), 3),
+            (pool(3, 7, 9, 2, 2), 2),
+            (pool(2, 9, 7, 3, 2), 2),
+            (pool(2, 5, 6, 2, 1), 2),
+            (pool(2, 9, 6, 3, 3), 2),
+        ] {
+            check::<f32>(&p, batch);
+            check::<f64>(&p, batch);
         }
     }
 
