@@ -318,8 +318,116 @@ pub(super) fn max_pool2d<T: Real>(
 }
 
 /// [`max_pool2d`] for 2×2 windows with stride 2 (the LeNet's): the same winners, each window's four
-/// values compared without a loop.
+/// values compared without a loop; with AVX-512 in f32, 16 windows at a time.
 fn max_pool2d_2x2<T: Real>(
+    x: &[T],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    y: &mut [T],
+    indices: &mut [u32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let (n, m) = (
+            batch * channels * height * width,
+            batch * channels * (height / 2) * (width / 2),
+        );
+        let (x, y) = (&x[..n], &mut y[..m]);
+        // SAFETY: T is f32 (the TypeIds are equal), so these are the same slices with their own
+        // type; the processor has AVX-512F (checked just above).
+        unsafe {
+            let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), n);
+            let y = std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), m);
+            return max_pool2d_2x2_avx512(x, batch, channels, height, width, y, &mut indices[..m]);
+        }
+    }
+    max_pool2d_2x2_scalar(x, batch, channels, height, width, y, indices)
+}
+
+/// [`max_pool2d_2x2`] for f32 with AVX-512: 16 windows of a row pair at a time, their columns split
+/// into even and odd by two permutations, and the scalar loop's comparisons made lane by lane in
+/// the same order (`v > m` ordered, or v a NaN), so the same winners and values.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool2d_2x2_avx512(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    y: &mut [f32],
+    indices: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let (ho, wo) = (height / 2, width / 2);
+    let plane = height * width;
+    assert!(
+        x.len() >= batch * channels * plane
+            && y.len() >= batch * channels * ho * wo
+            && indices.len() >= batch * channels * ho * wo
+            && plane <= u32::MAX as usize / 2
+    );
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let twice_lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mask = |bits: usize| -> __mmask16 { ((1u32 << bits.min(16)) - 1) as __mmask16 };
+    for nc in 0..batch * channels {
+        let base = nc * plane;
+        let shift = (base - (nc / channels) * channels * plane) as i32;
+        for i in 0..ho {
+            let o = (nc * ho + i) * wo;
+            let mut j0 = 0;
+            while j0 < wo {
+                let n = (wo - j0).min(16);
+                let (lo, hi) = (mask(2 * n), mask((2 * n).saturating_sub(16)));
+                let first = (2 * i * width + 2 * j0) as i32;
+                // SAFETY: the loads read columns 2·j0 .. 2·(j0 + n) ≤ 2·wo ≤ width of rows 2i and
+                // 2i + 1 < height of plane nc (masked lanes are not read); the stores write
+                // outputs o + j0 .. o + j0 + n of the row; all inside the slices (checked above).
+                unsafe {
+                    let top = x.as_ptr().add(base + 2 * i * width + 2 * j0);
+                    let bottom = top.add(width);
+                    let pair = |p: *const f32| {
+                        let (a, b) = (
+                            _mm512_maskz_loadu_ps(lo, p),
+                            _mm512_maskz_loadu_ps(hi, p.add(16)),
+                        );
+                        (
+                            _mm512_permutex2var_ps(a, even, b),
+                            _mm512_permutex2var_ps(a, odd, b),
+                        )
+                    };
+                    let ((t0, t1), (b0, b1)) = (pair(top), pair(bottom));
+                    let first = _mm512_add_epi32(_mm512_set1_epi32(first), twice_lane);
+                    let (mut m, mut best) = (t0, first);
+                    for (v, at) in [(t1, 1), (b0, width as i32), (b1, width as i32 + 1)] {
+                        let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, m)
+                            | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                        m = _mm512_mask_blend_ps(take, m, v);
+                        let at = _mm512_add_epi32(first, _mm512_set1_epi32(at));
+                        best = _mm512_mask_blend_epi32(take, best, at);
+                    }
+                    let out = mask(n);
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(o + j0), out, m);
+                    let best = _mm512_add_epi32(best, _mm512_set1_epi32(shift));
+                    let idx = indices.as_mut_ptr().add(o + j0).cast::<i32>();
+                    _mm512_mask_storeu_epi32(idx, out, best);
+                }
+                j0 += n;
+            }
+        }
+    }
+}
+
+/// [`max_pool2d_2x2`] on any processor and precision.
+fn max_pool2d_2x2_scalar<T: Real>(
     x: &[T],
     batch: usize,
     channels: usize,
@@ -951,6 +1059,41 @@ mod tests {
         ] {
             check::<f32>(&p, batch);
             check::<f64>(&p, batch);
+        }
+    }
+
+    /// The 2×2 max-pool as the processor runs it ([`max_pool2d_2x2`], AVX-512 in f32 where it has
+    /// it) against the scalar loop, bit for bit in values and winners: widths that leave a
+    /// partial group of 16 windows (12, 4, 35) or a dropped column (9), ties (small integers,
+    /// +0 against −0: the first wins) and NaNs (the last wins).
+    #[test]
+    fn max_pool_2x2_equals_the_scalar_loop() {
+        let mut rng = stream(3, Purpose::Chain, 7);
+        for (channels, height, width, batch) in
+            [(6, 24, 24, 3), (16, 8, 8, 2), (3, 7, 9, 2), (2, 5, 70, 2)]
+        {
+            let n = batch * channels * height * width;
+            let x: Vec<f32> = (0..n)
+                .map(|_| match rng.next_u64() % 23 {
+                    0 => f32::NAN,
+                    1 => -0.0,
+                    2 => 0.0,
+                    k => k as f32 - 12.0,
+                })
+                .collect();
+            let m = batch * channels * (height / 2) * (width / 2);
+            let (mut ya, mut ia) = (vec![f32::NAN; m], vec![u32::MAX; m]);
+            let (mut yb, mut ib) = (vec![f32::NAN; m], vec![u32::MAX; m]);
+            max_pool2d_2x2(&x, batch, channels, height, width, &mut ya, &mut ia);
+            max_pool2d_2x2_scalar(&x, batch, channels, height, width, &mut yb, &mut ib);
+            let what = format!("{channels}×{height}×{width}, batch {batch}");
+            assert_eq!(ia, ib, "{what}: winners");
+            let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ya), bits(&yb), "{what}: values");
+            assert!(
+                ya.iter().any(|v| v.is_nan()) && ya.contains(&-0.0),
+                "{what}"
+            );
         }
     }
 
