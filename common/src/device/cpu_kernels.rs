@@ -498,6 +498,30 @@ pub(super) fn max_pool2d_adjoint<T: Real>(
     let per_channel = outputs / pool.channels.max(1);
     let (d, winners) = (&d[..batch * outputs], &winners[..batch * outputs]);
     let gate = gate.map(|g| &g[..batch * outputs]);
+    #[cfg(target_arch = "x86_64")]
+    if pool.kernel == 2
+        && pool.stride == 2
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let cast = |v: &[T]| {
+            // SAFETY: T is f32 (the TypeIds are equal): the same slice with its own type.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+        };
+        let dx = &mut dx[..batch * inputs];
+        // SAFETY: as `cast`; the processor has AVX-512F (checked just above).
+        unsafe {
+            let dx = std::slice::from_raw_parts_mut(dx.as_mut_ptr().cast::<f32>(), dx.len());
+            return max_pool2d_2x2_adjoint_avx512(
+                pool,
+                cast(d),
+                winners,
+                gate.map(cast),
+                batch,
+                dx,
+            );
+        }
+    }
     // Plane by plane (a window's winner lies in its own channel's plane): each plane is zeroed
     // and receives its outputs' terms while it is in L1, in the order of scatter_add.
     for (n, dxn) in dx[..batch * inputs].chunks_exact_mut(inputs).enumerate() {
@@ -514,6 +538,93 @@ pub(super) fn max_pool2d_adjoint<T: Real>(
             }
         }
     }
+}
+
+/// [`max_pool2d_adjoint`] for 2×2 windows with stride 2 in f32 with AVX-512: the windows do not
+/// overlap, so each input is written once, 16 windows of a row pair at a time (0 + δ, gated, at
+/// the winner, +0 at the three others: the scatter's values onto zeroed memory), with no zeroing
+/// pass; the row and the column that floor mode drops are zeroed.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool2d_2x2_adjoint_avx512(
+    pool: &MaxPool2d,
+    d: &[f32],
+    winners: &[u32],
+    gate: Option<&[f32]>,
+    batch: usize,
+    dx: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (height, width) = (pool.height, pool.width);
+    let (ho, wo) = (height / 2, width / 2);
+    let plane = height * width;
+    let outputs = batch * pool.channels * ho * wo;
+    assert!(
+        d.len() >= outputs
+            && winners.len() >= outputs
+            && gate.is_none_or(|g| g.len() >= outputs)
+            && dx.len() >= batch * pool.channels * plane
+            && plane <= i32::MAX as usize / 2
+    );
+    let twice_lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let mask = |bits: usize| -> __mmask16 { ((1u32 << bits.min(16)) - 1) as __mmask16 };
+    let zero = _mm512_setzero_ps();
+    let mut outside: __mmask16 = 0;
+    for nc in 0..batch * pool.channels {
+        // The winners are relative to their sample; this plane starts `in_sample` in.
+        let in_sample = ((nc % pool.channels) * plane) as i32;
+        let dxp = &mut dx[nc * plane..][..plane];
+        for i in 0..ho {
+            let o = (nc * ho + i) * wo;
+            let mut j0 = 0;
+            while j0 < wo {
+                let n = (wo - j0).min(16);
+                let (lanes, lo, hi) = (mask(n), mask(2 * n), mask((2 * n).saturating_sub(16)));
+                // SAFETY: lanes j0..j0 + n of output row o (masked lanes are not touched), and
+                // columns 2·j0 .. 2·(j0 + n) ≤ 2·wo ≤ width of rows 2i and 2i + 1 < height of
+                // this plane; all inside the slices (checked above).
+                unsafe {
+                    let v =
+                        _mm512_add_ps(zero, _mm512_maskz_loadu_ps(lanes, d.as_ptr().add(o + j0)));
+                    let v = match gate {
+                        // zero_unless_positive(y, v): an ordered `>`, false for a NaN.
+                        Some(y) => {
+                            let y = _mm512_maskz_loadu_ps(lanes, y.as_ptr().add(o + j0));
+                            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v)
+                        }
+                        None => v,
+                    };
+                    let w = _mm512_maskz_loadu_epi32(lanes, winners.as_ptr().add(o + j0).cast());
+                    let first = in_sample + (2 * i * width + 2 * j0) as i32;
+                    let first = _mm512_add_epi32(_mm512_set1_epi32(first), twice_lane);
+                    let at = _mm512_sub_epi32(w, first);
+                    let is = |k: usize| _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(k as i32));
+                    let (t0, t1, b0, b1) = (is(0), is(1), is(width), is(width + 1));
+                    outside |= lanes & !(t0 | t1 | b0 | b1);
+                    let row = |p: *mut f32, even: __mmask16, odd: __mmask16| {
+                        let (e, od) = (_mm512_maskz_mov_ps(even, v), _mm512_maskz_mov_ps(odd, v));
+                        _mm512_mask_storeu_ps(p, lo, _mm512_permutex2var_ps(e, low, od));
+                        _mm512_mask_storeu_ps(p.add(16), hi, _mm512_permutex2var_ps(e, high, od));
+                    };
+                    let top = dxp.as_mut_ptr().add(2 * i * width + 2 * j0);
+                    row(top, t0, t1);
+                    row(top.add(width), b0, b1);
+                }
+                j0 += n;
+            }
+            if width % 2 == 1 {
+                dxp[2 * i * width + width - 1] = 0.0;
+                dxp[(2 * i + 1) * width + width - 1] = 0.0;
+            }
+        }
+        dxp[2 * ho * width..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    assert!(outside == 0, "a max-pool winner outside its 2×2 window");
 }
 
 pub(super) fn gather<T: Real>(
@@ -1052,6 +1163,7 @@ mod tests {
         };
         for (p, batch) in [
             (pool(6, 8, 8, 2, 2), 3),
+            (pool(2, 6, 70, 2, 2), 2),
             (pool(3, 7, 9, 2, 2), 2),
             (pool(2, 9, 7, 3, 2), 2),
             (pool(2, 5, 6, 2, 1), 2),
