@@ -273,6 +273,23 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         dx: Self::ViewMut<'_, T>,
         work: &mut Self::Buffer<T>,
     );
+    /// The input gradient gated by `gate` (laid out as `dx`), written:
+    /// dx = 1[gate > 0] ⊙ W ⋆ᵀ dy, each element `zero_unless_positive(gate, ·)` of
+    /// [`Backend::conv2d_input_grad`]'s. With `gate` the output of a ReLU in front of the
+    /// convolution, this is the ReLU's backward (∂x = 1[y > 0] ⊙ δ) fused into the write of the
+    /// input gradient: the same bits as the two passes in turn.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_input_grad_gated<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: Self::View<'_, T>,
+        dy: Self::View<'_, T>,
+        batch: usize,
+        gate: Self::View<'_, T>,
+        dx: Self::ViewMut<'_, T>,
+        work: &mut Self::Buffer<T>,
+    );
     /// The weight gradient dw (+)= α·Σₙ dyₙ ⋆ xₙ.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_weight_grad<T: Real>(
@@ -422,6 +439,23 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         winners: Self::View<'_, u32>,
         inputs: usize,
         outputs: usize,
+        dx: Self::ViewMut<'_, T>,
+    );
+    /// The adjoint of [`Backend::max_pool2d`] for `batch` samples: dx ← 0, then
+    /// `dx[n, winner] += d[n, o]` for every output o of every sample n (as [`Backend::scatter_add`],
+    /// to the same bits; on the CPU one channel plane at a time, zeroed and scattered into while it
+    /// is in cache, since a window's winner lies in its own channel). With `gate` (the pool's
+    /// output y) each term is
+    /// `zero_unless_positive(y[n, o], d[n, o])`: where a ReLU is in front of the pool, its output at
+    /// the winner is y[n, o], so this is the ReLU's backward ∂x = 1[x > 0] ⊙ δ (max is monotone:
+    /// max-pool ∘ ReLU = ReLU ∘ max-pool) fused into the scatter, the same bits as the two passes.
+    fn max_pool2d_adjoint<T: Real>(
+        &self,
+        pool: &MaxPool2d,
+        d: Self::View<'_, T>,
+        winners: Self::View<'_, u32>,
+        gate: Option<Self::View<'_, T>>,
+        batch: usize,
         dx: Self::ViewMut<'_, T>,
     );
     /// `y[n, o] ← x[n, winners[n, o]]`.

@@ -683,6 +683,35 @@ fn max_pooling<B: Backend>(be: &B, kernel: usize, stride: usize) {
     let lhs: f64 = g.iter().zip(&d).map(|(a, b)| a * b).sum();
     let rhs: f64 = xs.iter().zip(&s).map(|(a, b)| a * b).sum();
     assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
+    // The max-pool adjoint is that scatter, and gated by the pool's output y it zeroes the terms
+    // where y ≤ 0 (or is a NaN).
+    let y: Vec<f64> = y
+        .iter()
+        .enumerate()
+        .map(|(o, &v)| if o % 3 == 0 { -v.abs() } else { v })
+        .collect();
+    let (db, yb) = (be.upload(&d), be.upload(&y));
+    for gate in [false, true] {
+        let mut a = be.upload(&data(batch * inputs, 25));
+        let gv = gate.then(|| B::view(&yb));
+        be.max_pool2d_adjoint(
+            &pool,
+            B::view(&db),
+            B::view(&win),
+            gv,
+            batch,
+            B::view_mut(&mut a),
+        );
+        let mut want = vec![0.0; batch * inputs];
+        for n in 0..batch {
+            for o in 0..outputs {
+                let k = n * outputs + o;
+                let open = !gate || y[k] > 0.0;
+                want[n * inputs + winners[k] as usize] += if open { d[k] } else { 0.0 };
+            }
+        }
+        assert_eq!(down(be, &a), want, "max-pool adjoint, gated {gate}");
+    }
 }
 
 pub(super) fn softmax_cross_entropy<B: Backend>(be: &B) {

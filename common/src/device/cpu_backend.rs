@@ -313,6 +313,18 @@ impl Backend for CpuBackend {
         k::scatter_add(d, winners, inputs, outputs, dx);
     }
     #[inline]
+    fn max_pool2d_adjoint<T: Real>(
+        &self,
+        pool: &MaxPool2d,
+        d: &[T],
+        winners: &[u32],
+        gate: Option<&[T]>,
+        batch: usize,
+        dx: &mut [T],
+    ) {
+        k::max_pool2d_adjoint(pool, d, winners, gate, batch, dx);
+    }
+    #[inline]
     fn gather<T: Real>(
         &self,
         x: &[T],
@@ -375,6 +387,21 @@ impl Backend for CpuBackend {
         work: &mut Vec<T>,
     ) {
         cpu_conv::conv2d_input_grad(g, out_channels, w, dy, batch, accumulate, dx, work);
+    }
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_input_grad_gated<T: Real>(
+        &self,
+        g: &ConvGeometry,
+        out_channels: usize,
+        w: &[T],
+        dy: &[T],
+        batch: usize,
+        gate: &[T],
+        dx: &mut [T],
+        work: &mut Vec<T>,
+    ) {
+        cpu_conv::conv2d_input_grad_gated(g, out_channels, w, dy, batch, gate, dx, work);
     }
     #[inline]
     fn conv2d_weight_grad<T: Real>(

@@ -4,7 +4,7 @@
 //! [`Backend`](super::Backend) method; the formulas' sources are cited there.
 
 use super::backend::SgdStep;
-use crate::model::{Elementwise, MaxPool2d};
+use crate::model::{zero_unless_positive, Elementwise, LayerOps, MaxPool2d};
 use crate::optim::AdamWConfig;
 use crate::rng::NoiseSource;
 use crate::sample::sgld::{StepCoefficients, UpdateSums};
@@ -318,8 +318,116 @@ pub(super) fn max_pool2d<T: Real>(
 }
 
 /// [`max_pool2d`] for 2×2 windows with stride 2 (the LeNet's): the same winners, each window's four
-/// values compared without a loop.
+/// values compared without a loop; with AVX-512 in f32, 16 windows at a time.
 fn max_pool2d_2x2<T: Real>(
+    x: &[T],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    y: &mut [T],
+    indices: &mut [u32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let (n, m) = (
+            batch * channels * height * width,
+            batch * channels * (height / 2) * (width / 2),
+        );
+        let (x, y) = (&x[..n], &mut y[..m]);
+        // SAFETY: T is f32 (the TypeIds are equal), so these are the same slices with their own
+        // type; the processor has AVX-512F (checked just above).
+        unsafe {
+            let x = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), n);
+            let y = std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), m);
+            return max_pool2d_2x2_avx512(x, batch, channels, height, width, y, &mut indices[..m]);
+        }
+    }
+    max_pool2d_2x2_scalar(x, batch, channels, height, width, y, indices)
+}
+
+/// [`max_pool2d_2x2`] for f32 with AVX-512: 16 windows of a row pair at a time, their columns split
+/// into even and odd by two permutations, and the scalar loop's comparisons made lane by lane in
+/// the same order (`v > m` ordered, or v a NaN), so the same winners and values.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool2d_2x2_avx512(
+    x: &[f32],
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    y: &mut [f32],
+    indices: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let (ho, wo) = (height / 2, width / 2);
+    let plane = height * width;
+    assert!(
+        x.len() >= batch * channels * plane
+            && y.len() >= batch * channels * ho * wo
+            && indices.len() >= batch * channels * ho * wo
+            && plane <= u32::MAX as usize / 2
+    );
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let twice_lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mask = |bits: usize| -> __mmask16 { ((1u32 << bits.min(16)) - 1) as __mmask16 };
+    for nc in 0..batch * channels {
+        let base = nc * plane;
+        let shift = (base - (nc / channels) * channels * plane) as i32;
+        for i in 0..ho {
+            let o = (nc * ho + i) * wo;
+            let mut j0 = 0;
+            while j0 < wo {
+                let n = (wo - j0).min(16);
+                let (lo, hi) = (mask(2 * n), mask((2 * n).saturating_sub(16)));
+                let first = (2 * i * width + 2 * j0) as i32;
+                // SAFETY: the loads read columns 2·j0 .. 2·(j0 + n) ≤ 2·wo ≤ width of rows 2i and
+                // 2i + 1 < height of plane nc (masked lanes are not read); the stores write
+                // outputs o + j0 .. o + j0 + n of the row; all inside the slices (checked above).
+                unsafe {
+                    let top = x.as_ptr().add(base + 2 * i * width + 2 * j0);
+                    let bottom = top.add(width);
+                    let pair = |p: *const f32| {
+                        let (a, b) = (
+                            _mm512_maskz_loadu_ps(lo, p),
+                            _mm512_maskz_loadu_ps(hi, p.add(16)),
+                        );
+                        (
+                            _mm512_permutex2var_ps(a, even, b),
+                            _mm512_permutex2var_ps(a, odd, b),
+                        )
+                    };
+                    let ((t0, t1), (b0, b1)) = (pair(top), pair(bottom));
+                    let first = _mm512_add_epi32(_mm512_set1_epi32(first), twice_lane);
+                    let (mut m, mut best) = (t0, first);
+                    for (v, at) in [(t1, 1), (b0, width as i32), (b1, width as i32 + 1)] {
+                        let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, m)
+                            | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                        m = _mm512_mask_blend_ps(take, m, v);
+                        let at = _mm512_add_epi32(first, _mm512_set1_epi32(at));
+                        best = _mm512_mask_blend_epi32(take, best, at);
+                    }
+                    let out = mask(n);
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(o + j0), out, m);
+                    let best = _mm512_add_epi32(best, _mm512_set1_epi32(shift));
+                    let idx = indices.as_mut_ptr().add(o + j0).cast::<i32>();
+                    _mm512_mask_storeu_epi32(idx, out, best);
+                }
+                j0 += n;
+            }
+        }
+    }
+}
+
+/// [`max_pool2d_2x2`] on any processor and precision.
+fn max_pool2d_2x2_scalar<T: Real>(
     x: &[T],
     batch: usize,
     channels: usize,
@@ -375,6 +483,148 @@ pub(super) fn scatter_add<T: Real>(
             dxn[i as usize] += *g;
         }
     }
+}
+
+pub(super) fn max_pool2d_adjoint<T: Real>(
+    pool: &MaxPool2d,
+    d: &[T],
+    winners: &[u32],
+    gate: Option<&[T]>,
+    batch: usize,
+    dx: &mut [T],
+) {
+    let plane = pool.height * pool.width;
+    let (inputs, outputs) = (pool.channels * plane, pool.out_features());
+    let per_channel = outputs / pool.channels.max(1);
+    let (d, winners) = (&d[..batch * outputs], &winners[..batch * outputs]);
+    let gate = gate.map(|g| &g[..batch * outputs]);
+    #[cfg(target_arch = "x86_64")]
+    if pool.kernel == 2
+        && pool.stride == 2
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let cast = |v: &[T]| {
+            // SAFETY: T is f32 (the TypeIds are equal): the same slice with its own type.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+        };
+        let dx = &mut dx[..batch * inputs];
+        // SAFETY: as `cast`; the processor has AVX-512F (checked just above).
+        unsafe {
+            let dx = std::slice::from_raw_parts_mut(dx.as_mut_ptr().cast::<f32>(), dx.len());
+            return max_pool2d_2x2_adjoint_avx512(
+                pool,
+                cast(d),
+                winners,
+                gate.map(cast),
+                batch,
+                dx,
+            );
+        }
+    }
+    // Plane by plane (a window's winner lies in its own channel's plane): each plane is zeroed
+    // and receives its outputs' terms while it is in L1, in the order of scatter_add.
+    for (n, dxn) in dx[..batch * inputs].chunks_exact_mut(inputs).enumerate() {
+        for (c, dxp) in dxn.chunks_exact_mut(plane).enumerate() {
+            dxp.iter_mut().for_each(|v| *v = T::zero());
+            let first = n * outputs + c * per_channel;
+            let base = c * plane;
+            for o in first..first + per_channel {
+                let g = match gate {
+                    Some(y) => zero_unless_positive(y[o], d[o]),
+                    None => d[o],
+                };
+                dxp[winners[o] as usize - base] += g;
+            }
+        }
+    }
+}
+
+/// [`max_pool2d_adjoint`] for 2×2 windows with stride 2 in f32 with AVX-512: the windows do not
+/// overlap, so each input is written once, 16 windows of a row pair at a time (0 + δ, gated, at
+/// the winner, +0 at the three others: the scatter's values onto zeroed memory), with no zeroing
+/// pass; the row and the column that floor mode drops are zeroed.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool2d_2x2_adjoint_avx512(
+    pool: &MaxPool2d,
+    d: &[f32],
+    winners: &[u32],
+    gate: Option<&[f32]>,
+    batch: usize,
+    dx: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (height, width) = (pool.height, pool.width);
+    let (ho, wo) = (height / 2, width / 2);
+    let plane = height * width;
+    let outputs = batch * pool.channels * ho * wo;
+    assert!(
+        d.len() >= outputs
+            && winners.len() >= outputs
+            && gate.is_none_or(|g| g.len() >= outputs)
+            && dx.len() >= batch * pool.channels * plane
+            && plane <= i32::MAX as usize / 2
+    );
+    let twice_lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let mask = |bits: usize| -> __mmask16 { ((1u32 << bits.min(16)) - 1) as __mmask16 };
+    let zero = _mm512_setzero_ps();
+    let mut outside: __mmask16 = 0;
+    for nc in 0..batch * pool.channels {
+        // The winners are relative to their sample; this plane starts `in_sample` in.
+        let in_sample = ((nc % pool.channels) * plane) as i32;
+        let dxp = &mut dx[nc * plane..][..plane];
+        for i in 0..ho {
+            let o = (nc * ho + i) * wo;
+            let mut j0 = 0;
+            while j0 < wo {
+                let n = (wo - j0).min(16);
+                let (lanes, lo, hi) = (mask(n), mask(2 * n), mask((2 * n).saturating_sub(16)));
+                // SAFETY: lanes j0..j0 + n of output row o (masked lanes are not touched), and
+                // columns 2·j0 .. 2·(j0 + n) ≤ 2·wo ≤ width of rows 2i and 2i + 1 < height of
+                // this plane; all inside the slices (checked above).
+                unsafe {
+                    let v =
+                        _mm512_add_ps(zero, _mm512_maskz_loadu_ps(lanes, d.as_ptr().add(o + j0)));
+                    let v = match gate {
+                        // zero_unless_positive(y, v): an ordered `>`, false for a NaN.
+                        Some(y) => {
+                            let y = _mm512_maskz_loadu_ps(lanes, y.as_ptr().add(o + j0));
+                            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, zero), v)
+                        }
+                        None => v,
+                    };
+                    let w = _mm512_maskz_loadu_epi32(lanes, winners.as_ptr().add(o + j0).cast());
+                    let first = in_sample + (2 * i * width + 2 * j0) as i32;
+                    let first = _mm512_add_epi32(_mm512_set1_epi32(first), twice_lane);
+                    let at = _mm512_sub_epi32(w, first);
+                    let is = |k: usize| _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(k as i32));
+                    let (t0, t1, b0, b1) = (is(0), is(1), is(width), is(width + 1));
+                    outside |= lanes & !(t0 | t1 | b0 | b1);
+                    let row = |p: *mut f32, even: __mmask16, odd: __mmask16| {
+                        let (e, od) = (_mm512_maskz_mov_ps(even, v), _mm512_maskz_mov_ps(odd, v));
+                        _mm512_mask_storeu_ps(p, lo, _mm512_permutex2var_ps(e, low, od));
+                        _mm512_mask_storeu_ps(p.add(16), hi, _mm512_permutex2var_ps(e, high, od));
+                    };
+                    let top = dxp.as_mut_ptr().add(2 * i * width + 2 * j0);
+                    row(top, t0, t1);
+                    row(top.add(width), b0, b1);
+                }
+                j0 += n;
+            }
+            if width % 2 == 1 {
+                dxp[2 * i * width + width - 1] = 0.0;
+                dxp[(2 * i + 1) * width + width - 1] = 0.0;
+            }
+        }
+        dxp[2 * ho * width..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    assert!(outside == 0, "a max-pool winner outside its 2×2 window");
 }
 
 pub(super) fn gather<T: Real>(
@@ -841,6 +1091,121 @@ mod tests {
         ] {
             check::<f32>(&cfg);
             check::<f64>(&cfg);
+        }
+    }
+
+    /// The max-pool adjoint is [`scatter_add`] to the bit, and gated by the pool's output it is
+    /// [`scatter_add`] followed by a ReLU's backward on the pool's input (the ReLU's output):
+    /// 2×2 windows with stride 2 on even and odd sides (floor mode drops a row and a column),
+    /// overlapping 3×3 and 2×2 windows (stride 2 and 1: winners shared), disjoint 3×3 ones, in f32
+    /// and f64, the input with ties, zeros (after the ReLU) and a NaN, δ with −0 (0 + (−0) = +0).
+    #[test]
+    fn max_pool_adjoint_is_the_scatter_then_the_relu_backward() {
+        fn check<T: Real>(pool: &MaxPool2d, batch: usize) {
+            let (inputs, outputs) = (pool.in_features(), pool.out_features());
+            let mut rng = stream(9, Purpose::Chain, 5);
+            let mut draw = |n: usize| -> Vec<f64> {
+                (0..n).map(|_| (rng.next_u64() % 9) as f64 - 4.0).collect()
+            };
+            // The ReLU's output: ties and zeros in most windows.
+            let mut a: Vec<T> = draw(batch * inputs)
+                .into_iter()
+                .map(|v| T::of_f64(v.max(0.0)))
+                .collect();
+            a[inputs / 2] = T::of_f64(f64::NAN);
+            let d: Vec<T> = draw(batch * outputs)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if i % 7 == 3 {
+                        -T::zero()
+                    } else {
+                        T::of_f64(v + 0.5)
+                    }
+                })
+                .collect();
+            let mut y = vec![T::zero(); batch * outputs];
+            let mut winners = vec![0u32; batch * outputs];
+            max_pool2d(pool, &a, batch, &mut y, &mut winners);
+            let mut scattered = vec![T::of_f64(f64::NAN); batch * inputs];
+            scatter_add(&d, &winners, inputs, outputs, &mut scattered);
+            let gated: Vec<T> = scattered
+                .iter()
+                .zip(&a)
+                .map(|(&s, &x)| zero_unless_positive(x, s))
+                .collect();
+            let same = |p: &[T], q: &[T]| {
+                p.iter()
+                    .zip(q)
+                    .position(|(u, v)| u.as_f64().to_bits() != v.as_f64().to_bits())
+            };
+            let what = format!("{pool:?} batch {batch} {}", T::NAME);
+            for (gate, want) in [(None, &scattered), (Some(&y[..]), &gated)] {
+                let mut dx = vec![T::of_f64(f64::NAN); batch * inputs];
+                max_pool2d_adjoint(pool, &d, &winners, gate, batch, &mut dx);
+                assert_eq!(same(&dx, want), None, "{what} gated {}", gate.is_some());
+            }
+            assert!(
+                gated.iter().any(|v| *v != T::zero()),
+                "{what}: all gated off"
+            );
+            assert!(
+                gated.iter().zip(&scattered).any(|(g, s)| g != s),
+                "{what}: the gate closes nowhere"
+            );
+        }
+        let pool = |channels, height, width, kernel, stride| MaxPool2d {
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+        };
+        for (p, batch) in [
+            (pool(6, 8, 8, 2, 2), 3),
+            (pool(2, 6, 70, 2, 2), 2),
+            (pool(3, 7, 9, 2, 2), 2),
+            (pool(2, 9, 7, 3, 2), 2),
+            (pool(2, 5, 6, 2, 1), 2),
+            (pool(2, 9, 6, 3, 3), 2),
+        ] {
+            check::<f32>(&p, batch);
+            check::<f64>(&p, batch);
+        }
+    }
+
+    /// The 2×2 max-pool as the processor runs it ([`max_pool2d_2x2`], AVX-512 in f32 where it has
+    /// it) against the scalar loop, bit for bit in values and winners: widths that leave a
+    /// partial group of 16 windows (12, 4, 35) or a dropped column (9), ties (small integers,
+    /// +0 against −0: the first wins) and NaNs (the last wins).
+    #[test]
+    fn max_pool_2x2_equals_the_scalar_loop() {
+        let mut rng = stream(3, Purpose::Chain, 7);
+        for (channels, height, width, batch) in
+            [(6, 24, 24, 3), (16, 8, 8, 2), (3, 7, 9, 2), (2, 5, 70, 2)]
+        {
+            let n = batch * channels * height * width;
+            let x: Vec<f32> = (0..n)
+                .map(|_| match rng.next_u64() % 23 {
+                    0 => f32::NAN,
+                    1 => -0.0,
+                    2 => 0.0,
+                    k => k as f32 - 12.0,
+                })
+                .collect();
+            let m = batch * channels * (height / 2) * (width / 2);
+            let (mut ya, mut ia) = (vec![f32::NAN; m], vec![u32::MAX; m]);
+            let (mut yb, mut ib) = (vec![f32::NAN; m], vec![u32::MAX; m]);
+            max_pool2d_2x2(&x, batch, channels, height, width, &mut ya, &mut ia);
+            max_pool2d_2x2_scalar(&x, batch, channels, height, width, &mut yb, &mut ib);
+            let what = format!("{channels}×{height}×{width}, batch {batch}");
+            assert_eq!(ia, ib, "{what}: winners");
+            let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ya), bits(&yb), "{what}: values");
+            assert!(
+                ya.iter().any(|v| v.is_nan()) && ya.contains(&-0.0),
+                "{what}"
+            );
         }
     }
 

@@ -22,6 +22,7 @@ pub use arch::{
     MNIST_CLASSES, MNIST_INPUT,
 };
 pub use init::initialise;
+pub(crate) use layer::zero_unless_positive;
 pub use layer::{
     token_id, Attention, AvgPool2d, Conv2d, Elementwise, Embedding, Epsilon, Gelu, GeluTanh, Layer,
     LayerNorm, LayerOps, Linear, MaxPool2d, Pass, PerSample, Positional, RPass, Relu, Residual,

@@ -25,7 +25,9 @@ pub struct Workspace<T: Real, B: Backend = CpuBackend> {
     pub(crate) batch: usize,
     /// Layer i's output, `batch × out_features`.
     pub(crate) acts: Vec<B::Buffer<T>>,
-    /// ∂L/∂(layer i's output) after a backward pass.
+    /// ∂L/∂(layer i's output) after a backward pass, except for an activation whose backward the
+    /// layer after it absorbed ([`LayerOps::backward_gated`]): its buffer is not written (no pass
+    /// reads it: such an activation's other passes read only its output).
     pub(crate) deltas: Vec<B::Buffer<T>>,
     pub(crate) indices: Vec<B::Buffer<u32>>,
     /// The values layers keep (a residual block's inner activations).
@@ -504,16 +506,36 @@ impl Network {
 
     /// Backpropagates the cotangent already in the last layer's delta buffer into every layer's
     /// delta buffer and, when `grad` is given, the parameter gradient.
+    ///
+    /// Where an activation with an [`LayerOps::output_gate`] (ReLU) feeds a layer that can apply
+    /// it ([`LayerOps::backward_gated`]: a direct convolution, a max-pool), that layer writes the
+    /// activation's input gradient itself and the activation's own pass is skipped: the same
+    /// values, one pass over a gradient fewer.
     pub(crate) fn backward<B: Backend, T: Real>(
+        &self,
+        params: B::View<'_, T>,
+        x: B::View<'_, T>,
+        batch: usize,
+        grad: Option<B::ViewMut<'_, T>>,
+        ws: &mut Workspace<T, B>,
+    ) {
+        self.backward_fused(params, x, batch, grad, ws, true);
+    }
+
+    /// [`Network::backward`], with the fusion of gating activations into the layer after them
+    /// (`fuse`) or without (each layer's own pass: the tests' reference).
+    pub(crate) fn backward_fused<B: Backend, T: Real>(
         &self,
         params: B::View<'_, T>,
         x: B::View<'_, T>,
         batch: usize,
         mut grad: Option<B::ViewMut<'_, T>>,
         ws: &mut Workspace<T, B>,
+        fuse: bool,
     ) {
-        for i in (0..self.layers.len()).rev() {
-            let (dbefore, drest) = ws.deltas.split_at_mut(i);
+        let mut i = self.layers.len();
+        while i > 0 {
+            i -= 1;
             let pass = Pass::<T, B> {
                 params: B::shorten(params),
                 x: if i == 0 {
@@ -526,6 +548,24 @@ impl Network {
                 indices: B::view(&ws.indices[i]),
                 state: B::view(&ws.states[i]),
             };
+            // Layer i takes the gate of activation i − 1 into the gradient of that activation's
+            // input (not for an activation that is the first layer: its input gradient is not
+            // computed).
+            if fuse && i >= 2 && self.layers[i - 1].output_gate() {
+                let (dbefore, drest) = ws.deltas.split_at_mut(i);
+                let done = self.layers[i].backward_gated(
+                    &pass,
+                    B::view(&drest[0]),
+                    grad.as_mut().map(|g| B::reborrow(g)),
+                    B::view_mut(&mut dbefore[i - 2]),
+                    &mut ws.scratch,
+                );
+                if done {
+                    i -= 1;
+                    continue;
+                }
+            }
+            let (dbefore, drest) = ws.deltas.split_at_mut(i);
             let dx = dbefore.last_mut().map(|d| B::view_mut(d));
             self.layers[i].backward(
                 &pass,

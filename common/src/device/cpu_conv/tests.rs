@@ -181,7 +181,7 @@ fn run<T: Real>(
     );
     let mut dx = start(x.len());
     conv2d_input_grad_on(
-        g, o, &w, &dy, batch, accumulate, &mut dx, &mut work, isa, layout,
+        g, o, &w, &dy, batch, accumulate, None, &mut dx, &mut work, isa, layout,
     );
     let mut dw = start(w.len());
     let a = T::of_f64(alpha);
@@ -419,7 +419,7 @@ fn kernel_rates() {
             line += &format!(" forward {layout:?} {:.1}", flops / t / 1e9);
             let t = best_of(reps, || {
                 conv2d_input_grad_on(
-                    &g, o, &w, &dy, batch, false, &mut dx, &mut work, isa, layout,
+                    &g, o, &w, &dy, batch, false, None, &mut dx, &mut work, isa, layout,
                 )
             });
             line += &format!(" input grad {layout:?} {:.1}", flops / t / 1e9);
@@ -437,4 +437,63 @@ fn kernel_rates() {
         );
         println!("{line}");
     }
+}
+
+/// The gated input gradient is, bit for bit, the input gradient followed by a ReLU's backward
+/// (`zero_unless_positive(gate, dx)`) on every geometry, instruction set and layout, in f32 and f64:
+/// the gate holds positive, negative, +0, −0 and NaN values (a NaN gate closes, as `y > 0` is false),
+/// and δ is 0 on a stretch of the first sample (its sums are then ±0, which the write-back's + 0
+/// makes +0 before the gate, in both routes).
+#[test]
+fn gated_input_gradient_is_the_input_gradient_then_the_relu_backward() {
+    fn check<T: Real>() {
+        for spec in GEOMETRIES {
+            let g = geometry(spec);
+            let (o, batch) = (spec.5, spec.6);
+            let (ho, wo) = g.output_size();
+            let cast = |v: &[f64]| v.iter().map(|&a| T::of_f64(a)).collect::<Vec<T>>();
+            let w = cast(&values(o * g.rows(), 0.731));
+            let mut dy = cast(&values(batch * o * ho * wo, 0.577));
+            let zeroed = (dy.len() / 4).min(7);
+            dy[..zeroed].iter_mut().for_each(|v| *v = -T::zero());
+            let special = [T::zero(), -T::zero(), T::of_f64(f64::NAN)];
+            let gate: Vec<T> = cast(&values(batch * g.input_len(), 0.419))
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| if i % 5 == 0 { special[i / 5 % 3] } else { v })
+                .collect();
+            for isa in isas() {
+                for layout in [Layout::Flat, Layout::Minor, Layout::Auto] {
+                    let mut work = Vec::new();
+                    let mut want = vec![T::of_f64(f64::NAN); gate.len()];
+                    conv2d_input_grad_on(
+                        &g, o, &w, &dy, batch, false, None, &mut want, &mut work, isa, layout,
+                    );
+                    for (d, &y) in want.iter_mut().zip(&gate) {
+                        *d = zero_unless_positive(y, *d);
+                    }
+                    let mut got = vec![T::of_f64(f64::NAN); gate.len()];
+                    conv2d_input_grad_on(
+                        &g,
+                        o,
+                        &w,
+                        &dy,
+                        batch,
+                        false,
+                        Some(&gate),
+                        &mut got,
+                        &mut work,
+                        isa,
+                        layout,
+                    );
+                    let what = format!("{spec:?} {isa:?} {layout:?} {}", T::NAME);
+                    let first = want.iter().zip(&got).position(|(a, b)| !a.to_bits_eq(b));
+                    assert_eq!(first, None, "{what}: gated differs");
+                    assert!(got.iter().any(|v| *v != T::zero()), "{what}: all zero");
+                }
+            }
+        }
+    }
+    check::<f32>();
+    check::<f64>();
 }

@@ -187,6 +187,29 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// ∂b = Σ δ and ∂W = Σₙ δₙ ⋆ xₙ into `grad` (written) when it is given.
+    fn parameter_gradients<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        sc: &mut Scratch<T, B>,
+    ) {
+        let (o, batch) = (self.out_channels, pass.batch);
+        let plane = self.geometry.plane();
+        let Scratch { backend: be, cols, .. } = sc;
+        if let Some(mut grad) = grad {
+            if self.has_bias() {
+                let gb = B::slice_mut(B::reborrow(&mut grad), self.b.clone());
+                be.conv2d_bias_grad(dy, batch, o, plane, T::one(), false, gb);
+            }
+            let gw = B::slice_mut(grad, self.w.clone());
+            self.correlate_weight(be, pass.x, dy, batch, T::one(), false, gw, cols);
+        }
+    }
+}
+
 impl LayerOps for Conv2d {
     fn kind(&self) -> &'static str {
         "Conv2d"
@@ -255,21 +278,34 @@ impl LayerOps for Conv2d {
         dx: Option<B::ViewMut<'_, T>>,
         sc: &mut Scratch<T, B>,
     ) {
-        let (o, batch) = (self.out_channels, pass.batch);
-        let plane = self.geometry.plane();
-        let Scratch { backend: be, cols, .. } = sc;
-        if let Some(mut grad) = grad {
-            if self.has_bias() {
-                let gb = B::slice_mut(B::reborrow(&mut grad), self.b.clone());
-                be.conv2d_bias_grad(dy, batch, o, plane, T::one(), false, gb);
-            }
-            let gw = B::slice_mut(grad, self.w.clone());
-            self.correlate_weight(be, pass.x, dy, batch, T::one(), false, gw, cols);
-        }
+        self.parameter_gradients(pass, dy, grad, sc);
         if let Some(dx) = dx {
+            let Scratch { backend: be, cols, .. } = sc;
             let w = B::slice(pass.params, self.w.clone());
-            self.correlate_adjoint(be, w, dy, batch, false, dx, cols);
+            self.correlate_adjoint(be, w, dy, pass.batch, false, dx, cols);
         }
+    }
+
+    /// The direct route writes ∂x = 1[x > 0] ⊙ W ⋆ᵀ δ in one pass
+    /// ([`Backend::conv2d_input_grad_gated`]); the lowered route has no such pass.
+    fn backward_gated<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        grad: Option<B::ViewMut<'_, T>>,
+        dx: B::ViewMut<'_, T>,
+        sc: &mut Scratch<T, B>,
+    ) -> bool {
+        if !self.direct() {
+            return false;
+        }
+        self.parameter_gradients(pass, dy, grad, sc);
+        let Scratch { backend: be, cols, .. } = sc;
+        let (g, o, batch) = (&self.geometry, self.out_channels, pass.batch);
+        let w = B::slice(pass.params, self.w.clone());
+        let x = B::slice(pass.x, 0..batch * g.input_len());
+        be.conv2d_input_grad_gated(g, o, w, dy, batch, x, dx, cols);
+        true
     }
 
     fn r_forward<B: Backend, T: Real>(

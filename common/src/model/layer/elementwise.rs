@@ -43,6 +43,12 @@ pub trait Elementwise {
     /// r + φ″(x)·rx·δ at one element (`r` = φ′·R{δ} so far, `rx` = R{x}, `dy` = δ); only called when
     /// [`Elementwise::second_derivative_vanishes`] is false.
     fn add_second_order<T: Real>(&self, r: T, x: T, y: T, rx: T, dy: T) -> T;
+    /// Whether φ′ ⊙ g is the gate 1[y > 0] on the output, [`Elementwise::backward_one`]`(x, y, g)`
+    /// = `zero_unless_positive(y, g)` for every x, y, g (ReLU), and φ″ = 0: the layer after it may
+    /// then apply its backward ([`LayerOps::output_gate`]). The default: not.
+    fn derivative_is_output_gate(&self) -> bool {
+        false
+    }
     /// Whether the Hessian operator keeps φ″(x) per element for its R-backward
     /// ([`LayerOps::prepared_len`]), which then multiplies by it instead of evaluating φ″ on
     /// every product: for activations whose φ″ costs more than a few operations (GELU's exp).
@@ -241,6 +247,10 @@ impl<A: Elementwise> LayerOps for A {
                 B::slice_mut(out, 0..n),
             );
         }
+    }
+
+    fn output_gate(&self) -> bool {
+        self.derivative_is_output_gate() && self.second_derivative_vanishes()
     }
 
     fn per_sample(&self) -> PerSample {

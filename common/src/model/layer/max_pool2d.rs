@@ -98,16 +98,25 @@ impl LayerOps for MaxPool2d {
         sc: &mut Scratch<T, B>,
     ) {
         if let Some(dx) = dx {
-            let (inputs, outputs) = (self.in_features(), self.out_features());
-            let out = pass.batch * outputs;
-            sc.backend.scatter_add(
-                B::slice(dy, 0..out),
-                B::slice(pass.indices, 0..out),
-                inputs,
-                outputs,
-                B::slice_mut(dx, 0..pass.batch * inputs),
-            );
+            let (i, b) = (&pass.indices, pass.batch);
+            sc.backend.max_pool2d_adjoint(self, dy, *i, None, b, dx);
         }
+    }
+
+    /// ∂x scattered with each term gated by the pool's output (see
+    /// [`Backend::max_pool2d_adjoint`]): a ReLU in front is fused in.
+    fn backward_gated<B: Backend, T: Real>(
+        &self,
+        pass: &Pass<'_, T, B>,
+        dy: B::View<'_, T>,
+        _grad: Option<B::ViewMut<'_, T>>,
+        dx: B::ViewMut<'_, T>,
+        sc: &mut Scratch<T, B>,
+    ) -> bool {
+        let (i, b) = (&pass.indices, pass.batch);
+        sc.backend
+            .max_pool2d_adjoint(self, dy, *i, Some(pass.y), b, dx);
+        true
     }
 
     fn r_forward<B: Backend, T: Real>(
@@ -144,15 +153,8 @@ impl LayerOps for MaxPool2d {
         sc: &mut Scratch<T, B>,
     ) {
         if let Some(rdx) = rdx {
-            let (inputs, outputs) = (self.in_features(), self.out_features());
-            let out = pass.batch * outputs;
-            sc.backend.scatter_add(
-                B::slice(r.rdy, 0..out),
-                B::slice(pass.indices, 0..out),
-                inputs,
-                outputs,
-                B::slice_mut(rdx, 0..pass.batch * inputs),
-            );
+            let (i, b) = (&pass.indices, pass.batch);
+            sc.backend.max_pool2d_adjoint(self, r.rdy, *i, None, b, rdx);
         }
     }
 

@@ -141,7 +141,9 @@ impl<T: Real> Scratch<T> {
 }
 
 /// One layer type. Every method is required but the pair [`LayerOps::prepared_len`] /
-/// [`LayerOps::r_prepare`], a cache that only decides what the R-backward recomputes. The passes are generic over the [`Backend`] whose
+/// [`LayerOps::r_prepare`], a cache that only decides what the R-backward recomputes, and the pair
+/// [`LayerOps::output_gate`] / [`LayerOps::backward_gated`], a fusion that only decides how the
+/// backward pass computes the same values. The passes are generic over the [`Backend`] whose
 /// memory they read and write (`B`) and the scalar type (`T`).
 pub trait LayerOps {
     /// The PyTorch module it is (`Linear`, `Conv2d`, `ReLU`, …), for messages.
@@ -245,6 +247,33 @@ pub trait LayerOps {
         _out: B::ViewMut<'_, T>,
         _sc: &mut Scratch<T, B>,
     ) {
+    }
+
+    /// Whether it is an activation whose backward is a gate on its own output y, ∂x = 1[y > 0] ⊙ δ
+    /// (each element [`zero_unless_positive`]`(y, δ)`: ReLU), so that the layer after it may apply
+    /// it where it writes its input gradient ([`LayerOps::backward_gated`]). Such an activation is
+    /// piecewise linear and its other passes read nothing but y. The default: not one.
+    fn output_gate(&self) -> bool {
+        false
+    }
+
+    /// [`LayerOps::backward`] with ∂L/∂x written gated by the layer's own input x,
+    /// `dx = zero_unless_positive(x, ∂L/∂x)` element by element: when x is the output of an
+    /// activation with an [`LayerOps::output_gate`], `dx` is that activation's input gradient, to
+    /// the same bits as this layer's backward followed by the activation's, with one pass over
+    /// the activation's gradient fewer (the network then skips the activation's backward). Returns
+    /// false, having written nothing, where the layer has no such pass (the default; the network
+    /// then runs the two passes). Optional like [`LayerOps::r_prepare`]: it only decides how the
+    /// same values are computed.
+    fn backward_gated<B: Backend, T: Real>(
+        &self,
+        _pass: &Pass<'_, T, B>,
+        _dy: B::View<'_, T>,
+        _grad: Option<B::ViewMut<'_, T>>,
+        _dx: B::ViewMut<'_, T>,
+        _sc: &mut Scratch<T, B>,
+    ) -> bool {
+        false
     }
 
     /// How its per-sample gradients enter the per-sample products.
@@ -388,6 +417,19 @@ macro_rules! layer_types {
                 sc: &mut Scratch<T, B>,
             ) {
                 match self { $(Layer::$ty(l) => l.r_prepare(pass, dy, out, sc)),* }
+            }
+            fn output_gate(&self) -> bool {
+                match self { $(Layer::$ty(l) => l.output_gate()),* }
+            }
+            fn backward_gated<B: Backend, T: Real>(
+                &self,
+                pass: &Pass<'_, T, B>,
+                dy: B::View<'_, T>,
+                grad: Option<B::ViewMut<'_, T>>,
+                dx: B::ViewMut<'_, T>,
+                sc: &mut Scratch<T, B>,
+            ) -> bool {
+                match self { $(Layer::$ty(l) => l.backward_gated(pass, dy, grad, dx, sc)),* }
             }
             fn per_sample(&self) -> PerSample {
                 match self { $(Layer::$ty(l) => l.per_sample()),* }

@@ -22,6 +22,9 @@ impl Elementwise for Relu {
     fn keeps_derivative(&self) -> bool {
         false
     }
+    fn derivative_is_output_gate(&self) -> bool {
+        true
+    }
     fn value<T: Real>(&self, x: T) -> T {
         zero_unless_positive(x, x)
     }

@@ -383,6 +383,33 @@ fn networks() -> Vec<(&'static str, Network)> {
             }),
         ),
         (
+            // ReLUs whose backward the next layer takes into its input gradient (a direct
+            // convolution, a 2×2 max-pool on an odd side; see Network::backward).
+            "ReLU into Conv2d and MaxPool2d (fused backward)",
+            network(|s| {
+                s.push(|sc| Conv2d::new(sc, geometry(1, 7, 3, 1), 2));
+                s.push(|_| Relu { features: 98 });
+                s.push(|sc| Conv2d::new(sc, geometry(2, 7, 3, 1), 2));
+                s.push(|_| Relu { features: 98 });
+                s.functional(MaxPool2d::two_by_two(2, 7, 7));
+                s.push(|sc| Linear::new(sc, 18, 3));
+            }),
+        ),
+        (
+            // ReLUs that stay layers of their own: the first layer (no input gradient), one in
+            // front of a strided convolution (the lowered route has no gated pass) and one in
+            // front of a Linear.
+            "ReLU first and into a strided Conv2d and a Linear (not fused)",
+            network(|s| {
+                s.push(|_| Relu { features: 49 });
+                s.push(|sc| Conv2d::new(sc, geometry(1, 7, 3, 1), 2));
+                s.push(|_| Relu { features: 98 });
+                s.push(|sc| Conv2d::new(sc, strided(geometry(2, 7, 3, 1), 2), 2));
+                s.push(|_| Relu { features: 32 });
+                s.push(|sc| Linear::new(sc, 32, 3));
+            }),
+        ),
+        (
             // An odd side: the pooling floors (F.max_pool2d), so the last row and column are
             // dropped and get no gradient.
             "MaxPool2d",
@@ -1061,6 +1088,125 @@ fn average_pooling_matches_a_hand_computation() {
     // Rows 0..4, 4..8, 8..12: windows (0,1,4,5), (2,3,6,7).
     assert_eq!(pool(2, 2), [2.5, 4.5]);
     assert_eq!(pool(2, 1), [2.5, 3.5, 4.5, 6.5, 7.5, 8.5]);
+}
+
+/// The backward pass with each ReLU taken into the layer after it ([`LayerOps::backward_gated`])
+/// is, bit for bit, the layer-by-layer pass: the gradient, every cotangent it writes, and the
+/// products H·v and G·v of the R-passes that read them. The cotangent of an absorbed ReLU is not
+/// written (it was poisoned with NaN beforehand and stays so), and no R-pass reads it (their
+/// products are equal). Over every test network and a LeNet with two extra convolutions on odd
+/// sides, in f64 and f32, at 3 samples (flat kernels) and 19 (sample-minor chunks of 16 with
+/// their 16 × 16 write-back, then 3 flat), under both layouts.
+#[test]
+fn fused_backward_is_the_layer_by_layer_backward() {
+    fn check<T: Real>(name: &str, net: &Network, batch: usize) -> usize {
+        let be = CpuBackend;
+        let mut rng = stream(12, Purpose::Init, 2);
+        let params: Vec<T> = (0..net.num_params())
+            .map(|_| T::of_f64(rng.uniform_in(-0.5, 0.5)))
+            .collect();
+        // Token ids for an embedding, else uniform inputs.
+        let vocabulary = match net.layers.first() {
+            Some(Layer::Embedding(e)) => Some(e.num as u64),
+            _ => None,
+        };
+        let x: Vec<T> = (0..batch * net.input_features())
+            .map(|_| match vocabulary {
+                Some(num) => T::of_f64(rng.below(num) as f64),
+                None => T::of_f64(rng.uniform_in(-1.0, 1.0)),
+            })
+            .collect();
+        let v: Vec<T> = (0..params.len())
+            .map(|_| T::of_f64(rng.uniform_in(-1.0, 1.0)))
+            .collect();
+        let labels: Vec<usize> = (0..batch).map(|n| n % net.classes()).collect();
+        let bits = |a: &[T]| a.iter().map(|v| v.as_f64().to_bits()).collect::<Vec<_>>();
+        let run = |fuse: bool, with_grad: bool| {
+            let mut ws = net.workspace::<T>(batch);
+            net.forward_loss_cotangent::<CpuBackend, T>(&params, &x, &labels[..], &mut ws);
+            let last = net.layers.len() - 1;
+            for d in &mut ws.deltas[..last] {
+                d.iter_mut().for_each(|v| *v = T::of_f64(f64::NAN));
+            }
+            let mut grad = vec![T::of_f64(f64::NAN); params.len()];
+            let g = with_grad.then_some(&mut grad[..]);
+            net.backward_fused::<CpuBackend, T>(&params, &x, batch, g, &mut ws, fuse);
+            let products = [false, true].map(|gauss_newton| {
+                let mut bufs = RBuffers::on(be, &net.layers, batch);
+                let chunk = ChunkPass::<T, CpuBackend> {
+                    x: &x,
+                    acts: &ws.acts,
+                    deltas: &ws.deltas,
+                    indices: &ws.indices,
+                    states: &ws.states,
+                    prepared: None,
+                    batch,
+                };
+                let mut out = vec![T::zero(); params.len()];
+                let one = T::one();
+                r_pass(
+                    net,
+                    &params[..],
+                    &v[..],
+                    &chunk,
+                    one,
+                    &mut out[..],
+                    gauss_newton,
+                    &mut bufs,
+                );
+                out
+            });
+            (grad, ws.deltas.clone(), products)
+        };
+        let mut absorbed = 0;
+        for with_grad in [true, false] {
+            let (ga, da, pa) = run(false, with_grad);
+            let (gb, db, pb) = run(true, with_grad);
+            let what = format!("{name}, {}, batch {batch}, gradient {with_grad}", T::NAME);
+            if with_grad {
+                assert_eq!(bits(&ga), bits(&gb), "{what}: the gradient");
+                assert!(
+                    ga.iter().all(|v| v.is_finite()),
+                    "{what}: gradient not finite"
+                );
+            }
+            for (i, (a, b)) in da.iter().zip(&db).enumerate() {
+                if i > 0 && b.iter().all(|v| v.is_nan()) && a.iter().all(|v| !v.is_nan()) {
+                    assert!(net.layers[i].output_gate(), "{what}: layer {i} skipped");
+                    absorbed += 1;
+                    continue;
+                }
+                assert_eq!(bits(a), bits(b), "{what}: the cotangent of layer {i}");
+            }
+            for (k, (a, b)) in pa.iter().zip(&pb).enumerate() {
+                assert_eq!(bits(a), bits(b), "{what}: R-pass (Gauss–Newton {})", k == 1);
+            }
+        }
+        absorbed
+    }
+    use crate::device::cpu_conv::{with_layout, Layout};
+    let lenet = Network::new(Architecture::lenet(2).for_data([1, 17, 19], 3));
+    for layout in [Layout::Auto, Layout::Flat] {
+        with_layout(layout, || {
+            for (name, net) in networks() {
+                let fusable = (2..net.layers.len())
+                    .filter(|&i| net.layers[i - 1].output_gate())
+                    .filter(|&i| match &net.layers[i] {
+                        Layer::Conv2d(c) => c.geometry.stride == 1,
+                        l => matches!(l, Layer::MaxPool2d(_)),
+                    })
+                    .count();
+                assert_eq!(check::<f64>(name, &net, 3), 2 * fusable, "{name}");
+                assert_eq!(check::<f32>(name, &net, 3), 2 * fusable, "{name}");
+            }
+            // conv1, the two extra convolutions and conv2: their ReLUs are absorbed; fc_1's and
+            // fc_2's are not.
+            for batch in [3, 19] {
+                assert_eq!(check::<f32>("LeNet", &lenet, batch), 8);
+                assert_eq!(check::<f64>("LeNet", &lenet, batch), 8);
+            }
+        });
+    }
 }
 
 /// Instantiates the bodies written over the backend for one backend; with `$around`, each body
