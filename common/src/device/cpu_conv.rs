@@ -30,7 +30,12 @@
 //!
 //! **Summation order** (what makes results reproducible): a forward or input-gradient output is one
 //! fused multiply–add chain over the taps in `(c, ki, kj)` order, starting from 0, then the bias is
-//! added, on either layout. A weight-gradient entry of a batch of at least 8 samples is summed over
+//! added, on either layout. (The sample-minor tiles skip the kernel rows whose input row is
+//! padding, which multiply zeros: a skipped product is ±0, and adding ±0 changes a chain only when
+//! it is −0, which takes a product that underflowed to −0 — below 2⁻¹⁵⁰ in f32 — and then the
+//! chain that added the zero is +0 where the other is −0; the bias added last, +0 where there is
+//! none, makes both +0. So the bits are the same unless a bias is exactly −0 and every product of an
+//! output is zero or underflowed.) A weight-gradient entry of a batch of at least 8 samples is summed over
 //! blocks of L consecutive samples (L = 16 in f32, 8 in f64; the last block may be shorter): lane l
 //! of the block is an FMA chain over sample l's output positions in row-major order, the L lanes
 //! are reduced by a fixed pairwise tree, and the block's sum times alpha is added to the output,
@@ -445,7 +450,10 @@ fn place_block<T: Real, const L: usize, const X16: bool>(
 /// `ys[o][oy][ox0 + p][l] = Σ_taps w[o, tap]·xs[c][oy + ki][ox0 + p + kj][l]` for `OB` output
 /// channels (rows of `w` with stride `r`), `P` consecutive positions of output row `oy` and the L
 /// samples of the block: per tap, P whole-vector loads and OB broadcasts feed OB·P vector FMAs.
-/// One FMA chain per output in tap order from 0, as [`correlate_tile`].
+/// One FMA chain per output in tap order from 0, as [`correlate_tile`], over the taps whose input
+/// row oy + ki is one of the padded rows `top..bottom` that hold source rows (the others read
+/// zeros: the input gradient of the LeNet's conv2 reads an 8 × 8 gradient padded to 16 × 16, so
+/// this skips a third of its taps; the module comment says why the sums are the same).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn minor_tile<T: Real, const L: usize, const OB: usize, const P: usize>(
@@ -455,15 +463,20 @@ fn minor_tile<T: Real, const L: usize, const OB: usize, const P: usize>(
     w: &[T],
     r: usize,
     (oy, ox0): (usize, usize),
+    (top, bottom): (usize, usize),
     ys: &mut [T],
 ) {
     let k = f.k;
     // Raw pointers after one check of the furthest reads (as in `correlate_tile`).
     let last = (((cin - 1) * f.hp + oy + k - 1) * f.wp + ox0 + k - 1 + P) * L;
     assert!(last <= xs.len() && OB * r <= w.len() && r == cin * k * k);
+    // The kernel rows whose input row oy + ki holds source data (padded rows top..bottom): the
+    // others multiply zeros, and are skipped (see the module comment: the same sums).
+    let ki_start = top.saturating_sub(oy).min(k);
+    let ki_end = bottom.saturating_sub(oy).clamp(ki_start, k);
     let mut acc = [[[T::zero(); L]; P]; OB];
     for c in 0..cin {
-        for ki in 0..k {
+        for ki in ki_start..ki_end {
             // SAFETY: every offset below is at most `last` (xs) or OB·r (w), checked above.
             unsafe {
                 let xrow = xs.as_ptr().add(((c * f.hp + oy + ki) * f.wp + ox0) * L);
@@ -507,6 +520,12 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
     let xs = &*xs;
     let r = a.cin * f.k * f.k;
     let plane = f.oh * f.ow;
+    // The padded rows that hold source rows (all where the source is cropped).
+    let top = a.off.clamp(0, f.hp as isize) as usize;
+    let rows = (
+        top,
+        (a.off + a.src_hw.0 as isize).clamp(top as isize, f.hp as isize) as usize,
+    );
     let mut o0 = 0;
     while o0 < a.oc {
         let ob = (a.oc - o0).min(OB);
@@ -517,7 +536,7 @@ fn minor_chunk<T: Real, const L: usize, const OB: usize, const P: usize, const X
                 let p = (f.ow - ox0).min(P);
                 macro_rules! tile {
                     ($ob:literal, $p:literal) => {
-                        minor_tile::<T, L, $ob, $p>(xs, a.cin, f, w, r, (oy, ox0), ysb)
+                        minor_tile::<T, L, $ob, $p>(xs, a.cin, f, w, r, (oy, ox0), rows, ysb)
                     };
                 }
                 with_tile_sizes!(ob, p, tile);

@@ -269,6 +269,47 @@ fn kernels_match_the_definitions_in_f32() {
     check::<f32>(2e-6);
 }
 
+/// The sample-minor tiles skip the kernel rows that read padding; the flat ones multiply those
+/// zeros. The sums agree to the bit even where products underflow to −0 (the one case in which
+/// adding a zero product changes a chain: −0 + (+0) = +0): inputs of −2⁻⁷⁰ and weights of 2⁻⁸⁰
+/// make every product −2⁻¹⁵⁰, which rounds to −0, so the chains end in −0 or +0 depending on
+/// whether the last tap read padding, and the zero bias added last makes both +0.
+#[test]
+fn skipping_padding_rows_keeps_the_bits_where_products_underflow() {
+    let tiny = |e: i32| 2f64.powi(e);
+    for spec in [
+        (6, 24, 24, 5, 2, 6, 19),
+        (6, 12, 12, 5, 0, 16, 16),
+        (2, 6, 7, 3, 3, 5, 17),
+    ] {
+        let g = geometry(&spec);
+        let (o, batch) = (spec.5, spec.6);
+        let (ho, wo) = g.output_size();
+        let w = vec![tiny(-80); o * g.rows()];
+        let b = vec![0.0; o];
+        let x = vec![-tiny(-70); batch * g.input_len()];
+        let dy = vec![-tiny(-70); batch * o * ho * wo];
+        let mut first: Option<[Vec<f32>; 3]> = None;
+        for isa in isas() {
+            for layout in [Layout::Flat, Layout::Minor] {
+                let out = run::<f32>(&g, o, batch, (&w, &b, &x, &dy), 1.0, false, (isa, layout));
+                for v in out[0].iter().chain(&out[1]) {
+                    assert_eq!(v.to_bits(), 0, "{spec:?} {isa:?} {layout:?}: not +0");
+                }
+                match &first {
+                    None => first = Some(out),
+                    Some(f) => assert!(
+                        f.iter()
+                            .zip(&out)
+                            .all(|(a, b)| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())),
+                        "{spec:?} {isa:?} {layout:?}: differs"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// The scratch length is enough for all three kernels: none of them grows a buffer sized by
 /// [`conv2d_work_len`].
 #[test]
