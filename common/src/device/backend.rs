@@ -431,20 +431,10 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         y: Self::ViewMut<'_, T>,
         winners: Self::ViewMut<'_, u32>,
     );
-    /// dx ← 0, then `dx[n, winner] += d[n, o]` for every output o of every sample n (`inputs` and
-    /// `outputs` features per sample): the adjoint of [`Backend::gather`].
-    fn scatter_add<T: Real>(
-        &self,
-        d: Self::View<'_, T>,
-        winners: Self::View<'_, u32>,
-        inputs: usize,
-        outputs: usize,
-        dx: Self::ViewMut<'_, T>,
-    );
-    /// The adjoint of [`Backend::max_pool2d`] for `batch` samples: dx ← 0, then
-    /// `dx[n, winner] += d[n, o]` for every output o of every sample n (as [`Backend::scatter_add`],
-    /// to the same bits; on the CPU one channel plane at a time, zeroed and scattered into while it
-    /// is in cache, since a window's winner lies in its own channel). With `gate` (the pool's
+    /// The adjoint of [`Backend::max_pool2d`] (and of [`Backend::gather`] by its winners) for
+    /// `batch` samples: dx ← 0, then `dx[n, winner] += d[n, o]` for every output o of every sample
+    /// n, in output order (on the CPU one channel plane at a time, zeroed and scattered into while
+    /// it is in cache, since a window's winner lies in its own channel). With `gate` (the pool's
     /// output y) each term is
     /// `zero_unless_positive(y[n, o], d[n, o])`: where a ReLU is in front of the pool, its output at
     /// the winner is y[n, o], so this is the ReLU's backward ∂x = 1[x > 0] ⊙ δ (max is monotone:

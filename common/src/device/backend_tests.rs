@@ -651,7 +651,8 @@ fn max_pooling<B: Backend>(be: &B, kernel: usize, stride: usize) {
             }
         }
     }
-    // Gather and its adjoint: <gather(x), d> = <x, scatter(d)>, and scatter zeroes first.
+    // Gather and its adjoint, the max-pool adjoint: <gather(x), d> = <x, adjoint(d)>, and the
+    // adjoint zeroes first.
     let xs = data(batch * inputs, 21);
     let d = data(batch * outputs, 22);
     let mut g = be.zeros::<f64>(batch * outputs);
@@ -672,19 +673,20 @@ fn max_pooling<B: Backend>(be: &B, kernel: usize, stride: usize) {
         }
     }
     let mut s = be.upload(&data(batch * inputs, 23));
-    be.scatter_add(
+    be.max_pool2d_adjoint(
+        &pool,
         B::view(&be.upload(&d)),
         B::view(&win),
-        inputs,
-        outputs,
+        None,
+        batch,
         B::view_mut(&mut s),
     );
     let s = down(be, &s);
     let lhs: f64 = g.iter().zip(&d).map(|(a, b)| a * b).sum();
     let rhs: f64 = xs.iter().zip(&s).map(|(a, b)| a * b).sum();
     assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
-    // The max-pool adjoint is that scatter, and gated by the pool's output y it zeroes the terms
-    // where y ≤ 0 (or is a NaN).
+    // The max-pool adjoint is the scatter of d to the winners, and gated by the pool's output y
+    // it zeroes the terms where y ≤ 0 (or is a NaN).
     let y: Vec<f64> = y
         .iter()
         .enumerate()

@@ -302,17 +302,6 @@ impl Backend for CpuBackend {
         k::max_pool2d(pool, x, batch, y, winners);
     }
     #[inline]
-    fn scatter_add<T: Real>(
-        &self,
-        d: &[T],
-        winners: &[u32],
-        inputs: usize,
-        outputs: usize,
-        dx: &mut [T],
-    ) {
-        k::scatter_add(d, winners, inputs, outputs, dx);
-    }
-    #[inline]
     fn max_pool2d_adjoint<T: Real>(
         &self,
         pool: &MaxPool2d,

@@ -1467,7 +1467,7 @@ fn grad_tile<T: Real, const L: usize, const OB: usize, const TB: usize>(
     lanes: &mut [T],
 ) {
     let f32 = std::mem::size_of::<T>() == 4;
-    debug_assert_eq!(L, if f32 { 16 } else { 8 });
+    debug_assert_eq!(L, grad_lanes::<T>());
     // SAFETY: the caller has the instruction set of `regs`; T is f32 or f64 as checked.
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -1480,6 +1480,21 @@ fn grad_tile<T: Real, const L: usize, const OB: usize, const TB: usize>(
         }
     }
     minor_grad_tile::<T, L, OB, TB>(src, f, r, at, rows, lanes)
+}
+
+/// [`weight_grad_minor`] with the block of [`grad_lanes`] samples: 16 in f32, 8 in f64.
+#[inline(always)]
+fn weight_grad_blocks<T: Real, const OB: usize, const TB: usize>(
+    regs: Regs,
+    a: &WeightGrad<'_, T>,
+    dw: &mut [T],
+    work: &mut [T],
+) {
+    if grad_lanes::<T>() == 16 {
+        weight_grad_minor::<T, 16, OB, TB>(regs, a, dw, work)
+    } else {
+        weight_grad_minor::<T, 8, OB, TB>(regs, a, dw, work)
+    }
 }
 
 /// The weight gradient with its samples vectorised, in blocks of `L` samples: the block's inputs
@@ -1602,10 +1617,7 @@ unsafe fn correlate_avx2<T: Real>(
 unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
     // Blocks of one zmm register of samples, 6 × 4 tiles: 24 accumulators of 32.
     if a.batch >= MINOR_GRAD_MIN_BATCH {
-        if std::mem::size_of::<T>() == 4 {
-            return weight_grad_minor::<T, 16, 6, 4>(Regs::Zmm, a, dw, work);
-        }
-        return weight_grad_minor::<T, 8, 6, 4>(Regs::Zmm, a, dw, work);
+        return weight_grad_blocks::<T, 6, 4>(Regs::Zmm, a, dw, work);
     }
     // SAFETY: the features are enabled here.
     unsafe {
@@ -1621,10 +1633,7 @@ unsafe fn weight_grad_avx512<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work:
 unsafe fn weight_grad_avx2<T: Real>(a: &WeightGrad<'_, T>, dw: &mut [T], work: &mut [T]) {
     // Blocks of two ymm registers of samples, 2 × 2 tiles: 8 accumulators of 16.
     if a.batch >= MINOR_GRAD_MIN_BATCH {
-        if std::mem::size_of::<T>() == 4 {
-            return weight_grad_minor::<T, 16, 2, 2>(Regs::Ymm, a, dw, work);
-        }
-        return weight_grad_minor::<T, 8, 2, 2>(Regs::Ymm, a, dw, work);
+        return weight_grad_blocks::<T, 2, 2>(Regs::Ymm, a, dw, work);
     }
     // SAFETY: the features are enabled here.
     unsafe {
@@ -1981,11 +1990,7 @@ fn conv2d_weight_grad_on<T: Real>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { weight_grad_avx2(&a, dw, work) },
         _ if batch >= MINOR_GRAD_MIN_BATCH => {
-            if std::mem::size_of::<T>() == 4 {
-                weight_grad_minor::<T, 16, 1, 1>(Regs::Generic, &a, dw, work)
-            } else {
-                weight_grad_minor::<T, 8, 1, 1>(Regs::Generic, &a, dw, work)
-            }
+            weight_grad_blocks::<T, 1, 1>(Regs::Generic, &a, dw, work)
         }
         // SAFETY: the generic tile needs no particular instruction set.
         _ => unsafe { weight_grad_body::<T, GenericDots, 2, 3>(&a, dw, work) },

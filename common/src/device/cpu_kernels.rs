@@ -466,25 +466,6 @@ fn max_pool2d_2x2_scalar<T: Real>(
     }
 }
 
-pub(super) fn scatter_add<T: Real>(
-    d: &[T],
-    winners: &[u32],
-    inputs: usize,
-    outputs: usize,
-    dx: &mut [T],
-) {
-    dx.iter_mut().for_each(|v| *v = T::zero());
-    for ((dxn, dn), wn) in dx
-        .chunks_exact_mut(inputs)
-        .zip(d.chunks_exact(outputs))
-        .zip(winners.chunks_exact(outputs))
-    {
-        for (g, &i) in dn.iter().zip(wn) {
-            dxn[i as usize] += *g;
-        }
-    }
-}
-
 pub(super) fn max_pool2d_adjoint<T: Real>(
     pool: &MaxPool2d,
     d: &[T],
@@ -523,7 +504,7 @@ pub(super) fn max_pool2d_adjoint<T: Real>(
         }
     }
     // Plane by plane (a window's winner lies in its own channel's plane): each plane is zeroed
-    // and receives its outputs' terms while it is in L1, in the order of scatter_add.
+    // and receives its outputs' terms while it is in L1, in output order.
     for (n, dxn) in dx[..batch * inputs].chunks_exact_mut(inputs).enumerate() {
         for (c, dxp) in dxn.chunks_exact_mut(plane).enumerate() {
             dxp.iter_mut().for_each(|v| *v = T::zero());
@@ -1091,6 +1072,21 @@ mod tests {
         ] {
             check::<f32>(&cfg);
             check::<f64>(&cfg);
+        }
+    }
+
+    /// dx ← 0, then `dx[n, winner] += d[n, o]` for every output o of every sample n, in output
+    /// order: the plain scatter the max-pool adjoint must equal to the bit.
+    fn scatter_add<T: Real>(d: &[T], winners: &[u32], inputs: usize, outputs: usize, dx: &mut [T]) {
+        dx.iter_mut().for_each(|v| *v = T::zero());
+        for ((dxn, dn), wn) in dx
+            .chunks_exact_mut(inputs)
+            .zip(d.chunks_exact(outputs))
+            .zip(winners.chunks_exact(outputs))
+        {
+            for (g, &i) in dn.iter().zip(wn) {
+                dxn[i as usize] += *g;
+            }
         }
     }
 
